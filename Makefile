@@ -1,0 +1,63 @@
+# ferroflow task runner. `make help` lists the targets.
+# Everything installs itself: a fresh machine needs only python3 (>= 3.9) and a Rust toolchain.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+# The cargo target dir may live outside the checkout (CI reuses one between clones).
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.deps: pyproject.toml | $(PY)
+	$(BIN)/pip install --quiet "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" \
+		"pytest-benchmark>=4" "ruff>=0.6" "mypy>=1.10"
+	touch $@
+
+.PHONY: dev
+dev: $(VENV)/.deps ## Build the native module (release) into the virtualenv
+	$(BIN)/maturin develop --release --quiet
+
+.PHONY: test
+test: dev lint ## Run every test: Rust unit tests, then the pytest suite (strict mode on)
+	cargo test --workspace --quiet
+	FERROFLOW_STRICT=1 $(BIN)/pytest -q
+
+.PHONY: lint
+lint: $(VENV)/.deps ## Check formatting and lints: cargo fmt, clippy -D warnings, ruff, the stub against the module
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	$(BIN)/ruff check python tests benches examples
+	$(BIN)/ruff format --check python tests benches examples
+	$(PY) -m mypy.stubtest ferroflow._native --allowlist python/ferroflow/stubtest-allowlist.txt
+
+.PHONY: fmt
+fmt: $(VENV)/.deps ## Format Rust and Python sources
+	cargo fmt --all
+	$(BIN)/ruff format python tests benches examples
+	$(BIN)/ruff check --fix python tests benches examples
+
+.PHONY: demo
+demo: dev ## Run the customer-support example
+	$(PY) examples/support_bot.py
+
+.PHONY: bench
+bench: dev ## Run the standard workloads (benches/README.md) and write benches/RESULTS.md
+	$(PY) benches/run.py --write benches/RESULTS.md
+
+.PHONY: wheel
+wheel: $(VENV)/.deps ## Build the abi3 release wheel into dist/
+	$(BIN)/maturin build --release --out dist
+
+.PHONY: clean
+clean: ## Remove build outputs and the virtualenv
+	rm -rf $(VENV) dist target

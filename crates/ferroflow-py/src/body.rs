@@ -1,0 +1,250 @@
+//! Python callables as node bodies.
+//!
+//! Sync callables run on the engine's blocking threads and hold the GIL only for the
+//! call. Async callables are scheduled on the asyncio loop attached to the run (the
+//! caller's loop for `arun`, a background loop for `run`) with
+//! `asyncio.run_coroutine_threadsafe`; dropping the engine's future cancels the task.
+
+use std::sync::{Arc, Mutex};
+
+use ferroflow::{AsyncBody, BlockingBody, BodyResult, NodeCall, NodeError, Value};
+use futures_util::future::BoxFuture;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyString, PyTuple};
+use tokio::sync::oneshot;
+
+use crate::value::{py_to_json, to_py, type_name, wrap};
+
+/// How a body wants one node declared, mirrored by `ferroflow.graph._BodySpec`.
+#[derive(FromPyObject)]
+pub struct BodySpec {
+    pub func: Py<PyAny>,
+    pub is_async: bool,
+    /// Where each positional argument comes from: a dependency's index, or one of the
+    /// negative codes of [`ArgSource`].
+    pub plan: Vec<i64>,
+    /// Exception types that may be retried.
+    pub retry_on: Py<PyAny>,
+    /// Check that every output survives a JSON round trip.
+    pub strict: bool,
+    /// The node kind, e.g. "branch".
+    pub kind: String,
+}
+
+#[derive(Clone, Copy)]
+enum ArgSource {
+    Dep(usize),
+    Input,
+    Context,
+    Item,
+}
+
+impl ArgSource {
+    fn decode(code: i64) -> PyResult<Self> {
+        Ok(match code {
+            0.. => ArgSource::Dep(code as usize),
+            -1 => ArgSource::Input,
+            -2 => ArgSource::Context,
+            -3 => ArgSource::Item,
+            other => return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown argument source {other}"))),
+        })
+    }
+}
+
+/// What the event loop attachment of a run holds.
+pub struct EventLoop(pub Py<PyAny>);
+
+pub struct PyBody {
+    func: Py<PyAny>,
+    plan: Vec<ArgSource>,
+    retry_on: Py<PyAny>,
+    strict: bool,
+    branch: bool,
+}
+
+static NODE_CONTEXT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static TRACEBACK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static RUN_COROUTINE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+impl PyBody {
+    pub fn new(spec: &BodySpec, py: Python<'_>) -> PyResult<Arc<Self>> {
+        Ok(Arc::new(PyBody {
+            func: spec.func.clone_ref(py),
+            plan: spec.plan.iter().map(|&c| ArgSource::decode(c)).collect::<PyResult<_>>()?,
+            retry_on: spec.retry_on.clone_ref(py),
+            strict: spec.strict,
+            branch: spec.kind == "branch",
+        }))
+    }
+
+    fn args<'py>(&self, py: Python<'py>, call: &NodeCall) -> PyResult<Bound<'py, PyTuple>> {
+        let mut args = Vec::with_capacity(self.plan.len());
+        for source in &self.plan {
+            args.push(match *source {
+                ArgSource::Dep(i) => to_py(py, &call.deps[i])?,
+                ArgSource::Input => to_py(py, &call.input)?,
+                ArgSource::Item => match &call.item {
+                    Some((_, item)) => to_py(py, item)?,
+                    None => py.None(),
+                },
+                ArgSource::Context => {
+                    let cls = NODE_CONTEXT.get_or_try_init(py, || {
+                        py.import("ferroflow.types")?.getattr("NodeContext").map(Bound::unbind)
+                    })?;
+                    cls.call1(
+                        py,
+                        (
+                            call.run_id.as_ref(),
+                            call.node.as_ref(),
+                            call.attempt,
+                            call.idempotency_key(),
+                            call.item.as_ref().map(|(i, _)| *i),
+                        ),
+                    )?
+                }
+            });
+        }
+        PyTuple::new(py, args)
+    }
+
+    /// Turns what the callable returned into the node's output.
+    fn output(&self, py: Python<'_>, node: &str, obj: Bound<'_, PyAny>) -> BodyResult {
+        if self.branch {
+            // Branch labels cross into the engine as plain JSON, so that routing never
+            // needs the GIL.
+            return py_to_json(&obj, "$").map(Value::from).map_err(|_| {
+                NodeError::permanent(
+                    "InvalidBranchOutput",
+                    format!("branch '{node}' must return a label (str) or a list of labels, not {}", type_name(&obj)),
+                )
+            });
+        }
+        if self.strict {
+            if let Err(reason) = py_to_json(&obj, "$") {
+                return Err(NodeError::permanent(
+                    "SerializationError",
+                    format!(
+                        "node '{node}' returned a {} that a durable context cannot store: {reason}",
+                        type_name(&obj)
+                    ),
+                ));
+            }
+        }
+        let _ = py;
+        Ok(wrap(obj.unbind()))
+    }
+
+    /// A Python exception as the node's error, with its traceback.
+    fn error(&self, py: Python<'_>, err: PyErr) -> NodeError {
+        let value = err.value(py);
+        let kind = type_name(value.as_any());
+        let message = value.str().map(|s| s.to_string()).unwrap_or_default();
+        let retryable = value.is_instance(self.retry_on.bind(py)).unwrap_or(false);
+        let traceback = TRACEBACK
+            .get_or_try_init(py, || py.import("traceback")?.getattr("format_exception").map(Bound::unbind))
+            .and_then(|format| format.call1(py, (value.get_type(), value, err.traceback(py))))
+            .and_then(|lines| PyString::new(py, "").call_method1("join", (lines,)).map(|s| s.to_string()))
+            .ok();
+        NodeError { kind, message, traceback, retryable }
+    }
+
+    fn call_sync(&self, call: &NodeCall) -> BodyResult {
+        Python::attach(|py| {
+            let args = self.args(py, call).map_err(|e| argument_error(py, &call.node, e))?;
+            match self.func.bind(py).call1(args) {
+                Ok(obj) => self.output(py, &call.node, obj),
+                Err(err) => Err(self.error(py, err)),
+            }
+        })
+    }
+}
+
+fn argument_error(py: Python<'_>, node: &str, err: PyErr) -> NodeError {
+    NodeError::permanent("ArgumentError", format!("could not build the arguments of node '{node}': {}", err.value(py)))
+}
+
+pub struct SyncPyBody(pub Arc<PyBody>);
+
+impl BlockingBody for SyncPyBody {
+    fn call(&self, call: NodeCall) -> BodyResult {
+        self.0.call_sync(&call)
+    }
+}
+
+pub struct AsyncPyBody(pub Arc<PyBody>);
+
+impl AsyncBody for AsyncPyBody {
+    fn call(&self, call: NodeCall) -> BoxFuture<'static, BodyResult> {
+        let body = Arc::clone(&self.0);
+        let scheduled = Python::attach(|py| schedule(py, &body, &call));
+        Box::pin(async move {
+            let (rx, future) = scheduled?;
+            let mut guard = CancelOnDrop(Some(future));
+            let result = rx.await.unwrap_or_else(|_| {
+                Err(NodeError::new("Cancelled", format!("the asyncio task of node '{}' was dropped", call.node)))
+            });
+            guard.0 = None;
+            result
+        })
+    }
+}
+
+type Scheduled = (oneshot::Receiver<BodyResult>, Py<PyAny>);
+
+fn schedule(py: Python<'_>, body: &Arc<PyBody>, call: &NodeCall) -> Result<Scheduled, NodeError> {
+    let Some(event_loop) = call.attachment.as_ref().and_then(|a| a.downcast_ref::<EventLoop>()) else {
+        return Err(NodeError::permanent(
+            "NoEventLoop",
+            format!("node '{}' is async, and its run has no asyncio event loop attached", call.node),
+        ));
+    };
+    let args = body.args(py, call).map_err(|e| argument_error(py, &call.node, e))?;
+    let coroutine = body.func.bind(py).call1(args).map_err(|e| body.error(py, e))?;
+    let (tx, rx) = oneshot::channel();
+    let run = RUN_COROUTINE
+        .get_or_try_init(py, || py.import("asyncio")?.getattr("run_coroutine_threadsafe").map(Bound::unbind))
+        .map_err(|e| body.error(py, e))?;
+    let future = run.call1(py, (coroutine, event_loop.0.clone_ref(py))).map_err(|e| body.error(py, e))?;
+    let done = Done { tx: Mutex::new(Some(tx)), body: Arc::clone(body), node: call.node.to_string() };
+    future.call_method1(py, "add_done_callback", (done,)).map_err(|e| body.error(py, e))?;
+    Ok((rx, future))
+}
+
+/// Receives the finished `concurrent.futures.Future` of an async body on the loop thread.
+#[pyclass(frozen)]
+struct Done {
+    tx: Mutex<Option<oneshot::Sender<BodyResult>>>,
+    body: Arc<PyBody>,
+    node: String,
+}
+
+#[pymethods]
+impl Done {
+    fn __call__(&self, py: Python<'_>, future: Bound<'_, PyAny>) {
+        let result = if future.call_method0("cancelled").and_then(|c| c.is_truthy()).unwrap_or(false) {
+            Err(NodeError::new("Cancelled", format!("the asyncio task of node '{}' was cancelled", self.node)))
+        } else {
+            match future.call_method0("result") {
+                Ok(obj) => self.body.output(py, &self.node, obj),
+                Err(err) => Err(self.body.error(py, err)),
+            }
+        };
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// Cancels the asyncio task when the engine drops the attempt (timeout, cancellation).
+struct CancelOnDrop(Option<Py<PyAny>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(future) = self.0.take() {
+            Python::attach(|py| {
+                let _ = future.call_method0(py, "cancel");
+            });
+        }
+    }
+}

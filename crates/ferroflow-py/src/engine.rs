@@ -1,0 +1,443 @@
+//! `ferroflow._native.Engine` and `Workflow`: the engine and compiled graphs as Python
+//! objects. Every engine call is made with the GIL released, since the engine's threads
+//! need it to run bodies.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferroflow::{
+    Body, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, NodeError, RunSnapshot, StartOptions,
+    Value, WatchUntil, Workflow,
+};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::body::{AsyncPyBody, BodySpec, EventLoop, PyBody, SyncPyBody};
+use crate::error::to_py_err;
+use crate::runtime;
+use crate::value::{to_py, wrap};
+
+/// A validated graph with its Python bodies.
+#[pyclass(module = "ferroflow._native", name = "Workflow")]
+pub struct PyWorkflow {
+    workflow: Option<Workflow>,
+    funcs: Vec<Py<PyAny>>,
+}
+
+impl PyWorkflow {
+    fn get(&self) -> PyResult<&Workflow> {
+        self.workflow.as_ref().ok_or_else(|| PyValueError::new_err("this workflow was cleared by the garbage collector"))
+    }
+}
+
+#[pymethods]
+impl PyWorkflow {
+    #[new]
+    fn new(py: Python<'_>, spec_json: &str, bodies: Vec<(String, BodySpec)>) -> PyResult<Self> {
+        let spec: GraphSpec = serde_json::from_str(spec_json)
+            .map_err(|e| PyValueError::new_err(format!("invalid graph spec: {e}")))?;
+        let graph = spec.build().map_err(|e| to_py_err(e.into()))?;
+        let mut funcs = Vec::with_capacity(bodies.len());
+        let mut compiled = HashMap::with_capacity(bodies.len());
+        for (name, spec) in bodies {
+            let body = PyBody::new(&spec, py)?;
+            funcs.push(spec.func.clone_ref(py));
+            let body = if spec.is_async {
+                Body::Async(Arc::new(AsyncPyBody(body)))
+            } else {
+                Body::Blocking(Arc::new(SyncPyBody(body)))
+            };
+            compiled.insert(name, body);
+        }
+        let workflow = Workflow::new(graph, compiled).map_err(|e| to_py_err(e.into()))?;
+        Ok(PyWorkflow { workflow: Some(workflow), funcs })
+    }
+
+    #[getter]
+    fn name(&self) -> PyResult<String> {
+        Ok(self.get()?.graph().name().to_owned())
+    }
+
+    #[getter]
+    fn version(&self) -> PyResult<String> {
+        Ok(self.get()?.graph().version().to_owned())
+    }
+
+    fn to_mermaid(&self) -> PyResult<String> {
+        Ok(self.get()?.graph().to_mermaid())
+    }
+
+    fn spec_json(&self) -> PyResult<String> {
+        serde_json::to_string(&self.get()?.graph().spec()).map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for func in &self.funcs {
+            visit.call(func)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.workflow = None;
+        self.funcs.clear();
+    }
+}
+
+/// The in-memory engine.
+#[pyclass(module = "ferroflow._native", name = "Engine", frozen)]
+pub struct PyEngine {
+    engine: Engine,
+}
+
+fn attachment(event_loop: Option<Py<PyAny>>) -> Option<ferroflow::Attachment> {
+    event_loop.map(|l| Arc::new(EventLoop(l)) as ferroflow::Attachment)
+}
+
+fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    timeout
+        .map(|t| Duration::try_from_secs_f64(t).map_err(|_| PyValueError::new_err(format!("invalid timeout {t}"))))
+        .transpose()
+}
+
+/// Blocks on `future` with the GIL released, checking for Ctrl-C (and calling `tick`)
+/// every 100 ms so that a blocked caller can always be interrupted.
+fn block_on<T: Send>(
+    py: Python<'_>,
+    future: impl Future<Output = T> + Send,
+    mut tick: impl FnMut(Python<'_>) -> PyResult<()> + Send,
+) -> PyResult<T> {
+    let handle = runtime::handle();
+    py.detach(|| {
+        handle.block_on(async {
+            let mut future = std::pin::pin!(future);
+            loop {
+                tokio::select! {
+                    out = &mut future => return Ok(out),
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {
+                        Python::attach(|py| py.check_signals().and_then(|()| tick(py)))?;
+                    }
+                }
+            }
+        })
+    })
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    #[pyo3(signature = (retain_finished = 10_000))]
+    fn new(retain_finished: usize) -> Self {
+        PyEngine { engine: Engine::new(runtime::handle(), EngineConfig { retain_finished }) }
+    }
+
+    /// Starts a run and returns its id.
+    #[pyo3(signature = (workflow, input, run_id = None, event_loop = None))]
+    fn start(
+        &self,
+        py: Python<'_>,
+        workflow: PyRef<'_, PyWorkflow>,
+        input: Py<PyAny>,
+        run_id: Option<String>,
+        event_loop: Option<Py<PyAny>>,
+    ) -> PyResult<String> {
+        let workflow = workflow.get()?.clone();
+        let options = StartOptions { run_id, attachment: attachment(event_loop) };
+        let input = wrap(input);
+        py.detach(|| self.engine.start(&workflow, input, options)).map(|id| id.to_string()).map_err(to_py_err)
+    }
+
+    /// Starts a run and forwards its events to `callback` (then `None`) from a
+    /// background thread, until the run settles (or finishes, with `until_finished`).
+    #[pyo3(signature = (workflow, input, callback, run_id = None, event_loop = None, until_finished = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn start_watched(
+        &self,
+        py: Python<'_>,
+        workflow: PyRef<'_, PyWorkflow>,
+        input: Py<PyAny>,
+        callback: Py<PyAny>,
+        run_id: Option<String>,
+        event_loop: Option<Py<PyAny>>,
+        until_finished: bool,
+    ) -> PyResult<String> {
+        let workflow = workflow.get()?.clone();
+        let options = StartOptions { run_id, attachment: attachment(event_loop) };
+        let input = wrap(input);
+        let until = if until_finished { WatchUntil::Finished } else { WatchUntil::Settled };
+        let (run_id, rx) =
+            py.detach(|| self.engine.start_watched(&workflow, input, options, until)).map_err(to_py_err)?;
+        forward_events(rx, callback);
+        Ok(run_id.to_string())
+    }
+
+    /// Forwards the events of an existing run (from its first) to `callback`.
+    #[pyo3(signature = (run_id, callback, until_finished = false))]
+    fn watch(&self, py: Python<'_>, run_id: &str, callback: Py<PyAny>, until_finished: bool) -> PyResult<()> {
+        let until = if until_finished { WatchUntil::Finished } else { WatchUntil::Settled };
+        let rx = py.detach(|| self.engine.watch(run_id, until)).map_err(to_py_err)?;
+        forward_events(rx, callback);
+        Ok(())
+    }
+
+    /// Blocks until the run is settled and returns its snapshot.
+    #[pyo3(signature = (run_id, timeout = None))]
+    fn wait(&self, py: Python<'_>, run_id: &str, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        let timeout = seconds(timeout)?;
+        let snapshot = block_on(py, self.engine.wait(run_id, timeout), |_| Ok(()))?.map_err(to_py_err)?;
+        snapshot_to_py(py, &snapshot)
+    }
+
+    /// Calls `callback(snapshot, None)` or `callback(None, error)` from a background
+    /// thread once the run is settled.
+    #[pyo3(signature = (run_id, callback, timeout = None))]
+    fn on_settled(&self, run_id: String, callback: Py<PyAny>, timeout: Option<f64>) -> PyResult<()> {
+        let timeout = seconds(timeout)?;
+        let engine = self.engine.clone();
+        let handle = runtime::handle();
+        handle.clone().spawn(async move {
+            let result = engine.wait(&run_id, timeout).await;
+            handle.spawn_blocking(move || {
+                Python::attach(|py| {
+                    let args = match result {
+                        Ok(snapshot) => match snapshot_to_py(py, &snapshot) {
+                            Ok(s) => (s, py.None()),
+                            Err(e) => (py.None(), e.into_value(py).into_any()),
+                        },
+                        Err(e) => (py.None(), to_py_err(e).into_value(py).into_any()),
+                    };
+                    if let Err(e) = callback.call1(py, args) {
+                        e.write_unraisable(py, None);
+                    }
+                })
+            });
+        });
+        Ok(())
+    }
+
+    /// Runs one input per run, at most `concurrency` at a time, and returns their
+    /// snapshots in input order. `progress(done, total)` is called about every 100 ms.
+    #[pyo3(signature = (workflow, inputs, concurrency, event_loop = None, progress = None))]
+    fn run_many(
+        &self,
+        py: Python<'_>,
+        workflow: PyRef<'_, PyWorkflow>,
+        inputs: Vec<Py<PyAny>>,
+        concurrency: usize,
+        event_loop: Option<Py<PyAny>>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyList>> {
+        if concurrency == 0 {
+            return Err(PyValueError::new_err("concurrency must be at least 1"));
+        }
+        let workflow = workflow.get()?.clone();
+        let total = inputs.len();
+        let inputs: Vec<Value> = inputs.into_iter().map(wrap).collect();
+        let engine = self.engine.clone();
+        let attachment = attachment(event_loop);
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&done);
+        let batch = async move {
+            let gate = Arc::new(tokio::sync::Semaphore::new(concurrency));
+            let mut waits = Vec::with_capacity(inputs.len());
+            for input in inputs {
+                let permit = Arc::clone(&gate).acquire_owned().await.expect("the semaphore is never closed");
+                let options = StartOptions { run_id: None, attachment: attachment.clone() };
+                let run_id = engine.start(&workflow, input, options)?;
+                let engine = engine.clone();
+                let counter = Arc::clone(&counter);
+                waits.push(tokio::spawn(async move {
+                    let snapshot = engine.wait(&run_id, None).await;
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    drop(permit);
+                    snapshot
+                }));
+            }
+            let mut snapshots = Vec::with_capacity(waits.len());
+            for wait in waits {
+                snapshots.push(wait.await.map_err(|e| ferroflow::Error::Store(e.to_string()))??);
+            }
+            Ok::<_, ferroflow::Error>(snapshots)
+        };
+        let snapshots = block_on(py, batch, |py| match &progress {
+            Some(cb) => cb.call1(py, (done.load(std::sync::atomic::Ordering::Relaxed), total)).map(drop),
+            None => Ok(()),
+        })?
+        .map_err(to_py_err)?;
+        if let Some(cb) = &progress {
+            cb.call1(py, (total, total))?;
+        }
+        let items = snapshots.iter().map(|s| snapshot_to_py(py, s)).collect::<PyResult<Vec<_>>>()?;
+        Ok(PyList::new(py, items)?.unbind())
+    }
+
+    /// Answers a waiting human node.
+    #[pyo3(signature = (run_id, value, node = None, event_loop = None))]
+    fn resume(
+        &self,
+        py: Python<'_>,
+        run_id: &str,
+        value: Py<PyAny>,
+        node: Option<&str>,
+        event_loop: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let value = wrap(value);
+        let attachment = attachment(event_loop);
+        py.detach(|| self.engine.resume(run_id, node, value, attachment)).map_err(to_py_err)
+    }
+
+    fn cancel(&self, py: Python<'_>, run_id: &str) -> PyResult<()> {
+        py.detach(|| self.engine.cancel(run_id)).map_err(to_py_err)
+    }
+
+    fn snapshot(&self, py: Python<'_>, run_id: &str) -> PyResult<Py<PyAny>> {
+        let snapshot = py.detach(|| self.engine.snapshot(run_id)).map_err(to_py_err)?;
+        snapshot_to_py(py, &snapshot)
+    }
+
+    /// Per-node state of a run, as dicts.
+    fn nodes(&self, py: Python<'_>, run_id: &str) -> PyResult<Py<PyList>> {
+        let reports = py.detach(|| self.engine.nodes(run_id)).map_err(to_py_err)?;
+        let items = reports
+            .iter()
+            .map(|r| {
+                let d = PyDict::new(py);
+                d.set_item("name", r.name.as_ref())?;
+                d.set_item("kind", r.kind.as_str())?;
+                d.set_item("status", r.status)?;
+                d.set_item("attempts", r.attempts)?;
+                d.set_item("output", r.output.as_ref().map(|v| to_py(py, v)).transpose()?)?;
+                d.set_item("error", r.error.as_ref().map(|e| error_to_py(py, e)).transpose()?)?;
+                Ok(d.into_any().unbind())
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(PyList::new(py, items)?.unbind())
+    }
+
+    /// Ids of the runs in memory, oldest first.
+    fn run_ids(&self, py: Python<'_>) -> Vec<String> {
+        py.detach(|| self.engine.run_ids()).iter().map(|id| id.to_string()).collect()
+    }
+}
+
+/// Sends events to a Python callback from a blocking thread, then `None`.
+fn forward_events(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, callback: Py<PyAny>) {
+    runtime::handle().spawn_blocking(move || {
+        while let Some(event) = rx.blocking_recv() {
+            let delivered = Python::attach(|py| event_to_py(py, &event).and_then(|e| callback.call1(py, (e,))));
+            if let Err(err) = delivered {
+                Python::attach(|py| err.write_unraisable(py, None));
+                return;
+            }
+        }
+        Python::attach(|py| {
+            if let Err(err) = callback.call1(py, (py.None(),)) {
+                err.write_unraisable(py, None);
+            }
+        });
+    });
+}
+
+fn error_to_py(py: Python<'_>, error: &NodeError) -> PyResult<Py<PyAny>> {
+    let d = PyDict::new(py);
+    d.set_item("type", &error.kind)?;
+    d.set_item("message", &error.message)?;
+    d.set_item("traceback", error.traceback.as_deref())?;
+    d.set_item("retryable", error.retryable)?;
+    Ok(d.into_any().unbind())
+}
+
+fn snapshot_to_py(py: Python<'_>, s: &RunSnapshot) -> PyResult<Py<PyAny>> {
+    let d = PyDict::new(py);
+    d.set_item("run_id", s.run_id.as_ref())?;
+    d.set_item("graph", s.graph.as_ref())?;
+    d.set_item("status", s.status.as_str())?;
+    d.set_item("output", s.output.as_ref().map(|v| to_py(py, v)).transpose()?)?;
+    match &s.failure {
+        Some(f) => {
+            let failure = PyDict::new(py);
+            failure.set_item("node", f.node.as_ref())?;
+            failure.set_item("item", f.item)?;
+            failure.set_item("error", error_to_py(py, &f.error)?)?;
+            d.set_item("failure", failure)?;
+        }
+        None => d.set_item("failure", py.None())?,
+    }
+    let waiting = PyDict::new(py);
+    for (node, payload) in &s.waiting {
+        waiting.set_item(node.as_ref(), to_py(py, payload)?)?;
+    }
+    d.set_item("waiting", waiting)?;
+    Ok(d.into_any().unbind())
+}
+
+fn event_to_py(py: Python<'_>, event: &Event) -> PyResult<Py<PyAny>> {
+    let d = PyDict::new(py);
+    d.set_item("run_id", event.run_id.as_ref())?;
+    d.set_item("seq", event.seq)?;
+    d.set_item("at_ms", event.at_ms)?;
+    let set_node = |node: &str| d.set_item("node", node);
+    match &event.kind {
+        EventKind::NodeStarted { node, item, attempt } => {
+            d.set_item("type", "node_started")?;
+            set_node(node)?;
+            d.set_item("item", *item)?;
+            d.set_item("attempt", *attempt)?;
+        }
+        EventKind::Journal(entry) => match entry {
+            JournalEntry::RunStarted { graph, version, input } => {
+                d.set_item("type", "run_started")?;
+                d.set_item("graph", graph.as_ref())?;
+                d.set_item("version", version.as_ref())?;
+                d.set_item("input", to_py(py, input)?)?;
+            }
+            JournalEntry::NodeCompleted { node, item, attempt, output } => {
+                d.set_item("type", "node_completed")?;
+                set_node(node)?;
+                d.set_item("item", *item)?;
+                d.set_item("attempt", *attempt)?;
+                d.set_item("output", to_py(py, output)?)?;
+            }
+            JournalEntry::NodeFailed { node, item, attempt, error, retry_in_ms } => {
+                d.set_item("type", "node_failed")?;
+                set_node(node)?;
+                d.set_item("item", *item)?;
+                d.set_item("attempt", *attempt)?;
+                d.set_item("error", error_to_py(py, error)?)?;
+                d.set_item("retry_in", retry_in_ms.map(|ms| ms as f64 / 1000.0))?;
+            }
+            JournalEntry::NodeSkipped { node } => {
+                d.set_item("type", "node_skipped")?;
+                set_node(node)?;
+            }
+            JournalEntry::Interrupted { node, attempt, payload } => {
+                d.set_item("type", "interrupted")?;
+                set_node(node)?;
+                d.set_item("attempt", *attempt)?;
+                d.set_item("payload", to_py(py, payload)?)?;
+            }
+            JournalEntry::Resumed { node, value } => {
+                d.set_item("type", "resumed")?;
+                set_node(node)?;
+                d.set_item("value", to_py(py, value)?)?;
+            }
+            JournalEntry::RunFinished { status, output, failure } => {
+                d.set_item("type", "run_finished")?;
+                d.set_item("status", status.as_str())?;
+                d.set_item("output", output.as_ref().map(|v| to_py(py, v)).transpose()?)?;
+                match failure {
+                    Some(f) => {
+                        d.set_item("node", f.node.as_ref())?;
+                        d.set_item("error", error_to_py(py, &f.error)?)?;
+                    }
+                    None => d.set_item("error", py.None())?,
+                }
+            }
+        },
+    }
+    Ok(d.into_any().unbind())
+}

@@ -1,0 +1,44 @@
+//! The process's one tokio runtime.
+//!
+//! Created on first use and owned for the life of the process; a child created by
+//! `fork()` gets a fresh one (the parent's threads do not exist in the child, so its
+//! runtime must never be touched there).
+
+use std::sync::Mutex;
+
+use tokio::runtime::{Builder, Handle, Runtime};
+
+struct Owned {
+    pid: u32,
+    runtime: Runtime,
+}
+
+static RUNTIME: Mutex<Option<Owned>> = Mutex::new(None);
+
+/// Blocking threads for synchronous Python bodies. They mostly wait for the GIL or for
+/// I/O the body does, so more than the core count pays off; more than this only adds
+/// GIL contention.
+const MAX_BLOCKING_THREADS: usize = 64;
+
+/// The runtime of this process.
+pub fn handle() -> Handle {
+    let pid = std::process::id();
+    let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(owned) = slot.as_ref() {
+        if owned.pid == pid {
+            return owned.runtime.handle().clone();
+        }
+    }
+    let runtime = Builder::new_multi_thread()
+        .thread_name("ferroflow")
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .enable_time()
+        .build()
+        .expect("the tokio runtime starts");
+    let handle = runtime.handle().clone();
+    if let Some(stale) = slot.replace(Owned { pid, runtime }) {
+        // Inherited across fork(): its threads are gone, and dropping it would wait for them.
+        std::mem::forget(stale);
+    }
+    handle
+}

@@ -1,0 +1,156 @@
+//! Node bodies: what the scheduler calls, and what it hands them.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::error::{GraphError, NodeError};
+use crate::graph::{Graph, NodeId};
+use crate::value::Value;
+
+/// Per-run data a caller attaches when starting or resuming a run and that every body
+/// call of the run receives (the Python bindings attach the event loop that async bodies
+/// run on, for instance).
+pub type Attachment = Arc<dyn Any + Send + Sync>;
+
+/// Everything a body receives for one attempt.
+#[derive(Clone)]
+pub struct NodeCall {
+    pub run_id: Arc<str>,
+    pub node: Arc<str>,
+    pub node_id: NodeId,
+    /// Counts from 1; a retry or a redelivery gets the next number.
+    pub attempt: u32,
+    /// For a map node: the element's index and value.
+    pub item: Option<(u32, Value)>,
+    /// The run's input.
+    pub input: Value,
+    /// The dependencies' outputs, in the order of the node's dependencies; `null` for a
+    /// skipped one.
+    pub deps: Vec<Value>,
+    pub attachment: Option<Attachment>,
+}
+
+impl NodeCall {
+    /// The same for every attempt of this node (or map element) in this run: a body that
+    /// makes an external effect can use it to make the effect happen once.
+    pub fn idempotency_base(&self) -> String {
+        match &self.item {
+            Some((i, _)) => format!("{}/{}/{i}", self.run_id, self.node),
+            None => format!("{}/{}", self.run_id, self.node),
+        }
+    }
+
+    /// `(run_id, node, attempt)` as one string: unique to this attempt.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}", self.idempotency_base(), self.attempt)
+    }
+}
+
+/// What a body returns.
+pub type BodyResult = Result<Value, NodeError>;
+
+/// A body that blocks the thread it runs on. The scheduler calls it on a blocking thread,
+/// never on an async worker thread.
+pub trait BlockingBody: Send + Sync + 'static {
+    fn call(&self, call: NodeCall) -> BodyResult;
+}
+
+/// A body that runs as a future on the runtime. Dropping the future cancels the attempt
+/// (on timeout or run cancellation), so implementations must stop their work on drop.
+pub trait AsyncBody: Send + Sync + 'static {
+    fn call(&self, call: NodeCall) -> BoxFuture<'static, BodyResult>;
+}
+
+impl<F> BlockingBody for F
+where
+    F: Fn(NodeCall) -> BodyResult + Send + Sync + 'static,
+{
+    fn call(&self, call: NodeCall) -> BodyResult {
+        self(call)
+    }
+}
+
+struct AsyncFn<F>(F);
+
+impl<F, Fut> AsyncBody for AsyncFn<F>
+where
+    F: Fn(NodeCall) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = BodyResult> + Send + 'static,
+{
+    fn call(&self, call: NodeCall) -> BoxFuture<'static, BodyResult> {
+        Box::pin((self.0)(call))
+    }
+}
+
+/// A node body.
+#[derive(Clone)]
+pub enum Body {
+    Blocking(Arc<dyn BlockingBody>),
+    Async(Arc<dyn AsyncBody>),
+}
+
+impl Body {
+    /// A body from a blocking closure.
+    pub fn blocking(f: impl Fn(NodeCall) -> BodyResult + Send + Sync + 'static) -> Self {
+        Body::Blocking(Arc::new(f))
+    }
+
+    /// A body from an async closure.
+    pub fn from_async<F, Fut>(f: F) -> Self
+    where
+        F: Fn(NodeCall) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = BodyResult> + Send + 'static,
+    {
+        Body::Async(Arc::new(AsyncFn(f)))
+    }
+}
+
+/// A graph with a body for each node: what a process can execute.
+#[derive(Clone)]
+pub struct Workflow {
+    graph: Arc<Graph>,
+    bodies: Arc<[Body]>,
+    names: Arc<[Arc<str>]>,
+}
+
+impl Workflow {
+    /// Pairs `graph` with its bodies; every node needs one and no body may name a node
+    /// the graph lacks.
+    pub fn new(graph: Graph, mut bodies: HashMap<String, Body>) -> Result<Workflow, GraphError> {
+        let mut ordered = Vec::with_capacity(graph.nodes().len());
+        for node in graph.nodes() {
+            let body = bodies.remove(&node.name).ok_or_else(|| GraphError::Invalid {
+                graph: graph.name().to_owned(),
+                node: node.name.clone(),
+                reason: "it has no body".into(),
+            })?;
+            ordered.push(body);
+        }
+        if let Some(extra) = bodies.into_keys().next() {
+            return Err(GraphError::UnknownDependency {
+                graph: graph.name().to_owned(),
+                node: extra.clone(),
+                dependency: extra,
+            });
+        }
+        let names = graph.nodes().iter().map(|n| Arc::from(n.name.as_str())).collect();
+        Ok(Workflow { graph: Arc::new(graph), bodies: ordered.into(), names })
+    }
+
+    pub fn graph(&self) -> &Arc<Graph> {
+        &self.graph
+    }
+
+    pub fn body(&self, id: NodeId) -> &Body {
+        &self.bodies[id]
+    }
+
+    /// The node's name, shared.
+    pub fn name(&self, id: NodeId) -> &Arc<str> {
+        &self.names[id]
+    }
+}

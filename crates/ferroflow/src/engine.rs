@@ -1,0 +1,655 @@
+//! The scheduler: starts runs, executes ready tasks, records what happened, and wakes
+//! whoever waits on a run.
+//!
+//! Completing a task is one step ([`Inner::complete`]): build the journal entry from the
+//! body's result, apply it to the run's [`RunState`], record it with the entries it
+//! implies, then dispatch what became ready. The step runs under the run's lock, so two
+//! dependencies finishing at once on two threads cannot lose a join's wake-up.
+//!
+//! Blocking bodies run on tokio's blocking threads. A thread that completes a node keeps
+//! one newly ready blocking task for itself and runs it next, so a chain of blocking
+//! nodes costs no thread hand-off per node. Async bodies are spawned on the runtime.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{Attachment, Body, BodyResult, NodeCall, Workflow};
+use crate::error::{Error, NodeError, Result};
+use crate::graph::{NodeId, NodeKind};
+use crate::journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus, now_ms};
+use crate::state::{Rejected, RunState, Task};
+use crate::store::StoredEntry;
+use crate::value::Value;
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Finished runs kept in memory for inspection; the oldest are dropped beyond this.
+    pub retain_finished: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { retain_finished: 10_000 }
+    }
+}
+
+/// How to start a run.
+#[derive(Clone, Default)]
+pub struct StartOptions {
+    /// Caller-chosen id; starting the same id twice returns the first run. Generated
+    /// (time-ordered) when absent.
+    pub run_id: Option<String>,
+    pub attachment: Option<Attachment>,
+}
+
+/// A run's state as callers see it.
+#[derive(Clone, Debug)]
+pub struct RunSnapshot {
+    pub run_id: Arc<str>,
+    pub graph: Arc<str>,
+    pub status: RunStatus,
+    pub output: Option<Value>,
+    pub failure: Option<RunFailure>,
+    /// Human nodes waiting for an answer, with their payloads.
+    pub waiting: Vec<(Arc<str>, Value)>,
+}
+
+/// The state of one node, for inspection.
+#[derive(Clone, Debug)]
+pub struct NodeReport {
+    pub name: Arc<str>,
+    pub kind: NodeKind,
+    /// pending, running, waiting, completed, skipped or failed.
+    pub status: &'static str,
+    /// Attempts made so far (for a map node, the most any element needed).
+    pub attempts: u32,
+    pub output: Option<Value>,
+    pub error: Option<NodeError>,
+}
+
+/// When a watcher's event stream ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchUntil {
+    /// At the first pause (waiting for a person) or at the end of the run.
+    Settled,
+    /// Only at the end of the run.
+    Finished,
+}
+
+/// The scheduler for in-memory (real-time) runs. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: Handle,
+    config: EngineConfig,
+    runs: Mutex<RunTable>,
+}
+
+#[derive(Default)]
+struct RunTable {
+    runs: HashMap<Arc<str>, Arc<LiveRun>>,
+    finished: VecDeque<Arc<str>>,
+}
+
+struct LiveRun {
+    run_id: Arc<str>,
+    workflow: Workflow,
+    core: Mutex<RunCore>,
+    status: watch::Sender<RunStatus>,
+    cancel: CancellationToken,
+    has_watchers: AtomicBool,
+}
+
+struct RunCore {
+    state: RunState,
+    journal: Vec<StoredEntry>,
+    attachment: Option<Attachment>,
+    watchers: Vec<Watcher>,
+}
+
+struct Watcher {
+    tx: mpsc::UnboundedSender<Event>,
+    until: WatchUntil,
+}
+
+/// A task with its call prepared under the run lock.
+struct Ready {
+    task: Task,
+    call: NodeCall,
+}
+
+impl Engine {
+    /// An engine that runs async bodies and timers on `runtime`.
+    pub fn new(runtime: Handle, config: EngineConfig) -> Self {
+        Engine { inner: Arc::new(Inner { runtime, config, runs: Mutex::new(RunTable::default()) }) }
+    }
+
+    /// Starts a run of `workflow` on `input` and returns its id at once. Starting an id
+    /// that exists returns it again, unless it belongs to another graph.
+    pub fn start(&self, workflow: &Workflow, input: Value, options: StartOptions) -> Result<Arc<str>> {
+        self.start_inner(workflow, input, options, None).map(|(id, _)| id)
+    }
+
+    /// Like [`Engine::start`], and returns the run's events from its first one.
+    pub fn start_watched(
+        &self,
+        workflow: &Workflow,
+        input: Value,
+        options: StartOptions,
+        until: WatchUntil,
+    ) -> Result<(Arc<str>, mpsc::UnboundedReceiver<Event>)> {
+        self.start_inner(workflow, input, options, Some(until))
+            .map(|(id, rx)| (id, rx.expect("asked for events")))
+    }
+
+    fn start_inner(
+        &self,
+        workflow: &Workflow,
+        input: Value,
+        options: StartOptions,
+        until: Option<WatchUntil>,
+    ) -> Result<(Arc<str>, Option<mpsc::UnboundedReceiver<Event>>)> {
+        let run_id: Arc<str> = match options.run_id {
+            Some(id) if id.trim().is_empty() => {
+                return Err(Error::InvalidInput { run_id: id, reason: "a run id must not be empty".into() });
+            }
+            Some(id) => id.into(),
+            None => uuid::Uuid::now_v7().to_string().into(),
+        };
+        let graph = workflow.graph();
+        let mut table = self.inner.runs.lock().expect("run table lock");
+        if let Some(existing) = table.runs.get(&run_id) {
+            let existing_graph = existing.workflow.graph();
+            if existing_graph.name() != graph.name() || existing_graph.version() != graph.version() {
+                return Err(Error::RunIdConflict {
+                    run_id: run_id.to_string(),
+                    existing: format!("{}@{}", existing_graph.name(), existing_graph.version()),
+                    requested: format!("{}@{}", graph.name(), graph.version()),
+                });
+            }
+            let rx = until.map(|u| existing.watch(u));
+            return Ok((run_id, rx));
+        }
+
+        let (state, effects) = RunState::start(Arc::clone(graph), input.clone());
+        let started = JournalEntry::RunStarted {
+            graph: graph.name().into(),
+            version: graph.version().into(),
+            input,
+        };
+        let status = state.status();
+        let run = Arc::new(LiveRun {
+            run_id: Arc::clone(&run_id),
+            workflow: workflow.clone(),
+            core: Mutex::new(RunCore {
+                state,
+                journal: Vec::new(),
+                attachment: options.attachment,
+                watchers: Vec::new(),
+            }),
+            status: watch::channel(status).0,
+            cancel: CancellationToken::new(),
+            has_watchers: AtomicBool::new(false),
+        });
+        table.runs.insert(Arc::clone(&run_id), Arc::clone(&run));
+        drop(table);
+
+        let rx = until.map(|u| run.watch(u));
+        let ready = {
+            let mut core = run.lock();
+            run.record(&mut core, std::iter::once(started).chain(effects.derived));
+            run.prepare(&core, effects.ready)
+        };
+        self.inner.after_change(&run);
+        self.inner.dispatch(&run, ready);
+        Ok((run_id, rx))
+    }
+
+    /// Waits until the run is settled (waiting for a person, or finished) or `timeout`
+    /// passes.
+    pub async fn wait(&self, run_id: &str, timeout: Option<Duration>) -> Result<RunSnapshot> {
+        let run = self.inner.live(run_id)?;
+        let mut rx = run.status.subscribe();
+        let settled = rx.wait_for(|s| s.is_terminal() || *s == RunStatus::Waiting);
+        match timeout {
+            Some(limit) => {
+                if tokio::time::timeout(limit, settled).await.is_err() {
+                    return Err(Error::WaitTimeout { run_id: run_id.to_owned(), seconds: limit.as_secs_f64() });
+                }
+            }
+            None => {
+                let _ = settled.await;
+            }
+        }
+        Ok(run.snapshot())
+    }
+
+    /// The run's current state.
+    pub fn snapshot(&self, run_id: &str) -> Result<RunSnapshot> {
+        Ok(self.inner.live(run_id)?.snapshot())
+    }
+
+    /// Per-node state of the run, in topological order.
+    pub fn nodes(&self, run_id: &str) -> Result<Vec<NodeReport>> {
+        Ok(self.inner.live(run_id)?.node_reports())
+    }
+
+    /// The run's journal so far.
+    pub fn journal(&self, run_id: &str) -> Result<Vec<StoredEntry>> {
+        Ok(self.inner.live(run_id)?.lock().journal.clone())
+    }
+
+    /// Ids of the runs held in memory, oldest first.
+    pub fn run_ids(&self) -> Vec<Arc<str>> {
+        let table = self.inner.runs.lock().expect("run table lock");
+        let mut runs: Vec<(u64, Arc<str>)> = table
+            .runs
+            .values()
+            .map(|r| (r.lock().journal.first().map_or(0, |e| e.at_ms), Arc::clone(&r.run_id)))
+            .collect();
+        runs.sort();
+        runs.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Answers a human node: `value` becomes its output and the run continues. `node` may
+    /// be left out when exactly one node is waiting.
+    pub fn resume(&self, run_id: &str, node: Option<&str>, value: Value, attachment: Option<Attachment>) -> Result<()> {
+        let run = self.inner.live(run_id)?;
+        let ready = {
+            let mut core = run.lock();
+            let waiting: Vec<String> = core.state.waiting().map(|(id, _)| run.workflow.graph().node(id).name.clone()).collect();
+            if waiting.is_empty() {
+                return Err(Error::InvalidRunState {
+                    run_id: run_id.to_owned(),
+                    status: core.state.status(),
+                    action: "resume",
+                    expected: "waiting",
+                });
+            }
+            let node = match node {
+                Some(node) if waiting.iter().any(|w| w == node) => node.to_owned(),
+                Some(node) => {
+                    return Err(Error::NotWaitingAt { run_id: run_id.to_owned(), node: node.to_owned(), waiting });
+                }
+                None if waiting.len() == 1 => waiting[0].clone(),
+                None => return Err(Error::AmbiguousResume { run_id: run_id.to_owned(), waiting }),
+            };
+            if attachment.is_some() {
+                core.attachment = attachment;
+            }
+            let entry = JournalEntry::Resumed { node: node.as_str().into(), value };
+            let effects = core.state.apply(&entry).map_err(|e| Error::InvalidInput {
+                run_id: run_id.to_owned(),
+                reason: format!("resume rejected: {e:?}"),
+            })?;
+            run.record(&mut core, std::iter::once(entry).chain(effects.derived));
+            run.prepare(&core, effects.ready)
+        };
+        self.inner.after_change(&run);
+        self.inner.dispatch(&run, ready);
+        Ok(())
+    }
+
+    /// Cancels a run: it is marked cancelled at once, async bodies in flight are
+    /// cancelled, and results still arriving are dropped. Cancelling a cancelled run does
+    /// nothing; cancelling a completed or failed run is an error.
+    pub fn cancel(&self, run_id: &str) -> Result<()> {
+        let run = self.inner.live(run_id)?;
+        {
+            let mut core = run.lock();
+            match core.state.status() {
+                RunStatus::Cancelled => return Ok(()),
+                status if status.is_terminal() => {
+                    return Err(Error::InvalidRunState {
+                        run_id: run_id.to_owned(),
+                        status,
+                        action: "cancel",
+                        expected: "pending, running or waiting",
+                    });
+                }
+                _ => {}
+            }
+            let entry = JournalEntry::RunFinished { status: RunStatus::Cancelled, output: None, failure: None };
+            core.state.apply(&entry).expect("an active run accepts cancellation");
+            run.record(&mut core, std::iter::once(entry));
+        }
+        run.cancel.cancel();
+        self.inner.after_change(&run);
+        Ok(())
+    }
+
+    /// The run's events so far, then live ones until `until`.
+    pub fn watch(&self, run_id: &str, until: WatchUntil) -> Result<mpsc::UnboundedReceiver<Event>> {
+        Ok(self.inner.live(run_id)?.watch(until))
+    }
+}
+
+impl Inner {
+    fn live(&self, run_id: &str) -> Result<Arc<LiveRun>> {
+        self.runs
+            .lock()
+            .expect("run table lock")
+            .runs
+            .get(run_id)
+            .cloned()
+            .ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })
+    }
+
+    /// Publishes the run's status, and retires finished runs beyond the retention limit.
+    fn after_change(&self, run: &Arc<LiveRun>) {
+        let status = run.lock().state.status();
+        run.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+        if status.is_terminal() {
+            let mut table = self.runs.lock().expect("run table lock");
+            if !table.finished.contains(&run.run_id) {
+                table.finished.push_back(Arc::clone(&run.run_id));
+            }
+            while table.finished.len() > self.config.retain_finished {
+                if let Some(old) = table.finished.pop_front() {
+                    table.runs.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, run: &Arc<LiveRun>, ready: Vec<Ready>) {
+        for task in ready {
+            self.spawn(Arc::clone(run), task);
+        }
+    }
+
+    fn spawn(self: &Arc<Self>, run: Arc<LiveRun>, ready: Ready) {
+        let inner = Arc::clone(self);
+        if let Some(delay) = ready.task.delay {
+            self.runtime.spawn(async move {
+                tokio::select! {
+                    _ = run.cancel.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {
+                        let ready = Ready { task: Task { delay: None, ..ready.task }, call: ready.call };
+                        inner.spawn(run, ready);
+                    }
+                }
+            });
+            return;
+        }
+        if run.runs_inline(&ready.task) {
+            self.runtime.spawn_blocking(move || inner.run_blocking_chain(run, ready));
+        } else {
+            self.runtime.spawn(inner.run_async(run, ready));
+        }
+    }
+
+    /// Runs blocking tasks on this (blocking) thread, continuing with one newly ready
+    /// blocking task after each, until none is left for it.
+    fn run_blocking_chain(self: Arc<Self>, run: Arc<LiveRun>, mut ready: Ready) {
+        loop {
+            if run.cancel.is_cancelled() {
+                return;
+            }
+            run.started(&ready.task);
+            let Body::Blocking(body) = run.workflow.body(ready.task.node) else {
+                unreachable!("only blocking bodies run inline")
+            };
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| body.call(ready.call)))
+                .unwrap_or_else(|panic| Err(panic_error(panic)));
+            let mut next = self.complete(&run, &ready.task, result);
+            let keep = next.iter().position(|r| run.runs_inline(&r.task));
+            let mine = keep.map(|i| next.swap_remove(i));
+            self.dispatch(&run, next);
+            match mine {
+                Some(task) => ready = task,
+                None => return,
+            }
+        }
+    }
+
+    async fn run_async(self: Arc<Self>, run: Arc<LiveRun>, ready: Ready) {
+        run.started(&ready.task);
+        let body = run.workflow.body(ready.task.node).clone();
+        let timeout = run.workflow.graph().node(ready.task.node).timeout;
+        let call = ready.call;
+        let attempt = async move {
+            match body {
+                Body::Async(body) => AssertUnwindSafe(body.call(call))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| Err(panic_error(panic))),
+                // A blocking body with a timeout: on timeout the thread cannot be stopped;
+                // it finishes in the background and its result is dropped as stale.
+                Body::Blocking(body) => tokio::task::spawn_blocking(move || body.call(call))
+                    .await
+                    .unwrap_or_else(|join| Err(panic_error(join.into_panic()))),
+            }
+        };
+        let result = tokio::select! {
+            _ = run.cancel.cancelled() => return,
+            result = with_timeout(timeout, attempt) => result,
+        };
+        let next = self.complete(&run, &ready.task, result);
+        self.dispatch(&run, next);
+    }
+
+    /// The completion step: record the attempt's outcome and what it implies, and return
+    /// the tasks that became ready.
+    fn complete(&self, run: &Arc<LiveRun>, task: &Task, result: BodyResult) -> Vec<Ready> {
+        let ready = {
+            let mut core = run.lock();
+            let graph = run.workflow.graph();
+            let spec = graph.node(task.node);
+            let node = Arc::clone(run.workflow.name(task.node));
+            let checked = match (spec.kind, result) {
+                (NodeKind::Branch, Ok(output)) => core.state.check_branch_output(task.node, &output).map(|()| output),
+                (_, result) => result,
+            };
+            let entry = match checked {
+                Ok(payload) if spec.kind == NodeKind::Human => {
+                    JournalEntry::Interrupted { node, attempt: task.attempt, payload }
+                }
+                Ok(output) => JournalEntry::NodeCompleted { node, item: task.item, attempt: task.attempt, output },
+                Err(error) => {
+                    let retry_in_ms = if error.retryable {
+                        spec.retry.delay_after(task.attempt).map(|d| d.as_millis() as u64)
+                    } else {
+                        None
+                    };
+                    JournalEntry::NodeFailed { node, item: task.item, attempt: task.attempt, error, retry_in_ms }
+                }
+            };
+            match core.state.apply(&entry) {
+                Ok(effects) => {
+                    run.record(&mut core, std::iter::once(entry).chain(effects.derived));
+                    run.prepare(&core, effects.ready)
+                }
+                Err(Rejected::Stale) => return Vec::new(),
+                Err(Rejected::Inconsistent(reason)) => {
+                    tracing::error!(run_id = %run.run_id, %reason, "dropping an inconsistent result");
+                    return Vec::new();
+                }
+            }
+        };
+        self.after_change(run);
+        ready
+    }
+}
+
+impl LiveRun {
+    fn lock(&self) -> MutexGuard<'_, RunCore> {
+        // A panic while holding the lock can only come from a bug in the engine itself;
+        // the state it guards is still the last consistent one, so keep serving it.
+        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether a task runs on a blocking thread that may continue with its successors.
+    fn runs_inline(&self, task: &Task) -> bool {
+        task.delay.is_none()
+            && matches!(self.workflow.body(task.node), Body::Blocking(_))
+            && self.workflow.graph().node(task.node).timeout.is_none()
+    }
+
+    /// Appends entries to the journal and sends them to watchers.
+    fn record(&self, core: &mut RunCore, entries: impl IntoIterator<Item = JournalEntry>) {
+        let at_ms = now_ms();
+        for entry in entries {
+            let seq = core.journal.len() as u64;
+            if !core.watchers.is_empty() {
+                let event = Event { run_id: Arc::clone(&self.run_id), seq, at_ms, kind: EventKind::Journal(entry.clone()) };
+                core.watchers.retain(|w| w.tx.send(event.clone()).is_ok());
+            }
+            core.journal.push(StoredEntry { seq, at_ms, entry });
+        }
+        let status = core.state.status();
+        if !core.watchers.is_empty() && (status.is_terminal() || status == RunStatus::Waiting) {
+            core.watchers.retain(|w| !(status.is_terminal() || w.until == WatchUntil::Settled));
+            self.has_watchers.store(!core.watchers.is_empty(), Ordering::Relaxed);
+        }
+    }
+
+    /// Tells watchers that an attempt starts. Costs nothing when nobody watches.
+    fn started(&self, task: &Task) {
+        if !self.has_watchers.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut core = self.lock();
+        let event = Event {
+            run_id: Arc::clone(&self.run_id),
+            seq: core.journal.len() as u64,
+            at_ms: now_ms(),
+            kind: EventKind::NodeStarted {
+                node: Arc::clone(self.workflow.name(task.node)),
+                item: task.item,
+                attempt: task.attempt,
+            },
+        };
+        core.watchers.retain(|w| w.tx.send(event.clone()).is_ok());
+    }
+
+    fn watch(&self, until: WatchUntil) -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut core = self.lock();
+        for stored in &core.journal {
+            let event = Event {
+                run_id: Arc::clone(&self.run_id),
+                seq: stored.seq,
+                at_ms: stored.at_ms,
+                kind: EventKind::Journal(stored.entry.clone()),
+            };
+            let _ = tx.send(event);
+        }
+        let status = core.state.status();
+        let ended = status.is_terminal() || (status == RunStatus::Waiting && until == WatchUntil::Settled);
+        if !ended {
+            core.watchers.push(Watcher { tx, until });
+            self.has_watchers.store(true, Ordering::Relaxed);
+        }
+        rx
+    }
+
+    fn prepare(&self, core: &RunCore, tasks: Vec<Task>) -> Vec<Ready> {
+        tasks
+            .into_iter()
+            .map(|task| {
+                let item = task.item.map(|i| (i, core.state.map_item(task.node, i).cloned().unwrap_or_else(Value::null)));
+                let call = NodeCall {
+                    run_id: Arc::clone(&self.run_id),
+                    node: Arc::clone(self.workflow.name(task.node)),
+                    node_id: task.node,
+                    attempt: task.attempt,
+                    item,
+                    input: core.state.input().clone(),
+                    deps: core.state.dependency_values(task.node),
+                    attachment: core.attachment.clone(),
+                };
+                Ready { task, call }
+            })
+            .collect()
+    }
+
+    fn snapshot(&self) -> RunSnapshot {
+        let core = self.lock();
+        let graph = self.workflow.graph();
+        RunSnapshot {
+            run_id: Arc::clone(&self.run_id),
+            graph: graph.name().into(),
+            status: core.state.status(),
+            output: core.state.output().cloned(),
+            failure: core.state.failure().cloned(),
+            waiting: core.state.waiting().map(|(id, p)| (Arc::clone(self.workflow.name(id)), p.clone())).collect(),
+        }
+    }
+
+    fn node_reports(&self) -> Vec<NodeReport> {
+        use crate::state::NodeState;
+        let core = self.lock();
+        let graph = self.workflow.graph();
+        let mut attempts: Vec<u32> = vec![0; graph.nodes().len()];
+        for stored in &core.journal {
+            let attempt = match &stored.entry {
+                JournalEntry::NodeCompleted { attempt, .. }
+                | JournalEntry::NodeFailed { attempt, .. }
+                | JournalEntry::Interrupted { attempt, .. } => *attempt,
+                _ => continue,
+            };
+            if let Some(id) = stored.entry.node().and_then(|n| graph.id(n)) {
+                attempts[id] = attempts[id].max(attempt);
+            }
+        }
+        (0..graph.nodes().len())
+            .map(|id: NodeId| {
+                let (status, output, error) = match core.state.node_state(id) {
+                    NodeState::Pending => ("pending", None, None),
+                    NodeState::Active { .. } | NodeState::Mapping(_) => ("running", None, None),
+                    NodeState::Waiting { .. } => ("waiting", None, None),
+                    NodeState::Completed { output } => ("completed", Some(output.clone()), None),
+                    NodeState::Skipped => ("skipped", None, None),
+                    NodeState::Failed { error } => ("failed", None, Some(error.clone())),
+                };
+                NodeReport {
+                    name: Arc::clone(self.workflow.name(id)),
+                    kind: graph.node(id).kind,
+                    status,
+                    attempts: attempts[id],
+                    output,
+                    error,
+                }
+            })
+            .collect()
+    }
+}
+
+async fn with_timeout(limit: Option<Duration>, attempt: impl Future<Output = BodyResult>) -> BodyResult {
+    match limit {
+        None => attempt.await,
+        Some(limit) => tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
+            Err(NodeError::new("Timeout", format!("the attempt did not finish within {:.3}s", limit.as_secs_f64())))
+        }),
+    }
+}
+
+fn panic_error(panic: Box<dyn std::any::Any + Send>) -> NodeError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a body panicked".to_owned());
+    NodeError::permanent("Panic", message)
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -1,0 +1,23 @@
+//! ferroflow: a workflow engine for LLM applications.
+//!
+//! A workflow is a [`Graph`] of nodes (tasks, LLM and tool calls, branches, maps, human
+//! steps) with a [`Body`] per node. The [`Engine`] runs it: every node's completion is
+//! recorded in the run's journal, from which [`RunState`] derives what runs next.
+
+pub mod body;
+pub mod engine;
+pub mod error;
+pub mod graph;
+pub mod journal;
+pub mod state;
+pub mod store;
+pub mod value;
+
+pub use body::{AsyncBody, Attachment, BlockingBody, Body, BodyResult, NodeCall, Workflow};
+pub use engine::{Engine, EngineConfig, NodeReport, RunSnapshot, StartOptions, WatchUntil};
+pub use error::{Error, GraphError, NodeError, Result};
+pub use graph::{Dependency, Graph, GraphSpec, NodeId, NodeKind, NodeSpec, RetryPolicy};
+pub use journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus};
+pub use state::{Effects, NodeState, Rejected, RunState, Task};
+pub use store::{Created, JournalStore, Lease, MemoryStore, QueuedTask, RunRecord, StoredEntry, TaskQueue};
+pub use value::{NativeValue, Value};

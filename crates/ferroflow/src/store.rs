@@ -1,0 +1,178 @@
+//! The context abstraction: where journals live ([`JournalStore`]) and where ready tasks
+//! wait for a worker ([`TaskQueue`]).
+//!
+//! The scheduler is written once against these traits. The in-memory context implements
+//! the journal store with [`MemoryStore`]; its task queue is the tokio runtime itself (a
+//! ready task is spawned at once), which is why real-time runs have no queue hop.
+//! Durable contexts implement both traits over SQLite, Redis or NATS.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::journal::{JournalEntry, RunStatus};
+
+/// One journal entry with its position and time.
+#[derive(Clone, Debug)]
+pub struct StoredEntry {
+    /// Position in the run's journal, from 0 (the `RunStarted` entry).
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub entry: JournalEntry,
+}
+
+/// What a store knows of a run without reading its journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub graph: String,
+    pub version: String,
+    pub status: RunStatus,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// The outcome of [`JournalStore::create_run`].
+#[derive(Debug)]
+pub enum Created {
+    /// The run is new; its journal holds the given first entries.
+    New,
+    /// A run with that id exists already; here is its journal.
+    Existing { record: RunRecord, journal: Vec<StoredEntry> },
+}
+
+/// Durable home of run journals.
+///
+/// Contract, for every implementation:
+/// - `create_run` is idempotent on `run_id`: starting a run twice yields one run; the
+///   second caller learns of the first.
+/// - `append` is all-or-nothing for the entries of one call, and only succeeds if the
+///   journal holds exactly `expected_seq` entries before it (optimistic concurrency, so
+///   two writers cannot interleave one run's journal). A conflict is an error that says so.
+/// - Entries are returned by `load` in the order appended, with the `seq` and `at_ms`
+///   given at append time; nothing is ever rewritten.
+/// - `append` of a `RunFinished` entry also updates the run record's status.
+#[async_trait]
+pub trait JournalStore: Send + Sync + 'static {
+    async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created>;
+    async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()>;
+    async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>>;
+    /// Records matching `graph` and `status` (all when `None`), newest first.
+    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>>;
+}
+
+/// A task as queues carry it: enough to find the run and the node attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedTask {
+    pub run_id: String,
+    pub node: String,
+    pub item: Option<u32>,
+    pub attempt: u32,
+    /// Milliseconds since the Unix epoch before which the task must not be handed out.
+    pub not_before_ms: u64,
+}
+
+impl QueuedTask {
+    /// The key queues deduplicate on: one task per `(run, node, item, attempt)`.
+    pub fn key(&self) -> String {
+        match self.item {
+            Some(i) => format!("{}/{}/{i}/{}", self.run_id, self.node, self.attempt),
+            None => format!("{}/{}/{}", self.run_id, self.node, self.attempt),
+        }
+    }
+}
+
+/// A task handed to a worker, held until acknowledged or until the lease runs out.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub task: QueuedTask,
+    /// Identifies this delivery to `ack` and `extend`.
+    pub token: String,
+    /// How many times the task was handed out, this time included.
+    pub deliveries: u32,
+}
+
+/// Where ready tasks wait for workers in durable contexts.
+///
+/// Contract, for every implementation:
+/// - `enqueue` is idempotent on [`QueuedTask::key`]: enqueuing a task that is queued,
+///   leased or was acknowledged does nothing.
+/// - `lease` hands each task to one worker at a time, never before `not_before_ms`, and
+///   waits at most `wait` for one to appear (returning an empty list then).
+/// - A lease that is neither acknowledged nor extended within `lease_for` expires and the
+///   task is handed out again, with `deliveries` increased: delivery is at-least-once,
+///   and duplicates are dropped against the journal by the scheduler.
+/// - `ack` removes the task for good; acknowledging an expired lease is an error, since
+///   another worker may hold the task now.
+#[async_trait]
+pub trait TaskQueue: Send + Sync + 'static {
+    async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()>;
+    async fn lease(&self, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>>;
+    async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<()>;
+    async fn ack(&self, lease: &Lease) -> Result<()>;
+}
+
+/// Journals in process memory: the store of the in-memory context, and the reference
+/// the conformance tests hold durable stores to.
+#[derive(Default)]
+pub struct MemoryStore {
+    runs: Mutex<HashMap<String, (RunRecord, Vec<StoredEntry>)>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl JournalStore for MemoryStore {
+    async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
+        let mut runs = self.runs.lock().expect("store lock");
+        if let Some((existing, journal)) = runs.get(&record.run_id) {
+            return Ok(Created::Existing { record: existing.clone(), journal: journal.clone() });
+        }
+        runs.insert(record.run_id.clone(), (record.clone(), first.to_vec()));
+        Ok(Created::New)
+    }
+
+    async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
+        let mut runs = self.runs.lock().expect("store lock");
+        let (record, journal) = runs.get_mut(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
+        if journal.len() as u64 != expected_seq {
+            return Err(Error::Store(format!(
+                "run '{run_id}': journal has {} entries, the writer expected {expected_seq}: another writer got there first",
+                journal.len()
+            )));
+        }
+        for stored in entries {
+            if let JournalEntry::RunFinished { status, .. } = &stored.entry {
+                record.status = *status;
+            }
+            record.updated_ms = stored.at_ms;
+        }
+        journal.extend_from_slice(entries);
+        Ok(())
+    }
+
+    async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
+        Ok(self.runs.lock().expect("store lock").get(run_id).cloned())
+    }
+
+    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
+        let runs = self.runs.lock().expect("store lock");
+        let mut records: Vec<RunRecord> = runs
+            .values()
+            .map(|(r, _)| r)
+            .filter(|r| graph.is_none_or(|g| r.graph == g) && status.is_none_or(|s| r.status == s))
+            .cloned()
+            .collect();
+        records.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| b.run_id.cmp(&a.run_id)));
+        records.truncate(limit);
+        Ok(records)
+    }
+}

@@ -1,0 +1,60 @@
+"""ferroflow: a fast, durable workflow engine for LLM applications.
+
+Declare a :class:`Graph` of nodes with decorators and run it with ``graph.run(input)``;
+see the README for a tour.
+"""
+
+from . import events
+from ._native import __version__
+from .context import Context, InMemory, default_context
+from .errors import (
+    CycleError,
+    DuplicateNodeError,
+    FerroflowError,
+    GraphError,
+    InvalidInputError,
+    InvalidRunStateError,
+    RunCancelledError,
+    RunError,
+    RunFailedError,
+    RunIdConflictError,
+    RunNotFoundError,
+    StoreError,
+    UnknownDependencyError,
+    UnknownGraphError,
+    UnresolvedParameterError,
+    WaitTimeoutError,
+)
+from .graph import Graph
+from .types import ErrorInfo, NodeContext, NodeInfo, Retry, RunResult, RunStatus
+
+__all__ = [
+    "Context",
+    "CycleError",
+    "DuplicateNodeError",
+    "ErrorInfo",
+    "FerroflowError",
+    "Graph",
+    "GraphError",
+    "InMemory",
+    "InvalidInputError",
+    "InvalidRunStateError",
+    "NodeContext",
+    "NodeInfo",
+    "Retry",
+    "RunCancelledError",
+    "RunError",
+    "RunFailedError",
+    "RunIdConflictError",
+    "RunNotFoundError",
+    "RunResult",
+    "RunStatus",
+    "StoreError",
+    "UnknownDependencyError",
+    "UnknownGraphError",
+    "UnresolvedParameterError",
+    "WaitTimeoutError",
+    "__version__",
+    "default_context",
+    "events",
+]

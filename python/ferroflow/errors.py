@@ -1,0 +1,128 @@
+"""Every exception ferroflow raises, declared in one place.
+
+All derive from :class:`FerroflowError`. Errors about a graph carry ``graph`` and
+``node``; errors about a run carry ``run_id`` (and ``node`` where one is to blame).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+__all__ = [
+    "CycleError",
+    "DuplicateNodeError",
+    "FerroflowError",
+    "GraphError",
+    "InvalidInputError",
+    "InvalidRunStateError",
+    "RunCancelledError",
+    "RunError",
+    "RunFailedError",
+    "RunIdConflictError",
+    "RunNotFoundError",
+    "StoreError",
+    "UnknownDependencyError",
+    "UnknownGraphError",
+    "UnresolvedParameterError",
+    "WaitTimeoutError",
+]
+
+
+class FerroflowError(Exception):
+    """Base class of every ferroflow error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: Optional[str] = None,
+        node: Optional[str] = None,
+        graph: Optional[str] = None,
+        status: Optional[str] = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.run_id = run_id
+        self.node = node
+        self.graph = graph
+        self.status = status
+        self.details = details
+
+
+class GraphError(FerroflowError):
+    """A graph definition is invalid; raised when the graph is built."""
+
+
+class CycleError(GraphError):
+    """The graph's dependencies form a cycle (the message shows it)."""
+
+
+class DuplicateNodeError(GraphError):
+    """Two nodes share a name."""
+
+
+class UnknownDependencyError(GraphError):
+    """A node depends (through ``after``, ``when``, ``over`` or ``deps``) on a node that does not exist."""
+
+
+class UnresolvedParameterError(GraphError):
+    """A body parameter matches no node, is not ``input``/``ctx``/``item``, and has no default."""
+
+
+class UnknownGraphError(FerroflowError):
+    """No graph of that name is registered."""
+
+
+class StoreError(FerroflowError):
+    """A store failed, or holds something inconsistent with the graph."""
+
+
+class RunError(FerroflowError):
+    """An error about one run; ``run_id`` says which."""
+
+
+class RunNotFoundError(RunError, LookupError):
+    """No run has that id (in memory, finished runs are kept only up to a limit)."""
+
+
+class RunIdConflictError(RunError):
+    """The run id is taken by a run of another graph."""
+
+
+class InvalidRunStateError(RunError):
+    """The run is not in a state that allows the call (``status`` says which it is in)."""
+
+
+class InvalidInputError(RunError, ValueError):
+    """A run input or resume value is unusable (in strict mode: not plain JSON data)."""
+
+
+class WaitTimeoutError(RunError, TimeoutError):
+    """A wait for a run timed out. The run itself goes on."""
+
+
+class RunCancelledError(RunError):
+    """The run was cancelled."""
+
+
+class RunFailedError(RunError):
+    """A node failed for good (after its retries); the run is failed.
+
+    ``node`` is the node, ``error_type`` / ``error_message`` / ``traceback`` describe its
+    last attempt's error. Everything completed before the failure stays in the journal.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_type: Optional[str] = None,
+        error_message: Optional[str] = None,
+        traceback: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback

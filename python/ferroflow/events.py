@@ -1,0 +1,117 @@
+"""Typed events of a run, as ``graph.stream`` yields them.
+
+Every event has ``run_id``, ``seq`` and ``at`` (Unix time, seconds). Journal events are
+numbered by ``seq`` from 0 without gaps; :class:`NodeStarted`, which the journal does not
+record, carries the ``seq`` of the next journal event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Type
+
+from .types import ErrorInfo, RunStatus
+
+__all__ = [
+    "Event",
+    "Interrupted",
+    "NodeCompleted",
+    "NodeFailed",
+    "NodeSkipped",
+    "NodeStarted",
+    "Resumed",
+    "RunFinished",
+    "RunStarted",
+]
+
+
+@dataclass(frozen=True)
+class Event:
+    run_id: str
+    seq: int
+    at: float
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    graph: str
+    version: str
+    input: Any
+
+
+@dataclass(frozen=True)
+class NodeStarted(Event):
+    node: str
+    attempt: int
+    item: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class NodeCompleted(Event):
+    node: str
+    attempt: int
+    output: Any
+    item: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class NodeFailed(Event):
+    """An attempt failed. ``retry_in`` is the delay before the next attempt, or ``None``
+    when this failure is final."""
+
+    node: str
+    attempt: int
+    error: ErrorInfo
+    retry_in: Optional[float] = None
+    item: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class NodeSkipped(Event):
+    node: str
+
+
+@dataclass(frozen=True)
+class Interrupted(Event):
+    """A human node waits; ``payload`` is what the person is shown."""
+
+    node: str
+    attempt: int
+    payload: Any
+
+
+@dataclass(frozen=True)
+class Resumed(Event):
+    node: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    status: RunStatus
+    output: Any = None
+    node: Optional[str] = None
+    error: Optional[ErrorInfo] = None
+
+
+_KINDS: Dict[str, Type[Event]] = {
+    "run_started": RunStarted,
+    "node_started": NodeStarted,
+    "node_completed": NodeCompleted,
+    "node_failed": NodeFailed,
+    "node_skipped": NodeSkipped,
+    "interrupted": Interrupted,
+    "resumed": Resumed,
+    "run_finished": RunFinished,
+}
+
+
+def _from_native(d: Mapping[str, Any]) -> Event:
+    fields = dict(d)
+    cls = _KINDS[fields.pop("type")]
+    fields["at"] = fields.pop("at_ms") / 1000.0
+    if "error" in fields:
+        fields["error"] = ErrorInfo._from_native(fields["error"])
+    if cls is RunFinished:
+        fields["status"] = RunStatus(fields["status"])
+    return cls(**fields)

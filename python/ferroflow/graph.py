@@ -1,0 +1,524 @@
+"""The graph builder: declare nodes with decorators, then run the graph.
+
+A node receives the outputs of its dependencies by name: a body parameter called ``classify``
+receives the output of the node ``classify``. Three parameter names are reserved:
+``input`` (the run's input), ``ctx`` (a :class:`~ferroflow.NodeContext`) and, in map
+(``each``) nodes, ``item`` (the element). ``deps={"param": "node"}`` maps a parameter to
+another node explicitly, ``after=[...]`` orders a node after others without taking their
+outputs, and ``when={"branch": "label"}`` makes a node run only when a branch returns that
+label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import threading
+from dataclasses import dataclass
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
+
+from . import _native
+from ._loop import background_loop
+from .context import Context, default_context
+from .errors import (
+    DuplicateNodeError,
+    GraphError,
+    InvalidInputError,
+    RunCancelledError,
+    RunFailedError,
+)
+from .events import Event, _from_native
+from .types import ErrorInfo, Retry, RunResult, RunStatus
+
+__all__ = ["Graph"]
+
+RESERVED = ("input", "ctx", "item")
+_INPUT, _CONTEXT, _ITEM = -1, -2, -3
+
+Labels = Union[str, Sequence[str]]
+
+
+@dataclass(frozen=True)
+class _BodySpec:
+    """Mirrors ``BodySpec`` in ``crates/ferroflow-py/src/body.rs``."""
+
+    func: Callable[..., Any]
+    is_async: bool
+    plan: List[int]
+    retry_on: Tuple[type, ...]
+    strict: bool
+    kind: str
+
+
+@dataclass
+class _Node:
+    name: str
+    kind: str
+    func: Callable[..., Any]
+    deps: Dict[str, str]
+    after: Tuple[str, ...]
+    when: Dict[str, List[str]]
+    over: Optional[str]
+    retry: Optional[Retry]
+    timeout: Optional[float]
+
+
+def _strict_default() -> bool:
+    return os.environ.get("FERROFLOW_STRICT", "").lower() in ("1", "true", "yes")
+
+
+class Graph:
+    """A named workflow graph.
+
+    ``output`` names the node whose output is the run's output; by default it is the only
+    sink's output, or a dict of every sink's output when there are several. ``strict``
+    checks that the run input and every node output are plain JSON data, which a durable
+    context needs (default: the ``FERROFLOW_STRICT`` environment variable).
+    """
+
+    def __init__(self, name: str, *, output: Optional[str] = None, strict: Optional[bool] = None) -> None:
+        self.name = name
+        self.output = output
+        self.strict = _strict_default() if strict is None else strict
+        self._nodes: Dict[str, _Node] = {}
+        self._compiled: Optional[_native.Workflow] = None
+        self._lock = threading.Lock()
+
+    # -- declaring nodes -------------------------------------------------------------
+
+    def task(self, fn: Optional[Callable[..., Any]] = None, /, **options: Any) -> Any:
+        """Declares a plain function node. Usable as ``@g.task`` or ``@g.task(retry=...)``."""
+        return self._declare("task", fn, options)
+
+    def branch(self, fn: Optional[Callable[..., Any]] = None, /, **options: Any) -> Any:
+        """Declares a branch: its body returns a label (or a list of labels), and only the
+        nodes declared with ``when={branch: label}`` for those labels run; the others are
+        skipped."""
+        return self._declare("branch", fn, options)
+
+    def each(self, fn: Optional[Callable[..., Any]] = None, /, *, over: str, **options: Any) -> Any:
+        """Declares a map node: the body runs once per element of the list ``over``
+        returned, receiving it as ``item``. Each element is its own task with its own retries;
+        the node's output is the list of results, in order."""
+        return self._declare("map", fn, dict(options, over=over))
+
+    def human(self, fn: Optional[Callable[..., Any]] = None, /, **options: Any) -> Any:
+        """Declares a human step: the body returns the payload shown to the person, and the
+        run waits (status ``waiting``) until ``resume(run_id, value)``; ``value`` becomes the
+        node's output."""
+        return self._declare("human", fn, options)
+
+    def _declare(self, kind: str, fn: Optional[Callable[..., Any]], options: Dict[str, Any]) -> Any:
+        if fn is None:
+            return lambda f: self._declare(kind, f, options)
+        self._add(kind, fn, **options)
+        return fn
+
+    def _add(
+        self,
+        kind: str,
+        fn: Callable[..., Any],
+        *,
+        name: Optional[str] = None,
+        deps: Optional[Mapping[str, str]] = None,
+        after: Iterable[str] = (),
+        when: Optional[Mapping[str, Labels]] = None,
+        over: Optional[str] = None,
+        retry: Optional[Retry] = None,
+        timeout: Optional[float] = None,
+    ) -> None:
+        if not callable(fn):
+            raise GraphError(f"graph '{self.name}': a node body must be callable, not {type(fn).__name__}", graph=self.name)
+        node_name = name or getattr(fn, "__name__", None)
+        if not node_name or node_name == "<lambda>":
+            raise GraphError(f"graph '{self.name}': give this node a name with name=...", graph=self.name)
+        if node_name in RESERVED:
+            raise GraphError(
+                f"graph '{self.name}': '{node_name}' is a reserved parameter name and cannot name a node",
+                graph=self.name,
+                node=node_name,
+            )
+        if timeout is not None and not timeout > 0:
+            raise GraphError(f"graph '{self.name}': node '{node_name}': timeout must be > 0", graph=self.name, node=node_name)
+        with self._lock:
+            if self._compiled is not None:
+                raise GraphError(f"graph '{self.name}' has been built and can no longer change", graph=self.name)
+            if node_name in self._nodes:
+                raise DuplicateNodeError(f"graph '{self.name}': node '{node_name}' is defined twice", graph=self.name, node=node_name)
+            self._nodes[node_name] = _Node(
+                name=node_name,
+                kind=kind,
+                func=fn,
+                deps=dict(deps or {}),
+                after=tuple(after),
+                when={b: [labels] if isinstance(labels, str) else list(labels) for b, labels in (when or {}).items()},
+                over=over,
+                retry=retry,
+                timeout=timeout,
+            )
+
+    # -- building --------------------------------------------------------------------
+
+    def build(self) -> "Graph":
+        """Validates the graph (raising a :class:`GraphError` naming the node) and freezes it.
+        Running a graph builds it first; call this to fail early."""
+        self._workflow()
+        return self
+
+    def _workflow(self) -> _native.Workflow:
+        compiled = self._compiled
+        if compiled is not None:
+            return compiled
+        with self._lock:
+            if self._compiled is None:
+                spec, bodies = self._spec()
+                self._compiled = _native.Workflow(json.dumps(spec), bodies)
+                self._has_async = any(b.is_async for _, b in bodies)
+            return self._compiled
+
+    def _spec(self) -> Tuple[dict, List[Tuple[str, _BodySpec]]]:
+        nodes = []
+        bodies = []
+        for node in self._nodes.values():
+            deps, plan = self._resolve(node)
+            retry = node.retry or Retry(attempts=1)
+            spec: Dict[str, Any] = {"name": node.name, "kind": node.kind, "deps": deps, "retry": retry._spec()}
+            if node.over is not None:
+                spec["over"] = node.over
+            if node.timeout is not None:
+                spec["timeout"] = max(1, round(node.timeout * 1000))
+            nodes.append(spec)
+            is_async = inspect.iscoroutinefunction(node.func) or inspect.iscoroutinefunction(
+                getattr(node.func, "__call__", None)
+            )
+            bodies.append(
+                (node.name, _BodySpec(node.func, is_async, plan, tuple(retry.on), self.strict, node.kind))
+            )
+        graph: Dict[str, Any] = {"name": self.name, "nodes": nodes}
+        if self.output is not None:
+            graph["output"] = self.output
+        return graph, bodies
+
+    def _resolve(self, node: _Node) -> Tuple[List[dict], List[int]]:
+        """Maps the body's parameters to argument sources and lists the node's edges."""
+        deps: List[dict] = []
+        index: Dict[str, int] = {}
+
+        def edge(source: str, param: Optional[str] = None) -> int:
+            if source in index:
+                return index[source]
+            dep: Dict[str, Any] = {"node": source}
+            if param is not None:
+                dep["param"] = param
+            if source in node.when:
+                dep["when"] = node.when[source]
+            index[source] = len(deps)
+            deps.append(dep)
+            return index[source]
+
+        plan: List[int] = []
+        try:
+            params = list(inspect.signature(node.func).parameters.values())
+        except (TypeError, ValueError) as e:
+            raise GraphError(f"graph '{self.name}': node '{node.name}': cannot read its signature: {e}",
+                             graph=self.name, node=node.name) from None
+        unresolved_default: Optional[str] = None
+        for p in params:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if p.kind is p.KEYWORD_ONLY:
+                if p.default is p.empty:
+                    raise GraphError(
+                        f"graph '{self.name}': node '{node.name}': keyword-only parameter '{p.name}' has no default; "
+                        "make it a positional parameter",
+                        graph=self.name, node=node.name,
+                    )
+                continue
+            source = node.deps.get(p.name, p.name)
+            if source == "input":
+                code = _INPUT
+            elif source == "ctx":
+                code = _CONTEXT
+            elif source == "item" and node.kind == "map":
+                code = _ITEM
+            elif source in self._nodes or p.default is p.empty:
+                # An unknown name without a default is reported by the engine as an
+                # unresolved parameter, naming the node and the parameter.
+                code = edge(source, p.name)
+            else:
+                unresolved_default = p.name
+                continue
+            if unresolved_default is not None:
+                raise GraphError(
+                    f"graph '{self.name}': node '{node.name}': parameter '{unresolved_default}' keeps its default, "
+                    f"so the parameters after it ('{p.name}') cannot be passed; move it last",
+                    graph=self.name, node=node.name,
+                )
+            plan.append(code)
+        for source in (*node.after, *node.when, *((node.over,) if node.over else ())):
+            edge(source)
+        return deps, plan
+
+    # -- introspection ---------------------------------------------------------------
+
+    @property
+    def version(self) -> str:
+        """Hash of the graph's structure; any change to nodes, edges or policies changes it."""
+        return self._workflow().version
+
+    @property
+    def nodes(self) -> List[str]:
+        return list(self._nodes)
+
+    def to_mermaid(self) -> str:
+        """The graph as a Mermaid flowchart."""
+        return self._workflow().to_mermaid()
+
+    def __repr__(self) -> str:
+        return f"Graph({self.name!r}, nodes={len(self._nodes)})"
+
+    # -- running ---------------------------------------------------------------------
+
+    def _context(self, context: Optional[Context]) -> Context:
+        return context if context is not None else default_context()
+
+    def _check_value(self, value: Any, what: str, run_id: Optional[str]) -> None:
+        if self.strict:
+            try:
+                _native.check_json(value)
+            except TypeError as e:
+                raise InvalidInputError(f"{what} is not plain JSON data: {e}", run_id=run_id) from None
+
+    def _loop_for_sync(self) -> Optional[asyncio.AbstractEventLoop]:
+        return background_loop() if self._has_async else None
+
+    def run(
+        self,
+        input: Any = None,
+        *,
+        context: Optional[Context] = None,
+        run_id: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> RunResult:
+        """Runs the graph on ``input`` and blocks until the run completes or waits for a
+        person. Raises :class:`RunFailedError` if a node fails for good,
+        :class:`RunCancelledError` if the run is cancelled, and
+        :class:`WaitTimeoutError` after ``timeout`` seconds (the run goes on). Starting a
+        ``run_id`` that exists returns that run instead of starting another."""
+        workflow = self._workflow()
+        self._check_value(input, "the run input", run_id)
+        engine = self._context(context)._engine
+        started = engine.start(workflow, input, run_id, self._loop_for_sync())
+        return _result(engine.wait(started, timeout))
+
+    async def arun(
+        self,
+        input: Any = None,
+        *,
+        context: Optional[Context] = None,
+        run_id: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> RunResult:
+        """Like :meth:`run`, awaitable. Async bodies run on the caller's event loop.
+        Cancelling the awaiting task cancels the run."""
+        workflow = self._workflow()
+        self._check_value(input, "the run input", run_id)
+        engine = self._context(context)._engine
+        loop = asyncio.get_running_loop()
+        started = engine.start(workflow, input, run_id, loop)
+        return await _settled(engine, started, timeout, loop)
+
+    async def stream(
+        self,
+        input: Any = None,
+        *,
+        context: Optional[Context] = None,
+        run_id: Optional[str] = None,
+        until_finished: bool = False,
+    ) -> AsyncIterator[Event]:
+        """Starts a run and yields its events as they happen, in order, ending when the run
+        finishes or waits for a person (or only when it finishes, with ``until_finished``)."""
+        workflow = self._workflow()
+        self._check_value(input, "the run input", run_id)
+        engine = self._context(context)._engine
+        loop = asyncio.get_running_loop()
+        queue: "asyncio.Queue[Optional[Mapping[str, Any]]]" = asyncio.Queue()
+        engine.start_watched(workflow, input, _deliver_to(loop, queue), run_id, loop, until_finished)
+        while True:
+            event = await queue.get()
+            if event is None:
+                return
+            yield _from_native(event)
+
+    async def watch(
+        self, run_id: str, *, context: Optional[Context] = None, until_finished: bool = False
+    ) -> AsyncIterator[Event]:
+        """Yields the events of an existing run: those so far, then live ones."""
+        engine = self._context(context)._engine
+        loop = asyncio.get_running_loop()
+        queue: "asyncio.Queue[Optional[Mapping[str, Any]]]" = asyncio.Queue()
+        engine.watch(run_id, _deliver_to(loop, queue), until_finished)
+        while True:
+            event = await queue.get()
+            if event is None:
+                return
+            yield _from_native(event)
+
+    def map(
+        self,
+        inputs: Iterable[Any],
+        *,
+        context: Optional[Context] = None,
+        concurrency: int = 100,
+        return_exceptions: bool = False,
+        progress: Optional[Callable[[int, int], None]] = None,
+    ) -> List[Any]:
+        """Runs the graph once per input, ``concurrency`` runs at a time, and returns the
+        outputs in input order. A run that ends waiting for a person gives its
+        :class:`RunResult`. A failed or cancelled run raises its error once every run has
+        settled, or stands in its place with ``return_exceptions=True``. ``progress(done,
+        total)`` is called as runs finish."""
+        workflow = self._workflow()
+        inputs = list(inputs)
+        for i, value in enumerate(inputs):
+            self._check_value(value, f"input #{i}", None)
+        engine = self._context(context)._engine
+        snapshots = engine.run_many(workflow, inputs, concurrency, self._loop_for_sync(), progress)
+        outputs: List[Any] = []
+        for snapshot in snapshots:
+            try:
+                result = _result(snapshot)
+            except (RunFailedError, RunCancelledError) as e:
+                if not return_exceptions:
+                    raise
+                outputs.append(e)
+                continue
+            outputs.append(result.output if result.status is RunStatus.COMPLETED else result)
+        return outputs
+
+    def resume(
+        self,
+        run_id: str,
+        value: Any = None,
+        *,
+        node: Optional[str] = None,
+        context: Optional[Context] = None,
+        timeout: Optional[float] = None,
+    ) -> RunResult:
+        """Answers the human node the run waits on (``node`` says which, if several) and
+        blocks until the run settles again."""
+        self._workflow()
+        self._check_value(value, "the resume value", run_id)
+        engine = self._context(context)._engine
+        engine.resume(run_id, value, node, self._loop_for_sync())
+        return _result(engine.wait(run_id, timeout))
+
+    async def aresume(
+        self,
+        run_id: str,
+        value: Any = None,
+        *,
+        node: Optional[str] = None,
+        context: Optional[Context] = None,
+        timeout: Optional[float] = None,
+    ) -> RunResult:
+        """Like :meth:`resume`, awaitable; async bodies run on the caller's loop."""
+        self._workflow()
+        self._check_value(value, "the resume value", run_id)
+        engine = self._context(context)._engine
+        loop = asyncio.get_running_loop()
+        engine.resume(run_id, value, node, loop)
+        return await _settled(engine, run_id, timeout, loop)
+
+    def cancel(self, run_id: str, *, context: Optional[Context] = None) -> None:
+        """Cancels a run. Cancelling a cancelled run does nothing; a finished run raises
+        :class:`InvalidRunStateError`."""
+        self._context(context)._engine.cancel(run_id)
+
+    def get_run(self, run_id: str, *, context: Optional[Context] = None) -> RunResult:
+        """The run's current state, without waiting (failed runs are returned, not raised)."""
+        return _result(self._context(context)._engine.snapshot(run_id), raise_errors=False)
+
+
+def _deliver_to(loop: asyncio.AbstractEventLoop, queue: "asyncio.Queue[Any]") -> Callable[[Any], None]:
+    def deliver(event: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+        except RuntimeError:
+            pass  # the consumer's loop is closed: nobody is listening any more
+
+    return deliver
+
+
+async def _settled(engine: _native.Engine, run_id: str, timeout: Optional[float], loop: asyncio.AbstractEventLoop) -> RunResult:
+    future: "asyncio.Future[Any]" = loop.create_future()
+
+    def settle(snapshot: Any, error: Optional[BaseException]) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(snapshot)
+
+    def on_settled(snapshot: Any, error: Optional[BaseException]) -> None:
+        try:
+            loop.call_soon_threadsafe(settle, snapshot, error)
+        except RuntimeError:
+            pass  # the caller's loop is gone
+
+    engine.on_settled(run_id, on_settled, timeout)
+    try:
+        snapshot = await future
+    except asyncio.CancelledError:
+        try:
+            engine.cancel(run_id)
+        except Exception:  # noqa: BLE001 - it may have finished meanwhile; the cancellation stands
+            pass
+        raise
+    return _result(snapshot)
+
+
+def _result(snapshot: Mapping[str, Any], raise_errors: bool = True) -> RunResult:
+    status = RunStatus(snapshot["status"])
+    failure = snapshot["failure"]
+    error = ErrorInfo._from_native(failure["error"]) if failure else None
+    result = RunResult(
+        run_id=snapshot["run_id"],
+        graph=snapshot["graph"],
+        status=status,
+        output=snapshot["output"],
+        waiting=snapshot["waiting"],
+        failed_node=failure["node"] if failure else None,
+        error=error,
+    )
+    if raise_errors and status is RunStatus.FAILED and failure and error:
+        item = f" (element {failure['item']})" if failure.get("item") is not None else ""
+        raise RunFailedError(
+            f"run '{result.run_id}' failed at node '{failure['node']}'{item}: {error.type}: {error.message}",
+            run_id=result.run_id,
+            node=failure["node"],
+            graph=result.graph,
+            status=status.value,
+            error_type=error.type,
+            error_message=error.message,
+            traceback=error.traceback,
+        )
+    if raise_errors and status is RunStatus.CANCELLED:
+        raise RunCancelledError(f"run '{result.run_id}' was cancelled", run_id=result.run_id,
+                                graph=result.graph, status=status.value)
+    return result

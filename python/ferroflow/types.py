@@ -1,0 +1,111 @@
+"""Small value types shared by the public API."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Tuple, Type
+
+__all__ = ["ErrorInfo", "NodeContext", "NodeInfo", "Retry", "RunResult", "RunStatus"]
+
+
+class RunStatus(str, enum.Enum):
+    """Where a run is in its life."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """What a body receives when it declares a ``ctx`` parameter.
+
+    ``idempotency_key`` is unique to ``(run_id, node, attempt)`` (and map element): pass it to
+    external services so that an effect retried after a failure happens once.
+    """
+
+    run_id: str
+    node: str
+    attempt: int
+    idempotency_key: str
+    item: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How a failing node is retried.
+
+    ``attempts`` counts the first one. Attempt ``n`` that raises one of ``on`` is followed by
+    attempt ``n + 1`` after ``backoff * multiplier ** (n - 1)`` seconds (at most
+    ``max_backoff``), spread by up to ``jitter`` (a fraction) at random. A node that times
+    out is retried like one that raised.
+    """
+
+    attempts: int = 3
+    backoff: float = 0.1
+    multiplier: float = 2.0
+    max_backoff: float = 30.0
+    jitter: float = 0.1
+    on: Tuple[Type[BaseException], ...] = (Exception,)
+
+    def _spec(self) -> dict:
+        return {
+            "max_attempts": self.attempts,
+            "initial_backoff": round(self.backoff * 1000),
+            "multiplier": self.multiplier,
+            "max_backoff": round(self.max_backoff * 1000),
+            "jitter": self.jitter,
+        }
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """A node attempt's error, as recorded."""
+
+    type: str
+    message: str
+    traceback: Optional[str] = None
+    retryable: bool = True
+
+    @classmethod
+    def _from_native(cls, d: Optional[Mapping[str, Any]]) -> Optional["ErrorInfo"]:
+        if d is None:
+            return None
+        return cls(d["type"], d["message"], d.get("traceback"), bool(d.get("retryable", True)))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A settled run: completed, or waiting for a person.
+
+    ``output`` is the run's output once completed. ``waiting`` maps each human node the run
+    waits on to the payload it shows; answer with ``graph.resume(run_id, value)``.
+    """
+
+    run_id: str
+    graph: str
+    status: RunStatus
+    output: Any = None
+    waiting: Mapping[str, Any] = field(default_factory=dict)
+    failed_node: Optional[str] = None
+    error: Optional[ErrorInfo] = None
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node of a run, for inspection."""
+
+    name: str
+    kind: str
+    status: str
+    attempts: int
+    output: Any = None
+    error: Optional[ErrorInfo] = None
