@@ -38,6 +38,7 @@ lint: $(VENV)/.deps ## Check formatting and lints: cargo fmt, clippy -D warnings
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	$(BIN)/ruff check python tests benches examples
 	$(BIN)/ruff format --check python tests benches examples
+	$(BIN)/mypy
 	$(PY) -m mypy.stubtest ferroflow._native --allowlist python/ferroflow/stubtest-allowlist.txt
 
 .PHONY: fmt

@@ -142,7 +142,9 @@ class Graph:
         timeout: Optional[float] = None,
     ) -> None:
         if not callable(fn):
-            raise GraphError(f"graph '{self.name}': a node body must be callable, not {type(fn).__name__}", graph=self.name)
+            raise GraphError(
+                f"graph '{self.name}': a node body must be callable, not {type(fn).__name__}", graph=self.name
+            )
         node_name = name or getattr(fn, "__name__", None)
         if not node_name or node_name == "<lambda>":
             raise GraphError(f"graph '{self.name}': give this node a name with name=...", graph=self.name)
@@ -153,12 +155,16 @@ class Graph:
                 node=node_name,
             )
         if timeout is not None and not timeout > 0:
-            raise GraphError(f"graph '{self.name}': node '{node_name}': timeout must be > 0", graph=self.name, node=node_name)
+            raise GraphError(
+                f"graph '{self.name}': node '{node_name}': timeout must be > 0", graph=self.name, node=node_name
+            )
         with self._lock:
             if self._compiled is not None:
                 raise GraphError(f"graph '{self.name}' has been built and can no longer change", graph=self.name)
             if node_name in self._nodes:
-                raise DuplicateNodeError(f"graph '{self.name}': node '{node_name}' is defined twice", graph=self.name, node=node_name)
+                raise DuplicateNodeError(
+                    f"graph '{self.name}': node '{node_name}' is defined twice", graph=self.name, node=node_name
+                )
             self._nodes[node_name] = _Node(
                 name=node_name,
                 kind=kind,
@@ -173,7 +179,7 @@ class Graph:
 
     # -- building --------------------------------------------------------------------
 
-    def build(self) -> "Graph":
+    def build(self) -> Graph:
         """Validates the graph (raising a :class:`GraphError` naming the node) and freezes it.
         Running a graph builds it first; call this to fail early."""
         self._workflow()
@@ -202,12 +208,9 @@ class Graph:
             if node.timeout is not None:
                 spec["timeout"] = max(1, round(node.timeout * 1000))
             nodes.append(spec)
-            is_async = inspect.iscoroutinefunction(node.func) or inspect.iscoroutinefunction(
-                getattr(node.func, "__call__", None)
-            )
-            bodies.append(
-                (node.name, _BodySpec(node.func, is_async, plan, tuple(retry.on), self.strict, node.kind))
-            )
+            # An instance whose class defines `async def __call__` is async too.
+            is_async = inspect.iscoroutinefunction(node.func) or inspect.iscoroutinefunction(type(node.func).__call__)
+            bodies.append((node.name, _BodySpec(node.func, is_async, plan, tuple(retry.on), self.strict, node.kind)))
         graph: Dict[str, Any] = {"name": self.name, "nodes": nodes}
         if self.output is not None:
             graph["output"] = self.output
@@ -234,8 +237,11 @@ class Graph:
         try:
             params = list(inspect.signature(node.func).parameters.values())
         except (TypeError, ValueError) as e:
-            raise GraphError(f"graph '{self.name}': node '{node.name}': cannot read its signature: {e}",
-                             graph=self.name, node=node.name) from None
+            raise GraphError(
+                f"graph '{self.name}': node '{node.name}': cannot read its signature: {e}",
+                graph=self.name,
+                node=node.name,
+            ) from None
         unresolved_default: Optional[str] = None
         for p in params:
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -245,7 +251,8 @@ class Graph:
                     raise GraphError(
                         f"graph '{self.name}': node '{node.name}': keyword-only parameter '{p.name}' has no default; "
                         "make it a positional parameter",
-                        graph=self.name, node=node.name,
+                        graph=self.name,
+                        node=node.name,
                     )
                 continue
             source = node.deps.get(p.name, p.name)
@@ -266,7 +273,8 @@ class Graph:
                 raise GraphError(
                     f"graph '{self.name}': node '{node.name}': parameter '{unresolved_default}' keeps its default, "
                     f"so the parameters after it ('{p.name}') cannot be passed; move it last",
-                    graph=self.name, node=node.name,
+                    graph=self.name,
+                    node=node.name,
                 )
             plan.append(code)
         for source in (*node.after, *node.when, *((node.over,) if node.over else ())):
@@ -322,8 +330,7 @@ class Graph:
         workflow = self._workflow()
         self._check_value(input, "the run input", run_id)
         engine = self._context(context)._engine
-        started = engine.start(workflow, input, run_id, self._loop_for_sync())
-        return _result(engine.wait(started, timeout))
+        return _result(engine.run(workflow, input, run_id, self._loop_for_sync(), timeout))
 
     async def arun(
         self,
@@ -356,7 +363,7 @@ class Graph:
         self._check_value(input, "the run input", run_id)
         engine = self._context(context)._engine
         loop = asyncio.get_running_loop()
-        queue: "asyncio.Queue[Optional[Mapping[str, Any]]]" = asyncio.Queue()
+        queue: asyncio.Queue[Optional[Mapping[str, Any]]] = asyncio.Queue()
         engine.start_watched(workflow, input, _deliver_to(loop, queue), run_id, loop, until_finished)
         while True:
             event = await queue.get()
@@ -370,7 +377,7 @@ class Graph:
         """Yields the events of an existing run: those so far, then live ones."""
         engine = self._context(context)._engine
         loop = asyncio.get_running_loop()
-        queue: "asyncio.Queue[Optional[Mapping[str, Any]]]" = asyncio.Queue()
+        queue: asyncio.Queue[Optional[Mapping[str, Any]]] = asyncio.Queue()
         engine.watch(run_id, _deliver_to(loop, queue), until_finished)
         while True:
             event = await queue.get()
@@ -454,7 +461,7 @@ class Graph:
         return _result(self._context(context)._engine.snapshot(run_id), raise_errors=False)
 
 
-def _deliver_to(loop: asyncio.AbstractEventLoop, queue: "asyncio.Queue[Any]") -> Callable[[Any], None]:
+def _deliver_to(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> Callable[[Any], None]:
     def deliver(event: Any) -> None:
         try:
             loop.call_soon_threadsafe(queue.put_nowait, event)
@@ -464,8 +471,10 @@ def _deliver_to(loop: asyncio.AbstractEventLoop, queue: "asyncio.Queue[Any]") ->
     return deliver
 
 
-async def _settled(engine: _native.Engine, run_id: str, timeout: Optional[float], loop: asyncio.AbstractEventLoop) -> RunResult:
-    future: "asyncio.Future[Any]" = loop.create_future()
+async def _settled(
+    engine: _native.Engine, run_id: str, timeout: Optional[float], loop: asyncio.AbstractEventLoop
+) -> RunResult:
+    future: asyncio.Future[Any] = loop.create_future()
 
     def settle(snapshot: Any, error: Optional[BaseException]) -> None:
         if future.done():
@@ -519,6 +528,7 @@ def _result(snapshot: Mapping[str, Any], raise_errors: bool = True) -> RunResult
             traceback=error.traceback,
         )
     if raise_errors and status is RunStatus.CANCELLED:
-        raise RunCancelledError(f"run '{result.run_id}' was cancelled", run_id=result.run_id,
-                                graph=result.graph, status=status.value)
+        raise RunCancelledError(
+            f"run '{result.run_id}' was cancelled", run_id=result.run_id, graph=result.graph, status=status.value
+        )
     return result

@@ -76,7 +76,7 @@ class ErrorInfo:
     retryable: bool = True
 
     @classmethod
-    def _from_native(cls, d: Optional[Mapping[str, Any]]) -> Optional["ErrorInfo"]:
+    def _from_native(cls, d: Optional[Mapping[str, Any]]) -> Optional[ErrorInfo]:
         if d is None:
             return None
         return cls(d["type"], d["message"], d.get("traceback"), bool(d.get("retryable", True)))

@@ -47,7 +47,11 @@ impl ArgSource {
             -1 => ArgSource::Input,
             -2 => ArgSource::Context,
             -3 => ArgSource::Item,
-            other => return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown argument source {other}"))),
+            other => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "unknown argument source {other}"
+                )));
+            }
         })
     }
 }
@@ -71,7 +75,11 @@ impl PyBody {
     pub fn new(spec: &BodySpec, py: Python<'_>) -> PyResult<Arc<Self>> {
         Ok(Arc::new(PyBody {
             func: spec.func.clone_ref(py),
-            plan: spec.plan.iter().map(|&c| ArgSource::decode(c)).collect::<PyResult<_>>()?,
+            plan: spec
+                .plan
+                .iter()
+                .map(|&c| ArgSource::decode(c))
+                .collect::<PyResult<_>>()?,
             retry_on: spec.retry_on.clone_ref(py),
             strict: spec.strict,
             branch: spec.kind == "branch",
@@ -90,7 +98,9 @@ impl PyBody {
                 },
                 ArgSource::Context => {
                     let cls = NODE_CONTEXT.get_or_try_init(py, || {
-                        py.import("ferroflow.types")?.getattr("NodeContext").map(Bound::unbind)
+                        py.import("ferroflow.types")?
+                            .getattr("NodeContext")
+                            .map(Bound::unbind)
                     })?;
                     cls.call1(
                         py,
@@ -116,7 +126,10 @@ impl PyBody {
             return py_to_json(&obj, "$").map(Value::from).map_err(|_| {
                 NodeError::permanent(
                     "InvalidBranchOutput",
-                    format!("branch '{node}' must return a label (str) or a list of labels, not {}", type_name(&obj)),
+                    format!(
+                        "branch '{node}' must return a label (str) or a list of labels, not {}",
+                        type_name(&obj)
+                    ),
                 )
             });
         }
@@ -142,16 +155,31 @@ impl PyBody {
         let message = value.str().map(|s| s.to_string()).unwrap_or_default();
         let retryable = value.is_instance(self.retry_on.bind(py)).unwrap_or(false);
         let traceback = TRACEBACK
-            .get_or_try_init(py, || py.import("traceback")?.getattr("format_exception").map(Bound::unbind))
+            .get_or_try_init(py, || {
+                py.import("traceback")?
+                    .getattr("format_exception")
+                    .map(Bound::unbind)
+            })
             .and_then(|format| format.call1(py, (value.get_type(), value, err.traceback(py))))
-            .and_then(|lines| PyString::new(py, "").call_method1("join", (lines,)).map(|s| s.to_string()))
+            .and_then(|lines| {
+                PyString::new(py, "")
+                    .call_method1("join", (lines,))
+                    .map(|s| s.to_string())
+            })
             .ok();
-        NodeError { kind, message, traceback, retryable }
+        NodeError {
+            kind,
+            message,
+            traceback,
+            retryable,
+        }
     }
 
     fn call_sync(&self, call: &NodeCall) -> BodyResult {
         Python::attach(|py| {
-            let args = self.args(py, call).map_err(|e| argument_error(py, &call.node, e))?;
+            let args = self
+                .args(py, call)
+                .map_err(|e| argument_error(py, &call.node, e))?;
             match self.func.bind(py).call1(args) {
                 Ok(obj) => self.output(py, &call.node, obj),
                 Err(err) => Err(self.error(py, err)),
@@ -161,7 +189,13 @@ impl PyBody {
 }
 
 fn argument_error(py: Python<'_>, node: &str, err: PyErr) -> NodeError {
-    NodeError::permanent("ArgumentError", format!("could not build the arguments of node '{node}': {}", err.value(py)))
+    NodeError::permanent(
+        "ArgumentError",
+        format!(
+            "could not build the arguments of node '{node}': {}",
+            err.value(py)
+        ),
+    )
 }
 
 pub struct SyncPyBody(pub Arc<PyBody>);
@@ -182,7 +216,10 @@ impl AsyncBody for AsyncPyBody {
             let (rx, future) = scheduled?;
             let mut guard = CancelOnDrop(Some(future));
             let result = rx.await.unwrap_or_else(|_| {
-                Err(NodeError::new("Cancelled", format!("the asyncio task of node '{}' was dropped", call.node)))
+                Err(NodeError::new(
+                    "Cancelled",
+                    format!("the asyncio task of node '{}' was dropped", call.node),
+                ))
             });
             guard.0 = None;
             result
@@ -193,21 +230,46 @@ impl AsyncBody for AsyncPyBody {
 type Scheduled = (oneshot::Receiver<BodyResult>, Py<PyAny>);
 
 fn schedule(py: Python<'_>, body: &Arc<PyBody>, call: &NodeCall) -> Result<Scheduled, NodeError> {
-    let Some(event_loop) = call.attachment.as_ref().and_then(|a| a.downcast_ref::<EventLoop>()) else {
+    let Some(event_loop) = call
+        .attachment
+        .as_ref()
+        .and_then(|a| a.downcast_ref::<EventLoop>())
+    else {
         return Err(NodeError::permanent(
             "NoEventLoop",
-            format!("node '{}' is async, and its run has no asyncio event loop attached", call.node),
+            format!(
+                "node '{}' is async, and its run has no asyncio event loop attached",
+                call.node
+            ),
         ));
     };
-    let args = body.args(py, call).map_err(|e| argument_error(py, &call.node, e))?;
-    let coroutine = body.func.bind(py).call1(args).map_err(|e| body.error(py, e))?;
+    let args = body
+        .args(py, call)
+        .map_err(|e| argument_error(py, &call.node, e))?;
+    let coroutine = body
+        .func
+        .bind(py)
+        .call1(args)
+        .map_err(|e| body.error(py, e))?;
     let (tx, rx) = oneshot::channel();
     let run = RUN_COROUTINE
-        .get_or_try_init(py, || py.import("asyncio")?.getattr("run_coroutine_threadsafe").map(Bound::unbind))
+        .get_or_try_init(py, || {
+            py.import("asyncio")?
+                .getattr("run_coroutine_threadsafe")
+                .map(Bound::unbind)
+        })
         .map_err(|e| body.error(py, e))?;
-    let future = run.call1(py, (coroutine, event_loop.0.clone_ref(py))).map_err(|e| body.error(py, e))?;
-    let done = Done { tx: Mutex::new(Some(tx)), body: Arc::clone(body), node: call.node.to_string() };
-    future.call_method1(py, "add_done_callback", (done,)).map_err(|e| body.error(py, e))?;
+    let future = run
+        .call1(py, (coroutine, event_loop.0.clone_ref(py)))
+        .map_err(|e| body.error(py, e))?;
+    let done = Done {
+        tx: Mutex::new(Some(tx)),
+        body: Arc::clone(body),
+        node: call.node.to_string(),
+    };
+    future
+        .call_method1(py, "add_done_callback", (done,))
+        .map_err(|e| body.error(py, e))?;
     Ok((rx, future))
 }
 
@@ -222,8 +284,15 @@ struct Done {
 #[pymethods]
 impl Done {
     fn __call__(&self, py: Python<'_>, future: Bound<'_, PyAny>) {
-        let result = if future.call_method0("cancelled").and_then(|c| c.is_truthy()).unwrap_or(false) {
-            Err(NodeError::new("Cancelled", format!("the asyncio task of node '{}' was cancelled", self.node)))
+        let result = if future
+            .call_method0("cancelled")
+            .and_then(|c| c.is_truthy())
+            .unwrap_or(false)
+        {
+            Err(NodeError::new(
+                "Cancelled",
+                format!("the asyncio task of node '{}' was cancelled", self.node),
+            ))
         } else {
             match future.call_method0("result") {
                 Ok(obj) => self.body.output(py, &self.node, obj),

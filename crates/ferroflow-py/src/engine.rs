@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferroflow::{
-    Body, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, NodeError, RunSnapshot, StartOptions,
-    Value, WatchUntil, Workflow,
+    Body, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, NodeError, RunSnapshot,
+    StartOptions, Value, WatchUntil, Workflow,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -30,7 +30,9 @@ pub struct PyWorkflow {
 
 impl PyWorkflow {
     fn get(&self) -> PyResult<&Workflow> {
-        self.workflow.as_ref().ok_or_else(|| PyValueError::new_err("this workflow was cleared by the garbage collector"))
+        self.workflow.as_ref().ok_or_else(|| {
+            PyValueError::new_err("this workflow was cleared by the garbage collector")
+        })
     }
 }
 
@@ -54,7 +56,10 @@ impl PyWorkflow {
             compiled.insert(name, body);
         }
         let workflow = Workflow::new(graph, compiled).map_err(|e| to_py_err(e.into()))?;
-        Ok(PyWorkflow { workflow: Some(workflow), funcs })
+        Ok(PyWorkflow {
+            workflow: Some(workflow),
+            funcs,
+        })
     }
 
     #[getter]
@@ -72,7 +77,8 @@ impl PyWorkflow {
     }
 
     fn spec_json(&self) -> PyResult<String> {
-        serde_json::to_string(&self.get()?.graph().spec()).map_err(|e| PyValueError::new_err(e.to_string()))
+        serde_json::to_string(&self.get()?.graph().spec())
+            .map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -100,7 +106,10 @@ fn attachment(event_loop: Option<Py<PyAny>>) -> Option<ferroflow::Attachment> {
 
 fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
     timeout
-        .map(|t| Duration::try_from_secs_f64(t).map_err(|_| PyValueError::new_err(format!("invalid timeout {t}"))))
+        .map(|t| {
+            Duration::try_from_secs_f64(t)
+                .map_err(|_| PyValueError::new_err(format!("invalid timeout {t}")))
+        })
         .transpose()
 }
 
@@ -132,7 +141,9 @@ impl PyEngine {
     #[new]
     #[pyo3(signature = (retain_finished = 10_000))]
     fn new(retain_finished: usize) -> Self {
-        PyEngine { engine: Engine::new(runtime::handle(), EngineConfig { retain_finished }) }
+        PyEngine {
+            engine: Engine::new(runtime::handle(), EngineConfig { retain_finished }),
+        }
     }
 
     /// Starts a run and returns its id.
@@ -146,9 +157,14 @@ impl PyEngine {
         event_loop: Option<Py<PyAny>>,
     ) -> PyResult<String> {
         let workflow = workflow.get()?.clone();
-        let options = StartOptions { run_id, attachment: attachment(event_loop) };
+        let options = StartOptions {
+            run_id,
+            attachment: attachment(event_loop),
+        };
         let input = wrap(input);
-        py.detach(|| self.engine.start(&workflow, input, options)).map(|id| id.to_string()).map_err(to_py_err)
+        py.detach(|| self.engine.start(&workflow, input, options))
+            .map(|id| id.to_string())
+            .map_err(to_py_err)
     }
 
     /// Starts a run and forwards its events to `callback` (then `None`) from a
@@ -166,20 +182,67 @@ impl PyEngine {
         until_finished: bool,
     ) -> PyResult<String> {
         let workflow = workflow.get()?.clone();
-        let options = StartOptions { run_id, attachment: attachment(event_loop) };
+        let options = StartOptions {
+            run_id,
+            attachment: attachment(event_loop),
+        };
         let input = wrap(input);
-        let until = if until_finished { WatchUntil::Finished } else { WatchUntil::Settled };
-        let (run_id, rx) =
-            py.detach(|| self.engine.start_watched(&workflow, input, options, until)).map_err(to_py_err)?;
+        let until = if until_finished {
+            WatchUntil::Finished
+        } else {
+            WatchUntil::Settled
+        };
+        let (run_id, rx) = py
+            .detach(|| self.engine.start_watched(&workflow, input, options, until))
+            .map_err(to_py_err)?;
         forward_events(rx, callback);
         Ok(run_id.to_string())
     }
 
+    /// Starts a run, executes its blocking bodies on this thread while they form a chain,
+    /// then blocks until the run settles: the synchronous `graph.run`.
+    #[pyo3(signature = (workflow, input, run_id = None, event_loop = None, timeout = None))]
+    fn run(
+        &self,
+        py: Python<'_>,
+        workflow: PyRef<'_, PyWorkflow>,
+        input: Py<PyAny>,
+        run_id: Option<String>,
+        event_loop: Option<Py<PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        let timeout = seconds(timeout)?;
+        let workflow = workflow.get()?.clone();
+        let options = StartOptions {
+            run_id,
+            attachment: attachment(event_loop),
+        };
+        let input = wrap(input);
+        let run_id = py
+            .detach(|| self.engine.start_and_drive(&workflow, input, options))
+            .map_err(to_py_err)?;
+        let snapshot =
+            block_on(py, self.engine.wait(&run_id, timeout), |_| Ok(()))?.map_err(to_py_err)?;
+        snapshot_to_py(py, &snapshot)
+    }
+
     /// Forwards the events of an existing run (from its first) to `callback`.
     #[pyo3(signature = (run_id, callback, until_finished = false))]
-    fn watch(&self, py: Python<'_>, run_id: &str, callback: Py<PyAny>, until_finished: bool) -> PyResult<()> {
-        let until = if until_finished { WatchUntil::Finished } else { WatchUntil::Settled };
-        let rx = py.detach(|| self.engine.watch(run_id, until)).map_err(to_py_err)?;
+    fn watch(
+        &self,
+        py: Python<'_>,
+        run_id: &str,
+        callback: Py<PyAny>,
+        until_finished: bool,
+    ) -> PyResult<()> {
+        let until = if until_finished {
+            WatchUntil::Finished
+        } else {
+            WatchUntil::Settled
+        };
+        let rx = py
+            .detach(|| self.engine.watch(run_id, until))
+            .map_err(to_py_err)?;
         forward_events(rx, callback);
         Ok(())
     }
@@ -188,14 +251,20 @@ impl PyEngine {
     #[pyo3(signature = (run_id, timeout = None))]
     fn wait(&self, py: Python<'_>, run_id: &str, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let timeout = seconds(timeout)?;
-        let snapshot = block_on(py, self.engine.wait(run_id, timeout), |_| Ok(()))?.map_err(to_py_err)?;
+        let snapshot =
+            block_on(py, self.engine.wait(run_id, timeout), |_| Ok(()))?.map_err(to_py_err)?;
         snapshot_to_py(py, &snapshot)
     }
 
     /// Calls `callback(snapshot, None)` or `callback(None, error)` from a background
     /// thread once the run is settled.
     #[pyo3(signature = (run_id, callback, timeout = None))]
-    fn on_settled(&self, run_id: String, callback: Py<PyAny>, timeout: Option<f64>) -> PyResult<()> {
+    fn on_settled(
+        &self,
+        run_id: String,
+        callback: Py<PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
         let timeout = seconds(timeout)?;
         let engine = self.engine.clone();
         let handle = runtime::handle();
@@ -245,8 +314,14 @@ impl PyEngine {
             let gate = Arc::new(tokio::sync::Semaphore::new(concurrency));
             let mut waits = Vec::with_capacity(inputs.len());
             for input in inputs {
-                let permit = Arc::clone(&gate).acquire_owned().await.expect("the semaphore is never closed");
-                let options = StartOptions { run_id: None, attachment: attachment.clone() };
+                let permit = Arc::clone(&gate)
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let options = StartOptions {
+                    run_id: None,
+                    attachment: attachment.clone(),
+                };
                 let run_id = engine.start(&workflow, input, options)?;
                 let engine = engine.clone();
                 let counter = Arc::clone(&counter);
@@ -259,19 +334,27 @@ impl PyEngine {
             }
             let mut snapshots = Vec::with_capacity(waits.len());
             for wait in waits {
-                snapshots.push(wait.await.map_err(|e| ferroflow::Error::Store(e.to_string()))??);
+                snapshots.push(
+                    wait.await
+                        .map_err(|e| ferroflow::Error::Store(e.to_string()))??,
+                );
             }
             Ok::<_, ferroflow::Error>(snapshots)
         };
         let snapshots = block_on(py, batch, |py| match &progress {
-            Some(cb) => cb.call1(py, (done.load(std::sync::atomic::Ordering::Relaxed), total)).map(drop),
+            Some(cb) => cb
+                .call1(py, (done.load(std::sync::atomic::Ordering::Relaxed), total))
+                .map(drop),
             None => Ok(()),
         })?
         .map_err(to_py_err)?;
         if let Some(cb) = &progress {
             cb.call1(py, (total, total))?;
         }
-        let items = snapshots.iter().map(|s| snapshot_to_py(py, s)).collect::<PyResult<Vec<_>>>()?;
+        let items = snapshots
+            .iter()
+            .map(|s| snapshot_to_py(py, s))
+            .collect::<PyResult<Vec<_>>>()?;
         Ok(PyList::new(py, items)?.unbind())
     }
 
@@ -287,7 +370,8 @@ impl PyEngine {
     ) -> PyResult<()> {
         let value = wrap(value);
         let attachment = attachment(event_loop);
-        py.detach(|| self.engine.resume(run_id, node, value, attachment)).map_err(to_py_err)
+        py.detach(|| self.engine.resume(run_id, node, value, attachment))
+            .map_err(to_py_err)
     }
 
     fn cancel(&self, py: Python<'_>, run_id: &str) -> PyResult<()> {
@@ -295,7 +379,9 @@ impl PyEngine {
     }
 
     fn snapshot(&self, py: Python<'_>, run_id: &str) -> PyResult<Py<PyAny>> {
-        let snapshot = py.detach(|| self.engine.snapshot(run_id)).map_err(to_py_err)?;
+        let snapshot = py
+            .detach(|| self.engine.snapshot(run_id))
+            .map_err(to_py_err)?;
         snapshot_to_py(py, &snapshot)
     }
 
@@ -310,8 +396,14 @@ impl PyEngine {
                 d.set_item("kind", r.kind.as_str())?;
                 d.set_item("status", r.status)?;
                 d.set_item("attempts", r.attempts)?;
-                d.set_item("output", r.output.as_ref().map(|v| to_py(py, v)).transpose()?)?;
-                d.set_item("error", r.error.as_ref().map(|e| error_to_py(py, e)).transpose()?)?;
+                d.set_item(
+                    "output",
+                    r.output.as_ref().map(|v| to_py(py, v)).transpose()?,
+                )?;
+                d.set_item(
+                    "error",
+                    r.error.as_ref().map(|e| error_to_py(py, e)).transpose()?,
+                )?;
                 Ok(d.into_any().unbind())
             })
             .collect::<PyResult<Vec<_>>>()?;
@@ -320,7 +412,10 @@ impl PyEngine {
 
     /// Ids of the runs in memory, oldest first.
     fn run_ids(&self, py: Python<'_>) -> Vec<String> {
-        py.detach(|| self.engine.run_ids()).iter().map(|id| id.to_string()).collect()
+        py.detach(|| self.engine.run_ids())
+            .iter()
+            .map(|id| id.to_string())
+            .collect()
     }
 }
 
@@ -328,7 +423,8 @@ impl PyEngine {
 fn forward_events(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, callback: Py<PyAny>) {
     runtime::handle().spawn_blocking(move || {
         while let Some(event) = rx.blocking_recv() {
-            let delivered = Python::attach(|py| event_to_py(py, &event).and_then(|e| callback.call1(py, (e,))));
+            let delivered =
+                Python::attach(|py| event_to_py(py, &event).and_then(|e| callback.call1(py, (e,))));
             if let Err(err) = delivered {
                 Python::attach(|py| err.write_unraisable(py, None));
                 return;
@@ -356,7 +452,10 @@ fn snapshot_to_py(py: Python<'_>, s: &RunSnapshot) -> PyResult<Py<PyAny>> {
     d.set_item("run_id", s.run_id.as_ref())?;
     d.set_item("graph", s.graph.as_ref())?;
     d.set_item("status", s.status.as_str())?;
-    d.set_item("output", s.output.as_ref().map(|v| to_py(py, v)).transpose()?)?;
+    d.set_item(
+        "output",
+        s.output.as_ref().map(|v| to_py(py, v)).transpose()?,
+    )?;
     match &s.failure {
         Some(f) => {
             let failure = PyDict::new(py);
@@ -382,27 +481,46 @@ fn event_to_py(py: Python<'_>, event: &Event) -> PyResult<Py<PyAny>> {
     d.set_item("at_ms", event.at_ms)?;
     let set_node = |node: &str| d.set_item("node", node);
     match &event.kind {
-        EventKind::NodeStarted { node, item, attempt } => {
+        EventKind::NodeStarted {
+            node,
+            item,
+            attempt,
+        } => {
             d.set_item("type", "node_started")?;
             set_node(node)?;
             d.set_item("item", *item)?;
             d.set_item("attempt", *attempt)?;
         }
         EventKind::Journal(entry) => match entry {
-            JournalEntry::RunStarted { graph, version, input } => {
+            JournalEntry::RunStarted {
+                graph,
+                version,
+                input,
+            } => {
                 d.set_item("type", "run_started")?;
                 d.set_item("graph", graph.as_ref())?;
                 d.set_item("version", version.as_ref())?;
                 d.set_item("input", to_py(py, input)?)?;
             }
-            JournalEntry::NodeCompleted { node, item, attempt, output } => {
+            JournalEntry::NodeCompleted {
+                node,
+                item,
+                attempt,
+                output,
+            } => {
                 d.set_item("type", "node_completed")?;
                 set_node(node)?;
                 d.set_item("item", *item)?;
                 d.set_item("attempt", *attempt)?;
                 d.set_item("output", to_py(py, output)?)?;
             }
-            JournalEntry::NodeFailed { node, item, attempt, error, retry_in_ms } => {
+            JournalEntry::NodeFailed {
+                node,
+                item,
+                attempt,
+                error,
+                retry_in_ms,
+            } => {
                 d.set_item("type", "node_failed")?;
                 set_node(node)?;
                 d.set_item("item", *item)?;
@@ -414,7 +532,11 @@ fn event_to_py(py: Python<'_>, event: &Event) -> PyResult<Py<PyAny>> {
                 d.set_item("type", "node_skipped")?;
                 set_node(node)?;
             }
-            JournalEntry::Interrupted { node, attempt, payload } => {
+            JournalEntry::Interrupted {
+                node,
+                attempt,
+                payload,
+            } => {
                 d.set_item("type", "interrupted")?;
                 set_node(node)?;
                 d.set_item("attempt", *attempt)?;
@@ -425,7 +547,11 @@ fn event_to_py(py: Python<'_>, event: &Event) -> PyResult<Py<PyAny>> {
                 set_node(node)?;
                 d.set_item("value", to_py(py, value)?)?;
             }
-            JournalEntry::RunFinished { status, output, failure } => {
+            JournalEntry::RunFinished {
+                status,
+                output,
+                failure,
+            } => {
                 d.set_item("type", "run_finished")?;
                 d.set_item("status", status.as_str())?;
                 d.set_item("output", output.as_ref().map(|v| to_py(py, v)).transpose()?)?;

@@ -13,7 +13,9 @@ use pyo3::prelude::*;
 /// `TypeError` saying what and where otherwise.
 #[pyfunction]
 fn check_json(obj: &Bound<'_, PyAny>) -> PyResult<()> {
-    value::py_to_json(obj, "$").map(drop).map_err(pyo3::exceptions::PyTypeError::new_err)
+    value::py_to_json(obj, "$")
+        .map(drop)
+        .map_err(pyo3::exceptions::PyTypeError::new_err)
 }
 
 #[pymodule]

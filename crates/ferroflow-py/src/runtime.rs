@@ -6,6 +6,9 @@
 
 use std::sync::Mutex;
 
+use std::time::Duration;
+
+use pyo3::ffi;
 use tokio::runtime::{Builder, Handle, Runtime};
 
 struct Owned {
@@ -32,6 +35,8 @@ pub fn handle() -> Handle {
     let runtime = Builder::new_multi_thread()
         .thread_name("ferroflow")
         .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .thread_keep_alive(Duration::from_secs(60))
+        .on_thread_start(keep_thread_state)
         .enable_time()
         .build()
         .expect("the tokio runtime starts");
@@ -41,4 +46,23 @@ pub fn handle() -> Handle {
         std::mem::forget(stale);
     }
     handle
+}
+
+/// Gives each runtime thread a Python thread state for its whole life, with the GIL
+/// released. Without one, every `Python::attach` on the thread would create and destroy a
+/// thread state (and its frame stack), which costs more than a no-op body call.
+///
+/// The thread state is deliberately not torn down when the thread exits: that could run
+/// during interpreter finalisation, when touching the interpreter is unsafe; the
+/// interpreter frees left-over thread states itself when it finalises.
+fn keep_thread_state() {
+    // SAFETY: the module is loaded, so the interpreter is initialised. `PyGILState_Ensure`
+    // gives this thread a thread state and the GIL, and `PyEval_SaveThread` releases the
+    // GIL while keeping the thread state registered for later `PyGILState_Ensure` calls.
+    unsafe {
+        if ffi::Py_IsInitialized() != 0 {
+            let _ = ffi::PyGILState_Ensure();
+            let _ = ffi::PyEval_SaveThread();
+        }
+    }
 }

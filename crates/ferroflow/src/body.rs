@@ -123,11 +123,13 @@ impl Workflow {
     pub fn new(graph: Graph, mut bodies: HashMap<String, Body>) -> Result<Workflow, GraphError> {
         let mut ordered = Vec::with_capacity(graph.nodes().len());
         for node in graph.nodes() {
-            let body = bodies.remove(&node.name).ok_or_else(|| GraphError::Invalid {
-                graph: graph.name().to_owned(),
-                node: node.name.clone(),
-                reason: "it has no body".into(),
-            })?;
+            let body = bodies
+                .remove(&node.name)
+                .ok_or_else(|| GraphError::Invalid {
+                    graph: graph.name().to_owned(),
+                    node: node.name.clone(),
+                    reason: "it has no body".into(),
+                })?;
             ordered.push(body);
         }
         if let Some(extra) = bodies.into_keys().next() {
@@ -137,8 +139,16 @@ impl Workflow {
                 dependency: extra,
             });
         }
-        let names = graph.nodes().iter().map(|n| Arc::from(n.name.as_str())).collect();
-        Ok(Workflow { graph: Arc::new(graph), bodies: ordered.into(), names })
+        let names = graph
+            .nodes()
+            .iter()
+            .map(|n| Arc::from(n.name.as_str()))
+            .collect();
+        Ok(Workflow {
+            graph: Arc::new(graph),
+            bodies: ordered.into(),
+            names,
+        })
     }
 
     pub fn graph(&self) -> &Arc<Graph> {

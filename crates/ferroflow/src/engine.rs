@@ -38,7 +38,9 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { retain_finished: 10_000 }
+        EngineConfig {
+            retain_finished: 10_000,
+        }
     }
 }
 
@@ -110,6 +112,7 @@ struct LiveRun {
     status: watch::Sender<RunStatus>,
     cancel: CancellationToken,
     has_watchers: AtomicBool,
+    retired: AtomicBool,
 }
 
 struct RunCore {
@@ -133,13 +136,40 @@ struct Ready {
 impl Engine {
     /// An engine that runs async bodies and timers on `runtime`.
     pub fn new(runtime: Handle, config: EngineConfig) -> Self {
-        Engine { inner: Arc::new(Inner { runtime, config, runs: Mutex::new(RunTable::default()) }) }
+        Engine {
+            inner: Arc::new(Inner {
+                runtime,
+                config,
+                runs: Mutex::new(RunTable::default()),
+            }),
+        }
     }
 
     /// Starts a run of `workflow` on `input` and returns its id at once. Starting an id
     /// that exists returns it again, unless it belongs to another graph.
-    pub fn start(&self, workflow: &Workflow, input: Value, options: StartOptions) -> Result<Arc<str>> {
-        self.start_inner(workflow, input, options, None).map(|(id, _)| id)
+    pub fn start(
+        &self,
+        workflow: &Workflow,
+        input: Value,
+        options: StartOptions,
+    ) -> Result<Arc<str>> {
+        self.start_inner(workflow, input, options, None, false)
+            .map(|(id, _)| id)
+    }
+
+    /// Starts a run and executes its blocking tasks on the calling thread for as long as
+    /// a chain of them lasts, returning when none is left for this thread (the rest of the
+    /// run goes on elsewhere). A synchronous caller that would block waiting for the run
+    /// anyway saves the thread hand-offs. Call it from a thread that may block, never
+    /// from an async task.
+    pub fn start_and_drive(
+        &self,
+        workflow: &Workflow,
+        input: Value,
+        options: StartOptions,
+    ) -> Result<Arc<str>> {
+        self.start_inner(workflow, input, options, None, true)
+            .map(|(id, _)| id)
     }
 
     /// Like [`Engine::start`], and returns the run's events from its first one.
@@ -150,7 +180,7 @@ impl Engine {
         options: StartOptions,
         until: WatchUntil,
     ) -> Result<(Arc<str>, mpsc::UnboundedReceiver<Event>)> {
-        self.start_inner(workflow, input, options, Some(until))
+        self.start_inner(workflow, input, options, Some(until), false)
             .map(|(id, rx)| (id, rx.expect("asked for events")))
     }
 
@@ -160,10 +190,14 @@ impl Engine {
         input: Value,
         options: StartOptions,
         until: Option<WatchUntil>,
+        drive: bool,
     ) -> Result<(Arc<str>, Option<mpsc::UnboundedReceiver<Event>>)> {
         let run_id: Arc<str> = match options.run_id {
             Some(id) if id.trim().is_empty() => {
-                return Err(Error::InvalidInput { run_id: id, reason: "a run id must not be empty".into() });
+                return Err(Error::InvalidInput {
+                    run_id: id,
+                    reason: "a run id must not be empty".into(),
+                });
             }
             Some(id) => id.into(),
             None => uuid::Uuid::now_v7().to_string().into(),
@@ -172,7 +206,8 @@ impl Engine {
         let mut table = self.inner.runs.lock().expect("run table lock");
         if let Some(existing) = table.runs.get(&run_id) {
             let existing_graph = existing.workflow.graph();
-            if existing_graph.name() != graph.name() || existing_graph.version() != graph.version() {
+            if existing_graph.name() != graph.name() || existing_graph.version() != graph.version()
+            {
                 return Err(Error::RunIdConflict {
                     run_id: run_id.to_string(),
                     existing: format!("{}@{}", existing_graph.name(), existing_graph.version()),
@@ -202,6 +237,7 @@ impl Engine {
             status: watch::channel(status).0,
             cancel: CancellationToken::new(),
             has_watchers: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
         });
         table.runs.insert(Arc::clone(&run_id), Arc::clone(&run));
         drop(table);
@@ -213,7 +249,19 @@ impl Engine {
             run.prepare(&core, effects.ready)
         };
         self.inner.after_change(&run);
-        self.inner.dispatch(&run, ready);
+        if drive {
+            let mut ready = ready;
+            let mine = ready
+                .iter()
+                .position(|r| run.runs_inline(&r.task))
+                .map(|i| ready.swap_remove(i));
+            self.inner.dispatch(&run, ready);
+            if let Some(task) = mine {
+                Arc::clone(&self.inner).run_blocking_chain(run, task);
+            }
+        } else {
+            self.inner.dispatch(&run, ready);
+        }
         Ok((run_id, rx))
     }
 
@@ -226,7 +274,10 @@ impl Engine {
         match timeout {
             Some(limit) => {
                 if tokio::time::timeout(limit, settled).await.is_err() {
-                    return Err(Error::WaitTimeout { run_id: run_id.to_owned(), seconds: limit.as_secs_f64() });
+                    return Err(Error::WaitTimeout {
+                        run_id: run_id.to_owned(),
+                        seconds: limit.as_secs_f64(),
+                    });
                 }
             }
             None => {
@@ -257,7 +308,12 @@ impl Engine {
         let mut runs: Vec<(u64, Arc<str>)> = table
             .runs
             .values()
-            .map(|r| (r.lock().journal.first().map_or(0, |e| e.at_ms), Arc::clone(&r.run_id)))
+            .map(|r| {
+                (
+                    r.lock().journal.first().map_or(0, |e| e.at_ms),
+                    Arc::clone(&r.run_id),
+                )
+            })
             .collect();
         runs.sort();
         runs.into_iter().map(|(_, id)| id).collect()
@@ -265,11 +321,21 @@ impl Engine {
 
     /// Answers a human node: `value` becomes its output and the run continues. `node` may
     /// be left out when exactly one node is waiting.
-    pub fn resume(&self, run_id: &str, node: Option<&str>, value: Value, attachment: Option<Attachment>) -> Result<()> {
+    pub fn resume(
+        &self,
+        run_id: &str,
+        node: Option<&str>,
+        value: Value,
+        attachment: Option<Attachment>,
+    ) -> Result<()> {
         let run = self.inner.live(run_id)?;
         let ready = {
             let mut core = run.lock();
-            let waiting: Vec<String> = core.state.waiting().map(|(id, _)| run.workflow.graph().node(id).name.clone()).collect();
+            let waiting: Vec<String> = core
+                .state
+                .waiting()
+                .map(|(id, _)| run.workflow.graph().node(id).name.clone())
+                .collect();
             if waiting.is_empty() {
                 return Err(Error::InvalidRunState {
                     run_id: run_id.to_owned(),
@@ -281,15 +347,27 @@ impl Engine {
             let node = match node {
                 Some(node) if waiting.iter().any(|w| w == node) => node.to_owned(),
                 Some(node) => {
-                    return Err(Error::NotWaitingAt { run_id: run_id.to_owned(), node: node.to_owned(), waiting });
+                    return Err(Error::NotWaitingAt {
+                        run_id: run_id.to_owned(),
+                        node: node.to_owned(),
+                        waiting,
+                    });
                 }
                 None if waiting.len() == 1 => waiting[0].clone(),
-                None => return Err(Error::AmbiguousResume { run_id: run_id.to_owned(), waiting }),
+                None => {
+                    return Err(Error::AmbiguousResume {
+                        run_id: run_id.to_owned(),
+                        waiting,
+                    });
+                }
             };
             if attachment.is_some() {
                 core.attachment = attachment;
             }
-            let entry = JournalEntry::Resumed { node: node.as_str().into(), value };
+            let entry = JournalEntry::Resumed {
+                node: node.as_str().into(),
+                value,
+            };
             let effects = core.state.apply(&entry).map_err(|e| Error::InvalidInput {
                 run_id: run_id.to_owned(),
                 reason: format!("resume rejected: {e:?}"),
@@ -321,8 +399,14 @@ impl Engine {
                 }
                 _ => {}
             }
-            let entry = JournalEntry::RunFinished { status: RunStatus::Cancelled, output: None, failure: None };
-            core.state.apply(&entry).expect("an active run accepts cancellation");
+            let entry = JournalEntry::RunFinished {
+                status: RunStatus::Cancelled,
+                output: None,
+                failure: None,
+            };
+            core.state
+                .apply(&entry)
+                .expect("an active run accepts cancellation");
             run.record(&mut core, std::iter::once(entry));
         }
         run.cancel.cancel();
@@ -344,22 +428,26 @@ impl Inner {
             .runs
             .get(run_id)
             .cloned()
-            .ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })
+            .ok_or_else(|| Error::RunNotFound {
+                run_id: run_id.to_owned(),
+            })
     }
 
     /// Publishes the run's status, and retires finished runs beyond the retention limit.
     fn after_change(&self, run: &Arc<LiveRun>) {
         let status = run.lock().state.status();
+        self.publish(run, status);
+    }
+
+    fn publish(&self, run: &Arc<LiveRun>, status: RunStatus) {
         run.status.send_if_modified(|current| {
             let changed = *current != status;
             *current = status;
             changed
         });
-        if status.is_terminal() {
+        if status.is_terminal() && !run.retired.swap(true, Ordering::AcqRel) {
             let mut table = self.runs.lock().expect("run table lock");
-            if !table.finished.contains(&run.run_id) {
-                table.finished.push_back(Arc::clone(&run.run_id));
-            }
+            table.finished.push_back(Arc::clone(&run.run_id));
             while table.finished.len() > self.config.retain_finished {
                 if let Some(old) = table.finished.pop_front() {
                     table.runs.remove(&old);
@@ -389,7 +477,8 @@ impl Inner {
             return;
         }
         if run.runs_inline(&ready.task) {
-            self.runtime.spawn_blocking(move || inner.run_blocking_chain(run, ready));
+            self.runtime
+                .spawn_blocking(move || inner.run_blocking_chain(run, ready));
         } else {
             self.runtime.spawn(inner.run_async(run, ready));
         }
@@ -448,33 +537,51 @@ impl Inner {
     /// The completion step: record the attempt's outcome and what it implies, and return
     /// the tasks that became ready.
     fn complete(&self, run: &Arc<LiveRun>, task: &Task, result: BodyResult) -> Vec<Ready> {
-        let ready = {
+        let (ready, status) = {
             let mut core = run.lock();
             let graph = run.workflow.graph();
             let spec = graph.node(task.node);
             let node = Arc::clone(run.workflow.name(task.node));
             let checked = match (spec.kind, result) {
-                (NodeKind::Branch, Ok(output)) => core.state.check_branch_output(task.node, &output).map(|()| output),
+                (NodeKind::Branch, Ok(output)) => core
+                    .state
+                    .check_branch_output(task.node, &output)
+                    .map(|()| output),
                 (_, result) => result,
             };
             let entry = match checked {
-                Ok(payload) if spec.kind == NodeKind::Human => {
-                    JournalEntry::Interrupted { node, attempt: task.attempt, payload }
-                }
-                Ok(output) => JournalEntry::NodeCompleted { node, item: task.item, attempt: task.attempt, output },
+                Ok(payload) if spec.kind == NodeKind::Human => JournalEntry::Interrupted {
+                    node,
+                    attempt: task.attempt,
+                    payload,
+                },
+                Ok(output) => JournalEntry::NodeCompleted {
+                    node,
+                    item: task.item,
+                    attempt: task.attempt,
+                    output,
+                },
                 Err(error) => {
                     let retry_in_ms = if error.retryable {
-                        spec.retry.delay_after(task.attempt).map(|d| d.as_millis() as u64)
+                        spec.retry
+                            .delay_after(task.attempt)
+                            .map(|d| d.as_millis() as u64)
                     } else {
                         None
                     };
-                    JournalEntry::NodeFailed { node, item: task.item, attempt: task.attempt, error, retry_in_ms }
+                    JournalEntry::NodeFailed {
+                        node,
+                        item: task.item,
+                        attempt: task.attempt,
+                        error,
+                        retry_in_ms,
+                    }
                 }
             };
             match core.state.apply(&entry) {
                 Ok(effects) => {
                     run.record(&mut core, std::iter::once(entry).chain(effects.derived));
-                    run.prepare(&core, effects.ready)
+                    (run.prepare(&core, effects.ready), core.state.status())
                 }
                 Err(Rejected::Stale) => return Vec::new(),
                 Err(Rejected::Inconsistent(reason)) => {
@@ -483,7 +590,7 @@ impl Inner {
                 }
             }
         };
-        self.after_change(run);
+        self.publish(run, status);
         ready
     }
 }
@@ -492,7 +599,9 @@ impl LiveRun {
     fn lock(&self) -> MutexGuard<'_, RunCore> {
         // A panic while holding the lock can only come from a bug in the engine itself;
         // the state it guards is still the last consistent one, so keep serving it.
-        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Whether a task runs on a blocking thread that may continue with its successors.
@@ -508,15 +617,22 @@ impl LiveRun {
         for entry in entries {
             let seq = core.journal.len() as u64;
             if !core.watchers.is_empty() {
-                let event = Event { run_id: Arc::clone(&self.run_id), seq, at_ms, kind: EventKind::Journal(entry.clone()) };
+                let event = Event {
+                    run_id: Arc::clone(&self.run_id),
+                    seq,
+                    at_ms,
+                    kind: EventKind::Journal(entry.clone()),
+                };
                 core.watchers.retain(|w| w.tx.send(event.clone()).is_ok());
             }
             core.journal.push(StoredEntry { seq, at_ms, entry });
         }
         let status = core.state.status();
         if !core.watchers.is_empty() && (status.is_terminal() || status == RunStatus::Waiting) {
-            core.watchers.retain(|w| !(status.is_terminal() || w.until == WatchUntil::Settled));
-            self.has_watchers.store(!core.watchers.is_empty(), Ordering::Relaxed);
+            core.watchers
+                .retain(|w| !(status.is_terminal() || w.until == WatchUntil::Settled));
+            self.has_watchers
+                .store(!core.watchers.is_empty(), Ordering::Relaxed);
         }
     }
 
@@ -552,7 +668,8 @@ impl LiveRun {
             let _ = tx.send(event);
         }
         let status = core.state.status();
-        let ended = status.is_terminal() || (status == RunStatus::Waiting && until == WatchUntil::Settled);
+        let ended =
+            status.is_terminal() || (status == RunStatus::Waiting && until == WatchUntil::Settled);
         if !ended {
             core.watchers.push(Watcher { tx, until });
             self.has_watchers.store(true, Ordering::Relaxed);
@@ -564,7 +681,15 @@ impl LiveRun {
         tasks
             .into_iter()
             .map(|task| {
-                let item = task.item.map(|i| (i, core.state.map_item(task.node, i).cloned().unwrap_or_else(Value::null)));
+                let item = task.item.map(|i| {
+                    (
+                        i,
+                        core.state
+                            .map_item(task.node, i)
+                            .cloned()
+                            .unwrap_or_else(Value::null),
+                    )
+                });
                 let call = NodeCall {
                     run_id: Arc::clone(&self.run_id),
                     node: Arc::clone(self.workflow.name(task.node)),
@@ -589,7 +714,11 @@ impl LiveRun {
             status: core.state.status(),
             output: core.state.output().cloned(),
             failure: core.state.failure().cloned(),
-            waiting: core.state.waiting().map(|(id, p)| (Arc::clone(self.workflow.name(id)), p.clone())).collect(),
+            waiting: core
+                .state
+                .waiting()
+                .map(|(id, p)| (Arc::clone(self.workflow.name(id)), p.clone()))
+                .collect(),
         }
     }
 
@@ -632,12 +761,23 @@ impl LiveRun {
     }
 }
 
-async fn with_timeout(limit: Option<Duration>, attempt: impl Future<Output = BodyResult>) -> BodyResult {
+async fn with_timeout(
+    limit: Option<Duration>,
+    attempt: impl Future<Output = BodyResult>,
+) -> BodyResult {
     match limit {
         None => attempt.await,
-        Some(limit) => tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
-            Err(NodeError::new("Timeout", format!("the attempt did not finish within {:.3}s", limit.as_secs_f64())))
-        }),
+        Some(limit) => tokio::time::timeout(limit, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(NodeError::new(
+                    "Timeout",
+                    format!(
+                        "the attempt did not finish within {:.3}s",
+                        limit.as_secs_f64()
+                    ),
+                ))
+            }),
     }
 }
 

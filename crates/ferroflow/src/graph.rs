@@ -67,7 +67,11 @@ pub struct Dependency {
 impl Dependency {
     /// An edge whose output is passed to the body.
     pub fn on(node: impl Into<String>) -> Self {
-        Dependency { node: node.into(), param: None, when: None }
+        Dependency {
+            node: node.into(),
+            param: None,
+            when: None,
+        }
     }
 
     /// Records the body parameter that receives this dependency.
@@ -148,7 +152,11 @@ pub struct NodeSpec {
     #[serde(default)]
     pub retry: RetryPolicy,
     /// Limit on one attempt; an attempt that exceeds it fails with a retryable timeout.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_duration_ms")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration_ms"
+    )]
     pub timeout: Option<Duration>,
 }
 
@@ -223,7 +231,11 @@ pub struct GraphSpec {
 
 impl GraphSpec {
     pub fn new(name: impl Into<String>) -> Self {
-        GraphSpec { name: name.into(), nodes: Vec::new(), output: None }
+        GraphSpec {
+            name: name.into(),
+            nodes: Vec::new(),
+            output: None,
+        }
     }
 
     /// Validates the spec and builds the graph.
@@ -236,17 +248,27 @@ impl Graph {
     /// Validates `spec`: names unique and non-empty, every dependency known, labels only on
     /// edges out of branches, map nodes over one of their dependencies, no cycle.
     pub fn new(spec: GraphSpec) -> Result<Graph, GraphError> {
-        let GraphSpec { name, nodes, output } = spec;
+        let GraphSpec {
+            name,
+            nodes,
+            output,
+        } = spec;
         if name.trim().is_empty() {
             return Err(GraphError::InvalidName { name });
         }
         let mut declared: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
         for (i, node) in nodes.iter().enumerate() {
             if node.name.trim().is_empty() || node.name.contains(['\n', '\r']) {
-                return Err(GraphError::InvalidNodeName { graph: name.clone(), node: node.name.clone() });
+                return Err(GraphError::InvalidNodeName {
+                    graph: name.clone(),
+                    node: node.name.clone(),
+                });
             }
             if declared.insert(&node.name, i).is_some() {
-                return Err(GraphError::DuplicateNode { graph: name.clone(), node: node.name.clone() });
+                return Err(GraphError::DuplicateNode {
+                    graph: name.clone(),
+                    node: node.name.clone(),
+                });
             }
         }
         for node in &nodes {
@@ -260,9 +282,15 @@ impl Graph {
             position[old] = new;
         }
         let mut slots: Vec<Option<NodeSpec>> = nodes.into_iter().map(Some).collect();
-        let nodes: Vec<NodeSpec> = order.iter().map(|&old| slots[old].take().expect("each node once")).collect();
-        let index: HashMap<String, NodeId> =
-            nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+        let nodes: Vec<NodeSpec> = order
+            .iter()
+            .map(|&old| slots[old].take().expect("each node once"))
+            .collect();
+        let index: HashMap<String, NodeId> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
 
         let mut incoming = Vec::with_capacity(nodes.len());
         let mut outgoing = vec![Vec::new(); nodes.len()];
@@ -271,14 +299,22 @@ impl Graph {
             let edges: Vec<InEdge> = node
                 .deps
                 .iter()
-                .map(|d| InEdge { from: index[&d.node], when: d.when.clone() })
+                .map(|d| InEdge {
+                    from: index[&d.node],
+                    when: d.when.clone(),
+                })
                 .collect();
             for edge in &edges {
                 if !outgoing[edge.from].contains(&id) {
                     outgoing[edge.from].push(id);
                 }
             }
-            over.push(node.over.as_ref().map(|o| node.deps.iter().position(|d| &d.node == o).expect("validated")));
+            over.push(node.over.as_ref().map(|o| {
+                node.deps
+                    .iter()
+                    .position(|d| &d.node == o)
+                    .expect("validated")
+            }));
             incoming.push(edges);
         }
         let output = match output {
@@ -289,8 +325,21 @@ impl Graph {
             None => None,
         };
         let version = version_of(&name, &nodes, output.map(|o| nodes[o].name.as_str()));
-        let gated = incoming.iter().map(|edges: &Vec<InEdge>| edges.iter().any(|e| e.when.is_some())).collect();
-        Ok(Graph { name, version, nodes, index, incoming, outgoing, over, gated, output })
+        let gated = incoming
+            .iter()
+            .map(|edges: &Vec<InEdge>| edges.iter().any(|e| e.when.is_some()))
+            .collect();
+        Ok(Graph {
+            name,
+            version,
+            nodes,
+            index,
+            incoming,
+            outgoing,
+            over,
+            gated,
+            output,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -359,7 +408,11 @@ impl Graph {
     pub fn to_mermaid(&self) -> String {
         let mut out = String::from("flowchart TD\n");
         for (id, node) in self.nodes.iter().enumerate() {
-            let label = format!("{}<br/><i>{}</i>", escape_mermaid(&node.name), node.kind.as_str());
+            let label = format!(
+                "{}<br/><i>{}</i>",
+                escape_mermaid(&node.name),
+                node.kind.as_str()
+            );
             let shape = match node.kind {
                 NodeKind::Branch => format!("{{\"{label}\"}}"),
                 NodeKind::Map => format!("[[\"{label}\"]]"),
@@ -372,7 +425,12 @@ impl Graph {
             for edge in edges {
                 match &edge.when {
                     Some(labels) => {
-                        let _ = writeln!(out, "    n{} -- \"{}\" --> n{id}", edge.from, escape_mermaid(&labels.join(" | ")));
+                        let _ = writeln!(
+                            out,
+                            "    n{} -- \"{}\" --> n{id}",
+                            edge.from,
+                            escape_mermaid(&labels.join(" | "))
+                        );
                     }
                     None => {
                         let _ = writeln!(out, "    n{} --> n{id}", edge.from);
@@ -465,13 +523,16 @@ fn validate_node(
             reason: "retry.max_attempts must be at least 1".into(),
         });
     }
-    if !(node.retry.multiplier >= 1.0 && node.retry.multiplier.is_finite())
-        || !(0.0..=1.0).contains(&node.retry.jitter)
-    {
+    let retry = &node.retry;
+    let valid_retry = retry.multiplier >= 1.0
+        && retry.multiplier.is_finite()
+        && (0.0..=1.0).contains(&retry.jitter);
+    if !valid_retry {
         return Err(GraphError::Invalid {
             graph: graph.to_owned(),
             node: node.name.clone(),
-            reason: "retry.multiplier must be a finite number >= 1 and retry.jitter within [0, 1]".into(),
+            reason: "retry.multiplier must be a finite number >= 1 and retry.jitter within [0, 1]"
+                .into(),
         });
     }
     if node.timeout == Some(Duration::ZERO) {
@@ -513,7 +574,9 @@ fn topological_order(
         return Ok(order);
     }
     // Walk dependencies from a node left over until one repeats: that is a cycle.
-    let start = (0..nodes.len()).find(|&i| indegree[i] > 0).expect("a node is left");
+    let start = (0..nodes.len())
+        .find(|&i| indegree[i] > 0)
+        .expect("a node is left");
     let mut path = vec![start];
     let mut on_path = HashMap::from([(start, 0usize)]);
     let mut current = start;
@@ -525,9 +588,16 @@ fn topological_order(
             .find(|&d| indegree[d] > 0)
             .expect("a node in a cycle has a dependency in it");
         if let Some(&at) = on_path.get(&next) {
-            let mut cycle: Vec<String> = path[at..].iter().rev().map(|&i| nodes[i].name.clone()).collect();
+            let mut cycle: Vec<String> = path[at..]
+                .iter()
+                .rev()
+                .map(|&i| nodes[i].name.clone())
+                .collect();
             cycle.push(cycle[0].clone());
-            return Err(GraphError::Cycle { graph: graph.to_owned(), cycle });
+            return Err(GraphError::Cycle {
+                graph: graph.to_owned(),
+                cycle,
+            });
         }
         on_path.insert(next, path.len());
         path.push(next);
@@ -542,12 +612,19 @@ fn version_of(name: &str, nodes: &[NodeSpec], output: Option<&str>) -> String {
         nodes: &'a [NodeSpec],
         output: Option<&'a str>,
     }
-    let bytes = serde_json::to_vec(&Canonical { name, nodes, output }).expect("graph specs serialise");
-    let digest = Sha256::digest(bytes);
-    digest[..8].iter().fold(String::with_capacity(16), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
+    let bytes = serde_json::to_vec(&Canonical {
+        name,
+        nodes,
+        output,
     })
+    .expect("graph specs serialise");
+    let digest = Sha256::digest(bytes);
+    digest[..8]
+        .iter()
+        .fold(String::with_capacity(16), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 mod duration_ms {
@@ -584,11 +661,19 @@ mod tests {
     use super::*;
 
     fn task(name: &str, deps: &[&str]) -> NodeSpec {
-        deps.iter().fold(NodeSpec::new(name, NodeKind::Task), |n, d| n.dep(Dependency::on(*d)))
+        deps.iter()
+            .fold(NodeSpec::new(name, NodeKind::Task), |n, d| {
+                n.dep(Dependency::on(*d))
+            })
     }
 
     fn graph(nodes: Vec<NodeSpec>) -> Result<Graph, GraphError> {
-        GraphSpec { name: "g".into(), nodes, output: None }.build()
+        GraphSpec {
+            name: "g".into(),
+            nodes,
+            output: None,
+        }
+        .build()
     }
 
     #[test]
@@ -601,7 +686,13 @@ mod tests {
 
     #[test]
     fn a_cycle_is_reported_with_its_path() {
-        let err = graph(vec![task("a", &["c"]), task("b", &["a"]), task("c", &["b"]), task("d", &[])]).unwrap_err();
+        let err = graph(vec![
+            task("a", &["c"]),
+            task("b", &["a"]),
+            task("c", &["b"]),
+            task("d", &[]),
+        ])
+        .unwrap_err();
         match err {
             GraphError::Cycle { cycle, .. } => {
                 assert_eq!(cycle.first(), cycle.last());
@@ -613,32 +704,54 @@ mod tests {
 
     #[test]
     fn self_dependency_is_a_cycle() {
-        assert!(matches!(graph(vec![task("a", &["a"])]), Err(GraphError::Cycle { .. })));
+        assert!(matches!(
+            graph(vec![task("a", &["a"])]),
+            Err(GraphError::Cycle { .. })
+        ));
     }
 
     #[test]
     fn unknown_and_duplicate_names_name_the_node() {
         let err = graph(vec![task("a", &["nope"])]).unwrap_err();
-        assert!(matches!(&err, GraphError::UnknownDependency { node, dependency, .. } if node == "a" && dependency == "nope"));
+        assert!(
+            matches!(&err, GraphError::UnknownDependency { node, dependency, .. } if node == "a" && dependency == "nope")
+        );
         assert!(err.to_string().contains("'a'"), "{err}");
         let err = graph(vec![task("a", &[]), task("a", &[])]).unwrap_err();
         assert!(matches!(err, GraphError::DuplicateNode { node, .. } if node == "a"));
-        let err = graph(vec![NodeSpec::new("b", NodeKind::Task).dep(Dependency::on("x").param("x"))]).unwrap_err();
-        assert!(matches!(err, GraphError::UnresolvedParameter { node, param, .. } if node == "b" && param == "x"));
+        let err = graph(vec![
+            NodeSpec::new("b", NodeKind::Task).dep(Dependency::on("x").param("x")),
+        ])
+        .unwrap_err();
+        assert!(
+            matches!(err, GraphError::UnresolvedParameter { node, param, .. } if node == "b" && param == "x")
+        );
     }
 
     #[test]
     fn labels_only_on_edges_out_of_branches() {
-        let err = graph(vec![task("a", &[]), NodeSpec::new("b", NodeKind::Task).dep(Dependency::on("a").when(["x"]))])
-            .unwrap_err();
+        let err = graph(vec![
+            task("a", &[]),
+            NodeSpec::new("b", NodeKind::Task).dep(Dependency::on("a").when(["x"])),
+        ])
+        .unwrap_err();
         assert!(matches!(err, GraphError::LabelOnPlainEdge { .. }));
     }
 
     #[test]
     fn map_nodes_must_run_over_a_dependency() {
-        let err = graph(vec![task("a", &[]), NodeSpec::new("m", NodeKind::Map).dep(Dependency::on("a"))]).unwrap_err();
+        let err = graph(vec![
+            task("a", &[]),
+            NodeSpec::new("m", NodeKind::Map).dep(Dependency::on("a")),
+        ])
+        .unwrap_err();
         assert!(matches!(err, GraphError::Invalid { node, .. } if node == "m"));
-        let ok = graph(vec![task("a", &[]), NodeSpec::new("m", NodeKind::Map).dep(Dependency::on("a")).over("a")]);
+        let ok = graph(vec![
+            task("a", &[]),
+            NodeSpec::new("m", NodeKind::Map)
+                .dep(Dependency::on("a"))
+                .over("a"),
+        ]);
         assert!(ok.is_ok());
     }
 
@@ -653,7 +766,11 @@ mod tests {
 
     #[test]
     fn spec_round_trips_through_json() {
-        let g = graph(vec![task("a", &[]), task("b", &["a"]).timeout(Duration::from_secs(2))]).unwrap();
+        let g = graph(vec![
+            task("a", &[]),
+            task("b", &["a"]).timeout(Duration::from_secs(2)),
+        ])
+        .unwrap();
         let json = serde_json::to_string(&g.spec()).unwrap();
         let back: GraphSpec = serde_json::from_str(&json).unwrap();
         assert_eq!(back.build().unwrap().version(), g.version());
@@ -661,15 +778,26 @@ mod tests {
 
     #[test]
     fn retry_delays_grow_and_stop_at_the_last_attempt() {
-        let policy = RetryPolicy { max_attempts: 4, jitter: 0.0, ..RetryPolicy::default() };
+        let policy = RetryPolicy {
+            max_attempts: 4,
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        };
         assert_eq!(policy.delay_after(1), Some(Duration::from_millis(100)));
         assert_eq!(policy.delay_after(2), Some(Duration::from_millis(200)));
         assert_eq!(policy.delay_after(3), Some(Duration::from_millis(400)));
         assert_eq!(policy.delay_after(4), None);
-        let jittered = RetryPolicy { max_attempts: 2, jitter: 0.5, ..RetryPolicy::default() };
+        let jittered = RetryPolicy {
+            max_attempts: 2,
+            jitter: 0.5,
+            ..RetryPolicy::default()
+        };
         for _ in 0..100 {
             let d = jittered.delay_after(1).unwrap();
-            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(150), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(50) && d <= Duration::from_millis(150),
+                "{d:?}"
+            );
         }
     }
 

@@ -29,7 +29,10 @@ pub enum RunStatus {
 impl RunStatus {
     /// Completed, failed or cancelled: nothing will change the run any more.
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -130,7 +133,11 @@ impl JournalEntry {
 #[derive(Clone, Debug)]
 pub enum EventKind {
     Journal(JournalEntry),
-    NodeStarted { node: Arc<str>, item: Option<u32>, attempt: u32 },
+    NodeStarted {
+        node: Arc<str>,
+        item: Option<u32>,
+        attempt: u32,
+    },
 }
 
 /// One event of a run. `seq` increases by one per event of the run, from 0, so a

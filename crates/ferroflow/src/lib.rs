@@ -19,5 +19,7 @@ pub use error::{Error, GraphError, NodeError, Result};
 pub use graph::{Dependency, Graph, GraphSpec, NodeId, NodeKind, NodeSpec, RetryPolicy};
 pub use journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus};
 pub use state::{Effects, NodeState, Rejected, RunState, Task};
-pub use store::{Created, JournalStore, Lease, MemoryStore, QueuedTask, RunRecord, StoredEntry, TaskQueue};
+pub use store::{
+    Created, JournalStore, Lease, MemoryStore, QueuedTask, RunRecord, StoredEntry, TaskQueue,
+};
 pub use value::{NativeValue, Value};

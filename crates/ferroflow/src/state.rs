@@ -57,14 +57,23 @@ pub enum NodeState {
     /// Some dependency is unresolved.
     Pending,
     /// Attempt `attempt` is outstanding (running, queued or waiting out a backoff).
-    Active { attempt: u32 },
+    Active {
+        attempt: u32,
+    },
     /// A map node whose elements are outstanding.
     Mapping(Box<MapState>),
     /// A human node waiting for `resume`.
-    Waiting { attempt: u32, payload: Value },
-    Completed { output: Value },
+    Waiting {
+        attempt: u32,
+        payload: Value,
+    },
+    Completed {
+        output: Value,
+    },
     Skipped,
-    Failed { error: NodeError },
+    Failed {
+        error: NodeError,
+    },
 }
 
 /// The elements of a map node in flight.
@@ -175,13 +184,21 @@ impl RunState {
         }
         for (id, node) in self.nodes.iter().enumerate() {
             match node {
-                NodeState::Active { attempt } => {
-                    tasks.push(Task { node: id, item: None, attempt: *attempt, delay: None })
-                }
+                NodeState::Active { attempt } => tasks.push(Task {
+                    node: id,
+                    item: None,
+                    attempt: *attempt,
+                    delay: None,
+                }),
                 NodeState::Mapping(map) => {
                     for (i, out) in map.outputs.iter().enumerate() {
                         if out.is_none() {
-                            tasks.push(Task { node: id, item: Some(i as u32), attempt: map.attempts[i], delay: None });
+                            tasks.push(Task {
+                                node: id,
+                                item: Some(i as u32),
+                                attempt: map.attempts[i],
+                                delay: None,
+                            });
                         }
                     }
                 }
@@ -257,10 +274,20 @@ impl RunState {
     pub fn apply(&mut self, entry: &JournalEntry) -> Result<Effects, Rejected> {
         let mut effects = Effects::default();
         match entry {
-            JournalEntry::RunStarted { .. } => return Err(Rejected::Inconsistent("RunStarted twice".into())),
-            JournalEntry::RunFinished { status, output, failure } => {
+            JournalEntry::RunStarted { .. } => {
+                return Err(Rejected::Inconsistent("RunStarted twice".into()));
+            }
+            JournalEntry::RunFinished {
+                status,
+                output,
+                failure,
+            } => {
                 if self.status.is_terminal() {
-                    return if self.status == *status { Ok(effects) } else { Err(Rejected::Stale) };
+                    return if self.status == *status {
+                        Ok(effects)
+                    } else {
+                        Err(Rejected::Stale)
+                    };
                 }
                 self.status = *status;
                 if output.is_some() {
@@ -272,31 +299,50 @@ impl RunState {
                 return Ok(effects);
             }
             _ if self.status.is_terminal() => return Err(Rejected::Stale),
-            JournalEntry::NodeCompleted { node, item, attempt, output } => {
+            JournalEntry::NodeCompleted {
+                node,
+                item,
+                attempt,
+                output,
+            } => {
                 let id = self.id(node)?;
                 self.accept_attempt(id, *item, *attempt)?;
                 self.in_flight -= 1;
                 match item {
                     None => self.complete(id, output.clone(), &mut effects),
                     Some(i) => {
-                        let NodeState::Mapping(map) = &mut self.nodes[id] else { unreachable!("checked") };
+                        let NodeState::Mapping(map) = &mut self.nodes[id] else {
+                            unreachable!("checked")
+                        };
                         map.outputs[*i as usize] = Some(output.clone());
                         map.remaining -= 1;
                         if map.remaining == 0 {
-                            let outputs = map.outputs.iter_mut().map(|o| o.take().expect("all done")).collect();
+                            let outputs = map
+                                .outputs
+                                .iter_mut()
+                                .map(|o| o.take().expect("all done"))
+                                .collect();
                             self.complete(id, Value::List(outputs), &mut effects);
                         }
                     }
                 }
             }
-            JournalEntry::NodeFailed { node, item, attempt, error, retry_in_ms } => {
+            JournalEntry::NodeFailed {
+                node,
+                item,
+                attempt,
+                error,
+                retry_in_ms,
+            } => {
                 let id = self.id(node)?;
                 self.accept_attempt(id, *item, *attempt)?;
                 match retry_in_ms {
                     Some(ms) => {
                         let next = attempt + 1;
                         match &mut self.nodes[id] {
-                            NodeState::Mapping(map) => map.attempts[item.expect("checked") as usize] = next,
+                            NodeState::Mapping(map) => {
+                                map.attempts[item.expect("checked") as usize] = next
+                            }
                             other => *other = NodeState::Active { attempt: next },
                         }
                         effects.ready.push(Task {
@@ -308,25 +354,45 @@ impl RunState {
                     }
                     None => {
                         self.in_flight -= 1;
-                        self.nodes[id] = NodeState::Failed { error: error.clone() };
-                        self.fail(RunFailure { node: node.clone(), item: *item, error: error.clone() }, &mut effects);
+                        self.nodes[id] = NodeState::Failed {
+                            error: error.clone(),
+                        };
+                        self.fail(
+                            RunFailure {
+                                node: node.clone(),
+                                item: *item,
+                                error: error.clone(),
+                            },
+                            &mut effects,
+                        );
                     }
                 }
             }
             JournalEntry::NodeSkipped { node } => {
                 let id = self.id(node)?;
                 if !matches!(self.nodes[id], NodeState::Skipped) {
-                    return Err(Rejected::Inconsistent(format!("node '{node}' recorded as skipped, but it is not")));
+                    return Err(Rejected::Inconsistent(format!(
+                        "node '{node}' recorded as skipped, but it is not"
+                    )));
                 }
             }
-            JournalEntry::Interrupted { node, attempt, payload } => {
+            JournalEntry::Interrupted {
+                node,
+                attempt,
+                payload,
+            } => {
                 let id = self.id(node)?;
                 if self.graph.node(id).kind != NodeKind::Human {
-                    return Err(Rejected::Inconsistent(format!("node '{node}' is not a human node")));
+                    return Err(Rejected::Inconsistent(format!(
+                        "node '{node}' is not a human node"
+                    )));
                 }
                 self.accept_attempt(id, None, *attempt)?;
                 self.in_flight -= 1;
-                self.nodes[id] = NodeState::Waiting { attempt: *attempt, payload: payload.clone() };
+                self.nodes[id] = NodeState::Waiting {
+                    attempt: *attempt,
+                    payload: payload.clone(),
+                };
             }
             JournalEntry::Resumed { node, value } => {
                 let id = self.id(node)?;
@@ -342,9 +408,12 @@ impl RunState {
     }
 
     fn id(&self, node: &str) -> Result<NodeId, Rejected> {
-        self.graph
-            .id(node)
-            .ok_or_else(|| Rejected::Inconsistent(format!("node '{node}' is not in graph '{}'", self.graph.name())))
+        self.graph.id(node).ok_or_else(|| {
+            Rejected::Inconsistent(format!(
+                "node '{node}' is not in graph '{}'",
+                self.graph.name()
+            ))
+        })
     }
 
     /// Accepts a result only for the outstanding attempt of the task.
@@ -354,11 +423,19 @@ impl RunState {
             (NodeState::Mapping(map), Some(i)) => match map.outputs.get(i as usize) {
                 Some(None) => map.attempts[i as usize],
                 Some(Some(_)) => return Err(Rejected::Stale),
-                None => return Err(Rejected::Inconsistent(format!("map element {i} does not exist"))),
+                None => {
+                    return Err(Rejected::Inconsistent(format!(
+                        "map element {i} does not exist"
+                    )));
+                }
             },
             _ => return Err(Rejected::Stale),
         };
-        if current == attempt { Ok(()) } else { Err(Rejected::Stale) }
+        if current == attempt {
+            Ok(())
+        } else {
+            Err(Rejected::Stale)
+        }
     }
 
     fn complete(&mut self, id: NodeId, output: Value, effects: &mut Effects) {
@@ -373,12 +450,22 @@ impl RunState {
 
     /// Propagates the resolution of `from` to its successors, skipping those left with no
     /// active incoming edge. Iterative, so long chains of skips cannot overflow the stack.
-    fn resolve(&mut self, from: NodeId, completed: bool, labels: Option<&[String]>, effects: &mut Effects) {
+    fn resolve(
+        &mut self,
+        from: NodeId,
+        completed: bool,
+        labels: Option<&[String]>,
+        effects: &mut Effects,
+    ) {
         let graph = Arc::clone(&self.graph);
         let mut work = vec![(from, completed, labels.map(<[String]>::to_vec))];
         while let Some((from, completed, labels)) = work.pop() {
             for &succ in graph.outgoing(from) {
-                let edge = graph.incoming(succ).iter().find(|e| e.from == from).expect("edge exists");
+                let edge = graph
+                    .incoming(succ)
+                    .iter()
+                    .find(|e| e.from == from)
+                    .expect("edge exists");
                 let counts = edge.when.is_some() || !graph.is_gated(succ);
                 let active = counts
                     && completed
@@ -397,7 +484,9 @@ impl RunState {
                 } else {
                     self.nodes[succ] = NodeState::Skipped;
                     self.resolved += 1;
-                    effects.derived.push(JournalEntry::NodeSkipped { node: graph.node(succ).name.as_str().into() });
+                    effects.derived.push(JournalEntry::NodeSkipped {
+                        node: graph.node(succ).name.as_str().into(),
+                    });
                     work.push((succ, false, None));
                 }
             }
@@ -408,13 +497,23 @@ impl RunState {
         if self.graph.node(id).kind != NodeKind::Map {
             self.nodes[id] = NodeState::Active { attempt: 1 };
             self.in_flight += 1;
-            effects.ready.push(Task { node: id, item: None, attempt: 1, delay: None });
+            effects.ready.push(Task {
+                node: id,
+                item: None,
+                attempt: 1,
+                delay: None,
+            });
             return;
         }
-        let edge = self.graph.over_edge(id).expect("validated: map nodes have `over`");
+        let edge = self
+            .graph
+            .over_edge(id)
+            .expect("validated: map nodes have `over`");
         let source = self.graph.incoming(id)[edge].from;
         let list = match &self.nodes[source] {
-            NodeState::Completed { output } => output.list_items().ok_or_else(|| output.type_name()),
+            NodeState::Completed { output } => {
+                output.list_items().ok_or_else(|| output.type_name())
+            }
             _ => Err("nothing (it was skipped)".to_owned()),
         };
         match list {
@@ -422,7 +521,12 @@ impl RunState {
             Ok(items) => {
                 let n = items.len();
                 for i in 0..n {
-                    effects.ready.push(Task { node: id, item: Some(i as u32), attempt: 1, delay: None });
+                    effects.ready.push(Task {
+                        node: id,
+                        item: Some(i as u32),
+                        attempt: 1,
+                        delay: None,
+                    });
                 }
                 self.in_flight += n;
                 self.nodes[id] = NodeState::Mapping(Box::new(MapState {
@@ -436,7 +540,10 @@ impl RunState {
                 let node = &self.graph.node(id).name;
                 let error = NodeError::permanent(
                     "InvalidMapInput",
-                    format!("map '{node}' runs over '{}', which returned {got}, not a list", self.graph.node(source).name),
+                    format!(
+                        "map '{node}' runs over '{}', which returned {got}, not a list",
+                        self.graph.node(source).name
+                    ),
                 );
                 effects.derived.push(JournalEntry::NodeFailed {
                     node: node.as_str().into(),
@@ -445,8 +552,17 @@ impl RunState {
                     error: error.clone(),
                     retry_in_ms: None,
                 });
-                self.nodes[id] = NodeState::Failed { error: error.clone() };
-                self.fail(RunFailure { node: node.as_str().into(), item: None, error }, effects);
+                self.nodes[id] = NodeState::Failed {
+                    error: error.clone(),
+                };
+                self.fail(
+                    RunFailure {
+                        node: node.as_str().into(),
+                        item: None,
+                        error,
+                    },
+                    effects,
+                );
             }
         }
     }
@@ -458,7 +574,11 @@ impl RunState {
         self.status = RunStatus::Failed;
         self.failure = Some(failure.clone());
         effects.ready.clear();
-        effects.derived.push(JournalEntry::RunFinished { status: RunStatus::Failed, output: None, failure: Some(failure) });
+        effects.derived.push(JournalEntry::RunFinished {
+            status: RunStatus::Failed,
+            output: None,
+            failure: Some(failure),
+        });
     }
 
     /// Updates the run status after a change: completed when every node is resolved,
@@ -471,8 +591,15 @@ impl RunState {
             let output = self.run_output();
             self.status = RunStatus::Completed;
             self.output = Some(output.clone());
-            effects.derived.push(JournalEntry::RunFinished { status: RunStatus::Completed, output: Some(output), failure: None });
-        } else if self.in_flight == 0 && matches!(self.status, RunStatus::Running) && self.waiting().next().is_some() {
+            effects.derived.push(JournalEntry::RunFinished {
+                status: RunStatus::Completed,
+                output: Some(output),
+                failure: None,
+            });
+        } else if self.in_flight == 0
+            && matches!(self.status, RunStatus::Running)
+            && self.waiting().next().is_some()
+        {
             self.status = RunStatus::Waiting;
         }
     }
@@ -489,7 +616,9 @@ impl RunState {
         match sinks.as_slice() {
             [only] => value_of(*only),
             many => Value::Record(
-                many.iter().map(|&id| (Arc::from(self.graph.node(id).name.as_str()), value_of(id))).collect(),
+                many.iter()
+                    .map(|&id| (Arc::from(self.graph.node(id).name.as_str()), value_of(id)))
+                    .collect(),
             ),
         }
     }

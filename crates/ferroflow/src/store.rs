@@ -42,7 +42,10 @@ pub enum Created {
     /// The run is new; its journal holds the given first entries.
     New,
     /// A run with that id exists already; here is its journal.
-    Existing { record: RunRecord, journal: Vec<StoredEntry> },
+    Existing {
+        record: RunRecord,
+        journal: Vec<StoredEntry>,
+    },
 }
 
 /// Durable home of run journals.
@@ -62,7 +65,12 @@ pub trait JournalStore: Send + Sync + 'static {
     async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()>;
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>>;
     /// Records matching `graph` and `status` (all when `None`), newest first.
-    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>>;
+    async fn list_runs(
+        &self,
+        graph: Option<&str>,
+        status: Option<RunStatus>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>>;
 }
 
 /// A task as queues carry it: enough to find the run and the node attempt.
@@ -134,7 +142,10 @@ impl JournalStore for MemoryStore {
     async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
         let mut runs = self.runs.lock().expect("store lock");
         if let Some((existing, journal)) = runs.get(&record.run_id) {
-            return Ok(Created::Existing { record: existing.clone(), journal: journal.clone() });
+            return Ok(Created::Existing {
+                record: existing.clone(),
+                journal: journal.clone(),
+            });
         }
         runs.insert(record.run_id.clone(), (record.clone(), first.to_vec()));
         Ok(Created::New)
@@ -142,7 +153,9 @@ impl JournalStore for MemoryStore {
 
     async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
         let mut runs = self.runs.lock().expect("store lock");
-        let (record, journal) = runs.get_mut(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
+        let (record, journal) = runs.get_mut(run_id).ok_or_else(|| Error::RunNotFound {
+            run_id: run_id.to_owned(),
+        })?;
         if journal.len() as u64 != expected_seq {
             return Err(Error::Store(format!(
                 "run '{run_id}': journal has {} entries, the writer expected {expected_seq}: another writer got there first",
@@ -163,7 +176,12 @@ impl JournalStore for MemoryStore {
         Ok(self.runs.lock().expect("store lock").get(run_id).cloned())
     }
 
-    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
+    async fn list_runs(
+        &self,
+        graph: Option<&str>,
+        status: Option<RunStatus>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>> {
         let runs = self.runs.lock().expect("store lock");
         let mut records: Vec<RunRecord> = runs
             .values()
@@ -171,7 +189,11 @@ impl JournalStore for MemoryStore {
             .filter(|r| graph.is_none_or(|g| r.graph == g) && status.is_none_or(|s| r.status == s))
             .cloned()
             .collect();
-        records.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| b.run_id.cmp(&a.run_id)));
+        records.sort_by(|a, b| {
+            b.created_ms
+                .cmp(&a.created_ms)
+                .then_with(|| b.run_id.cmp(&a.run_id))
+        });
         records.truncate(limit);
         Ok(records)
     }

@@ -139,7 +139,10 @@ impl fmt::Debug for Value {
         match self {
             Value::Json(v) => write!(f, "{v}"),
             Value::List(items) => f.debug_list().entries(items.iter()).finish(),
-            Value::Record(fields) => f.debug_map().entries(fields.iter().map(|(k, v)| (k, v))).finish(),
+            Value::Record(fields) => f
+                .debug_map()
+                .entries(fields.iter().map(|(k, v)| (k, v)))
+                .finish(),
             Value::Native(v) => write!(f, "<{}>", v.type_name()),
         }
     }

@@ -1,0 +1,101 @@
+"""The PyO3 bindings of the ferroflow engine. Private: use the ``ferroflow`` package."""
+
+import asyncio
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from typing_extensions import TypeAlias, final
+
+__all__ = ["Engine", "Workflow", "__version__", "check_json"]
+
+__version__: str
+
+def check_json(obj: Any) -> None:
+    """Raises ``TypeError`` saying what and where unless ``obj`` is plain JSON data."""
+
+@final
+class Workflow:
+    """A validated graph with its Python bodies."""
+
+    def __new__(cls, spec_json: str, bodies: Sequence[Tuple[str, Any]]) -> Workflow: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str:
+        """Hash of the graph's structure."""
+    def to_mermaid(self) -> str:
+        """The graph as a Mermaid flowchart."""
+    def spec_json(self) -> str:
+        """The graph's structure as JSON."""
+
+_Snapshot: TypeAlias = Dict[str, Any]
+
+@final
+class Engine:
+    """The in-memory engine; every call releases the GIL while the engine works."""
+
+    def __new__(cls, retain_finished: int = 10000) -> Engine: ...
+    def start(
+        self,
+        workflow: Workflow,
+        input: Any,
+        run_id: Optional[str] = None,
+        event_loop: Optional[asyncio.AbstractEventLoop] = None,
+    ) -> str:
+        """Starts a run and returns its id."""
+    def run(
+        self,
+        workflow: Workflow,
+        input: Any,
+        run_id: Optional[str] = None,
+        event_loop: Optional[asyncio.AbstractEventLoop] = None,
+        timeout: Optional[float] = None,
+    ) -> _Snapshot:
+        """Starts a run, executes a chain of its sync bodies on this thread, and blocks until it settles."""
+    def start_watched(
+        self,
+        workflow: Workflow,
+        input: Any,
+        callback: Callable[[Optional[Dict[str, Any]]], None],
+        run_id: Optional[str] = None,
+        event_loop: Optional[asyncio.AbstractEventLoop] = None,
+        until_finished: bool = False,
+    ) -> str:
+        """Starts a run and sends its events to ``callback`` (then ``None``) from a background thread."""
+    def watch(
+        self, run_id: str, callback: Callable[[Optional[Dict[str, Any]]], None], until_finished: bool = False
+    ) -> None:
+        """Sends the events of an existing run, from its first, to ``callback``."""
+    def wait(self, run_id: str, timeout: Optional[float] = None) -> _Snapshot:
+        """Blocks until the run settles (waiting or finished)."""
+    def on_settled(
+        self,
+        run_id: str,
+        callback: Callable[[Optional[_Snapshot], Optional[BaseException]], None],
+        timeout: Optional[float] = None,
+    ) -> None:
+        """Calls ``callback(snapshot, None)`` or ``callback(None, error)`` once the run settles."""
+    def run_many(
+        self,
+        workflow: Workflow,
+        inputs: List[Any],
+        concurrency: int,
+        event_loop: Optional[asyncio.AbstractEventLoop] = None,
+        progress: Optional[Callable[[int, int], None]] = None,
+    ) -> List[_Snapshot]:
+        """Runs one run per input, ``concurrency`` at a time; snapshots in input order."""
+    def resume(
+        self,
+        run_id: str,
+        value: Any,
+        node: Optional[str] = None,
+        event_loop: Optional[asyncio.AbstractEventLoop] = None,
+    ) -> None:
+        """Answers a waiting human node."""
+    def cancel(self, run_id: str) -> None:
+        """Cancels a run."""
+    def snapshot(self, run_id: str) -> _Snapshot:
+        """The run's current state."""
+    def nodes(self, run_id: str) -> List[Dict[str, Any]]:
+        """Per-node state of a run."""
+    def run_ids(self) -> List[str]:
+        """Ids of the runs in memory, oldest first."""
