@@ -73,6 +73,7 @@ class _Node:
     after: Tuple[str, ...]
     when: Dict[str, List[str]]
     over: Optional[str]
+    labels: Optional[List[str]]
     retry: Optional[Retry]
     timeout: Optional[float]
 
@@ -104,11 +105,15 @@ class Graph:
         """Declares a plain function node. Usable as ``@g.task`` or ``@g.task(retry=...)``."""
         return self._declare("task", fn, options)
 
-    def branch(self, fn: Optional[Callable[..., Any]] = None, /, **options: Any) -> Any:
+    def branch(
+        self, fn: Optional[Callable[..., Any]] = None, /, *, labels: Optional[Sequence[str]] = None, **options: Any
+    ) -> Any:
         """Declares a branch: its body returns a label (or a list of labels), and only the
         nodes declared with ``when={branch: label}`` for those labels run; the others are
-        skipped."""
-        return self._declare("branch", fn, options)
+        skipped. ``labels`` lists every label the branch may return: a declared label that
+        no edge uses runs none of the labelled successors, and an edge label outside the
+        list is a build error. Without it, the labels on the branch's edges are the valid ones."""
+        return self._declare("branch", fn, dict(options, labels=labels))
 
     def each(self, fn: Optional[Callable[..., Any]] = None, /, *, over: str, **options: Any) -> Any:
         """Declares a map node: the body runs once per element of the list ``over``
@@ -138,6 +143,7 @@ class Graph:
         after: Iterable[str] = (),
         when: Optional[Mapping[str, Labels]] = None,
         over: Optional[str] = None,
+        labels: Optional[Sequence[str]] = None,
         retry: Optional[Retry] = None,
         timeout: Optional[float] = None,
     ) -> None:
@@ -173,6 +179,7 @@ class Graph:
                 after=tuple(after),
                 when={b: [labels] if isinstance(labels, str) else list(labels) for b, labels in (when or {}).items()},
                 over=over,
+                labels=None if labels is None else list(labels),
                 retry=retry,
                 timeout=timeout,
             )
@@ -205,6 +212,8 @@ class Graph:
             spec: Dict[str, Any] = {"name": node.name, "kind": node.kind, "deps": deps, "retry": retry._spec()}
             if node.over is not None:
                 spec["over"] = node.over
+            if node.labels is not None:
+                spec["labels"] = node.labels
             if node.timeout is not None:
                 spec["timeout"] = max(1, round(node.timeout * 1000))
             nodes.append(spec)

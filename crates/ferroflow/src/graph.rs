@@ -149,6 +149,11 @@ pub struct NodeSpec {
     /// For a map node: the dependency whose output (a list) it runs over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub over: Option<String>,
+    /// For a branch: every label it may return. Optional; when given, a label that no
+    /// edge uses is a valid way to run none of the labelled successors, and an edge with
+    /// a label outside the list is a build error (a typo, usually).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
     #[serde(default)]
     pub retry: RetryPolicy,
     /// Limit on one attempt; an attempt that exceeds it fails with a retryable timeout.
@@ -168,6 +173,7 @@ impl NodeSpec {
             kind,
             deps: Vec::new(),
             over: None,
+            labels: None,
             retry: RetryPolicy::default(),
             timeout: None,
         }
@@ -180,6 +186,16 @@ impl NodeSpec {
 
     pub fn over(mut self, node: impl Into<String>) -> Self {
         self.over = Some(node.into());
+        self
+    }
+
+    /// Declares the labels a branch may return.
+    pub fn labels<I, S>(mut self, labels: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.labels = Some(labels.into_iter().map(Into::into).collect());
         self
     }
 
@@ -490,7 +506,26 @@ fn validate_node(
                     reason: format!("the edge from branch '{}' lists no label", dep.node),
                 });
             }
+            if let Some(declared) = &nodes[source].labels {
+                if let Some(unknown) = labels.iter().find(|l| !declared.contains(l)) {
+                    return Err(GraphError::Invalid {
+                        graph: graph.to_owned(),
+                        node: node.name.clone(),
+                        reason: format!(
+                            "its edge from branch '{}' is labelled '{unknown}', which is not among the branch's labels {declared:?}",
+                            dep.node
+                        ),
+                    });
+                }
+            }
         }
+    }
+    if node.labels.is_some() && node.kind != NodeKind::Branch {
+        return Err(GraphError::Invalid {
+            graph: graph.to_owned(),
+            node: node.name.clone(),
+            reason: "only branch nodes declare labels".into(),
+        });
     }
     match (node.kind, &node.over) {
         (NodeKind::Map, None) => {

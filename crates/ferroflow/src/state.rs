@@ -255,7 +255,7 @@ impl RunState {
         Ok(())
     }
 
-    /// The labels used on edges out of a branch, sorted.
+    /// The labels a branch may return: those it declares and those on its edges, sorted.
     pub fn branch_labels(&self, id: NodeId) -> Vec<String> {
         let mut labels: Vec<String> = self
             .graph
@@ -263,6 +263,7 @@ impl RunState {
             .iter()
             .flat_map(|&s| self.graph.incoming(s).iter().filter(|e| e.from == id))
             .flat_map(|e| e.when.iter().flatten().cloned())
+            .chain(self.graph.node(id).labels.iter().flatten().cloned())
             .collect();
         labels.sort();
         labels.dedup();
