@@ -39,7 +39,7 @@ lint: $(VENV)/.deps ## Check formatting and lints: cargo fmt, clippy -D warnings
 	$(BIN)/ruff check python tests benches examples
 	$(BIN)/ruff format --check python tests benches examples
 	$(BIN)/mypy
-	$(PY) -m mypy.stubtest ferroflow._native --allowlist python/ferroflow/stubtest-allowlist.txt
+	$(PY) -m mypy.stubtest ferroflow._native
 
 .PHONY: fmt
 fmt: $(VENV)/.deps ## Format Rust and Python sources
