@@ -20,6 +20,7 @@ pub use graph::{Dependency, Graph, GraphSpec, NodeId, NodeKind, NodeSpec, RetryP
 pub use journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus};
 pub use state::{Effects, NodeState, Rejected, RunState, Task};
 pub use store::{
-    Created, JournalStore, Lease, MemoryStore, QueuedTask, RunRecord, StoredEntry, TaskQueue,
+    Created, JournalStore, Lease, MemoryQueue, MemoryStore, QueuedTask, RunRecord, StoredEntry,
+    TaskQueue,
 };
 pub use value::{NativeValue, Value};

@@ -1,19 +1,21 @@
 //! The context abstraction: where journals live ([`JournalStore`]) and where ready tasks
 //! wait for a worker ([`TaskQueue`]).
 //!
-//! The scheduler is written once against these traits. The in-memory context implements
-//! the journal store with [`MemoryStore`]; its task queue is the tokio runtime itself (a
-//! ready task is spawned at once), which is why real-time runs have no queue hop.
-//! Durable contexts implement both traits over SQLite, Redis or NATS.
+//! The scheduler is written once against these traits. [`MemoryStore`] and [`MemoryQueue`]
+//! are their in-memory implementations: the reference that durable implementations (SQLite,
+//! Redis, NATS) are tested against. Real-time runs do not go through a queue at all: the
+//! in-memory engine spawns a ready task on the tokio runtime at once, so they have no
+//! queue hop.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
-use crate::journal::{JournalEntry, RunStatus};
+use crate::journal::{JournalEntry, RunStatus, now_ms};
 
 /// One journal entry with its position and time.
 #[derive(Clone, Debug)]
@@ -196,5 +198,157 @@ impl JournalStore for MemoryStore {
         });
         records.truncate(limit);
         Ok(records)
+    }
+}
+
+/// Tasks in process memory, with leases: the in-memory [`TaskQueue`].
+///
+/// Timestamps are wall-clock milliseconds, like the durable queues', so `not_before_ms`
+/// means the same everywhere.
+#[derive(Default)]
+pub struct MemoryQueue {
+    inner: Mutex<QueueState>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Every key ever enqueued: enqueuing is idempotent even after acknowledgement.
+    known: HashSet<String>,
+    /// Tasks waiting, by (not_before_ms, insertion order).
+    waiting: BTreeMap<(u64, u64), (QueuedTask, u32)>,
+    /// Tasks handed out, by lease token: the task, its deliveries, and the lease expiry.
+    leased: HashMap<String, (QueuedTask, u32, u64)>,
+    counter: u64,
+}
+
+impl MemoryQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tasks waiting or leased.
+    pub fn len(&self) -> usize {
+        let state = self.inner.lock().expect("queue lock");
+        state.waiting.len() + state.leased.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Moves expired leases back to waiting, then takes up to `max` tasks that are due.
+    fn take_due(&self, max: usize, lease_for: Duration) -> (Vec<Lease>, Option<u64>) {
+        let now = now_ms();
+        let mut state = self.inner.lock().expect("queue lock");
+        let expired: Vec<String> = state
+            .leased
+            .iter()
+            .filter(|(_, (_, _, until))| *until <= now)
+            .map(|(token, _)| token.clone())
+            .collect();
+        for token in expired {
+            let (task, deliveries, _) = state.leased.remove(&token).expect("listed");
+            state.counter += 1;
+            let key = (task.not_before_ms, state.counter);
+            state.waiting.insert(key, (task, deliveries));
+        }
+        let mut leases = Vec::new();
+        while leases.len() < max {
+            let Some(entry) = state.waiting.first_entry() else {
+                break;
+            };
+            if entry.key().0 > now {
+                break;
+            }
+            let (task, deliveries) = entry.remove();
+            state.counter += 1;
+            let token = format!("{}#{}", task.key(), state.counter);
+            let deliveries = deliveries + 1;
+            let until = now + lease_for.as_millis() as u64;
+            state
+                .leased
+                .insert(token.clone(), (task.clone(), deliveries, until));
+            leases.push(Lease {
+                task,
+                token,
+                deliveries,
+            });
+        }
+        let next_due = state
+            .waiting
+            .keys()
+            .next()
+            .map(|(at, _)| *at)
+            .into_iter()
+            .chain(state.leased.values().map(|(_, _, until)| *until))
+            .min();
+        (leases, next_due)
+    }
+}
+
+#[async_trait]
+impl TaskQueue for MemoryQueue {
+    async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
+        let mut state = self.inner.lock().expect("queue lock");
+        for task in tasks {
+            if state.known.insert(task.key()) {
+                state.counter += 1;
+                let key = (task.not_before_ms, state.counter);
+                state.waiting.insert(key, (task.clone(), 0));
+            }
+        }
+        drop(state);
+        self.ready.notify_waiters();
+        Ok(())
+    }
+
+    async fn lease(&self, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register interest before looking, so an enqueue in between is not missed.
+            let notified = self.ready.notified();
+            let (leases, next_due) = self.take_due(max, lease_for);
+            if !leases.is_empty() {
+                return Ok(leases);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let until_due =
+                next_due.map(|at| Duration::from_millis(at.saturating_sub(now_ms()).max(1)));
+            let nap = until_due.map_or(deadline - now, |d| d.min(deadline - now));
+            let _ = tokio::time::timeout(nap, notified).await;
+        }
+    }
+
+    async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<()> {
+        let mut state = self.inner.lock().expect("queue lock");
+        match state.leased.get_mut(&lease.token) {
+            Some((_, _, until)) => {
+                *until = now_ms() + lease_for.as_millis() as u64;
+                Ok(())
+            }
+            None => Err(Error::Store(format!(
+                "the lease of task {} has expired",
+                lease.task.key()
+            ))),
+        }
+    }
+
+    async fn ack(&self, lease: &Lease) -> Result<()> {
+        let mut state = self.inner.lock().expect("queue lock");
+        let now = now_ms();
+        match state.leased.get(&lease.token) {
+            Some((_, _, until)) if *until > now => {
+                state.leased.remove(&lease.token);
+                Ok(())
+            }
+            _ => Err(Error::Store(format!(
+                "the lease of task {} has expired; another worker may hold the task now",
+                lease.task.key()
+            ))),
+        }
     }
 }
