@@ -42,6 +42,16 @@ class Engine:
         event_loop: Optional[asyncio.AbstractEventLoop] = None,
     ) -> str:
         """Starts a run and returns its id."""
+    def start_settled(
+        self,
+        workflow: Workflow,
+        input: Any,
+        callback: Callable[[Optional[_Snapshot], Optional[BaseException]], None],
+        run_id: Optional[str] = None,
+        event_loop: Optional[asyncio.AbstractEventLoop] = None,
+        timeout: Optional[float] = None,
+    ) -> str:
+        """Starts a run; ``callback(snapshot, None)`` or ``callback(None, error)`` once it settles."""
     def run(
         self,
         workflow: Workflow,
@@ -89,8 +99,19 @@ class Engine:
         value: Any,
         node: Optional[str] = None,
         event_loop: Optional[asyncio.AbstractEventLoop] = None,
+        timeout: Optional[float] = None,
+    ) -> _Snapshot:
+        """Answers a waiting human node and blocks until the run settles again."""
+    def resume_settled(
+        self,
+        run_id: str,
+        value: Any,
+        callback: Callable[[Optional[_Snapshot], Optional[BaseException]], None],
+        node: Optional[str] = None,
+        event_loop: Optional[asyncio.AbstractEventLoop] = None,
+        timeout: Optional[float] = None,
     ) -> None:
-        """Answers a waiting human node."""
+        """Answers a waiting human node; ``callback`` as for ``start_settled``."""
     def cancel(self, run_id: str) -> None:
         """Cancels a run."""
     def snapshot(self, run_id: str) -> _Snapshot:

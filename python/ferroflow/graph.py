@@ -355,8 +355,9 @@ class Graph:
         self._check_value(input, "the run input", run_id)
         engine = self._context(context)._engine
         loop = asyncio.get_running_loop()
-        started = engine.start(workflow, input, run_id, loop)
-        return await _settled(engine, started, timeout, loop)
+        return await _settled(
+            engine, loop, lambda notify: engine.start_settled(workflow, input, notify, run_id, loop, timeout)
+        )
 
     async def stream(
         self,
@@ -440,8 +441,7 @@ class Graph:
         self._workflow()
         self._check_value(value, "the resume value", run_id)
         engine = self._context(context)._engine
-        engine.resume(run_id, value, node, self._loop_for_sync())
-        return _result(engine.wait(run_id, timeout))
+        return _result(engine.resume(run_id, value, node, self._loop_for_sync(), timeout))
 
     async def aresume(
         self,
@@ -457,8 +457,12 @@ class Graph:
         self._check_value(value, "the resume value", run_id)
         engine = self._context(context)._engine
         loop = asyncio.get_running_loop()
-        engine.resume(run_id, value, node, loop)
-        return await _settled(engine, run_id, timeout, loop)
+
+        def resume(notify: Callable[..., None]) -> str:
+            engine.resume_settled(run_id, value, notify, node, loop, timeout)
+            return run_id
+
+        return await _settled(engine, loop, resume)
 
     def cancel(self, run_id: str, *, context: Optional[Context] = None) -> None:
         """Cancels a run. Cancelling a cancelled run does nothing; a finished run raises
@@ -481,8 +485,11 @@ def _deliver_to(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> C
 
 
 async def _settled(
-    engine: _native.Engine, run_id: str, timeout: Optional[float], loop: asyncio.AbstractEventLoop
+    engine: _native.Engine,
+    loop: asyncio.AbstractEventLoop,
+    begin: Callable[[Callable[[Any, Optional[BaseException]], None]], str],
 ) -> RunResult:
+    """Starts (or resumes) a run with ``begin(notify)`` and awaits the run settling."""
     future: asyncio.Future[Any] = loop.create_future()
 
     def settle(snapshot: Any, error: Optional[BaseException]) -> None:
@@ -493,13 +500,13 @@ async def _settled(
         else:
             future.set_result(snapshot)
 
-    def on_settled(snapshot: Any, error: Optional[BaseException]) -> None:
+    def notify(snapshot: Any, error: Optional[BaseException]) -> None:
         try:
             loop.call_soon_threadsafe(settle, snapshot, error)
         except RuntimeError:
             pass  # the caller's loop is gone
 
-    engine.on_settled(run_id, on_settled, timeout)
+    run_id = begin(notify)
     try:
         snapshot = await future
     except asyncio.CancelledError:

@@ -86,6 +86,12 @@ impl PyBody {
         }))
     }
 
+    /// Reports the Python objects this body owns to the garbage collector.
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.func)?;
+        visit.call(&self.retry_on)
+    }
+
     fn args<'py>(&self, py: Python<'py>, call: &NodeCall) -> PyResult<Bound<'py, PyTuple>> {
         let mut args = Vec::with_capacity(self.plan.len());
         for source in &self.plan {
@@ -98,9 +104,7 @@ impl PyBody {
                 },
                 ArgSource::Context => {
                     let cls = NODE_CONTEXT.get_or_try_init(py, || {
-                        py.import("ferroflow.types")?
-                            .getattr("NodeContext")
-                            .map(Bound::unbind)
+                        py.import("ferroflow.types")?.getattr("NodeContext").map(Bound::unbind)
                     })?;
                     cls.call1(
                         py,
@@ -156,9 +160,7 @@ impl PyBody {
         let retryable = value.is_instance(self.retry_on.bind(py)).unwrap_or(false);
         let traceback = TRACEBACK
             .get_or_try_init(py, || {
-                py.import("traceback")?
-                    .getattr("format_exception")
-                    .map(Bound::unbind)
+                py.import("traceback")?.getattr("format_exception").map(Bound::unbind)
             })
             .and_then(|format| format.call1(py, (value.get_type(), value, err.traceback(py))))
             .and_then(|lines| {
@@ -177,9 +179,7 @@ impl PyBody {
 
     fn call_sync(&self, call: &NodeCall) -> BodyResult {
         Python::attach(|py| {
-            let args = self
-                .args(py, call)
-                .map_err(|e| argument_error(py, &call.node, e))?;
+            let args = self.args(py, call).map_err(|e| argument_error(py, &call.node, e))?;
             match self.func.bind(py).call1(args) {
                 Ok(obj) => self.output(py, &call.node, obj),
                 Err(err) => Err(self.error(py, err)),
@@ -191,10 +191,7 @@ impl PyBody {
 fn argument_error(py: Python<'_>, node: &str, err: PyErr) -> NodeError {
     NodeError::permanent(
         "ArgumentError",
-        format!(
-            "could not build the arguments of node '{node}': {}",
-            err.value(py)
-        ),
+        format!("could not build the arguments of node '{node}': {}", err.value(py)),
     )
 }
 
@@ -230,11 +227,7 @@ impl AsyncBody for AsyncPyBody {
 type Scheduled = (oneshot::Receiver<BodyResult>, Py<PyAny>);
 
 fn schedule(py: Python<'_>, body: &Arc<PyBody>, call: &NodeCall) -> Result<Scheduled, NodeError> {
-    let Some(event_loop) = call
-        .attachment
-        .as_ref()
-        .and_then(|a| a.downcast_ref::<EventLoop>())
-    else {
+    let Some(event_loop) = call.attachment.as_ref().and_then(|a| a.downcast_ref::<EventLoop>()) else {
         return Err(NodeError::permanent(
             "NoEventLoop",
             format!(
@@ -243,14 +236,8 @@ fn schedule(py: Python<'_>, body: &Arc<PyBody>, call: &NodeCall) -> Result<Sched
             ),
         ));
     };
-    let args = body
-        .args(py, call)
-        .map_err(|e| argument_error(py, &call.node, e))?;
-    let coroutine = body
-        .func
-        .bind(py)
-        .call1(args)
-        .map_err(|e| body.error(py, e))?;
+    let args = body.args(py, call).map_err(|e| argument_error(py, &call.node, e))?;
+    let coroutine = body.func.bind(py).call1(args).map_err(|e| body.error(py, e))?;
     let (tx, rx) = oneshot::channel();
     let run = RUN_COROUTINE
         .get_or_try_init(py, || {

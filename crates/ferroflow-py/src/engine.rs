@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferroflow::{
-    Body, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, NodeError, RunSnapshot,
+    Body, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, NodeError, RunHandle, RunSnapshot,
     StartOptions, Value, WatchUntil, Workflow,
 };
 use pyo3::exceptions::PyValueError;
@@ -25,14 +25,15 @@ use crate::value::{to_py, wrap};
 #[pyclass(module = "ferroflow._native", name = "Workflow")]
 pub struct PyWorkflow {
     workflow: Option<Workflow>,
-    funcs: Vec<Py<PyAny>>,
+    /// The same bodies the workflow holds, kept to report their objects to the GC.
+    bodies: Vec<Arc<PyBody>>,
 }
 
 impl PyWorkflow {
     fn get(&self) -> PyResult<&Workflow> {
-        self.workflow.as_ref().ok_or_else(|| {
-            PyValueError::new_err("this workflow was cleared by the garbage collector")
-        })
+        self.workflow
+            .as_ref()
+            .ok_or_else(|| PyValueError::new_err("this workflow was cleared by the garbage collector"))
     }
 }
 
@@ -40,14 +41,14 @@ impl PyWorkflow {
 impl PyWorkflow {
     #[new]
     fn new(py: Python<'_>, spec_json: &str, bodies: Vec<(String, BodySpec)>) -> PyResult<Self> {
-        let spec: GraphSpec = serde_json::from_str(spec_json)
-            .map_err(|e| PyValueError::new_err(format!("invalid graph spec: {e}")))?;
+        let spec: GraphSpec =
+            serde_json::from_str(spec_json).map_err(|e| PyValueError::new_err(format!("invalid graph spec: {e}")))?;
         let graph = spec.build().map_err(|e| to_py_err(e.into()))?;
-        let mut funcs = Vec::with_capacity(bodies.len());
+        let mut kept = Vec::with_capacity(bodies.len());
         let mut compiled = HashMap::with_capacity(bodies.len());
         for (name, spec) in bodies {
             let body = PyBody::new(&spec, py)?;
-            funcs.push(spec.func.clone_ref(py));
+            kept.push(Arc::clone(&body));
             let body = if spec.is_async {
                 Body::Async(Arc::new(AsyncPyBody(body)))
             } else {
@@ -58,7 +59,7 @@ impl PyWorkflow {
         let workflow = Workflow::new(graph, compiled).map_err(|e| to_py_err(e.into()))?;
         Ok(PyWorkflow {
             workflow: Some(workflow),
-            funcs,
+            bodies: kept,
         })
     }
 
@@ -77,20 +78,24 @@ impl PyWorkflow {
     }
 
     fn spec_json(&self) -> PyResult<String> {
-        serde_json::to_string(&self.get()?.graph().spec())
-            .map_err(|e| PyValueError::new_err(e.to_string()))
+        serde_json::to_string(&self.get()?.graph().spec()).map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
+    /// Reports the bodies' objects only while this object is their sole owner. A live run
+    /// shares them (and may still call them): they are then reachable from outside the GC's
+    /// view, and must not be offered for collection.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for func in &self.funcs {
-            visit.call(func)?;
+        if self.workflow.as_ref().is_some_and(|w| w.holders() == 1) {
+            for body in &self.bodies {
+                body.traverse(&visit)?;
+            }
         }
         Ok(())
     }
 
     fn __clear__(&mut self) {
+        self.bodies.clear();
         self.workflow = None;
-        self.funcs.clear();
     }
 }
 
@@ -106,10 +111,7 @@ fn attachment(event_loop: Option<Py<PyAny>>) -> Option<ferroflow::Attachment> {
 
 fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
     timeout
-        .map(|t| {
-            Duration::try_from_secs_f64(t)
-                .map_err(|_| PyValueError::new_err(format!("invalid timeout {t}")))
-        })
+        .map(|t| Duration::try_from_secs_f64(t).map_err(|_| PyValueError::new_err(format!("invalid timeout {t}"))))
         .transpose()
 }
 
@@ -163,8 +165,37 @@ impl PyEngine {
         };
         let input = wrap(input);
         py.detach(|| self.engine.start(&workflow, input, options))
-            .map(|id| id.to_string())
+            .map(|run| run.id().to_string())
             .map_err(to_py_err)
+    }
+
+    /// Starts a run and calls `callback(snapshot, None)` or `callback(None, error)` from a
+    /// background thread once it settles: the awaitable `graph.arun`.
+    #[pyo3(signature = (workflow, input, callback, run_id = None, event_loop = None, timeout = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn start_settled(
+        &self,
+        py: Python<'_>,
+        workflow: PyRef<'_, PyWorkflow>,
+        input: Py<PyAny>,
+        callback: Py<PyAny>,
+        run_id: Option<String>,
+        event_loop: Option<Py<PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<String> {
+        let timeout = seconds(timeout)?;
+        let workflow = workflow.get()?.clone();
+        let options = StartOptions {
+            run_id,
+            attachment: attachment(event_loop),
+        };
+        let input = wrap(input);
+        let run = py
+            .detach(|| self.engine.start(&workflow, input, options))
+            .map_err(to_py_err)?;
+        let run_id = run.id().to_string();
+        notify_settled(run, timeout, callback);
+        Ok(run_id)
     }
 
     /// Starts a run and forwards its events to `callback` (then `None`) from a
@@ -192,11 +223,11 @@ impl PyEngine {
         } else {
             WatchUntil::Settled
         };
-        let (run_id, rx) = py
+        let (run, rx) = py
             .detach(|| self.engine.start_watched(&workflow, input, options, until))
             .map_err(to_py_err)?;
         forward_events(rx, callback);
-        Ok(run_id.to_string())
+        Ok(run.id().to_string())
     }
 
     /// Starts a run, executes its blocking bodies on this thread while they form a chain,
@@ -218,31 +249,22 @@ impl PyEngine {
             attachment: attachment(event_loop),
         };
         let input = wrap(input);
-        let run_id = py
+        let run = py
             .detach(|| self.engine.start_and_drive(&workflow, input, options))
             .map_err(to_py_err)?;
-        let snapshot =
-            block_on(py, self.engine.wait(&run_id, timeout), |_| Ok(()))?.map_err(to_py_err)?;
+        let snapshot = block_on(py, run.wait(timeout), |_| Ok(()))?.map_err(to_py_err)?;
         snapshot_to_py(py, &snapshot)
     }
 
     /// Forwards the events of an existing run (from its first) to `callback`.
     #[pyo3(signature = (run_id, callback, until_finished = false))]
-    fn watch(
-        &self,
-        py: Python<'_>,
-        run_id: &str,
-        callback: Py<PyAny>,
-        until_finished: bool,
-    ) -> PyResult<()> {
+    fn watch(&self, py: Python<'_>, run_id: &str, callback: Py<PyAny>, until_finished: bool) -> PyResult<()> {
         let until = if until_finished {
             WatchUntil::Finished
         } else {
             WatchUntil::Settled
         };
-        let rx = py
-            .detach(|| self.engine.watch(run_id, until))
-            .map_err(to_py_err)?;
+        let rx = py.detach(|| self.engine.watch(run_id, until)).map_err(to_py_err)?;
         forward_events(rx, callback);
         Ok(())
     }
@@ -251,40 +273,17 @@ impl PyEngine {
     #[pyo3(signature = (run_id, timeout = None))]
     fn wait(&self, py: Python<'_>, run_id: &str, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let timeout = seconds(timeout)?;
-        let snapshot =
-            block_on(py, self.engine.wait(run_id, timeout), |_| Ok(()))?.map_err(to_py_err)?;
+        let snapshot = block_on(py, self.engine.wait(run_id, timeout), |_| Ok(()))?.map_err(to_py_err)?;
         snapshot_to_py(py, &snapshot)
     }
 
     /// Calls `callback(snapshot, None)` or `callback(None, error)` from a background
     /// thread once the run is settled.
     #[pyo3(signature = (run_id, callback, timeout = None))]
-    fn on_settled(
-        &self,
-        run_id: String,
-        callback: Py<PyAny>,
-        timeout: Option<f64>,
-    ) -> PyResult<()> {
+    fn on_settled(&self, py: Python<'_>, run_id: &str, callback: Py<PyAny>, timeout: Option<f64>) -> PyResult<()> {
         let timeout = seconds(timeout)?;
-        let engine = self.engine.clone();
-        let handle = runtime::handle();
-        handle.clone().spawn(async move {
-            let result = engine.wait(&run_id, timeout).await;
-            handle.spawn_blocking(move || {
-                Python::attach(|py| {
-                    let args = match result {
-                        Ok(snapshot) => match snapshot_to_py(py, &snapshot) {
-                            Ok(s) => (s, py.None()),
-                            Err(e) => (py.None(), e.into_value(py).into_any()),
-                        },
-                        Err(e) => (py.None(), to_py_err(e).into_value(py).into_any()),
-                    };
-                    if let Err(e) = callback.call1(py, args) {
-                        e.write_unraisable(py, None);
-                    }
-                })
-            });
-        });
+        let run = py.detach(|| self.engine.handle(run_id)).map_err(to_py_err)?;
+        notify_settled(run, timeout, callback);
         Ok(())
     }
 
@@ -322,11 +321,10 @@ impl PyEngine {
                     run_id: None,
                     attachment: attachment.clone(),
                 };
-                let run_id = engine.start(&workflow, input, options)?;
-                let engine = engine.clone();
+                let run = engine.start(&workflow, input, options)?;
                 let counter = Arc::clone(&counter);
                 waits.push(tokio::spawn(async move {
-                    let snapshot = engine.wait(&run_id, None).await;
+                    let snapshot = run.wait(None).await;
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     drop(permit);
                     snapshot
@@ -334,10 +332,7 @@ impl PyEngine {
             }
             let mut snapshots = Vec::with_capacity(waits.len());
             for wait in waits {
-                snapshots.push(
-                    wait.await
-                        .map_err(|e| ferroflow::Error::Store(e.to_string()))??,
-                );
+                snapshots.push(wait.await.map_err(|e| ferroflow::Error::Store(e.to_string()))??);
             }
             Ok::<_, ferroflow::Error>(snapshots)
         };
@@ -358,8 +353,8 @@ impl PyEngine {
         Ok(PyList::new(py, items)?.unbind())
     }
 
-    /// Answers a waiting human node.
-    #[pyo3(signature = (run_id, value, node = None, event_loop = None))]
+    /// Answers a waiting human node and blocks until the run settles again.
+    #[pyo3(signature = (run_id, value, node = None, event_loop = None, timeout = None))]
     fn resume(
         &self,
         py: Python<'_>,
@@ -367,11 +362,39 @@ impl PyEngine {
         value: Py<PyAny>,
         node: Option<&str>,
         event_loop: Option<Py<PyAny>>,
-    ) -> PyResult<()> {
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        let timeout = seconds(timeout)?;
         let value = wrap(value);
         let attachment = attachment(event_loop);
-        py.detach(|| self.engine.resume(run_id, node, value, attachment))
-            .map_err(to_py_err)
+        let run = py
+            .detach(|| self.engine.resume(run_id, node, value, attachment))
+            .map_err(to_py_err)?;
+        let snapshot = block_on(py, run.wait(timeout), |_| Ok(()))?.map_err(to_py_err)?;
+        snapshot_to_py(py, &snapshot)
+    }
+
+    /// Answers a waiting human node; `callback` is called as with `start_settled`.
+    #[pyo3(signature = (run_id, value, callback, node = None, event_loop = None, timeout = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn resume_settled(
+        &self,
+        py: Python<'_>,
+        run_id: &str,
+        value: Py<PyAny>,
+        callback: Py<PyAny>,
+        node: Option<&str>,
+        event_loop: Option<Py<PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
+        let timeout = seconds(timeout)?;
+        let value = wrap(value);
+        let attachment = attachment(event_loop);
+        let run = py
+            .detach(|| self.engine.resume(run_id, node, value, attachment))
+            .map_err(to_py_err)?;
+        notify_settled(run, timeout, callback);
+        Ok(())
     }
 
     fn cancel(&self, py: Python<'_>, run_id: &str) -> PyResult<()> {
@@ -379,9 +402,7 @@ impl PyEngine {
     }
 
     fn snapshot(&self, py: Python<'_>, run_id: &str) -> PyResult<Py<PyAny>> {
-        let snapshot = py
-            .detach(|| self.engine.snapshot(run_id))
-            .map_err(to_py_err)?;
+        let snapshot = py.detach(|| self.engine.snapshot(run_id)).map_err(to_py_err)?;
         snapshot_to_py(py, &snapshot)
     }
 
@@ -396,14 +417,8 @@ impl PyEngine {
                 d.set_item("kind", r.kind.as_str())?;
                 d.set_item("status", r.status)?;
                 d.set_item("attempts", r.attempts)?;
-                d.set_item(
-                    "output",
-                    r.output.as_ref().map(|v| to_py(py, v)).transpose()?,
-                )?;
-                d.set_item(
-                    "error",
-                    r.error.as_ref().map(|e| error_to_py(py, e)).transpose()?,
-                )?;
+                d.set_item("output", r.output.as_ref().map(|v| to_py(py, v)).transpose()?)?;
+                d.set_item("error", r.error.as_ref().map(|e| error_to_py(py, e)).transpose()?)?;
                 Ok(d.into_any().unbind())
             })
             .collect::<PyResult<Vec<_>>>()?;
@@ -419,12 +434,31 @@ impl PyEngine {
     }
 }
 
+/// Calls `callback(snapshot, None)` or `callback(None, error)` from a blocking thread once
+/// the run settles.
+fn notify_settled(run: RunHandle, timeout: Option<Duration>, callback: Py<PyAny>) {
+    let handle = runtime::handle();
+    handle.clone().spawn(async move {
+        let result = run.wait(timeout).await;
+        handle.spawn_blocking(move || {
+            Python::attach(|py| {
+                let args = match result.map_err(to_py_err).and_then(|s| snapshot_to_py(py, &s)) {
+                    Ok(snapshot) => (snapshot, py.None()),
+                    Err(e) => (py.None(), e.into_value(py).into_any()),
+                };
+                if let Err(e) = callback.call1(py, args) {
+                    e.write_unraisable(py, None);
+                }
+            })
+        });
+    });
+}
+
 /// Sends events to a Python callback from a blocking thread, then `None`.
 fn forward_events(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, callback: Py<PyAny>) {
     runtime::handle().spawn_blocking(move || {
         while let Some(event) = rx.blocking_recv() {
-            let delivered =
-                Python::attach(|py| event_to_py(py, &event).and_then(|e| callback.call1(py, (e,))));
+            let delivered = Python::attach(|py| event_to_py(py, &event).and_then(|e| callback.call1(py, (e,))));
             if let Err(err) = delivered {
                 Python::attach(|py| err.write_unraisable(py, None));
                 return;
@@ -452,10 +486,7 @@ fn snapshot_to_py(py: Python<'_>, s: &RunSnapshot) -> PyResult<Py<PyAny>> {
     d.set_item("run_id", s.run_id.as_ref())?;
     d.set_item("graph", s.graph.as_ref())?;
     d.set_item("status", s.status.as_str())?;
-    d.set_item(
-        "output",
-        s.output.as_ref().map(|v| to_py(py, v)).transpose()?,
-    )?;
+    d.set_item("output", s.output.as_ref().map(|v| to_py(py, v)).transpose()?)?;
     match &s.failure {
         Some(f) => {
             let failure = PyDict::new(py);
@@ -481,22 +512,14 @@ fn event_to_py(py: Python<'_>, event: &Event) -> PyResult<Py<PyAny>> {
     d.set_item("at_ms", event.at_ms)?;
     let set_node = |node: &str| d.set_item("node", node);
     match &event.kind {
-        EventKind::NodeStarted {
-            node,
-            item,
-            attempt,
-        } => {
+        EventKind::NodeStarted { node, item, attempt } => {
             d.set_item("type", "node_started")?;
             set_node(node)?;
             d.set_item("item", *item)?;
             d.set_item("attempt", *attempt)?;
         }
         EventKind::Journal(entry) => match entry {
-            JournalEntry::RunStarted {
-                graph,
-                version,
-                input,
-            } => {
+            JournalEntry::RunStarted { graph, version, input } => {
                 d.set_item("type", "run_started")?;
                 d.set_item("graph", graph.as_ref())?;
                 d.set_item("version", version.as_ref())?;
@@ -532,11 +555,7 @@ fn event_to_py(py: Python<'_>, event: &Event) -> PyResult<Py<PyAny>> {
                 d.set_item("type", "node_skipped")?;
                 set_node(node)?;
             }
-            JournalEntry::Interrupted {
-                node,
-                attempt,
-                payload,
-            } => {
+            JournalEntry::Interrupted { node, attempt, payload } => {
                 d.set_item("type", "interrupted")?;
                 set_node(node)?;
                 d.set_item("attempt", *attempt)?;

@@ -11,23 +11,15 @@ use pyo3::types::PyDict;
 static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
 /// Builds an instance of `ferroflow.errors.<class>` with `message` and keyword attributes.
-pub fn new_error(
-    py: Python<'_>,
-    class: &str,
-    message: String,
-    attrs: &[(&str, Option<String>)],
-) -> PyErr {
+pub fn new_error(py: Python<'_>, class: &str, message: String, attrs: &[(&str, Option<String>)]) -> PyErr {
     let build = || -> PyResult<PyErr> {
-        let module =
-            ERRORS.get_or_try_init(py, || py.import("ferroflow.errors").map(Bound::unbind))?;
+        let module = ERRORS.get_or_try_init(py, || py.import("ferroflow.errors").map(Bound::unbind))?;
         let cls = module.bind(py).getattr(class)?;
         let kwargs = PyDict::new(py);
         for (key, value) in attrs {
             kwargs.set_item(key, value)?;
         }
-        Ok(PyErr::from_value(
-            cls.call((message.clone(),), Some(&kwargs))?,
-        ))
+        Ok(PyErr::from_value(cls.call((message.clone(),), Some(&kwargs))?))
     };
     build().unwrap_or_else(|e| e)
 }
@@ -39,12 +31,8 @@ pub fn to_py_err(err: Error) -> PyErr {
         let s = |v: &str| Some(v.to_owned());
         match &err {
             Error::Graph(graph) => graph_error(py, graph),
-            Error::UnknownGraph { name } => {
-                new_error(py, "UnknownGraphError", message, &[("graph", s(name))])
-            }
-            Error::RunNotFound { run_id } => {
-                new_error(py, "RunNotFoundError", message, &[("run_id", s(run_id))])
-            }
+            Error::UnknownGraph { name } => new_error(py, "UnknownGraphError", message, &[("graph", s(name))]),
+            Error::RunNotFound { run_id } => new_error(py, "RunNotFoundError", message, &[("run_id", s(run_id))]),
             Error::RunIdConflict { run_id, .. } => {
                 new_error(py, "RunIdConflictError", message, &[("run_id", s(run_id))])
             }
@@ -66,12 +54,8 @@ pub fn to_py_err(err: Error) -> PyErr {
                 message,
                 &[("run_id", s(run_id)), ("status", s("waiting"))],
             ),
-            Error::InvalidInput { run_id, .. } => {
-                new_error(py, "InvalidInputError", message, &[("run_id", s(run_id))])
-            }
-            Error::WaitTimeout { run_id, .. } => {
-                new_error(py, "WaitTimeoutError", message, &[("run_id", s(run_id))])
-            }
+            Error::InvalidInput { run_id, .. } => new_error(py, "InvalidInputError", message, &[("run_id", s(run_id))]),
+            Error::WaitTimeout { run_id, .. } => new_error(py, "WaitTimeoutError", message, &[("run_id", s(run_id))]),
             Error::VersionMismatch { run_id, .. } | Error::CorruptJournal { run_id, .. } => {
                 new_error(py, "StoreError", message, &[("run_id", s(run_id))])
             }
@@ -85,12 +69,8 @@ fn graph_error(py: Python<'_>, err: &GraphError) -> PyErr {
     let (class, graph, node) = match err {
         GraphError::Cycle { graph, cycle } => ("CycleError", graph, cycle.first()),
         GraphError::DuplicateNode { graph, node } => ("DuplicateNodeError", graph, Some(node)),
-        GraphError::UnknownDependency { graph, node, .. } => {
-            ("UnknownDependencyError", graph, Some(node))
-        }
-        GraphError::UnresolvedParameter { graph, node, .. } => {
-            ("UnresolvedParameterError", graph, Some(node))
-        }
+        GraphError::UnknownDependency { graph, node, .. } => ("UnknownDependencyError", graph, Some(node)),
+        GraphError::UnresolvedParameter { graph, node, .. } => ("UnresolvedParameterError", graph, Some(node)),
         GraphError::DuplicateDependency { graph, node, .. }
         | GraphError::LabelOnPlainEdge { graph, node, .. }
         | GraphError::InvalidNodeName { graph, node }

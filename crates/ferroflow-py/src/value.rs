@@ -48,10 +48,7 @@ pub fn wrap(obj: Py<PyAny>) -> Value {
 /// The object's type name, qualified by module unless it is a builtin.
 pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
     let ty = obj.get_type();
-    let name = ty
-        .qualname()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into());
+    let name = ty.qualname().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
     match ty.module().map(|m| m.to_string()) {
         Ok(module) if module != "builtins" => format!("{module}.{name}"),
         _ => name,
@@ -68,10 +65,7 @@ pub fn to_py(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
         },
         Value::Json(json) => json_to_py(py, json),
         Value::List(items) => {
-            let objs = items
-                .iter()
-                .map(|v| to_py(py, v))
-                .collect::<PyResult<Vec<_>>>()?;
+            let objs = items.iter().map(|v| to_py(py, v)).collect::<PyResult<Vec<_>>>()?;
             Ok(PyList::new(py, objs)?.into_any().unbind())
         }
         Value::Record(fields) => {
@@ -94,17 +88,12 @@ fn json_to_py(py: Python<'_>, json: &serde_json::Value) -> PyResult<Py<PyAny>> {
             } else if let Some(u) = n.as_u64() {
                 u.into_pyobject(py)?.into_any().unbind()
             } else {
-                PyFloat::new(py, n.as_f64().unwrap_or(f64::NAN))
-                    .into_any()
-                    .unbind()
+                PyFloat::new(py, n.as_f64().unwrap_or(f64::NAN)).into_any().unbind()
             }
         }
         serde_json::Value::String(s) => PyString::new(py, s).into_any().unbind(),
         serde_json::Value::Array(items) => {
-            let objs = items
-                .iter()
-                .map(|v| json_to_py(py, v))
-                .collect::<PyResult<Vec<_>>>()?;
+            let objs = items.iter().map(|v| json_to_py(py, v)).collect::<PyResult<Vec<_>>>()?;
             PyList::new(py, objs)?.into_any().unbind()
         }
         serde_json::Value::Object(map) => {
@@ -139,9 +128,7 @@ pub fn py_to_json(obj: &Bound<'_, PyAny>, path: &str) -> Result<serde_json::Valu
         let f: f64 = obj.extract().map_err(|e: PyErr| e.to_string())?;
         return serde_json::Number::from_f64(f)
             .map(serde_json::Value::Number)
-            .ok_or_else(|| {
-                format!("{path}: {f} is not a finite number, and JSON has no other kind")
-            });
+            .ok_or_else(|| format!("{path}: {f} is not a finite number, and JSON has no other kind"));
     }
     if let Ok(s) = obj.cast_exact::<PyString>() {
         return Ok(serde_json::Value::String(

@@ -123,13 +123,11 @@ impl Workflow {
     pub fn new(graph: Graph, mut bodies: HashMap<String, Body>) -> Result<Workflow, GraphError> {
         let mut ordered = Vec::with_capacity(graph.nodes().len());
         for node in graph.nodes() {
-            let body = bodies
-                .remove(&node.name)
-                .ok_or_else(|| GraphError::Invalid {
-                    graph: graph.name().to_owned(),
-                    node: node.name.clone(),
-                    reason: "it has no body".into(),
-                })?;
+            let body = bodies.remove(&node.name).ok_or_else(|| GraphError::Invalid {
+                graph: graph.name().to_owned(),
+                node: node.name.clone(),
+                reason: "it has no body".into(),
+            })?;
             ordered.push(body);
         }
         if let Some(extra) = bodies.into_keys().next() {
@@ -139,11 +137,7 @@ impl Workflow {
                 dependency: extra,
             });
         }
-        let names = graph
-            .nodes()
-            .iter()
-            .map(|n| Arc::from(n.name.as_str()))
-            .collect();
+        let names = graph.nodes().iter().map(|n| Arc::from(n.name.as_str())).collect();
         Ok(Workflow {
             graph: Arc::new(graph),
             bodies: ordered.into(),
@@ -157,6 +151,12 @@ impl Workflow {
 
     pub fn body(&self, id: NodeId) -> &Body {
         &self.bodies[id]
+    }
+
+    /// How many `Workflow` values share these bodies (this one included). Bindings use it
+    /// to tell whether something else, such as a live run, still needs the bodies.
+    pub fn holders(&self) -> usize {
+        Arc::strong_count(&self.bodies)
     }
 
     /// The node's name, shared.

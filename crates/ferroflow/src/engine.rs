@@ -87,6 +87,44 @@ pub enum WatchUntil {
     Finished,
 }
 
+/// A started run. Waiting through the handle cannot miss the run's end, even when the
+/// engine has already forgotten the run (finished runs are retained only up to a limit).
+#[derive(Clone)]
+pub struct RunHandle {
+    run: Arc<LiveRun>,
+}
+
+impl RunHandle {
+    pub fn id(&self) -> &Arc<str> {
+        &self.run.run_id
+    }
+
+    /// Waits until the run is settled (waiting for a person, or finished) or `timeout`
+    /// passes.
+    pub async fn wait(&self, timeout: Option<Duration>) -> Result<RunSnapshot> {
+        let mut rx = self.run.status.subscribe();
+        let settled = rx.wait_for(|s| s.is_terminal() || *s == RunStatus::Waiting);
+        match timeout {
+            Some(limit) => {
+                if tokio::time::timeout(limit, settled).await.is_err() {
+                    return Err(Error::WaitTimeout {
+                        run_id: self.run.run_id.to_string(),
+                        seconds: limit.as_secs_f64(),
+                    });
+                }
+            }
+            None => {
+                let _ = settled.await;
+            }
+        }
+        Ok(self.run.snapshot())
+    }
+
+    pub fn snapshot(&self) -> RunSnapshot {
+        self.run.snapshot()
+    }
+}
+
 /// The scheduler for in-memory (real-time) runs. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -147,14 +185,9 @@ impl Engine {
 
     /// Starts a run of `workflow` on `input` and returns its id at once. Starting an id
     /// that exists returns it again, unless it belongs to another graph.
-    pub fn start(
-        &self,
-        workflow: &Workflow,
-        input: Value,
-        options: StartOptions,
-    ) -> Result<Arc<str>> {
+    pub fn start(&self, workflow: &Workflow, input: Value, options: StartOptions) -> Result<RunHandle> {
         self.start_inner(workflow, input, options, None, false)
-            .map(|(id, _)| id)
+            .map(|(run, _)| run)
     }
 
     /// Starts a run and executes its blocking tasks on the calling thread for as long as
@@ -162,14 +195,9 @@ impl Engine {
     /// run goes on elsewhere). A synchronous caller that would block waiting for the run
     /// anyway saves the thread hand-offs. Call it from a thread that may block, never
     /// from an async task.
-    pub fn start_and_drive(
-        &self,
-        workflow: &Workflow,
-        input: Value,
-        options: StartOptions,
-    ) -> Result<Arc<str>> {
+    pub fn start_and_drive(&self, workflow: &Workflow, input: Value, options: StartOptions) -> Result<RunHandle> {
         self.start_inner(workflow, input, options, None, true)
-            .map(|(id, _)| id)
+            .map(|(run, _)| run)
     }
 
     /// Like [`Engine::start`], and returns the run's events from its first one.
@@ -179,9 +207,9 @@ impl Engine {
         input: Value,
         options: StartOptions,
         until: WatchUntil,
-    ) -> Result<(Arc<str>, mpsc::UnboundedReceiver<Event>)> {
+    ) -> Result<(RunHandle, mpsc::UnboundedReceiver<Event>)> {
         self.start_inner(workflow, input, options, Some(until), false)
-            .map(|(id, rx)| (id, rx.expect("asked for events")))
+            .map(|(run, rx)| (run, rx.expect("asked for events")))
     }
 
     fn start_inner(
@@ -191,7 +219,7 @@ impl Engine {
         options: StartOptions,
         until: Option<WatchUntil>,
         drive: bool,
-    ) -> Result<(Arc<str>, Option<mpsc::UnboundedReceiver<Event>>)> {
+    ) -> Result<(RunHandle, Option<mpsc::UnboundedReceiver<Event>>)> {
         let run_id: Arc<str> = match options.run_id {
             Some(id) if id.trim().is_empty() => {
                 return Err(Error::InvalidInput {
@@ -206,8 +234,7 @@ impl Engine {
         let mut table = self.inner.runs.lock().expect("run table lock");
         if let Some(existing) = table.runs.get(&run_id) {
             let existing_graph = existing.workflow.graph();
-            if existing_graph.name() != graph.name() || existing_graph.version() != graph.version()
-            {
+            if existing_graph.name() != graph.name() || existing_graph.version() != graph.version() {
                 return Err(Error::RunIdConflict {
                     run_id: run_id.to_string(),
                     existing: format!("{}@{}", existing_graph.name(), existing_graph.version()),
@@ -215,7 +242,12 @@ impl Engine {
                 });
             }
             let rx = until.map(|u| existing.watch(u));
-            return Ok((run_id, rx));
+            return Ok((
+                RunHandle {
+                    run: Arc::clone(existing),
+                },
+                rx,
+            ));
         }
 
         let (state, effects) = RunState::start(Arc::clone(graph), input.clone());
@@ -257,34 +289,23 @@ impl Engine {
                 .map(|i| ready.swap_remove(i));
             self.inner.dispatch(&run, ready);
             if let Some(task) = mine {
-                Arc::clone(&self.inner).run_blocking_chain(run, task);
+                Arc::clone(&self.inner).run_blocking_chain(Arc::clone(&run), task);
             }
         } else {
             self.inner.dispatch(&run, ready);
         }
-        Ok((run_id, rx))
+        Ok((RunHandle { run }, rx))
     }
 
     /// Waits until the run is settled (waiting for a person, or finished) or `timeout`
     /// passes.
     pub async fn wait(&self, run_id: &str, timeout: Option<Duration>) -> Result<RunSnapshot> {
-        let run = self.inner.live(run_id)?;
-        let mut rx = run.status.subscribe();
-        let settled = rx.wait_for(|s| s.is_terminal() || *s == RunStatus::Waiting);
-        match timeout {
-            Some(limit) => {
-                if tokio::time::timeout(limit, settled).await.is_err() {
-                    return Err(Error::WaitTimeout {
-                        run_id: run_id.to_owned(),
-                        seconds: limit.as_secs_f64(),
-                    });
-                }
-            }
-            None => {
-                let _ = settled.await;
-            }
-        }
-        Ok(run.snapshot())
+        self.handle(run_id)?.wait(timeout).await
+    }
+
+    /// A handle on a run this engine holds.
+    pub fn handle(&self, run_id: &str) -> Result<RunHandle> {
+        self.inner.live(run_id).map(|run| RunHandle { run })
     }
 
     /// The run's current state.
@@ -308,12 +329,7 @@ impl Engine {
         let mut runs: Vec<(u64, Arc<str>)> = table
             .runs
             .values()
-            .map(|r| {
-                (
-                    r.lock().journal.first().map_or(0, |e| e.at_ms),
-                    Arc::clone(&r.run_id),
-                )
-            })
+            .map(|r| (r.lock().journal.first().map_or(0, |e| e.at_ms), Arc::clone(&r.run_id)))
             .collect();
         runs.sort();
         runs.into_iter().map(|(_, id)| id).collect()
@@ -327,7 +343,7 @@ impl Engine {
         node: Option<&str>,
         value: Value,
         attachment: Option<Attachment>,
-    ) -> Result<()> {
+    ) -> Result<RunHandle> {
         let run = self.inner.live(run_id)?;
         let ready = {
             let mut core = run.lock();
@@ -377,7 +393,7 @@ impl Engine {
         };
         self.inner.after_change(&run);
         self.inner.dispatch(&run, ready);
-        Ok(())
+        Ok(RunHandle { run })
     }
 
     /// Cancels a run: it is marked cancelled at once, async bodies in flight are
@@ -404,9 +420,7 @@ impl Engine {
                 output: None,
                 failure: None,
             };
-            core.state
-                .apply(&entry)
-                .expect("an active run accepts cancellation");
+            core.state.apply(&entry).expect("an active run accepts cancellation");
             run.record(&mut core, std::iter::once(entry));
         }
         run.cancel.cancel();
@@ -543,10 +557,7 @@ impl Inner {
             let spec = graph.node(task.node);
             let node = Arc::clone(run.workflow.name(task.node));
             let checked = match (spec.kind, result) {
-                (NodeKind::Branch, Ok(output)) => core
-                    .state
-                    .check_branch_output(task.node, &output)
-                    .map(|()| output),
+                (NodeKind::Branch, Ok(output)) => core.state.check_branch_output(task.node, &output).map(|()| output),
                 (_, result) => result,
             };
             let entry = match checked {
@@ -563,9 +574,7 @@ impl Inner {
                 },
                 Err(error) => {
                     let retry_in_ms = if error.retryable {
-                        spec.retry
-                            .delay_after(task.attempt)
-                            .map(|d| d.as_millis() as u64)
+                        spec.retry.delay_after(task.attempt).map(|d| d.as_millis() as u64)
                     } else {
                         None
                     };
@@ -599,9 +608,7 @@ impl LiveRun {
     fn lock(&self) -> MutexGuard<'_, RunCore> {
         // A panic while holding the lock can only come from a bug in the engine itself;
         // the state it guards is still the last consistent one, so keep serving it.
-        self.core
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Whether a task runs on a blocking thread that may continue with its successors.
@@ -631,8 +638,7 @@ impl LiveRun {
         if !core.watchers.is_empty() && (status.is_terminal() || status == RunStatus::Waiting) {
             core.watchers
                 .retain(|w| !(status.is_terminal() || w.until == WatchUntil::Settled));
-            self.has_watchers
-                .store(!core.watchers.is_empty(), Ordering::Relaxed);
+            self.has_watchers.store(!core.watchers.is_empty(), Ordering::Relaxed);
         }
     }
 
@@ -668,8 +674,7 @@ impl LiveRun {
             let _ = tx.send(event);
         }
         let status = core.state.status();
-        let ended =
-            status.is_terminal() || (status == RunStatus::Waiting && until == WatchUntil::Settled);
+        let ended = status.is_terminal() || (status == RunStatus::Waiting && until == WatchUntil::Settled);
         if !ended {
             core.watchers.push(Watcher { tx, until });
             self.has_watchers.store(true, Ordering::Relaxed);
@@ -684,10 +689,7 @@ impl LiveRun {
                 let item = task.item.map(|i| {
                     (
                         i,
-                        core.state
-                            .map_item(task.node, i)
-                            .cloned()
-                            .unwrap_or_else(Value::null),
+                        core.state.map_item(task.node, i).cloned().unwrap_or_else(Value::null),
                     )
                 });
                 let call = NodeCall {
@@ -761,23 +763,15 @@ impl LiveRun {
     }
 }
 
-async fn with_timeout(
-    limit: Option<Duration>,
-    attempt: impl Future<Output = BodyResult>,
-) -> BodyResult {
+async fn with_timeout(limit: Option<Duration>, attempt: impl Future<Output = BodyResult>) -> BodyResult {
     match limit {
         None => attempt.await,
-        Some(limit) => tokio::time::timeout(limit, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(NodeError::new(
-                    "Timeout",
-                    format!(
-                        "the attempt did not finish within {:.3}s",
-                        limit.as_secs_f64()
-                    ),
-                ))
-            }),
+        Some(limit) => tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
+            Err(NodeError::new(
+                "Timeout",
+                format!("the attempt did not finish within {:.3}s", limit.as_secs_f64()),
+            ))
+        }),
     }
 }
 

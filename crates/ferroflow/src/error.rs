@@ -15,9 +15,7 @@ pub enum GraphError {
     InvalidNodeName { graph: String, node: String },
     #[error("graph '{graph}': node '{node}' is defined twice")]
     DuplicateNode { graph: String, node: String },
-    #[error(
-        "graph '{graph}': node '{node}' depends on '{dependency}', which is not a node of the graph"
-    )]
+    #[error("graph '{graph}': node '{node}' depends on '{dependency}', which is not a node of the graph")]
     UnknownDependency {
         graph: String,
         node: String,
@@ -27,20 +25,14 @@ pub enum GraphError {
         "graph '{graph}': parameter '{param}' of node '{node}' is not provided: no node is called \
          '{param}'. Add that node, give the parameter a default, or map it to a node explicitly"
     )]
-    UnresolvedParameter {
-        graph: String,
-        node: String,
-        param: String,
-    },
+    UnresolvedParameter { graph: String, node: String, param: String },
     #[error("graph '{graph}': node '{node}' lists '{dependency}' twice among its dependencies")]
     DuplicateDependency {
         graph: String,
         node: String,
         dependency: String,
     },
-    #[error(
-        "graph '{graph}': node '{node}' has a labelled edge from '{dependency}', which is not a branch"
-    )]
+    #[error("graph '{graph}': node '{node}' has a labelled edge from '{dependency}', which is not a branch")]
     LabelOnPlainEdge {
         graph: String,
         node: String,
@@ -118,9 +110,7 @@ pub enum Error {
     UnknownGraph { name: String },
     #[error("run '{run_id}' not found")]
     RunNotFound { run_id: String },
-    #[error(
-        "run '{run_id}' exists with graph '{existing}', not '{requested}': run ids must be unique"
-    )]
+    #[error("run '{run_id}' exists with graph '{existing}', not '{requested}': run ids must be unique")]
     RunIdConflict {
         run_id: String,
         existing: String,
@@ -139,18 +129,11 @@ pub enum Error {
         node: String,
         waiting: Vec<String>,
     },
-    #[error(
-        "run '{run_id}' is waiting at several nodes ({waiting:?}); say which one the value answers"
-    )]
-    AmbiguousResume {
-        run_id: String,
-        waiting: Vec<String>,
-    },
+    #[error("run '{run_id}' is waiting at several nodes ({waiting:?}); say which one the value answers")]
+    AmbiguousResume { run_id: String, waiting: Vec<String> },
     #[error("run '{run_id}': {reason}")]
     InvalidInput { run_id: String, reason: String },
-    #[error(
-        "run '{run_id}' graph '{graph}' version {expected} is not the version {found} registered here"
-    )]
+    #[error("run '{run_id}' graph '{graph}' version {expected} is not the version {found} registered here")]
     VersionMismatch {
         run_id: String,
         graph: String,

@@ -157,11 +157,7 @@ pub struct NodeSpec {
     #[serde(default)]
     pub retry: RetryPolicy,
     /// Limit on one attempt; an attempt that exceeds it fails with a retryable timeout.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "opt_duration_ms"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_duration_ms")]
     pub timeout: Option<Duration>,
 }
 
@@ -264,11 +260,7 @@ impl Graph {
     /// Validates `spec`: names unique and non-empty, every dependency known, labels only on
     /// edges out of branches, map nodes over one of their dependencies, no cycle.
     pub fn new(spec: GraphSpec) -> Result<Graph, GraphError> {
-        let GraphSpec {
-            name,
-            nodes,
-            output,
-        } = spec;
+        let GraphSpec { name, nodes, output } = spec;
         if name.trim().is_empty() {
             return Err(GraphError::InvalidName { name });
         }
@@ -302,11 +294,7 @@ impl Graph {
             .iter()
             .map(|&old| slots[old].take().expect("each node once"))
             .collect();
-        let index: HashMap<String, NodeId> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.clone(), i))
-            .collect();
+        let index: HashMap<String, NodeId> = nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
 
         let mut incoming = Vec::with_capacity(nodes.len());
         let mut outgoing = vec![Vec::new(); nodes.len()];
@@ -325,12 +313,11 @@ impl Graph {
                     outgoing[edge.from].push(id);
                 }
             }
-            over.push(node.over.as_ref().map(|o| {
-                node.deps
-                    .iter()
-                    .position(|d| &d.node == o)
-                    .expect("validated")
-            }));
+            over.push(
+                node.over
+                    .as_ref()
+                    .map(|o| node.deps.iter().position(|d| &d.node == o).expect("validated")),
+            );
             incoming.push(edges);
         }
         let output = match output {
@@ -424,11 +411,7 @@ impl Graph {
     pub fn to_mermaid(&self) -> String {
         let mut out = String::from("flowchart TD\n");
         for (id, node) in self.nodes.iter().enumerate() {
-            let label = format!(
-                "{}<br/><i>{}</i>",
-                escape_mermaid(&node.name),
-                node.kind.as_str()
-            );
+            let label = format!("{}<br/><i>{}</i>", escape_mermaid(&node.name), node.kind.as_str());
             let shape = match node.kind {
                 NodeKind::Branch => format!("{{\"{label}\"}}"),
                 NodeKind::Map => format!("[[\"{label}\"]]"),
@@ -559,15 +542,12 @@ fn validate_node(
         });
     }
     let retry = &node.retry;
-    let valid_retry = retry.multiplier >= 1.0
-        && retry.multiplier.is_finite()
-        && (0.0..=1.0).contains(&retry.jitter);
+    let valid_retry = retry.multiplier >= 1.0 && retry.multiplier.is_finite() && (0.0..=1.0).contains(&retry.jitter);
     if !valid_retry {
         return Err(GraphError::Invalid {
             graph: graph.to_owned(),
             node: node.name.clone(),
-            reason: "retry.multiplier must be a finite number >= 1 and retry.jitter within [0, 1]"
-                .into(),
+            reason: "retry.multiplier must be a finite number >= 1 and retry.jitter within [0, 1]".into(),
         });
     }
     if node.timeout == Some(Duration::ZERO) {
@@ -609,9 +589,7 @@ fn topological_order(
         return Ok(order);
     }
     // Walk dependencies from a node left over until one repeats: that is a cycle.
-    let start = (0..nodes.len())
-        .find(|&i| indegree[i] > 0)
-        .expect("a node is left");
+    let start = (0..nodes.len()).find(|&i| indegree[i] > 0).expect("a node is left");
     let mut path = vec![start];
     let mut on_path = HashMap::from([(start, 0usize)]);
     let mut current = start;
@@ -623,11 +601,7 @@ fn topological_order(
             .find(|&d| indegree[d] > 0)
             .expect("a node in a cycle has a dependency in it");
         if let Some(&at) = on_path.get(&next) {
-            let mut cycle: Vec<String> = path[at..]
-                .iter()
-                .rev()
-                .map(|&i| nodes[i].name.clone())
-                .collect();
+            let mut cycle: Vec<String> = path[at..].iter().rev().map(|&i| nodes[i].name.clone()).collect();
             cycle.push(cycle[0].clone());
             return Err(GraphError::Cycle {
                 graph: graph.to_owned(),
@@ -647,19 +621,12 @@ fn version_of(name: &str, nodes: &[NodeSpec], output: Option<&str>) -> String {
         nodes: &'a [NodeSpec],
         output: Option<&'a str>,
     }
-    let bytes = serde_json::to_vec(&Canonical {
-        name,
-        nodes,
-        output,
-    })
-    .expect("graph specs serialise");
+    let bytes = serde_json::to_vec(&Canonical { name, nodes, output }).expect("graph specs serialise");
     let digest = Sha256::digest(bytes);
-    digest[..8]
-        .iter()
-        .fold(String::with_capacity(16), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    digest[..8].iter().fold(String::with_capacity(16), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 mod duration_ms {
@@ -697,9 +664,7 @@ mod tests {
 
     fn task(name: &str, deps: &[&str]) -> NodeSpec {
         deps.iter()
-            .fold(NodeSpec::new(name, NodeKind::Task), |n, d| {
-                n.dep(Dependency::on(*d))
-            })
+            .fold(NodeSpec::new(name, NodeKind::Task), |n, d| n.dep(Dependency::on(*d)))
     }
 
     fn graph(nodes: Vec<NodeSpec>) -> Result<Graph, GraphError> {
@@ -739,10 +704,7 @@ mod tests {
 
     #[test]
     fn self_dependency_is_a_cycle() {
-        assert!(matches!(
-            graph(vec![task("a", &["a"])]),
-            Err(GraphError::Cycle { .. })
-        ));
+        assert!(matches!(graph(vec![task("a", &["a"])]), Err(GraphError::Cycle { .. })));
     }
 
     #[test]
@@ -758,9 +720,7 @@ mod tests {
             NodeSpec::new("b", NodeKind::Task).dep(Dependency::on("x").param("x")),
         ])
         .unwrap_err();
-        assert!(
-            matches!(err, GraphError::UnresolvedParameter { node, param, .. } if node == "b" && param == "x")
-        );
+        assert!(matches!(err, GraphError::UnresolvedParameter { node, param, .. } if node == "b" && param == "x"));
     }
 
     #[test]
@@ -783,9 +743,7 @@ mod tests {
         assert!(matches!(err, GraphError::Invalid { node, .. } if node == "m"));
         let ok = graph(vec![
             task("a", &[]),
-            NodeSpec::new("m", NodeKind::Map)
-                .dep(Dependency::on("a"))
-                .over("a"),
+            NodeSpec::new("m", NodeKind::Map).dep(Dependency::on("a")).over("a"),
         ]);
         assert!(ok.is_ok());
     }
@@ -801,11 +759,7 @@ mod tests {
 
     #[test]
     fn spec_round_trips_through_json() {
-        let g = graph(vec![
-            task("a", &[]),
-            task("b", &["a"]).timeout(Duration::from_secs(2)),
-        ])
-        .unwrap();
+        let g = graph(vec![task("a", &[]), task("b", &["a"]).timeout(Duration::from_secs(2))]).unwrap();
         let json = serde_json::to_string(&g.spec()).unwrap();
         let back: GraphSpec = serde_json::from_str(&json).unwrap();
         assert_eq!(back.build().unwrap().version(), g.version());

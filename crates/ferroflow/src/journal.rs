@@ -29,10 +29,7 @@ pub enum RunStatus {
 impl RunStatus {
     /// Completed, failed or cancelled: nothing will change the run any more.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
-        )
+        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
     }
 
     pub fn as_str(self) -> &'static str {

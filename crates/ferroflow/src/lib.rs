@@ -14,13 +14,12 @@ pub mod store;
 pub mod value;
 
 pub use body::{AsyncBody, Attachment, BlockingBody, Body, BodyResult, NodeCall, Workflow};
-pub use engine::{Engine, EngineConfig, NodeReport, RunSnapshot, StartOptions, WatchUntil};
+pub use engine::{Engine, EngineConfig, NodeReport, RunHandle, RunSnapshot, StartOptions, WatchUntil};
 pub use error::{Error, GraphError, NodeError, Result};
 pub use graph::{Dependency, Graph, GraphSpec, NodeId, NodeKind, NodeSpec, RetryPolicy};
 pub use journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus};
 pub use state::{Effects, NodeState, Rejected, RunState, Task};
 pub use store::{
-    Created, JournalStore, Lease, MemoryQueue, MemoryStore, QueuedTask, RunRecord, StoredEntry,
-    TaskQueue,
+    Created, JournalStore, Lease, MemoryQueue, MemoryStore, QueuedTask, RunRecord, StoredEntry, TaskQueue,
 };
 pub use value::{NativeValue, Value};

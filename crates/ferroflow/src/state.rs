@@ -318,11 +318,7 @@ impl RunState {
                         map.outputs[*i as usize] = Some(output.clone());
                         map.remaining -= 1;
                         if map.remaining == 0 {
-                            let outputs = map
-                                .outputs
-                                .iter_mut()
-                                .map(|o| o.take().expect("all done"))
-                                .collect();
+                            let outputs = map.outputs.iter_mut().map(|o| o.take().expect("all done")).collect();
                             self.complete(id, Value::List(outputs), &mut effects);
                         }
                     }
@@ -341,9 +337,7 @@ impl RunState {
                     Some(ms) => {
                         let next = attempt + 1;
                         match &mut self.nodes[id] {
-                            NodeState::Mapping(map) => {
-                                map.attempts[item.expect("checked") as usize] = next
-                            }
+                            NodeState::Mapping(map) => map.attempts[item.expect("checked") as usize] = next,
                             other => *other = NodeState::Active { attempt: next },
                         }
                         effects.ready.push(Task {
@@ -355,9 +349,7 @@ impl RunState {
                     }
                     None => {
                         self.in_flight -= 1;
-                        self.nodes[id] = NodeState::Failed {
-                            error: error.clone(),
-                        };
+                        self.nodes[id] = NodeState::Failed { error: error.clone() };
                         self.fail(
                             RunFailure {
                                 node: node.clone(),
@@ -377,16 +369,10 @@ impl RunState {
                     )));
                 }
             }
-            JournalEntry::Interrupted {
-                node,
-                attempt,
-                payload,
-            } => {
+            JournalEntry::Interrupted { node, attempt, payload } => {
                 let id = self.id(node)?;
                 if self.graph.node(id).kind != NodeKind::Human {
-                    return Err(Rejected::Inconsistent(format!(
-                        "node '{node}' is not a human node"
-                    )));
+                    return Err(Rejected::Inconsistent(format!("node '{node}' is not a human node")));
                 }
                 self.accept_attempt(id, None, *attempt)?;
                 self.in_flight -= 1;
@@ -409,12 +395,9 @@ impl RunState {
     }
 
     fn id(&self, node: &str) -> Result<NodeId, Rejected> {
-        self.graph.id(node).ok_or_else(|| {
-            Rejected::Inconsistent(format!(
-                "node '{node}' is not in graph '{}'",
-                self.graph.name()
-            ))
-        })
+        self.graph
+            .id(node)
+            .ok_or_else(|| Rejected::Inconsistent(format!("node '{node}' is not in graph '{}'", self.graph.name())))
     }
 
     /// Accepts a result only for the outstanding attempt of the task.
@@ -425,9 +408,7 @@ impl RunState {
                 Some(None) => map.attempts[i as usize],
                 Some(Some(_)) => return Err(Rejected::Stale),
                 None => {
-                    return Err(Rejected::Inconsistent(format!(
-                        "map element {i} does not exist"
-                    )));
+                    return Err(Rejected::Inconsistent(format!("map element {i} does not exist")));
                 }
             },
             _ => return Err(Rejected::Stale),
@@ -451,13 +432,7 @@ impl RunState {
 
     /// Propagates the resolution of `from` to its successors, skipping those left with no
     /// active incoming edge. Iterative, so long chains of skips cannot overflow the stack.
-    fn resolve(
-        &mut self,
-        from: NodeId,
-        completed: bool,
-        labels: Option<&[String]>,
-        effects: &mut Effects,
-    ) {
+    fn resolve(&mut self, from: NodeId, completed: bool, labels: Option<&[String]>, effects: &mut Effects) {
         let graph = Arc::clone(&self.graph);
         let mut work = vec![(from, completed, labels.map(<[String]>::to_vec))];
         while let Some((from, completed, labels)) = work.pop() {
@@ -506,15 +481,10 @@ impl RunState {
             });
             return;
         }
-        let edge = self
-            .graph
-            .over_edge(id)
-            .expect("validated: map nodes have `over`");
+        let edge = self.graph.over_edge(id).expect("validated: map nodes have `over`");
         let source = self.graph.incoming(id)[edge].from;
         let list = match &self.nodes[source] {
-            NodeState::Completed { output } => {
-                output.list_items().ok_or_else(|| output.type_name())
-            }
+            NodeState::Completed { output } => output.list_items().ok_or_else(|| output.type_name()),
             _ => Err("nothing (it was skipped)".to_owned()),
         };
         match list {
@@ -553,9 +523,7 @@ impl RunState {
                     error: error.clone(),
                     retry_in_ms: None,
                 });
-                self.nodes[id] = NodeState::Failed {
-                    error: error.clone(),
-                };
+                self.nodes[id] = NodeState::Failed { error: error.clone() };
                 self.fail(
                     RunFailure {
                         node: node.as_str().into(),
@@ -597,10 +565,7 @@ impl RunState {
                 output: Some(output),
                 failure: None,
             });
-        } else if self.in_flight == 0
-            && matches!(self.status, RunStatus::Running)
-            && self.waiting().next().is_some()
-        {
+        } else if self.in_flight == 0 && matches!(self.status, RunStatus::Running) && self.waiting().next().is_some() {
             self.status = RunStatus::Waiting;
         }
     }

@@ -67,12 +67,7 @@ pub trait JournalStore: Send + Sync + 'static {
     async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()>;
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>>;
     /// Records matching `graph` and `status` (all when `None`), newest first.
-    async fn list_runs(
-        &self,
-        graph: Option<&str>,
-        status: Option<RunStatus>,
-        limit: usize,
-    ) -> Result<Vec<RunRecord>>;
+    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>>;
 }
 
 /// A task as queues carry it: enough to find the run and the node attempt.
@@ -178,12 +173,7 @@ impl JournalStore for MemoryStore {
         Ok(self.runs.lock().expect("store lock").get(run_id).cloned())
     }
 
-    async fn list_runs(
-        &self,
-        graph: Option<&str>,
-        status: Option<RunStatus>,
-        limit: usize,
-    ) -> Result<Vec<RunRecord>> {
+    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
         let runs = self.runs.lock().expect("store lock");
         let mut records: Vec<RunRecord> = runs
             .values()
@@ -191,11 +181,7 @@ impl JournalStore for MemoryStore {
             .filter(|r| graph.is_none_or(|g| r.graph == g) && status.is_none_or(|s| r.status == s))
             .cloned()
             .collect();
-        records.sort_by(|a, b| {
-            b.created_ms
-                .cmp(&a.created_ms)
-                .then_with(|| b.run_id.cmp(&a.run_id))
-        });
+        records.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| b.run_id.cmp(&a.run_id)));
         records.truncate(limit);
         Ok(records)
     }
@@ -266,9 +252,7 @@ impl MemoryQueue {
             let token = format!("{}#{}", task.key(), state.counter);
             let deliveries = deliveries + 1;
             let until = now + lease_for.as_millis() as u64;
-            state
-                .leased
-                .insert(token.clone(), (task.clone(), deliveries, until));
+            state.leased.insert(token.clone(), (task.clone(), deliveries, until));
             leases.push(Lease {
                 task,
                 token,
@@ -316,8 +300,7 @@ impl TaskQueue for MemoryQueue {
             if now >= deadline {
                 return Ok(Vec::new());
             }
-            let until_due =
-                next_due.map(|at| Duration::from_millis(at.saturating_sub(now_ms()).max(1)));
+            let until_due = next_due.map(|at| Duration::from_millis(at.saturating_sub(now_ms()).max(1)));
             let nap = until_due.map_or(deadline - now, |d| d.min(deadline - now));
             let _ = tokio::time::timeout(nap, notified).await;
         }

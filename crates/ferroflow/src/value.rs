@@ -120,10 +120,7 @@ impl Value {
 fn labels_of(json: &serde_json::Value) -> Option<Vec<String>> {
     match json {
         serde_json::Value::String(s) => Some(vec![s.clone()]),
-        serde_json::Value::Array(items) => items
-            .iter()
-            .map(|item| item.as_str().map(str::to_owned))
-            .collect(),
+        serde_json::Value::Array(items) => items.iter().map(|item| item.as_str().map(str::to_owned)).collect(),
         _ => None,
     }
 }
@@ -139,10 +136,7 @@ impl fmt::Debug for Value {
         match self {
             Value::Json(v) => write!(f, "{v}"),
             Value::List(items) => f.debug_list().entries(items.iter()).finish(),
-            Value::Record(fields) => f
-                .debug_map()
-                .entries(fields.iter().map(|(k, v)| (k, v)))
-                .finish(),
+            Value::Record(fields) => f.debug_map().entries(fields.iter().map(|(k, v)| (k, v))).finish(),
             Value::Native(v) => write!(f, "<{}>", v.type_name()),
         }
     }

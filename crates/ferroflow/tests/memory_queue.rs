@@ -21,10 +21,7 @@ const NO_WAIT: Duration = Duration::ZERO;
 #[tokio::test]
 async fn enqueue_is_idempotent_even_after_ack() {
     let queue = MemoryQueue::new();
-    queue
-        .enqueue(&[task("a", 1, 0), task("a", 1, 0)])
-        .await
-        .unwrap();
+    queue.enqueue(&[task("a", 1, 0), task("a", 1, 0)]).await.unwrap();
     let leases = queue.lease(10, LEASE, NO_WAIT).await.unwrap();
     assert_eq!(leases.len(), 1);
     queue.ack(&leases[0]).await.unwrap();
@@ -32,21 +29,13 @@ async fn enqueue_is_idempotent_even_after_ack() {
     assert!(queue.lease(10, LEASE, NO_WAIT).await.unwrap().is_empty());
     // Another attempt is another task.
     queue.enqueue(&[task("a", 2, 0)]).await.unwrap();
-    assert_eq!(
-        queue.lease(10, LEASE, NO_WAIT).await.unwrap()[0]
-            .task
-            .attempt,
-        2
-    );
+    assert_eq!(queue.lease(10, LEASE, NO_WAIT).await.unwrap()[0].task.attempt, 2);
 }
 
 #[tokio::test]
 async fn a_task_is_leased_to_one_worker_at_a_time() {
     let queue = MemoryQueue::new();
-    queue
-        .enqueue(&[task("a", 1, 0), task("b", 1, 0)])
-        .await
-        .unwrap();
+    queue.enqueue(&[task("a", 1, 0), task("b", 1, 0)]).await.unwrap();
     let first = queue.lease(1, LEASE, NO_WAIT).await.unwrap();
     let second = queue.lease(10, LEASE, NO_WAIT).await.unwrap();
     assert_eq!(first.len(), 1);
@@ -65,17 +54,10 @@ async fn an_expired_lease_is_delivered_again_and_its_ack_fails() {
         .unwrap()
         .remove(0);
     assert_eq!(first.deliveries, 1);
-    let again = queue
-        .lease(1, LEASE, Duration::from_secs(2))
-        .await
-        .unwrap()
-        .remove(0);
+    let again = queue.lease(1, LEASE, Duration::from_secs(2)).await.unwrap().remove(0);
     assert_eq!(again.task, first.task);
     assert_eq!(again.deliveries, 2);
-    assert!(
-        queue.ack(&first).await.is_err(),
-        "the first worker's lease expired"
-    );
+    assert!(queue.ack(&first).await.is_err(), "the first worker's lease expired");
     assert!(queue.extend(&first, LEASE).await.is_err());
     queue.ack(&again).await.unwrap();
     assert!(queue.is_empty());
@@ -92,10 +74,7 @@ async fn extending_a_lease_keeps_the_task() {
         .remove(0);
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(25)).await;
-        queue
-            .extend(&lease, Duration::from_millis(50))
-            .await
-            .unwrap();
+        queue.extend(&lease, Duration::from_millis(50)).await.unwrap();
     }
     assert!(queue.lease(1, LEASE, NO_WAIT).await.unwrap().is_empty());
     queue.ack(&lease).await.unwrap();

@@ -1,0 +1,43 @@
+"""Python callables held by the native workflow are visible to the garbage collector."""
+
+import gc
+import weakref
+
+import ferroflow as ff
+
+
+def make_cyclic_graph() -> "weakref.ref[ff.Graph]":
+    g = ff.Graph("cyclic")
+
+    def step(input):
+        return input
+
+    # graph -> native workflow -> body -> body.__dict__ -> graph: a cycle that only the
+    # GC can break, and only if the native workflow reports the bodies it holds.
+    step.graph = g  # type: ignore[attr-defined]
+    g.task(step)
+    g.build()
+    return weakref.ref(g)
+
+
+def test_a_cycle_through_the_native_workflow_is_collected() -> None:
+    graph_ref = make_cyclic_graph()
+    assert graph_ref() is not None, "the cycle keeps the graph alive until the GC runs"
+    gc.collect()
+    assert graph_ref() is None, "the graph was kept alive by the native workflow"
+
+
+def test_a_graph_is_collected_once_its_runs_are_forgotten() -> None:
+    context = ff.InMemory(retain_finished=0)
+    g = ff.Graph("evicted")
+
+    def step(input):
+        return input + 1
+
+    step.graph = g  # type: ignore[attr-defined]
+    g.task(step)
+    assert g.run(1, context=context).output == 2
+    graph_ref = weakref.ref(g)
+    del g, step
+    gc.collect()
+    assert graph_ref() is None, "a finished, evicted run kept its graph alive"
