@@ -325,10 +325,18 @@ impl Engine {
 
     /// Ids of the runs held in memory, oldest first.
     pub fn run_ids(&self) -> Vec<Arc<str>> {
-        let table = self.inner.runs.lock().expect("run table lock");
-        let mut runs: Vec<(u64, Arc<str>)> = table
+        // Never lock a run while holding the table: the lock order is run, then table.
+        let live: Vec<Arc<LiveRun>> = self
+            .inner
+            .runs
+            .lock()
+            .expect("run table lock")
             .runs
             .values()
+            .cloned()
+            .collect();
+        let mut runs: Vec<(u64, Arc<str>)> = live
+            .iter()
             .map(|r| (r.lock().journal.first().map_or(0, |e| e.at_ms), Arc::clone(&r.run_id)))
             .collect();
         runs.sort();
@@ -447,18 +455,10 @@ impl Inner {
             })
     }
 
-    /// Publishes the run's status, and retires finished runs beyond the retention limit.
+    /// Retires a finished run: it is kept for inspection until `retain_finished` runs
+    /// finished after it.
     fn after_change(&self, run: &Arc<LiveRun>) {
-        let status = run.lock().state.status();
-        self.publish(run, status);
-    }
-
-    fn publish(&self, run: &Arc<LiveRun>, status: RunStatus) {
-        run.status.send_if_modified(|current| {
-            let changed = *current != status;
-            *current = status;
-            changed
-        });
+        let status = *run.status.borrow();
         if status.is_terminal() && !run.retired.swap(true, Ordering::AcqRel) {
             let mut table = self.runs.lock().expect("run table lock");
             table.finished.push_back(Arc::clone(&run.run_id));
@@ -551,7 +551,7 @@ impl Inner {
     /// The completion step: record the attempt's outcome and what it implies, and return
     /// the tasks that became ready.
     fn complete(&self, run: &Arc<LiveRun>, task: &Task, result: BodyResult) -> Vec<Ready> {
-        let (ready, status) = {
+        let ready = {
             let mut core = run.lock();
             let graph = run.workflow.graph();
             let spec = graph.node(task.node);
@@ -590,7 +590,7 @@ impl Inner {
             match core.state.apply(&entry) {
                 Ok(effects) => {
                     run.record(&mut core, std::iter::once(entry).chain(effects.derived));
-                    (run.prepare(&core, effects.ready), core.state.status())
+                    run.prepare(&core, effects.ready)
                 }
                 Err(Rejected::Stale) => return Vec::new(),
                 Err(Rejected::Inconsistent(reason)) => {
@@ -599,7 +599,7 @@ impl Inner {
                 }
             }
         };
-        self.publish(run, status);
+        self.after_change(run);
         ready
     }
 }
@@ -618,7 +618,8 @@ impl LiveRun {
             && self.workflow.graph().node(task.node).timeout.is_none()
     }
 
-    /// Appends entries to the journal and sends them to watchers.
+    /// Appends entries to the journal, sends them to watchers, and publishes the run's
+    /// status. Called with the run locked, so statuses are published in journal order.
     fn record(&self, core: &mut RunCore, entries: impl IntoIterator<Item = JournalEntry>) {
         let at_ms = now_ms();
         for entry in entries {
@@ -640,6 +641,15 @@ impl LiveRun {
                 .retain(|w| !(status.is_terminal() || w.until == WatchUntil::Settled));
             self.has_watchers.store(!core.watchers.is_empty(), Ordering::Relaxed);
         }
+        if status == RunStatus::Failed {
+            // Nothing a failed run still has in flight can matter any more.
+            self.cancel.cancel();
+        }
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
     }
 
     /// Tells watchers that an attempt starts. Costs nothing when nobody watches.

@@ -137,8 +137,10 @@ pub enum EventKind {
     },
 }
 
-/// One event of a run. `seq` increases by one per event of the run, from 0, so a
-/// watcher can tell that it missed nothing.
+/// One event of a run. Journal events carry their position in the journal as `seq`
+/// (0, 1, 2, ... without gaps, so a watcher can tell that it missed nothing);
+/// `NodeStarted`, which the journal does not record, carries the `seq` of the journal
+/// event that follows it.
 #[derive(Clone, Debug)]
 pub struct Event {
     pub run_id: Arc<str>,

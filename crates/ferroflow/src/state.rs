@@ -168,12 +168,18 @@ impl RunState {
         self.failure.as_ref()
     }
 
-    /// Human nodes waiting for an answer, with what they show the person.
+    /// Human nodes waiting for an answer, with what they show the person. A finished run
+    /// waits for nobody.
     pub fn waiting(&self) -> impl Iterator<Item = (NodeId, &Value)> {
-        self.nodes.iter().enumerate().filter_map(|(id, n)| match n {
-            NodeState::Waiting { payload, .. } => Some((id, payload)),
-            _ => None,
-        })
+        let active = !self.status.is_terminal();
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(move |_| active)
+            .filter_map(|(id, n)| match n {
+                NodeState::Waiting { payload, .. } => Some((id, payload)),
+                _ => None,
+            })
     }
 
     /// Every outstanding task: what a process resuming the run must dispatch.
