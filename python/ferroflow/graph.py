@@ -160,6 +160,10 @@ class Graph:
                 graph=self.name,
                 node=node_name,
             )
+        if retry is not None:
+            problem = _retry_problem(retry)
+            if problem:
+                raise GraphError(f"graph '{self.name}': node '{node_name}': {problem}", graph=self.name, node=node_name)
         if timeout is not None and not timeout > 0:
             raise GraphError(
                 f"graph '{self.name}': node '{node_name}': timeout must be > 0", graph=self.name, node=node_name
@@ -274,7 +278,9 @@ class Graph:
             elif source in self._nodes or p.default is p.empty:
                 # An unknown name without a default is reported by the engine as an
                 # unresolved parameter, naming the node and the parameter.
-                code = edge(source, p.name)
+                # An inferred dependency that matches no node is an unresolved parameter; an
+                # explicit one (deps=) names the node it wants.
+                code = edge(source, p.name if p.name not in node.deps else None)
             else:
                 unresolved_default = p.name
                 continue
@@ -472,6 +478,22 @@ class Graph:
     def get_run(self, run_id: str, *, context: Optional[Context] = None) -> RunResult:
         """The run's current state, without waiting (failed runs are returned, not raised)."""
         return _result(self._context(context)._engine.snapshot(run_id), raise_errors=False)
+
+
+def _retry_problem(retry: Retry) -> Optional[str]:
+    if not isinstance(retry, Retry):
+        return f"retry must be a ferroflow.Retry, not {type(retry).__name__}"
+    if retry.attempts < 1:
+        return f"retry.attempts must be at least 1, not {retry.attempts}"
+    if retry.backoff < 0 or retry.max_backoff < 0:
+        return "retry.backoff and retry.max_backoff must not be negative"
+    if not retry.multiplier >= 1:
+        return f"retry.multiplier must be at least 1, not {retry.multiplier}"
+    if not 0 <= retry.jitter <= 1:
+        return f"retry.jitter must be within [0, 1], not {retry.jitter}"
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry.on):
+        return "retry.on must be a tuple of exception types"
+    return None
 
 
 def _deliver_to(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> Callable[[Any], None]:

@@ -56,6 +56,13 @@ class Retry:
     jitter: float = 0.1
     on: Tuple[Type[BaseException], ...] = (Exception,)
 
+    def __post_init__(self) -> None:
+        # Accept a single exception type or any iterable of them.
+        on = self.on
+        if isinstance(on, type):
+            on = (on,)
+        object.__setattr__(self, "on", tuple(on))
+
     def _spec(self) -> dict:
         return {
             "max_attempts": self.attempts,

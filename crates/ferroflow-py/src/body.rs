@@ -5,15 +5,15 @@
 //! caller's loop for `arun`, a background loop for `run`) with
 //! `asyncio.run_coroutine_threadsafe`; dropping the engine's future cancels the task.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ferroflow::{AsyncBody, BlockingBody, BodyResult, NodeCall, NodeError, Value};
 use futures_util::future::BoxFuture;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
-use tokio::sync::oneshot;
 
+use crate::asyncio::{EventLoop, TaskSlot};
 use crate::value::{py_to_json, to_py, type_name, wrap};
 
 /// How a body wants one node declared, mirrored by `ferroflow.graph._BodySpec`.
@@ -56,9 +56,6 @@ impl ArgSource {
     }
 }
 
-/// What the event loop attachment of a run holds.
-pub struct EventLoop(pub Py<PyAny>);
-
 pub struct PyBody {
     func: Py<PyAny>,
     plan: Vec<ArgSource>,
@@ -69,7 +66,6 @@ pub struct PyBody {
 
 static NODE_CONTEXT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static TRACEBACK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static RUN_COROUTINE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 impl PyBody {
     pub fn new(spec: &BodySpec, py: Python<'_>) -> PyResult<Arc<Self>> {
@@ -123,7 +119,7 @@ impl PyBody {
     }
 
     /// Turns what the callable returned into the node's output.
-    fn output(&self, py: Python<'_>, node: &str, obj: Bound<'_, PyAny>) -> BodyResult {
+    pub fn output(&self, py: Python<'_>, node: &str, obj: Bound<'_, PyAny>) -> BodyResult {
         if self.branch {
             // Branch labels cross into the engine as plain JSON, so that routing never
             // needs the GIL.
@@ -153,7 +149,7 @@ impl PyBody {
     }
 
     /// A Python exception as the node's error, with its traceback.
-    fn error(&self, py: Python<'_>, err: PyErr) -> NodeError {
+    pub fn error(&self, py: Python<'_>, err: PyErr) -> NodeError {
         let value = err.value(py);
         let kind = type_name(value.as_any());
         let message = value.str().map(|s| s.to_string()).unwrap_or_default();
@@ -175,6 +171,12 @@ impl PyBody {
             traceback,
             retryable,
         }
+    }
+
+    /// Calls an async body's function: the coroutine to run.
+    pub fn coroutine<'py>(&self, py: Python<'py>, call: &NodeCall) -> Result<Bound<'py, PyAny>, NodeError> {
+        let args = self.args(py, call).map_err(|e| argument_error(py, &call.node, e))?;
+        self.func.bind(py).call1(args).map_err(|e| self.error(py, e))
     }
 
     fn call_sync(&self, call: &NodeCall) -> BodyResult {
@@ -207,15 +209,25 @@ pub struct AsyncPyBody(pub Arc<PyBody>);
 
 impl AsyncBody for AsyncPyBody {
     fn call(&self, call: NodeCall) -> BoxFuture<'static, BodyResult> {
-        let body = Arc::clone(&self.0);
-        let scheduled = Python::attach(|py| schedule(py, &body, &call));
+        let attachment = call.attachment.clone();
+        let Some(event_loop) = attachment.as_ref().and_then(|a| a.downcast_ref::<EventLoop>()) else {
+            let error = NodeError::permanent(
+                "NoEventLoop",
+                format!(
+                    "node '{}' is async, and its run has no asyncio event loop attached",
+                    call.node
+                ),
+            );
+            return Box::pin(std::future::ready(Err(error)));
+        };
+        let node = Arc::clone(&call.node);
+        let (rx, slot) = event_loop.submit(Arc::clone(&self.0), call);
         Box::pin(async move {
-            let (rx, future) = scheduled?;
-            let mut guard = CancelOnDrop(Some(future));
+            let mut guard = CancelOnDrop(Some(slot));
             let result = rx.await.unwrap_or_else(|_| {
                 Err(NodeError::new(
                     "Cancelled",
-                    format!("the asyncio task of node '{}' was dropped", call.node),
+                    format!("the asyncio task of node '{node}' was dropped"),
                 ))
             });
             guard.0 = None;
@@ -224,83 +236,13 @@ impl AsyncBody for AsyncPyBody {
     }
 }
 
-type Scheduled = (oneshot::Receiver<BodyResult>, Py<PyAny>);
-
-fn schedule(py: Python<'_>, body: &Arc<PyBody>, call: &NodeCall) -> Result<Scheduled, NodeError> {
-    let Some(event_loop) = call.attachment.as_ref().and_then(|a| a.downcast_ref::<EventLoop>()) else {
-        return Err(NodeError::permanent(
-            "NoEventLoop",
-            format!(
-                "node '{}' is async, and its run has no asyncio event loop attached",
-                call.node
-            ),
-        ));
-    };
-    let args = body.args(py, call).map_err(|e| argument_error(py, &call.node, e))?;
-    let coroutine = body.func.bind(py).call1(args).map_err(|e| body.error(py, e))?;
-    let (tx, rx) = oneshot::channel();
-    let run = RUN_COROUTINE
-        .get_or_try_init(py, || {
-            py.import("asyncio")?
-                .getattr("run_coroutine_threadsafe")
-                .map(Bound::unbind)
-        })
-        .map_err(|e| body.error(py, e))?;
-    let future = run
-        .call1(py, (coroutine, event_loop.0.clone_ref(py)))
-        .map_err(|e| body.error(py, e))?;
-    let done = Done {
-        tx: Mutex::new(Some(tx)),
-        body: Arc::clone(body),
-        node: call.node.to_string(),
-    };
-    future
-        .call_method1(py, "add_done_callback", (done,))
-        .map_err(|e| body.error(py, e))?;
-    Ok((rx, future))
-}
-
-/// Receives the finished `concurrent.futures.Future` of an async body on the loop thread.
-#[pyclass(frozen)]
-struct Done {
-    tx: Mutex<Option<oneshot::Sender<BodyResult>>>,
-    body: Arc<PyBody>,
-    node: String,
-}
-
-#[pymethods]
-impl Done {
-    fn __call__(&self, py: Python<'_>, future: Bound<'_, PyAny>) {
-        let result = if future
-            .call_method0("cancelled")
-            .and_then(|c| c.is_truthy())
-            .unwrap_or(false)
-        {
-            Err(NodeError::new(
-                "Cancelled",
-                format!("the asyncio task of node '{}' was cancelled", self.node),
-            ))
-        } else {
-            match future.call_method0("result") {
-                Ok(obj) => self.body.output(py, &self.node, obj),
-                Err(err) => Err(self.body.error(py, err)),
-            }
-        };
-        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = tx.send(result);
-        }
-    }
-}
-
-/// Cancels the asyncio task when the engine drops the attempt (timeout, cancellation).
-struct CancelOnDrop(Option<Py<PyAny>>);
+/// Cancels the asyncio call when the engine drops the attempt (timeout, cancellation).
+struct CancelOnDrop(Option<Arc<TaskSlot>>);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if let Some(future) = self.0.take() {
-            Python::attach(|py| {
-                let _ = future.call_method0(py, "cancel");
-            });
+        if let Some(slot) = self.0.take() {
+            slot.cancel();
         }
     }
 }

@@ -16,7 +16,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::body::{AsyncPyBody, BodySpec, EventLoop, PyBody, SyncPyBody};
+use crate::asyncio::EventLoop;
+use crate::body::{AsyncPyBody, BodySpec, PyBody, SyncPyBody};
 use crate::error::to_py_err;
 use crate::runtime;
 use crate::value::{to_py, wrap};
@@ -105,8 +106,10 @@ pub struct PyEngine {
     engine: Engine,
 }
 
-fn attachment(event_loop: Option<Py<PyAny>>) -> Option<ferroflow::Attachment> {
-    event_loop.map(|l| Arc::new(EventLoop(l)) as ferroflow::Attachment)
+fn attachment(py: Python<'_>, event_loop: Option<Py<PyAny>>) -> PyResult<Option<ferroflow::Attachment>> {
+    event_loop
+        .map(|l| Ok(Arc::new(EventLoop::new(py, l)?) as ferroflow::Attachment))
+        .transpose()
 }
 
 fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
@@ -161,7 +164,7 @@ impl PyEngine {
         let workflow = workflow.get()?.clone();
         let options = StartOptions {
             run_id,
-            attachment: attachment(event_loop),
+            attachment: attachment(py, event_loop)?,
         };
         let input = wrap(input);
         py.detach(|| self.engine.start(&workflow, input, options))
@@ -187,7 +190,7 @@ impl PyEngine {
         let workflow = workflow.get()?.clone();
         let options = StartOptions {
             run_id,
-            attachment: attachment(event_loop),
+            attachment: attachment(py, event_loop)?,
         };
         let input = wrap(input);
         let run = py
@@ -215,7 +218,7 @@ impl PyEngine {
         let workflow = workflow.get()?.clone();
         let options = StartOptions {
             run_id,
-            attachment: attachment(event_loop),
+            attachment: attachment(py, event_loop)?,
         };
         let input = wrap(input);
         let until = if until_finished {
@@ -230,8 +233,9 @@ impl PyEngine {
         Ok(run.id().to_string())
     }
 
-    /// Starts a run, executes its blocking bodies on this thread while they form a chain,
-    /// then blocks until the run settles: the synchronous `graph.run`.
+    /// Starts a run, executes its blocking bodies on this thread while they form a chain
+    /// (unless a timeout is given), then blocks until the run settles: the synchronous
+    /// `graph.run`.
     #[pyo3(signature = (workflow, input, run_id = None, event_loop = None, timeout = None))]
     fn run(
         &self,
@@ -246,12 +250,16 @@ impl PyEngine {
         let workflow = workflow.get()?.clone();
         let options = StartOptions {
             run_id,
-            attachment: attachment(event_loop),
+            attachment: attachment(py, event_loop)?,
         };
         let input = wrap(input);
-        let run = py
-            .detach(|| self.engine.start_and_drive(&workflow, input, options))
-            .map_err(to_py_err)?;
+        // A body running on this thread cannot be interrupted, so with a timeout the run
+        // executes elsewhere and this thread only waits.
+        let run = match timeout {
+            None => py.detach(|| self.engine.start_and_drive(&workflow, input, options)),
+            Some(_) => py.detach(|| self.engine.start(&workflow, input, options)),
+        }
+        .map_err(to_py_err)?;
         let snapshot = block_on(py, run.wait(timeout), |_| Ok(()))?.map_err(to_py_err)?;
         snapshot_to_py(py, &snapshot)
     }
@@ -306,7 +314,7 @@ impl PyEngine {
         let total = inputs.len();
         let inputs: Vec<Value> = inputs.into_iter().map(wrap).collect();
         let engine = self.engine.clone();
-        let attachment = attachment(event_loop);
+        let attachment = attachment(py, event_loop)?;
         let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = Arc::clone(&done);
         let batch = async move {
@@ -366,7 +374,7 @@ impl PyEngine {
     ) -> PyResult<Py<PyAny>> {
         let timeout = seconds(timeout)?;
         let value = wrap(value);
-        let attachment = attachment(event_loop);
+        let attachment = attachment(py, event_loop)?;
         let run = py
             .detach(|| self.engine.resume(run_id, node, value, attachment))
             .map_err(to_py_err)?;
@@ -389,7 +397,7 @@ impl PyEngine {
     ) -> PyResult<()> {
         let timeout = seconds(timeout)?;
         let value = wrap(value);
-        let attachment = attachment(event_loop);
+        let attachment = attachment(py, event_loop)?;
         let run = py
             .detach(|| self.engine.resume(run_id, node, value, attachment))
             .map_err(to_py_err)?;

@@ -1,6 +1,7 @@
 //! `ferroflow._native`: the PyO3 bindings of the ferroflow engine. Private; the public
 //! API is the `ferroflow` Python package.
 
+mod asyncio;
 mod body;
 mod engine;
 mod error;

@@ -70,7 +70,8 @@ pub struct RunSnapshot {
 pub struct NodeReport {
     pub name: Arc<str>,
     pub kind: NodeKind,
-    /// pending, running, waiting, completed, skipped or failed.
+    /// pending, running, waiting, completed, skipped, failed, or cancelled (started, and left
+    /// unfinished by a run that ended).
     pub status: &'static str,
     /// Attempts made so far (for a map node, the most any element needed).
     pub attempts: u32,
@@ -750,9 +751,16 @@ impl LiveRun {
                 attempts[id] = attempts[id].max(attempt);
             }
         }
+        // In a finished run, nodes that had started and not finished never will: they were
+        // cancelled (by the user, or because another node failed). Nodes never reached stay
+        // pending.
+        let finished = core.state.status().is_terminal();
         (0..graph.nodes().len())
             .map(|id: NodeId| {
                 let (status, output, error) = match core.state.node_state(id) {
+                    NodeState::Active { .. } | NodeState::Mapping(_) | NodeState::Waiting { .. } if finished => {
+                        ("cancelled", None, None)
+                    }
                     NodeState::Pending => ("pending", None, None),
                     NodeState::Active { .. } | NodeState::Mapping(_) => ("running", None, None),
                     NodeState::Waiting { .. } => ("waiting", None, None),

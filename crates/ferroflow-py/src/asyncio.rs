@@ -1,0 +1,220 @@
+//! Async bodies on an asyncio event loop.
+//!
+//! Engine threads never run Python for an async body. They queue the call on the run's
+//! [`EventLoop`] and wake the loop once per batch (`call_soon_threadsafe`); on the loop
+//! thread, [`Drain`] builds each coroutine and wraps it in a task whose done-callback
+//! sends the result back to the engine. Compared with `asyncio.run_coroutine_threadsafe`
+//! per call, this spares a `concurrent.futures.Future` (and its `threading.Condition`),
+//! the chaining callbacks, and a loop wake-up per node.
+
+use std::sync::{Arc, Mutex};
+
+use ferroflow::{BodyResult, NodeCall, NodeError};
+use pyo3::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::body::PyBody;
+
+/// The asyncio loop a run's async bodies execute on: the run's attachment.
+pub struct EventLoop {
+    state: Arc<LoopState>,
+    drain: Py<Drain>,
+}
+
+struct LoopState {
+    event_loop: Py<PyAny>,
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    calls: Vec<QueuedCall>,
+    /// A drain is scheduled on the loop and has not taken the queue yet.
+    scheduled: bool,
+}
+
+struct QueuedCall {
+    body: Arc<PyBody>,
+    call: NodeCall,
+    tx: oneshot::Sender<BodyResult>,
+    slot: Arc<TaskSlot>,
+}
+
+impl EventLoop {
+    pub fn new(py: Python<'_>, event_loop: Py<PyAny>) -> PyResult<Self> {
+        let state = Arc::new(LoopState {
+            event_loop,
+            queue: Mutex::new(Queue::default()),
+        });
+        let drain = Py::new(
+            py,
+            Drain {
+                state: Arc::clone(&state),
+            },
+        )?;
+        Ok(EventLoop { state, drain })
+    }
+
+    /// Queues a call; the receiver gets its result, and the slot cancels it.
+    pub fn submit(&self, body: Arc<PyBody>, call: NodeCall) -> (oneshot::Receiver<BodyResult>, Arc<TaskSlot>) {
+        let (tx, rx) = oneshot::channel();
+        let slot = Arc::new(TaskSlot {
+            state: Mutex::new(SlotState::Queued),
+        });
+        let node = Arc::clone(&call.node);
+        let wake = {
+            let mut queue = self.state.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.calls.push(QueuedCall {
+                body,
+                call,
+                tx,
+                slot: Arc::clone(&slot),
+            });
+            !std::mem::replace(&mut queue.scheduled, true)
+        };
+        if wake {
+            let woken = Python::attach(|py| {
+                self.state
+                    .event_loop
+                    .call_method1(py, "call_soon_threadsafe", (self.drain.clone_ref(py),))
+                    .map(drop)
+            });
+            if let Err(err) = woken {
+                // The loop is closed: nothing will ever run these calls, so fail them now.
+                let message = Python::attach(|py| err.value(py).to_string());
+                let calls = {
+                    let mut queue = self.state.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    queue.scheduled = false;
+                    std::mem::take(&mut queue.calls)
+                };
+                for queued in calls {
+                    let _ = queued.tx.send(Err(NodeError::new(
+                        "EventLoopClosed",
+                        format!("node '{node}' is async and its event loop cannot run it: {message}"),
+                    )));
+                }
+            }
+        }
+        (rx, slot)
+    }
+}
+
+/// Runs on the loop thread: starts every queued call as an asyncio task.
+#[pyclass(frozen)]
+struct Drain {
+    state: Arc<LoopState>,
+}
+
+#[pymethods]
+impl Drain {
+    fn __call__(&self, py: Python<'_>) {
+        let calls = {
+            let mut queue = self.state.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.scheduled = false;
+            std::mem::take(&mut queue.calls)
+        };
+        let event_loop = self.state.event_loop.bind(py);
+        for queued in calls {
+            start(py, event_loop, queued);
+        }
+    }
+}
+
+fn start(py: Python<'_>, event_loop: &Bound<'_, PyAny>, queued: QueuedCall) {
+    let QueuedCall { body, call, tx, slot } = queued;
+    if matches!(*slot.lock(), SlotState::Cancelled) {
+        return;
+    }
+    let task = body.coroutine(py, &call).and_then(|coroutine| {
+        event_loop
+            .call_method1("create_task", (coroutine,))
+            .map_err(|err| body.error(py, err))
+    });
+    let task = match task {
+        Ok(task) => task,
+        Err(error) => {
+            let _ = tx.send(Err(error));
+            return;
+        }
+    };
+    let done = Done {
+        tx: Mutex::new(Some(tx)),
+        body,
+        node: call.node.to_string(),
+        slot: Arc::clone(&slot),
+    };
+    if let Err(err) = task.call_method1("add_done_callback", (done,)) {
+        err.write_unraisable(py, Some(&task));
+        return;
+    }
+    *slot.lock() = SlotState::Running {
+        task: task.unbind(),
+        event_loop: event_loop.clone().unbind(),
+    };
+}
+
+/// Receives the finished task on the loop thread and sends its result to the engine.
+#[pyclass(frozen)]
+struct Done {
+    tx: Mutex<Option<oneshot::Sender<BodyResult>>>,
+    body: Arc<PyBody>,
+    node: String,
+    slot: Arc<TaskSlot>,
+}
+
+#[pymethods]
+impl Done {
+    fn __call__(&self, py: Python<'_>, task: Bound<'_, PyAny>) {
+        *self.slot.lock() = SlotState::Finished;
+        let result = if task
+            .call_method0("cancelled")
+            .and_then(|c| c.is_truthy())
+            .unwrap_or(false)
+        {
+            Err(NodeError::new(
+                "Cancelled",
+                format!("the asyncio task of node '{}' was cancelled", self.node),
+            ))
+        } else {
+            match task.call_method0("result") {
+                Ok(obj) => self.body.output(py, &self.node, obj),
+                Err(err) => Err(self.body.error(py, err)),
+            }
+        };
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// Where an async call is, so that the engine can cancel it.
+pub struct TaskSlot {
+    state: Mutex<SlotState>,
+}
+
+enum SlotState {
+    Queued,
+    Running { task: Py<PyAny>, event_loop: Py<PyAny> },
+    Finished,
+    Cancelled,
+}
+
+impl TaskSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cancels the call: a queued call never starts, a running task is cancelled on its
+    /// loop.
+    pub fn cancel(&self) {
+        let previous = std::mem::replace(&mut *self.lock(), SlotState::Cancelled);
+        if let SlotState::Running { task, event_loop } = previous {
+            Python::attach(|py| {
+                if let Ok(cancel) = task.getattr(py, "cancel") {
+                    // Fails only if the loop is closed, and then the task is gone anyway.
+                    let _ = event_loop.call_method1(py, "call_soon_threadsafe", (cancel,));
+                }
+            });
+        }
+    }
+}
