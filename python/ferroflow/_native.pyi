@@ -91,6 +91,7 @@ class Engine:
         concurrency: int,
         event_loop: Optional[asyncio.AbstractEventLoop] = None,
         progress: Optional[Callable[[int, int], None]] = None,
+        timeout: Optional[float] = None,
     ) -> List[_Snapshot]:
         """Runs one run per input, ``concurrency`` at a time; snapshots in input order."""
     def resume(

@@ -4,7 +4,8 @@ A node receives the outputs of its dependencies by name: a body parameter called
 receives the output of the node ``classify``. Three parameter names are reserved:
 ``input`` (the run's input), ``ctx`` (a :class:`~ferroflow.NodeContext`) and, in map
 (``each``) nodes, ``item`` (the element). ``deps={"param": "node"}`` maps a parameter to
-another node explicitly, ``after=[...]`` orders a node after others without taking their
+another node explicitly, ``deps={"param": ["a", "b"]}`` passes the list of several nodes'
+outputs (a join over many nodes), ``after=[...]`` orders a node after others without taking their
 outputs, and ``when={"branch": "label"}`` makes a node run only when a branch returns that
 label.
 """
@@ -58,7 +59,7 @@ class _BodySpec:
 
     func: Callable[..., Any]
     is_async: bool
-    plan: List[int]
+    plan: List[Union[int, List[int]]]
     retry_on: Tuple[type, ...]
     strict: bool
     kind: str
@@ -69,7 +70,7 @@ class _Node:
     name: str
     kind: str
     func: Callable[..., Any]
-    deps: Dict[str, str]
+    deps: Dict[str, Union[str, Sequence[str]]]
     after: Tuple[str, ...]
     when: Dict[str, List[str]]
     over: Optional[str]
@@ -139,7 +140,7 @@ class Graph:
         fn: Callable[..., Any],
         *,
         name: Optional[str] = None,
-        deps: Optional[Mapping[str, str]] = None,
+        deps: Optional[Mapping[str, Union[str, Sequence[str]]]] = None,
         after: Iterable[str] = (),
         when: Optional[Mapping[str, Labels]] = None,
         over: Optional[str] = None,
@@ -229,7 +230,7 @@ class Graph:
             graph["output"] = self.output
         return graph, bodies
 
-    def _resolve(self, node: _Node) -> Tuple[List[dict], List[int]]:
+    def _resolve(self, node: _Node) -> Tuple[List[dict], List[Union[int, List[int]]]]:
         """Maps the body's parameters to argument sources and lists the node's edges."""
         deps: List[dict] = []
         index: Dict[str, int] = {}
@@ -246,7 +247,7 @@ class Graph:
             deps.append(dep)
             return index[source]
 
-        plan: List[int] = []
+        plan: List[Union[int, List[int]]] = []
         try:
             params = list(inspect.signature(node.func).parameters.values())
         except (TypeError, ValueError) as e:
@@ -258,7 +259,14 @@ class Graph:
         unresolved_default: Optional[str] = None
         for p in params:
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                continue
+                star = "*" if p.kind is p.VAR_POSITIONAL else "**"
+                raise GraphError(
+                    f"graph '{self.name}': node '{node.name}': parameter '{star}{p.name}' cannot be filled by name; "
+                    f"to take several nodes' outputs as one list, use a plain parameter with "
+                    f"deps={{'{p.name}': ['node_a', 'node_b']}}",
+                    graph=self.name,
+                    node=node.name,
+                )
             if p.kind is p.KEYWORD_ONLY:
                 if p.default is p.empty:
                     raise GraphError(
@@ -269,6 +277,9 @@ class Graph:
                     )
                 continue
             source = node.deps.get(p.name, p.name)
+            if isinstance(source, (list, tuple)):
+                plan.append([edge(s) for s in source])
+                continue
             if source == "input":
                 code = _INPUT
             elif source == "ctx":
@@ -276,8 +287,6 @@ class Graph:
             elif source == "item" and node.kind == "map":
                 code = _ITEM
             elif source in self._nodes or p.default is p.empty:
-                # An unknown name without a default is reported by the engine as an
-                # unresolved parameter, naming the node and the parameter.
                 # An inferred dependency that matches no node is an unresolved parameter; an
                 # explicit one (deps=) names the node it wants.
                 code = edge(source, p.name if p.name not in node.deps else None)
@@ -347,6 +356,24 @@ class Graph:
         engine = self._context(context)._engine
         return _result(engine.run(workflow, input, run_id, self._loop_for_sync(), timeout))
 
+    def start(
+        self,
+        input: Any = None,
+        *,
+        context: Optional[Context] = None,
+        run_id: Optional[str] = None,
+    ) -> str:
+        """Starts a run without waiting for it and returns its id; follow it with
+        :meth:`wait`, :meth:`get_run` or :meth:`watch`."""
+        workflow = self._workflow()
+        self._check_value(input, "the run input", run_id)
+        engine = self._context(context)._engine
+        return engine.start(workflow, input, run_id, self._loop_for_sync())
+
+    def wait(self, run_id: str, *, context: Optional[Context] = None, timeout: Optional[float] = None) -> RunResult:
+        """Blocks until the run completes or waits for a person, like :meth:`run`."""
+        return _result(self._context(context)._engine.wait(run_id, timeout))
+
     async def arun(
         self,
         input: Any = None,
@@ -409,18 +436,20 @@ class Graph:
         concurrency: int = 100,
         return_exceptions: bool = False,
         progress: Optional[Callable[[int, int], None]] = None,
+        timeout: Optional[float] = None,
     ) -> List[Any]:
         """Runs the graph once per input, ``concurrency`` runs at a time, and returns the
         outputs in input order. A run that ends waiting for a person gives its
         :class:`RunResult`. A failed or cancelled run raises its error once every run has
         settled, or stands in its place with ``return_exceptions=True``. ``progress(done,
-        total)`` is called as runs finish."""
+        total)`` is called as runs finish. After ``timeout`` seconds,
+        :class:`WaitTimeoutError` is raised; the runs go on."""
         workflow = self._workflow()
         inputs = list(inputs)
         for i, value in enumerate(inputs):
             self._check_value(value, f"input #{i}", None)
         engine = self._context(context)._engine
-        snapshots = engine.run_many(workflow, inputs, concurrency, self._loop_for_sync(), progress)
+        snapshots = engine.run_many(workflow, inputs, concurrency, self._loop_for_sync(), progress, timeout)
         outputs: List[Any] = []
         for snapshot in snapshots:
             try:

@@ -21,9 +21,10 @@ use crate::value::{py_to_json, to_py, type_name, wrap};
 pub struct BodySpec {
     pub func: Py<PyAny>,
     pub is_async: bool,
-    /// Where each positional argument comes from: a dependency's index, or one of the
-    /// negative codes of [`ArgSource`].
-    pub plan: Vec<i64>,
+    /// Where each positional argument comes from: a dependency's index, one of the
+    /// negative codes of [`ArgSource`], or a list of dependency indexes (the argument is
+    /// then the list of their outputs).
+    pub plan: Vec<PlanItem>,
     /// Exception types that may be retried.
     pub retry_on: Py<PyAny>,
     /// Check that every output survives a JSON round trip.
@@ -32,16 +33,28 @@ pub struct BodySpec {
     pub kind: String,
 }
 
-#[derive(Clone, Copy)]
+/// One entry of a body's argument plan, as the Python package encodes it.
+#[derive(FromPyObject)]
+pub enum PlanItem {
+    One(i64),
+    Many(Vec<usize>),
+}
+
+#[derive(Clone)]
 enum ArgSource {
     Dep(usize),
+    Deps(Vec<usize>),
     Input,
     Context,
     Item,
 }
 
 impl ArgSource {
-    fn decode(code: i64) -> PyResult<Self> {
+    fn decode(item: &PlanItem) -> PyResult<Self> {
+        let code = match item {
+            PlanItem::Many(indexes) => return Ok(ArgSource::Deps(indexes.clone())),
+            PlanItem::One(code) => *code,
+        };
         Ok(match code {
             0.. => ArgSource::Dep(code as usize),
             -1 => ArgSource::Input,
@@ -71,11 +84,7 @@ impl PyBody {
     pub fn new(spec: &BodySpec, py: Python<'_>) -> PyResult<Arc<Self>> {
         Ok(Arc::new(PyBody {
             func: spec.func.clone_ref(py),
-            plan: spec
-                .plan
-                .iter()
-                .map(|&c| ArgSource::decode(c))
-                .collect::<PyResult<_>>()?,
+            plan: spec.plan.iter().map(ArgSource::decode).collect::<PyResult<_>>()?,
             retry_on: spec.retry_on.clone_ref(py),
             strict: spec.strict,
             branch: spec.kind == "branch",
@@ -91,8 +100,15 @@ impl PyBody {
     fn args<'py>(&self, py: Python<'py>, call: &NodeCall) -> PyResult<Bound<'py, PyTuple>> {
         let mut args = Vec::with_capacity(self.plan.len());
         for source in &self.plan {
-            args.push(match *source {
-                ArgSource::Dep(i) => to_py(py, &call.deps[i])?,
+            args.push(match source {
+                ArgSource::Dep(i) => to_py(py, &call.deps[*i])?,
+                ArgSource::Deps(indexes) => {
+                    let items = indexes
+                        .iter()
+                        .map(|&i| to_py(py, &call.deps[i]))
+                        .collect::<PyResult<Vec<_>>>()?;
+                    pyo3::types::PyList::new(py, items)?.into_any().unbind()
+                }
                 ArgSource::Input => to_py(py, &call.input)?,
                 ArgSource::Item => match &call.item {
                     Some((_, item)) => to_py(py, item)?,

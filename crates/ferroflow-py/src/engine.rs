@@ -297,7 +297,7 @@ impl PyEngine {
 
     /// Runs one input per run, at most `concurrency` at a time, and returns their
     /// snapshots in input order. `progress(done, total)` is called about every 100 ms.
-    #[pyo3(signature = (workflow, inputs, concurrency, event_loop = None, progress = None))]
+    #[pyo3(signature = (workflow, inputs, concurrency, event_loop = None, progress = None, timeout = None))]
     fn run_many(
         &self,
         py: Python<'_>,
@@ -306,7 +306,9 @@ impl PyEngine {
         concurrency: usize,
         event_loop: Option<Py<PyAny>>,
         progress: Option<Py<PyAny>>,
+        timeout: Option<f64>,
     ) -> PyResult<Py<PyList>> {
+        let timeout = seconds(timeout)?;
         if concurrency == 0 {
             return Err(PyValueError::new_err("concurrency must be at least 1"));
         }
@@ -343,6 +345,17 @@ impl PyEngine {
                 snapshots.push(wait.await.map_err(|e| ferroflow::Error::Store(e.to_string()))??);
             }
             Ok::<_, ferroflow::Error>(snapshots)
+        };
+        let batch = async move {
+            match timeout {
+                None => batch.await,
+                Some(limit) => tokio::time::timeout(limit, batch).await.unwrap_or_else(|_| {
+                    Err(ferroflow::Error::WaitTimeout {
+                        run_id: format!("(batch of {total})"),
+                        seconds: limit.as_secs_f64(),
+                    })
+                }),
+            }
         };
         let snapshots = block_on(py, batch, |py| match &progress {
             Some(cb) => cb
