@@ -277,10 +277,10 @@ class Graph:
                     )
                 continue
             source = node.deps.get(p.name, p.name)
-            if isinstance(source, (list, tuple)):
-                plan.append([edge(s) for s in source])
-                continue
-            if source == "input":
+            code: Union[int, List[int]]
+            if not isinstance(source, str):
+                code = [edge(s) for s in source]
+            elif source == "input":
                 code = _INPUT
             elif source == "ctx":
                 code = _CONTEXT
