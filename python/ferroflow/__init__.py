@@ -4,7 +4,9 @@ Declare a :class:`Graph` of nodes with decorators and run it with ``graph.run(in
 see the README for a tour.
 """
 
-from . import events
+import atexit
+
+from . import _native, events
 from ._native import __version__
 from .context import Context, InMemory, default_context
 from .errors import (
@@ -58,3 +60,6 @@ __all__ = [
     "default_context",
     "events",
 ]
+
+# Engine threads must stop calling into Python before the interpreter finalises.
+atexit.register(_native.shutdown)

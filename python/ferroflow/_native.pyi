@@ -5,9 +5,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from typing_extensions import TypeAlias, final
 
-__all__ = ["Engine", "Workflow", "__version__", "check_json"]
+__all__ = ["Engine", "Workflow", "__version__", "check_json", "shutdown"]
 
 __version__: str
+
+def shutdown() -> None:
+    """Stops engine threads from calling into Python; registered with ``atexit``."""
 
 def check_json(obj: Any) -> None:
     """Raises ``TypeError`` saying what and where unless ``obj`` is plain JSON data."""

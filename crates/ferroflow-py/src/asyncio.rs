@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::body::PyBody;
+use crate::runtime;
 
 /// The asyncio loop a run's async bodies execute on: the run's attachment.
 pub struct EventLoop {
@@ -73,15 +74,16 @@ impl EventLoop {
             !std::mem::replace(&mut queue.scheduled, true)
         };
         if wake {
-            let woken = Python::attach(|py| {
+            let woken = runtime::attach(|py| {
                 self.state
                     .event_loop
                     .call_method1(py, "call_soon_threadsafe", (self.drain.clone_ref(py),))
                     .map(drop)
-            });
-            if let Err(err) = woken {
+                    .map_err(|err| err.value(py).to_string())
+            })
+            .unwrap_or_else(|| Err("the interpreter is shutting down".to_owned()));
+            if let Err(message) = woken {
                 // The loop is closed: nothing will ever run these calls, so fail them now.
-                let message = Python::attach(|py| err.value(py).to_string());
                 let calls = {
                     let mut queue = self.state.queue.lock().unwrap_or_else(|p| p.into_inner());
                     queue.scheduled = false;
@@ -209,7 +211,7 @@ impl TaskSlot {
     pub fn cancel(&self) {
         let previous = std::mem::replace(&mut *self.lock(), SlotState::Cancelled);
         if let SlotState::Running { task, event_loop } = previous {
-            Python::attach(|py| {
+            runtime::attach(|py| {
                 if let Ok(cancel) = task.getattr(py, "cancel") {
                     // Fails only if the loop is closed, and then the task is gone anyway.
                     let _ = event_loop.call_method1(py, "call_soon_threadsafe", (cancel,));

@@ -14,6 +14,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
 
 use crate::asyncio::{EventLoop, TaskSlot};
+use crate::runtime;
 use crate::value::{py_to_json, to_py, type_name, wrap};
 
 /// How a body wants one node declared, mirrored by `ferroflow.graph._BodySpec`.
@@ -139,7 +140,11 @@ impl PyBody {
         if self.branch {
             // Branch labels cross into the engine as plain JSON, so that routing never
             // needs the GIL.
-            return py_to_json(&obj, "$").map(Value::from).map_err(|_| {
+            let labels = py_to_json(&obj, "$")
+                .ok()
+                .map(Value::from)
+                .filter(|v| v.labels().is_some());
+            return labels.ok_or_else(|| {
                 NodeError::permanent(
                     "InvalidBranchOutput",
                     format!(
@@ -196,12 +201,18 @@ impl PyBody {
     }
 
     fn call_sync(&self, call: &NodeCall) -> BodyResult {
-        Python::attach(|py| {
+        runtime::attach(|py| {
             let args = self.args(py, call).map_err(|e| argument_error(py, &call.node, e))?;
             match self.func.bind(py).call1(args) {
                 Ok(obj) => self.output(py, &call.node, obj),
                 Err(err) => Err(self.error(py, err)),
             }
+        })
+        .unwrap_or_else(|| {
+            Err(NodeError::permanent(
+                "InterpreterShutdown",
+                "the Python interpreter is shutting down",
+            ))
         })
     }
 }

@@ -298,6 +298,7 @@ impl PyEngine {
     /// Runs one input per run, at most `concurrency` at a time, and returns their
     /// snapshots in input order. `progress(done, total)` is called about every 100 ms.
     #[pyo3(signature = (workflow, inputs, concurrency, event_loop = None, progress = None, timeout = None))]
+    #[allow(clippy::too_many_arguments)]
     fn run_many(
         &self,
         py: Python<'_>,
@@ -462,7 +463,7 @@ fn notify_settled(run: RunHandle, timeout: Option<Duration>, callback: Py<PyAny>
     handle.clone().spawn(async move {
         let result = run.wait(timeout).await;
         handle.spawn_blocking(move || {
-            Python::attach(|py| {
+            runtime::attach(|py| {
                 let args = match result.map_err(to_py_err).and_then(|s| snapshot_to_py(py, &s)) {
                     Ok(snapshot) => (snapshot, py.None()),
                     Err(e) => (py.None(), e.into_value(py).into_any()),
@@ -475,21 +476,48 @@ fn notify_settled(run: RunHandle, timeout: Option<Duration>, callback: Py<PyAny>
     });
 }
 
-/// Sends events to a Python callback from a blocking thread, then `None`.
+/// Sends a run's events to a Python callback, then `None`.
+///
+/// An async task waits for events; each batch that has arrived is delivered on a blocking
+/// thread, which is held only for the delivery. (A thread parked per watcher would let
+/// enough concurrent streams exhaust the blocking pool that the runs' own sync bodies need.)
 fn forward_events(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, callback: Py<PyAny>) {
-    runtime::handle().spawn_blocking(move || {
-        while let Some(event) = rx.blocking_recv() {
-            let delivered = Python::attach(|py| event_to_py(py, &event).and_then(|e| callback.call1(py, (e,))));
-            if let Err(err) = delivered {
-                Python::attach(|py| err.write_unraisable(py, None));
+    let callback = Arc::new(callback);
+    let handle = runtime::handle();
+    handle.clone().spawn(async move {
+        loop {
+            let mut batch = Vec::new();
+            let open = match rx.recv().await {
+                Some(event) => {
+                    batch.push(event);
+                    while let Ok(event) = rx.try_recv() {
+                        batch.push(event);
+                    }
+                    true
+                }
+                None => false,
+            };
+            let callback = Arc::clone(&callback);
+            let delivered = handle.spawn_blocking(move || {
+                runtime::attach(|py| {
+                    for event in &batch {
+                        if let Err(err) = event_to_py(py, event).and_then(|e| callback.call1(py, (e,))) {
+                            err.write_unraisable(py, None);
+                            return false;
+                        }
+                    }
+                    if !open {
+                        if let Err(err) = callback.call1(py, (py.None(),)) {
+                            err.write_unraisable(py, None);
+                        }
+                    }
+                    true
+                })
+            });
+            if !open || delivered.await.ok().flatten() != Some(true) {
                 return;
             }
         }
-        Python::attach(|py| {
-            if let Err(err) = callback.call1(py, (py.None(),)) {
-                err.write_unraisable(py, None);
-            }
-        });
     });
 }
 

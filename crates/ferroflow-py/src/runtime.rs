@@ -6,9 +6,11 @@
 
 use std::sync::Mutex;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use pyo3::ffi;
+use pyo3::prelude::*;
 use tokio::runtime::{Builder, Handle, Runtime};
 
 struct Owned {
@@ -65,4 +67,43 @@ fn keep_thread_state() {
             let _ = ffi::PyEval_SaveThread();
         }
     }
+}
+
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+static IN_PYTHON: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `f` with the GIL on a thread the engine owns, unless the interpreter is shutting
+/// down (then `None`). Once finalisation has begun, a native thread that enters Python
+/// can abort the process, so every call into Python from engine threads goes through
+/// here, and [`shutdown`] waits for the calls already inside.
+pub fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
+    if SHUTTING_DOWN.load(Ordering::SeqCst) {
+        return None;
+    }
+    IN_PYTHON.fetch_add(1, Ordering::SeqCst);
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _leave = Leave;
+    // Checked again after registering: `shutdown` sets the flag, then waits for the count.
+    if SHUTTING_DOWN.load(Ordering::SeqCst) {
+        return None;
+    }
+    Some(Python::attach(f))
+}
+
+/// Called at interpreter exit (`atexit`): engine threads stop calling into Python, and
+/// those inside get up to two seconds to leave.
+#[pyfunction]
+pub fn shutdown(py: Python<'_>) {
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
+    py.detach(|| {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while IN_PYTHON.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
 }

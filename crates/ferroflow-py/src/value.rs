@@ -10,16 +10,19 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
+use crate::runtime;
+
 /// A Python object held by the engine.
 pub struct PyValue(pub Py<PyAny>);
 
 impl NativeValue for PyValue {
     fn to_json(&self) -> Result<serde_json::Value, String> {
-        Python::attach(|py| py_to_json(self.0.bind(py), "$"))
+        runtime::attach(|py| py_to_json(self.0.bind(py), "$"))
+            .unwrap_or_else(|| Err("the interpreter is shutting down".to_owned()))
     }
 
     fn list_items(&self) -> Option<Vec<Value>> {
-        Python::attach(|py| {
+        runtime::attach(|py| {
             let obj = self.0.bind(py);
             if let Ok(list) = obj.cast::<PyList>() {
                 Some(list.iter().map(|o| wrap(o.unbind())).collect())
@@ -29,10 +32,11 @@ impl NativeValue for PyValue {
                 None
             }
         })
+        .flatten()
     }
 
     fn type_name(&self) -> String {
-        Python::attach(|py| type_name(self.0.bind(py)))
+        runtime::attach(|py| type_name(self.0.bind(py))).unwrap_or_else(|| "object".to_owned())
     }
 
     fn as_any(&self) -> &dyn Any {

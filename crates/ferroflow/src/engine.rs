@@ -10,9 +10,9 @@
 //! one newly ready blocking task for itself and runs it next, so a chain of blocking
 //! nodes costs no thread hand-off per node. Async bodies are spawned on the runtime.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -141,7 +141,8 @@ struct Inner {
 #[derive(Default)]
 struct RunTable {
     runs: HashMap<Arc<str>, Arc<LiveRun>>,
-    finished: VecDeque<Arc<str>>,
+    /// Finished runs by the order they finished in, for retention.
+    finished: BTreeMap<u64, Arc<str>>,
 }
 
 struct LiveRun {
@@ -152,7 +153,12 @@ struct LiveRun {
     cancel: CancellationToken,
     has_watchers: AtomicBool,
     retired: AtomicBool,
+    /// When the run finished, on [`FINISH_ORDER`]; 0 while it has not.
+    finished_at: AtomicU64,
 }
+
+/// Orders finished runs across threads, so that retention drops the oldest first.
+static FINISH_ORDER: AtomicU64 = AtomicU64::new(1);
 
 struct RunCore {
     state: RunState,
@@ -271,6 +277,7 @@ impl Engine {
             cancel: CancellationToken::new(),
             has_watchers: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            finished_at: AtomicU64::new(0),
         });
         table.runs.insert(Arc::clone(&run_id), Arc::clone(&run));
         drop(table);
@@ -461,10 +468,11 @@ impl Inner {
     fn after_change(&self, run: &Arc<LiveRun>) {
         let status = *run.status.borrow();
         if status.is_terminal() && !run.retired.swap(true, Ordering::AcqRel) {
+            let finished_at = run.finished_at.load(Ordering::Acquire);
             let mut table = self.runs.lock().expect("run table lock");
-            table.finished.push_back(Arc::clone(&run.run_id));
+            table.finished.insert(finished_at, Arc::clone(&run.run_id));
             while table.finished.len() > self.config.retain_finished {
-                if let Some(old) = table.finished.pop_front() {
+                if let Some((_, old)) = table.finished.pop_first() {
                     table.runs.remove(&old);
                 }
             }
@@ -645,6 +653,10 @@ impl LiveRun {
         if status == RunStatus::Failed {
             // Nothing a failed run still has in flight can matter any more.
             self.cancel.cancel();
+        }
+        if status.is_terminal() && self.finished_at.load(Ordering::Relaxed) == 0 {
+            self.finished_at
+                .store(FINISH_ORDER.fetch_add(1, Ordering::Relaxed), Ordering::Release);
         }
         self.status.send_if_modified(|current| {
             let changed = *current != status;
