@@ -350,7 +350,11 @@ class Graph:
         person. Raises :class:`RunFailedError` if a node fails for good,
         :class:`RunCancelledError` if the run is cancelled, and
         :class:`WaitTimeoutError` after ``timeout`` seconds (the run goes on). Starting a
-        ``run_id`` that exists returns that run instead of starting another."""
+        ``run_id`` that exists returns that run instead of starting another.
+
+        Without a timeout, a chain of sync bodies runs on the calling thread, which is the
+        fastest path. With one, the run executes on the engine's threads so that the wait
+        can end in time even while a sync body is still busy."""
         workflow = self._workflow()
         self._check_value(input, "the run input", run_id)
         engine = self._context(context)._engine
