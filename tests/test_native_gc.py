@@ -1,5 +1,6 @@
 """Python callables held by the native workflow are visible to the garbage collector."""
 
+import asyncio
 import gc
 import weakref
 
@@ -41,3 +42,21 @@ def test_a_graph_is_collected_once_its_runs_are_forgotten() -> None:
     del g, step
     gc.collect()
     assert graph_ref() is None, "a finished, evicted run kept its graph alive"
+
+
+def test_an_event_loop_used_by_runs_is_not_kept_alive() -> None:
+    g = ff.Graph("loops")
+
+    @g.task
+    async def step(input):
+        return input * 2
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(g.arun(21)).output == 42
+    finally:
+        loop.close()
+    loop_ref = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert loop_ref() is None, "the engine's scheduler kept a closed event loop alive"

@@ -1,11 +1,15 @@
-"""The background asyncio loop that async bodies of synchronous runs execute on."""
+"""Event loops for async bodies: the background loop of synchronous runs, and the
+engine's scheduler for each loop."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import threading
+import weakref
 from typing import Optional, Tuple
+
+from . import _native
 
 _lock = threading.Lock()
 _current: Optional[Tuple[int, asyncio.AbstractEventLoop]] = None
@@ -29,3 +33,17 @@ def background_loop() -> asyncio.AbstractEventLoop:
         ready.wait()
         _current = (os.getpid(), loop)
         return loop
+
+
+_schedulers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _native.EventLoop] = weakref.WeakKeyDictionary()
+
+
+def scheduler_for(loop: asyncio.AbstractEventLoop) -> _native.EventLoop:
+    """The engine's scheduler for ``loop``: one per loop, shared by every run on it, so that
+    async bodies of many runs start with one wake-up of the loop. It refers to the loop
+    weakly, and is dropped with it."""
+    with _lock:
+        scheduler = _schedulers.get(loop)
+        if scheduler is None:
+            scheduler = _schedulers[loop] = _native.EventLoop(loop)
+        return scheduler

@@ -5,7 +5,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from typing_extensions import TypeAlias, final
 
-__all__ = ["Engine", "Workflow", "__version__", "check_json", "shutdown"]
+__all__ = ["Engine", "EventLoop", "Workflow", "__version__", "check_json", "shutdown"]
 
 __version__: str
 
@@ -14,6 +14,12 @@ def shutdown() -> None:
 
 def check_json(obj: Any) -> None:
     """Raises ``TypeError`` saying what and where unless ``obj`` is plain JSON data."""
+
+@final
+class EventLoop:
+    """The engine's scheduler for async bodies on one asyncio loop (held weakly)."""
+
+    def __new__(cls, event_loop: asyncio.AbstractEventLoop) -> EventLoop: ...
 
 @final
 class Workflow:
@@ -42,7 +48,7 @@ class Engine:
         workflow: Workflow,
         input: Any,
         run_id: Optional[str] = None,
-        event_loop: Optional[asyncio.AbstractEventLoop] = None,
+        event_loop: Optional[EventLoop] = None,
     ) -> str:
         """Starts a run and returns its id."""
     def start_settled(
@@ -51,7 +57,7 @@ class Engine:
         input: Any,
         callback: Callable[[Optional[_Snapshot], Optional[BaseException]], None],
         run_id: Optional[str] = None,
-        event_loop: Optional[asyncio.AbstractEventLoop] = None,
+        event_loop: Optional[EventLoop] = None,
         timeout: Optional[float] = None,
     ) -> str:
         """Starts a run; ``callback(snapshot, None)`` or ``callback(None, error)`` once it settles."""
@@ -60,7 +66,7 @@ class Engine:
         workflow: Workflow,
         input: Any,
         run_id: Optional[str] = None,
-        event_loop: Optional[asyncio.AbstractEventLoop] = None,
+        event_loop: Optional[EventLoop] = None,
         timeout: Optional[float] = None,
     ) -> _Snapshot:
         """Starts a run, executes a chain of its sync bodies on this thread, and blocks until it settles."""
@@ -70,7 +76,7 @@ class Engine:
         input: Any,
         callback: Callable[[Optional[Dict[str, Any]]], None],
         run_id: Optional[str] = None,
-        event_loop: Optional[asyncio.AbstractEventLoop] = None,
+        event_loop: Optional[EventLoop] = None,
         until_finished: bool = False,
     ) -> str:
         """Starts a run and sends its events to ``callback`` (then ``None``) from a background thread."""
@@ -92,7 +98,7 @@ class Engine:
         workflow: Workflow,
         inputs: List[Any],
         concurrency: int,
-        event_loop: Optional[asyncio.AbstractEventLoop] = None,
+        event_loop: Optional[EventLoop] = None,
         progress: Optional[Callable[[int, int], None]] = None,
         timeout: Optional[float] = None,
     ) -> List[_Snapshot]:
@@ -102,7 +108,7 @@ class Engine:
         run_id: str,
         value: Any,
         node: Optional[str] = None,
-        event_loop: Optional[asyncio.AbstractEventLoop] = None,
+        event_loop: Optional[EventLoop] = None,
         timeout: Optional[float] = None,
     ) -> _Snapshot:
         """Answers a waiting human node and blocks until the run settles again."""
@@ -112,7 +118,7 @@ class Engine:
         value: Any,
         callback: Callable[[Optional[_Snapshot], Optional[BaseException]], None],
         node: Optional[str] = None,
-        event_loop: Optional[asyncio.AbstractEventLoop] = None,
+        event_loop: Optional[EventLoop] = None,
         timeout: Optional[float] = None,
     ) -> None:
         """Answers a waiting human node; ``callback`` as for ``start_settled``."""

@@ -33,7 +33,7 @@ from typing import (
 )
 
 from . import _native
-from ._loop import background_loop
+from ._loop import background_loop, scheduler_for
 from .context import Context, default_context
 from .errors import (
     DuplicateNodeError,
@@ -335,8 +335,8 @@ class Graph:
             except TypeError as e:
                 raise InvalidInputError(f"{what} is not plain JSON data: {e}", run_id=run_id) from None
 
-    def _loop_for_sync(self) -> Optional[asyncio.AbstractEventLoop]:
-        return background_loop() if self._has_async else None
+    def _loop_for_sync(self) -> Optional[_native.EventLoop]:
+        return scheduler_for(background_loop()) if self._has_async else None
 
     def run(
         self,
@@ -393,7 +393,9 @@ class Graph:
         engine = self._context(context)._engine
         loop = asyncio.get_running_loop()
         return await _settled(
-            engine, loop, lambda notify: engine.start_settled(workflow, input, notify, run_id, loop, timeout)
+            engine,
+            loop,
+            lambda notify: engine.start_settled(workflow, input, notify, run_id, scheduler_for(loop), timeout),
         )
 
     async def stream(
@@ -411,7 +413,7 @@ class Graph:
         engine = self._context(context)._engine
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Optional[Mapping[str, Any]]] = asyncio.Queue()
-        engine.start_watched(workflow, input, _deliver_to(loop, queue), run_id, loop, until_finished)
+        engine.start_watched(workflow, input, _deliver_to(loop, queue), run_id, scheduler_for(loop), until_finished)
         while True:
             event = await queue.get()
             if event is None:
@@ -498,7 +500,7 @@ class Graph:
         loop = asyncio.get_running_loop()
 
         def resume(notify: Callable[..., None]) -> str:
-            engine.resume_settled(run_id, value, notify, node, loop, timeout)
+            engine.resume_settled(run_id, value, notify, node, scheduler_for(loop), timeout)
             return run_id
 
         return await _settled(engine, loop, resume)

@@ -16,15 +16,46 @@ use tokio::sync::oneshot;
 use crate::body::PyBody;
 use crate::runtime;
 
-/// The asyncio loop a run's async bodies execute on: the run's attachment.
+/// The scheduler of one asyncio loop, shared by every run whose async bodies execute on
+/// it (the runs' attachment). The Python package keeps one per loop.
 pub struct EventLoop {
     state: Arc<LoopState>,
     drain: Py<Drain>,
 }
 
+/// `ferroflow._native.EventLoop`: the Python handle on a loop's scheduler.
+#[pyclass(frozen, module = "ferroflow._native", name = "EventLoop")]
+pub struct PyEventLoop {
+    pub scheduler: Arc<EventLoop>,
+}
+
+#[pymethods]
+impl PyEventLoop {
+    #[new]
+    fn new(py: Python<'_>, event_loop: Bound<'_, PyAny>) -> PyResult<Self> {
+        // Held weakly: the package caches one scheduler per loop, keyed weakly by the loop,
+        // so a strong reference here would keep every loop ever used alive.
+        let weak = py.import("weakref")?.getattr("ref")?.call1((event_loop,))?.unbind();
+        let state = Arc::new(LoopState { event_loop: weak, queue: Mutex::new(Queue::default()) });
+        let drain = Py::new(py, Drain { state: Arc::clone(&state) })?;
+        Ok(PyEventLoop { scheduler: Arc::new(EventLoop { state, drain }) })
+    }
+}
+
 struct LoopState {
+    /// A `weakref.ref` to the loop.
     event_loop: Py<PyAny>,
     queue: Mutex<Queue>,
+}
+
+impl LoopState {
+    fn event_loop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let event_loop = self.event_loop.bind(py).call0()?;
+        if event_loop.is_none() {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err("the event loop no longer exists"));
+        }
+        Ok(event_loop)
+    }
 }
 
 #[derive(Default)]
@@ -42,42 +73,21 @@ struct QueuedCall {
 }
 
 impl EventLoop {
-    pub fn new(py: Python<'_>, event_loop: Py<PyAny>) -> PyResult<Self> {
-        let state = Arc::new(LoopState {
-            event_loop,
-            queue: Mutex::new(Queue::default()),
-        });
-        let drain = Py::new(
-            py,
-            Drain {
-                state: Arc::clone(&state),
-            },
-        )?;
-        Ok(EventLoop { state, drain })
-    }
-
     /// Queues a call; the receiver gets its result, and the slot cancels it.
     pub fn submit(&self, body: Arc<PyBody>, call: NodeCall) -> (oneshot::Receiver<BodyResult>, Arc<TaskSlot>) {
         let (tx, rx) = oneshot::channel();
-        let slot = Arc::new(TaskSlot {
-            state: Mutex::new(SlotState::Queued),
-        });
+        let slot = Arc::new(TaskSlot { state: Mutex::new(SlotState::Queued) });
         let node = Arc::clone(&call.node);
         let wake = {
             let mut queue = self.state.queue.lock().unwrap_or_else(|p| p.into_inner());
-            queue.calls.push(QueuedCall {
-                body,
-                call,
-                tx,
-                slot: Arc::clone(&slot),
-            });
+            queue.calls.push(QueuedCall { body, call, tx, slot: Arc::clone(&slot) });
             !std::mem::replace(&mut queue.scheduled, true)
         };
         if wake {
             let woken = runtime::attach(|py| {
                 self.state
-                    .event_loop
-                    .call_method1(py, "call_soon_threadsafe", (self.drain.clone_ref(py),))
+                    .event_loop(py)
+                    .and_then(|l| l.call_method1("call_soon_threadsafe", (self.drain.clone_ref(py),)))
                     .map(drop)
                     .map_err(|err| err.value(py).to_string())
             })
@@ -115,9 +125,18 @@ impl Drain {
             queue.scheduled = false;
             std::mem::take(&mut queue.calls)
         };
-        let event_loop = self.state.event_loop.bind(py);
-        for queued in calls {
-            start(py, event_loop, queued);
+        match self.state.event_loop(py) {
+            Ok(event_loop) => {
+                for queued in calls {
+                    start(py, &event_loop, queued);
+                }
+            }
+            Err(err) => {
+                let message = err.value(py).to_string();
+                for queued in calls {
+                    let _ = queued.tx.send(Err(NodeError::new("EventLoopClosed", message.clone())));
+                }
+            }
         }
     }
 }
@@ -127,11 +146,9 @@ fn start(py: Python<'_>, event_loop: &Bound<'_, PyAny>, queued: QueuedCall) {
     if matches!(*slot.lock(), SlotState::Cancelled) {
         return;
     }
-    let task = body.coroutine(py, &call).and_then(|coroutine| {
-        event_loop
-            .call_method1("create_task", (coroutine,))
-            .map_err(|err| body.error(py, err))
-    });
+    let task = body
+        .coroutine(py, &call)
+        .and_then(|coroutine| event_loop.call_method1("create_task", (coroutine,)).map_err(|err| body.error(py, err)));
     let task = match task {
         Ok(task) => task,
         Err(error) => {
@@ -139,20 +156,12 @@ fn start(py: Python<'_>, event_loop: &Bound<'_, PyAny>, queued: QueuedCall) {
             return;
         }
     };
-    let done = Done {
-        tx: Mutex::new(Some(tx)),
-        body,
-        node: call.node.to_string(),
-        slot: Arc::clone(&slot),
-    };
+    let done = Done { tx: Mutex::new(Some(tx)), body, node: call.node.to_string(), slot: Arc::clone(&slot) };
     if let Err(err) = task.call_method1("add_done_callback", (done,)) {
         err.write_unraisable(py, Some(&task));
         return;
     }
-    *slot.lock() = SlotState::Running {
-        task: task.unbind(),
-        event_loop: event_loop.clone().unbind(),
-    };
+    *slot.lock() = SlotState::Running { task: task.unbind(), event_loop: event_loop.clone().unbind() };
 }
 
 /// Receives the finished task on the loop thread and sends its result to the engine.
@@ -168,15 +177,8 @@ struct Done {
 impl Done {
     fn __call__(&self, py: Python<'_>, task: Bound<'_, PyAny>) {
         *self.slot.lock() = SlotState::Finished;
-        let result = if task
-            .call_method0("cancelled")
-            .and_then(|c| c.is_truthy())
-            .unwrap_or(false)
-        {
-            Err(NodeError::new(
-                "Cancelled",
-                format!("the asyncio task of node '{}' was cancelled", self.node),
-            ))
+        let result = if task.call_method0("cancelled").and_then(|c| c.is_truthy()).unwrap_or(false) {
+            Err(NodeError::new("Cancelled", format!("the asyncio task of node '{}' was cancelled", self.node)))
         } else {
             match task.call_method0("result") {
                 Ok(obj) => self.body.output(py, &self.node, obj),

@@ -62,9 +62,7 @@ impl ArgSource {
             -2 => ArgSource::Context,
             -3 => ArgSource::Item,
             other => {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "unknown argument source {other}"
-                )));
+                return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown argument source {other}")));
             }
         })
     }
@@ -104,10 +102,7 @@ impl PyBody {
             args.push(match source {
                 ArgSource::Dep(i) => to_py(py, &call.deps[*i])?,
                 ArgSource::Deps(indexes) => {
-                    let items = indexes
-                        .iter()
-                        .map(|&i| to_py(py, &call.deps[i]))
-                        .collect::<PyResult<Vec<_>>>()?;
+                    let items = indexes.iter().map(|&i| to_py(py, &call.deps[i])).collect::<PyResult<Vec<_>>>()?;
                     pyo3::types::PyList::new(py, items)?.into_any().unbind()
                 }
                 ArgSource::Input => to_py(py, &call.input)?,
@@ -140,17 +135,11 @@ impl PyBody {
         if self.branch {
             // Branch labels cross into the engine as plain JSON, so that routing never
             // needs the GIL.
-            let labels = py_to_json(&obj, "$")
-                .ok()
-                .map(Value::from)
-                .filter(|v| v.labels().is_some());
+            let labels = py_to_json(&obj, "$").ok().map(Value::from).filter(|v| v.labels().is_some());
             return labels.ok_or_else(|| {
                 NodeError::permanent(
                     "InvalidBranchOutput",
-                    format!(
-                        "branch '{node}' must return a label (str) or a list of labels, not {}",
-                        type_name(&obj)
-                    ),
+                    format!("branch '{node}' must return a label (str) or a list of labels, not {}", type_name(&obj)),
                 )
             });
         }
@@ -176,22 +165,11 @@ impl PyBody {
         let message = value.str().map(|s| s.to_string()).unwrap_or_default();
         let retryable = value.is_instance(self.retry_on.bind(py)).unwrap_or(false);
         let traceback = TRACEBACK
-            .get_or_try_init(py, || {
-                py.import("traceback")?.getattr("format_exception").map(Bound::unbind)
-            })
+            .get_or_try_init(py, || py.import("traceback")?.getattr("format_exception").map(Bound::unbind))
             .and_then(|format| format.call1(py, (value.get_type(), value, err.traceback(py))))
-            .and_then(|lines| {
-                PyString::new(py, "")
-                    .call_method1("join", (lines,))
-                    .map(|s| s.to_string())
-            })
+            .and_then(|lines| PyString::new(py, "").call_method1("join", (lines,)).map(|s| s.to_string()))
             .ok();
-        NodeError {
-            kind,
-            message,
-            traceback,
-            retryable,
-        }
+        NodeError { kind, message, traceback, retryable }
     }
 
     /// Calls an async body's function: the coroutine to run.
@@ -208,20 +186,12 @@ impl PyBody {
                 Err(err) => Err(self.error(py, err)),
             }
         })
-        .unwrap_or_else(|| {
-            Err(NodeError::permanent(
-                "InterpreterShutdown",
-                "the Python interpreter is shutting down",
-            ))
-        })
+        .unwrap_or_else(|| Err(NodeError::permanent("InterpreterShutdown", "the Python interpreter is shutting down")))
     }
 }
 
 fn argument_error(py: Python<'_>, node: &str, err: PyErr) -> NodeError {
-    NodeError::permanent(
-        "ArgumentError",
-        format!("could not build the arguments of node '{node}': {}", err.value(py)),
-    )
+    NodeError::permanent("ArgumentError", format!("could not build the arguments of node '{node}': {}", err.value(py)))
 }
 
 pub struct SyncPyBody(pub Arc<PyBody>);
@@ -240,10 +210,7 @@ impl AsyncBody for AsyncPyBody {
         let Some(event_loop) = attachment.as_ref().and_then(|a| a.downcast_ref::<EventLoop>()) else {
             let error = NodeError::permanent(
                 "NoEventLoop",
-                format!(
-                    "node '{}' is async, and its run has no asyncio event loop attached",
-                    call.node
-                ),
+                format!("node '{}' is async, and its run has no asyncio event loop attached", call.node),
             );
             return Box::pin(std::future::ready(Err(error)));
         };
@@ -252,10 +219,7 @@ impl AsyncBody for AsyncPyBody {
         Box::pin(async move {
             let mut guard = CancelOnDrop(Some(slot));
             let result = rx.await.unwrap_or_else(|_| {
-                Err(NodeError::new(
-                    "Cancelled",
-                    format!("the asyncio task of node '{node}' was dropped"),
-                ))
+                Err(NodeError::new("Cancelled", format!("the asyncio task of node '{node}' was dropped")))
             });
             guard.0 = None;
             result

@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::asyncio::EventLoop;
+use crate::asyncio::PyEventLoop;
 use crate::body::{AsyncPyBody, BodySpec, PyBody, SyncPyBody};
 use crate::error::to_py_err;
 use crate::runtime;
@@ -58,10 +58,7 @@ impl PyWorkflow {
             compiled.insert(name, body);
         }
         let workflow = Workflow::new(graph, compiled).map_err(|e| to_py_err(e.into()))?;
-        Ok(PyWorkflow {
-            workflow: Some(workflow),
-            bodies: kept,
-        })
+        Ok(PyWorkflow { workflow: Some(workflow), bodies: kept })
     }
 
     #[getter]
@@ -108,7 +105,10 @@ pub struct PyEngine {
 
 fn attachment(py: Python<'_>, event_loop: Option<Py<PyAny>>) -> PyResult<Option<ferroflow::Attachment>> {
     event_loop
-        .map(|l| Ok(Arc::new(EventLoop::new(py, l)?) as ferroflow::Attachment))
+        .map(|l| {
+            let scheduler = l.bind(py).cast::<PyEventLoop>()?.get().scheduler.clone();
+            Ok(scheduler as ferroflow::Attachment)
+        })
         .transpose()
 }
 
@@ -146,9 +146,7 @@ impl PyEngine {
     #[new]
     #[pyo3(signature = (retain_finished = 10_000))]
     fn new(retain_finished: usize) -> Self {
-        PyEngine {
-            engine: Engine::new(runtime::handle(), EngineConfig { retain_finished }),
-        }
+        PyEngine { engine: Engine::new(runtime::handle(), EngineConfig { retain_finished }) }
     }
 
     /// Starts a run and returns its id.
@@ -162,14 +160,9 @@ impl PyEngine {
         event_loop: Option<Py<PyAny>>,
     ) -> PyResult<String> {
         let workflow = workflow.get()?.clone();
-        let options = StartOptions {
-            run_id,
-            attachment: attachment(py, event_loop)?,
-        };
+        let options = StartOptions { run_id, attachment: attachment(py, event_loop)? };
         let input = wrap(input);
-        py.detach(|| self.engine.start(&workflow, input, options))
-            .map(|run| run.id().to_string())
-            .map_err(to_py_err)
+        py.detach(|| self.engine.start(&workflow, input, options)).map(|run| run.id().to_string()).map_err(to_py_err)
     }
 
     /// Starts a run and calls `callback(snapshot, None)` or `callback(None, error)` from a
@@ -188,14 +181,9 @@ impl PyEngine {
     ) -> PyResult<String> {
         let timeout = seconds(timeout)?;
         let workflow = workflow.get()?.clone();
-        let options = StartOptions {
-            run_id,
-            attachment: attachment(py, event_loop)?,
-        };
+        let options = StartOptions { run_id, attachment: attachment(py, event_loop)? };
         let input = wrap(input);
-        let run = py
-            .detach(|| self.engine.start(&workflow, input, options))
-            .map_err(to_py_err)?;
+        let run = py.detach(|| self.engine.start(&workflow, input, options)).map_err(to_py_err)?;
         let run_id = run.id().to_string();
         notify_settled(run, timeout, callback);
         Ok(run_id)
@@ -216,19 +204,10 @@ impl PyEngine {
         until_finished: bool,
     ) -> PyResult<String> {
         let workflow = workflow.get()?.clone();
-        let options = StartOptions {
-            run_id,
-            attachment: attachment(py, event_loop)?,
-        };
+        let options = StartOptions { run_id, attachment: attachment(py, event_loop)? };
         let input = wrap(input);
-        let until = if until_finished {
-            WatchUntil::Finished
-        } else {
-            WatchUntil::Settled
-        };
-        let (run, rx) = py
-            .detach(|| self.engine.start_watched(&workflow, input, options, until))
-            .map_err(to_py_err)?;
+        let until = if until_finished { WatchUntil::Finished } else { WatchUntil::Settled };
+        let (run, rx) = py.detach(|| self.engine.start_watched(&workflow, input, options, until)).map_err(to_py_err)?;
         forward_events(rx, callback);
         Ok(run.id().to_string())
     }
@@ -248,10 +227,7 @@ impl PyEngine {
     ) -> PyResult<Py<PyAny>> {
         let timeout = seconds(timeout)?;
         let workflow = workflow.get()?.clone();
-        let options = StartOptions {
-            run_id,
-            attachment: attachment(py, event_loop)?,
-        };
+        let options = StartOptions { run_id, attachment: attachment(py, event_loop)? };
         let input = wrap(input);
         // A body running on this thread cannot be interrupted, so with a timeout the run
         // executes elsewhere and this thread only waits.
@@ -267,11 +243,7 @@ impl PyEngine {
     /// Forwards the events of an existing run (from its first) to `callback`.
     #[pyo3(signature = (run_id, callback, until_finished = false))]
     fn watch(&self, py: Python<'_>, run_id: &str, callback: Py<PyAny>, until_finished: bool) -> PyResult<()> {
-        let until = if until_finished {
-            WatchUntil::Finished
-        } else {
-            WatchUntil::Settled
-        };
+        let until = if until_finished { WatchUntil::Finished } else { WatchUntil::Settled };
         let rx = py.detach(|| self.engine.watch(run_id, until)).map_err(to_py_err)?;
         forward_events(rx, callback);
         Ok(())
@@ -324,14 +296,8 @@ impl PyEngine {
             let gate = Arc::new(tokio::sync::Semaphore::new(concurrency));
             let mut waits = Vec::with_capacity(inputs.len());
             for input in inputs {
-                let permit = Arc::clone(&gate)
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
-                let options = StartOptions {
-                    run_id: None,
-                    attachment: attachment.clone(),
-                };
+                let permit = Arc::clone(&gate).acquire_owned().await.expect("the semaphore is never closed");
+                let options = StartOptions { run_id: None, attachment: attachment.clone() };
                 let run = engine.start(&workflow, input, options)?;
                 let counter = Arc::clone(&counter);
                 waits.push(tokio::spawn(async move {
@@ -359,19 +325,14 @@ impl PyEngine {
             }
         };
         let snapshots = block_on(py, batch, |py| match &progress {
-            Some(cb) => cb
-                .call1(py, (done.load(std::sync::atomic::Ordering::Relaxed), total))
-                .map(drop),
+            Some(cb) => cb.call1(py, (done.load(std::sync::atomic::Ordering::Relaxed), total)).map(drop),
             None => Ok(()),
         })?
         .map_err(to_py_err)?;
         if let Some(cb) = &progress {
             cb.call1(py, (total, total))?;
         }
-        let items = snapshots
-            .iter()
-            .map(|s| snapshot_to_py(py, s))
-            .collect::<PyResult<Vec<_>>>()?;
+        let items = snapshots.iter().map(|s| snapshot_to_py(py, s)).collect::<PyResult<Vec<_>>>()?;
         Ok(PyList::new(py, items)?.unbind())
     }
 
@@ -389,9 +350,7 @@ impl PyEngine {
         let timeout = seconds(timeout)?;
         let value = wrap(value);
         let attachment = attachment(py, event_loop)?;
-        let run = py
-            .detach(|| self.engine.resume(run_id, node, value, attachment))
-            .map_err(to_py_err)?;
+        let run = py.detach(|| self.engine.resume(run_id, node, value, attachment)).map_err(to_py_err)?;
         let snapshot = block_on(py, run.wait(timeout), |_| Ok(()))?.map_err(to_py_err)?;
         snapshot_to_py(py, &snapshot)
     }
@@ -412,9 +371,7 @@ impl PyEngine {
         let timeout = seconds(timeout)?;
         let value = wrap(value);
         let attachment = attachment(py, event_loop)?;
-        let run = py
-            .detach(|| self.engine.resume(run_id, node, value, attachment))
-            .map_err(to_py_err)?;
+        let run = py.detach(|| self.engine.resume(run_id, node, value, attachment)).map_err(to_py_err)?;
         notify_settled(run, timeout, callback);
         Ok(())
     }
@@ -449,10 +406,7 @@ impl PyEngine {
 
     /// Ids of the runs in memory, oldest first.
     fn run_ids(&self, py: Python<'_>) -> Vec<String> {
-        py.detach(|| self.engine.run_ids())
-            .iter()
-            .map(|id| id.to_string())
-            .collect()
+        py.detach(|| self.engine.run_ids()).iter().map(|id| id.to_string()).collect()
     }
 }
 
@@ -463,7 +417,9 @@ fn notify_settled(run: RunHandle, timeout: Option<Duration>, callback: Py<PyAny>
     handle.clone().spawn(async move {
         let result = run.wait(timeout).await;
         handle.spawn_blocking(move || {
-            runtime::attach(|py| {
+            // `move`: the callback is dropped with the GIL held, so the references it holds
+            // (the caller's future and loop) are released at once, not on a later GIL acquisition.
+            runtime::attach(move |py| {
                 let args = match result.map_err(to_py_err).and_then(|s| snapshot_to_py(py, &s)) {
                     Ok(snapshot) => (snapshot, py.None()),
                     Err(e) => (py.None(), e.into_value(py).into_any()),
@@ -482,7 +438,7 @@ fn notify_settled(run: RunHandle, timeout: Option<Duration>, callback: Py<PyAny>
 /// thread, which is held only for the delivery. (A thread parked per watcher would let
 /// enough concurrent streams exhaust the blocking pool that the runs' own sync bodies need.)
 fn forward_events(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, callback: Py<PyAny>) {
-    let callback = Arc::new(callback);
+    let mut callback = Some(Arc::new(callback));
     let handle = runtime::handle();
     handle.clone().spawn(async move {
         loop {
@@ -497,9 +453,10 @@ fn forward_events(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, callback:
                 }
                 None => false,
             };
-            let callback = Arc::clone(&callback);
+            // The last batch takes the last reference, so that it is dropped with the GIL held.
+            let callback = if open { callback.clone() } else { callback.take() }.expect("present until the last batch");
             let delivered = handle.spawn_blocking(move || {
-                runtime::attach(|py| {
+                runtime::attach(move |py| {
                     for event in &batch {
                         if let Err(err) = event_to_py(py, event).and_then(|e| callback.call1(py, (e,))) {
                             err.write_unraisable(py, None);
@@ -574,25 +531,14 @@ fn event_to_py(py: Python<'_>, event: &Event) -> PyResult<Py<PyAny>> {
                 d.set_item("version", version.as_ref())?;
                 d.set_item("input", to_py(py, input)?)?;
             }
-            JournalEntry::NodeCompleted {
-                node,
-                item,
-                attempt,
-                output,
-            } => {
+            JournalEntry::NodeCompleted { node, item, attempt, output } => {
                 d.set_item("type", "node_completed")?;
                 set_node(node)?;
                 d.set_item("item", *item)?;
                 d.set_item("attempt", *attempt)?;
                 d.set_item("output", to_py(py, output)?)?;
             }
-            JournalEntry::NodeFailed {
-                node,
-                item,
-                attempt,
-                error,
-                retry_in_ms,
-            } => {
+            JournalEntry::NodeFailed { node, item, attempt, error, retry_in_ms } => {
                 d.set_item("type", "node_failed")?;
                 set_node(node)?;
                 d.set_item("item", *item)?;
@@ -615,11 +561,7 @@ fn event_to_py(py: Python<'_>, event: &Event) -> PyResult<Py<PyAny>> {
                 set_node(node)?;
                 d.set_item("value", to_py(py, value)?)?;
             }
-            JournalEntry::RunFinished {
-                status,
-                output,
-                failure,
-            } => {
+            JournalEntry::RunFinished { status, output, failure } => {
                 d.set_item("type", "run_finished")?;
                 d.set_item("status", status.as_str())?;
                 d.set_item("output", output.as_ref().map(|v| to_py(py, v)).transpose()?)?;

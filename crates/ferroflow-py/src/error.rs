@@ -36,24 +36,15 @@ pub fn to_py_err(err: Error) -> PyErr {
             Error::RunIdConflict { run_id, .. } => {
                 new_error(py, "RunIdConflictError", message, &[("run_id", s(run_id))])
             }
-            Error::InvalidRunState { run_id, status, .. } => new_error(
-                py,
-                "InvalidRunStateError",
-                message,
-                &[("run_id", s(run_id)), ("status", s(status.as_str()))],
-            ),
-            Error::NotWaitingAt { run_id, node, .. } => new_error(
-                py,
-                "InvalidRunStateError",
-                message,
-                &[("run_id", s(run_id)), ("node", s(node))],
-            ),
-            Error::AmbiguousResume { run_id, .. } => new_error(
-                py,
-                "InvalidRunStateError",
-                message,
-                &[("run_id", s(run_id)), ("status", s("waiting"))],
-            ),
+            Error::InvalidRunState { run_id, status, .. } => {
+                new_error(py, "InvalidRunStateError", message, &[("run_id", s(run_id)), ("status", s(status.as_str()))])
+            }
+            Error::NotWaitingAt { run_id, node, .. } => {
+                new_error(py, "InvalidRunStateError", message, &[("run_id", s(run_id)), ("node", s(node))])
+            }
+            Error::AmbiguousResume { run_id, .. } => {
+                new_error(py, "InvalidRunStateError", message, &[("run_id", s(run_id)), ("status", s("waiting"))])
+            }
             Error::InvalidInput { run_id, .. } => new_error(py, "InvalidInputError", message, &[("run_id", s(run_id))]),
             Error::WaitTimeout { run_id, .. } => new_error(py, "WaitTimeoutError", message, &[("run_id", s(run_id))]),
             Error::VersionMismatch { run_id, .. } | Error::CorruptJournal { run_id, .. } => {
@@ -79,10 +70,5 @@ fn graph_error(py: Python<'_>, err: &GraphError) -> PyErr {
         GraphError::InvalidName { name } => ("GraphError", name, None),
         _ => ("GraphError", &String::new(), None),
     };
-    new_error(
-        py,
-        class,
-        message,
-        &[("graph", Some(graph.clone())), ("node", node.cloned())],
-    )
+    new_error(py, class, message, &[("graph", Some(graph.clone())), ("node", node.cloned())])
 }

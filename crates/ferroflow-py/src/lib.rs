@@ -14,9 +14,7 @@ use pyo3::prelude::*;
 /// `TypeError` saying what and where otherwise.
 #[pyfunction]
 fn check_json(obj: &Bound<'_, PyAny>) -> PyResult<()> {
-    value::py_to_json(obj, "$")
-        .map(drop)
-        .map_err(pyo3::exceptions::PyTypeError::new_err)
+    value::py_to_json(obj, "$").map(drop).map_err(pyo3::exceptions::PyTypeError::new_err)
 }
 
 #[pymodule]
@@ -24,6 +22,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<engine::PyWorkflow>()?;
+    m.add_class::<asyncio::PyEventLoop>()?;
     m.add_function(wrap_pyfunction!(check_json, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::shutdown, m)?)?;
     Ok(())

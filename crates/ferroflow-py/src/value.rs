@@ -135,9 +135,7 @@ pub fn py_to_json(obj: &Bound<'_, PyAny>, path: &str) -> Result<serde_json::Valu
             .ok_or_else(|| format!("{path}: {f} is not a finite number, and JSON has no other kind"));
     }
     if let Ok(s) = obj.cast_exact::<PyString>() {
-        return Ok(serde_json::Value::String(
-            s.to_cow().map_err(|e| e.to_string())?.into_owned(),
-        ));
+        return Ok(serde_json::Value::String(s.to_cow().map_err(|e| e.to_string())?.into_owned()));
     }
     if let Ok(list) = obj.cast_exact::<PyList>() {
         return list
@@ -151,19 +149,12 @@ pub fn py_to_json(obj: &Bound<'_, PyAny>, path: &str) -> Result<serde_json::Valu
         let mut map = serde_json::Map::with_capacity(dict.len());
         for (k, v) in dict.iter() {
             let Ok(key) = k.cast_exact::<PyString>() else {
-                return Err(format!(
-                    "{path}: key {} is a {}, and JSON keys are strings",
-                    k,
-                    type_name(&k)
-                ));
+                return Err(format!("{path}: key {} is a {}, and JSON keys are strings", k, type_name(&k)));
             };
             let key = key.to_cow().map_err(|e| e.to_string())?;
             map.insert(key.to_string(), py_to_json(&v, &format!("{path}.{key}"))?);
         }
         return Ok(serde_json::Value::Object(map));
     }
-    Err(format!(
-        "{path}: a {} is not JSON data (use dict, list, str, int, float, bool or None)",
-        type_name(obj)
-    ))
+    Err(format!("{path}: a {} is not JSON data (use dict, list, str, int, float, bool or None)", type_name(obj)))
 }

@@ -138,11 +138,7 @@ impl Workflow {
             });
         }
         let names = graph.nodes().iter().map(|n| Arc::from(n.name.as_str())).collect();
-        Ok(Workflow {
-            graph: Arc::new(graph),
-            bodies: ordered.into(),
-            names,
-        })
+        Ok(Workflow { graph: Arc::new(graph), bodies: ordered.into(), names })
     }
 
     pub fn graph(&self) -> &Arc<Graph> {

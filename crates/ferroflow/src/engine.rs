@@ -12,13 +12,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{Attachment, Body, BodyResult, NodeCall, Workflow};
@@ -38,9 +38,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig {
-            retain_finished: 10_000,
-        }
+        EngineConfig { retain_finished: 10_000 }
     }
 }
 
@@ -103,8 +101,7 @@ impl RunHandle {
     /// Waits until the run is settled (waiting for a person, or finished) or `timeout`
     /// passes.
     pub async fn wait(&self, timeout: Option<Duration>) -> Result<RunSnapshot> {
-        let mut rx = self.run.status.subscribe();
-        let settled = rx.wait_for(|s| s.is_terminal() || *s == RunStatus::Waiting);
+        let settled = self.run.settled();
         match timeout {
             Some(limit) => {
                 if tokio::time::timeout(limit, settled).await.is_err() {
@@ -149,13 +146,26 @@ struct LiveRun {
     run_id: Arc<str>,
     workflow: Workflow,
     core: Mutex<RunCore>,
-    status: watch::Sender<RunStatus>,
+    /// The run's status, mirrored from its state on every change (under the run lock).
+    status: AtomicU8,
+    /// Woken whenever the run settles (waits for a person, or finishes).
+    settle: Notify,
     cancel: CancellationToken,
     has_watchers: AtomicBool,
     retired: AtomicBool,
     /// When the run finished, on [`FINISH_ORDER`]; 0 while it has not.
     finished_at: AtomicU64,
 }
+
+/// Every status, indexed by its `u8` form (see [`LiveRun::status`]).
+const STATUSES: [RunStatus; 6] = [
+    RunStatus::Pending,
+    RunStatus::Running,
+    RunStatus::Waiting,
+    RunStatus::Completed,
+    RunStatus::Failed,
+    RunStatus::Cancelled,
+];
 
 /// Orders finished runs across threads, so that retention drops the oldest first.
 static FINISH_ORDER: AtomicU64 = AtomicU64::new(1);
@@ -181,20 +191,13 @@ struct Ready {
 impl Engine {
     /// An engine that runs async bodies and timers on `runtime`.
     pub fn new(runtime: Handle, config: EngineConfig) -> Self {
-        Engine {
-            inner: Arc::new(Inner {
-                runtime,
-                config,
-                runs: Mutex::new(RunTable::default()),
-            }),
-        }
+        Engine { inner: Arc::new(Inner { runtime, config, runs: Mutex::new(RunTable::default()) }) }
     }
 
     /// Starts a run of `workflow` on `input` and returns its id at once. Starting an id
     /// that exists returns it again, unless it belongs to another graph.
     pub fn start(&self, workflow: &Workflow, input: Value, options: StartOptions) -> Result<RunHandle> {
-        self.start_inner(workflow, input, options, None, false)
-            .map(|(run, _)| run)
+        self.start_inner(workflow, input, options, None, false).map(|(run, _)| run)
     }
 
     /// Starts a run and executes its blocking tasks on the calling thread for as long as
@@ -203,8 +206,7 @@ impl Engine {
     /// anyway saves the thread hand-offs. Call it from a thread that may block, never
     /// from an async task.
     pub fn start_and_drive(&self, workflow: &Workflow, input: Value, options: StartOptions) -> Result<RunHandle> {
-        self.start_inner(workflow, input, options, None, true)
-            .map(|(run, _)| run)
+        self.start_inner(workflow, input, options, None, true).map(|(run, _)| run)
     }
 
     /// Like [`Engine::start`], and returns the run's events from its first one.
@@ -229,10 +231,7 @@ impl Engine {
     ) -> Result<(RunHandle, Option<mpsc::UnboundedReceiver<Event>>)> {
         let run_id: Arc<str> = match options.run_id {
             Some(id) if id.trim().is_empty() => {
-                return Err(Error::InvalidInput {
-                    run_id: id,
-                    reason: "a run id must not be empty".into(),
-                });
+                return Err(Error::InvalidInput { run_id: id, reason: "a run id must not be empty".into() });
             }
             Some(id) => id.into(),
             None => uuid::Uuid::now_v7().to_string().into(),
@@ -249,20 +248,11 @@ impl Engine {
                 });
             }
             let rx = until.map(|u| existing.watch(u));
-            return Ok((
-                RunHandle {
-                    run: Arc::clone(existing),
-                },
-                rx,
-            ));
+            return Ok((RunHandle { run: Arc::clone(existing) }, rx));
         }
 
         let (state, effects) = RunState::start(Arc::clone(graph), input.clone());
-        let started = JournalEntry::RunStarted {
-            graph: graph.name().into(),
-            version: graph.version().into(),
-            input,
-        };
+        let started = JournalEntry::RunStarted { graph: graph.name().into(), version: graph.version().into(), input };
         let status = state.status();
         let run = Arc::new(LiveRun {
             run_id: Arc::clone(&run_id),
@@ -273,7 +263,8 @@ impl Engine {
                 attachment: options.attachment,
                 watchers: Vec::new(),
             }),
-            status: watch::channel(status).0,
+            status: AtomicU8::new(status as u8),
+            settle: Notify::new(),
             cancel: CancellationToken::new(),
             has_watchers: AtomicBool::new(false),
             retired: AtomicBool::new(false),
@@ -291,10 +282,7 @@ impl Engine {
         self.inner.after_change(&run);
         if drive {
             let mut ready = ready;
-            let mine = ready
-                .iter()
-                .position(|r| run.runs_inline(&r.task))
-                .map(|i| ready.swap_remove(i));
+            let mine = ready.iter().position(|r| run.runs_inline(&r.task)).map(|i| ready.swap_remove(i));
             self.inner.dispatch(&run, ready);
             if let Some(task) = mine {
                 Arc::clone(&self.inner).run_blocking_chain(Arc::clone(&run), task);
@@ -334,19 +322,9 @@ impl Engine {
     /// Ids of the runs held in memory, oldest first.
     pub fn run_ids(&self) -> Vec<Arc<str>> {
         // Never lock a run while holding the table: the lock order is run, then table.
-        let live: Vec<Arc<LiveRun>> = self
-            .inner
-            .runs
-            .lock()
-            .expect("run table lock")
-            .runs
-            .values()
-            .cloned()
-            .collect();
-        let mut runs: Vec<(u64, Arc<str>)> = live
-            .iter()
-            .map(|r| (r.lock().journal.first().map_or(0, |e| e.at_ms), Arc::clone(&r.run_id)))
-            .collect();
+        let live: Vec<Arc<LiveRun>> = self.inner.runs.lock().expect("run table lock").runs.values().cloned().collect();
+        let mut runs: Vec<(u64, Arc<str>)> =
+            live.iter().map(|r| (r.lock().journal.first().map_or(0, |e| e.at_ms), Arc::clone(&r.run_id))).collect();
         runs.sort();
         runs.into_iter().map(|(_, id)| id).collect()
     }
@@ -363,11 +341,8 @@ impl Engine {
         let run = self.inner.live(run_id)?;
         let ready = {
             let mut core = run.lock();
-            let waiting: Vec<String> = core
-                .state
-                .waiting()
-                .map(|(id, _)| run.workflow.graph().node(id).name.clone())
-                .collect();
+            let waiting: Vec<String> =
+                core.state.waiting().map(|(id, _)| run.workflow.graph().node(id).name.clone()).collect();
             if waiting.is_empty() {
                 return Err(Error::InvalidRunState {
                     run_id: run_id.to_owned(),
@@ -379,27 +354,17 @@ impl Engine {
             let node = match node {
                 Some(node) if waiting.iter().any(|w| w == node) => node.to_owned(),
                 Some(node) => {
-                    return Err(Error::NotWaitingAt {
-                        run_id: run_id.to_owned(),
-                        node: node.to_owned(),
-                        waiting,
-                    });
+                    return Err(Error::NotWaitingAt { run_id: run_id.to_owned(), node: node.to_owned(), waiting });
                 }
                 None if waiting.len() == 1 => waiting[0].clone(),
                 None => {
-                    return Err(Error::AmbiguousResume {
-                        run_id: run_id.to_owned(),
-                        waiting,
-                    });
+                    return Err(Error::AmbiguousResume { run_id: run_id.to_owned(), waiting });
                 }
             };
             if attachment.is_some() {
                 core.attachment = attachment;
             }
-            let entry = JournalEntry::Resumed {
-                node: node.as_str().into(),
-                value,
-            };
+            let entry = JournalEntry::Resumed { node: node.as_str().into(), value };
             let effects = core.state.apply(&entry).map_err(|e| Error::InvalidInput {
                 run_id: run_id.to_owned(),
                 reason: format!("resume rejected: {e:?}"),
@@ -431,11 +396,7 @@ impl Engine {
                 }
                 _ => {}
             }
-            let entry = JournalEntry::RunFinished {
-                status: RunStatus::Cancelled,
-                output: None,
-                failure: None,
-            };
+            let entry = JournalEntry::RunFinished { status: RunStatus::Cancelled, output: None, failure: None };
             core.state.apply(&entry).expect("an active run accepts cancellation");
             run.record(&mut core, std::iter::once(entry));
         }
@@ -458,15 +419,13 @@ impl Inner {
             .runs
             .get(run_id)
             .cloned()
-            .ok_or_else(|| Error::RunNotFound {
-                run_id: run_id.to_owned(),
-            })
+            .ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })
     }
 
     /// Retires a finished run: it is kept for inspection until `retain_finished` runs
     /// finished after it.
     fn after_change(&self, run: &Arc<LiveRun>) {
-        let status = *run.status.borrow();
+        let status = run.status();
         if status.is_terminal() && !run.retired.swap(true, Ordering::AcqRel) {
             let finished_at = run.finished_at.load(Ordering::Acquire);
             let mut table = self.runs.lock().expect("run table lock");
@@ -500,8 +459,7 @@ impl Inner {
             return;
         }
         if run.runs_inline(&ready.task) {
-            self.runtime
-                .spawn_blocking(move || inner.run_blocking_chain(run, ready));
+            self.runtime.spawn_blocking(move || inner.run_blocking_chain(run, ready));
         } else {
             self.runtime.spawn(inner.run_async(run, ready));
         }
@@ -570,30 +528,17 @@ impl Inner {
                 (_, result) => result,
             };
             let entry = match checked {
-                Ok(payload) if spec.kind == NodeKind::Human => JournalEntry::Interrupted {
-                    node,
-                    attempt: task.attempt,
-                    payload,
-                },
-                Ok(output) => JournalEntry::NodeCompleted {
-                    node,
-                    item: task.item,
-                    attempt: task.attempt,
-                    output,
-                },
+                Ok(payload) if spec.kind == NodeKind::Human => {
+                    JournalEntry::Interrupted { node, attempt: task.attempt, payload }
+                }
+                Ok(output) => JournalEntry::NodeCompleted { node, item: task.item, attempt: task.attempt, output },
                 Err(error) => {
                     let retry_in_ms = if error.retryable {
                         spec.retry.delay_after(task.attempt).map(|d| d.as_millis() as u64)
                     } else {
                         None
                     };
-                    JournalEntry::NodeFailed {
-                        node,
-                        item: task.item,
-                        attempt: task.attempt,
-                        error,
-                        retry_in_ms,
-                    }
+                    JournalEntry::NodeFailed { node, item: task.item, attempt: task.attempt, error, retry_in_ms }
                 }
             };
             match core.state.apply(&entry) {
@@ -634,20 +579,15 @@ impl LiveRun {
         for entry in entries {
             let seq = core.journal.len() as u64;
             if !core.watchers.is_empty() {
-                let event = Event {
-                    run_id: Arc::clone(&self.run_id),
-                    seq,
-                    at_ms,
-                    kind: EventKind::Journal(entry.clone()),
-                };
+                let event =
+                    Event { run_id: Arc::clone(&self.run_id), seq, at_ms, kind: EventKind::Journal(entry.clone()) };
                 core.watchers.retain(|w| w.tx.send(event.clone()).is_ok());
             }
             core.journal.push(StoredEntry { seq, at_ms, entry });
         }
         let status = core.state.status();
         if !core.watchers.is_empty() && (status.is_terminal() || status == RunStatus::Waiting) {
-            core.watchers
-                .retain(|w| !(status.is_terminal() || w.until == WatchUntil::Settled));
+            core.watchers.retain(|w| !(status.is_terminal() || w.until == WatchUntil::Settled));
             self.has_watchers.store(!core.watchers.is_empty(), Ordering::Relaxed);
         }
         if status == RunStatus::Failed {
@@ -655,14 +595,31 @@ impl LiveRun {
             self.cancel.cancel();
         }
         if status.is_terminal() && self.finished_at.load(Ordering::Relaxed) == 0 {
-            self.finished_at
-                .store(FINISH_ORDER.fetch_add(1, Ordering::Relaxed), Ordering::Release);
+            self.finished_at.store(FINISH_ORDER.fetch_add(1, Ordering::Relaxed), Ordering::Release);
         }
-        self.status.send_if_modified(|current| {
-            let changed = *current != status;
-            *current = status;
-            changed
-        });
+        let previous = self.status.swap(status as u8, Ordering::AcqRel);
+        if previous != status as u8 && (status.is_terminal() || status == RunStatus::Waiting) {
+            self.settle.notify_waiters();
+        }
+    }
+
+    fn status(&self) -> RunStatus {
+        STATUSES[usize::from(self.status.load(Ordering::Acquire))]
+    }
+
+    /// Resolves once the run is settled: waiting for a person, or finished.
+    async fn settled(&self) {
+        loop {
+            // Register for the wake-up before looking, so that a change in between is seen.
+            let notified = self.settle.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let status = self.status();
+            if status.is_terminal() || status == RunStatus::Waiting {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Tells watchers that an attempt starts. Costs nothing when nobody watches.
@@ -709,12 +666,8 @@ impl LiveRun {
         tasks
             .into_iter()
             .map(|task| {
-                let item = task.item.map(|i| {
-                    (
-                        i,
-                        core.state.map_item(task.node, i).cloned().unwrap_or_else(Value::null),
-                    )
-                });
+                let item =
+                    task.item.map(|i| (i, core.state.map_item(task.node, i).cloned().unwrap_or_else(Value::null)));
                 let call = NodeCall {
                     run_id: Arc::clone(&self.run_id),
                     node: Arc::clone(self.workflow.name(task.node)),
@@ -739,11 +692,7 @@ impl LiveRun {
             status: core.state.status(),
             output: core.state.output().cloned(),
             failure: core.state.failure().cloned(),
-            waiting: core
-                .state
-                .waiting()
-                .map(|(id, p)| (Arc::clone(self.workflow.name(id)), p.clone()))
-                .collect(),
+            waiting: core.state.waiting().map(|(id, p)| (Arc::clone(self.workflow.name(id)), p.clone())).collect(),
         }
     }
 
@@ -797,10 +746,7 @@ async fn with_timeout(limit: Option<Duration>, attempt: impl Future<Output = Bod
     match limit {
         None => attempt.await,
         Some(limit) => tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
-            Err(NodeError::new(
-                "Timeout",
-                format!("the attempt did not finish within {:.3}s", limit.as_secs_f64()),
-            ))
+            Err(NodeError::new("Timeout", format!("the attempt did not finish within {:.3}s", limit.as_secs_f64())))
         }),
     }
 }

@@ -14,18 +14,11 @@ use crate::graph::{Dependency, Graph, GraphSpec, NodeSpec, RetryPolicy};
 const LIMIT: Duration = Duration::from_secs(5);
 
 fn graph_named(name: &str, nodes: Vec<NodeSpec>) -> Graph {
-    GraphSpec {
-        name: name.into(),
-        nodes,
-        output: None,
-    }
-    .build()
-    .expect("test graph builds")
+    GraphSpec { name: name.into(), nodes, output: None }.build().expect("test graph builds")
 }
 
 fn task(name: &str, deps: &[&str]) -> NodeSpec {
-    deps.iter()
-        .fold(NodeSpec::new(name, NodeKind::Task), |n, d| n.dep(Dependency::on(*d)))
+    deps.iter().fold(NodeSpec::new(name, NodeKind::Task), |n, d| n.dep(Dependency::on(*d)))
 }
 
 fn workflow(nodes: Vec<NodeSpec>, bodies: Vec<(&str, Body)>) -> Workflow {
@@ -64,16 +57,11 @@ fn counted(counter: &Arc<AtomicUsize>, value: serde_json::Value) -> Body {
 }
 
 fn id(run_id: &str) -> StartOptions {
-    StartOptions {
-        run_id: Some(run_id.to_owned()),
-        attachment: None,
-    }
+    StartOptions { run_id: Some(run_id.to_owned()), attachment: None }
 }
 
 async fn finish(engine: &Engine, wf: &Workflow, input: serde_json::Value) -> RunSnapshot {
-    let run = engine
-        .start(wf, Value::from(input), StartOptions::default())
-        .expect("start");
+    let run = engine.start(wf, Value::from(input), StartOptions::default()).expect("start");
     run.wait(Some(LIMIT)).await.expect("run settles")
 }
 
@@ -111,10 +99,7 @@ fn entries(engine: &Engine, run: &str) -> Vec<JournalEntry> {
 }
 
 fn report<'a>(reports: &'a [crate::engine::NodeReport], name: &str) -> &'a NodeReport {
-    reports
-        .iter()
-        .find(|r| &*r.name == name)
-        .unwrap_or_else(|| panic!("no node {name}"))
+    reports.iter().find(|r| &*r.name == name).unwrap_or_else(|| panic!("no node {name}"))
 }
 
 /// Receives events until the stream ends.
@@ -181,12 +166,7 @@ async fn a_chain_passes_each_output_to_the_next_node() {
 async fn a_join_receives_its_deps_in_dependency_order() {
     // c finishes before b, but d declares b first.
     let wf = workflow(
-        vec![
-            task("a", &[]),
-            task("b", &["a"]),
-            task("c", &["a"]),
-            task("d", &["b", "c"]),
-        ],
+        vec![task("a", &[]), task("b", &["a"]), task("c", &["a"]), task("d", &["b", "c"])],
         vec![
             ("a", constant(json!(1))),
             (
@@ -196,14 +176,8 @@ async fn a_join_receives_its_deps_in_dependency_order() {
                     ok(json!({"b": j(&call.deps[0])}))
                 }),
             ),
-            (
-                "c",
-                Body::from_async(|call: NodeCall| async move { ok(json!({"c": j(&call.deps[0])})) }),
-            ),
-            (
-                "d",
-                Body::blocking(|call: NodeCall| ok(serde_json::Value::Array(call.deps.iter().map(j).collect()))),
-            ),
+            ("c", Body::from_async(|call: NodeCall| async move { ok(json!({"c": j(&call.deps[0])})) })),
+            ("d", Body::blocking(|call: NodeCall| ok(serde_json::Value::Array(call.deps.iter().map(j).collect())))),
         ],
     );
     let engine = engine();
@@ -225,11 +199,7 @@ async fn a_join_receives_its_deps_in_dependency_order() {
 async fn several_sinks_give_a_record_output() {
     let wf = workflow(
         vec![task("a", &[]), task("x", &["a"]), task("y", &["a"])],
-        vec![
-            ("a", constant(json!(0))),
-            ("x", constant(json!("X"))),
-            ("y", constant(json!("Y"))),
-        ],
+        vec![("a", constant(json!(0))), ("x", constant(json!("X"))), ("y", constant(json!("Y")))],
     );
     let snap = finish(&engine(), &wf, json!(null)).await;
     assert_eq!(j(snap.output.as_ref().unwrap()), json!({"x": "X", "y": "Y"}));
@@ -247,16 +217,10 @@ async fn a_branch_runs_only_the_chosen_successor() {
             task("join", &["left", "right"]),
         ],
         vec![
-            (
-                "route",
-                Body::blocking(|call: NodeCall| ok(json!(j(&call.input)["go"]))),
-            ),
+            ("route", Body::blocking(|call: NodeCall| ok(json!(j(&call.input)["go"])))),
             ("left", counted(&left, json!("L"))),
             ("right", counted(&right, json!("R"))),
-            (
-                "join",
-                Body::blocking(|call: NodeCall| ok(serde_json::Value::Array(call.deps.iter().map(j).collect()))),
-            ),
+            ("join", Body::blocking(|call: NodeCall| ok(serde_json::Value::Array(call.deps.iter().map(j).collect())))),
         ],
     );
     let engine = engine();
@@ -280,10 +244,7 @@ async fn a_branch_runs_only_the_chosen_successor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_map_runs_each_item_and_keeps_input_order() {
     let wf = workflow(
-        vec![
-            task("src", &[]),
-            NodeSpec::new("m", NodeKind::Map).dep(Dependency::on("src")).over("src"),
-        ],
+        vec![task("src", &[]), NodeSpec::new("m", NodeKind::Map).dep(Dependency::on("src")).over("src")],
         vec![
             ("src", constant(json!([30, 10, 20, 0]))),
             (
@@ -320,22 +281,14 @@ async fn bodies_receive_the_attachment_given_at_start() {
             (
                 "a",
                 Body::blocking(|call: NodeCall| {
-                    let tag = call
-                        .attachment
-                        .as_ref()
-                        .and_then(|a| a.downcast_ref::<String>())
-                        .cloned();
+                    let tag = call.attachment.as_ref().and_then(|a| a.downcast_ref::<String>()).cloned();
                     ok(json!(tag))
                 }),
             ),
             (
                 "b",
                 Body::from_async(|call: NodeCall| async move {
-                    let tag = call
-                        .attachment
-                        .as_ref()
-                        .and_then(|a| a.downcast_ref::<String>())
-                        .cloned();
+                    let tag = call.attachment.as_ref().and_then(|a| a.downcast_ref::<String>()).cloned();
                     ok(json!([j(&call.deps[0]), tag]))
                 }),
             ),
@@ -343,16 +296,7 @@ async fn bodies_receive_the_attachment_given_at_start() {
     );
     let engine = engine();
     let attachment: Attachment = Arc::new("loop-1".to_owned());
-    let run = engine
-        .start(
-            &wf,
-            Value::null(),
-            StartOptions {
-                run_id: None,
-                attachment: Some(attachment),
-            },
-        )
-        .unwrap();
+    let run = engine.start(&wf, Value::null(), StartOptions { run_id: None, attachment: Some(attachment) }).unwrap();
     let snap = run.wait(Some(LIMIT)).await.unwrap();
     assert_eq!(j(snap.output.as_ref().unwrap()), json!(["loop-1", "loop-1"]));
 }
@@ -364,9 +308,7 @@ async fn start_and_drive_runs_a_blocking_chain_on_the_calling_thread() {
         let threads = Arc::clone(threads);
         Body::blocking(move |call: NodeCall| {
             threads.lock().unwrap().push(std::thread::current().id());
-            ok(json!(
-                call.deps.first().map(j).and_then(|v| v.as_i64()).unwrap_or(0) + 1
-            ))
+            ok(json!(call.deps.first().map(j).and_then(|v| v.as_i64()).unwrap_or(0) + 1))
         })
     };
     let wf = workflow(
@@ -376,9 +318,7 @@ async fn start_and_drive_runs_a_blocking_chain_on_the_calling_thread() {
     let engine = engine();
     let driver = engine.clone();
     let (caller, run) = tokio::task::spawn_blocking(move || {
-        let run = driver
-            .start_and_drive(&wf, Value::null(), StartOptions::default())
-            .unwrap();
+        let run = driver.start_and_drive(&wf, Value::null(), StartOptions::default()).unwrap();
         (std::thread::current().id(), run)
     })
     .await
@@ -404,10 +344,7 @@ async fn a_failing_node_is_retried_with_a_fresh_idempotency_key() {
             (
                 "flaky",
                 Body::blocking(move |call: NodeCall| {
-                    recorder
-                        .lock()
-                        .unwrap()
-                        .push((call.attempt, call.idempotency_key(), call.idempotency_base()));
+                    recorder.lock().unwrap().push((call.attempt, call.idempotency_key(), call.idempotency_base()));
                     if call.attempt < 3 {
                         Err(NodeError::new("Flaky", format!("attempt {}", call.attempt)))
                     } else {
@@ -434,12 +371,7 @@ async fn a_failing_node_is_retried_with_a_fresh_idempotency_key() {
     let failures: Vec<(u32, Option<u64>)> = entries(&engine, &run)
         .iter()
         .filter_map(|e| match e {
-            JournalEntry::NodeFailed {
-                attempt,
-                retry_in_ms,
-                error,
-                ..
-            } => {
+            JournalEntry::NodeFailed { attempt, retry_in_ms, error, .. } => {
                 assert_eq!(error.kind, "Flaky");
                 Some((*attempt, *retry_in_ms))
             }
@@ -458,10 +390,7 @@ async fn a_map_item_is_retried_with_its_own_item() {
     let wf = workflow(
         vec![
             task("src", &[]),
-            NodeSpec::new("m", NodeKind::Map)
-                .dep(Dependency::on("src"))
-                .over("src")
-                .retry(quick_retry(2)),
+            NodeSpec::new("m", NodeKind::Map).dep(Dependency::on("src")).over("src").retry(quick_retry(2)),
         ],
         vec![
             ("src", constant(json!(["x", "y", "z"]))),
@@ -483,15 +412,7 @@ async fn a_map_item_is_retried_with_its_own_item() {
     assert_eq!(j(snap.output.as_ref().unwrap()), json!(["x1", "y2", "z1"]));
     let mut seen = seen.lock().unwrap().clone();
     seen.sort_by_key(|s| (s.0, s.1));
-    assert_eq!(
-        seen,
-        [
-            (0, 1, json!("x")),
-            (1, 1, json!("y")),
-            (1, 2, json!("y")),
-            (2, 1, json!("z"))
-        ]
-    );
+    assert_eq!(seen, [(0, 1, json!("x")), (1, 1, json!("y")), (1, 2, json!("y")), (2, 1, json!("z"))]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,13 +492,7 @@ async fn a_node_that_always_fails_fails_the_run_and_stops_its_descendants() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let journal = entries(&engine, &snap.run_id);
     assert_eq!(journal.len(), journal_len);
-    assert!(matches!(
-        journal.last(),
-        Some(JournalEntry::RunFinished {
-            status: RunStatus::Failed,
-            ..
-        })
-    ));
+    assert!(matches!(journal.last(), Some(JournalEntry::RunFinished { status: RunStatus::Failed, .. })));
     assert_eq!(engine.snapshot(&snap.run_id).unwrap().status, RunStatus::Failed);
     assert_eq!(downstream.load(Ordering::SeqCst), 0);
 }
@@ -587,11 +502,7 @@ async fn a_timed_out_attempt_is_dropped_and_retried() {
     let dropped = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&dropped);
     let wf = workflow(
-        vec![
-            task("slow", &[])
-                .timeout(Duration::from_millis(50))
-                .retry(quick_retry(2)),
-        ],
+        vec![task("slow", &[]).timeout(Duration::from_millis(50)).retry(quick_retry(2))],
         vec![(
             "slow",
             Body::from_async(move |call: NodeCall| {
@@ -615,12 +526,9 @@ async fn a_timed_out_attempt_is_dropped_and_retried() {
     let timeouts: Vec<_> = entries(&engine, &snap.run_id)
         .into_iter()
         .filter_map(|e| match e {
-            JournalEntry::NodeFailed {
-                attempt,
-                error,
-                retry_in_ms,
-                ..
-            } => Some((attempt, error.kind, error.retryable, retry_in_ms)),
+            JournalEntry::NodeFailed { attempt, error, retry_in_ms, .. } => {
+                Some((attempt, error.kind, error.retryable, retry_in_ms))
+            }
             _ => None,
         })
         .collect();
@@ -685,16 +593,8 @@ async fn a_blocking_body_with_a_timeout_times_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_body_fails_its_node_instead_of_hanging() {
     let bodies: Vec<(&str, NodeSpec, Body)> = vec![
-        (
-            "blocking",
-            task("boom", &[]),
-            Body::blocking(|_| panic!("blocking boom")),
-        ),
-        (
-            "async",
-            task("boom", &[]),
-            Body::from_async(|_| async { panic!("async boom") }),
-        ),
+        ("blocking", task("boom", &[]), Body::blocking(|_| panic!("blocking boom"))),
+        ("async", task("boom", &[]), Body::from_async(|_| async { panic!("async boom") })),
         (
             "blocking with timeout",
             task("boom", &[]).timeout(Duration::from_secs(5)),
@@ -703,10 +603,7 @@ async fn a_panicking_body_fails_its_node_instead_of_hanging() {
     ];
     let engine = engine();
     for (what, spec, body) in bodies {
-        let wf = workflow(
-            vec![spec, task("next", &["boom"])],
-            vec![("boom", body), ("next", constant(json!(1)))],
-        );
+        let wf = workflow(vec![spec, task("next", &["boom"])], vec![("boom", body), ("next", constant(json!(1)))]);
         let snap = finish(&engine, &wf, json!(null)).await;
         assert_eq!(snap.status, RunStatus::Failed, "{what}");
         let failure = snap.failure.unwrap();
@@ -747,11 +644,7 @@ async fn cancel_drops_async_bodies_in_flight() {
         ],
     );
     let engine = engine();
-    let run = engine
-        .start(&wf, Value::null(), StartOptions::default())
-        .unwrap()
-        .id()
-        .clone();
+    let run = engine.start(&wf, Value::null(), StartOptions::default()).unwrap().id().clone();
     eventually("the body to start", || started.load(Ordering::SeqCst)).await;
     assert_eq!(engine.snapshot(&run).unwrap().status, RunStatus::Running);
 
@@ -765,10 +658,7 @@ async fn cancel_drops_async_bodies_in_flight() {
     assert_eq!(downstream.load(Ordering::SeqCst), 0);
     assert!(matches!(
         entries(&engine, &run).last(),
-        Some(JournalEntry::RunFinished {
-            status: RunStatus::Cancelled,
-            ..
-        })
+        Some(JournalEntry::RunFinished { status: RunStatus::Cancelled, .. })
     ));
 
     // Twice is fine.
@@ -800,11 +690,7 @@ async fn cancel_drops_the_result_of_a_blocking_body_in_flight() {
         ],
     );
     let engine = engine();
-    let run = engine
-        .start(&wf, Value::null(), StartOptions::default())
-        .unwrap()
-        .id()
-        .clone();
+    let run = engine.start(&wf, Value::null(), StartOptions::default()).unwrap().id().clone();
     eventually("the body to start", || started.load(Ordering::SeqCst)).await;
     engine.cancel(&run).unwrap();
     let len = engine.journal(&run).unwrap().len();
@@ -820,10 +706,7 @@ async fn cancel_drops_a_retry_waiting_out_its_backoff() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&calls);
     let wf = workflow(
-        vec![task("a", &[]).retry(RetryPolicy {
-            initial_backoff: Duration::from_millis(100),
-            ..quick_retry(3)
-        })],
+        vec![task("a", &[]).retry(RetryPolicy { initial_backoff: Duration::from_millis(100), ..quick_retry(3) })],
         vec![(
             "a",
             Body::blocking(move |_| {
@@ -833,15 +716,9 @@ async fn cancel_drops_a_retry_waiting_out_its_backoff() {
         )],
     );
     let engine = engine();
-    let run = engine
-        .start(&wf, Value::null(), StartOptions::default())
-        .unwrap()
-        .id()
-        .clone();
+    let run = engine.start(&wf, Value::null(), StartOptions::default()).unwrap().id().clone();
     eventually("the first failure", || {
-        entries(&engine, &run)
-            .iter()
-            .any(|e| matches!(e, JournalEntry::NodeFailed { .. }))
+        entries(&engine, &run).iter().any(|e| matches!(e, JournalEntry::NodeFailed { .. }))
     })
     .await;
     engine.cancel(&run).unwrap();
@@ -878,14 +755,8 @@ fn human_workflow() -> Workflow {
     workflow(
         vec![NodeSpec::new("ask", NodeKind::Human), task("after", &["ask"])],
         vec![
-            (
-                "ask",
-                Body::blocking(|call: NodeCall| ok(json!({"question": j(&call.input)}))),
-            ),
-            (
-                "after",
-                Body::blocking(|call: NodeCall| ok(json!(format!("{}!", j(&call.deps[0]).as_str().unwrap())))),
-            ),
+            ("ask", Body::blocking(|call: NodeCall| ok(json!({"question": j(&call.input)})))),
+            ("after", Body::blocking(|call: NodeCall| ok(json!(format!("{}!", j(&call.deps[0]).as_str().unwrap()))))),
         ],
     )
 }
@@ -894,11 +765,7 @@ fn human_workflow() -> Workflow {
 async fn a_human_node_pauses_the_run_until_resumed() {
     let wf = human_workflow();
     let engine = engine();
-    let run = engine
-        .start(&wf, Value::from(json!("proceed?")), StartOptions::default())
-        .unwrap()
-        .id()
-        .clone();
+    let run = engine.start(&wf, Value::from(json!("proceed?")), StartOptions::default()).unwrap().id().clone();
     let snap = engine.wait(&run, Some(LIMIT)).await.unwrap();
     assert_eq!(snap.status, RunStatus::Waiting);
     let waiting: Vec<_> = snap.waiting.iter().map(|(n, p)| (n.to_string(), j(p))).collect();
@@ -918,19 +785,12 @@ async fn a_human_node_pauses_the_run_until_resumed() {
     assert_eq!(snap.status, RunStatus::Completed, "{:?}", snap.failure);
     assert_eq!(j(snap.output.as_ref().unwrap()), json!("yes!"));
     assert!(snap.waiting.is_empty());
-    assert!(
-        entries(&engine, &run)
-            .iter()
-            .any(|e| matches!(e, JournalEntry::Resumed { node, .. } if &**node == "ask"))
-    );
+    assert!(entries(&engine, &run).iter().any(|e| matches!(e, JournalEntry::Resumed { node, .. } if &**node == "ask")));
 
     // Answering again is an error: nothing waits any more.
     assert!(matches!(
         engine.resume(&run, None, Value::from(json!("again")), None),
-        Err(Error::InvalidRunState {
-            status: RunStatus::Completed,
-            ..
-        })
+        Err(Error::InvalidRunState { status: RunStatus::Completed, .. })
     ));
 }
 
@@ -957,18 +817,9 @@ async fn resume_of_an_unknown_or_running_run_is_an_error() {
             }),
         )],
     );
-    let run = engine
-        .start(&wf, Value::null(), StartOptions::default())
-        .unwrap()
-        .id()
-        .clone();
+    let run = engine.start(&wf, Value::null(), StartOptions::default()).unwrap().id().clone();
     match engine.resume(&run, None, Value::null(), None).err() {
-        Some(Error::InvalidRunState {
-            status,
-            action,
-            expected,
-            ..
-        }) => {
+        Some(Error::InvalidRunState { status, action, expected, .. }) => {
             assert_eq!(status, RunStatus::Running);
             assert_eq!(action, "resume");
             assert_eq!(expected, "waiting");
@@ -980,10 +831,7 @@ async fn resume_of_an_unknown_or_running_run_is_an_error() {
     assert_eq!(snap.status, RunStatus::Completed);
     assert!(matches!(
         engine.resume(&run, None, Value::null(), None),
-        Err(Error::InvalidRunState {
-            status: RunStatus::Completed,
-            ..
-        })
+        Err(Error::InvalidRunState { status: RunStatus::Completed, .. })
     ));
 }
 
@@ -991,27 +839,14 @@ async fn resume_of_an_unknown_or_running_run_is_an_error() {
 async fn a_cancelled_run_waits_for_nobody() {
     let wf = human_workflow();
     let engine = engine();
-    let run = engine
-        .start(&wf, Value::null(), StartOptions::default())
-        .unwrap()
-        .id()
-        .clone();
+    let run = engine.start(&wf, Value::null(), StartOptions::default()).unwrap().id().clone();
     let snap = engine.wait(&run, Some(LIMIT)).await.unwrap();
     assert_eq!(snap.status, RunStatus::Waiting);
     engine.cancel(&run).unwrap();
     let snap = engine.snapshot(&run).unwrap();
     assert_eq!(snap.status, RunStatus::Cancelled);
     let resumed = engine.resume(&run, None, Value::from(json!("late")), None).err();
-    assert!(
-        matches!(
-            resumed,
-            Some(Error::InvalidRunState {
-                status: RunStatus::Cancelled,
-                ..
-            })
-        ),
-        "{resumed:?}"
-    );
+    assert!(matches!(resumed, Some(Error::InvalidRunState { status: RunStatus::Cancelled, .. })), "{resumed:?}");
     assert!(snap.waiting.is_empty(), "{:?}", snap.waiting);
 }
 
@@ -1028,20 +863,10 @@ async fn wait_gives_up_after_its_timeout() {
         )],
     );
     let engine = engine();
-    let run = engine
-        .start(&wf, Value::null(), StartOptions::default())
-        .unwrap()
-        .id()
-        .clone();
-    assert!(matches!(
-        engine.wait(&run, Some(Duration::from_millis(30))).await,
-        Err(Error::WaitTimeout { .. })
-    ));
+    let run = engine.start(&wf, Value::null(), StartOptions::default()).unwrap().id().clone();
+    assert!(matches!(engine.wait(&run, Some(Duration::from_millis(30))).await, Err(Error::WaitTimeout { .. })));
     engine.cancel(&run).unwrap();
-    assert!(matches!(
-        engine.wait("unknown", Some(LIMIT)).await,
-        Err(Error::RunNotFound { .. })
-    ));
+    assert!(matches!(engine.wait("unknown", Some(LIMIT)).await, Err(Error::RunNotFound { .. })));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1070,27 +895,15 @@ async fn starting_the_same_run_id_twice_runs_it_once() {
         ],
     );
     let engine = engine();
-    let first = engine
-        .start(&wf, Value::from(json!(1)), id("same"))
-        .unwrap()
-        .id()
-        .clone();
+    let first = engine.start(&wf, Value::from(json!(1)), id("same")).unwrap().id().clone();
     // While the first is running, and with another input: the first run is returned.
-    let second = engine
-        .start(&wf, Value::from(json!(2)), id("same"))
-        .unwrap()
-        .id()
-        .clone();
+    let second = engine.start(&wf, Value::from(json!(2)), id("same")).unwrap().id().clone();
     assert_eq!(&*first, "same");
     assert_eq!(first, second);
     let snap = engine.wait(&first, Some(LIMIT)).await.unwrap();
     assert_eq!(snap.status, RunStatus::Completed);
     // And once it has finished.
-    let third = engine
-        .start(&wf, Value::from(json!(3)), id("same"))
-        .unwrap()
-        .id()
-        .clone();
+    let third = engine.start(&wf, Value::from(json!(3)), id("same")).unwrap().id().clone();
     assert_eq!(third, first);
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert_eq!(a_calls.load(Ordering::SeqCst), 1);
@@ -1120,11 +933,7 @@ async fn a_run_id_taken_by_another_graph_is_a_conflict() {
     engine.start(&one, Value::null(), id("shared")).unwrap();
     for other in [&two, &one_v2] {
         match engine.start(other, Value::null(), id("shared")).err() {
-            Some(Error::RunIdConflict {
-                run_id,
-                existing,
-                requested,
-            }) => {
+            Some(Error::RunIdConflict { run_id, existing, requested }) => {
                 assert_eq!(run_id, "shared");
                 assert!(existing.starts_with("one@"), "{existing}");
                 assert_ne!(existing, requested);
@@ -1135,10 +944,7 @@ async fn a_run_id_taken_by_another_graph_is_a_conflict() {
     let snap = engine.wait("shared", Some(LIMIT)).await.unwrap();
     assert_eq!(&*snap.graph, "one");
     assert_eq!(j(snap.output.as_ref().unwrap()), json!(1));
-    assert!(matches!(
-        engine.start(&one, Value::null(), id("  ")),
-        Err(Error::InvalidInput { .. })
-    ));
+    assert!(matches!(engine.start(&one, Value::null(), id("  ")), Err(Error::InvalidInput { .. })));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1150,14 +956,9 @@ async fn finished_runs_beyond_the_retention_limit_are_forgotten() {
     let second = engine.start(&wf, Value::null(), id("second")).unwrap();
     second.wait(Some(LIMIT)).await.unwrap();
     // Retiring happens just after the status is published, so give it a moment.
-    eventually("the first run to be forgotten", || {
-        matches!(engine.snapshot("first"), Err(Error::RunNotFound { .. }))
-    })
-    .await;
-    assert!(matches!(
-        engine.wait("first", Some(LIMIT)).await,
-        Err(Error::RunNotFound { .. })
-    ));
+    eventually("the first run to be forgotten", || matches!(engine.snapshot("first"), Err(Error::RunNotFound { .. })))
+        .await;
+    assert!(matches!(engine.wait("first", Some(LIMIT)).await, Err(Error::RunNotFound { .. })));
     assert_eq!(engine.snapshot("second").unwrap().status, RunStatus::Completed);
     // A handle outlives the engine's memory of the run.
     let snap = first.wait(Some(LIMIT)).await.unwrap();
@@ -1196,9 +997,8 @@ async fn watchers_see_every_event_in_order() {
         ],
     );
     let engine = engine();
-    let (run, mut rx) = engine
-        .start_watched(&wf, Value::null(), StartOptions::default(), WatchUntil::Finished)
-        .unwrap();
+    let (run, mut rx) =
+        engine.start_watched(&wf, Value::null(), StartOptions::default(), WatchUntil::Finished).unwrap();
     let run = run.id().clone();
     let events = drain(&mut rx).await;
     assert!(events.iter().all(|e| e.run_id == run));
@@ -1206,10 +1006,7 @@ async fn watchers_see_every_event_in_order() {
     let journal = journal_events(&events);
     let seqs: Vec<u64> = journal.iter().map(|(s, _)| *s).collect();
     assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
-    assert!(matches!(
-        events.first().map(|e| &e.kind),
-        Some(EventKind::Journal(JournalEntry::RunStarted { .. }))
-    ));
+    assert!(matches!(events.first().map(|e| &e.kind), Some(EventKind::Journal(JournalEntry::RunStarted { .. }))));
     match &events.last().unwrap().kind {
         EventKind::Journal(JournalEntry::RunFinished { status, output, .. }) => {
             assert_eq!(*status, RunStatus::Completed);
@@ -1243,14 +1040,8 @@ async fn watchers_see_every_event_in_order() {
 async fn a_settled_watch_ends_at_the_pause() {
     let wf = human_workflow();
     let engine = engine();
-    let (run, mut rx) = engine
-        .start_watched(
-            &wf,
-            Value::from(json!("?")),
-            StartOptions::default(),
-            WatchUntil::Settled,
-        )
-        .unwrap();
+    let (run, mut rx) =
+        engine.start_watched(&wf, Value::from(json!("?")), StartOptions::default(), WatchUntil::Settled).unwrap();
     let run = run.id().clone();
     let events = drain(&mut rx).await;
     let journal = journal_events(&events);
@@ -1261,23 +1052,12 @@ async fn a_settled_watch_ends_at_the_pause() {
     assert_eq!(engine.snapshot(&run).unwrap().status, RunStatus::Waiting);
 
     let mut rx = engine.watch(&run, WatchUntil::Finished).unwrap();
-    engine
-        .resume(&run, Some("ask"), Value::from(json!("go")), None)
-        .unwrap();
+    engine.resume(&run, Some("ask"), Value::from(json!("go")), None).unwrap();
     let events = drain(&mut rx).await;
     let journal = journal_events(&events);
     let seqs: Vec<u64> = journal.iter().map(|(s, _)| *s).collect();
     assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
-    assert!(matches!(
-        journal.last(),
-        Some((
-            _,
-            JournalEntry::RunFinished {
-                status: RunStatus::Completed,
-                ..
-            }
-        ))
-    ));
+    assert!(matches!(journal.last(), Some((_, JournalEntry::RunFinished { status: RunStatus::Completed, .. }))));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1297,12 +1077,7 @@ async fn a_diamond_join_runs_once_per_run_under_racing_dependencies() {
     let d_calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let recorder = Arc::clone(&d_calls);
     let wf = workflow(
-        vec![
-            task("a", &[]),
-            task("b", &["a"]),
-            task("c", &["a"]),
-            task("d", &["b", "c"]),
-        ],
+        vec![task("a", &[]), task("b", &["a"]), task("c", &["a"]), task("d", &["b", "c"])],
         vec![
             ("a", jittery(json!("a"))),
             ("b", jittery(json!("b"))),
@@ -1319,19 +1094,10 @@ async fn a_diamond_join_runs_once_per_run_under_racing_dependencies() {
     );
     let engine = engine();
     let runs: Vec<Arc<str>> = (0..RUNS)
-        .map(|i| {
-            engine
-                .start(&wf, Value::from(json!(i)), StartOptions::default())
-                .unwrap()
-                .id()
-                .clone()
-        })
+        .map(|i| engine.start(&wf, Value::from(json!(i)), StartOptions::default()).unwrap().id().clone())
         .collect();
     for run in &runs {
-        let snap = engine
-            .wait(run, Some(Duration::from_secs(10)))
-            .await
-            .unwrap_or_else(|e| panic!("run {run}: {e}"));
+        let snap = engine.wait(run, Some(Duration::from_secs(10))).await.unwrap_or_else(|e| panic!("run {run}: {e}"));
         assert_eq!(snap.status, RunStatus::Completed, "{run}: {:?}", snap.failure);
         assert_eq!(j(snap.output.as_ref().unwrap()), json!(["b", "c"]));
     }
@@ -1351,20 +1117,20 @@ async fn a_run_whose_last_nodes_finish_together_is_seen_completed() {
     let bodies: Vec<(String, Body)> = (0..SINKS).map(|i| (format!("s{i}"), constant(json!(i)))).collect();
     let wf = workflow(sinks, bodies.iter().map(|(n, b)| (n.as_str(), b.clone())).collect());
     let engine = engine();
-    let runs: Vec<Arc<str>> = (0..RUNS)
-        .map(|_| {
-            engine
-                .start(&wf, Value::null(), StartOptions::default())
-                .unwrap()
-                .id()
-                .clone()
-        })
-        .collect();
+    let runs: Vec<Arc<str>> =
+        (0..RUNS).map(|_| engine.start(&wf, Value::null(), StartOptions::default()).unwrap().id().clone()).collect();
     for run in &runs {
         let snap = engine
             .wait(run, Some(Duration::from_secs(2)))
             .await
             .unwrap_or_else(|e| panic!("run {run}: {e}; state: {:?}", engine.snapshot(run).map(|s| s.status)));
         assert_eq!(snap.status, RunStatus::Completed);
+    }
+}
+
+#[test]
+fn the_status_mirror_maps_every_status_back_to_itself() {
+    for status in STATUSES {
+        assert_eq!(STATUSES[status as usize], status);
     }
 }

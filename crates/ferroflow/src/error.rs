@@ -16,38 +16,22 @@ pub enum GraphError {
     #[error("graph '{graph}': node '{node}' is defined twice")]
     DuplicateNode { graph: String, node: String },
     #[error("graph '{graph}': node '{node}' depends on '{dependency}', which is not a node of the graph")]
-    UnknownDependency {
-        graph: String,
-        node: String,
-        dependency: String,
-    },
+    UnknownDependency { graph: String, node: String, dependency: String },
     #[error(
         "graph '{graph}': parameter '{param}' of node '{node}' is not provided: no node is called \
          '{param}'. Add that node, give the parameter a default, or map it to a node explicitly"
     )]
     UnresolvedParameter { graph: String, node: String, param: String },
     #[error("graph '{graph}': node '{node}' lists '{dependency}' twice among its dependencies")]
-    DuplicateDependency {
-        graph: String,
-        node: String,
-        dependency: String,
-    },
+    DuplicateDependency { graph: String, node: String, dependency: String },
     #[error("graph '{graph}': node '{node}' has a labelled edge from '{dependency}', which is not a branch")]
-    LabelOnPlainEdge {
-        graph: String,
-        node: String,
-        dependency: String,
-    },
+    LabelOnPlainEdge { graph: String, node: String, dependency: String },
     #[error("graph '{graph}' has a cycle: {}", cycle.join(" -> "))]
     Cycle { graph: String, cycle: Vec<String> },
     #[error("graph '{graph}': the output node '{node}' is not a node of the graph")]
     UnknownOutput { graph: String, node: String },
     #[error("graph '{graph}': node '{node}': {reason}")]
-    Invalid {
-        graph: String,
-        node: String,
-        reason: String,
-    },
+    Invalid { graph: String, node: String, reason: String },
 }
 
 /// Why a node attempt failed. Recorded in the journal and shown to users, so it carries
@@ -72,20 +56,12 @@ fn yes() -> bool {
 impl NodeError {
     /// A retryable failure of type `kind`.
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
-        NodeError {
-            kind: kind.into(),
-            message: message.into(),
-            traceback: None,
-            retryable: true,
-        }
+        NodeError { kind: kind.into(), message: message.into(), traceback: None, retryable: true }
     }
 
     /// A failure that retrying cannot fix.
     pub fn permanent(kind: impl Into<String>, message: impl Into<String>) -> Self {
-        NodeError {
-            retryable: false,
-            ..NodeError::new(kind, message)
-        }
+        NodeError { retryable: false, ..NodeError::new(kind, message) }
     }
 
     pub fn with_traceback(mut self, traceback: impl Into<String>) -> Self {
@@ -111,41 +87,19 @@ pub enum Error {
     #[error("run '{run_id}' not found")]
     RunNotFound { run_id: String },
     #[error("run '{run_id}' exists with graph '{existing}', not '{requested}': run ids must be unique")]
-    RunIdConflict {
-        run_id: String,
-        existing: String,
-        requested: String,
-    },
+    RunIdConflict { run_id: String, existing: String, requested: String },
     #[error("run '{run_id}' is {status}; {action} needs a run that is {expected}")]
-    InvalidRunState {
-        run_id: String,
-        status: RunStatus,
-        action: &'static str,
-        expected: &'static str,
-    },
+    InvalidRunState { run_id: String, status: RunStatus, action: &'static str, expected: &'static str },
     #[error("run '{run_id}' is waiting at {waiting:?}, not at '{node}'")]
-    NotWaitingAt {
-        run_id: String,
-        node: String,
-        waiting: Vec<String>,
-    },
+    NotWaitingAt { run_id: String, node: String, waiting: Vec<String> },
     #[error("run '{run_id}' is waiting at several nodes ({waiting:?}); say which one the value answers")]
     AmbiguousResume { run_id: String, waiting: Vec<String> },
     #[error("run '{run_id}': {reason}")]
     InvalidInput { run_id: String, reason: String },
     #[error("run '{run_id}' graph '{graph}' version {expected} is not the version {found} registered here")]
-    VersionMismatch {
-        run_id: String,
-        graph: String,
-        expected: String,
-        found: String,
-    },
+    VersionMismatch { run_id: String, graph: String, expected: String, found: String },
     #[error("run '{run_id}': the journal is inconsistent with graph '{graph}': {reason}")]
-    CorruptJournal {
-        run_id: String,
-        graph: String,
-        reason: String,
-    },
+    CorruptJournal { run_id: String, graph: String, reason: String },
     #[error("store: {0}")]
     Store(String),
     #[error("timed out after {seconds:.3}s waiting for run '{run_id}'")]

@@ -67,11 +67,7 @@ pub struct Dependency {
 impl Dependency {
     /// An edge whose output is passed to the body.
     pub fn on(node: impl Into<String>) -> Self {
-        Dependency {
-            node: node.into(),
-            param: None,
-            when: None,
-        }
+        Dependency { node: node.into(), param: None, when: None }
     }
 
     /// Records the body parameter that receives this dependency.
@@ -243,11 +239,7 @@ pub struct GraphSpec {
 
 impl GraphSpec {
     pub fn new(name: impl Into<String>) -> Self {
-        GraphSpec {
-            name: name.into(),
-            nodes: Vec::new(),
-            output: None,
-        }
+        GraphSpec { name: name.into(), nodes: Vec::new(), output: None }
     }
 
     /// Validates the spec and builds the graph.
@@ -267,16 +259,10 @@ impl Graph {
         let mut declared: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
         for (i, node) in nodes.iter().enumerate() {
             if node.name.trim().is_empty() || node.name.contains(['\n', '\r']) {
-                return Err(GraphError::InvalidNodeName {
-                    graph: name.clone(),
-                    node: node.name.clone(),
-                });
+                return Err(GraphError::InvalidNodeName { graph: name.clone(), node: node.name.clone() });
             }
             if declared.insert(&node.name, i).is_some() {
-                return Err(GraphError::DuplicateNode {
-                    graph: name.clone(),
-                    node: node.name.clone(),
-                });
+                return Err(GraphError::DuplicateNode { graph: name.clone(), node: node.name.clone() });
             }
         }
         for node in &nodes {
@@ -290,59 +276,32 @@ impl Graph {
             position[old] = new;
         }
         let mut slots: Vec<Option<NodeSpec>> = nodes.into_iter().map(Some).collect();
-        let nodes: Vec<NodeSpec> = order
-            .iter()
-            .map(|&old| slots[old].take().expect("each node once"))
-            .collect();
+        let nodes: Vec<NodeSpec> = order.iter().map(|&old| slots[old].take().expect("each node once")).collect();
         let index: HashMap<String, NodeId> = nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
 
         let mut incoming = Vec::with_capacity(nodes.len());
         let mut outgoing = vec![Vec::new(); nodes.len()];
         let mut over = Vec::with_capacity(nodes.len());
         for (id, node) in nodes.iter().enumerate() {
-            let edges: Vec<InEdge> = node
-                .deps
-                .iter()
-                .map(|d| InEdge {
-                    from: index[&d.node],
-                    when: d.when.clone(),
-                })
-                .collect();
+            let edges: Vec<InEdge> =
+                node.deps.iter().map(|d| InEdge { from: index[&d.node], when: d.when.clone() }).collect();
             for edge in &edges {
                 if !outgoing[edge.from].contains(&id) {
                     outgoing[edge.from].push(id);
                 }
             }
-            over.push(
-                node.over
-                    .as_ref()
-                    .map(|o| node.deps.iter().position(|d| &d.node == o).expect("validated")),
-            );
+            over.push(node.over.as_ref().map(|o| node.deps.iter().position(|d| &d.node == o).expect("validated")));
             incoming.push(edges);
         }
         let output = match output {
-            Some(out) => Some(*index.get(&out).ok_or_else(|| GraphError::UnknownOutput {
-                graph: name.clone(),
-                node: out.clone(),
-            })?),
+            Some(out) => Some(
+                *index.get(&out).ok_or_else(|| GraphError::UnknownOutput { graph: name.clone(), node: out.clone() })?,
+            ),
             None => None,
         };
         let version = version_of(&name, &nodes, output.map(|o| nodes[o].name.as_str()));
-        let gated = incoming
-            .iter()
-            .map(|edges: &Vec<InEdge>| edges.iter().any(|e| e.when.is_some()))
-            .collect();
-        Ok(Graph {
-            name,
-            version,
-            nodes,
-            index,
-            incoming,
-            outgoing,
-            over,
-            gated,
-            output,
-        })
+        let gated = incoming.iter().map(|edges: &Vec<InEdge>| edges.iter().any(|e| e.when.is_some())).collect();
+        Ok(Graph { name, version, nodes, index, incoming, outgoing, over, gated, output })
     }
 
     pub fn name(&self) -> &str {
@@ -603,10 +562,7 @@ fn topological_order(
         if let Some(&at) = on_path.get(&next) {
             let mut cycle: Vec<String> = path[at..].iter().rev().map(|&i| nodes[i].name.clone()).collect();
             cycle.push(cycle[0].clone());
-            return Err(GraphError::Cycle {
-                graph: graph.to_owned(),
-                cycle,
-            });
+            return Err(GraphError::Cycle { graph: graph.to_owned(), cycle });
         }
         on_path.insert(next, path.len());
         path.push(next);
@@ -663,17 +619,11 @@ mod tests {
     use super::*;
 
     fn task(name: &str, deps: &[&str]) -> NodeSpec {
-        deps.iter()
-            .fold(NodeSpec::new(name, NodeKind::Task), |n, d| n.dep(Dependency::on(*d)))
+        deps.iter().fold(NodeSpec::new(name, NodeKind::Task), |n, d| n.dep(Dependency::on(*d)))
     }
 
     fn graph(nodes: Vec<NodeSpec>) -> Result<Graph, GraphError> {
-        GraphSpec {
-            name: "g".into(),
-            nodes,
-            output: None,
-        }
-        .build()
+        GraphSpec { name: "g".into(), nodes, output: None }.build()
     }
 
     #[test]
@@ -686,13 +636,7 @@ mod tests {
 
     #[test]
     fn a_cycle_is_reported_with_its_path() {
-        let err = graph(vec![
-            task("a", &["c"]),
-            task("b", &["a"]),
-            task("c", &["b"]),
-            task("d", &[]),
-        ])
-        .unwrap_err();
+        let err = graph(vec![task("a", &["c"]), task("b", &["a"]), task("c", &["b"]), task("d", &[])]).unwrap_err();
         match err {
             GraphError::Cycle { cycle, .. } => {
                 assert_eq!(cycle.first(), cycle.last());
@@ -716,35 +660,22 @@ mod tests {
         assert!(err.to_string().contains("'a'"), "{err}");
         let err = graph(vec![task("a", &[]), task("a", &[])]).unwrap_err();
         assert!(matches!(err, GraphError::DuplicateNode { node, .. } if node == "a"));
-        let err = graph(vec![
-            NodeSpec::new("b", NodeKind::Task).dep(Dependency::on("x").param("x")),
-        ])
-        .unwrap_err();
+        let err = graph(vec![NodeSpec::new("b", NodeKind::Task).dep(Dependency::on("x").param("x"))]).unwrap_err();
         assert!(matches!(err, GraphError::UnresolvedParameter { node, param, .. } if node == "b" && param == "x"));
     }
 
     #[test]
     fn labels_only_on_edges_out_of_branches() {
-        let err = graph(vec![
-            task("a", &[]),
-            NodeSpec::new("b", NodeKind::Task).dep(Dependency::on("a").when(["x"])),
-        ])
-        .unwrap_err();
+        let err = graph(vec![task("a", &[]), NodeSpec::new("b", NodeKind::Task).dep(Dependency::on("a").when(["x"]))])
+            .unwrap_err();
         assert!(matches!(err, GraphError::LabelOnPlainEdge { .. }));
     }
 
     #[test]
     fn map_nodes_must_run_over_a_dependency() {
-        let err = graph(vec![
-            task("a", &[]),
-            NodeSpec::new("m", NodeKind::Map).dep(Dependency::on("a")),
-        ])
-        .unwrap_err();
+        let err = graph(vec![task("a", &[]), NodeSpec::new("m", NodeKind::Map).dep(Dependency::on("a"))]).unwrap_err();
         assert!(matches!(err, GraphError::Invalid { node, .. } if node == "m"));
-        let ok = graph(vec![
-            task("a", &[]),
-            NodeSpec::new("m", NodeKind::Map).dep(Dependency::on("a")).over("a"),
-        ]);
+        let ok = graph(vec![task("a", &[]), NodeSpec::new("m", NodeKind::Map).dep(Dependency::on("a")).over("a")]);
         assert!(ok.is_ok());
     }
 
@@ -767,26 +698,15 @@ mod tests {
 
     #[test]
     fn retry_delays_grow_and_stop_at_the_last_attempt() {
-        let policy = RetryPolicy {
-            max_attempts: 4,
-            jitter: 0.0,
-            ..RetryPolicy::default()
-        };
+        let policy = RetryPolicy { max_attempts: 4, jitter: 0.0, ..RetryPolicy::default() };
         assert_eq!(policy.delay_after(1), Some(Duration::from_millis(100)));
         assert_eq!(policy.delay_after(2), Some(Duration::from_millis(200)));
         assert_eq!(policy.delay_after(3), Some(Duration::from_millis(400)));
         assert_eq!(policy.delay_after(4), None);
-        let jittered = RetryPolicy {
-            max_attempts: 2,
-            jitter: 0.5,
-            ..RetryPolicy::default()
-        };
+        let jittered = RetryPolicy { max_attempts: 2, jitter: 0.5, ..RetryPolicy::default() };
         for _ in 0..100 {
             let d = jittered.delay_after(1).unwrap();
-            assert!(
-                d >= Duration::from_millis(50) && d <= Duration::from_millis(150),
-                "{d:?}"
-            );
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(150), "{d:?}");
         }
     }
 

@@ -130,11 +130,7 @@ impl JournalEntry {
 #[derive(Clone, Debug)]
 pub enum EventKind {
     Journal(JournalEntry),
-    NodeStarted {
-        node: Arc<str>,
-        item: Option<u32>,
-        attempt: u32,
-    },
+    NodeStarted { node: Arc<str>, item: Option<u32>, attempt: u32 },
 }
 
 /// One event of a run. Journal events carry their position in the journal as `seq`
@@ -152,8 +148,5 @@ pub struct Event {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -172,14 +172,10 @@ impl RunState {
     /// waits for nobody.
     pub fn waiting(&self) -> impl Iterator<Item = (NodeId, &Value)> {
         let active = !self.status.is_terminal();
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter(move |_| active)
-            .filter_map(|(id, n)| match n {
-                NodeState::Waiting { payload, .. } => Some((id, payload)),
-                _ => None,
-            })
+        self.nodes.iter().enumerate().filter(move |_| active).filter_map(|(id, n)| match n {
+            NodeState::Waiting { payload, .. } => Some((id, payload)),
+            _ => None,
+        })
     }
 
     /// Every outstanding task: what a process resuming the run must dispatch.
@@ -190,21 +186,13 @@ impl RunState {
         }
         for (id, node) in self.nodes.iter().enumerate() {
             match node {
-                NodeState::Active { attempt } => tasks.push(Task {
-                    node: id,
-                    item: None,
-                    attempt: *attempt,
-                    delay: None,
-                }),
+                NodeState::Active { attempt } => {
+                    tasks.push(Task { node: id, item: None, attempt: *attempt, delay: None })
+                }
                 NodeState::Mapping(map) => {
                     for (i, out) in map.outputs.iter().enumerate() {
                         if out.is_none() {
-                            tasks.push(Task {
-                                node: id,
-                                item: Some(i as u32),
-                                attempt: map.attempts[i],
-                                delay: None,
-                            });
+                            tasks.push(Task { node: id, item: Some(i as u32), attempt: map.attempts[i], delay: None });
                         }
                     }
                 }
@@ -284,17 +272,9 @@ impl RunState {
             JournalEntry::RunStarted { .. } => {
                 return Err(Rejected::Inconsistent("RunStarted twice".into()));
             }
-            JournalEntry::RunFinished {
-                status,
-                output,
-                failure,
-            } => {
+            JournalEntry::RunFinished { status, output, failure } => {
                 if self.status.is_terminal() {
-                    return if self.status == *status {
-                        Ok(effects)
-                    } else {
-                        Err(Rejected::Stale)
-                    };
+                    return if self.status == *status { Ok(effects) } else { Err(Rejected::Stale) };
                 }
                 self.status = *status;
                 if output.is_some() {
@@ -306,21 +286,14 @@ impl RunState {
                 return Ok(effects);
             }
             _ if self.status.is_terminal() => return Err(Rejected::Stale),
-            JournalEntry::NodeCompleted {
-                node,
-                item,
-                attempt,
-                output,
-            } => {
+            JournalEntry::NodeCompleted { node, item, attempt, output } => {
                 let id = self.id(node)?;
                 self.accept_attempt(id, *item, *attempt)?;
                 self.in_flight -= 1;
                 match item {
                     None => self.complete(id, output.clone(), &mut effects),
                     Some(i) => {
-                        let NodeState::Mapping(map) = &mut self.nodes[id] else {
-                            unreachable!("checked")
-                        };
+                        let NodeState::Mapping(map) = &mut self.nodes[id] else { unreachable!("checked") };
                         map.outputs[*i as usize] = Some(output.clone());
                         map.remaining -= 1;
                         if map.remaining == 0 {
@@ -330,13 +303,7 @@ impl RunState {
                     }
                 }
             }
-            JournalEntry::NodeFailed {
-                node,
-                item,
-                attempt,
-                error,
-                retry_in_ms,
-            } => {
+            JournalEntry::NodeFailed { node, item, attempt, error, retry_in_ms } => {
                 let id = self.id(node)?;
                 self.accept_attempt(id, *item, *attempt)?;
                 match retry_in_ms {
@@ -356,23 +323,14 @@ impl RunState {
                     None => {
                         self.in_flight -= 1;
                         self.nodes[id] = NodeState::Failed { error: error.clone() };
-                        self.fail(
-                            RunFailure {
-                                node: node.clone(),
-                                item: *item,
-                                error: error.clone(),
-                            },
-                            &mut effects,
-                        );
+                        self.fail(RunFailure { node: node.clone(), item: *item, error: error.clone() }, &mut effects);
                     }
                 }
             }
             JournalEntry::NodeSkipped { node } => {
                 let id = self.id(node)?;
                 if !matches!(self.nodes[id], NodeState::Skipped) {
-                    return Err(Rejected::Inconsistent(format!(
-                        "node '{node}' recorded as skipped, but it is not"
-                    )));
+                    return Err(Rejected::Inconsistent(format!("node '{node}' recorded as skipped, but it is not")));
                 }
             }
             JournalEntry::Interrupted { node, attempt, payload } => {
@@ -382,10 +340,7 @@ impl RunState {
                 }
                 self.accept_attempt(id, None, *attempt)?;
                 self.in_flight -= 1;
-                self.nodes[id] = NodeState::Waiting {
-                    attempt: *attempt,
-                    payload: payload.clone(),
-                };
+                self.nodes[id] = NodeState::Waiting { attempt: *attempt, payload: payload.clone() };
             }
             JournalEntry::Resumed { node, value } => {
                 let id = self.id(node)?;
@@ -419,11 +374,7 @@ impl RunState {
             },
             _ => return Err(Rejected::Stale),
         };
-        if current == attempt {
-            Ok(())
-        } else {
-            Err(Rejected::Stale)
-        }
+        if current == attempt { Ok(()) } else { Err(Rejected::Stale) }
     }
 
     fn complete(&mut self, id: NodeId, output: Value, effects: &mut Effects) {
@@ -443,11 +394,7 @@ impl RunState {
         let mut work = vec![(from, completed, labels.map(<[String]>::to_vec))];
         while let Some((from, completed, labels)) = work.pop() {
             for &succ in graph.outgoing(from) {
-                let edge = graph
-                    .incoming(succ)
-                    .iter()
-                    .find(|e| e.from == from)
-                    .expect("edge exists");
+                let edge = graph.incoming(succ).iter().find(|e| e.from == from).expect("edge exists");
                 let counts = edge.when.is_some() || !graph.is_gated(succ);
                 let active = counts
                     && completed
@@ -466,9 +413,7 @@ impl RunState {
                 } else {
                     self.nodes[succ] = NodeState::Skipped;
                     self.resolved += 1;
-                    effects.derived.push(JournalEntry::NodeSkipped {
-                        node: graph.node(succ).name.as_str().into(),
-                    });
+                    effects.derived.push(JournalEntry::NodeSkipped { node: graph.node(succ).name.as_str().into() });
                     work.push((succ, false, None));
                 }
             }
@@ -479,12 +424,7 @@ impl RunState {
         if self.graph.node(id).kind != NodeKind::Map {
             self.nodes[id] = NodeState::Active { attempt: 1 };
             self.in_flight += 1;
-            effects.ready.push(Task {
-                node: id,
-                item: None,
-                attempt: 1,
-                delay: None,
-            });
+            effects.ready.push(Task { node: id, item: None, attempt: 1, delay: None });
             return;
         }
         let edge = self.graph.over_edge(id).expect("validated: map nodes have `over`");
@@ -498,12 +438,7 @@ impl RunState {
             Ok(items) => {
                 let n = items.len();
                 for i in 0..n {
-                    effects.ready.push(Task {
-                        node: id,
-                        item: Some(i as u32),
-                        attempt: 1,
-                        delay: None,
-                    });
+                    effects.ready.push(Task { node: id, item: Some(i as u32), attempt: 1, delay: None });
                 }
                 self.in_flight += n;
                 self.nodes[id] = NodeState::Mapping(Box::new(MapState {
@@ -530,14 +465,7 @@ impl RunState {
                     retry_in_ms: None,
                 });
                 self.nodes[id] = NodeState::Failed { error: error.clone() };
-                self.fail(
-                    RunFailure {
-                        node: node.as_str().into(),
-                        item: None,
-                        error,
-                    },
-                    effects,
-                );
+                self.fail(RunFailure { node: node.as_str().into(), item: None, error }, effects);
             }
         }
     }
@@ -588,9 +516,7 @@ impl RunState {
         match sinks.as_slice() {
             [only] => value_of(*only),
             many => Value::Record(
-                many.iter()
-                    .map(|&id| (Arc::from(self.graph.node(id).name.as_str()), value_of(id)))
-                    .collect(),
+                many.iter().map(|&id| (Arc::from(self.graph.node(id).name.as_str()), value_of(id))).collect(),
             ),
         }
     }

@@ -9,26 +9,16 @@ use serde_json::json;
 
 fn build(nodes: Vec<NodeSpec>, output: Option<&str>) -> Arc<Graph> {
     Arc::new(
-        GraphSpec {
-            name: "g".into(),
-            nodes,
-            output: output.map(str::to_owned),
-        }
-        .build()
-        .expect("test graph builds"),
+        GraphSpec { name: "g".into(), nodes, output: output.map(str::to_owned) }.build().expect("test graph builds"),
     )
 }
 
 fn task(name: &str, deps: &[&str]) -> NodeSpec {
-    deps.iter()
-        .fold(NodeSpec::new(name, NodeKind::Task), |n, d| n.dep(Dependency::on(*d)))
+    deps.iter().fold(NodeSpec::new(name, NodeKind::Task), |n, d| n.dep(Dependency::on(*d)))
 }
 
 fn branch(name: &str, deps: &[&str]) -> NodeSpec {
-    NodeSpec {
-        kind: NodeKind::Branch,
-        ..task(name, deps)
-    }
+    NodeSpec { kind: NodeKind::Branch, ..task(name, deps) }
 }
 
 fn map_over(name: &str, over: &str) -> NodeSpec {
@@ -40,21 +30,11 @@ fn j(value: &Value) -> serde_json::Value {
 }
 
 fn completed(node: &str, attempt: u32, output: serde_json::Value) -> JournalEntry {
-    JournalEntry::NodeCompleted {
-        node: node.into(),
-        item: None,
-        attempt,
-        output: Value::from(output),
-    }
+    JournalEntry::NodeCompleted { node: node.into(), item: None, attempt, output: Value::from(output) }
 }
 
 fn item_completed(node: &str, item: u32, attempt: u32, output: serde_json::Value) -> JournalEntry {
-    JournalEntry::NodeCompleted {
-        node: node.into(),
-        item: Some(item),
-        attempt,
-        output: Value::from(output),
-    }
+    JournalEntry::NodeCompleted { node: node.into(), item: Some(item), attempt, output: Value::from(output) }
 }
 
 fn failed(node: &str, item: Option<u32>, attempt: u32, retry_in_ms: Option<u64>) -> JournalEntry {
@@ -89,11 +69,9 @@ fn skipped_names(effects: &Effects) -> Vec<String> {
 /// The `RunFinished` entry among the derived ones, as (status, output JSON, failure).
 fn finished(effects: &Effects) -> Option<(RunStatus, Option<serde_json::Value>, Option<RunFailure>)> {
     effects.derived.iter().find_map(|e| match e {
-        JournalEntry::RunFinished {
-            status,
-            output,
-            failure,
-        } => Some((*status, output.as_ref().map(j), failure.clone())),
+        JournalEntry::RunFinished { status, output, failure } => {
+            Some((*status, output.as_ref().map(j), failure.clone()))
+        }
         _ => None,
     })
 }
@@ -131,10 +109,7 @@ impl Harness {
     }
 
     fn apply(&mut self, entry: JournalEntry) -> Effects {
-        let effects = self
-            .state
-            .apply(&entry)
-            .unwrap_or_else(|e| panic!("{entry:?} rejected: {e:?}"));
+        let effects = self.state.apply(&entry).unwrap_or_else(|e| panic!("{entry:?} rejected: {e:?}"));
         self.journal.push(entry);
         self.journal.extend(effects.derived.iter().cloned());
         effects
@@ -217,10 +192,7 @@ fn a_branch_runs_only_matching_successors_and_skipping_propagates() {
     let effects = state.apply(&completed("yes", 1, json!(1))).unwrap();
     assert_eq!(state.status(), RunStatus::Completed);
     // Two sinks, one of them skipped: an object with null for the skipped one.
-    assert_eq!(
-        finished(&effects),
-        Some((RunStatus::Completed, Some(json!({"yes": 1, "no3": null})), None))
-    );
+    assert_eq!(finished(&effects), Some((RunStatus::Completed, Some(json!({"yes": 1, "no3": null})), None)));
 }
 
 #[test]
@@ -246,9 +218,7 @@ fn a_labelled_edge_gates_a_node_that_also_has_a_plain_edge() {
         vec![
             task("a", &[]),
             branch("route", &[]).labels(["go", "stop"]),
-            NodeSpec::new("x", NodeKind::Task)
-                .dep(Dependency::on("a"))
-                .dep(Dependency::on("route").when(["go"])),
+            NodeSpec::new("x", NodeKind::Task).dep(Dependency::on("a")).dep(Dependency::on("route").when(["go"])),
         ]
     };
 
@@ -373,11 +343,7 @@ fn branch_output_is_checked_against_the_known_labels() {
     let route = graph.id("route").unwrap();
     assert_eq!(state.branch_labels(route), ["a", "b", "spare"]);
     assert!(state.check_branch_output(route, &Value::from(json!("a"))).is_ok());
-    assert!(
-        state
-            .check_branch_output(route, &Value::from(json!(["b", "spare"])))
-            .is_ok()
-    );
+    assert!(state.check_branch_output(route, &Value::from(json!(["b", "spare"]))).is_ok());
     let err = state.check_branch_output(route, &Value::from(json!("c"))).unwrap_err();
     assert_eq!(err.kind, "InvalidBranchOutput");
     assert!(!err.retryable);
@@ -392,10 +358,7 @@ fn branch_output_is_checked_against_the_known_labels() {
 // ---------------------------------------------------------------------------------------
 
 fn map_graph() -> Arc<Graph> {
-    build(
-        vec![task("src", &[]), map_over("m", "src"), task("after", &["m"])],
-        None,
-    )
+    build(vec![task("src", &[]), map_over("m", "src"), task("after", &["m"])], None)
 }
 
 #[test]
@@ -420,11 +383,7 @@ fn map_items_become_tasks_and_the_output_keeps_input_order() {
     let effects = state.apply(&item_completed("m", 1, 1, json!("B"))).unwrap();
     assert_eq!(ready_names(&graph, &effects), ["after"]);
     assert_eq!(completed_output(&state, "m"), Some(json!(["A", "B", "C"])));
-    let deps: Vec<_> = state
-        .dependency_values(graph.id("after").unwrap())
-        .iter()
-        .map(j)
-        .collect();
+    let deps: Vec<_> = state.dependency_values(graph.id("after").unwrap()).iter().map(j).collect();
     assert_eq!(deps, [json!(["A", "B", "C"])]);
 }
 
@@ -452,13 +411,9 @@ fn a_map_over_a_non_list_fails_the_run() {
     let effects = state.apply(&completed("src", 1, json!({"a": 1}))).unwrap();
     assert!(effects.ready.is_empty());
     let node_failed = effects.derived.iter().find_map(|e| match e {
-        JournalEntry::NodeFailed {
-            node,
-            error,
-            retry_in_ms,
-            item,
-            ..
-        } => Some((node.to_string(), error.clone(), *retry_in_ms, *item)),
+        JournalEntry::NodeFailed { node, error, retry_in_ms, item, .. } => {
+            Some((node.to_string(), error.clone(), *retry_in_ms, *item))
+        }
         _ => None,
     });
     let (node, error, retry, item) = node_failed.expect("a derived NodeFailed");
@@ -468,13 +423,7 @@ fn a_map_over_a_non_list_fails_the_run() {
     assert_eq!(retry, None);
     assert_eq!(item, None);
     // NodeFailed comes before RunFinished.
-    assert!(matches!(
-        effects.derived.last(),
-        Some(JournalEntry::RunFinished {
-            status: RunStatus::Failed,
-            ..
-        })
-    ));
+    assert!(matches!(effects.derived.last(), Some(JournalEntry::RunFinished { status: RunStatus::Failed, .. })));
     let (status, output, failure) = finished(&effects).unwrap();
     assert_eq!(status, RunStatus::Failed);
     assert_eq!(output, None);
@@ -490,20 +439,9 @@ fn a_map_item_retries_on_its_own() {
     let (mut state, _) = RunState::start(Arc::clone(&graph), Value::null());
     state.apply(&completed("src", 1, json!([1, 2]))).unwrap();
     let effects = state.apply(&failed("m", Some(1), 1, Some(40))).unwrap();
-    assert_eq!(
-        effects.ready,
-        [Task {
-            node: m,
-            item: Some(1),
-            attempt: 2,
-            delay: Some(Duration::from_millis(40)),
-        }]
-    );
+    assert_eq!(effects.ready, [Task { node: m, item: Some(1), attempt: 2, delay: Some(Duration::from_millis(40)) }]);
     // The superseded attempt's late result is stale.
-    assert_eq!(
-        state.apply(&item_completed("m", 1, 1, json!("late"))).err(),
-        Some(Rejected::Stale)
-    );
+    assert_eq!(state.apply(&item_completed("m", 1, 1, json!("late"))).err(), Some(Rejected::Stale));
     state.apply(&item_completed("m", 0, 1, json!("x"))).unwrap();
     let effects = state.apply(&item_completed("m", 1, 2, json!("y"))).unwrap();
     assert_eq!(ready_names(&graph, &effects), ["after"]);
@@ -512,10 +450,7 @@ fn a_map_item_retries_on_its_own() {
     let graph2 = map_graph();
     let (mut state, _) = RunState::start(graph2, Value::null());
     state.apply(&completed("src", 1, json!([1]))).unwrap();
-    assert!(matches!(
-        state.apply(&item_completed("m", 5, 1, json!(0))),
-        Err(Rejected::Inconsistent(_))
-    ));
+    assert!(matches!(state.apply(&item_completed("m", 5, 1, json!(0))), Err(Rejected::Inconsistent(_))));
 }
 
 #[test]
@@ -529,10 +464,7 @@ fn a_final_map_item_failure_fails_the_run_naming_the_item() {
     let failure = failure.unwrap();
     assert_eq!(&*failure.node, "m");
     assert_eq!(failure.item, Some(2));
-    assert_eq!(
-        state.apply(&item_completed("m", 0, 1, json!(0))).err(),
-        Some(Rejected::Stale)
-    );
+    assert_eq!(state.apply(&item_completed("m", 0, 1, json!(0))).err(), Some(Rejected::Stale));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -545,15 +477,7 @@ fn a_retryable_failure_schedules_the_next_attempt_with_its_delay() {
     let a = graph.id("a").unwrap();
     let (mut state, _) = RunState::start(Arc::clone(&graph), Value::null());
     let effects = state.apply(&failed("a", None, 1, Some(250))).unwrap();
-    assert_eq!(
-        effects.ready,
-        [Task {
-            node: a,
-            item: None,
-            attempt: 2,
-            delay: Some(Duration::from_millis(250)),
-        }]
-    );
+    assert_eq!(effects.ready, [Task { node: a, item: None, attempt: 2, delay: Some(Duration::from_millis(250)) }]);
     assert!(effects.derived.is_empty());
     assert_eq!(state.status(), RunStatus::Running);
     assert!(matches!(state.node_state(a), NodeState::Active { attempt: 2 }));
@@ -583,16 +507,10 @@ fn a_final_failure_fails_the_run_naming_the_node() {
     assert_eq!(failure.error.message, "a broke");
     assert_eq!(state.status(), RunStatus::Failed);
     assert_eq!(state.failure(), Some(&failure));
-    assert!(matches!(
-        state.node_state(graph.id("a").unwrap()),
-        NodeState::Failed { .. }
-    ));
+    assert!(matches!(state.node_state(graph.id("a").unwrap()), NodeState::Failed { .. }));
     // Nothing is outstanding in a finished run, and a late sibling result is dropped.
     assert!(state.outstanding().is_empty());
-    assert_eq!(
-        state.apply(&completed("other", 1, json!(1))).err(),
-        Some(Rejected::Stale)
-    );
+    assert_eq!(state.apply(&completed("other", 1, json!(1))).err(), Some(Rejected::Stale));
     assert!(state.output().is_none());
 }
 
@@ -608,35 +526,18 @@ fn stale_results_are_rejected_and_change_nothing() {
     state.apply(&failed("a", None, 1, Some(5))).unwrap();
 
     // An old attempt.
-    assert_eq!(
-        state.apply(&completed("a", 1, json!("old"))).err(),
-        Some(Rejected::Stale)
-    );
+    assert_eq!(state.apply(&completed("a", 1, json!("old"))).err(), Some(Rejected::Stale));
     assert!(matches!(state.node_state(a), NodeState::Active { attempt: 2 }));
     // A future attempt is not accepted either.
-    assert_eq!(
-        state.apply(&completed("a", 3, json!("future"))).err(),
-        Some(Rejected::Stale)
-    );
+    assert_eq!(state.apply(&completed("a", 3, json!("future"))).err(), Some(Rejected::Stale));
 
     let effects = state.apply(&completed("a", 2, json!("new"))).unwrap();
     assert_eq!(ready_names(&graph, &effects), ["b"]);
 
     // A duplicate delivery: rejected, and b is not made ready twice.
-    assert_eq!(
-        state.apply(&completed("a", 2, json!("dup"))).err(),
-        Some(Rejected::Stale)
-    );
+    assert_eq!(state.apply(&completed("a", 2, json!("dup"))).err(), Some(Rejected::Stale));
     assert_eq!(completed_output(&state, "a"), Some(json!("new")));
-    assert_eq!(
-        state.outstanding(),
-        [Task {
-            node: graph.id("b").unwrap(),
-            item: None,
-            attempt: 1,
-            delay: None,
-        }]
-    );
+    assert_eq!(state.outstanding(), [Task { node: graph.id("b").unwrap(), item: None, attempt: 1, delay: None }]);
 
     state.apply(&completed("b", 1, json!("end"))).unwrap();
     assert_eq!(state.status(), RunStatus::Completed);
@@ -645,11 +546,7 @@ fn stale_results_are_rejected_and_change_nothing() {
     for entry in [
         completed("b", 1, json!("again")),
         failed("b", None, 1, None),
-        JournalEntry::RunFinished {
-            status: RunStatus::Cancelled,
-            output: None,
-            failure: None,
-        },
+        JournalEntry::RunFinished { status: RunStatus::Cancelled, output: None, failure: None },
     ] {
         assert_eq!(state.apply(&entry).err(), Some(Rejected::Stale), "{entry:?}");
     }
@@ -661,11 +558,7 @@ fn stale_results_are_rejected_and_change_nothing() {
 fn results_after_cancellation_are_stale() {
     let graph = build(vec![task("a", &[]), task("b", &["a"])], None);
     let (mut state, _) = RunState::start(Arc::clone(&graph), Value::null());
-    let cancel = JournalEntry::RunFinished {
-        status: RunStatus::Cancelled,
-        output: None,
-        failure: None,
-    };
+    let cancel = JournalEntry::RunFinished { status: RunStatus::Cancelled, output: None, failure: None };
     let effects = state.apply(&cancel).unwrap();
     assert!(effects.ready.is_empty() && effects.derived.is_empty());
     assert_eq!(state.status(), RunStatus::Cancelled);
@@ -680,10 +573,7 @@ fn results_after_cancellation_are_stale() {
 fn entries_that_contradict_the_graph_are_inconsistent() {
     let graph = build(vec![task("a", &[]), task("b", &["a"])], None);
     let (mut state, _) = RunState::start(Arc::clone(&graph), Value::null());
-    assert!(matches!(
-        state.apply(&completed("nope", 1, json!(1))),
-        Err(Rejected::Inconsistent(_))
-    ));
+    assert!(matches!(state.apply(&completed("nope", 1, json!(1))), Err(Rejected::Inconsistent(_))));
     assert!(matches!(
         state.apply(&JournalEntry::RunStarted {
             graph: "g".into(),
@@ -692,16 +582,9 @@ fn entries_that_contradict_the_graph_are_inconsistent() {
         }),
         Err(Rejected::Inconsistent(_))
     ));
+    assert!(matches!(state.apply(&JournalEntry::NodeSkipped { node: "a".into() }), Err(Rejected::Inconsistent(_))));
     assert!(matches!(
-        state.apply(&JournalEntry::NodeSkipped { node: "a".into() }),
-        Err(Rejected::Inconsistent(_))
-    ));
-    assert!(matches!(
-        state.apply(&JournalEntry::Interrupted {
-            node: "a".into(),
-            attempt: 1,
-            payload: Value::null(),
-        }),
+        state.apply(&JournalEntry::Interrupted { node: "a".into(), attempt: 1, payload: Value::null() }),
         Err(Rejected::Inconsistent(_))
     ));
     // None of it changed the state.
@@ -729,29 +612,15 @@ fn derived_entries_applied_again_change_nothing() {
 // ---------------------------------------------------------------------------------------
 
 fn human_graph() -> Arc<Graph> {
-    build(
-        vec![
-            NodeSpec::new("ask", NodeKind::Human),
-            task("slow", &[]),
-            task("after", &["ask"]),
-        ],
-        Some("after"),
-    )
+    build(vec![NodeSpec::new("ask", NodeKind::Human), task("slow", &[]), task("after", &["ask"])], Some("after"))
 }
 
 fn interrupted(node: &str, payload: serde_json::Value) -> JournalEntry {
-    JournalEntry::Interrupted {
-        node: node.into(),
-        attempt: 1,
-        payload: Value::from(payload),
-    }
+    JournalEntry::Interrupted { node: node.into(), attempt: 1, payload: Value::from(payload) }
 }
 
 fn resumed(node: &str, value: serde_json::Value) -> JournalEntry {
-    JournalEntry::Resumed {
-        node: node.into(),
-        value: Value::from(value),
-    }
+    JournalEntry::Resumed { node: node.into(), value: Value::from(value) }
 }
 
 #[test]
@@ -776,11 +645,7 @@ fn a_human_node_waits_once_nothing_else_is_in_flight_and_resume_continues() {
     assert_eq!(ready_names(&graph, &effects), ["after"]);
     assert_eq!(completed_output(&state, "ask"), Some(json!("yes")));
     assert_eq!(state.waiting().count(), 0);
-    let deps: Vec<_> = state
-        .dependency_values(graph.id("after").unwrap())
-        .iter()
-        .map(j)
-        .collect();
+    let deps: Vec<_> = state.dependency_values(graph.id("after").unwrap()).iter().map(j).collect();
     assert_eq!(deps, [json!("yes")]);
 
     // A second answer is stale.
@@ -798,10 +663,7 @@ fn a_human_sink_s_answer_is_the_run_output() {
     assert_eq!(state.status(), RunStatus::Waiting);
     let effects = state.apply(&resumed("ask", json!({"a": 42}))).unwrap();
     assert_eq!(state.status(), RunStatus::Completed);
-    assert_eq!(
-        finished(&effects),
-        Some((RunStatus::Completed, Some(json!({"a": 42})), None))
-    );
+    assert_eq!(finished(&effects), Some((RunStatus::Completed, Some(json!({"a": 42})), None)));
 }
 
 #[test]
@@ -830,11 +692,7 @@ fn with_two_people_to_ask_the_run_waits_until_both_answer() {
     let effects = state.apply(&resumed("ask1", json!("a"))).unwrap();
     assert_eq!(ready_names(&graph, &effects), ["end"]);
     assert_eq!(state.status(), RunStatus::Running);
-    let deps: Vec<_> = state
-        .dependency_values(graph.id("end").unwrap())
-        .iter()
-        .map(j)
-        .collect();
+    let deps: Vec<_> = state.dependency_values(graph.id("end").unwrap()).iter().map(j).collect();
     assert_eq!(deps, [json!("a"), json!("b")]);
 }
 
@@ -901,18 +759,8 @@ fn replay_reproduces_the_live_state_at_every_point() {
     assert_eq!(
         outstanding,
         [
-            Task {
-                node: m,
-                item: Some(0),
-                attempt: 2,
-                delay: None,
-            },
-            Task {
-                node: m,
-                item: Some(1),
-                attempt: 1,
-                delay: None,
-            },
+            Task { node: m, item: Some(0), attempt: 2, delay: None },
+            Task { node: m, item: Some(1), attempt: 1, delay: None },
         ]
     );
     assert_eq!(j(replayed.map_item(m, 0).unwrap()), json!(1));
@@ -985,10 +833,7 @@ fn the_explicit_output_node_wins_over_sinks() {
     let (mut state, _) = RunState::start(Arc::clone(&graph), Value::null());
     state.apply(&completed("a", 1, json!("from a"))).unwrap();
     let effects = state.apply(&completed("b", 1, json!("from b"))).unwrap();
-    assert_eq!(
-        finished(&effects),
-        Some((RunStatus::Completed, Some(json!("from a")), None))
-    );
+    assert_eq!(finished(&effects), Some((RunStatus::Completed, Some(json!("from a")), None)));
     assert_eq!(j(state.output().unwrap()), json!("from a"));
 }
 

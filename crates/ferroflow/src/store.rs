@@ -44,10 +44,7 @@ pub enum Created {
     /// The run is new; its journal holds the given first entries.
     New,
     /// A run with that id exists already; here is its journal.
-    Existing {
-        record: RunRecord,
-        journal: Vec<StoredEntry>,
-    },
+    Existing { record: RunRecord, journal: Vec<StoredEntry> },
 }
 
 /// Durable home of run journals.
@@ -139,10 +136,7 @@ impl JournalStore for MemoryStore {
     async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
         let mut runs = self.runs.lock().expect("store lock");
         if let Some((existing, journal)) = runs.get(&record.run_id) {
-            return Ok(Created::Existing {
-                record: existing.clone(),
-                journal: journal.clone(),
-            });
+            return Ok(Created::Existing { record: existing.clone(), journal: journal.clone() });
         }
         runs.insert(record.run_id.clone(), (record.clone(), first.to_vec()));
         Ok(Created::New)
@@ -150,9 +144,7 @@ impl JournalStore for MemoryStore {
 
     async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
         let mut runs = self.runs.lock().expect("store lock");
-        let (record, journal) = runs.get_mut(run_id).ok_or_else(|| Error::RunNotFound {
-            run_id: run_id.to_owned(),
-        })?;
+        let (record, journal) = runs.get_mut(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
         if journal.len() as u64 != expected_seq {
             return Err(Error::Store(format!(
                 "run '{run_id}': journal has {} entries, the writer expected {expected_seq}: another writer got there first",
@@ -227,12 +219,8 @@ impl MemoryQueue {
     fn take_due(&self, max: usize, lease_for: Duration) -> (Vec<Lease>, Option<u64>) {
         let now = now_ms();
         let mut state = self.inner.lock().expect("queue lock");
-        let expired: Vec<String> = state
-            .leased
-            .iter()
-            .filter(|(_, (_, _, until))| *until <= now)
-            .map(|(token, _)| token.clone())
-            .collect();
+        let expired: Vec<String> =
+            state.leased.iter().filter(|(_, (_, _, until))| *until <= now).map(|(token, _)| token.clone()).collect();
         for token in expired {
             let (task, deliveries, _) = state.leased.remove(&token).expect("listed");
             state.counter += 1;
@@ -253,11 +241,7 @@ impl MemoryQueue {
             let deliveries = deliveries + 1;
             let until = now + lease_for.as_millis() as u64;
             state.leased.insert(token.clone(), (task.clone(), deliveries, until));
-            leases.push(Lease {
-                task,
-                token,
-                deliveries,
-            });
+            leases.push(Lease { task, token, deliveries });
         }
         let next_due = state
             .waiting
@@ -313,10 +297,7 @@ impl TaskQueue for MemoryQueue {
                 *until = now_ms() + lease_for.as_millis() as u64;
                 Ok(())
             }
-            None => Err(Error::Store(format!(
-                "the lease of task {} has expired",
-                lease.task.key()
-            ))),
+            None => Err(Error::Store(format!("the lease of task {} has expired", lease.task.key()))),
         }
     }
 

@@ -63,11 +63,9 @@ impl Value {
     pub fn to_json(&self) -> Result<serde_json::Value, String> {
         match self {
             Value::Json(v) => Ok(v.as_ref().clone()),
-            Value::List(items) => items
-                .iter()
-                .map(Value::to_json)
-                .collect::<Result<Vec<_>, _>>()
-                .map(serde_json::Value::Array),
+            Value::List(items) => {
+                items.iter().map(Value::to_json).collect::<Result<Vec<_>, _>>().map(serde_json::Value::Array)
+            }
             Value::Record(fields) => fields
                 .iter()
                 .map(|(k, v)| Ok((k.to_string(), v.to_json()?)))
@@ -80,9 +78,7 @@ impl Value {
     /// The elements of a list value, or `None` if the value is not a list.
     pub fn list_items(&self) -> Option<Vec<Value>> {
         match self {
-            Value::Json(v) => v
-                .as_array()
-                .map(|items| items.iter().cloned().map(Value::from).collect()),
+            Value::Json(v) => v.as_array().map(|items| items.iter().cloned().map(Value::from).collect()),
             Value::List(items) => Some(items.to_vec()),
             Value::Record(_) => None,
             Value::Native(v) => v.list_items(),
@@ -148,10 +144,7 @@ impl Serialize for Value {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Value::Json(v) => v.serialize(serializer),
-            other => other
-                .to_json()
-                .map_err(serde::ser::Error::custom)?
-                .serialize(serializer),
+            other => other.to_json().map_err(serde::ser::Error::custom)?.serialize(serializer),
         }
     }
 }
@@ -170,10 +163,7 @@ mod tests {
     #[test]
     fn labels_accept_a_string_or_a_list_of_strings() {
         assert_eq!(Value::from(json!("a")).labels(), Some(vec!["a".into()]));
-        assert_eq!(
-            Value::from(json!(["a", "b"])).labels(),
-            Some(vec!["a".into(), "b".into()])
-        );
+        assert_eq!(Value::from(json!(["a", "b"])).labels(), Some(vec!["a".into(), "b".into()]));
         assert_eq!(Value::from(json!(3)).labels(), None);
         assert_eq!(Value::from(json!(["a", 1])).labels(), None);
     }

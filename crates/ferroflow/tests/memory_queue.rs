@@ -6,13 +6,7 @@ use std::time::Duration;
 use ferroflow::{MemoryQueue, QueuedTask, TaskQueue};
 
 fn task(node: &str, attempt: u32, not_before_ms: u64) -> QueuedTask {
-    QueuedTask {
-        run_id: "r1".into(),
-        node: node.into(),
-        item: None,
-        attempt,
-        not_before_ms,
-    }
+    QueuedTask { run_id: "r1".into(), node: node.into(), item: None, attempt, not_before_ms }
 }
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -48,11 +42,7 @@ async fn a_task_is_leased_to_one_worker_at_a_time() {
 async fn an_expired_lease_is_delivered_again_and_its_ack_fails() {
     let queue = MemoryQueue::new();
     queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
-    let first = queue
-        .lease(1, Duration::from_millis(30), NO_WAIT)
-        .await
-        .unwrap()
-        .remove(0);
+    let first = queue.lease(1, Duration::from_millis(30), NO_WAIT).await.unwrap().remove(0);
     assert_eq!(first.deliveries, 1);
     let again = queue.lease(1, LEASE, Duration::from_secs(2)).await.unwrap().remove(0);
     assert_eq!(again.task, first.task);
@@ -67,11 +57,7 @@ async fn an_expired_lease_is_delivered_again_and_its_ack_fails() {
 async fn extending_a_lease_keeps_the_task() {
     let queue = MemoryQueue::new();
     queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
-    let lease = queue
-        .lease(1, Duration::from_millis(50), NO_WAIT)
-        .await
-        .unwrap()
-        .remove(0);
+    let lease = queue.lease(1, Duration::from_millis(50), NO_WAIT).await.unwrap().remove(0);
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(25)).await;
         queue.extend(&lease, Duration::from_millis(50)).await.unwrap();
@@ -95,13 +81,7 @@ async fn tasks_are_not_handed_out_before_not_before() {
 async fn a_waiting_lease_wakes_on_enqueue_and_times_out_otherwise() {
     let queue = Arc::new(MemoryQueue::new());
     let started = std::time::Instant::now();
-    assert!(
-        queue
-            .lease(1, LEASE, Duration::from_millis(50))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(queue.lease(1, LEASE, Duration::from_millis(50)).await.unwrap().is_empty());
     assert!(started.elapsed() >= Duration::from_millis(50));
 
     let waiter = {
@@ -110,10 +90,6 @@ async fn a_waiting_lease_wakes_on_enqueue_and_times_out_otherwise() {
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
     queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
-    let leases = tokio::time::timeout(Duration::from_secs(2), waiter)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let leases = tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap().unwrap();
     assert_eq!(leases.len(), 1);
 }

@@ -42,15 +42,7 @@ fn completed(seq: u64, at_ms: u64, node: &str) -> StoredEntry {
 }
 
 fn finished(seq: u64, at_ms: u64, status: RunStatus) -> StoredEntry {
-    StoredEntry {
-        seq,
-        at_ms,
-        entry: JournalEntry::RunFinished {
-            status,
-            output: None,
-            failure: None,
-        },
-    }
+    StoredEntry { seq, at_ms, entry: JournalEntry::RunFinished { status, output: None, failure: None } }
 }
 
 /// (seq, at_ms, node or entry type) of each entry, for comparisons.
@@ -69,10 +61,7 @@ fn summary(journal: &[StoredEntry]) -> Vec<(u64, u64, String)> {
 }
 
 async fn new_run(store: &MemoryStore, run_id: &str, graph: &str, created_ms: u64) {
-    let created = store
-        .create_run(&record(run_id, graph, created_ms), &[started(created_ms)])
-        .await
-        .unwrap();
+    let created = store.create_run(&record(run_id, graph, created_ms), &[started(created_ms)]).await.unwrap();
     assert!(matches!(created, Created::New), "{run_id} existed already");
 }
 
@@ -90,10 +79,7 @@ async fn create_run_is_idempotent_and_returns_the_existing_journal() {
             assert_eq!(record.graph, "g");
             assert_eq!(record.created_ms, 100);
             assert_eq!(record.status, RunStatus::Running);
-            assert_eq!(
-                summary(&journal),
-                [(0, 100, "RunStarted".to_owned()), (1, 110, "a".to_owned())]
-            );
+            assert_eq!(summary(&journal), [(0, 100, "RunStarted".to_owned()), (1, 110, "a".to_owned())]);
         }
         Created::New => panic!("the run was created twice"),
     }
@@ -106,18 +92,11 @@ async fn create_run_is_idempotent_and_returns_the_existing_journal() {
 async fn append_with_the_wrong_expected_seq_fails_and_appends_nothing() {
     let store = MemoryStore::new();
     new_run(&store, "r1", "g", 100).await;
-    store
-        .append("r1", 1, &[completed(1, 110, "a"), completed(2, 111, "b")])
-        .await
-        .unwrap();
+    store.append("r1", 1, &[completed(1, 110, "a"), completed(2, 111, "b")]).await.unwrap();
 
     for expected in [0, 1, 2, 4, 100] {
         let err = store
-            .append(
-                "r1",
-                expected,
-                &[completed(expected, 120, "x"), completed(expected + 1, 121, "y")],
-            )
+            .append("r1", expected, &[completed(expected, 120, "x"), completed(expected + 1, 121, "y")])
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Store(_)), "{expected}: {err:?}");
@@ -126,11 +105,7 @@ async fn append_with_the_wrong_expected_seq_fails_and_appends_nothing() {
     let (_, journal) = store.load("r1").await.unwrap().unwrap();
     assert_eq!(
         summary(&journal),
-        [
-            (0, 100, "RunStarted".to_owned()),
-            (1, 110, "a".to_owned()),
-            (2, 111, "b".to_owned())
-        ]
+        [(0, 100, "RunStarted".to_owned()), (1, 110, "a".to_owned()), (2, 111, "b".to_owned())]
     );
     // The right sequence number still works afterwards.
     store.append("r1", 3, &[completed(3, 130, "c")]).await.unwrap();
@@ -170,14 +145,8 @@ async fn load_returns_entries_in_append_order_with_their_seq_and_time() {
     let store = MemoryStore::new();
     new_run(&store, "r1", "g", 100).await;
     store.append("r1", 1, &[completed(1, 105, "b")]).await.unwrap();
-    store
-        .append("r1", 2, &[completed(2, 107, "a"), completed(3, 107, "c")])
-        .await
-        .unwrap();
-    store
-        .append("r1", 4, &[finished(4, 108, RunStatus::Completed)])
-        .await
-        .unwrap();
+    store.append("r1", 2, &[completed(2, 107, "a"), completed(3, 107, "c")]).await.unwrap();
+    store.append("r1", 4, &[finished(4, 108, RunStatus::Completed)]).await.unwrap();
     let (record, journal) = store.load("r1").await.unwrap().unwrap();
     assert_eq!(record.run_id, "r1");
     assert_eq!(
@@ -211,18 +180,9 @@ async fn run_finished_updates_the_record_status() {
     assert_eq!(record.status, RunStatus::Running);
     assert_eq!(record.updated_ms, 150);
 
-    store
-        .append("done", 2, &[finished(2, 160, RunStatus::Completed)])
-        .await
-        .unwrap();
-    store
-        .append("failed", 1, &[finished(1, 170, RunStatus::Failed)])
-        .await
-        .unwrap();
-    store
-        .append("cancelled", 1, &[finished(1, 180, RunStatus::Cancelled)])
-        .await
-        .unwrap();
+    store.append("done", 2, &[finished(2, 160, RunStatus::Completed)]).await.unwrap();
+    store.append("failed", 1, &[finished(1, 170, RunStatus::Failed)]).await.unwrap();
+    store.append("cancelled", 1, &[finished(1, 180, RunStatus::Cancelled)]).await.unwrap();
     for (run, status, created, updated) in [
         ("done", RunStatus::Completed, 100, 160),
         ("failed", RunStatus::Failed, 101, 170),
@@ -242,46 +202,16 @@ async fn list_runs_filters_by_graph_and_status_newest_first() {
     new_run(&store, "b1", "beta", 200).await;
     new_run(&store, "a2", "alpha", 300).await;
     new_run(&store, "a3", "alpha", 400).await;
-    store
-        .append("a2", 1, &[finished(1, 310, RunStatus::Completed)])
-        .await
-        .unwrap();
-    store
-        .append("b1", 1, &[finished(1, 210, RunStatus::Completed)])
-        .await
-        .unwrap();
+    store.append("a2", 1, &[finished(1, 310, RunStatus::Completed)]).await.unwrap();
+    store.append("b1", 1, &[finished(1, 210, RunStatus::Completed)]).await.unwrap();
 
     let ids = |records: Vec<RunRecord>| records.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
-    assert_eq!(
-        ids(store.list_runs(None, None, 100).await.unwrap()),
-        ["a3", "a2", "b1", "a1"]
-    );
-    assert_eq!(
-        ids(store.list_runs(Some("alpha"), None, 100).await.unwrap()),
-        ["a3", "a2", "a1"]
-    );
-    assert_eq!(
-        ids(store.list_runs(None, Some(RunStatus::Completed), 100).await.unwrap()),
-        ["a2", "b1"]
-    );
-    assert_eq!(
-        ids(store
-            .list_runs(Some("alpha"), Some(RunStatus::Running), 100)
-            .await
-            .unwrap()),
-        ["a3", "a1"]
-    );
-    assert_eq!(
-        ids(store.list_runs(Some("alpha"), None, 2).await.unwrap()),
-        ["a3", "a2"]
-    );
+    assert_eq!(ids(store.list_runs(None, None, 100).await.unwrap()), ["a3", "a2", "b1", "a1"]);
+    assert_eq!(ids(store.list_runs(Some("alpha"), None, 100).await.unwrap()), ["a3", "a2", "a1"]);
+    assert_eq!(ids(store.list_runs(None, Some(RunStatus::Completed), 100).await.unwrap()), ["a2", "b1"]);
+    assert_eq!(ids(store.list_runs(Some("alpha"), Some(RunStatus::Running), 100).await.unwrap()), ["a3", "a1"]);
+    assert_eq!(ids(store.list_runs(Some("alpha"), None, 2).await.unwrap()), ["a3", "a2"]);
     assert!(store.list_runs(Some("gamma"), None, 100).await.unwrap().is_empty());
-    assert!(
-        store
-            .list_runs(None, Some(RunStatus::Waiting), 100)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.list_runs(None, Some(RunStatus::Waiting), 100).await.unwrap().is_empty());
     assert!(store.list_runs(None, None, 0).await.unwrap().is_empty());
 }
