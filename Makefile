@@ -29,13 +29,13 @@ dev: $(VENV)/.deps ## Build the native module (release) into the virtualenv
 
 .PHONY: test
 test: dev lint ## Run every test: Rust unit tests, then the pytest suite (strict mode on)
-	cargo test --workspace --quiet
+	cargo test --workspace --all-features --quiet
 	FERROFLOW_STRICT=1 $(BIN)/pytest -q
 
 .PHONY: lint
 lint: $(VENV)/.deps ## Check formatting and lints: cargo fmt, clippy -D warnings, ruff, the stub against the module
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 	$(BIN)/ruff check python tests benches examples
 	$(BIN)/ruff format --check python tests benches examples
 	$(BIN)/mypy

@@ -9,6 +9,8 @@ pub mod engine;
 pub mod error;
 pub mod graph;
 pub mod journal;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 pub mod state;
 pub mod store;
 pub mod value;
@@ -18,6 +20,8 @@ pub use engine::{Engine, EngineConfig, NodeReport, RunHandle, RunSnapshot, Start
 pub use error::{Error, GraphError, NodeError, Result};
 pub use graph::{Dependency, Graph, GraphSpec, NodeId, NodeKind, NodeSpec, RetryPolicy};
 pub use journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
 pub use state::{Effects, NodeState, Rejected, RunState, Task};
 pub use store::{
     Created, JournalStore, Lease, MemoryQueue, MemoryStore, QueuedTask, RunRecord, StoredEntry, TaskQueue,

@@ -316,3 +316,37 @@ impl TaskQueue for MemoryQueue {
         }
     }
 }
+
+/// A shared store is a store.
+#[async_trait]
+impl<T: JournalStore + ?Sized> JournalStore for std::sync::Arc<T> {
+    async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
+        (**self).create_run(record, first).await
+    }
+    async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
+        (**self).append(run_id, expected_seq, entries).await
+    }
+    async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
+        (**self).load(run_id).await
+    }
+    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
+        (**self).list_runs(graph, status, limit).await
+    }
+}
+
+/// A shared queue is a queue.
+#[async_trait]
+impl<T: TaskQueue + ?Sized> TaskQueue for std::sync::Arc<T> {
+    async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
+        (**self).enqueue(tasks).await
+    }
+    async fn lease(&self, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>> {
+        (**self).lease(max, lease_for, wait).await
+    }
+    async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<()> {
+        (**self).extend(lease, lease_for).await
+    }
+    async fn ack(&self, lease: &Lease) -> Result<()> {
+        (**self).ack(lease).await
+    }
+}

@@ -1,0 +1,476 @@
+//! The embedded durable context's store: journals and the task queue in one SQLite file.
+//!
+//! One file, no server. The file is opened in WAL mode (readers never block the writer)
+//! and marked with an application id, so that a foreign or corrupt file is refused with a
+//! clear error instead of being written to. Values are stored as JSON text, never
+//! pickled: the file is shared with other processes.
+//!
+//! Every operation runs on a blocking thread; the connection is shared behind a mutex,
+//! and writes are single `BEGIN IMMEDIATE` transactions, so several processes may use
+//! the same file (SQLite serialises them; `busy_timeout` makes a writer wait its turn).
+//! Leased tasks are polled for: SQLite has no cross-process notification.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use crate::error::{Error, Result};
+use crate::journal::{JournalEntry, RunStatus, now_ms};
+use crate::store::{Created, JournalStore, Lease, QueuedTask, RunRecord, StoredEntry, TaskQueue};
+
+/// Written into the file header (`PRAGMA application_id`): "ffl1".
+const APPLICATION_ID: i32 = 0x6666_6c31;
+/// The schema this code reads and writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i32 = 1;
+/// How often a waiting `lease` looks for due tasks.
+const POLL: Duration = Duration::from_millis(20);
+
+const SCHEMA: &str = "
+CREATE TABLE runs (
+    run_id     TEXT PRIMARY KEY,
+    graph      TEXT NOT NULL,
+    version    TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    next_seq   INTEGER NOT NULL
+) STRICT;
+CREATE INDEX runs_by_created ON runs (created_ms DESC, run_id DESC);
+CREATE TABLE journal (
+    run_id TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    at_ms  INTEGER NOT NULL,
+    entry  TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE tasks (
+    key             TEXT PRIMARY KEY,
+    run_id          TEXT NOT NULL,
+    node            TEXT NOT NULL,
+    item            INTEGER,
+    attempt         INTEGER NOT NULL,
+    not_before_ms   INTEGER NOT NULL,
+    -- 0 waiting, 1 leased, 2 acknowledged (kept, so that enqueuing it again does nothing)
+    state           INTEGER NOT NULL,
+    lease_token     TEXT,
+    leased_until_ms INTEGER,
+    deliveries      INTEGER NOT NULL
+) STRICT;
+CREATE INDEX tasks_due ON tasks (state, not_before_ms);
+";
+
+const WAITING: i64 = 0;
+const LEASED: i64 = 1;
+const ACKED: i64 = 2;
+
+/// Journals and tasks in one SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`. Fails with a message naming the
+    /// file when it is not a ferroflow database, is corrupt, or cannot be written.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
+        let path = path.as_ref().to_path_buf();
+        let fail =
+            |what: &str, e: rusqlite::Error| Error::Store(format!("{}: {what}: {}", path.display(), describe(&e)));
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| fail("cannot open", e))?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(|e| fail("cannot configure", e))?;
+        let application_id: i32 =
+            conn.pragma_query_value(None, "application_id", |r| r.get(0)).map_err(|e| fail("cannot read", e))?;
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+            .map_err(|e| fail("cannot read", e))?;
+        if tables == 0 && application_id == 0 {
+            conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| fail("cannot use WAL mode", e))?;
+            let tx = conn.unchecked_transaction().map_err(|e| fail("cannot write", e))?;
+            tx.execute_batch(SCHEMA).map_err(|e| fail("cannot create the schema", e))?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(|e| fail("cannot write", e))?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| fail("cannot write", e))?;
+            tx.commit().map_err(|e| fail("cannot write", e))?;
+        } else if application_id != APPLICATION_ID {
+            return Err(Error::Store(format!(
+                "{} is not a ferroflow database (it is another application's SQLite file); \
+                 give ferroflow a file of its own",
+                path.display()
+            )));
+        } else {
+            let version: i32 =
+                conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| fail("cannot read", e))?;
+            if version != SCHEMA_VERSION {
+                return Err(Error::Store(format!(
+                    "{} has schema version {version}; this ferroflow reads version {SCHEMA_VERSION}",
+                    path.display()
+                )));
+            }
+            conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| fail("cannot use WAL mode", e))?;
+        }
+        // WAL with synchronous=NORMAL: a commit survives a process crash; an OS crash or
+        // power loss may lose the last transactions, never corrupt the file.
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| fail("cannot configure", e))?;
+        Ok(SqliteStore { inner: Arc::new(Inner { path, conn: Mutex::new(conn) }) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn).map_err(|e| match e {
+                Error::Store(message) => Error::Store(format!("{}: {message}", inner.path.display())),
+                other => other,
+            })
+        })
+        .await
+        .map_err(|e| Error::Store(format!("a store operation panicked: {e}")))?
+    }
+}
+
+/// SQLite's own words, with the cases people hit most spelled out.
+fn describe(e: &rusqlite::Error) -> String {
+    use rusqlite::ffi::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => "the file is not a SQLite database, or it is corrupt".into(),
+        Some(ErrorCode::DatabaseCorrupt) => "the database file is corrupt".into(),
+        Some(ErrorCode::ReadOnly) => "the database is read-only (check the file's permissions)".into(),
+        Some(ErrorCode::CannotOpen) => "the file cannot be opened (check that its directory exists)".into(),
+        Some(ErrorCode::DiskFull) => "the disk is full".into(),
+        Some(ErrorCode::DatabaseBusy) => "the database stayed locked by another process".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn sql(e: rusqlite::Error) -> Error {
+    Error::Store(describe(&e))
+}
+
+fn encode(run_id: &str, entry: &StoredEntry) -> Result<String> {
+    serde_json::to_string(&entry.entry).map_err(|e| Error::InvalidInput {
+        run_id: run_id.to_owned(),
+        reason: match entry.entry.node() {
+            Some(node) => format!("node '{node}': its value cannot be stored as JSON: {e}"),
+            None => format!("a value cannot be stored as JSON: {e}"),
+        },
+    })
+}
+
+fn insert_entries(tx: &rusqlite::Transaction<'_>, run_id: &str, entries: &[StoredEntry]) -> Result<()> {
+    let mut insert =
+        tx.prepare_cached("INSERT INTO journal (run_id, seq, at_ms, entry) VALUES (?1, ?2, ?3, ?4)").map_err(sql)?;
+    for stored in entries {
+        insert
+            .execute(params![run_id, stored.seq as i64, stored.at_ms as i64, encode(run_id, stored)?])
+            .map_err(sql)?;
+    }
+    Ok(())
+}
+
+fn status_of(text: &str) -> Result<RunStatus> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| Error::Store(format!("unknown run status '{text}' in the runs table")))
+}
+
+fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
+    Ok((
+        RunRecord {
+            run_id: row.get(0)?,
+            graph: row.get(1)?,
+            version: row.get(2)?,
+            status: RunStatus::Pending,
+            created_ms: row.get::<_, i64>(4)? as u64,
+            updated_ms: row.get::<_, i64>(5)? as u64,
+        },
+        row.get(3)?,
+    ))
+}
+
+fn load_run(conn: &Connection, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
+    let found = conn
+        .query_row(
+            "SELECT run_id, graph, version, status, created_ms, updated_ms FROM runs WHERE run_id = ?1",
+            [run_id],
+            read_record,
+        )
+        .optional()
+        .map_err(sql)?;
+    let Some((mut record, status)) = found else { return Ok(None) };
+    record.status = status_of(&status)?;
+    let mut select =
+        conn.prepare_cached("SELECT seq, at_ms, entry FROM journal WHERE run_id = ?1 ORDER BY seq").map_err(sql)?;
+    let rows = select
+        .query_map([run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
+        .map_err(sql)?;
+    let mut journal = Vec::new();
+    for row in rows {
+        let (seq, at_ms, text) = row.map_err(sql)?;
+        let entry: JournalEntry = serde_json::from_str(&text).map_err(|e| Error::CorruptJournal {
+            run_id: run_id.to_owned(),
+            graph: record.graph.clone(),
+            reason: format!("entry {seq} cannot be read: {e}"),
+        })?;
+        journal.push(StoredEntry { seq: seq as u64, at_ms: at_ms as u64, entry });
+    }
+    Ok(Some((record, journal)))
+}
+
+#[async_trait]
+impl JournalStore for SqliteStore {
+    async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
+        let record = record.clone();
+        let first = first.to_vec();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            if let Some((existing, journal)) = load_run(&tx, &record.run_id)? {
+                return Ok(Created::Existing { record: existing, journal });
+            }
+            tx.execute(
+                "INSERT INTO runs (run_id, graph, version, status, created_ms, updated_ms, next_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    record.run_id,
+                    record.graph,
+                    record.version,
+                    record.status.as_str(),
+                    record.created_ms as i64,
+                    record.updated_ms as i64,
+                    first.len() as i64
+                ],
+            )
+            .map_err(sql)?;
+            insert_entries(&tx, &record.run_id, &first)?;
+            tx.commit().map_err(sql)?;
+            Ok(Created::New)
+        })
+        .await
+    }
+
+    async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
+        let run_id = run_id.to_owned();
+        let entries = entries.to_vec();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let next: Option<i64> = tx
+                .query_row("SELECT next_seq FROM runs WHERE run_id = ?1", [&run_id], |r| r.get(0))
+                .optional()
+                .map_err(sql)?;
+            let Some(next) = next else { return Err(Error::RunNotFound { run_id }) };
+            if next as u64 != expected_seq {
+                return Err(Error::Store(format!(
+                    "run '{run_id}': journal has {next} entries, the writer expected {expected_seq}: \
+                     another writer got there first"
+                )));
+            }
+            insert_entries(&tx, &run_id, &entries)?;
+            let status = entries.iter().rev().find_map(|s| match &s.entry {
+                JournalEntry::RunFinished { status, .. } => Some(*status),
+                _ => None,
+            });
+            let updated = entries.last().map_or_else(now_ms, |s| s.at_ms);
+            tx.execute(
+                "UPDATE runs SET next_seq = ?2, updated_ms = ?3, status = coalesce(?4, status) WHERE run_id = ?1",
+                params![
+                    run_id,
+                    (next as u64 + entries.len() as u64) as i64,
+                    updated as i64,
+                    status.map(|s| s.as_str())
+                ],
+            )
+            .map_err(sql)?;
+            tx.commit().map_err(sql)
+        })
+        .await
+    }
+
+    async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
+        let run_id = run_id.to_owned();
+        self.with_conn(move |conn| load_run(conn, &run_id)).await
+    }
+
+    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
+        let graph = graph.map(str::to_owned);
+        self.with_conn(move |conn| {
+            let mut select = conn
+                .prepare_cached(
+                    "SELECT run_id, graph, version, status, created_ms, updated_ms FROM runs
+                     WHERE (?1 IS NULL OR graph = ?1) AND (?2 IS NULL OR status = ?2)
+                     ORDER BY created_ms DESC, run_id DESC LIMIT ?3",
+                )
+                .map_err(sql)?;
+            let rows =
+                select.query_map(params![graph, status.map(|s| s.as_str()), limit as i64], read_record).map_err(sql)?;
+            rows.map(|row| {
+                let (mut record, status) = row.map_err(sql)?;
+                record.status = status_of(&status)?;
+                Ok(record)
+            })
+            .collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl TaskQueue for SqliteStore {
+    async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
+        let tasks = tasks.to_vec();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO tasks (key, run_id, node, item, attempt, not_before_ms, state, deliveries)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+                    )
+                    .map_err(sql)?;
+                for task in &tasks {
+                    insert
+                        .execute(params![
+                            task.key(),
+                            task.run_id,
+                            task.node,
+                            task.item.map(i64::from),
+                            i64::from(task.attempt),
+                            task.not_before_ms as i64,
+                            WAITING
+                        ])
+                        .map_err(sql)?;
+                }
+            }
+            tx.commit().map_err(sql)
+        })
+        .await
+    }
+
+    async fn lease(&self, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let leases = self.with_conn(move |conn| take_due(conn, max, lease_for)).await?;
+            if !leases.is_empty() {
+                return Ok(leases);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            tokio::time::sleep(POLL.min(deadline - now)).await;
+        }
+    }
+
+    async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<()> {
+        let lease = lease.clone();
+        self.with_conn(move |conn| {
+            let now = now_ms();
+            let changed = conn
+                .execute(
+                    "UPDATE tasks SET leased_until_ms = ?3
+                     WHERE key = ?1 AND lease_token = ?2 AND state = ?4 AND leased_until_ms > ?5",
+                    params![
+                        lease.task.key(),
+                        lease.token,
+                        (now + lease_for.as_millis() as u64) as i64,
+                        LEASED,
+                        now as i64
+                    ],
+                )
+                .map_err(sql)?;
+            if changed == 0 {
+                return Err(Error::Store(format!("the lease of task {} has expired", lease.task.key())));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ack(&self, lease: &Lease) -> Result<()> {
+        let lease = lease.clone();
+        self.with_conn(move |conn| {
+            let now = now_ms();
+            let changed = conn
+                .execute(
+                    "UPDATE tasks SET state = ?3, lease_token = NULL, leased_until_ms = NULL
+                     WHERE key = ?1 AND lease_token = ?2 AND state = ?4 AND leased_until_ms > ?5",
+                    params![lease.task.key(), lease.token, ACKED, LEASED, now as i64],
+                )
+                .map_err(sql)?;
+            if changed == 0 {
+                return Err(Error::Store(format!(
+                    "the lease of task {} has expired; another worker may hold the task now",
+                    lease.task.key()
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Leases up to `max` due tasks (waiting and due, or leased with an expired lease) in one
+/// transaction, so two processes never lease the same task.
+fn take_due(conn: &mut Connection, max: usize, lease_for: Duration) -> Result<Vec<Lease>> {
+    let now = now_ms();
+    let until = now + lease_for.as_millis() as u64;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+    let due: Vec<(String, QueuedTask, u32)> = {
+        let mut select = tx
+            .prepare_cached(
+                "SELECT key, run_id, node, item, attempt, not_before_ms, deliveries FROM tasks
+                 WHERE (state = ?1 AND not_before_ms <= ?3) OR (state = ?2 AND leased_until_ms <= ?3)
+                 ORDER BY not_before_ms, key LIMIT ?4",
+            )
+            .map_err(sql)?;
+        let rows = select
+            .query_map(params![WAITING, LEASED, now as i64, max as i64], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    QueuedTask {
+                        run_id: r.get(1)?,
+                        node: r.get(2)?,
+                        item: r.get::<_, Option<i64>>(3)?.map(|i| i as u32),
+                        attempt: r.get::<_, i64>(4)? as u32,
+                        not_before_ms: r.get::<_, i64>(5)? as u64,
+                    },
+                    r.get::<_, i64>(6)? as u32,
+                ))
+            })
+            .map_err(sql)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(sql)?
+    };
+    let mut leases = Vec::with_capacity(due.len());
+    {
+        let mut update = tx
+            .prepare_cached(
+                "UPDATE tasks SET state = ?2, lease_token = ?3, leased_until_ms = ?4, deliveries = deliveries + 1
+                 WHERE key = ?1",
+            )
+            .map_err(sql)?;
+        for (key, task, deliveries) in due {
+            let token = format!("{key}#{}", uuid::Uuid::now_v7());
+            update.execute(params![key, LEASED, token, until as i64]).map_err(sql)?;
+            leases.push(Lease { task, token, deliveries: deliveries + 1 });
+        }
+    }
+    tx.commit().map_err(sql)?;
+    Ok(leases)
+}

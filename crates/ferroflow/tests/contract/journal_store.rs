@@ -1,0 +1,223 @@
+//! The JournalStore contract: `journal_store_contract!(make)` expands to the tests every
+//! implementation must pass, where `make` evaluates to `(store, guard)`.
+
+pub use std::sync::Arc;
+
+pub use ferroflow::{Created, Error, JournalEntry, JournalStore, RunRecord, RunStatus, StoredEntry, Value};
+pub use serde_json::json;
+
+pub fn record(run_id: &str, graph: &str, created_ms: u64) -> RunRecord {
+    RunRecord {
+        run_id: run_id.into(),
+        graph: graph.into(),
+        version: "v1".into(),
+        status: RunStatus::Running,
+        created_ms,
+        updated_ms: created_ms,
+    }
+}
+
+pub fn started(at_ms: u64) -> StoredEntry {
+    StoredEntry {
+        seq: 0,
+        at_ms,
+        entry: JournalEntry::RunStarted {
+            graph: "g".into(),
+            version: "v1".into(),
+            input: Value::from(json!({"in": 1})),
+        },
+    }
+}
+
+pub fn completed(seq: u64, at_ms: u64, node: &str) -> StoredEntry {
+    StoredEntry {
+        seq,
+        at_ms,
+        entry: JournalEntry::NodeCompleted {
+            node: node.into(),
+            item: None,
+            attempt: 1,
+            output: Value::from(json!(node)),
+        },
+    }
+}
+
+pub fn finished(seq: u64, at_ms: u64, status: RunStatus) -> StoredEntry {
+    StoredEntry { seq, at_ms, entry: JournalEntry::RunFinished { status, output: None, failure: None } }
+}
+
+/// (seq, at_ms, node or entry type) of each entry, for comparisons.
+pub fn summary(journal: &[StoredEntry]) -> Vec<(u64, u64, String)> {
+    journal
+        .iter()
+        .map(|s| {
+            let what = match &s.entry {
+                JournalEntry::RunStarted { .. } => "RunStarted".to_owned(),
+                JournalEntry::RunFinished { status, .. } => format!("RunFinished:{status}"),
+                other => other.node().map(|n| n.to_string()).unwrap_or_default(),
+            };
+            (s.seq, s.at_ms, what)
+        })
+        .collect()
+}
+
+pub async fn new_run(store: &impl JournalStore, run_id: &str, graph: &str, created_ms: u64) {
+    let created = store.create_run(&record(run_id, graph, created_ms), &[started(created_ms)]).await.unwrap();
+    assert!(matches!(created, Created::New), "{run_id} existed already");
+}
+
+macro_rules! journal_store_contract {
+    ($make:expr) => {
+        #[::tokio::test]
+        async fn create_run_is_idempotent_and_returns_the_existing_journal() {
+            let (store, _guard) = $make;
+            new_run(&store, "r1", "g", 100).await;
+            store.append("r1", 1, &[completed(1, 110, "a")]).await.unwrap();
+
+            // A second start, even with another record, learns of the first and changes nothing.
+            let mut other = record("r1", "other-graph", 999);
+            other.status = RunStatus::Pending;
+            match store.create_run(&other, &[started(999)]).await.unwrap() {
+                Created::Existing { record, journal } => {
+                    assert_eq!(record.graph, "g");
+                    assert_eq!(record.created_ms, 100);
+                    assert_eq!(record.status, RunStatus::Running);
+                    assert_eq!(summary(&journal), [(0, 100, "RunStarted".to_owned()), (1, 110, "a".to_owned())]);
+                }
+                Created::New => panic!("the run was created twice"),
+            }
+            let (record, journal) = store.load("r1").await.unwrap().unwrap();
+            assert_eq!(record.graph, "g");
+            assert_eq!(journal.len(), 2);
+        }
+
+        #[::tokio::test]
+        async fn append_with_the_wrong_expected_seq_fails_and_appends_nothing() {
+            let (store, _guard) = $make;
+            new_run(&store, "r1", "g", 100).await;
+            store.append("r1", 1, &[completed(1, 110, "a"), completed(2, 111, "b")]).await.unwrap();
+
+            for expected in [0, 1, 2, 4, 100] {
+                let err = store
+                    .append("r1", expected, &[completed(expected, 120, "x"), completed(expected + 1, 121, "y")])
+                    .await
+                    .unwrap_err();
+                assert!(matches!(err, Error::Store(_)), "{expected}: {err:?}");
+                assert!(err.to_string().contains("r1"), "{err}");
+            }
+            let (_, journal) = store.load("r1").await.unwrap().unwrap();
+            assert_eq!(
+                summary(&journal),
+                [(0, 100, "RunStarted".to_owned()), (1, 110, "a".to_owned()), (2, 111, "b".to_owned())]
+            );
+            // The right sequence number still works afterwards.
+            store.append("r1", 3, &[completed(3, 130, "c")]).await.unwrap();
+            assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 4);
+        }
+
+        #[::tokio::test]
+        async fn append_to_an_unknown_run_is_not_found() {
+            let (store, _guard) = $make;
+            let err = store.append("ghost", 0, &[started(1)]).await.unwrap_err();
+            assert!(matches!(err, Error::RunNotFound { run_id } if run_id == "ghost"));
+            assert!(store.load("ghost").await.unwrap().is_none());
+        }
+
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn of_writers_racing_on_one_seq_exactly_one_wins() {
+            let (store, _guard) = $make;
+            let store = Arc::new(store);
+            new_run(&store, "r1", "g", 100).await;
+            let writers: Vec<_> = (0..8)
+                .map(|i| {
+                    let store = Arc::clone(&store);
+                    tokio::spawn(async move { store.append("r1", 1, &[completed(1, 200 + i, &format!("w{i}"))]).await })
+                })
+                .collect();
+            let mut wins = 0;
+            for writer in writers {
+                if writer.await.unwrap().is_ok() {
+                    wins += 1;
+                }
+            }
+            assert_eq!(wins, 1);
+            assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 2);
+        }
+
+        #[::tokio::test]
+        async fn load_returns_entries_in_append_order_with_their_seq_and_time() {
+            let (store, _guard) = $make;
+            new_run(&store, "r1", "g", 100).await;
+            store.append("r1", 1, &[completed(1, 105, "b")]).await.unwrap();
+            store.append("r1", 2, &[completed(2, 107, "a"), completed(3, 107, "c")]).await.unwrap();
+            store.append("r1", 4, &[finished(4, 108, RunStatus::Completed)]).await.unwrap();
+            let (record, journal) = store.load("r1").await.unwrap().unwrap();
+            assert_eq!(record.run_id, "r1");
+            assert_eq!(
+                summary(&journal),
+                [
+                    (0, 100, "RunStarted".to_owned()),
+                    (1, 105, "b".to_owned()),
+                    (2, 107, "a".to_owned()),
+                    (3, 107, "c".to_owned()),
+                    (4, 108, "RunFinished:completed".to_owned()),
+                ]
+            );
+            // The entries themselves survive intact.
+            match &journal[0].entry {
+                JournalEntry::RunStarted { input, .. } => assert_eq!(input.to_json().unwrap(), json!({"in": 1})),
+                other => panic!("{other:?}"),
+            }
+            // An empty append is fine and changes nothing.
+            store.append("r1", 5, &[]).await.unwrap();
+            assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 5);
+        }
+
+        #[::tokio::test]
+        async fn run_finished_updates_the_record_status() {
+            let (store, _guard) = $make;
+            new_run(&store, "done", "g", 100).await;
+            new_run(&store, "failed", "g", 101).await;
+            new_run(&store, "cancelled", "g", 102).await;
+            store.append("done", 1, &[completed(1, 150, "a")]).await.unwrap();
+            let (record, _) = store.load("done").await.unwrap().unwrap();
+            assert_eq!(record.status, RunStatus::Running);
+            assert_eq!(record.updated_ms, 150);
+
+            store.append("done", 2, &[finished(2, 160, RunStatus::Completed)]).await.unwrap();
+            store.append("failed", 1, &[finished(1, 170, RunStatus::Failed)]).await.unwrap();
+            store.append("cancelled", 1, &[finished(1, 180, RunStatus::Cancelled)]).await.unwrap();
+            for (run, status, created, updated) in [
+                ("done", RunStatus::Completed, 100, 160),
+                ("failed", RunStatus::Failed, 101, 170),
+                ("cancelled", RunStatus::Cancelled, 102, 180),
+            ] {
+                let (record, _) = store.load(run).await.unwrap().unwrap();
+                assert_eq!(record.status, status, "{run}");
+                assert_eq!(record.updated_ms, updated, "{run}");
+                assert_eq!(record.created_ms, created, "{run}");
+            }
+        }
+
+        #[::tokio::test]
+        async fn list_runs_filters_by_graph_and_status_newest_first() {
+            let (store, _guard) = $make;
+            new_run(&store, "a1", "alpha", 100).await;
+            new_run(&store, "b1", "beta", 200).await;
+            new_run(&store, "a2", "alpha", 300).await;
+            new_run(&store, "a3", "alpha", 400).await;
+            store.append("a2", 1, &[finished(1, 310, RunStatus::Completed)]).await.unwrap();
+            store.append("b1", 1, &[finished(1, 210, RunStatus::Completed)]).await.unwrap();
+
+            let ids = |records: Vec<RunRecord>| records.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+            assert_eq!(ids(store.list_runs(None, None, 100).await.unwrap()), ["a3", "a2", "b1", "a1"]);
+            assert_eq!(ids(store.list_runs(Some("alpha"), None, 100).await.unwrap()), ["a3", "a2", "a1"]);
+            assert_eq!(ids(store.list_runs(None, Some(RunStatus::Completed), 100).await.unwrap()), ["a2", "b1"]);
+            assert_eq!(ids(store.list_runs(Some("alpha"), Some(RunStatus::Running), 100).await.unwrap()), ["a3", "a1"]);
+            assert_eq!(ids(store.list_runs(Some("alpha"), None, 2).await.unwrap()), ["a3", "a2"]);
+            assert!(store.list_runs(Some("gamma"), None, 100).await.unwrap().is_empty());
+            assert!(store.list_runs(None, Some(RunStatus::Waiting), 100).await.unwrap().is_empty());
+            assert!(store.list_runs(None, None, 0).await.unwrap().is_empty());
+        }
+    };
+}

@@ -1,0 +1,18 @@
+//! The in-memory implementations of the context traits against their contracts.
+
+#[macro_use]
+mod contract;
+
+mod journal_store {
+    use super::contract::journal_store::*;
+    use ferroflow::MemoryStore;
+
+    journal_store_contract!((MemoryStore::new(), ()));
+}
+
+mod task_queue {
+    use super::contract::task_queue::*;
+    use ferroflow::MemoryQueue;
+
+    task_queue_contract!((MemoryQueue::new(), ()));
+}
