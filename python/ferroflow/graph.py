@@ -335,6 +335,15 @@ class Graph:
             except TypeError as e:
                 raise InvalidInputError(f"{what} is not plain JSON data: {e}", run_id=run_id) from None
 
+    def _starting(
+        self, input: Any, run_id: Optional[str], context: Optional[Context]
+    ) -> Tuple[_native.Workflow, _native.Engine]:
+        """What every way of starting a run needs: the built graph and the context's engine,
+        once the input has passed the strict check."""
+        workflow = self._workflow()
+        self._check_value(input, "the run input", run_id)
+        return workflow, self._context(context)._engine
+
     def _loop_for_sync(self) -> Optional[_native.EventLoop]:
         return scheduler_for(background_loop()) if self._has_async else None
 
@@ -355,9 +364,7 @@ class Graph:
         Without a timeout, a chain of sync bodies runs on the calling thread, which is the
         fastest path. With one, the run executes on the engine's threads so that the wait
         can end in time even while a sync body is still busy."""
-        workflow = self._workflow()
-        self._check_value(input, "the run input", run_id)
-        engine = self._context(context)._engine
+        workflow, engine = self._starting(input, run_id, context)
         return _result(engine.run(workflow, input, run_id, self._loop_for_sync(), timeout))
 
     def start(
@@ -369,9 +376,7 @@ class Graph:
     ) -> str:
         """Starts a run without waiting for it and returns its id; follow it with
         :meth:`wait`, :meth:`get_run` or :meth:`watch`."""
-        workflow = self._workflow()
-        self._check_value(input, "the run input", run_id)
-        engine = self._context(context)._engine
+        workflow, engine = self._starting(input, run_id, context)
         return engine.start(workflow, input, run_id, self._loop_for_sync())
 
     def wait(self, run_id: str, *, context: Optional[Context] = None, timeout: Optional[float] = None) -> RunResult:
@@ -388,9 +393,7 @@ class Graph:
     ) -> RunResult:
         """Like :meth:`run`, awaitable. Async bodies run on the caller's event loop.
         Cancelling the awaiting task cancels the run."""
-        workflow = self._workflow()
-        self._check_value(input, "the run input", run_id)
-        engine = self._context(context)._engine
+        workflow, engine = self._starting(input, run_id, context)
         loop = asyncio.get_running_loop()
         return await _settled(
             engine,
@@ -408,9 +411,7 @@ class Graph:
     ) -> AsyncIterator[Event]:
         """Starts a run and yields its events as they happen, in order, ending when the run
         finishes or waits for a person (or only when it finishes, with ``until_finished``)."""
-        workflow = self._workflow()
-        self._check_value(input, "the run input", run_id)
-        engine = self._context(context)._engine
+        workflow, engine = self._starting(input, run_id, context)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Optional[Mapping[str, Any]]] = asyncio.Queue()
         engine.start_watched(workflow, input, _deliver_to(loop, queue), run_id, scheduler_for(loop), until_finished)

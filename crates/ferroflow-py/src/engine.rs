@@ -118,6 +118,18 @@ fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
         .transpose()
 }
 
+/// What every way of starting a run needs: the workflow, the input as an engine value, and
+/// the start options.
+fn starting(
+    py: Python<'_>,
+    workflow: &PyWorkflow,
+    input: Py<PyAny>,
+    run_id: Option<String>,
+    event_loop: Option<Py<PyAny>>,
+) -> PyResult<(Workflow, Value, StartOptions)> {
+    Ok((workflow.get()?.clone(), wrap(input), StartOptions { run_id, attachment: attachment(py, event_loop)? }))
+}
+
 /// Blocks on `future` with the GIL released, checking for Ctrl-C (and calling `tick`)
 /// every 100 ms so that a blocked caller can always be interrupted.
 fn block_on<T: Send>(
@@ -159,9 +171,7 @@ impl PyEngine {
         run_id: Option<String>,
         event_loop: Option<Py<PyAny>>,
     ) -> PyResult<String> {
-        let workflow = workflow.get()?.clone();
-        let options = StartOptions { run_id, attachment: attachment(py, event_loop)? };
-        let input = wrap(input);
+        let (workflow, input, options) = starting(py, &workflow, input, run_id, event_loop)?;
         py.detach(|| self.engine.start(&workflow, input, options)).map(|run| run.id().to_string()).map_err(to_py_err)
     }
 
@@ -180,9 +190,7 @@ impl PyEngine {
         timeout: Option<f64>,
     ) -> PyResult<String> {
         let timeout = seconds(timeout)?;
-        let workflow = workflow.get()?.clone();
-        let options = StartOptions { run_id, attachment: attachment(py, event_loop)? };
-        let input = wrap(input);
+        let (workflow, input, options) = starting(py, &workflow, input, run_id, event_loop)?;
         let run = py.detach(|| self.engine.start(&workflow, input, options)).map_err(to_py_err)?;
         let run_id = run.id().to_string();
         notify_settled(run, timeout, callback);
@@ -203,9 +211,7 @@ impl PyEngine {
         event_loop: Option<Py<PyAny>>,
         until_finished: bool,
     ) -> PyResult<String> {
-        let workflow = workflow.get()?.clone();
-        let options = StartOptions { run_id, attachment: attachment(py, event_loop)? };
-        let input = wrap(input);
+        let (workflow, input, options) = starting(py, &workflow, input, run_id, event_loop)?;
         let until = if until_finished { WatchUntil::Finished } else { WatchUntil::Settled };
         let (run, rx) = py.detach(|| self.engine.start_watched(&workflow, input, options, until)).map_err(to_py_err)?;
         forward_events(rx, callback);
@@ -226,9 +232,7 @@ impl PyEngine {
         timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
         let timeout = seconds(timeout)?;
-        let workflow = workflow.get()?.clone();
-        let options = StartOptions { run_id, attachment: attachment(py, event_loop)? };
-        let input = wrap(input);
+        let (workflow, input, options) = starting(py, &workflow, input, run_id, event_loop)?;
         // A body running on this thread cannot be interrupted, so with a timeout the run
         // executes elsewhere and this thread only waits.
         let run = match timeout {
