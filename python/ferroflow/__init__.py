@@ -8,7 +8,7 @@ import atexit
 
 from . import _native, events
 from ._native import __version__
-from .context import Context, InMemory, default_context
+from .context import Context, InMemory, Sqlite, default_context
 from .errors import (
     CycleError,
     DuplicateNodeError,
@@ -51,6 +51,7 @@ __all__ = [
     "RunNotFoundError",
     "RunResult",
     "RunStatus",
+    "Sqlite",
     "StoreError",
     "UnknownDependencyError",
     "UnknownGraphError",

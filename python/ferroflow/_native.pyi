@@ -42,7 +42,9 @@ _Snapshot: TypeAlias = Dict[str, Any]
 class Engine:
     """The in-memory engine; every call releases the GIL while the engine works."""
 
-    def __new__(cls, retain_finished: int = 10000) -> Engine: ...
+    def __new__(cls, retain_finished: int = 10000, sqlite: Optional[str] = None) -> Engine: ...
+    def recover(self, workflow: Workflow, run_id: str, event_loop: Optional[EventLoop] = None) -> None:
+        """Continues a run from the store (or finds it in memory)."""
     def start(
         self,
         workflow: Workflow,

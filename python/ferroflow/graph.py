@@ -48,6 +48,16 @@ from .types import ErrorInfo, Retry, RunResult, RunStatus
 __all__ = ["Graph"]
 
 RESERVED = ("input", "ctx", "item")
+
+
+class _NoAnswer:
+    """The default of ``resume``'s ``value``: continue the run without answering anyone."""
+
+    def __repr__(self) -> str:
+        return "NO_ANSWER"
+
+
+NO_ANSWER: Any = _NoAnswer()
 _INPUT, _CONTEXT, _ITEM = -1, -2, -3
 
 Labels = Union[str, Sequence[str]]
@@ -472,33 +482,44 @@ class Graph:
     def resume(
         self,
         run_id: str,
-        value: Any = None,
+        value: Any = NO_ANSWER,
         *,
         node: Optional[str] = None,
         context: Optional[Context] = None,
         timeout: Optional[float] = None,
     ) -> RunResult:
-        """Answers the human node the run waits on (``node`` says which, if several) and
-        blocks until the run settles again."""
-        self._workflow()
-        self._check_value(value, "the resume value", run_id)
+        """Continues a run and blocks until it settles again.
+
+        With ``value``, answers the human node the run waits on (``node`` says which, if
+        several); ``value`` becomes that node's output. Without one, continues the run as it
+        stands: in a durable context that is how a run whose process stopped is picked up,
+        from its journal, without running completed nodes again."""
+        workflow = self._workflow()
         engine = self._context(context)._engine
-        return _result(engine.resume(run_id, value, node, self._loop_for_sync(), timeout))
+        loop = self._loop_for_sync()
+        engine.recover(workflow, run_id, loop)
+        if value is NO_ANSWER:
+            return _result(engine.wait(run_id, timeout))
+        self._check_value(value, "the resume value", run_id)
+        return _result(engine.resume(run_id, value, node, loop, timeout))
 
     async def aresume(
         self,
         run_id: str,
-        value: Any = None,
+        value: Any = NO_ANSWER,
         *,
         node: Optional[str] = None,
         context: Optional[Context] = None,
         timeout: Optional[float] = None,
     ) -> RunResult:
         """Like :meth:`resume`, awaitable; async bodies run on the caller's loop."""
-        self._workflow()
-        self._check_value(value, "the resume value", run_id)
+        workflow = self._workflow()
         engine = self._context(context)._engine
         loop = asyncio.get_running_loop()
+        engine.recover(workflow, run_id, scheduler_for(loop))
+        if value is NO_ANSWER:
+            return await _settled(engine, loop, lambda notify: _notify_when_settled(engine, run_id, notify, timeout))
+        self._check_value(value, "the resume value", run_id)
 
         def resume(notify: Callable[..., None]) -> str:
             engine.resume_settled(run_id, value, notify, node, scheduler_for(loop), timeout)
@@ -514,6 +535,13 @@ class Graph:
     def get_run(self, run_id: str, *, context: Optional[Context] = None) -> RunResult:
         """The run's current state, without waiting (failed runs are returned, not raised)."""
         return _result(self._context(context)._engine.snapshot(run_id), raise_errors=False)
+
+
+def _notify_when_settled(
+    engine: _native.Engine, run_id: str, notify: Callable[..., None], timeout: Optional[float]
+) -> str:
+    engine.on_settled(run_id, notify, timeout)
+    return run_id
 
 
 def _retry_problem(retry: Retry) -> Optional[str]:

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferroflow::{
-    Body, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, NodeError, RunHandle, RunSnapshot,
-    StartOptions, Value, WatchUntil, Workflow,
+    Body, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, JournalStore, NodeError, RunHandle,
+    RunSnapshot, SqliteStore, StartOptions, Value, WatchUntil, Workflow,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -155,10 +155,30 @@ fn block_on<T: Send>(
 
 #[pymethods]
 impl PyEngine {
+    /// An engine keeping journals in memory, or in the SQLite file at `sqlite`.
     #[new]
-    #[pyo3(signature = (retain_finished = 10_000))]
-    fn new(retain_finished: usize) -> Self {
-        PyEngine { engine: Engine::new(runtime::handle(), EngineConfig { retain_finished }) }
+    #[pyo3(signature = (retain_finished = 10_000, sqlite = None))]
+    fn new(py: Python<'_>, retain_finished: usize, sqlite: Option<std::path::PathBuf>) -> PyResult<Self> {
+        let store = match sqlite {
+            Some(path) => Some(py.detach(|| SqliteStore::open(path)).map_err(to_py_err)?),
+            None => None,
+        };
+        let store = store.map(|s| Arc::new(s) as Arc<dyn JournalStore>);
+        Ok(PyEngine { engine: Engine::new(runtime::handle(), EngineConfig { retain_finished, store }) })
+    }
+
+    /// Continues a run from the store (or returns it, if this engine holds it already).
+    #[pyo3(signature = (workflow, run_id, event_loop = None))]
+    fn recover(
+        &self,
+        py: Python<'_>,
+        workflow: PyRef<'_, PyWorkflow>,
+        run_id: &str,
+        event_loop: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let workflow = workflow.get()?.clone();
+        let attachment = attachment(py, event_loop)?;
+        py.detach(|| self.engine.recover(&workflow, run_id, attachment)).map(drop).map_err(to_py_err)
     }
 
     /// Starts a run and returns its id.

@@ -26,19 +26,38 @@ use crate::error::{Error, NodeError, Result};
 use crate::graph::{NodeId, NodeKind};
 use crate::journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus, now_ms};
 use crate::state::{Rejected, RunState, Task};
-use crate::store::StoredEntry;
+use crate::store::{Created, JournalStore, RunRecord, StoredEntry};
 use crate::value::Value;
 
 /// Engine settings.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EngineConfig {
     /// Finished runs kept in memory for inspection; the oldest are dropped beyond this.
     pub retain_finished: usize,
+    /// Where journals are made durable. With a store, every journal entry is written to it
+    /// before anything that follows from the entry is dispatched (the run lock is held
+    /// while it is written, which keeps each run's journal in order), node outputs, inputs
+    /// and answers are converted to JSON (a value that has none fails its node), and a run
+    /// can be recovered by another engine on the same store with [`Engine::recover`].
+    /// Without one, journals live in memory only.
+    ///
+    /// A durable engine blocks on the store from the thread that completes a node; it needs
+    /// tokio's multi-thread runtime.
+    pub store: Option<Arc<dyn JournalStore>>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { retain_finished: 10_000 }
+        EngineConfig { retain_finished: 10_000, store: None }
+    }
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("retain_finished", &self.retain_finished)
+            .field("durable", &self.store.is_some())
+            .finish()
     }
 }
 
@@ -237,7 +256,7 @@ impl Engine {
             None => uuid::Uuid::now_v7().to_string().into(),
         };
         let graph = workflow.graph();
-        let mut table = self.inner.runs.lock().expect("run table lock");
+        let table = self.inner.runs.lock().expect("run table lock");
         if let Some(existing) = table.runs.get(&run_id) {
             let existing_graph = existing.workflow.graph();
             if existing_graph.name() != graph.name() || existing_graph.version() != graph.version() {
@@ -251,34 +270,52 @@ impl Engine {
             return Ok((RunHandle { run: Arc::clone(existing) }, rx));
         }
 
+        drop(table);
+        let input = self.inner.durable_value(input).map_err(|reason| Error::InvalidInput {
+            run_id: run_id.to_string(),
+            reason: format!("the run input cannot be stored: {reason}"),
+        })?;
+
         let (state, effects) = RunState::start(Arc::clone(graph), input.clone());
         let started = JournalEntry::RunStarted { graph: graph.name().into(), version: graph.version().into(), input };
-        let status = state.status();
-        let run = Arc::new(LiveRun {
-            run_id: Arc::clone(&run_id),
-            workflow: workflow.clone(),
-            core: Mutex::new(RunCore {
-                state,
-                journal: Vec::new(),
-                attachment: options.attachment,
-                watchers: Vec::new(),
-            }),
-            status: AtomicU8::new(status as u8),
-            settle: Notify::new(),
-            cancel: CancellationToken::new(),
-            has_watchers: AtomicBool::new(false),
-            retired: AtomicBool::new(false),
-            finished_at: AtomicU64::new(0),
-        });
-        table.runs.insert(Arc::clone(&run_id), Arc::clone(&run));
-        drop(table);
-
-        let rx = until.map(|u| run.watch(u));
+        let run = LiveRun::new(Arc::clone(&run_id), workflow.clone(), state, Vec::new(), options.attachment.clone());
         let ready = {
             let mut core = run.lock();
             run.record(&mut core, std::iter::once(started).chain(effects.derived));
             run.prepare(&core, effects.ready)
         };
+        if let Some(store) = &self.inner.config.store {
+            let journal = run.lock().journal.clone();
+            let now = journal.first().map_or_else(now_ms, |e| e.at_ms);
+            let record = RunRecord {
+                run_id: run_id.to_string(),
+                graph: graph.name().to_owned(),
+                version: graph.version().to_owned(),
+                status: run.status(),
+                created_ms: now,
+                updated_ms: now,
+            };
+            if let Created::Existing { .. } = self.inner.block_on(store.create_run(&record, &journal))? {
+                // Started before, by this process or another: carry on with that run.
+                let run = self.recover_inner(workflow, &run_id, options.attachment, drive)?;
+                let rx = until.map(|u| run.run.watch(u));
+                return Ok((run, rx));
+            }
+        }
+        let run = {
+            let mut table = self.inner.runs.lock().expect("run table lock");
+            match table.runs.get(&run_id) {
+                // Another thread recovered this very run meanwhile; it dispatches its tasks.
+                Some(existing) => {
+                    return Ok((RunHandle { run: Arc::clone(existing) }, until.map(|u| existing.watch(u))));
+                }
+                None => {
+                    table.runs.insert(Arc::clone(&run_id), Arc::clone(&run));
+                    run
+                }
+            }
+        };
+        let rx = until.map(|u| run.watch(u));
         self.inner.after_change(&run);
         if drive {
             let mut ready = ready;
@@ -291,6 +328,79 @@ impl Engine {
             self.inner.dispatch(&run, ready);
         }
         Ok((RunHandle { run }, rx))
+    }
+
+    /// Continues a run from the engine's store: its journal is replayed and whatever was
+    /// outstanding (running, queued or waiting out a backoff when its process stopped) is
+    /// dispatched again. Completed nodes never run again. A run this engine already holds is
+    /// returned as it is. Without a store, only runs in memory are known.
+    pub fn recover(&self, workflow: &Workflow, run_id: &str, attachment: Option<Attachment>) -> Result<RunHandle> {
+        if let Ok(run) = self.inner.live(run_id) {
+            let mut core = run.lock();
+            if attachment.is_some() {
+                core.attachment = attachment;
+            }
+            drop(core);
+            return Ok(RunHandle { run });
+        }
+        self.recover_inner(workflow, run_id, attachment, false)
+    }
+
+    fn recover_inner(
+        &self,
+        workflow: &Workflow,
+        run_id: &str,
+        attachment: Option<Attachment>,
+        drive: bool,
+    ) -> Result<RunHandle> {
+        let not_found = || Error::RunNotFound { run_id: run_id.to_owned() };
+        let store = self.inner.config.store.as_ref().ok_or_else(not_found)?;
+        let (record, journal) = self.inner.block_on(store.load(run_id))?.ok_or_else(not_found)?;
+        let graph = workflow.graph();
+        if record.graph != graph.name() {
+            return Err(Error::RunIdConflict {
+                run_id: run_id.to_owned(),
+                existing: format!("{}@{}", record.graph, record.version),
+                requested: format!("{}@{}", graph.name(), graph.version()),
+            });
+        }
+        if record.version != graph.version() {
+            return Err(Error::VersionMismatch {
+                run_id: run_id.to_owned(),
+                graph: record.graph,
+                expected: record.version,
+                found: graph.version().to_owned(),
+            });
+        }
+        let entries: Vec<JournalEntry> = journal.iter().map(|stored| stored.entry.clone()).collect();
+        let state = RunState::replay(Arc::clone(graph), &entries).map_err(|reason| Error::CorruptJournal {
+            run_id: run_id.to_owned(),
+            graph: graph.name().to_owned(),
+            reason,
+        })?;
+        let outstanding = state.outstanding();
+        let run = LiveRun::new(Arc::from(run_id), workflow.clone(), state, journal, attachment);
+        let run = {
+            let mut table = self.inner.runs.lock().expect("run table lock");
+            if let Some(existing) = table.runs.get(run_id) {
+                return Ok(RunHandle { run: Arc::clone(existing) });
+            }
+            table.runs.insert(Arc::clone(&run.run_id), Arc::clone(&run));
+            run
+        };
+        let ready = run.prepare(&run.lock(), outstanding);
+        self.inner.after_change(&run);
+        let mut ready = ready;
+        let mine = if drive {
+            ready.iter().position(|r| run.runs_inline(&r.task)).map(|i| ready.swap_remove(i))
+        } else {
+            None
+        };
+        self.inner.dispatch(&run, ready);
+        if let Some(task) = mine {
+            Arc::clone(&self.inner).run_blocking_chain(Arc::clone(&run), task);
+        }
+        Ok(RunHandle { run })
     }
 
     /// Waits until the run is settled (waiting for a person, or finished) or `timeout`
@@ -364,13 +474,18 @@ impl Engine {
             if attachment.is_some() {
                 core.attachment = attachment;
             }
+            let value = self.inner.durable_value(value).map_err(|reason| Error::InvalidInput {
+                run_id: run_id.to_owned(),
+                reason: format!("the answer for node '{node}' cannot be stored: {reason}"),
+            })?;
             let entry = JournalEntry::Resumed { node: node.as_str().into(), value };
             let effects = core.state.apply(&entry).map_err(|e| Error::InvalidInput {
                 run_id: run_id.to_owned(),
                 reason: format!("resume rejected: {e:?}"),
             })?;
+            let from = core.journal.len();
             run.record(&mut core, std::iter::once(entry).chain(effects.derived));
-            run.prepare(&core, effects.ready)
+            if self.inner.persist(&run, &mut core, from) { run.prepare(&core, effects.ready) } else { Vec::new() }
         };
         self.inner.after_change(&run);
         self.inner.dispatch(&run, ready);
@@ -398,7 +513,9 @@ impl Engine {
             }
             let entry = JournalEntry::RunFinished { status: RunStatus::Cancelled, output: None, failure: None };
             core.state.apply(&entry).expect("an active run accepts cancellation");
+            let from = core.journal.len();
             run.record(&mut core, std::iter::once(entry));
+            self.inner.persist(&run, &mut core, from);
         }
         run.cancel.cancel();
         self.inner.after_change(&run);
@@ -412,6 +529,49 @@ impl Engine {
 }
 
 impl Inner {
+    /// In a durable engine, the JSON form of a value (what the store keeps, and what a
+    /// recovered run would see); otherwise the value as it is.
+    fn durable_value(&self, value: Value) -> std::result::Result<Value, String> {
+        match (&self.config.store, &value) {
+            (None, _) | (Some(_), Value::Json(_)) => Ok(value),
+            (Some(_), _) => value.to_json().map(Value::from),
+        }
+    }
+
+    /// Waits for a store operation from whatever thread the engine is on: a runtime worker
+    /// hands its other tasks off while it blocks; any other thread just blocks.
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        if Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| self.runtime.block_on(future))
+        } else {
+            self.runtime.block_on(future)
+        }
+    }
+
+    /// Makes the journal entries from `from` on durable, with the run locked. If the store
+    /// fails, the run is failed in memory (the store cannot record that either) and
+    /// `false` is returned: nothing that followed from the entries may be dispatched. The
+    /// store still holds the run as it was, so recovering it later repeats the lost work.
+    fn persist(&self, run: &LiveRun, core: &mut RunCore, from: usize) -> bool {
+        let Some(store) = &self.config.store else { return true };
+        if from >= core.journal.len() {
+            return true;
+        }
+        let written = self.block_on(store.append(&run.run_id, from as u64, &core.journal[from..]));
+        let Err(error) = written else { return true };
+        tracing::error!(run_id = %run.run_id, %error, "the store failed; failing the run");
+        let failure = RunFailure {
+            node: Arc::from("(store)"),
+            item: None,
+            error: NodeError::permanent("StoreError", format!("the journal could not be written: {error}")),
+        };
+        let entry = JournalEntry::RunFinished { status: RunStatus::Failed, output: None, failure: Some(failure) };
+        if core.state.apply(&entry).is_ok() {
+            run.record(core, std::iter::once(entry));
+        }
+        false
+    }
+
     fn live(&self, run_id: &str) -> Result<Arc<LiveRun>> {
         self.runs
             .lock()
@@ -518,6 +678,17 @@ impl Inner {
     /// The completion step: record the attempt's outcome and what it implies, and return
     /// the tasks that became ready.
     fn complete(&self, run: &Arc<LiveRun>, task: &Task, result: BodyResult) -> Vec<Ready> {
+        let result = result.and_then(|output| {
+            self.durable_value(output).map_err(|reason| {
+                NodeError::permanent(
+                    "SerializationError",
+                    format!(
+                        "node '{}' returned a value a durable context cannot store: {reason}",
+                        run.workflow.name(task.node)
+                    ),
+                )
+            })
+        });
         let ready = {
             let mut core = run.lock();
             let graph = run.workflow.graph();
@@ -543,7 +714,13 @@ impl Inner {
             };
             match core.state.apply(&entry) {
                 Ok(effects) => {
+                    let from = core.journal.len();
                     run.record(&mut core, std::iter::once(entry).chain(effects.derived));
+                    if !self.persist(run, &mut core, from) {
+                        drop(core);
+                        self.after_change(run);
+                        return Vec::new();
+                    }
                     run.prepare(&core, effects.ready)
                 }
                 Err(Rejected::Stale) => return Vec::new(),
@@ -559,6 +736,27 @@ impl Inner {
 }
 
 impl LiveRun {
+    fn new(
+        run_id: Arc<str>,
+        workflow: Workflow,
+        state: RunState,
+        journal: Vec<StoredEntry>,
+        attachment: Option<Attachment>,
+    ) -> Arc<LiveRun> {
+        let status = state.status();
+        Arc::new(LiveRun {
+            run_id,
+            workflow,
+            core: Mutex::new(RunCore { state, journal, attachment, watchers: Vec::new() }),
+            status: AtomicU8::new(status as u8),
+            settle: Notify::new(),
+            cancel: CancellationToken::new(),
+            has_watchers: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            finished_at: AtomicU64::new(0),
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, RunCore> {
         // A panic while holding the lock can only come from a bug in the engine itself;
         // the state it guards is still the last consistent one, so keep serving it.

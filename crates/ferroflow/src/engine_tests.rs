@@ -950,7 +950,7 @@ async fn a_run_id_taken_by_another_graph_is_a_conflict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_runs_beyond_the_retention_limit_are_forgotten() {
     let wf = workflow(vec![task("a", &[])], vec![("a", constant(json!(1)))]);
-    let engine = Engine::new(Handle::current(), EngineConfig { retain_finished: 1 });
+    let engine = Engine::new(Handle::current(), EngineConfig { retain_finished: 1, ..EngineConfig::default() });
     let first = engine.start(&wf, Value::null(), id("first")).unwrap();
     first.wait(Some(LIMIT)).await.unwrap();
     let second = engine.start(&wf, Value::null(), id("second")).unwrap();
@@ -1133,4 +1133,153 @@ fn the_status_mirror_maps_every_status_back_to_itself() {
     for status in STATUSES {
         assert_eq!(STATUSES[status as usize], status);
     }
+}
+
+// -- durable engines -------------------------------------------------------------------
+
+fn durable(store: &Arc<crate::store::MemoryStore>) -> Engine {
+    let store: Arc<dyn JournalStore> = store.clone();
+    Engine::new(Handle::current(), EngineConfig { store: Some(store), ..EngineConfig::default() })
+}
+
+/// prepare -> ask (human) -> finish, counting body calls.
+fn durable_workflow(calls: &Arc<AtomicUsize>) -> Workflow {
+    workflow(
+        vec![
+            task("prepare", &[]),
+            NodeSpec::new("ask", NodeKind::Human).dep(Dependency::on("prepare")),
+            task("finish", &["ask"]),
+        ],
+        vec![
+            ("prepare", counted(calls, json!("prepared"))),
+            ("ask", counted(calls, json!({"q": "ok?"}))),
+            ("finish", Body::blocking(|call: NodeCall| ok(json!({"answer": j(&call.deps[0])})))),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_run_is_recovered_by_another_engine_without_repeating_work() {
+    let store = Arc::new(crate::store::MemoryStore::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let wf = durable_workflow(&calls);
+    {
+        let first = durable(&store);
+        let run = first.start(&wf, Value::from(json!(1)), id("d1")).unwrap();
+        let snapshot = run.wait(Some(Duration::from_secs(5))).await.unwrap();
+        assert_eq!(snapshot.status, RunStatus::Waiting);
+        // `first` goes away here, as a process would.
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "prepare and ask ran once each");
+
+    let second = durable(&store);
+    assert!(matches!(second.snapshot("d1"), Err(Error::RunNotFound { .. })), "not in memory before recovery");
+    let run = second.recover(&wf, "d1", None).unwrap();
+    assert_eq!(run.snapshot().status, RunStatus::Waiting);
+    second.resume("d1", None, Value::from(json!("yes")), None).unwrap();
+    let snapshot = run.wait(Some(Duration::from_secs(5))).await.unwrap();
+    assert_eq!(snapshot.status, RunStatus::Completed);
+    assert_eq!(j(snapshot.output.as_ref().unwrap()), json!({"answer": "yes"}));
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "no completed node ran again");
+
+    let (record, journal) = store.load("d1").await.unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Completed);
+    assert_eq!(journal.len(), second.journal("d1").unwrap().len(), "the store holds the whole journal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_start_of_an_existing_run_id_continues_that_run() {
+    let store = Arc::new(crate::store::MemoryStore::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let wf = durable_workflow(&calls);
+    durable(&store)
+        .start(&wf, Value::from(json!(1)), id("d2"))
+        .unwrap()
+        .wait(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let again = durable(&store).start(&wf, Value::from(json!(1)), id("d2")).unwrap();
+    assert_eq!(again.wait(Some(Duration::from_secs(5))).await.unwrap().status, RunStatus::Waiting);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the second start ran nothing again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_node_runs_again_after_recovery() {
+    // The store holds a run whose `slow` node had started when its engine went away.
+    let store = Arc::new(crate::store::MemoryStore::new());
+    let started = Arc::new(AtomicUsize::new(0));
+    let hang = {
+        let started = Arc::clone(&started);
+        Body::from_async(move |_| {
+            started.fetch_add(1, Ordering::SeqCst);
+            async { std::future::pending::<BodyResult>().await }
+        })
+    };
+    let wf = workflow(vec![task("a", &[]), task("slow", &["a"])], vec![("a", constant(json!(1))), ("slow", hang)]);
+    let first = durable(&store);
+    first.start(&wf, Value::from(json!(0)), id("d3")).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while started.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    first.cancel("d3").ok(); // stops the body; the store keeps the run as cancelled
+    let (record, _) = store.load("d3").await.unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Cancelled);
+
+    // A run that stopped mid-node (no cancellation recorded) is picked up where it stood.
+    let store = Arc::new(crate::store::MemoryStore::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let wf = workflow(
+        vec![task("a", &[]), task("b", &["a"])],
+        vec![
+            ("a", counted(&calls, json!(1))),
+            ("b", Body::blocking(|call: NodeCall| ok(json!(j(&call.deps[0]).as_i64().unwrap() + 1)))),
+        ],
+    );
+    let journal = vec![
+        StoredEntry {
+            seq: 0,
+            at_ms: 1,
+            entry: JournalEntry::RunStarted {
+                graph: "g".into(),
+                version: wf.graph().version().into(),
+                input: Value::from(json!(0)),
+            },
+        },
+        StoredEntry {
+            seq: 1,
+            at_ms: 2,
+            entry: JournalEntry::NodeCompleted {
+                node: "a".into(),
+                item: None,
+                attempt: 1,
+                output: Value::from(json!(41)),
+            },
+        },
+    ];
+    let record = RunRecord {
+        run_id: "d4".into(),
+        graph: "g".into(),
+        version: wf.graph().version().into(),
+        status: RunStatus::Running,
+        created_ms: 1,
+        updated_ms: 2,
+    };
+    store.create_run(&record, &journal).await.unwrap();
+    let run = durable(&store).recover(&wf, "d4", None).unwrap();
+    let snapshot = run.wait(Some(Duration::from_secs(5))).await.unwrap();
+    assert_eq!(j(snapshot.output.as_ref().unwrap()), json!(42), "b ran on a's recorded output");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "a, completed in the journal, did not run again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovering_with_another_graph_version_is_refused() {
+    let store = Arc::new(crate::store::MemoryStore::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    durable(&store).start(&durable_workflow(&calls), Value::from(json!(1)), id("d5")).unwrap();
+    let changed = workflow(vec![task("prepare", &[])], vec![("prepare", constant(json!(0)))]);
+    assert!(matches!(durable(&store).recover(&changed, "d5", None), Err(Error::VersionMismatch { .. })));
 }
