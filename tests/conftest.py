@@ -15,7 +15,19 @@ import pytest
 import ferroflow as ff
 
 
-@pytest.fixture
-def context() -> ff.InMemory:
-    """A fresh in-memory context, so that runs of one test never meet another's."""
-    return ff.InMemory()
+@pytest.fixture(params=["memory", "sqlite"])
+def context(request, tmp_path) -> ff.Context:
+    """A fresh context of each kind, so that runs of one test never meet another's.
+
+    Every test that takes this fixture runs on every context: that makes the suite the
+    conformance suite of DESIGN.md (same graphs, same results, same events). A test of
+    behaviour that only one kind has says so with ``@pytest.mark.memory_only``."""
+    if request.param == "sqlite" and request.node.get_closest_marker("memory_only"):
+        pytest.skip("in-memory behaviour")
+    if request.param == "memory":
+        return ff.InMemory()
+    return ff.Sqlite(tmp_path / "conformance.db")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "memory_only: behaviour specific to the in-memory context")

@@ -23,6 +23,7 @@ def test_suite_runs_in_strict_mode():
 # -- non-strict: objects pass through untouched ----------------------------------------
 
 
+@pytest.mark.memory_only  # durable contexts store values as JSON
 def test_outputs_stay_the_same_python_objects(context):
     g = ff.Graph("identity", strict=False)
     made = {}
@@ -51,6 +52,7 @@ def test_outputs_stay_the_same_python_objects(context):
     assert {n.name: n for n in context.nodes(result.run_id)}["make"].output is made["doc"]
 
 
+@pytest.mark.memory_only  # durable contexts store values as JSON
 async def test_identity_through_async_bodies_and_map(context):
     g = ff.Graph("identity_async", strict=False)
     objs = [Document(str(i)) for i in range(3)]
@@ -71,6 +73,7 @@ async def test_identity_through_async_bodies_and_map(context):
     assert all(a is b for a, b in zip(result.output, objs))
 
 
+@pytest.mark.memory_only  # durable contexts store values as JSON
 def test_non_json_values_are_fine_when_not_strict(context):
     g = ff.Graph("lenient", strict=False)
 

@@ -5,10 +5,15 @@
 //! clear error instead of being written to. Values are stored as JSON text, never
 //! pickled: the file is shared with other processes.
 //!
-//! Every operation runs on a blocking thread; the connection is shared behind a mutex,
-//! and writes are single `BEGIN IMMEDIATE` transactions, so several processes may use
-//! the same file (SQLite serialises them; `busy_timeout` makes a writer wait its turn).
-//! Leased tasks are polled for: SQLite has no cross-process notification.
+//! Each operation is one short transaction run on the calling thread, on a connection
+//! shared behind a mutex. The engine calls the store only from threads that may block
+//! (blocking threads, or runtime workers inside `block_in_place`); an async caller on a
+//! runtime worker blocks it for one transaction. Running the SQL elsewhere instead
+//! (`spawn_blocking`) would deadlock a busy engine: its blocking threads wait on the store
+//! while holding run locks, and the store would need one of those very threads.
+//! Writes are `BEGIN IMMEDIATE` transactions, so several processes may use the same file
+//! (SQLite serialises them; `busy_timeout` makes a writer wait its turn). Leased tasks are
+//! polled for: SQLite has no cross-process notification.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -129,22 +134,16 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    /// Runs `f` with the connection on a blocking thread.
+    /// Runs `f` with the connection, on this thread.
     async fn with_conn<T, F>(&self, f: F) -> Result<T>
     where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T>,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn).map_err(|e| match e {
-                Error::Store(message) => Error::Store(format!("{}: {message}", inner.path.display())),
-                other => other,
-            })
+        let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn).map_err(|e| match e {
+            Error::Store(message) => Error::Store(format!("{}: {message}", self.inner.path.display())),
+            other => other,
         })
-        .await
-        .map_err(|e| Error::Store(format!("a store operation panicked: {e}")))?
     }
 }
 

@@ -419,7 +419,7 @@ fn a_map_over_a_non_list_fails_the_run() {
     let (node, error, retry, item) = node_failed.expect("a derived NodeFailed");
     assert_eq!(node, "m");
     assert_eq!(error.kind, "InvalidMapInput");
-    assert!(error.message.contains("object"), "{}", error.message);
+    assert!(error.message.contains("dict"), "{}", error.message);
     assert_eq!(retry, None);
     assert_eq!(item, None);
     // NodeFailed comes before RunFinished.

@@ -94,16 +94,19 @@ impl Value {
         labels_of(&json)
     }
 
-    /// A short description of the value's type, for error messages.
+    /// A short description of the value's type, for error messages. JSON values are named
+    /// as Python names their decoded form, so that a message reads the same whether the
+    /// value came from memory or from a durable store.
     pub fn type_name(&self) -> String {
         match self {
             Value::Json(v) => match v.as_ref() {
-                serde_json::Value::Null => "null",
+                serde_json::Value::Null => "None",
                 serde_json::Value::Bool(_) => "bool",
-                serde_json::Value::Number(_) => "number",
-                serde_json::Value::String(_) => "string",
-                serde_json::Value::Array(_) => "array",
-                serde_json::Value::Object(_) => "object",
+                serde_json::Value::Number(n) if n.is_f64() => "float",
+                serde_json::Value::Number(_) => "int",
+                serde_json::Value::String(_) => "str",
+                serde_json::Value::Array(_) => "list",
+                serde_json::Value::Object(_) => "dict",
             }
             .to_owned(),
             Value::List(_) => "list".to_owned(),
