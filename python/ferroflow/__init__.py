@@ -28,7 +28,7 @@ from .errors import (
     WaitTimeoutError,
 )
 from .graph import Graph
-from .types import ErrorInfo, NodeContext, NodeInfo, Retry, RunResult, RunStatus
+from .types import ErrorInfo, NodeContext, NodeInfo, Retry, RunInfo, RunResult, RunStatus
 
 __all__ = [
     "Context",
@@ -48,6 +48,7 @@ __all__ = [
     "RunError",
     "RunFailedError",
     "RunIdConflictError",
+    "RunInfo",
     "RunNotFoundError",
     "RunResult",
     "RunStatus",

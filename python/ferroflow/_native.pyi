@@ -130,5 +130,11 @@ class Engine:
         """The run's current state."""
     def nodes(self, run_id: str) -> List[Dict[str, Any]]:
         """Per-node state of a run."""
+    def list_runs(
+        self, graph: Optional[str] = None, status: Optional[str] = None, limit: int = 100
+    ) -> List[Dict[str, Any]]:
+        """Runs newest first, from the store of a durable engine or from memory."""
+    def journal(self, run_id: str) -> List[Dict[str, Any]]:
+        """The run's journal as event dicts."""
     def run_ids(self) -> List[str]:
         """Ids of the runs in memory, oldest first."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from . import _native
-from .types import ErrorInfo, NodeInfo
+from .errors import RunNotFoundError
+from .events import Event, Interrupted, NodeCompleted, NodeFailed, NodeSkipped, Resumed, RunFinished, _from_native
+from .types import ErrorInfo, NodeInfo, RunInfo, RunStatus
 
 __all__ = ["Context", "InMemory", "Sqlite", "default_context"]
 
@@ -28,8 +30,34 @@ class Context:
         """Ids of the runs this context knows, oldest first."""
         return self._engine.run_ids()
 
+    def runs(self, *, graph: Optional[str] = None, status: Optional[str] = None, limit: int = 100) -> List[RunInfo]:
+        """Runs of this context, newest first, optionally of one graph or in one status."""
+        return [
+            RunInfo(
+                run_id=d["run_id"],
+                graph=d["graph"],
+                version=d["version"],
+                status=RunStatus(d["status"]),
+                created=d["created_ms"] / 1000,
+                updated=d["updated_ms"] / 1000,
+            )
+            for d in self._engine.list_runs(graph, status, limit)
+        ]
+
+    def journal(self, run_id: str) -> List[Event]:
+        """The run's journal: its recorded events, in order."""
+        return [_from_native(d) for d in self._engine.journal(run_id)]
+
     def nodes(self, run_id: str) -> List[NodeInfo]:
-        """The state of every node of a run, in topological order."""
+        """The state of every node of a run: in topological order for a run in memory; in
+        the order the journal first mentions them for a run read from a store (nodes the
+        run has not reached are then not listed)."""
+        try:
+            reports = self._engine.nodes(run_id)
+        except RunNotFoundError:
+            if not self.durable:
+                raise
+            return _nodes_from_journal(self.journal(run_id))
         return [
             NodeInfo(
                 name=d["name"],
@@ -39,7 +67,7 @@ class Context:
                 output=d["output"],
                 error=ErrorInfo._from_native(d["error"]),
             )
-            for d in self._engine.nodes(run_id)
+            for d in reports
         ]
 
 
@@ -81,6 +109,50 @@ class InMemory(Context):
 
     def __repr__(self) -> str:
         return "InMemory()"
+
+
+def _nodes_from_journal(events: List[Event]) -> List[NodeInfo]:
+    """What the journal says of each node it mentions, without the graph."""
+    nodes: Dict[str, Dict[str, Any]] = {}
+    finished = next((e for e in events if isinstance(e, RunFinished)), None)
+    for event in events:
+        name = getattr(event, "node", None)
+        if name is None or isinstance(event, RunFinished):
+            continue
+        node = nodes.setdefault(name, {"status": "running", "attempts": 0, "output": None, "error": None})
+        node["finished_at"] = event.at
+        attempt = getattr(event, "attempt", 0)
+        node["attempts"] = max(node["attempts"], attempt)
+        if isinstance(event, NodeCompleted) and event.item is None:
+            node.update(status="completed", output=event.output)
+        elif isinstance(event, NodeFailed):
+            node["error"] = event.error
+            if event.retry_in is None:
+                node["status"] = "failed"
+        elif isinstance(event, NodeSkipped):
+            node["status"] = "skipped"
+        elif isinstance(event, Interrupted):
+            node.update(status="waiting", output=event.payload)
+        elif isinstance(event, Resumed):
+            node.update(status="completed", output=event.value)
+    for node in nodes.values():
+        # A map node completes without an entry of its own, once its elements have.
+        if node["status"] == "running" and finished is not None:
+            node["status"] = "completed" if finished.status is RunStatus.COMPLETED else "cancelled"
+        elif node["status"] == "waiting" and finished is not None:
+            node["status"] = "cancelled"
+    return [
+        NodeInfo(
+            name=name,
+            kind=None,
+            status=n["status"],
+            attempts=n["attempts"],
+            output=n["output"],
+            error=n["error"],
+            finished_at=n.get("finished_at"),
+        )
+        for name, n in nodes.items()
+    ]
 
 
 _default_lock = threading.Lock()

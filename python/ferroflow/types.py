@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple, Type
 
-__all__ = ["ErrorInfo", "NodeContext", "NodeInfo", "Retry", "RunResult", "RunStatus"]
+__all__ = ["ErrorInfo", "NodeContext", "NodeInfo", "Retry", "RunInfo", "RunResult", "RunStatus"]
 
 
 class RunStatus(str, enum.Enum):
@@ -108,11 +108,28 @@ class RunResult:
 
 @dataclass(frozen=True)
 class NodeInfo:
-    """One node of a run, for inspection."""
+    """One node of a run, for inspection.
+
+    ``status`` is pending, running, waiting, completed, skipped, failed or cancelled.
+    ``kind`` is ``None`` when the run was read from a store without its graph.
+    ``finished_at`` is when the node's last journal entry was written (Unix seconds)."""
 
     name: str
-    kind: str
+    kind: Optional[str]
     status: str
     attempts: int
     output: Any = None
     error: Optional[ErrorInfo] = None
+    finished_at: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run as listed by ``context.runs()``; times are Unix seconds."""
+
+    run_id: str
+    graph: str
+    version: str
+    status: RunStatus
+    created: float
+    updated: float

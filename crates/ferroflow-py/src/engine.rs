@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ferroflow::{
     Body, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, JournalStore, NodeError, RunHandle,
-    RunSnapshot, SqliteStore, StartOptions, Value, WatchUntil, Workflow,
+    RunSnapshot, RunStatus, SqliteStore, StartOptions, Value, WatchUntil, Workflow,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -423,6 +423,58 @@ impl PyEngine {
                 d.set_item("output", r.output.as_ref().map(|v| to_py(py, v)).transpose()?)?;
                 d.set_item("error", r.error.as_ref().map(|e| error_to_py(py, e)).transpose()?)?;
                 Ok(d.into_any().unbind())
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(PyList::new(py, items)?.unbind())
+    }
+
+    /// Runs as dicts (run_id, graph, version, status, created_ms, updated_ms), newest first:
+    /// from the store of a durable engine, from memory otherwise.
+    #[pyo3(signature = (graph = None, status = None, limit = 100))]
+    fn list_runs(
+        &self,
+        py: Python<'_>,
+        graph: Option<&str>,
+        status: Option<&str>,
+        limit: usize,
+    ) -> PyResult<Py<PyList>> {
+        let status = status
+            .map(|s| {
+                serde_json::from_value::<RunStatus>(serde_json::Value::String(s.to_owned()))
+                    .map_err(|_| PyValueError::new_err(format!("unknown run status '{s}'")))
+            })
+            .transpose()?;
+        let records = py.detach(|| self.engine.list_runs(graph, status, limit)).map_err(to_py_err)?;
+        let items = records
+            .iter()
+            .map(|r| {
+                let d = PyDict::new(py);
+                d.set_item("run_id", &r.run_id)?;
+                d.set_item("graph", &r.graph)?;
+                d.set_item("version", &r.version)?;
+                d.set_item("status", r.status.as_str())?;
+                d.set_item("created_ms", r.created_ms)?;
+                d.set_item("updated_ms", r.updated_ms)?;
+                Ok(d.into_any().unbind())
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(PyList::new(py, items)?.unbind())
+    }
+
+    /// The run's journal as event dicts, from memory or the store.
+    fn journal(&self, py: Python<'_>, run_id: &str) -> PyResult<Py<PyList>> {
+        let journal = py.detach(|| self.engine.journal(run_id)).map_err(to_py_err)?;
+        let run_id: Arc<str> = Arc::from(run_id);
+        let items = journal
+            .into_iter()
+            .map(|stored| {
+                let event = Event {
+                    run_id: Arc::clone(&run_id),
+                    seq: stored.seq,
+                    at_ms: stored.at_ms,
+                    kind: EventKind::Journal(stored.entry),
+                };
+                event_to_py(py, &event)
             })
             .collect::<PyResult<Vec<_>>>()?;
         Ok(PyList::new(py, items)?.unbind())

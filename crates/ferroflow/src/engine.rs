@@ -174,7 +174,12 @@ struct LiveRun {
     retired: AtomicBool,
     /// When the run finished, on [`FINISH_ORDER`]; 0 while it has not.
     finished_at: AtomicU64,
+    /// When this engine took the run on (started or recovered it), on [`CREATION_ORDER`].
+    created: u64,
 }
+
+/// Orders runs by when they were taken on, for listing.
+static CREATION_ORDER: AtomicU64 = AtomicU64::new(1);
 
 /// Every status, indexed by its `u8` form (see [`LiveRun::status`]).
 const STATUSES: [RunStatus; 6] = [
@@ -191,6 +196,8 @@ static FINISH_ORDER: AtomicU64 = AtomicU64::new(1);
 
 struct RunCore {
     state: RunState,
+    /// The status the store last recorded for the run (durable engines).
+    stored_status: RunStatus,
     journal: Vec<StoredEntry>,
     attachment: Option<Attachment>,
     watchers: Vec<Watcher>,
@@ -426,15 +433,60 @@ impl Engine {
 
     /// The run's journal so far.
     pub fn journal(&self, run_id: &str) -> Result<Vec<StoredEntry>> {
-        Ok(self.inner.live(run_id)?.lock().journal.clone())
+        if let Ok(run) = self.inner.live(run_id) {
+            return Ok(run.lock().journal.clone());
+        }
+        self.stored(run_id).map(|(_, journal)| journal)
+    }
+
+    /// The run's record and journal from the store, without taking the run over.
+    fn stored(&self, run_id: &str) -> Result<(RunRecord, Vec<StoredEntry>)> {
+        let not_found = || Error::RunNotFound { run_id: run_id.to_owned() };
+        let store = self.inner.config.store.as_ref().ok_or_else(not_found)?;
+        self.inner.block_on(store.load(run_id))?.ok_or_else(not_found)
+    }
+
+    /// Runs matching `graph` and `status` (all when `None`), newest first: from the store in
+    /// a durable engine, from memory otherwise.
+    pub fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
+        if let Some(store) = &self.inner.config.store {
+            return self.inner.block_on(store.list_runs(graph, status, limit));
+        }
+        let live: Vec<Arc<LiveRun>> = self.inner.runs.lock().expect("run table lock").runs.values().cloned().collect();
+        let mut live = live;
+        live.sort_by_key(|run| std::cmp::Reverse(run.created));
+        let records: Vec<RunRecord> = live
+            .iter()
+            .filter_map(|run| {
+                let core = run.lock();
+                let (first, last) = (core.journal.first()?, core.journal.last()?);
+                let graph_ = run.workflow.graph();
+                Some(RunRecord {
+                    run_id: run.run_id.to_string(),
+                    graph: graph_.name().to_owned(),
+                    version: graph_.version().to_owned(),
+                    status: core.state.status(),
+                    created_ms: first.at_ms,
+                    updated_ms: last.at_ms,
+                })
+            })
+            .filter(|r| graph.is_none_or(|g| r.graph == g) && status.is_none_or(|s| r.status == s))
+            .take(limit)
+            .collect();
+        Ok(records)
     }
 
     /// Ids of the runs held in memory, oldest first.
     pub fn run_ids(&self) -> Vec<Arc<str>> {
-        // Never lock a run while holding the table: the lock order is run, then table.
-        let live: Vec<Arc<LiveRun>> = self.inner.runs.lock().expect("run table lock").runs.values().cloned().collect();
-        let mut runs: Vec<(u64, Arc<str>)> =
-            live.iter().map(|r| (r.lock().journal.first().map_or(0, |e| e.at_ms), Arc::clone(&r.run_id))).collect();
+        let mut runs: Vec<(u64, Arc<str>)> = self
+            .inner
+            .runs
+            .lock()
+            .expect("run table lock")
+            .runs
+            .values()
+            .map(|r| (r.created, Arc::clone(&r.run_id)))
+            .collect();
         runs.sort();
         runs.into_iter().map(|(_, id)| id).collect()
     }
@@ -496,7 +548,11 @@ impl Engine {
     /// cancelled, and results still arriving are dropped. Cancelling a cancelled run does
     /// nothing; cancelling a completed or failed run is an error.
     pub fn cancel(&self, run_id: &str) -> Result<()> {
-        let run = self.inner.live(run_id)?;
+        let run = match self.inner.live(run_id) {
+            Ok(run) => run,
+            Err(not_here) if self.inner.config.store.is_none() => return Err(not_here),
+            Err(_) => return self.cancel_stored(run_id),
+        };
         {
             let mut core = run.lock();
             match core.state.status() {
@@ -520,6 +576,29 @@ impl Engine {
         run.cancel.cancel();
         self.inner.after_change(&run);
         Ok(())
+    }
+
+    /// Cancels a run that only the store holds: a `RunFinished` entry is appended to its
+    /// journal. A process still executing the run finds the journal moved on when it next
+    /// writes, and stops.
+    fn cancel_stored(&self, run_id: &str) -> Result<()> {
+        let (record, journal) = self.stored(run_id)?;
+        match record.status {
+            RunStatus::Cancelled => return Ok(()),
+            status if status.is_terminal() => {
+                return Err(Error::InvalidRunState {
+                    run_id: run_id.to_owned(),
+                    status,
+                    action: "cancel",
+                    expected: "pending, running or waiting",
+                });
+            }
+            _ => {}
+        }
+        let entry = JournalEntry::RunFinished { status: RunStatus::Cancelled, output: None, failure: None };
+        let stored = StoredEntry { seq: journal.len() as u64, at_ms: now_ms(), entry };
+        let store = self.inner.config.store.as_ref().expect("checked by stored()");
+        self.inner.block_on(store.append(run_id, stored.seq, &[stored]))
     }
 
     /// The run's events so far, then live ones until `until`.
@@ -557,7 +636,19 @@ impl Inner {
         if from >= core.journal.len() {
             return true;
         }
-        let written = self.block_on(store.append(&run.run_id, from as u64, &core.journal[from..]));
+        let status = core.state.status();
+        // Waiting is derived, not an entry: the store is told when a run starts or stops it.
+        let tell = status != core.stored_status && !status.is_terminal();
+        let written = self.block_on(async {
+            store.append(&run.run_id, from as u64, &core.journal[from..]).await?;
+            if tell {
+                store.set_status(&run.run_id, status).await?;
+            }
+            Ok::<_, Error>(())
+        });
+        if written.is_ok() {
+            core.stored_status = status;
+        }
         let Err(error) = written else { return true };
         tracing::error!(run_id = %run.run_id, %error, "the store failed; failing the run");
         let failure = RunFailure {
@@ -747,13 +838,14 @@ impl LiveRun {
         Arc::new(LiveRun {
             run_id,
             workflow,
-            core: Mutex::new(RunCore { state, journal, attachment, watchers: Vec::new() }),
+            core: Mutex::new(RunCore { stored_status: status, state, journal, attachment, watchers: Vec::new() }),
             status: AtomicU8::new(status as u8),
             settle: Notify::new(),
             cancel: CancellationToken::new(),
             has_watchers: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             finished_at: AtomicU64::new(0),
+            created: CREATION_ORDER.fetch_add(1, Ordering::Relaxed),
         })
     }
 

@@ -307,6 +307,22 @@ impl JournalStore for SqliteStore {
         self.with_conn(move |conn| load_run(conn, &run_id)).await
     }
 
+    async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
+        self.with_conn(|conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE runs SET status = ?2, updated_ms = ?3 WHERE run_id = ?1",
+                    params![run_id, status.as_str(), now_ms() as i64],
+                )
+                .map_err(sql)?;
+            if changed == 0 {
+                return Err(Error::RunNotFound { run_id: run_id.to_owned() });
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
         let graph = graph.map(str::to_owned);
         self.with_conn(move |conn| {
@@ -314,7 +330,7 @@ impl JournalStore for SqliteStore {
                 .prepare_cached(
                     "SELECT run_id, graph, version, status, created_ms, updated_ms FROM runs
                      WHERE (?1 IS NULL OR graph = ?1) AND (?2 IS NULL OR status = ?2)
-                     ORDER BY created_ms DESC, run_id DESC LIMIT ?3",
+                     ORDER BY created_ms DESC, rowid DESC LIMIT ?3",
                 )
                 .map_err(sql)?;
             let rows =

@@ -63,7 +63,12 @@ pub trait JournalStore: Send + Sync + 'static {
     async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created>;
     async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()>;
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>>;
-    /// Records matching `graph` and `status` (all when `None`), newest first.
+    /// Records a status the journal implies without an entry of its own (a run starting or
+    /// stopping to wait for a person), so that listing runs shows it. `RunFinished` entries
+    /// set the final status by themselves.
+    async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()>;
+    /// Records matching `graph` and `status` (all when `None`), newest first: by creation
+    /// time, and runs created in the same millisecond in the reverse order of creation.
     async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>>;
 }
 
@@ -122,7 +127,14 @@ pub trait TaskQueue: Send + Sync + 'static {
 /// the conformance tests hold durable stores to.
 #[derive(Default)]
 pub struct MemoryStore {
-    runs: Mutex<HashMap<String, (RunRecord, Vec<StoredEntry>)>>,
+    runs: Mutex<HashMap<String, MemoryRun>>,
+}
+
+struct MemoryRun {
+    record: RunRecord,
+    journal: Vec<StoredEntry>,
+    /// Its place in the order of creation.
+    order: u64,
 }
 
 impl MemoryStore {
@@ -135,16 +147,18 @@ impl MemoryStore {
 impl JournalStore for MemoryStore {
     async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
         let mut runs = self.runs.lock().expect("store lock");
-        if let Some((existing, journal)) = runs.get(&record.run_id) {
-            return Ok(Created::Existing { record: existing.clone(), journal: journal.clone() });
+        if let Some(existing) = runs.get(&record.run_id) {
+            return Ok(Created::Existing { record: existing.record.clone(), journal: existing.journal.clone() });
         }
-        runs.insert(record.run_id.clone(), (record.clone(), first.to_vec()));
+        let order = runs.len() as u64;
+        runs.insert(record.run_id.clone(), MemoryRun { record: record.clone(), journal: first.to_vec(), order });
         Ok(Created::New)
     }
 
     async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
         let mut runs = self.runs.lock().expect("store lock");
-        let (record, journal) = runs.get_mut(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
+        let MemoryRun { record, journal, .. } =
+            runs.get_mut(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
         if journal.len() as u64 != expected_seq {
             return Err(Error::Store(format!(
                 "run '{run_id}': journal has {} entries, the writer expected {expected_seq}: another writer got there first",
@@ -162,20 +176,24 @@ impl JournalStore for MemoryStore {
     }
 
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
-        Ok(self.runs.lock().expect("store lock").get(run_id).cloned())
+        Ok(self.runs.lock().expect("store lock").get(run_id).map(|run| (run.record.clone(), run.journal.clone())))
+    }
+
+    async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
+        let mut runs = self.runs.lock().expect("store lock");
+        let run = runs.get_mut(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
+        run.record.status = status;
+        Ok(())
     }
 
     async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
         let runs = self.runs.lock().expect("store lock");
-        let mut records: Vec<RunRecord> = runs
+        let mut matching: Vec<&MemoryRun> = runs
             .values()
-            .map(|(r, _)| r)
-            .filter(|r| graph.is_none_or(|g| r.graph == g) && status.is_none_or(|s| r.status == s))
-            .cloned()
+            .filter(|run| graph.is_none_or(|g| run.record.graph == g) && status.is_none_or(|s| run.record.status == s))
             .collect();
-        records.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| b.run_id.cmp(&a.run_id)));
-        records.truncate(limit);
-        Ok(records)
+        matching.sort_by(|a, b| b.record.created_ms.cmp(&a.record.created_ms).then(b.order.cmp(&a.order)));
+        Ok(matching.into_iter().take(limit).map(|run| run.record.clone()).collect())
     }
 }
 
@@ -328,6 +346,9 @@ impl<T: JournalStore + ?Sized> JournalStore for std::sync::Arc<T> {
     }
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
         (**self).load(run_id).await
+    }
+    async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
+        (**self).set_status(run_id, status).await
     }
     async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
         (**self).list_runs(graph, status, limit).await

@@ -174,6 +174,17 @@ macro_rules! journal_store_contract {
         }
 
         #[::tokio::test]
+        async fn set_status_records_a_derived_status() {
+            let (store, _guard) = $make;
+            new_run(&store, "r1", "g", 100).await;
+            store.set_status("r1", RunStatus::Waiting).await.unwrap();
+            assert_eq!(store.load("r1").await.unwrap().unwrap().0.status, RunStatus::Waiting);
+            let waiting = store.list_runs(None, Some(RunStatus::Waiting), 10).await.unwrap();
+            assert_eq!(waiting.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["r1"]);
+            assert!(matches!(store.set_status("ghost", RunStatus::Waiting).await, Err(Error::RunNotFound { .. })));
+        }
+
+        #[::tokio::test]
         async fn run_finished_updates_the_record_status() {
             let (store, _guard) = $make;
             new_run(&store, "done", "g", 100).await;

@@ -1,0 +1,219 @@
+"""The ``ferroflow`` command: inspect, continue and cancel runs; draw graphs.
+
+    ferroflow runs list --context runs.db [--graph NAME] [--status STATUS] [--limit N] [--json]
+    ferroflow runs show RUN --context runs.db [--json]
+    ferroflow runs resume RUN --context runs.db --graph MODULE:GRAPH [--value JSON] [--node NODE]
+    ferroflow runs cancel RUN --context runs.db
+    ferroflow graph MODULE:GRAPH
+
+``--context`` is a SQLite file (``runs.db`` or ``sqlite:///path/runs.db``). Inspecting and
+cancelling need only the file; continuing a run executes its nodes, so it needs the graph,
+named as ``module:attribute`` (the module is imported from the current directory first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import sys
+from typing import Any, List, Optional, Sequence
+
+from .context import Context, InMemory, Sqlite
+from .errors import FerroflowError
+from .events import RunFinished
+from .graph import NO_ANSWER, Graph
+
+__all__ = ["main"]
+
+
+def open_context(spec: str) -> Context:
+    """A context from its command-line form: ``memory``, ``sqlite:///path`` or a file path."""
+    if spec == "memory":
+        return InMemory()
+    for prefix in ("sqlite:///", "sqlite://", "sqlite:"):
+        if spec.startswith(prefix):
+            path = spec[len(prefix) :]
+            return Sqlite("/" + path if prefix == "sqlite:///" else path)
+    return Sqlite(spec)
+
+
+def load_graph(spec: str) -> Graph:
+    """The graph named ``module:attribute``."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise SystemExit(f"ferroflow: name the graph as MODULE:GRAPH, not {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise SystemExit(f"ferroflow: cannot import {module_name!r}: {e}") from None
+    graph = getattr(module, attribute, None)
+    if not isinstance(graph, Graph):
+        raise SystemExit(f"ferroflow: {spec!r} is not a ferroflow.Graph")
+    return graph
+
+
+def _when(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(seconds).isoformat(sep=" ", timespec="milliseconds")
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _table(rows: List[List[str]], header: List[str]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def runs_list(args: argparse.Namespace) -> int:
+    runs = open_context(args.context).runs(graph=args.graph, status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps([dict(r.__dict__, status=r.status.value) for r in runs], indent=2))
+        return 0
+    rows = [[r.run_id, r.graph, r.status.value, _when(r.created), _when(r.updated)] for r in runs]
+    print(_table(rows, ["RUN", "GRAPH", "STATUS", "CREATED", "UPDATED"]) if rows else "no runs")
+    return 0
+
+
+def runs_show(args: argparse.Namespace) -> int:
+    context = open_context(args.context)
+    journal = context.journal(args.run)
+    nodes = context.nodes(args.run)
+    started = journal[0] if journal else None
+    last = journal[-1] if journal else None
+    finished = last if isinstance(last, RunFinished) else None
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "run_id": args.run,
+                    "graph": getattr(started, "graph", None),
+                    "status": finished.status.value if finished else "unfinished",
+                    "input": getattr(started, "input", None),
+                    "output": getattr(finished, "output", None),
+                    "nodes": [dict(n.__dict__, error=n.error.__dict__ if n.error else None) for n in nodes],
+                },
+                indent=2,
+                default=repr,
+            )
+        )
+        return 0
+    print(f"run      {args.run}")
+    print(f"graph    {getattr(started, 'graph', '?')} (version {getattr(started, 'version', '?')})")
+    print(f"status   {finished.status.value if finished else 'unfinished (running, waiting, or stopped)'}")
+    print(f"started  {_when(started.at if started else None)}")
+    print(f"input    {_short(getattr(started, 'input', None))}")
+    if finished is not None:
+        print(f"ended    {_when(finished.at)}")
+        if finished.output is not None:
+            print(f"output   {_short(finished.output)}")
+        if finished.error is not None:
+            print(f"error    at {finished.node}: {finished.error.type}: {finished.error.message}")
+    rows = [
+        [
+            n.name,
+            n.status,
+            str(n.attempts),
+            _when(n.finished_at),
+            _short(n.output, 40) if n.output is not None else "",
+            f"{n.error.type}: {n.error.message}" if n.error else "",
+        ]
+        for n in nodes
+    ]
+    print()
+    print(_table(rows, ["NODE", "STATUS", "ATTEMPTS", "AT", "OUTPUT", "ERROR"]))
+    return 0
+
+
+def runs_resume(args: argparse.Namespace) -> int:
+    graph = load_graph(args.graph)
+    value = NO_ANSWER if args.value is None else json.loads(args.value)
+    result = graph.resume(args.run, value, node=args.node, context=open_context(args.context), timeout=args.timeout)
+    print(
+        json.dumps(
+            {
+                "run_id": result.run_id,
+                "status": result.status.value,
+                "output": result.output,
+                "waiting": dict(result.waiting),
+            },
+            default=repr,
+        )
+    )
+    return 0
+
+
+def runs_cancel(args: argparse.Namespace) -> int:
+    open_context(args.context)._engine.cancel(args.run)
+    print(f"cancelled {args.run}")
+    return 0
+
+
+def graph_draw(args: argparse.Namespace) -> int:
+    print(load_graph(args.graph).to_mermaid(), end="")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="ferroflow", description="Inspect and steer ferroflow runs.")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    runs = commands.add_parser("runs", help="list, show, continue or cancel runs").add_subparsers(
+        dest="action", required=True
+    )
+    listing = runs.add_parser("list", help="list runs, newest first")
+    listing.add_argument("--graph")
+    listing.add_argument("--status", choices=["pending", "running", "waiting", "completed", "failed", "cancelled"])
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=runs_list)
+
+    show = runs.add_parser("show", help="a run's status, and each node's status, attempts, output and error")
+    show.add_argument("run")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=runs_show)
+
+    resume = runs.add_parser("resume", help="continue a stopped run, or answer a waiting one (--value)")
+    resume.add_argument("run")
+    resume.add_argument("--graph", required=True, help="the graph, as MODULE:GRAPH")
+    resume.add_argument("--value", help="the answer for the waiting human node, as JSON")
+    resume.add_argument("--node", help="which waiting node the value answers, if several")
+    resume.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    resume.set_defaults(handler=runs_resume)
+
+    cancel = runs.add_parser("cancel", help="cancel a run")
+    cancel.add_argument("run")
+    cancel.set_defaults(handler=runs_cancel)
+
+    for sub in (listing, show, resume, cancel):
+        sub.add_argument("--context", required=True, help="the SQLite file (or sqlite:///path)")
+
+    draw = commands.add_parser("graph", help="print a graph as a Mermaid flowchart")
+    draw.add_argument("graph", help="the graph, as MODULE:GRAPH")
+    draw.set_defaults(handler=graph_draw)
+    return top
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except FerroflowError as e:
+        print(f"ferroflow: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`ferroflow runs list | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
