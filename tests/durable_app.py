@@ -26,8 +26,8 @@ def first(input):
 
 
 @chain.task
-def explode(first):
-    log("explode")
+def explode(first, ctx):
+    log(f"explode:{ctx.attempt}:{ctx.idempotency_key}")
     marker = os.environ["FERROFLOW_TEST_LOG"] + ".exploded"
     if not os.path.exists(marker):
         open(marker, "w").close()

@@ -37,14 +37,18 @@ def test_a_run_killed_mid_node_continues_without_repeating_completed_nodes(tmp_p
         f"durable_app.chain.run(4, run_id='crash-1', context=ff.Sqlite({str(db)!r}))\n"
     )
     assert crashed.returncode == -9, crashed.stderr  # SIGKILL, in the middle of `explode`
-    assert calls(log) == ["first", "explode"]
+    assert calls(log) == ["first", "explode:1:crash-1/explode/1"]
 
     import durable_app
 
     result = durable_app.chain.resume("crash-1", context=ff.Sqlite(db), timeout=10)
     assert result.status is ff.RunStatus.COMPLETED
     assert result.output == 41
-    assert calls(log) == ["first", "explode", "explode", "last"], "`first` completed before the crash and ran once"
+    # `first` completed before the crash and ran once; `explode` runs again as attempt 2, with
+    # the idempotency base of its first attempt.
+    assert calls(log) == ["first", "explode:1:crash-1/explode/1", "explode:2:crash-1/explode/2", "last"]
+    kinds = [(n.name, n.status, n.attempts) for n in ff.Sqlite(db).nodes("crash-1")]
+    assert kinds == [("first", "completed", 1), ("explode", "completed", 2), ("last", "completed", 1)]
 
 
 def test_a_person_answers_from_another_process(tmp_path, log):

@@ -395,7 +395,12 @@ impl Engine {
             table.runs.insert(Arc::clone(&run.run_id), Arc::clone(&run));
             run
         };
-        let ready = run.prepare(&run.lock(), outstanding);
+        let ready = {
+            let mut core = run.lock();
+            let from = core.journal.len();
+            let next = Self::interrupted(&run, &mut core, outstanding);
+            if self.inner.persist(&run, &mut core, from) { run.prepare(&core, next) } else { Vec::new() }
+        };
         self.inner.after_change(&run);
         let mut ready = ready;
         let mine = if drive {
@@ -408,6 +413,39 @@ impl Engine {
             Arc::clone(&self.inner).run_blocking_chain(Arc::clone(&run), task);
         }
         Ok(RunHandle { run })
+    }
+
+    /// Records that the attempts outstanding when a run's process stopped were interrupted,
+    /// and returns their next attempts. An attempt
+    /// that may have started runs again as attempt + 1 with the same idempotency base, so
+    /// its body can tell, and the journal shows why. This is not a failure under the retry
+    /// policy: execution is at-least-once, and a lost process is not the body's doing.
+    fn interrupted(run: &LiveRun, core: &mut RunCore, outstanding: Vec<Task>) -> Vec<Task> {
+        let mut next = Vec::with_capacity(outstanding.len());
+        for task in outstanding {
+            if task.delay.is_some() {
+                next.push(task);
+                continue;
+            }
+            let entry = JournalEntry::NodeFailed {
+                node: Arc::clone(run.workflow.name(task.node)),
+                item: task.item,
+                attempt: task.attempt,
+                error: NodeError::new(
+                    "Interrupted",
+                    "the process running this attempt stopped before recording its result; it runs again",
+                ),
+                retry_in_ms: Some(0),
+            };
+            match core.state.apply(&entry) {
+                Ok(effects) => {
+                    run.record(core, std::iter::once(entry).chain(effects.derived));
+                    next.extend(effects.ready.into_iter().map(|t| Task { delay: None, ..t }));
+                }
+                Err(_) => next.push(task),
+            }
+        }
+        next
     }
 
     /// Waits until the run is settled (waiting for a person, or finished) or `timeout`

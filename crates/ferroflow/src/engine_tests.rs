@@ -1236,7 +1236,12 @@ async fn an_unfinished_node_runs_again_after_recovery() {
         vec![task("a", &[]), task("b", &["a"])],
         vec![
             ("a", counted(&calls, json!(1))),
-            ("b", Body::blocking(|call: NodeCall| ok(json!(j(&call.deps[0]).as_i64().unwrap() + 1)))),
+            (
+                "b",
+                Body::blocking(|call: NodeCall| {
+                    ok(json!([j(&call.deps[0]).as_i64().unwrap() + 1, call.attempt, call.idempotency_base()]))
+                }),
+            ),
         ],
     );
     let journal = vec![
@@ -1271,8 +1276,15 @@ async fn an_unfinished_node_runs_again_after_recovery() {
     store.create_run(&record, &journal).await.unwrap();
     let run = durable(&store).recover(&wf, "d4", None).unwrap();
     let snapshot = run.wait(Some(Duration::from_secs(5))).await.unwrap();
-    assert_eq!(j(snapshot.output.as_ref().unwrap()), json!(42), "b ran on a's recorded output");
+    // b ran on a's recorded output, as attempt 2 (attempt 1 was outstanding when its process
+    // stopped), with the idempotency base every attempt of b shares.
+    assert_eq!(j(snapshot.output.as_ref().unwrap()), json!([42, 2, "d4/b"]));
     assert_eq!(calls.load(Ordering::SeqCst), 0, "a, completed in the journal, did not run again");
+    let interrupted = store.load("d4").await.unwrap().unwrap().1.into_iter().find_map(|s| match s.entry {
+        JournalEntry::NodeFailed { node, attempt, error, .. } if &*node == "b" => Some((attempt, error.kind)),
+        _ => None,
+    });
+    assert_eq!(interrupted, Some((1, "Interrupted".to_owned())), "the journal says why b ran again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
