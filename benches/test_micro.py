@@ -50,6 +50,24 @@ def test_chain10_plain(benchmark: Any, chain: Any) -> None:
     assert benchmark(plain, 1) == 1
 
 
+@pytest.mark.benchmark(group="chain10 durable: one run, every node checkpointed to SQLite")
+def test_chain10_run_sqlite(benchmark: Any, chain: Any, tmp_path: Any) -> None:
+    graph, _ = chain
+    context = ff.Sqlite(tmp_path / "micro.db")
+    result = benchmark(graph.run, 1, context=context, timeout=30.0)
+    assert result.output == 1
+
+
+@pytest.mark.benchmark(group="chain10 durable: one run, every node checkpointed to SQLite")
+def test_chain10_plain_sqlite(benchmark: Any, tmp_path: Any) -> None:
+    # sqlite3 in WAL mode, synchronous=NORMAL: per node, call it, INSERT its output as JSON, COMMIT.
+    run, conn = workloads._raw_sqlite(str(tmp_path / "plain.db"), workloads._chain_functions())
+    try:
+        assert benchmark(run, 1, 1) == 1
+    finally:
+        conn.close()
+
+
 @pytest.mark.benchmark(group="one sync node")
 def test_one_node_run(benchmark: Any) -> None:
     g = ff.Graph("micro_one")

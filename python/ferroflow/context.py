@@ -86,6 +86,11 @@ class Sqlite(Context):
     Continue a run from one process at a time: until the worker processes of a later
     release hold leases on tasks, two processes resuming the same run would both run its
     outstanding nodes.
+
+    Do not open the file with another SQLite library (Python's ``sqlite3`` module, say) in
+    the same process while a context has it open: SQLite's locks are per process, so when
+    that other connection closes it deletes the write-ahead log under this one, and commits
+    made after that are lost. Other processes may read the file with anything.
     """
 
     durable = True
