@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
@@ -29,27 +29,30 @@ use crate::store::{Created, JournalStore, Lease, QueuedTask, RunRecord, StoredEn
 /// Written into the file header (`PRAGMA application_id`): "ffl1".
 const APPLICATION_ID: i32 = 0x6666_6c31;
 /// The schema this code reads and writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 /// How often a waiting `lease` looks for due tasks.
 const POLL: Duration = Duration::from_millis(20);
 
 const SCHEMA: &str = "
 CREATE TABLE runs (
-    run_id     TEXT PRIMARY KEY,
+    id         INTEGER PRIMARY KEY,
+    run_id     TEXT NOT NULL UNIQUE,
     graph      TEXT NOT NULL,
     version    TEXT NOT NULL,
     status     TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL,
-    next_seq   INTEGER NOT NULL
+    -- when the status last changed
+    updated_ms INTEGER NOT NULL
 ) STRICT;
-CREATE INDEX runs_by_created ON runs (created_ms DESC, run_id DESC);
+CREATE INDEX runs_by_created ON runs (created_ms DESC, id DESC);
+-- Keyed by the run's integer id: each row repeats 8 bytes, not the run id's 36. Appending
+-- a node's entries writes this table only, one page in the common case.
 CREATE TABLE journal (
-    run_id TEXT NOT NULL,
+    run    INTEGER NOT NULL,
     seq    INTEGER NOT NULL,
     at_ms  INTEGER NOT NULL,
     entry  TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
+    PRIMARY KEY (run, seq)
 ) STRICT, WITHOUT ROWID;
 CREATE TABLE tasks (
     key             TEXT PRIMARY KEY,
@@ -175,13 +178,32 @@ fn encode(run_id: &str, entry: &StoredEntry) -> Result<String> {
     })
 }
 
-fn insert_entries(tx: &rusqlite::Transaction<'_>, run_id: &str, entries: &[StoredEntry]) -> Result<()> {
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction, committing on success and rolling back on
+/// error. The statements are cached: compiling them for every write was a fifth of a
+/// durable node's cost.
+fn immediate<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut begin| begin.execute([])).map_err(sql)?;
+    let outcome = f(conn).and_then(|value| {
+        conn.prepare_cached("COMMIT").and_then(|mut commit| commit.execute([])).map_err(sql)?;
+        Ok(value)
+    });
+    if outcome.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    outcome
+}
+
+/// The integer id of a run, if the store has it.
+fn run_key(conn: &Connection, run_id: &str) -> Result<Option<i64>> {
+    let mut select = conn.prepare_cached("SELECT id FROM runs WHERE run_id = ?1").map_err(sql)?;
+    select.query_row([run_id], |r| r.get(0)).optional().map_err(sql)
+}
+
+fn insert_entries(conn: &Connection, run: i64, run_id: &str, entries: &[StoredEntry]) -> Result<()> {
     let mut insert =
-        tx.prepare_cached("INSERT INTO journal (run_id, seq, at_ms, entry) VALUES (?1, ?2, ?3, ?4)").map_err(sql)?;
+        conn.prepare_cached("INSERT INTO journal (run, seq, at_ms, entry) VALUES (?1, ?2, ?3, ?4)").map_err(sql)?;
     for stored in entries {
-        insert
-            .execute(params![run_id, stored.seq as i64, stored.at_ms as i64, encode(run_id, stored)?])
-            .map_err(sql)?;
+        insert.execute(params![run, stored.seq as i64, stored.at_ms as i64, encode(run_id, stored)?]).map_err(sql)?;
     }
     Ok(())
 }
@@ -191,7 +213,14 @@ fn status_of(text: &str) -> Result<RunStatus> {
         .map_err(|_| Error::Store(format!("unknown run status '{text}' in the runs table")))
 }
 
-fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
+/// The columns of a run record. `updated_ms` is when its last journal entry was written
+/// (or its status last changed): the journal is not written twice per node to keep a
+/// column of the `runs` row current.
+const RECORD_COLUMNS: &str = "run_id, graph, version, status, created_ms, \
+     max(updated_ms, coalesce((SELECT at_ms FROM journal WHERE run = runs.id ORDER BY seq DESC LIMIT 1), 0)), id";
+
+/// A `runs` row selected with [`RECORD_COLUMNS`]: the record, its status text and its id.
+fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RunRecord, String, i64)> {
     Ok((
         RunRecord {
             run_id: row.get(0)?,
@@ -202,24 +231,21 @@ fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RunRecord, String)>
             updated_ms: row.get::<_, i64>(5)? as u64,
         },
         row.get(3)?,
+        row.get(6)?,
     ))
 }
 
 fn load_run(conn: &Connection, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
     let found = conn
-        .query_row(
-            "SELECT run_id, graph, version, status, created_ms, updated_ms FROM runs WHERE run_id = ?1",
-            [run_id],
-            read_record,
-        )
-        .optional()
+        .prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM runs WHERE run_id = ?1"))
+        .and_then(|mut select| select.query_row([run_id], read_record).optional())
         .map_err(sql)?;
-    let Some((mut record, status)) = found else { return Ok(None) };
+    let Some((mut record, status, run)) = found else { return Ok(None) };
     record.status = status_of(&status)?;
     let mut select =
-        conn.prepare_cached("SELECT seq, at_ms, entry FROM journal WHERE run_id = ?1 ORDER BY seq").map_err(sql)?;
+        conn.prepare_cached("SELECT seq, at_ms, entry FROM journal WHERE run = ?1 ORDER BY seq").map_err(sql)?;
     let rows = select
-        .query_map([run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
+        .query_map([run], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
         .map_err(sql)?;
     let mut journal = Vec::new();
     for row in rows {
@@ -237,83 +263,74 @@ fn load_run(conn: &Connection, run_id: &str) -> Result<Option<(RunRecord, Vec<St
 #[async_trait]
 impl JournalStore for SqliteStore {
     async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
-        let record = record.clone();
-        let first = first.to_vec();
-        self.with_conn(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-            if let Some((existing, journal)) = load_run(&tx, &record.run_id)? {
-                return Ok(Created::Existing { record: existing, journal });
-            }
-            tx.execute(
-                "INSERT INTO runs (run_id, graph, version, status, created_ms, updated_ms, next_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    record.run_id,
-                    record.graph,
-                    record.version,
-                    record.status.as_str(),
-                    record.created_ms as i64,
-                    record.updated_ms as i64,
-                    first.len() as i64
-                ],
-            )
-            .map_err(sql)?;
-            insert_entries(&tx, &record.run_id, &first)?;
-            tx.commit().map_err(sql)?;
-            Ok(Created::New)
+        self.with_conn(|conn| {
+            immediate(conn, |conn| {
+                if let Some((existing, journal)) = load_run(conn, &record.run_id)? {
+                    return Ok(Created::Existing { record: existing, journal });
+                }
+                conn.prepare_cached(
+                    "INSERT INTO runs (run_id, graph, version, status, created_ms, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .and_then(|mut insert| {
+                    insert.execute(params![
+                        record.run_id,
+                        record.graph,
+                        record.version,
+                        record.status.as_str(),
+                        record.created_ms as i64,
+                        record.updated_ms as i64
+                    ])
+                })
+                .map_err(sql)?;
+                insert_entries(conn, conn.last_insert_rowid(), &record.run_id, first)?;
+                Ok(Created::New)
+            })
         })
         .await
     }
 
     async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
-        let run_id = run_id.to_owned();
-        let entries = entries.to_vec();
-        self.with_conn(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-            let next: Option<i64> = tx
-                .query_row("SELECT next_seq FROM runs WHERE run_id = ?1", [&run_id], |r| r.get(0))
-                .optional()
-                .map_err(sql)?;
-            let Some(next) = next else { return Err(Error::RunNotFound { run_id }) };
-            if next as u64 != expected_seq {
-                return Err(Error::Store(format!(
-                    "run '{run_id}': journal has {next} entries, the writer expected {expected_seq}: \
-                     another writer got there first"
-                )));
-            }
-            insert_entries(&tx, &run_id, &entries)?;
-            let status = entries.iter().rev().find_map(|s| match &s.entry {
-                JournalEntry::RunFinished { status, .. } => Some(*status),
-                _ => None,
-            });
-            let updated = entries.last().map_or_else(now_ms, |s| s.at_ms);
-            tx.execute(
-                "UPDATE runs SET next_seq = ?2, updated_ms = ?3, status = coalesce(?4, status) WHERE run_id = ?1",
-                params![
-                    run_id,
-                    (next as u64 + entries.len() as u64) as i64,
-                    updated as i64,
-                    status.map(|s| s.as_str())
-                ],
-            )
-            .map_err(sql)?;
-            tx.commit().map_err(sql)
+        self.with_conn(|conn| {
+            immediate(conn, |conn| {
+                let Some(run) = run_key(conn, run_id)? else {
+                    return Err(Error::RunNotFound { run_id: run_id.to_owned() });
+                };
+                let next: i64 = conn
+                    .prepare_cached("SELECT coalesce(max(seq) + 1, 0) FROM journal WHERE run = ?1")
+                    .and_then(|mut select| select.query_row([run], |r| r.get(0)))
+                    .map_err(sql)?;
+                if next as u64 != expected_seq {
+                    return Err(Error::Store(format!(
+                        "run '{run_id}': journal has {next} entries, the writer expected {expected_seq}: \
+                         another writer got there first"
+                    )));
+                }
+                insert_entries(conn, run, run_id, entries)?;
+                let finished = entries.iter().rev().find_map(|s| match &s.entry {
+                    JournalEntry::RunFinished { status, .. } => Some((*status, s.at_ms)),
+                    _ => None,
+                });
+                if let Some((status, at_ms)) = finished {
+                    conn.prepare_cached("UPDATE runs SET status = ?2, updated_ms = ?3 WHERE id = ?1")
+                        .and_then(|mut update| update.execute(params![run, status.as_str(), at_ms as i64]))
+                        .map_err(sql)?;
+                }
+                Ok(())
+            })
         })
         .await
     }
 
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
-        let run_id = run_id.to_owned();
-        self.with_conn(move |conn| load_run(conn, &run_id)).await
+        self.with_conn(|conn| load_run(conn, run_id)).await
     }
 
     async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
         self.with_conn(|conn| {
             let changed = conn
-                .execute(
-                    "UPDATE runs SET status = ?2, updated_ms = ?3 WHERE run_id = ?1",
-                    params![run_id, status.as_str(), now_ms() as i64],
-                )
+                .prepare_cached("UPDATE runs SET status = ?2, updated_ms = ?3 WHERE run_id = ?1")
+                .and_then(|mut update| update.execute(params![run_id, status.as_str(), now_ms() as i64]))
                 .map_err(sql)?;
             if changed == 0 {
                 return Err(Error::RunNotFound { run_id: run_id.to_owned() });
@@ -324,19 +341,18 @@ impl JournalStore for SqliteStore {
     }
 
     async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
-        let graph = graph.map(str::to_owned);
-        self.with_conn(move |conn| {
+        self.with_conn(|conn| {
             let mut select = conn
-                .prepare_cached(
-                    "SELECT run_id, graph, version, status, created_ms, updated_ms FROM runs
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM runs
                      WHERE (?1 IS NULL OR graph = ?1) AND (?2 IS NULL OR status = ?2)
-                     ORDER BY created_ms DESC, rowid DESC LIMIT ?3",
-                )
+                     ORDER BY created_ms DESC, id DESC LIMIT ?3"
+                ))
                 .map_err(sql)?;
             let rows =
                 select.query_map(params![graph, status.map(|s| s.as_str()), limit as i64], read_record).map_err(sql)?;
             rows.map(|row| {
-                let (mut record, status) = row.map_err(sql)?;
+                let (mut record, status, _) = row.map_err(sql)?;
                 record.status = status_of(&status)?;
                 Ok(record)
             })
@@ -351,9 +367,8 @@ impl TaskQueue for SqliteStore {
     async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
         let tasks = tasks.to_vec();
         self.with_conn(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-            {
-                let mut insert = tx
+            immediate(conn, |conn| {
+                let mut insert = conn
                     .prepare_cached(
                         "INSERT OR IGNORE INTO tasks (key, run_id, node, item, attempt, not_before_ms, state, deliveries)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
@@ -372,8 +387,8 @@ impl TaskQueue for SqliteStore {
                         ])
                         .map_err(sql)?;
                 }
-            }
-            tx.commit().map_err(sql)
+                Ok(())
+            })
         })
         .await
     }
@@ -443,12 +458,15 @@ impl TaskQueue for SqliteStore {
 
 /// Leases up to `max` due tasks (waiting and due, or leased with an expired lease) in one
 /// transaction, so two processes never lease the same task.
-fn take_due(conn: &mut Connection, max: usize, lease_for: Duration) -> Result<Vec<Lease>> {
+fn take_due(conn: &Connection, max: usize, lease_for: Duration) -> Result<Vec<Lease>> {
+    immediate(conn, |conn| lease_due(conn, max, lease_for))
+}
+
+fn lease_due(conn: &Connection, max: usize, lease_for: Duration) -> Result<Vec<Lease>> {
     let now = now_ms();
     let until = now + lease_for.as_millis() as u64;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
     let due: Vec<(String, QueuedTask, u32)> = {
-        let mut select = tx
+        let mut select = conn
             .prepare_cached(
                 "SELECT key, run_id, node, item, attempt, not_before_ms, deliveries FROM tasks
                  WHERE (state = ?1 AND not_before_ms <= ?3) OR (state = ?2 AND leased_until_ms <= ?3)
@@ -474,7 +492,7 @@ fn take_due(conn: &mut Connection, max: usize, lease_for: Duration) -> Result<Ve
     };
     let mut leases = Vec::with_capacity(due.len());
     {
-        let mut update = tx
+        let mut update = conn
             .prepare_cached(
                 "UPDATE tasks SET state = ?2, lease_token = ?3, leased_until_ms = ?4, deliveries = deliveries + 1
                  WHERE key = ?1",
@@ -486,6 +504,5 @@ fn take_due(conn: &mut Connection, max: usize, lease_for: Duration) -> Result<Ve
             leases.push(Lease { task, token, deliveries: deliveries + 1 });
         }
     }
-    tx.commit().map_err(sql)?;
     Ok(leases)
 }
