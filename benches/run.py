@@ -1043,9 +1043,8 @@ def w4(quick: bool) -> Dict[str, Any]:
         "Bytes: database file + WAL after `PRAGMA wal_checkpoint(TRUNCATE)` (run in another process: see "
         f"`_INSPECT` in run.py), after the runs minus before them, per run. Outputs' JSON: the sum over the 10 "
         f"nodes of `len(json.dumps(output))`. The journal per run: {entries}; the file holds "
-        f"{e_size - e_payload:,.0f} B per run more than that payload: the run id (36 characters) in the key of "
-        f"every journal row, its seq and timestamp, the `runs` row and its {stats['runs_indexes']} index(es), and "
-        "b-tree slack.",
+        f"{e_size - e_payload:,.0f} B per run more than that payload: the integer run key, seq and timestamp of "
+        f"every journal row, the `runs` row and its {stats['runs_indexes']} index(es), and b-tree slack.",
         f"~1 KB outputs: one sample of {W4_BIG_RUNS} runs whose input (passed on by every node) is "
         f'`{{"i": i, "text": <{W4_BIG_TEXT:,} characters>}}`; the baseline stored {big_raw:,.0f} B per run.'
         + (
@@ -1056,7 +1055,7 @@ def w4(quick: bool) -> Dict[str, Any]:
             else ""
         ),
         *_w4_limits(e_node, b_node, e_mean, e_cpu, e_csw, (e_commits, e_frames), (b_commits, b_frames), profile),
-        "What limits bytes: every entry carries its envelope (type, node name, attempt) and its row key the run id, "
+        "What limits bytes: every entry carries its envelope (type, node name, attempt) and its row key, "
         f"a fixed cost of ~{(e_size - out_json) / nodes:.0f} B per node in the file "
         f"(~{(e_payload - out_json) / nodes:.0f} B of journal payload), so with outputs of a few bytes no per-node "
         f"journal can be within 2x (the baseline's one row per node is not either: {_ratio(b_size, out_json)}). "
@@ -1093,8 +1092,9 @@ def _w4_limits(
         f"at checkpoints; {e_csw:.2f} context switches per node: no hand-off to another thread). A run commits "
         f"{e_wal[0]:.1f} transactions writing {e_wal[1]:.1f} pages to the WAL, against the baseline's "
         f"{b_wal[0]:.1f} and {b_wal[1]:.1f}: the store creates the run in one transaction, then writes each "
-        "node's entries in one of their own (with the run's lock held), which reads `runs.next_seq`, inserts "
-        "into `journal` and updates the run's `runs` row, so it writes a page of each table."
+        "node's entries in one of their own (with the run's lock held), which finds the run's last seq (an index "
+        "seek) and inserts into `journal` only; the `runs` row is written when the run is created and when its "
+        "status changes."
     )
     persist, create = _probe(profile, "Inner::persist"), _probe(profile, "JournalStore>::create_run")
     if persist is not None and create is not None:
@@ -1108,9 +1108,8 @@ def _w4_limits(
         )
         if prepare >= 5.0:
             text += (
-                ": rusqlite compiles every statement but the INSERTs afresh on each write (`BEGIN IMMEDIATE` "
-                "and `COMMIT` through `execute_batch`, the `next_seq` read through `query_row`, the `runs` "
-                "insert and update through `execute`; only `prepare_cached` statements are kept)"
+                ": some statement is compiled afresh on each write (the store caches its statements, "
+                "`BEGIN IMMEDIATE` and `COMMIT` included, with `prepare_cached`; look for one that is not)"
             )
         text += "."
     gap = e_node - 1.5 * b_node
