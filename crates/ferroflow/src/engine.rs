@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{Attachment, Body, BodyResult, NodeCall, Workflow};
 use crate::error::{Error, NodeError, Result};
-use crate::graph::{NodeId, NodeKind};
+use crate::graph::{Graph, NodeId, NodeKind};
 use crate::journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus, now_ms};
 use crate::state::{Rejected, RunState, Task};
 use crate::store::{Created, JournalStore, RunRecord, StoredEntry};
@@ -385,7 +385,7 @@ impl Engine {
             graph: graph.name().to_owned(),
             reason,
         })?;
-        let outstanding = state.outstanding();
+        let outstanding = with_remaining_backoff(state.outstanding(), graph, &journal);
         let run = LiveRun::new(Arc::from(run_id), workflow.clone(), state, journal, attachment);
         let run = {
             let mut table = self.inner.runs.lock().expect("run table lock");
@@ -1068,6 +1068,33 @@ impl LiveRun {
             })
             .collect()
     }
+}
+
+/// Gives each outstanding retry the part of its backoff still to wait, from the time and
+/// delay its failure recorded: a run recovered mid-backoff does not retry early. A retry
+/// whose backoff is over is left as it is: it may have started, and recovery treats it as
+/// interrupted.
+fn with_remaining_backoff(tasks: Vec<Task>, graph: &Graph, journal: &[StoredEntry]) -> Vec<Task> {
+    let now = now_ms();
+    tasks
+        .into_iter()
+        .map(|task| {
+            let retry_at = journal.iter().rev().find_map(|stored| match &stored.entry {
+                JournalEntry::NodeFailed { node, item, attempt, retry_in_ms: Some(ms), .. }
+                    if graph.id(node) == Some(task.node) && *item == task.item && attempt + 1 == task.attempt =>
+                {
+                    Some(stored.at_ms + ms)
+                }
+                _ => None,
+            });
+            match retry_at {
+                // Still waiting out its backoff, so it cannot have started.
+                Some(at) if at > now => Task { delay: Some(Duration::from_millis(at - now)), ..task },
+                // Due already: it may have been running when its process stopped.
+                _ => task,
+            }
+        })
+        .collect()
 }
 
 async fn with_timeout(limit: Option<Duration>, attempt: impl Future<Output = BodyResult>) -> BodyResult {

@@ -1295,3 +1295,65 @@ async fn recovering_with_another_graph_version_is_refused() {
     let changed = workflow(vec![task("prepare", &[])], vec![("prepare", constant(json!(0)))]);
     assert!(matches!(durable(&store).recover(&changed, "d5", None), Err(Error::VersionMismatch { .. })));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_recovered_mid_backoff_waits_out_the_rest_of_it() {
+    let store = Arc::new(crate::store::MemoryStore::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let wf = workflow(vec![task("flaky", &[])], vec![("flaky", counted(&calls, json!("ok")))]);
+    let version = wf.graph().version().to_owned();
+    let now = now_ms();
+    // Attempt 1 failed 100 ms ago and asked for a 600 ms backoff: 500 ms remain.
+    let journal = vec![
+        StoredEntry {
+            seq: 0,
+            at_ms: now - 100,
+            entry: JournalEntry::RunStarted {
+                graph: "g".into(),
+                version: version.clone().into(),
+                input: Value::null(),
+            },
+        },
+        StoredEntry {
+            seq: 1,
+            at_ms: now - 100,
+            entry: JournalEntry::NodeFailed {
+                node: "flaky".into(),
+                item: None,
+                attempt: 1,
+                error: NodeError::new("ValueError", "boom"),
+                retry_in_ms: Some(600),
+            },
+        },
+    ];
+    let record = RunRecord {
+        run_id: "backoff".into(),
+        graph: "g".into(),
+        version,
+        status: RunStatus::Running,
+        created_ms: now - 100,
+        updated_ms: now - 100,
+    };
+    store.create_run(&record, &journal).await.unwrap();
+    let started = std::time::Instant::now();
+    let run = durable(&store).recover(&wf, "backoff", None).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the retry waited for its backoff");
+    let snapshot = run.wait(Some(Duration::from_secs(5))).await.unwrap();
+    assert_eq!(snapshot.status, RunStatus::Completed);
+    assert!(started.elapsed() >= Duration::from_millis(400), "retried after {:?}", started.elapsed());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let attempts: Vec<u32> = store
+        .load("backoff")
+        .await
+        .unwrap()
+        .unwrap()
+        .1
+        .iter()
+        .filter_map(|s| match &s.entry {
+            JournalEntry::NodeCompleted { attempt, .. } => Some(*attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attempts, [2], "the retry is attempt 2, not an interrupted attempt 3");
+}
