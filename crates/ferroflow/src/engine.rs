@@ -324,16 +324,7 @@ impl Engine {
         };
         let rx = until.map(|u| run.watch(u));
         self.inner.after_change(&run);
-        if drive {
-            let mut ready = ready;
-            let mine = ready.iter().position(|r| run.runs_inline(&r.task)).map(|i| ready.swap_remove(i));
-            self.inner.dispatch(&run, ready);
-            if let Some(task) = mine {
-                Arc::clone(&self.inner).run_blocking_chain(Arc::clone(&run), task);
-            }
-        } else {
-            self.inner.dispatch(&run, ready);
-        }
+        self.inner.dispatch_or_drive(&run, ready, drive);
         Ok((RunHandle { run }, rx))
     }
 
@@ -402,16 +393,7 @@ impl Engine {
             if self.inner.persist(&run, &mut core, from) { run.prepare(&core, next) } else { Vec::new() }
         };
         self.inner.after_change(&run);
-        let mut ready = ready;
-        let mine = if drive {
-            ready.iter().position(|r| run.runs_inline(&r.task)).map(|i| ready.swap_remove(i))
-        } else {
-            None
-        };
-        self.inner.dispatch(&run, ready);
-        if let Some(task) = mine {
-            Arc::clone(&self.inner).run_blocking_chain(Arc::clone(&run), task);
-        }
+        self.inner.dispatch_or_drive(&run, ready, drive);
         Ok(RunHandle { run })
     }
 
@@ -593,17 +575,8 @@ impl Engine {
         };
         {
             let mut core = run.lock();
-            match core.state.status() {
-                RunStatus::Cancelled => return Ok(()),
-                status if status.is_terminal() => {
-                    return Err(Error::InvalidRunState {
-                        run_id: run_id.to_owned(),
-                        status,
-                        action: "cancel",
-                        expected: "pending, running or waiting",
-                    });
-                }
-                _ => {}
+            if already_cancelled(run_id, core.state.status())? {
+                return Ok(());
             }
             let entry = JournalEntry::RunFinished { status: RunStatus::Cancelled, output: None, failure: None };
             core.state.apply(&entry).expect("an active run accepts cancellation");
@@ -621,17 +594,8 @@ impl Engine {
     /// writes, and stops.
     fn cancel_stored(&self, run_id: &str) -> Result<()> {
         let (record, journal) = self.stored(run_id)?;
-        match record.status {
-            RunStatus::Cancelled => return Ok(()),
-            status if status.is_terminal() => {
-                return Err(Error::InvalidRunState {
-                    run_id: run_id.to_owned(),
-                    status,
-                    action: "cancel",
-                    expected: "pending, running or waiting",
-                });
-            }
-            _ => {}
+        if already_cancelled(run_id, record.status)? {
+            return Ok(());
         }
         let entry = JournalEntry::RunFinished { status: RunStatus::Cancelled, output: None, failure: None };
         let stored = StoredEntry { seq: journal.len() as u64, at_ms: now_ms(), entry };
@@ -724,6 +688,17 @@ impl Inner {
                     table.runs.remove(&old);
                 }
             }
+        }
+    }
+
+    /// Dispatches ready tasks; when `drive`, this (blocking) thread keeps one blocking task
+    /// and runs the chain that follows from it before returning.
+    fn dispatch_or_drive(self: &Arc<Self>, run: &Arc<LiveRun>, mut ready: Vec<Ready>, drive: bool) {
+        let mine = if drive { ready.iter().position(|r| run.runs_inline(&r.task)) } else { None };
+        let mine = mine.map(|i| ready.swap_remove(i));
+        self.dispatch(run, ready);
+        if let Some(task) = mine {
+            Arc::clone(self).run_blocking_chain(Arc::clone(run), task);
         }
     }
 
@@ -1067,6 +1042,21 @@ impl LiveRun {
                 }
             })
             .collect()
+    }
+}
+
+/// Whether a run in `status` is cancelled already (cancelling it again does nothing); an
+/// error if it finished otherwise.
+fn already_cancelled(run_id: &str, status: RunStatus) -> Result<bool> {
+    match status {
+        RunStatus::Cancelled => Ok(true),
+        status if status.is_terminal() => Err(Error::InvalidRunState {
+            run_id: run_id.to_owned(),
+            status,
+            action: "cancel",
+            expected: "pending, running or waiting",
+        }),
+        _ => Ok(false),
     }
 }
 

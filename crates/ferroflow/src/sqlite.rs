@@ -365,8 +365,7 @@ impl JournalStore for SqliteStore {
 #[async_trait]
 impl TaskQueue for SqliteStore {
     async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
-        let tasks = tasks.to_vec();
-        self.with_conn(move |conn| {
+        self.with_conn(|conn| {
             immediate(conn, |conn| {
                 let mut insert = conn
                     .prepare_cached(
@@ -374,7 +373,7 @@ impl TaskQueue for SqliteStore {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
                     )
                     .map_err(sql)?;
-                for task in &tasks {
+                for task in tasks {
                     insert
                         .execute(params![
                             task.key(),
@@ -396,7 +395,7 @@ impl TaskQueue for SqliteStore {
     async fn lease(&self, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let leases = self.with_conn(move |conn| take_due(conn, max, lease_for)).await?;
+            let leases = self.with_conn(|conn| take_due(conn, max, lease_for)).await?;
             if !leases.is_empty() {
                 return Ok(leases);
             }
@@ -409,8 +408,7 @@ impl TaskQueue for SqliteStore {
     }
 
     async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<()> {
-        let lease = lease.clone();
-        self.with_conn(move |conn| {
+        self.with_conn(|conn| {
             let now = now_ms();
             let changed = conn
                 .execute(
@@ -434,8 +432,7 @@ impl TaskQueue for SqliteStore {
     }
 
     async fn ack(&self, lease: &Lease) -> Result<()> {
-        let lease = lease.clone();
-        self.with_conn(move |conn| {
+        self.with_conn(|conn| {
             let now = now_ms();
             let changed = conn
                 .execute(
