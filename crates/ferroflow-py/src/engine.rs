@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferroflow::{
-    Body, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, JournalStore, NodeError, RunHandle,
+    Body, DurableStore, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, NodeError, RunHandle,
     RunSnapshot, RunStatus, SqliteStore, StartOptions, Value, WatchUntil, Workflow,
 };
 use pyo3::exceptions::PyValueError;
@@ -155,16 +155,70 @@ fn block_on<T: Send>(
 
 #[pymethods]
 impl PyEngine {
-    /// An engine keeping journals in memory, or in the SQLite file at `sqlite`.
+    /// An engine keeping journals in memory, or in the SQLite file at `sqlite`, where the
+    /// tasks it runs stay held by it for `lease_seconds` without a renewal.
     #[new]
-    #[pyo3(signature = (retain_finished = 10_000, sqlite = None))]
-    fn new(py: Python<'_>, retain_finished: usize, sqlite: Option<std::path::PathBuf>) -> PyResult<Self> {
+    #[pyo3(signature = (retain_finished = 10_000, sqlite = None, lease_seconds = 10.0))]
+    fn new(
+        py: Python<'_>,
+        retain_finished: usize,
+        sqlite: Option<std::path::PathBuf>,
+        lease_seconds: f64,
+    ) -> PyResult<Self> {
+        let lease = seconds(Some(lease_seconds))?.expect("given");
+        if lease < Duration::from_millis(30) {
+            return Err(PyValueError::new_err(format!("lease_seconds must be at least 0.03, not {lease_seconds}")));
+        }
         let store = match sqlite {
             Some(path) => Some(py.detach(|| SqliteStore::open(path)).map_err(to_py_err)?),
             None => None,
         };
-        let store = store.map(|s| Arc::new(s) as Arc<dyn JournalStore>);
-        Ok(PyEngine { engine: Engine::new(runtime::handle(), EngineConfig { retain_finished, store }) })
+        let store = store.map(|s| Arc::new(s) as Arc<dyn DurableStore>);
+        let config = EngineConfig { retain_finished, store, lease };
+        Ok(PyEngine { engine: Engine::new(runtime::handle(), config) })
+    }
+
+    /// Works on the engine's store as a worker for `workflows` (see `Engine::work`) until
+    /// a signal handler raises: then claims nothing more, lets the tasks executing here
+    /// finish for up to `grace_seconds`, releases the rest, and re-raises.
+    #[pyo3(signature = (workflows, concurrency, grace_seconds, event_loop = None))]
+    fn work(
+        &self,
+        py: Python<'_>,
+        workflows: Vec<PyRef<'_, PyWorkflow>>,
+        concurrency: usize,
+        grace_seconds: f64,
+        event_loop: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let workflows: Vec<Workflow> = workflows.iter().map(|w| w.get().cloned()).collect::<PyResult<_>>()?;
+        let grace = seconds(Some(grace_seconds))?.expect("given");
+        let attachment = attachment(py, event_loop)?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let engine = self.engine.clone();
+        let mut worker = runtime::handle().spawn({
+            let stop = stop.clone();
+            async move { engine.work(&workflows, concurrency, attachment, stop, grace).await }
+        });
+        let outcome = |joined: Result<ferroflow::Result<()>, tokio::task::JoinError>| match joined {
+            Ok(worked) => worked.map_err(to_py_err),
+            Err(join) => Err(pyo3::exceptions::PyRuntimeError::new_err(format!("the worker stopped: {join}"))),
+        };
+        loop {
+            // Back to Python every so often, so that signal handlers run.
+            let finished = py.detach(|| {
+                runtime::handle()
+                    .block_on(async { tokio::time::timeout(Duration::from_millis(200), &mut worker).await })
+            });
+            if let Ok(joined) = finished {
+                return outcome(joined);
+            }
+            if let Err(signal) = py.check_signals() {
+                stop.cancel();
+                let joined = py.detach(|| runtime::handle().block_on(&mut worker));
+                outcome(joined)?;
+                return Err(signal);
+            }
+        }
     }
 
     /// Continues a run from the store (or returns it, if this engine holds it already).

@@ -50,7 +50,7 @@ pub fn to_py_err(err: Error) -> PyErr {
             Error::VersionMismatch { run_id, .. } | Error::CorruptJournal { run_id, .. } => {
                 new_error(py, "StoreError", message, &[("run_id", s(run_id))])
             }
-            Error::Store(_) => new_error(py, "StoreError", message, &[]),
+            Error::Store(_) | Error::Conflict { .. } => new_error(py, "StoreError", message, &[]),
             _ => new_error(py, "FerroflowError", message, &[]),
         }
     })

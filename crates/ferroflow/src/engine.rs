@@ -12,8 +12,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -26,7 +26,7 @@ use crate::error::{Error, NodeError, Result};
 use crate::graph::{Graph, NodeId, NodeKind};
 use crate::journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus, now_ms};
 use crate::state::{Rejected, RunState, Task};
-use crate::store::{Created, JournalStore, RunRecord, StoredEntry};
+use crate::store::{Created, DurableStore, Lease, QueuedTask, RunRecord, Step, StoredEntry};
 use crate::value::Value;
 
 /// Engine settings.
@@ -34,21 +34,27 @@ use crate::value::Value;
 pub struct EngineConfig {
     /// Finished runs kept in memory for inspection; the oldest are dropped beyond this.
     pub retain_finished: usize,
-    /// Where journals are made durable. With a store, every journal entry is written to it
-    /// before anything that follows from the entry is dispatched (the run lock is held
-    /// while it is written, which keeps each run's journal in order), node outputs, inputs
-    /// and answers are converted to JSON (a value that has none fails its node), and a run
-    /// can be recovered by another engine on the same store with [`Engine::recover`].
-    /// Without one, journals live in memory only.
+    /// Where journals and tasks are made durable. With a store, every step of a run (a
+    /// node's result, the entries it implies, the tasks that became ready, the task it
+    /// finishes) is written to it in one atomic write before anything that follows from it
+    /// is dispatched (the run lock is held while it is written, which keeps each run's
+    /// journal in order); node outputs, inputs and answers are converted to JSON (a value
+    /// that has none fails its node). Tasks this engine runs are held in the store's queue
+    /// under its lease, renewed in the background: if the process dies, another engine on
+    /// the same store (a worker, see [`Engine::work`]) claims them once the lease expires,
+    /// or at once with [`Engine::recover`]. Without a store, journals live in memory only.
     ///
     /// A durable engine blocks on the store from the thread that completes a node; it needs
     /// tokio's multi-thread runtime.
-    pub store: Option<Arc<dyn JournalStore>>,
+    pub store: Option<Arc<dyn DurableStore>>,
+    /// How long a durable task stays held by this engine without a renewal; renewed every
+    /// third of it. A worker picks up the tasks of a process that died after this long.
+    pub lease: Duration,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { retain_finished: 10_000, store: None }
+        EngineConfig { retain_finished: 10_000, store: None, lease: Duration::from_secs(10) }
     }
 }
 
@@ -152,6 +158,12 @@ struct Inner {
     runtime: Handle,
     config: EngineConfig,
     runs: Mutex<RunTable>,
+    /// Identifies this engine to the store as the holder of the tasks it runs.
+    owner: String,
+    /// Tasks executing here, or waiting out a backoff here.
+    in_flight: AtomicUsize,
+    /// Woken whenever a task finishes here.
+    task_done: Notify,
 }
 
 #[derive(Default)]
@@ -196,8 +208,6 @@ static FINISH_ORDER: AtomicU64 = AtomicU64::new(1);
 
 struct RunCore {
     state: RunState,
-    /// The status the store last recorded for the run (durable engines).
-    stored_status: RunStatus,
     journal: Vec<StoredEntry>,
     attachment: Option<Attachment>,
     watchers: Vec<Watcher>,
@@ -217,7 +227,23 @@ struct Ready {
 impl Engine {
     /// An engine that runs async bodies and timers on `runtime`.
     pub fn new(runtime: Handle, config: EngineConfig) -> Self {
-        Engine { inner: Arc::new(Inner { runtime, config, runs: Mutex::new(RunTable::default()) }) }
+        let inner = Arc::new(Inner {
+            runtime,
+            config,
+            runs: Mutex::new(RunTable::default()),
+            owner: format!("engine-{}", uuid::Uuid::now_v7()),
+            in_flight: AtomicUsize::new(0),
+            task_done: Notify::new(),
+        });
+        if let Some(store) = &inner.config.store {
+            inner.runtime.spawn(heartbeat(Arc::downgrade(&inner), Arc::clone(store)));
+        }
+        Engine { inner }
+    }
+
+    /// The name this engine holds durable tasks under.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
     }
 
     /// Starts a run of `workflow` on `input` and returns its id at once. Starting an id
@@ -293,6 +319,7 @@ impl Engine {
         };
         if let Some(store) = &self.inner.config.store {
             let journal = run.lock().journal.clone();
+            let queued: Vec<QueuedTask> = ready.iter().map(|r| run.queued(&r.task)).collect();
             let now = journal.first().map_or_else(now_ms, |e| e.at_ms);
             let record = RunRecord {
                 run_id: run_id.to_string(),
@@ -302,7 +329,9 @@ impl Engine {
                 created_ms: now,
                 updated_ms: now,
             };
-            if let Created::Existing { .. } = self.inner.block_on(store.create_run(&record, &journal))? {
+            if let Created::Existing { .. } =
+                self.inner.block_on(store.create(&record, &journal, &queued, self.inner.holder()))?
+            {
                 // Started before, by this process or another: carry on with that run.
                 let run = self.recover_inner(workflow, &run_id, options.attachment, drive)?;
                 let rx = until.map(|u| run.run.watch(u));
@@ -351,83 +380,120 @@ impl Engine {
         attachment: Option<Attachment>,
         drive: bool,
     ) -> Result<RunHandle> {
-        let not_found = || Error::RunNotFound { run_id: run_id.to_owned() };
-        let store = self.inner.config.store.as_ref().ok_or_else(not_found)?;
-        let (record, journal) = self.inner.block_on(store.load(run_id))?.ok_or_else(not_found)?;
-        let graph = workflow.graph();
-        if record.graph != graph.name() {
-            return Err(Error::RunIdConflict {
-                run_id: run_id.to_owned(),
-                existing: format!("{}@{}", record.graph, record.version),
-                requested: format!("{}@{}", graph.name(), graph.version()),
-            });
+        let (run, loaded) = self.inner.load_run(run_id, |_| Some(workflow.clone()), attachment)?;
+        if !loaded {
+            return Ok(RunHandle { run });
         }
-        if record.version != graph.version() {
-            return Err(Error::VersionMismatch {
-                run_id: run_id.to_owned(),
-                graph: record.graph,
-                expected: record.version,
-                found: graph.version().to_owned(),
-            });
-        }
-        let entries: Vec<JournalEntry> = journal.iter().map(|stored| stored.entry.clone()).collect();
-        let state = RunState::replay(Arc::clone(graph), &entries).map_err(|reason| Error::CorruptJournal {
-            run_id: run_id.to_owned(),
-            graph: graph.name().to_owned(),
-            reason,
-        })?;
-        let outstanding = with_remaining_backoff(state.outstanding(), graph, &journal);
-        let run = LiveRun::new(Arc::from(run_id), workflow.clone(), state, journal, attachment);
-        let run = {
-            let mut table = self.inner.runs.lock().expect("run table lock");
-            if let Some(existing) = table.runs.get(run_id) {
-                return Ok(RunHandle { run: Arc::clone(existing) });
-            }
-            table.runs.insert(Arc::clone(&run.run_id), Arc::clone(&run));
-            run
-        };
+        let store = self.inner.store();
+        let leases = self.inner.block_on(store.claim_run(&self.inner.owner, run_id, self.inner.config.lease))?;
         let ready = {
             let mut core = run.lock();
-            let from = core.journal.len();
-            let next = Self::interrupted(&run, &mut core, outstanding);
-            if self.inner.persist(&run, &mut core, from) { run.prepare(&core, next) } else { Vec::new() }
+            self.inner.adopt(&run, &mut core, leases, true)
         };
         self.inner.after_change(&run);
         self.inner.dispatch_or_drive(&run, ready, drive);
         Ok(RunHandle { run })
     }
 
-    /// Records that the attempts outstanding when a run's process stopped were interrupted,
-    /// and returns their next attempts. An attempt
-    /// that may have started runs again as attempt + 1 with the same idempotency base, so
-    /// its body can tell, and the journal shows why. This is not a failure under the retry
-    /// policy: execution is at-least-once, and a lost process is not the body's doing.
-    fn interrupted(run: &LiveRun, core: &mut RunCore, outstanding: Vec<Task>) -> Vec<Task> {
-        let mut next = Vec::with_capacity(outstanding.len());
-        for task in outstanding {
-            if task.delay.is_some() {
-                next.push(task);
-                continue;
-            }
-            let entry = JournalEntry::NodeFailed {
-                node: Arc::clone(run.workflow.name(task.node)),
-                item: task.item,
-                attempt: task.attempt,
-                error: NodeError::new(
-                    "Interrupted",
-                    "the process running this attempt stopped before recording its result; it runs again",
-                ),
-                retry_in_ms: Some(0),
-            };
-            match core.state.apply(&entry) {
-                Ok(effects) => {
-                    run.record(core, std::iter::once(entry).chain(effects.derived));
-                    next.extend(effects.ready.into_iter().map(|t| Task { delay: None, ..t }));
+    /// Works as a worker on the engine's store until `stop` is cancelled: claims queued
+    /// tasks (submitted for any worker, or held by an engine whose lease expired) of runs
+    /// of the given graphs, at most `concurrency` executing here at once, and runs them
+    /// with everything that follows from them. A task that may have started before (its
+    /// holder died) runs again as its next attempt (see [`Engine::recover`]). A task of a
+    /// graph or graph version this worker does not have is handed back, with a log line,
+    /// for another worker.
+    ///
+    /// Runs it loads get `attachment` (what their bodies need from the host, such as an
+    /// event loop).
+    ///
+    /// When stopped, it claims nothing more and returns once the tasks executing here have
+    /// finished, or `grace` has passed; tasks still held then are released to other workers.
+    pub async fn work(
+        &self,
+        workflows: &[Workflow],
+        concurrency: usize,
+        attachment: Option<Attachment>,
+        stop: CancellationToken,
+        grace: Duration,
+    ) -> Result<()> {
+        let store = self.inner.config.store.clone().ok_or_else(|| {
+            Error::Store("a worker needs a durable store; this engine keeps runs in memory".to_owned())
+        })?;
+        let graphs: HashMap<String, Workflow> =
+            workflows.iter().map(|w| (w.graph().name().to_owned(), w.clone())).collect();
+        let lease = self.inner.config.lease;
+        let concurrency = concurrency.max(1);
+        while !stop.is_cancelled() {
+            let free = concurrency.saturating_sub(self.inner.in_flight.load(Ordering::Acquire));
+            if free == 0 {
+                let done = self.inner.task_done.notified();
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::timeout(Duration::from_millis(100), done) => continue,
                 }
-                Err(_) => next.push(task),
+            }
+            let claimed = tokio::select! {
+                _ = stop.cancelled() => break,
+                claimed = store.claim(&self.inner.owner, free, lease, Duration::from_secs(1)) => claimed,
+            };
+            match claimed {
+                Ok(leases) => {
+                    for lease in leases {
+                        self.take(&graphs, lease, attachment.clone()).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot claim tasks; trying again in a second");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
             }
         }
-        next
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.inner.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            let done = self.inner.task_done.notified();
+            let _ = tokio::time::timeout(Duration::from_millis(50), done).await;
+        }
+        // Whatever is still held (bodies that outlived the grace period, retries waiting out
+        // a backoff) goes to the next worker now rather than when the lease runs out.
+        store.renew(&self.inner.owner, Duration::ZERO).await
+    }
+
+    /// Takes on one claimed task: catches up with the run's journal (loading the run if
+    /// this engine does not hold it) and runs the task, or records that it was interrupted
+    /// and runs its next attempt, or drops it if the journal has moved past it.
+    async fn take(&self, graphs: &HashMap<String, Workflow>, lease: Lease, attachment: Option<Attachment>) {
+        let store = self.inner.store();
+        let run_id = lease.task.run_id.clone();
+        let task = lease.task.clone();
+        let refuse = |reason: String| async move {
+            tracing::warn!(run_id = %task.run_id, node = %task.node, "handing the task back: {reason}");
+            let later = now_ms() + 5_000;
+            if let Err(error) = store.release(&self.inner.owner, std::slice::from_ref(&task), later).await {
+                tracing::warn!(%error, "cannot hand the task back; its lease will expire");
+            }
+        };
+        let (run, loaded) = match self.inner.load_run(&run_id, |graph| graphs.get(graph).cloned(), attachment) {
+            Ok(found) => found,
+            Err(error @ (Error::UnknownGraph { .. } | Error::VersionMismatch { .. })) => {
+                return refuse(error.to_string()).await;
+            }
+            Err(error) => return refuse(format!("the run cannot be loaded: {error}")).await,
+        };
+        let adopted = {
+            let mut core = run.lock();
+            let caught_up = if loaded { Ok(()) } else { self.inner.catch_up(&run, &mut core, false) };
+            caught_up.map(|()| self.inner.adopt(&run, &mut core, vec![lease], false))
+        };
+        match adopted {
+            Ok(ready) => {
+                self.inner.after_change(&run);
+                self.inner.dispatch(&run, ready);
+            }
+            Err(error) => refuse(format!("the run cannot be read: {error}")).await,
+        }
     }
 
     /// Waits until the run is settled (waiting for a person, or finished) or `timeout`
@@ -523,6 +589,8 @@ impl Engine {
         let run = self.inner.live(run_id)?;
         let ready = {
             let mut core = run.lock();
+            // The person may have answered through another process already.
+            self.inner.catch_up(&run, &mut core, false)?;
             let waiting: Vec<String> =
                 core.state.waiting().map(|(id, _)| run.workflow.graph().node(id).name.clone()).collect();
             if waiting.is_empty() {
@@ -551,13 +619,18 @@ impl Engine {
                 reason: format!("the answer for node '{node}' cannot be stored: {reason}"),
             })?;
             let entry = JournalEntry::Resumed { node: node.as_str().into(), value };
-            let effects = core.state.apply(&entry).map_err(|e| Error::InvalidInput {
-                run_id: run_id.to_owned(),
-                reason: format!("resume rejected: {e:?}"),
-            })?;
-            let from = core.journal.len();
-            run.record(&mut core, std::iter::once(entry).chain(effects.derived));
-            if self.inner.persist(&run, &mut core, from) { run.prepare(&core, effects.ready) } else { Vec::new() }
+            match self.inner.step(&run, &mut core, entry, &[]) {
+                Ok(ready) => run.prepare(&core, ready),
+                Err(StepError::Rejected(rejected)) => {
+                    return Err(Error::InvalidRunState {
+                        run_id: run_id.to_owned(),
+                        status: core.state.status(),
+                        action: "resume",
+                        expected: if matches!(rejected, Rejected::Stale) { "waiting" } else { "consistent" },
+                    });
+                }
+                Err(StepError::Failed) => Vec::new(),
+            }
         };
         self.inner.after_change(&run);
         self.inner.dispatch(&run, ready);
@@ -575,14 +648,15 @@ impl Engine {
         };
         {
             let mut core = run.lock();
+            self.inner.catch_up(&run, &mut core, false)?;
             if already_cancelled(run_id, core.state.status())? {
                 return Ok(());
             }
             let entry = JournalEntry::RunFinished { status: RunStatus::Cancelled, output: None, failure: None };
-            core.state.apply(&entry).expect("an active run accepts cancellation");
-            let from = core.journal.len();
-            run.record(&mut core, std::iter::once(entry));
-            self.inner.persist(&run, &mut core, from);
+            if let Err(StepError::Rejected(_)) = self.inner.step(&run, &mut core, entry, &[]) {
+                // Another process finished the run meanwhile.
+                already_cancelled(run_id, core.state.status())?;
+            }
         }
         run.cancel.cancel();
         self.inner.after_change(&run);
@@ -593,14 +667,26 @@ impl Engine {
     /// journal. A process still executing the run finds the journal moved on when it next
     /// writes, and stops.
     fn cancel_stored(&self, run_id: &str) -> Result<()> {
-        let (record, journal) = self.stored(run_id)?;
-        if already_cancelled(run_id, record.status)? {
-            return Ok(());
+        loop {
+            let (record, journal) = self.stored(run_id)?;
+            if already_cancelled(run_id, record.status)? {
+                return Ok(());
+            }
+            let entry = JournalEntry::RunFinished { status: RunStatus::Cancelled, output: None, failure: None };
+            let stored = [StoredEntry { seq: journal.len() as u64, at_ms: now_ms(), entry }];
+            let step = Step {
+                run_id,
+                expected_seq: journal.len() as u64,
+                entries: &stored,
+                status: RunStatus::Cancelled,
+                ready: &[],
+                done: &[],
+            };
+            match self.inner.block_on(self.inner.store().commit(&step, None)) {
+                Err(Error::Conflict { .. }) => continue,
+                written => return written,
+            }
         }
-        let entry = JournalEntry::RunFinished { status: RunStatus::Cancelled, output: None, failure: None };
-        let stored = StoredEntry { seq: journal.len() as u64, at_ms: now_ms(), entry };
-        let store = self.inner.config.store.as_ref().expect("checked by stored()");
-        self.inner.block_on(store.append(run_id, stored.seq, &[stored]))
     }
 
     /// The run's events so far, then live ones until `until`.
@@ -629,29 +715,88 @@ impl Inner {
         }
     }
 
-    /// Makes the journal entries from `from` on durable, with the run locked. If the store
-    /// fails, the run is failed in memory (the store cannot record that either) and
-    /// `false` is returned: nothing that followed from the entries may be dispatched. The
-    /// store still holds the run as it was, so recovering it later repeats the lost work.
-    fn persist(&self, run: &LiveRun, core: &mut RunCore, from: usize) -> bool {
-        let Some(store) = &self.config.store else { return true };
-        if from >= core.journal.len() {
-            return true;
-        }
-        let status = core.state.status();
-        // Waiting is derived, not an entry: the store is told when a run starts or stops it.
-        let tell = status != core.stored_status && !status.is_terminal();
-        let written = self.block_on(async {
-            store.append(&run.run_id, from as u64, &core.journal[from..]).await?;
-            if tell {
-                store.set_status(&run.run_id, status).await?;
+    /// The durable store; only called on paths that exist in durable engines.
+    fn store(&self) -> &Arc<dyn DurableStore> {
+        self.config.store.as_ref().expect("a durable engine")
+    }
+
+    /// Who holds the tasks this engine makes ready, and for how long.
+    fn holder(&self) -> Option<(&str, Duration)> {
+        Some((self.owner.as_str(), self.config.lease))
+    }
+
+    /// Applies `entry` to the run and records it with what it implies, writing it first in
+    /// a durable engine (with the tasks that became ready, held by this engine, and the
+    /// tasks in `done` removed from the queue). If another process wrote to the run
+    /// meanwhile, catches up with the journal and tries again. Returns the ready tasks.
+    fn step(
+        &self,
+        run: &LiveRun,
+        core: &mut RunCore,
+        entry: JournalEntry,
+        done: &[QueuedTask],
+    ) -> std::result::Result<Vec<Task>, StepError> {
+        for _ in 0..MAX_CONFLICTS {
+            let effects = core.state.apply(&entry).map_err(StepError::Rejected)?;
+            let entries: Vec<JournalEntry> = std::iter::once(entry.clone()).chain(effects.derived).collect();
+            match self.write(run, core, entries, &effects.ready, done) {
+                Written::Yes => return Ok(effects.ready),
+                Written::Failed => return Err(StepError::Failed),
+                Written::Conflict => {
+                    if let Err(error) = self.catch_up(run, core, true) {
+                        self.fail(run, core, error);
+                        return Err(StepError::Failed);
+                    }
+                }
             }
-            Ok::<_, Error>(())
-        });
-        if written.is_ok() {
-            core.stored_status = status;
         }
-        let Err(error) = written else { return true };
+        tracing::warn!(run_id = %run.run_id, "giving up a step: other processes kept writing to the run");
+        Err(StepError::Failed)
+    }
+
+    /// Records entries already applied to the run's state; in a durable engine, writes
+    /// them first, in one step with the tasks they make ready and the tasks they finish.
+    /// If the store fails, the run is failed in memory (the store cannot record that
+    /// either): nothing that followed from the entries may be dispatched. The store still
+    /// holds the run as it was, so recovering it later repeats the lost work.
+    fn write(
+        &self,
+        run: &LiveRun,
+        core: &mut RunCore,
+        entries: Vec<JournalEntry>,
+        ready: &[Task],
+        done: &[QueuedTask],
+    ) -> Written {
+        let Some(store) = &self.config.store else {
+            run.record(core, entries);
+            return Written::Yes;
+        };
+        let stored = run.stamp(core, entries);
+        let ready: Vec<QueuedTask> = ready.iter().map(|task| run.queued(task)).collect();
+        let step = Step {
+            run_id: &run.run_id,
+            expected_seq: core.journal.len() as u64,
+            entries: &stored,
+            status: core.state.status(),
+            ready: &ready,
+            done,
+        };
+        match self.block_on(store.commit(&step, self.holder())) {
+            Ok(()) => {
+                run.publish(core, stored);
+                Written::Yes
+            }
+            Err(Error::Conflict { .. }) => Written::Conflict,
+            Err(error) => {
+                run.publish(core, stored);
+                self.fail(run, core, error);
+                Written::Failed
+            }
+        }
+    }
+
+    /// Fails a run in memory because its store failed.
+    fn fail(&self, run: &LiveRun, core: &mut RunCore, error: Error) {
         tracing::error!(run_id = %run.run_id, %error, "the store failed; failing the run");
         let failure = RunFailure {
             node: Arc::from("(store)"),
@@ -662,7 +807,160 @@ impl Inner {
         if core.state.apply(&entry).is_ok() {
             run.record(core, std::iter::once(entry));
         }
-        false
+    }
+
+    /// Brings a run up to date with entries other processes wrote to its journal, which
+    /// watchers then receive like any other. With `replay`, the state is rebuilt from the
+    /// journal even when nothing is new (it may hold entries that were applied but not
+    /// written). Does nothing in an engine without a store.
+    fn catch_up(&self, run: &LiveRun, core: &mut RunCore, replay: bool) -> Result<()> {
+        let Some(store) = &self.config.store else { return Ok(()) };
+        let newer = self.block_on(store.load_since(&run.run_id, core.journal.len() as u64))?;
+        if newer.is_empty() && !replay {
+            return Ok(());
+        }
+        let graph = run.workflow.graph();
+        let entries: Vec<JournalEntry> = core.journal.iter().chain(&newer).map(|s| s.entry.clone()).collect();
+        core.state = RunState::replay(Arc::clone(graph), &entries).map_err(|reason| Error::CorruptJournal {
+            run_id: run.run_id.to_string(),
+            graph: graph.name().to_owned(),
+            reason,
+        })?;
+        run.publish(core, newer);
+        Ok(())
+    }
+
+    /// A run this engine holds, or else the run loaded from the store with the workflow
+    /// `pick` gives for its graph's name; `true` when it was loaded. A loaded run is held
+    /// from then on; nothing of it is dispatched yet.
+    fn load_run(
+        &self,
+        run_id: &str,
+        pick: impl FnOnce(&str) -> Option<Workflow>,
+        attachment: Option<Attachment>,
+    ) -> Result<(Arc<LiveRun>, bool)> {
+        if let Ok(run) = self.live(run_id) {
+            return Ok((run, false));
+        }
+        let not_found = || Error::RunNotFound { run_id: run_id.to_owned() };
+        let store = self.config.store.as_ref().ok_or_else(not_found)?;
+        let (record, journal) = self.block_on(store.load(run_id))?.ok_or_else(not_found)?;
+        let workflow = pick(&record.graph).ok_or_else(|| Error::UnknownGraph { name: record.graph.clone() })?;
+        let graph = workflow.graph();
+        if record.graph != graph.name() {
+            return Err(Error::RunIdConflict {
+                run_id: run_id.to_owned(),
+                existing: format!("{}@{}", record.graph, record.version),
+                requested: format!("{}@{}", graph.name(), graph.version()),
+            });
+        }
+        if record.version != graph.version() {
+            return Err(Error::VersionMismatch {
+                run_id: run_id.to_owned(),
+                graph: record.graph,
+                expected: record.version,
+                found: graph.version().to_owned(),
+            });
+        }
+        let entries: Vec<JournalEntry> = journal.iter().map(|stored| stored.entry.clone()).collect();
+        let state = RunState::replay(Arc::clone(graph), &entries).map_err(|reason| Error::CorruptJournal {
+            run_id: run_id.to_owned(),
+            graph: graph.name().to_owned(),
+            reason,
+        })?;
+        let run = LiveRun::new(Arc::from(run_id), workflow.clone(), state, journal, attachment);
+        let mut table = self.runs.lock().expect("run table lock");
+        if let Some(existing) = table.runs.get(run_id) {
+            return Ok((Arc::clone(existing), false));
+        }
+        table.runs.insert(Arc::clone(&run.run_id), Arc::clone(&run));
+        Ok((run, true))
+    }
+
+    /// Takes on claimed tasks of a run (and, with `all`, every other outstanding task of
+    /// it that nobody holds in the queue). A task the journal has moved past is dropped. A
+    /// task that cannot have started (never handed out before, or still waiting out its
+    /// backoff) runs as it is. One that may have started (its holder died) is recorded as
+    /// interrupted and runs again as attempt + 1 with the same idempotency base, so its
+    /// body can tell, and the journal shows why. This is not a failure under the retry
+    /// policy: execution is at-least-once, and a lost process is not the body's doing.
+    fn adopt(&self, run: &Arc<LiveRun>, core: &mut RunCore, leases: Vec<Lease>, all: bool) -> Vec<Ready> {
+        for _ in 0..MAX_CONFLICTS {
+            let now = now_ms();
+            let outstanding = core.state.outstanding();
+            let mut held = vec![false; outstanding.len()];
+            let (mut fresh, mut interrupted, mut done) = (Vec::new(), Vec::new(), Vec::new());
+            for lease in &leases {
+                let found = outstanding.iter().position(|t| run.queued(t).same_attempt(&lease.task));
+                let Some(i) = found else {
+                    done.push(lease.task.clone());
+                    continue;
+                };
+                held[i] = true;
+                let task = outstanding[i].clone();
+                if lease.task.not_before_ms > now {
+                    fresh.push(Task { delay: Some(Duration::from_millis(lease.task.not_before_ms - now)), ..task });
+                } else if lease.deliveries <= 1 {
+                    fresh.push(task);
+                } else {
+                    interrupted.push(task);
+                }
+            }
+            // Outstanding tasks without a row in the queue: runs written before the queue
+            // held every task.
+            let mut unqueued = Vec::new();
+            if all {
+                let missing = outstanding.iter().zip(&held).filter(|(_, held)| !**held).map(|(t, _)| t.clone());
+                for task in with_remaining_backoff(missing.collect(), run.workflow.graph(), &core.journal) {
+                    if task.delay.is_some() {
+                        unqueued.push(task);
+                    } else {
+                        interrupted.push(task);
+                    }
+                }
+            }
+            let mut entries = Vec::new();
+            let mut next = unqueued.clone();
+            for task in interrupted {
+                let entry = JournalEntry::NodeFailed {
+                    node: Arc::clone(run.workflow.name(task.node)),
+                    item: task.item,
+                    attempt: task.attempt,
+                    error: NodeError::new(
+                        "Interrupted",
+                        "the process running this attempt stopped before recording its result; it runs again",
+                    ),
+                    retry_in_ms: Some(0),
+                };
+                match core.state.apply(&entry) {
+                    Ok(effects) => {
+                        done.push(run.queued(&task));
+                        entries.push(entry);
+                        entries.extend(effects.derived);
+                        next.extend(effects.ready.into_iter().map(|t| Task { delay: None, ..t }));
+                    }
+                    Err(_) => fresh.push(task),
+                }
+            }
+            if entries.is_empty() && done.is_empty() && next.is_empty() {
+                return run.prepare(core, fresh);
+            }
+            match self.write(run, core, entries, &next, &done) {
+                Written::Yes => {
+                    fresh.append(&mut next);
+                    return run.prepare(core, fresh);
+                }
+                Written::Failed => return Vec::new(),
+                Written::Conflict => {
+                    if let Err(error) = self.catch_up(run, core, true) {
+                        self.fail(run, core, error);
+                        return Vec::new();
+                    }
+                }
+            }
+        }
+        tracing::warn!(run_id = %run.run_id, "not taking the run on: other processes kept writing to it");
+        Vec::new()
     }
 
     fn live(&self, run_id: &str) -> Result<Arc<LiveRun>> {
@@ -698,6 +996,7 @@ impl Inner {
         let mine = mine.map(|i| ready.swap_remove(i));
         self.dispatch(run, ready);
         if let Some(task) = mine {
+            let _counted = InFlight::new(self);
             Arc::clone(self).run_blocking_chain(Arc::clone(run), task);
         }
     }
@@ -710,8 +1009,10 @@ impl Inner {
 
     fn spawn(self: &Arc<Self>, run: Arc<LiveRun>, ready: Ready) {
         let inner = Arc::clone(self);
+        let counted = InFlight::new(self);
         if let Some(delay) = ready.task.delay {
             self.runtime.spawn(async move {
+                let _counted = counted;
                 tokio::select! {
                     _ = run.cancel.cancelled() => {}
                     _ = tokio::time::sleep(delay) => {
@@ -723,9 +1024,15 @@ impl Inner {
             return;
         }
         if run.runs_inline(&ready.task) {
-            self.runtime.spawn_blocking(move || inner.run_blocking_chain(run, ready));
+            self.runtime.spawn_blocking(move || {
+                let _counted = counted;
+                inner.run_blocking_chain(run, ready)
+            });
         } else {
-            self.runtime.spawn(inner.run_async(run, ready));
+            self.runtime.spawn(async move {
+                let _counted = counted;
+                inner.run_async(run, ready).await
+            });
         }
     }
 
@@ -816,22 +1123,15 @@ impl Inner {
                     JournalEntry::NodeFailed { node, item: task.item, attempt: task.attempt, error, retry_in_ms }
                 }
             };
-            match core.state.apply(&entry) {
-                Ok(effects) => {
-                    let from = core.journal.len();
-                    run.record(&mut core, std::iter::once(entry).chain(effects.derived));
-                    if !self.persist(run, &mut core, from) {
-                        drop(core);
-                        self.after_change(run);
-                        return Vec::new();
-                    }
-                    run.prepare(&core, effects.ready)
-                }
-                Err(Rejected::Stale) => return Vec::new(),
-                Err(Rejected::Inconsistent(reason)) => {
+            let done = if self.config.store.is_some() { vec![run.queued(task)] } else { Vec::new() };
+            match self.step(run, &mut core, entry, &done) {
+                Ok(ready) => run.prepare(&core, ready),
+                Err(StepError::Rejected(Rejected::Stale)) => return Vec::new(),
+                Err(StepError::Rejected(Rejected::Inconsistent(reason))) => {
                     tracing::error!(run_id = %run.run_id, %reason, "dropping an inconsistent result");
                     return Vec::new();
                 }
+                Err(StepError::Failed) => Vec::new(),
             }
         };
         self.after_change(run);
@@ -851,7 +1151,7 @@ impl LiveRun {
         Arc::new(LiveRun {
             run_id,
             workflow,
-            core: Mutex::new(RunCore { stored_status: status, state, journal, attachment, watchers: Vec::new() }),
+            core: Mutex::new(RunCore { state, journal, attachment, watchers: Vec::new() }),
             status: AtomicU8::new(status as u8),
             settle: Notify::new(),
             cancel: CancellationToken::new(),
@@ -878,15 +1178,30 @@ impl LiveRun {
     /// Appends entries to the journal, sends them to watchers, and publishes the run's
     /// status. Called with the run locked, so statuses are published in journal order.
     fn record(&self, core: &mut RunCore, entries: impl IntoIterator<Item = JournalEntry>) {
+        let stored = self.stamp(core, entries);
+        self.publish(core, stored);
+    }
+
+    /// Gives entries their place after the journal so far, and the time.
+    fn stamp(&self, core: &RunCore, entries: impl IntoIterator<Item = JournalEntry>) -> Vec<StoredEntry> {
         let at_ms = now_ms();
-        for entry in entries {
-            let seq = core.journal.len() as u64;
+        let next = core.journal.len() as u64;
+        entries.into_iter().enumerate().map(|(i, entry)| StoredEntry { seq: next + i as u64, at_ms, entry }).collect()
+    }
+
+    /// [`LiveRun::record`] for entries stamped already (and applied to the state).
+    fn publish(&self, core: &mut RunCore, stored: Vec<StoredEntry>) {
+        for stored in stored {
             if !core.watchers.is_empty() {
-                let event =
-                    Event { run_id: Arc::clone(&self.run_id), seq, at_ms, kind: EventKind::Journal(entry.clone()) };
+                let event = Event {
+                    run_id: Arc::clone(&self.run_id),
+                    seq: stored.seq,
+                    at_ms: stored.at_ms,
+                    kind: EventKind::Journal(stored.entry.clone()),
+                };
                 core.watchers.retain(|w| w.tx.send(event.clone()).is_ok());
             }
-            core.journal.push(StoredEntry { seq, at_ms, entry });
+            core.journal.push(stored);
         }
         let status = core.state.status();
         if !core.watchers.is_empty() && (status.is_terminal() || status == RunStatus::Waiting) {
@@ -903,6 +1218,17 @@ impl LiveRun {
         let previous = self.status.swap(status as u8, Ordering::AcqRel);
         if previous != status as u8 && (status.is_terminal() || status == RunStatus::Waiting) {
             self.settle.notify_waiters();
+        }
+    }
+
+    /// A task as the store's queue knows it.
+    fn queued(&self, task: &Task) -> QueuedTask {
+        QueuedTask {
+            run_id: self.run_id.to_string(),
+            node: self.workflow.name(task.node).to_string(),
+            item: task.item,
+            attempt: task.attempt,
+            not_before_ms: task.delay.map_or(0, |delay| now_ms() + delay.as_millis() as u64),
         }
     }
 
@@ -1042,6 +1368,57 @@ impl LiveRun {
                 }
             })
             .collect()
+    }
+}
+
+/// How often a step is tried again when other processes keep writing to the same run.
+const MAX_CONFLICTS: usize = 16;
+
+/// The outcome of [`Inner::write`].
+enum Written {
+    Yes,
+    /// Another process wrote to the run first; nothing was written.
+    Conflict,
+    /// The store failed; the run was failed in memory.
+    Failed,
+}
+
+/// Why [`Inner::step`] recorded nothing.
+enum StepError {
+    Rejected(Rejected),
+    /// The store failed (the run was failed in memory), or kept conflicting.
+    Failed,
+}
+
+/// Counts a task executing (or waiting out a backoff) on this engine, until dropped.
+struct InFlight(Arc<Inner>);
+
+impl InFlight {
+    fn new(inner: &Arc<Inner>) -> InFlight {
+        inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(inner))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.task_done.notify_waiters();
+    }
+}
+
+/// Renews the leases of an engine's durable tasks every third of the lease, for as long
+/// as the engine exists.
+async fn heartbeat(inner: Weak<Inner>, store: Arc<dyn DurableStore>) {
+    let Some((owner, lease)) = inner.upgrade().map(|i| (i.owner.clone(), i.config.lease)) else { return };
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        if inner.strong_count() == 0 {
+            return;
+        }
+        if let Err(error) = store.renew(&owner, lease).await {
+            tracing::warn!(%error, "cannot renew the leases of this engine's tasks");
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicUsize;
 use serde_json::json;
 
 use crate::graph::{Dependency, Graph, GraphSpec, NodeSpec, RetryPolicy};
+use crate::store::{JournalStore, TaskQueue};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -1138,7 +1139,7 @@ fn the_status_mirror_maps_every_status_back_to_itself() {
 // -- durable engines -------------------------------------------------------------------
 
 fn durable(store: &Arc<crate::store::MemoryStore>) -> Engine {
-    let store: Arc<dyn JournalStore> = store.clone();
+    let store: Arc<dyn DurableStore> = store.clone();
     Engine::new(Handle::current(), EngineConfig { store: Some(store), ..EngineConfig::default() })
 }
 

@@ -102,6 +102,11 @@ pub enum Error {
     CorruptJournal { run_id: String, graph: String, reason: String },
     #[error("store: {0}")]
     Store(String),
+    /// Another writer appended to the run's journal first: the writer's view is stale.
+    #[error(
+        "run '{run_id}': the journal holds {found} entries where this writer expected {expected}; another process wrote to the run"
+    )]
+    Conflict { run_id: String, expected: u64, found: u64 },
     #[error("timed out after {seconds:.3}s waiting for run '{run_id}'")]
     WaitTimeout { run_id: String, seconds: f64 },
     #[error("the engine is shutting down")]

@@ -24,12 +24,12 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
-use crate::store::{Created, JournalStore, Lease, QueuedTask, RunRecord, StoredEntry, TaskQueue};
+use crate::store::{Created, DurableStore, JournalStore, Lease, QueuedTask, RunRecord, Step, StoredEntry, TaskQueue};
 
 /// Written into the file header (`PRAGMA application_id`): "ffl1".
 const APPLICATION_ID: i32 = 0x6666_6c31;
 /// The schema this code reads and writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 /// How often a waiting `lease` looks for due tasks.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -54,25 +54,30 @@ CREATE TABLE journal (
     entry  TEXT NOT NULL,
     PRIMARY KEY (run, seq)
 ) STRICT, WITHOUT ROWID;
-CREATE TABLE tasks (
-    key             TEXT PRIMARY KEY,
-    run_id          TEXT NOT NULL,
-    node            TEXT NOT NULL,
-    item            INTEGER,
-    attempt         INTEGER NOT NULL,
-    not_before_ms   INTEGER NOT NULL,
-    -- 0 waiting, 1 leased, 2 acknowledged (kept, so that enqueuing it again does nothing)
-    state           INTEGER NOT NULL,
-    lease_token     TEXT,
-    leased_until_ms INTEGER,
-    deliveries      INTEGER NOT NULL
-) STRICT;
-CREATE INDEX tasks_due ON tasks (state, not_before_ms);
 ";
 
-const WAITING: i64 = 0;
-const LEASED: i64 = 1;
-const ACKED: i64 = 2;
+/// The task queue (schema version 3). Only outstanding tasks have a row: a step that
+/// resolves a task deletes it. Leases are per owner (an engine), so one statement renews
+/// all of an engine's leases; that statement scans the table, which holds only the tasks
+/// in flight or queued. One index serves claiming: free tasks (queued, `until_ms` 0, or
+/// with an expired lease) come first in it.
+const TASKS: &str = "
+CREATE TABLE tasks (
+    run_id        TEXT NOT NULL,
+    node          TEXT NOT NULL,
+    -- the element of a map node, -1 for a node that is not one
+    item          INTEGER NOT NULL,
+    attempt       INTEGER NOT NULL,
+    not_before_ms INTEGER NOT NULL,
+    -- who holds the lease, NULL while queued
+    owner         TEXT,
+    -- when the lease expires, 0 while queued
+    until_ms      INTEGER NOT NULL,
+    deliveries    INTEGER NOT NULL,
+    PRIMARY KEY (run_id, node, item, attempt)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX tasks_free ON tasks (until_ms, not_before_ms);
+";
 
 /// Journals and tasks in one SQLite file.
 #[derive(Clone)]
@@ -107,6 +112,7 @@ impl SqliteStore {
             conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| fail("cannot use WAL mode", e))?;
             let tx = conn.unchecked_transaction().map_err(|e| fail("cannot write", e))?;
             tx.execute_batch(SCHEMA).map_err(|e| fail("cannot create the schema", e))?;
+            tx.execute_batch(TASKS).map_err(|e| fail("cannot create the schema", e))?;
             tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(|e| fail("cannot write", e))?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| fail("cannot write", e))?;
             tx.commit().map_err(|e| fail("cannot write", e))?;
@@ -119,7 +125,14 @@ impl SqliteStore {
         } else {
             let version: i32 =
                 conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| fail("cannot read", e))?;
-            if version != SCHEMA_VERSION {
+            if version == 2 {
+                // Version 2 had a task table no engine wrote to: replace it.
+                let tx = conn.unchecked_transaction().map_err(|e| fail("cannot write", e))?;
+                tx.execute_batch("DROP TABLE tasks;").map_err(|e| fail("cannot upgrade the schema", e))?;
+                tx.execute_batch(TASKS).map_err(|e| fail("cannot upgrade the schema", e))?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| fail("cannot write", e))?;
+                tx.commit().map_err(|e| fail("cannot write", e))?;
+            } else if version != SCHEMA_VERSION {
                 return Err(Error::Store(format!(
                     "{} has schema version {version}; this ferroflow reads version {SCHEMA_VERSION}",
                     path.display()
@@ -242,52 +255,64 @@ fn load_run(conn: &Connection, run_id: &str) -> Result<Option<(RunRecord, Vec<St
         .map_err(sql)?;
     let Some((mut record, status, run)) = found else { return Ok(None) };
     record.status = status_of(&status)?;
-    let mut select =
-        conn.prepare_cached("SELECT seq, at_ms, entry FROM journal WHERE run = ?1 ORDER BY seq").map_err(sql)?;
+    let journal = read_journal(conn, run, run_id, 0)?;
+    Ok(Some((record, journal)))
+}
+
+/// Run `run`'s journal entries from `from` on.
+fn read_journal(conn: &Connection, run: i64, run_id: &str, from: u64) -> Result<Vec<StoredEntry>> {
+    let mut select = conn
+        .prepare_cached("SELECT seq, at_ms, entry FROM journal WHERE run = ?1 AND seq >= ?2 ORDER BY seq")
+        .map_err(sql)?;
     let rows = select
-        .query_map([run], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
+        .query_map(params![run, from as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+        })
         .map_err(sql)?;
     let mut journal = Vec::new();
     for row in rows {
         let (seq, at_ms, text) = row.map_err(sql)?;
         let entry: JournalEntry = serde_json::from_str(&text).map_err(|e| Error::CorruptJournal {
             run_id: run_id.to_owned(),
-            graph: record.graph.clone(),
+            graph: conn
+                .query_row("SELECT graph FROM runs WHERE id = ?1", [run], |r| r.get(0))
+                .unwrap_or_else(|_| "?".to_owned()),
             reason: format!("entry {seq} cannot be read: {e}"),
         })?;
         journal.push(StoredEntry { seq: seq as u64, at_ms: at_ms as u64, entry });
     }
-    Ok(Some((record, journal)))
+    Ok(journal)
+}
+
+/// Inserts a run and its first entries, unless a run with its id exists (whose record and
+/// journal are returned then).
+fn create_run(conn: &Connection, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
+    if let Some((existing, journal)) = load_run(conn, &record.run_id)? {
+        return Ok(Created::Existing { record: existing, journal });
+    }
+    conn.prepare_cached(
+        "INSERT INTO runs (run_id, graph, version, status, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut insert| {
+        insert.execute(params![
+            record.run_id,
+            record.graph,
+            record.version,
+            record.status.as_str(),
+            record.created_ms as i64,
+            record.updated_ms as i64
+        ])
+    })
+    .map_err(sql)?;
+    insert_entries(conn, conn.last_insert_rowid(), &record.run_id, first)?;
+    Ok(Created::New)
 }
 
 #[async_trait]
 impl JournalStore for SqliteStore {
     async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
-        self.with_conn(|conn| {
-            immediate(conn, |conn| {
-                if let Some((existing, journal)) = load_run(conn, &record.run_id)? {
-                    return Ok(Created::Existing { record: existing, journal });
-                }
-                conn.prepare_cached(
-                    "INSERT INTO runs (run_id, graph, version, status, created_ms, updated_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .and_then(|mut insert| {
-                    insert.execute(params![
-                        record.run_id,
-                        record.graph,
-                        record.version,
-                        record.status.as_str(),
-                        record.created_ms as i64,
-                        record.updated_ms as i64
-                    ])
-                })
-                .map_err(sql)?;
-                insert_entries(conn, conn.last_insert_rowid(), &record.run_id, first)?;
-                Ok(Created::New)
-            })
-        })
-        .await
+        self.with_conn(|conn| immediate(conn, |conn| create_run(conn, record, first))).await
     }
 
     async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
@@ -296,16 +321,7 @@ impl JournalStore for SqliteStore {
                 let Some(run) = run_key(conn, run_id)? else {
                     return Err(Error::RunNotFound { run_id: run_id.to_owned() });
                 };
-                let next: i64 = conn
-                    .prepare_cached("SELECT coalesce(max(seq) + 1, 0) FROM journal WHERE run = ?1")
-                    .and_then(|mut select| select.query_row([run], |r| r.get(0)))
-                    .map_err(sql)?;
-                if next as u64 != expected_seq {
-                    return Err(Error::Store(format!(
-                        "run '{run_id}': journal has {next} entries, the writer expected {expected_seq}: \
-                         another writer got there first"
-                    )));
-                }
+                check_seq(conn, run, run_id, expected_seq)?;
                 insert_entries(conn, run, run_id, entries)?;
                 let finished = entries.iter().rev().find_map(|s| match &s.entry {
                     JournalEntry::RunFinished { status, .. } => Some((*status, s.at_ms)),
@@ -362,40 +378,136 @@ impl JournalStore for SqliteStore {
     }
 }
 
+/// Fails with [`Error::Conflict`] unless run `run`'s journal holds `expected` entries.
+fn check_seq(conn: &Connection, run: i64, run_id: &str, expected: u64) -> Result<()> {
+    let found: i64 = conn
+        .prepare_cached("SELECT coalesce(max(seq) + 1, 0) FROM journal WHERE run = ?1")
+        .and_then(|mut select| select.query_row([run], |r| r.get(0)))
+        .map_err(sql)?;
+    if found as u64 != expected {
+        return Err(Error::Conflict { run_id: run_id.to_owned(), expected, found: found as u64 });
+    }
+    Ok(())
+}
+
+/// The `item` column of a task: map elements are numbered from 0, other nodes are -1.
+fn item_column(item: Option<u32>) -> i64 {
+    item.map_or(-1, i64::from)
+}
+
+/// Inserts tasks that are not queued already, held by `owner` until `until` (one
+/// delivery) or queued for anyone.
+fn insert_tasks(conn: &Connection, tasks: &[QueuedTask], owner: Option<(&str, Duration)>) -> Result<()> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let (owner, until, deliveries) = match owner {
+        Some((owner, lease_for)) => (Some(owner), now_ms() + lease_for.as_millis() as u64, 1),
+        None => (None, 0, 0),
+    };
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO tasks (run_id, node, item, attempt, not_before_ms, owner, until_ms, deliveries)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(sql)?;
+    for task in tasks {
+        insert
+            .execute(params![
+                task.run_id,
+                task.node,
+                item_column(task.item),
+                i64::from(task.attempt),
+                task.not_before_ms as i64,
+                owner,
+                until as i64,
+                deliveries
+            ])
+            .map_err(sql)?;
+    }
+    Ok(())
+}
+
+fn delete_tasks(conn: &Connection, tasks: &[QueuedTask]) -> Result<()> {
+    let mut delete = conn
+        .prepare_cached("DELETE FROM tasks WHERE run_id = ?1 AND node = ?2 AND item = ?3 AND attempt = ?4")
+        .map_err(sql)?;
+    for task in tasks {
+        delete
+            .execute(params![task.run_id, task.node, item_column(task.item), i64::from(task.attempt)])
+            .map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Reads a `tasks` row selected as `run_id, node, item, attempt, not_before_ms, deliveries`.
+fn read_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<(QueuedTask, u32)> {
+    let item: i64 = r.get(2)?;
+    Ok((
+        QueuedTask {
+            run_id: r.get(0)?,
+            node: r.get(1)?,
+            item: u32::try_from(item).ok(),
+            attempt: r.get::<_, i64>(3)? as u32,
+            not_before_ms: r.get::<_, i64>(4)? as u64,
+        },
+        r.get::<_, i64>(5)? as u32,
+    ))
+}
+
+/// Leases the tasks `select` lists (with its parameters) to `owner`, in the transaction
+/// the caller holds.
+fn lease_rows(
+    conn: &Connection,
+    select: &str,
+    select_params: impl rusqlite::Params,
+    owner: &str,
+    lease_for: Duration,
+) -> Result<Vec<Lease>> {
+    let until = (now_ms() + lease_for.as_millis() as u64) as i64;
+    let rows: Vec<(QueuedTask, u32)> = {
+        let mut select = conn.prepare_cached(select).map_err(sql)?;
+        let rows = select.query_map(select_params, read_task).map_err(sql)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(sql)?
+    };
+    let mut update = conn
+        .prepare_cached(
+            "UPDATE tasks SET owner = ?5, until_ms = ?6, deliveries = deliveries + 1
+             WHERE run_id = ?1 AND node = ?2 AND item = ?3 AND attempt = ?4",
+        )
+        .map_err(sql)?;
+    let mut leases = Vec::with_capacity(rows.len());
+    for (task, deliveries) in rows {
+        update
+            .execute(params![task.run_id, task.node, item_column(task.item), i64::from(task.attempt), owner, until])
+            .map_err(sql)?;
+        leases.push(Lease { task, deliveries: deliveries + 1 });
+    }
+    Ok(leases)
+}
+
+const TASK_COLUMNS: &str = "run_id, node, item, attempt, not_before_ms, deliveries";
+
 #[async_trait]
 impl TaskQueue for SqliteStore {
     async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
-        self.with_conn(|conn| {
-            immediate(conn, |conn| {
-                let mut insert = conn
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO tasks (key, run_id, node, item, attempt, not_before_ms, state, deliveries)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
-                    )
-                    .map_err(sql)?;
-                for task in tasks {
-                    insert
-                        .execute(params![
-                            task.key(),
-                            task.run_id,
-                            task.node,
-                            task.item.map(i64::from),
-                            i64::from(task.attempt),
-                            task.not_before_ms as i64,
-                            WAITING
-                        ])
-                        .map_err(sql)?;
-                }
-                Ok(())
-            })
-        })
-        .await
+        self.with_conn(|conn| immediate(conn, |conn| insert_tasks(conn, tasks, None))).await
     }
 
-    async fn lease(&self, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>> {
+    async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>> {
         let deadline = tokio::time::Instant::now() + wait;
+        let select = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE until_ms <= ?1 AND not_before_ms <= ?1
+             ORDER BY not_before_ms LIMIT ?2"
+        );
         loop {
-            let leases = self.with_conn(|conn| take_due(conn, max, lease_for)).await?;
+            let leases = self
+                .with_conn(|conn| {
+                    immediate(conn, |conn| {
+                        lease_rows(conn, &select, params![now_ms() as i64, max as i64], owner, lease_for)
+                    })
+                })
+                .await?;
             if !leases.is_empty() {
                 return Ok(leases);
             }
@@ -407,99 +519,138 @@ impl TaskQueue for SqliteStore {
         }
     }
 
-    async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<()> {
+    async fn claim_run(&self, owner: &str, run_id: &str, lease_for: Duration) -> Result<Vec<Lease>> {
+        let select = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE run_id = ?1");
+        self.with_conn(|conn| immediate(conn, |conn| lease_rows(conn, &select, params![run_id], owner, lease_for)))
+            .await
+    }
+
+    async fn renew(&self, owner: &str, lease_for: Duration) -> Result<()> {
         self.with_conn(|conn| {
             let now = now_ms();
-            let changed = conn
-                .execute(
-                    "UPDATE tasks SET leased_until_ms = ?3
-                     WHERE key = ?1 AND lease_token = ?2 AND state = ?4 AND leased_until_ms > ?5",
-                    params![
-                        lease.task.key(),
-                        lease.token,
-                        (now + lease_for.as_millis() as u64) as i64,
-                        LEASED,
-                        now as i64
-                    ],
-                )
+            conn.prepare_cached("UPDATE tasks SET until_ms = ?2 WHERE owner = ?1 AND until_ms > ?3")
+                .and_then(|mut update| {
+                    update.execute(params![owner, (now + lease_for.as_millis() as u64) as i64, now as i64])
+                })
                 .map_err(sql)?;
-            if changed == 0 {
-                return Err(Error::Store(format!("the lease of task {} has expired", lease.task.key())));
-            }
             Ok(())
         })
         .await
     }
 
-    async fn ack(&self, lease: &Lease) -> Result<()> {
+    async fn ack(&self, owner: &str, task: &QueuedTask) -> Result<()> {
         self.with_conn(|conn| {
-            let now = now_ms();
-            let changed = conn
-                .execute(
-                    "UPDATE tasks SET state = ?3, lease_token = NULL, leased_until_ms = NULL
-                     WHERE key = ?1 AND lease_token = ?2 AND state = ?4 AND leased_until_ms > ?5",
-                    params![lease.task.key(), lease.token, ACKED, LEASED, now as i64],
+            let deleted = conn
+                .prepare_cached(
+                    "DELETE FROM tasks WHERE run_id = ?1 AND node = ?2 AND item = ?3 AND attempt = ?4
+                     AND owner = ?5 AND until_ms > ?6",
                 )
+                .and_then(|mut delete| {
+                    delete.execute(params![
+                        task.run_id,
+                        task.node,
+                        item_column(task.item),
+                        i64::from(task.attempt),
+                        owner,
+                        now_ms() as i64
+                    ])
+                })
                 .map_err(sql)?;
-            if changed == 0 {
+            if deleted == 0 {
                 return Err(Error::Store(format!(
-                    "the lease of task {} has expired; another worker may hold the task now",
-                    lease.task.key()
+                    "task {} is not held by {owner}: its lease expired, or it was acknowledged",
+                    task.key()
                 )));
             }
             Ok(())
         })
         .await
     }
-}
 
-/// Leases up to `max` due tasks (waiting and due, or leased with an expired lease) in one
-/// transaction, so two processes never lease the same task.
-fn take_due(conn: &Connection, max: usize, lease_for: Duration) -> Result<Vec<Lease>> {
-    immediate(conn, |conn| lease_due(conn, max, lease_for))
-}
-
-fn lease_due(conn: &Connection, max: usize, lease_for: Duration) -> Result<Vec<Lease>> {
-    let now = now_ms();
-    let until = now + lease_for.as_millis() as u64;
-    let due: Vec<(String, QueuedTask, u32)> = {
-        let mut select = conn
-            .prepare_cached(
-                "SELECT key, run_id, node, item, attempt, not_before_ms, deliveries FROM tasks
-                 WHERE (state = ?1 AND not_before_ms <= ?3) OR (state = ?2 AND leased_until_ms <= ?3)
-                 ORDER BY not_before_ms, key LIMIT ?4",
-            )
-            .map_err(sql)?;
-        let rows = select
-            .query_map(params![WAITING, LEASED, now as i64, max as i64], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    QueuedTask {
-                        run_id: r.get(1)?,
-                        node: r.get(2)?,
-                        item: r.get::<_, Option<i64>>(3)?.map(|i| i as u32),
-                        attempt: r.get::<_, i64>(4)? as u32,
-                        not_before_ms: r.get::<_, i64>(5)? as u64,
-                    },
-                    r.get::<_, i64>(6)? as u32,
-                ))
+    async fn release(&self, owner: &str, tasks: &[QueuedTask], not_before_ms: u64) -> Result<()> {
+        self.with_conn(|conn| {
+            immediate(conn, |conn| {
+                let mut update = conn
+                    .prepare_cached(
+                        "UPDATE tasks SET owner = NULL, until_ms = 0, not_before_ms = ?6,
+                         deliveries = max(deliveries - 1, 0)
+                         WHERE run_id = ?1 AND node = ?2 AND item = ?3 AND attempt = ?4 AND owner = ?5",
+                    )
+                    .map_err(sql)?;
+                for task in tasks {
+                    update
+                        .execute(params![
+                            task.run_id,
+                            task.node,
+                            item_column(task.item),
+                            i64::from(task.attempt),
+                            owner,
+                            not_before_ms as i64
+                        ])
+                        .map_err(sql)?;
+                }
+                Ok(())
             })
-            .map_err(sql)?;
-        rows.collect::<rusqlite::Result<_>>().map_err(sql)?
-    };
-    let mut leases = Vec::with_capacity(due.len());
-    {
-        let mut update = conn
-            .prepare_cached(
-                "UPDATE tasks SET state = ?2, lease_token = ?3, leased_until_ms = ?4, deliveries = deliveries + 1
-                 WHERE key = ?1",
-            )
-            .map_err(sql)?;
-        for (key, task, deliveries) in due {
-            let token = format!("{key}#{}", uuid::Uuid::now_v7());
-            update.execute(params![key, LEASED, token, until as i64]).map_err(sql)?;
-            leases.push(Lease { task, token, deliveries: deliveries + 1 });
-        }
+        })
+        .await
     }
-    Ok(leases)
+}
+
+#[async_trait]
+impl DurableStore for SqliteStore {
+    async fn create(
+        &self,
+        record: &RunRecord,
+        first: &[StoredEntry],
+        ready: &[QueuedTask],
+        owner: Option<(&str, Duration)>,
+    ) -> Result<Created> {
+        self.with_conn(|conn| {
+            immediate(conn, |conn| {
+                let created = create_run(conn, record, first)?;
+                if let Created::New = created {
+                    insert_tasks(conn, ready, owner)?;
+                }
+                Ok(created)
+            })
+        })
+        .await
+    }
+
+    async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<()> {
+        self.with_conn(|conn| {
+            immediate(conn, |conn| {
+                let Some(run) = run_key(conn, step.run_id)? else {
+                    return Err(Error::RunNotFound { run_id: step.run_id.to_owned() });
+                };
+                check_seq(conn, run, step.run_id, step.expected_seq)?;
+                insert_entries(conn, run, step.run_id, step.entries)?;
+                let at_ms = step.entries.last().map_or_else(now_ms, |e| e.at_ms);
+                // Writes the row only when the status changes.
+                conn.prepare_cached("UPDATE runs SET status = ?2, updated_ms = ?3 WHERE id = ?1 AND status <> ?2")
+                    .and_then(|mut update| update.execute(params![run, step.status.as_str(), at_ms as i64]))
+                    .map_err(sql)?;
+                if step.status.is_terminal() {
+                    // A finished run has nothing left to run, whoever holds its tasks.
+                    conn.prepare_cached("DELETE FROM tasks WHERE run_id = ?1")
+                        .and_then(|mut delete| delete.execute([step.run_id]))
+                        .map_err(sql)?;
+                    return Ok(());
+                }
+                delete_tasks(conn, step.done)?;
+                insert_tasks(conn, step.ready, owner)
+            })
+        })
+        .await
+    }
+
+    async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {
+        self.with_conn(|conn| {
+            let Some(run) = run_key(conn, run_id)? else {
+                return Err(Error::RunNotFound { run_id: run_id.to_owned() });
+            };
+            read_journal(conn, run, run_id, seq)
+        })
+        .await
+    }
 }

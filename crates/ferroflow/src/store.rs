@@ -7,7 +7,7 @@
 //! in-memory engine spawns a ready task on the tokio runtime at once, so they have no
 //! queue hop.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ pub enum Created {
 ///   second caller learns of the first.
 /// - `append` is all-or-nothing for the entries of one call, and only succeeds if the
 ///   journal holds exactly `expected_seq` entries before it (optimistic concurrency, so
-///   two writers cannot interleave one run's journal). A conflict is an error that says so.
+///   two writers cannot interleave one run's journal). A conflict is [`Error::Conflict`].
 /// - Entries are returned by `load` in the order appended, with the `seq` and `at_ms`
 ///   given at append time; nothing is ever rewritten.
 /// - `append` of a `RunFinished` entry also updates the run record's status.
@@ -91,43 +91,112 @@ impl QueuedTask {
             None => format!("{}/{}/{}", self.run_id, self.node, self.attempt),
         }
     }
+
+    /// Whether `other` is the same attempt (the same key), whatever its `not_before_ms`.
+    pub fn same_attempt(&self, other: &QueuedTask) -> bool {
+        self.run_id == other.run_id
+            && self.node == other.node
+            && self.item == other.item
+            && self.attempt == other.attempt
+    }
 }
 
 /// A task handed to a worker, held until acknowledged or until the lease runs out.
 #[derive(Clone, Debug)]
 pub struct Lease {
     pub task: QueuedTask,
-    /// Identifies this delivery to `ack` and `extend`.
-    pub token: String,
-    /// How many times the task was handed out, this time included.
+    /// How many times the task was handed out, this time included. A task inserted
+    /// already held by its writer (see [`Step::ready`]) counts that as its first delivery,
+    /// so a task delivered more than once may have started before.
     pub deliveries: u32,
 }
 
-/// Where ready tasks wait for workers in durable contexts.
+/// Where tasks of durable runs wait for a worker, and who holds them.
 ///
-/// Contract, for every implementation:
-/// - `enqueue` is idempotent on [`QueuedTask::key`]: enqueuing a task that is queued,
-///   leased or was acknowledged does nothing.
-/// - `lease` hands each task to one worker at a time, never before `not_before_ms`, and
+/// A worker is identified by an `owner` string (an engine's id); every lease it holds
+/// shares that owner and one renewal keeps them all. Contract, for every implementation:
+/// - `enqueue` is idempotent on [`QueuedTask::key`] while the task is queued or leased.
+///   (Once acknowledged, a task is gone: whether an attempt still needs to run is the
+///   journal's business, and durable writers only enqueue what the journal says is ready.)
+/// - `claim` hands each task to one owner at a time, never before `not_before_ms`, and
 ///   waits at most `wait` for one to appear (returning an empty list then).
-/// - A lease that is neither acknowledged nor extended within `lease_for` expires and the
-///   task is handed out again, with `deliveries` increased: delivery is at-least-once,
-///   and duplicates are dropped against the journal by the scheduler.
-/// - `ack` removes the task for good; acknowledging an expired lease is an error, since
-///   another worker may hold the task now.
+/// - A lease that is not renewed within `lease_for` expires and the task can be claimed
+///   again, with `deliveries` increased: delivery is at-least-once, and the scheduler
+///   drops duplicates against the journal.
+/// - `ack` removes a task the owner holds; acknowledging a task the owner no longer holds
+///   is an error, since another worker may hold it now.
+/// - `release` hands tasks the owner holds back to the queue at once, to be claimed no
+///   earlier than `not_before_ms`, without counting a delivery.
 #[async_trait]
 pub trait TaskQueue: Send + Sync + 'static {
     async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()>;
-    async fn lease(&self, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>>;
-    async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<()>;
-    async fn ack(&self, lease: &Lease) -> Result<()>;
+    async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>>;
+    /// Claims every task of one run, whoever holds it and whether due or not: a takeover
+    /// (the claimant waits out `not_before_ms` itself). A holder that is still alive finds
+    /// out when it next writes to the run.
+    async fn claim_run(&self, owner: &str, run_id: &str, lease_for: Duration) -> Result<Vec<Lease>>;
+    /// Extends every lease `owner` holds that has not expired.
+    async fn renew(&self, owner: &str, lease_for: Duration) -> Result<()>;
+    async fn ack(&self, owner: &str, task: &QueuedTask) -> Result<()>;
+    async fn release(&self, owner: &str, tasks: &[QueuedTask], not_before_ms: u64) -> Result<()>;
+}
+
+/// One step of a durable run, written all or nothing by [`DurableStore::commit`]: the
+/// journal entries an event produced, the run's status after them, the tasks that became
+/// ready, and the task the step finishes.
+#[derive(Debug)]
+pub struct Step<'a> {
+    pub run_id: &'a str,
+    /// How many entries the writer's view of the journal holds: the step applies only if
+    /// the stored journal holds exactly these (optimistic concurrency between writers).
+    pub expected_seq: u64,
+    pub entries: &'a [StoredEntry],
+    /// The run's status once the entries are applied, recorded with them.
+    pub status: RunStatus,
+    /// Tasks that became ready, inserted already held by `owner` (the writer runs them
+    /// itself; they count one delivery) unless `owner` is `None`, which leaves them
+    /// queued for any worker. A task queued already is left as it is.
+    pub ready: &'a [QueuedTask],
+    /// Tasks the step resolves (completed, failed, interrupted, superseded), removed from
+    /// the queue whoever holds them: the journal now says they are done. A step that
+    /// finishes the run removes all of the run's tasks instead.
+    pub done: &'a [QueuedTask],
+}
+
+/// A journal store and task queue in one, with the completion step as one atomic write.
+/// This is what a durable context is to the engine.
+#[async_trait]
+pub trait DurableStore: JournalStore + TaskQueue {
+    /// Creates a run with its first entries and ready tasks, atomically; idempotent on
+    /// the run id like [`JournalStore::create_run`] (an existing run is left untouched).
+    async fn create(
+        &self,
+        record: &RunRecord,
+        first: &[StoredEntry],
+        ready: &[QueuedTask],
+        owner: Option<(&str, Duration)>,
+    ) -> Result<Created>;
+    /// Writes one step, atomically. If the journal does not hold exactly
+    /// `step.expected_seq` entries, nothing is written and the error is
+    /// [`Error::Conflict`]. `owner` holds the ready tasks for `lease_for`.
+    async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<()>;
+    /// The journal entries from `seq` on (to catch up with other writers).
+    async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>>;
 }
 
 /// Journals in process memory: the store of the in-memory context, and the reference
 /// the conformance tests hold durable stores to.
 #[derive(Default)]
 pub struct MemoryStore {
-    runs: Mutex<HashMap<String, MemoryRun>>,
+    runs: Mutex<MemoryState>,
+    /// Woken when tasks are queued.
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct MemoryState {
+    runs: HashMap<String, MemoryRun>,
+    tasks: MemoryTasks,
 }
 
 struct MemoryRun {
@@ -146,7 +215,7 @@ impl MemoryStore {
 #[async_trait]
 impl JournalStore for MemoryStore {
     async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
-        let mut runs = self.runs.lock().expect("store lock");
+        let runs = &mut self.runs.lock().expect("store lock").runs;
         if let Some(existing) = runs.get(&record.run_id) {
             return Ok(Created::Existing { record: existing.record.clone(), journal: existing.journal.clone() });
         }
@@ -156,14 +225,15 @@ impl JournalStore for MemoryStore {
     }
 
     async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
-        let mut runs = self.runs.lock().expect("store lock");
+        let runs = &mut self.runs.lock().expect("store lock").runs;
         let MemoryRun { record, journal, .. } =
             runs.get_mut(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
         if journal.len() as u64 != expected_seq {
-            return Err(Error::Store(format!(
-                "run '{run_id}': journal has {} entries, the writer expected {expected_seq}: another writer got there first",
-                journal.len()
-            )));
+            return Err(Error::Conflict {
+                run_id: run_id.to_owned(),
+                expected: expected_seq,
+                found: journal.len() as u64,
+            });
         }
         for stored in entries {
             if let JournalEntry::RunFinished { status, .. } = &stored.entry {
@@ -176,18 +246,18 @@ impl JournalStore for MemoryStore {
     }
 
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
-        Ok(self.runs.lock().expect("store lock").get(run_id).map(|run| (run.record.clone(), run.journal.clone())))
+        Ok(self.runs.lock().expect("store lock").runs.get(run_id).map(|run| (run.record.clone(), run.journal.clone())))
     }
 
     async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
-        let mut runs = self.runs.lock().expect("store lock");
+        let runs = &mut self.runs.lock().expect("store lock").runs;
         let run = runs.get_mut(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
         run.record.status = status;
         Ok(())
     }
 
     async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
-        let runs = self.runs.lock().expect("store lock");
+        let runs = &self.runs.lock().expect("store lock").runs;
         let mut matching: Vec<&MemoryRun> = runs
             .values()
             .filter(|run| graph.is_none_or(|g| run.record.graph == g) && status.is_none_or(|s| run.record.status == s))
@@ -197,104 +267,25 @@ impl JournalStore for MemoryStore {
     }
 }
 
-/// Tasks in process memory, with leases: the in-memory [`TaskQueue`].
-///
-/// Timestamps are wall-clock milliseconds, like the durable queues', so `not_before_ms`
-/// means the same everywhere.
-#[derive(Default)]
-pub struct MemoryQueue {
-    inner: Mutex<QueueState>,
-    ready: Notify,
-}
-
-#[derive(Default)]
-struct QueueState {
-    /// Every key ever enqueued: enqueuing is idempotent even after acknowledgement.
-    known: HashSet<String>,
-    /// Tasks waiting, by (not_before_ms, insertion order).
-    waiting: BTreeMap<(u64, u64), (QueuedTask, u32)>,
-    /// Tasks handed out, by lease token: the task, its deliveries, and the lease expiry.
-    leased: HashMap<String, (QueuedTask, u32, u64)>,
-    counter: u64,
-}
-
-impl MemoryQueue {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Tasks waiting or leased.
-    pub fn len(&self) -> usize {
-        let state = self.inner.lock().expect("queue lock");
-        state.waiting.len() + state.leased.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Moves expired leases back to waiting, then takes up to `max` tasks that are due.
-    fn take_due(&self, max: usize, lease_for: Duration) -> (Vec<Lease>, Option<u64>) {
-        let now = now_ms();
-        let mut state = self.inner.lock().expect("queue lock");
-        let expired: Vec<String> =
-            state.leased.iter().filter(|(_, (_, _, until))| *until <= now).map(|(token, _)| token.clone()).collect();
-        for token in expired {
-            let (task, deliveries, _) = state.leased.remove(&token).expect("listed");
-            state.counter += 1;
-            let key = (task.not_before_ms, state.counter);
-            state.waiting.insert(key, (task, deliveries));
-        }
-        let mut leases = Vec::new();
-        while leases.len() < max {
-            let Some(entry) = state.waiting.first_entry() else {
-                break;
-            };
-            if entry.key().0 > now {
-                break;
-            }
-            let (task, deliveries) = entry.remove();
-            state.counter += 1;
-            let token = format!("{}#{}", task.key(), state.counter);
-            let deliveries = deliveries + 1;
-            let until = now + lease_for.as_millis() as u64;
-            state.leased.insert(token.clone(), (task.clone(), deliveries, until));
-            leases.push(Lease { task, token, deliveries });
-        }
-        let next_due = state
-            .waiting
-            .keys()
-            .next()
-            .map(|(at, _)| *at)
-            .into_iter()
-            .chain(state.leased.values().map(|(_, _, until)| *until))
-            .min();
-        (leases, next_due)
-    }
-}
-
 #[async_trait]
-impl TaskQueue for MemoryQueue {
+impl TaskQueue for MemoryStore {
     async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
-        let mut state = self.inner.lock().expect("queue lock");
-        for task in tasks {
-            if state.known.insert(task.key()) {
-                state.counter += 1;
-                let key = (task.not_before_ms, state.counter);
-                state.waiting.insert(key, (task.clone(), 0));
-            }
-        }
-        drop(state);
+        self.runs.lock().expect("store lock").tasks.insert(tasks, None, 0);
         self.ready.notify_waiters();
         Ok(())
     }
 
-    async fn lease(&self, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>> {
+    async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Register interest before looking, so an enqueue in between is not missed.
             let notified = self.ready.notified();
-            let (leases, next_due) = self.take_due(max, lease_for);
+            let (leases, next_due) = {
+                let mut state = self.runs.lock().expect("store lock");
+                let now = now_ms();
+                let leases = state.tasks.claim(owner, now, now + lease_for.as_millis() as u64, max, |_| true, false);
+                (leases, state.tasks.next_due())
+            };
             if !leases.is_empty() {
                 return Ok(leases);
             }
@@ -308,30 +299,180 @@ impl TaskQueue for MemoryQueue {
         }
     }
 
-    async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<()> {
-        let mut state = self.inner.lock().expect("queue lock");
-        match state.leased.get_mut(&lease.token) {
-            Some((_, _, until)) => {
-                *until = now_ms() + lease_for.as_millis() as u64;
-                Ok(())
-            }
-            None => Err(Error::Store(format!("the lease of task {} has expired", lease.task.key()))),
-        }
+    async fn claim_run(&self, owner: &str, run_id: &str, lease_for: Duration) -> Result<Vec<Lease>> {
+        let mut state = self.runs.lock().expect("store lock");
+        let now = now_ms();
+        Ok(state.tasks.claim(owner, now, now + lease_for.as_millis() as u64, usize::MAX, |t| t.run_id == run_id, true))
     }
 
-    async fn ack(&self, lease: &Lease) -> Result<()> {
-        let mut state = self.inner.lock().expect("queue lock");
+    async fn renew(&self, owner: &str, lease_for: Duration) -> Result<()> {
+        let mut state = self.runs.lock().expect("store lock");
         let now = now_ms();
-        match state.leased.get(&lease.token) {
-            Some((_, _, until)) if *until > now => {
-                state.leased.remove(&lease.token);
+        for held in state.tasks.rows.values_mut() {
+            if held.owner.as_deref() == Some(owner) && held.until_ms > now {
+                held.until_ms = now + lease_for.as_millis() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    async fn ack(&self, owner: &str, task: &QueuedTask) -> Result<()> {
+        let mut state = self.runs.lock().expect("store lock");
+        let key = task.key();
+        match state.tasks.rows.get(&key) {
+            Some(held) if held.owner.as_deref() == Some(owner) && held.until_ms > now_ms() => {
+                state.tasks.rows.remove(&key);
                 Ok(())
             }
             _ => Err(Error::Store(format!(
-                "the lease of task {} has expired; another worker may hold the task now",
-                lease.task.key()
+                "task {key} is not held by {owner}: its lease expired, or it was acknowledged"
             ))),
         }
+    }
+
+    async fn release(&self, owner: &str, tasks: &[QueuedTask], not_before_ms: u64) -> Result<()> {
+        let mut state = self.runs.lock().expect("store lock");
+        for task in tasks {
+            if let Some(held) = state.tasks.rows.get_mut(&task.key()) {
+                if held.owner.as_deref() == Some(owner) {
+                    held.owner = None;
+                    held.until_ms = 0;
+                    held.task.not_before_ms = not_before_ms;
+                    held.deliveries = held.deliveries.saturating_sub(1);
+                }
+            }
+        }
+        drop(state);
+        self.ready.notify_waiters();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DurableStore for MemoryStore {
+    async fn create(
+        &self,
+        record: &RunRecord,
+        first: &[StoredEntry],
+        ready: &[QueuedTask],
+        owner: Option<(&str, Duration)>,
+    ) -> Result<Created> {
+        let created = self.create_run(record, first).await?;
+        if let Created::New = created {
+            self.runs.lock().expect("store lock").tasks.insert(ready, owner, now_ms());
+            self.ready.notify_waiters();
+        }
+        Ok(created)
+    }
+
+    async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<()> {
+        let mut state = self.runs.lock().expect("store lock");
+        let run =
+            state.runs.get_mut(step.run_id).ok_or_else(|| Error::RunNotFound { run_id: step.run_id.to_owned() })?;
+        let found = run.journal.len() as u64;
+        if found != step.expected_seq {
+            return Err(Error::Conflict { run_id: step.run_id.to_owned(), expected: step.expected_seq, found });
+        }
+        run.journal.extend_from_slice(step.entries);
+        run.record.status = step.status;
+        if let Some(last) = step.entries.last() {
+            run.record.updated_ms = last.at_ms;
+        }
+        if step.status.is_terminal() {
+            // A finished run has nothing left to run, whoever holds its tasks.
+            state.tasks.rows.retain(|_, held| held.task.run_id != step.run_id);
+            return Ok(());
+        }
+        for task in step.done {
+            state.tasks.rows.remove(&task.key());
+        }
+        state.tasks.insert(step.ready, owner, now_ms());
+        drop(state);
+        if owner.is_none() && !step.ready.is_empty() {
+            self.ready.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {
+        let state = self.runs.lock().expect("store lock");
+        let run = state.runs.get(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
+        Ok(run.journal.iter().skip(seq as usize).cloned().collect())
+    }
+}
+
+/// The task queue of a [`MemoryStore`].
+#[derive(Default)]
+struct MemoryTasks {
+    rows: HashMap<String, HeldTask>,
+    /// Insertion order, so that tasks are handed out first in, first out.
+    counter: u64,
+}
+
+struct HeldTask {
+    task: QueuedTask,
+    owner: Option<String>,
+    /// When the lease expires; 0 while queued.
+    until_ms: u64,
+    deliveries: u32,
+    order: u64,
+}
+
+impl MemoryTasks {
+    fn insert(&mut self, tasks: &[QueuedTask], owner: Option<(&str, Duration)>, now: u64) {
+        for task in tasks {
+            let key = task.key();
+            if self.rows.contains_key(&key) {
+                continue;
+            }
+            self.counter += 1;
+            let held = match owner {
+                Some((owner, lease_for)) => HeldTask {
+                    task: task.clone(),
+                    owner: Some(owner.to_owned()),
+                    until_ms: now + lease_for.as_millis() as u64,
+                    deliveries: 1,
+                    order: self.counter,
+                },
+                None => HeldTask { task: task.clone(), owner: None, until_ms: 0, deliveries: 0, order: self.counter },
+            };
+            self.rows.insert(key, held);
+        }
+    }
+
+    /// Leases up to `max` tasks nobody holds that `pick` accepts (and that are due, when
+    /// when not a `takeover`, that nobody holds and that are due), oldest first.
+    fn claim(
+        &mut self,
+        owner: &str,
+        now: u64,
+        until: u64,
+        max: usize,
+        pick: impl Fn(&QueuedTask) -> bool,
+        takeover: bool,
+    ) -> Vec<Lease> {
+        let mut free: Vec<(u64, u64, String)> = self
+            .rows
+            .iter()
+            .filter(|(_, h)| pick(&h.task) && (takeover || (h.until_ms <= now && h.task.not_before_ms <= now)))
+            .map(|(key, h)| (h.task.not_before_ms, h.order, key.clone()))
+            .collect();
+        free.sort();
+        free.into_iter()
+            .take(max)
+            .map(|(_, _, key)| {
+                let held = self.rows.get_mut(&key).expect("listed");
+                held.owner = Some(owner.to_owned());
+                held.until_ms = until;
+                held.deliveries += 1;
+                Lease { task: held.task.clone(), deliveries: held.deliveries }
+            })
+            .collect()
+    }
+
+    /// When the next task becomes claimable, if any task is queued or leased.
+    fn next_due(&self) -> Option<u64> {
+        self.rows.values().map(|h| if h.until_ms > 0 { h.until_ms } else { h.task.not_before_ms }).min()
     }
 }
 
@@ -361,13 +502,39 @@ impl<T: TaskQueue + ?Sized> TaskQueue for std::sync::Arc<T> {
     async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
         (**self).enqueue(tasks).await
     }
-    async fn lease(&self, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>> {
-        (**self).lease(max, lease_for, wait).await
+    async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>> {
+        (**self).claim(owner, max, lease_for, wait).await
     }
-    async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<()> {
-        (**self).extend(lease, lease_for).await
+    async fn claim_run(&self, owner: &str, run_id: &str, lease_for: Duration) -> Result<Vec<Lease>> {
+        (**self).claim_run(owner, run_id, lease_for).await
     }
-    async fn ack(&self, lease: &Lease) -> Result<()> {
-        (**self).ack(lease).await
+    async fn renew(&self, owner: &str, lease_for: Duration) -> Result<()> {
+        (**self).renew(owner, lease_for).await
+    }
+    async fn ack(&self, owner: &str, task: &QueuedTask) -> Result<()> {
+        (**self).ack(owner, task).await
+    }
+    async fn release(&self, owner: &str, tasks: &[QueuedTask], not_before_ms: u64) -> Result<()> {
+        (**self).release(owner, tasks, not_before_ms).await
+    }
+}
+
+/// A shared durable store is a durable store.
+#[async_trait]
+impl<T: DurableStore + ?Sized> DurableStore for std::sync::Arc<T> {
+    async fn create(
+        &self,
+        record: &RunRecord,
+        first: &[StoredEntry],
+        ready: &[QueuedTask],
+        owner: Option<(&str, Duration)>,
+    ) -> Result<Created> {
+        (**self).create(record, first, ready, owner).await
+    }
+    async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<()> {
+        (**self).commit(step, owner).await
+    }
+    async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {
+        (**self).load_since(run_id, seq).await
     }
 }

@@ -12,7 +12,14 @@ mod journal_store {
 
 mod task_queue {
     use super::contract::task_queue::*;
-    use ferroflow::MemoryQueue;
+    use ferroflow::MemoryStore;
 
-    task_queue_contract!((MemoryQueue::new(), ()));
+    task_queue_contract!((MemoryStore::new(), ()));
+}
+
+mod durable_store {
+    use super::contract::task_queue::*;
+    use ferroflow::MemoryStore;
+
+    durable_store_contract!((MemoryStore::new(), ()));
 }

@@ -27,6 +27,12 @@ mod task_queue {
     task_queue_contract!(super::fresh());
 }
 
+mod durable_store {
+    use super::contract::task_queue::*;
+
+    durable_store_contract!(super::fresh());
+}
+
 mod file {
     use std::time::Duration;
 
@@ -49,7 +55,8 @@ mod file {
         {
             let store = SqliteStore::open(&path).unwrap();
             new_run(&store, "r1", "g", 100).await;
-            let task = QueuedTask { run_id: "r1".into(), node: "a".into(), item: None, attempt: 1, not_before_ms: 0 };
+            let task =
+                QueuedTask { run_id: "r1".into(), node: "a".into(), item: Some(3), attempt: 1, not_before_ms: 0 };
             store.enqueue(&[task]).await.unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
@@ -57,9 +64,9 @@ mod file {
         assert_eq!(record.graph, "g");
         assert_eq!(journal.len(), 1);
         assert_eq!(format!("{:?}", journal[0].entry), format!("{:?}", started(100).entry));
-        let leases = store.lease(10, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+        let leases = store.claim("w", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap();
         assert_eq!(leases.len(), 1);
-        assert_eq!(leases[0].task.node, "a");
+        assert_eq!((leases[0].task.node.as_str(), leases[0].task.item), ("a", Some(3)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,22 +80,22 @@ mod file {
             .map(|i| QueuedTask { run_id: "r".into(), node: format!("n{i}"), item: None, attempt: 1, not_before_ms: 0 })
             .collect();
         first.enqueue(&tasks).await.unwrap();
-        let drain = |store: SqliteStore| {
+        let drain = |store: SqliteStore, owner: &'static str| {
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 loop {
-                    let leases = store.lease(7, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+                    let leases = store.claim(owner, 7, Duration::from_secs(30), Duration::ZERO).await.unwrap();
                     if leases.is_empty() {
                         return seen;
                     }
                     for lease in leases {
-                        store.ack(&lease).await.unwrap();
+                        store.ack(owner, &lease.task).await.unwrap();
                         seen.push(lease.task.node);
                     }
                 }
             })
         };
-        let (a, b) = (drain(first), drain(second));
+        let (a, b) = (drain(first, "a"), drain(second, "b"));
         let mut all = a.await.unwrap();
         all.extend(b.await.unwrap());
         all.sort();

@@ -102,7 +102,7 @@ macro_rules! journal_store_contract {
                     .append("r1", expected, &[completed(expected, 120, "x"), completed(expected + 1, 121, "y")])
                     .await
                     .unwrap_err();
-                assert!(matches!(err, Error::Store(_)), "{expected}: {err:?}");
+                assert!(matches!(err, Error::Conflict { .. }), "{expected}: {err:?}");
                 assert!(err.to_string().contains("r1"), "{err}");
             }
             let (_, journal) = store.load("r1").await.unwrap().unwrap();

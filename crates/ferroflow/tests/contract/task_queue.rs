@@ -1,10 +1,14 @@
-//! The TaskQueue contract: `task_queue_contract!(make)` expands to the tests every
-//! implementation must pass, where `make` evaluates to `(queue, guard)`.
+//! The TaskQueue and DurableStore contracts: `task_queue_contract!(make)` expands to the
+//! tests every queue must pass and `durable_store_contract!(make)` to those of a journal
+//! store and queue in one, where `make` evaluates to `(store, guard)`.
 
 pub use std::sync::Arc;
 pub use std::time::Duration;
 
-pub use ferroflow::{QueuedTask, TaskQueue};
+pub use ferroflow::journal::now_ms;
+pub use ferroflow::{Created, DurableStore, Error, JournalStore, QueuedTask, RunStatus, Step, TaskQueue};
+
+pub use super::journal_store::{completed, finished, record, started};
 
 pub fn task(node: &str, attempt: u32, not_before_ms: u64) -> QueuedTask {
     QueuedTask { run_id: "r1".into(), node: node.into(), item: None, attempt, not_before_ms }
@@ -12,90 +16,254 @@ pub fn task(node: &str, attempt: u32, not_before_ms: u64) -> QueuedTask {
 
 pub const LEASE: Duration = Duration::from_secs(30);
 pub const NO_WAIT: Duration = Duration::ZERO;
+pub const A: &str = "worker-a";
+pub const B: &str = "worker-b";
+
+/// The nodes of `leases`, sorted.
+pub fn nodes(leases: &[ferroflow::Lease]) -> Vec<String> {
+    let mut nodes: Vec<String> = leases.iter().map(|l| l.task.node.clone()).collect();
+    nodes.sort();
+    nodes
+}
 
 macro_rules! task_queue_contract {
     ($make:expr) => {
         #[::tokio::test]
-        async fn enqueue_is_idempotent_even_after_ack() {
+        async fn enqueue_is_idempotent_while_a_task_is_queued_or_held() {
             let (queue, _guard) = $make;
             queue.enqueue(&[task("a", 1, 0), task("a", 1, 0)]).await.unwrap();
-            let leases = queue.lease(10, LEASE, NO_WAIT).await.unwrap();
+            let leases = queue.claim(A, 10, LEASE, NO_WAIT).await.unwrap();
             assert_eq!(leases.len(), 1);
-            queue.ack(&leases[0]).await.unwrap();
             queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
-            assert!(queue.lease(10, LEASE, NO_WAIT).await.unwrap().is_empty());
+            assert!(queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "held, not queued twice");
             // Another attempt is another task.
             queue.enqueue(&[task("a", 2, 0)]).await.unwrap();
-            assert_eq!(queue.lease(10, LEASE, NO_WAIT).await.unwrap()[0].task.attempt, 2);
+            assert_eq!(queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap()[0].task.attempt, 2);
         }
 
         #[::tokio::test]
-        async fn a_task_is_leased_to_one_worker_at_a_time() {
+        async fn a_task_is_held_by_one_owner_at_a_time() {
             let (queue, _guard) = $make;
             queue.enqueue(&[task("a", 1, 0), task("b", 1, 0)]).await.unwrap();
-            let first = queue.lease(1, LEASE, NO_WAIT).await.unwrap();
-            let second = queue.lease(10, LEASE, NO_WAIT).await.unwrap();
+            let first = queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap();
+            let second = queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap();
             assert_eq!(first.len(), 1);
             assert_eq!(second.len(), 1);
             assert_ne!(first[0].task.node, second[0].task.node);
-            assert!(queue.lease(10, LEASE, NO_WAIT).await.unwrap().is_empty());
+            assert!(queue.claim(A, 10, LEASE, NO_WAIT).await.unwrap().is_empty());
+            assert!(queue.ack(B, &first[0].task).await.is_err(), "B does not hold A's task");
+            queue.ack(A, &first[0].task).await.unwrap();
+            queue.ack(B, &second[0].task).await.unwrap();
         }
 
         #[::tokio::test]
-        async fn an_expired_lease_is_delivered_again_and_its_ack_fails() {
+        async fn an_expired_lease_is_delivered_again_and_the_old_holder_cannot_ack() {
             let (queue, _guard) = $make;
             queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
-            let first = queue.lease(1, Duration::from_millis(30), NO_WAIT).await.unwrap().remove(0);
+            let first = queue.claim(A, 1, Duration::from_millis(30), NO_WAIT).await.unwrap().remove(0);
             assert_eq!(first.deliveries, 1);
-            let again = queue.lease(1, LEASE, Duration::from_secs(2)).await.unwrap().remove(0);
+            let again = queue.claim(B, 1, LEASE, Duration::from_secs(2)).await.unwrap().remove(0);
             assert_eq!(again.task, first.task);
             assert_eq!(again.deliveries, 2);
-            assert!(queue.ack(&first).await.is_err(), "the first worker's lease expired");
-            assert!(queue.extend(&first, LEASE).await.is_err());
-            queue.ack(&again).await.unwrap();
-            assert!(queue.lease(10, LEASE, NO_WAIT).await.unwrap().is_empty(), "nothing is left after the ack");
+            assert!(queue.ack(A, &first.task).await.is_err(), "A's lease expired and B holds the task");
+            // A renewing its leases does not take the task back.
+            queue.renew(A, LEASE).await.unwrap();
+            queue.ack(B, &again.task).await.unwrap();
+            assert!(queue.claim(A, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "nothing is left after the ack");
         }
 
         #[::tokio::test]
-        async fn extending_a_lease_keeps_the_task() {
+        async fn renewing_keeps_every_task_of_the_owner() {
             let (queue, _guard) = $make;
-            queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
-            let lease = queue.lease(1, Duration::from_millis(50), NO_WAIT).await.unwrap().remove(0);
-            for _ in 0..3 {
+            queue.enqueue(&[task("a", 1, 0), task("b", 1, 0)]).await.unwrap();
+            let held = queue.claim(A, 2, Duration::from_millis(60), NO_WAIT).await.unwrap();
+            assert_eq!(held.len(), 2);
+            for _ in 0..4 {
                 tokio::time::sleep(Duration::from_millis(25)).await;
-                queue.extend(&lease, Duration::from_millis(50)).await.unwrap();
+                queue.renew(A, Duration::from_millis(60)).await.unwrap();
             }
-            assert!(queue.lease(1, LEASE, NO_WAIT).await.unwrap().is_empty());
-            queue.ack(&lease).await.unwrap();
+            assert!(queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap().is_empty());
+            // A renewal to zero lets the tasks go at once (a worker shutting down).
+            queue.renew(A, Duration::ZERO).await.unwrap();
+            assert_eq!(nodes(&queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap()), ["a", "b"]);
         }
 
         #[::tokio::test]
         async fn tasks_are_not_handed_out_before_not_before() {
             let (queue, _guard) = $make;
-            let later = ferroflow::journal::now_ms() + 80;
+            let later = now_ms() + 80;
             queue.enqueue(&[task("a", 2, later)]).await.unwrap();
-            assert!(queue.lease(1, LEASE, NO_WAIT).await.unwrap().is_empty());
-            let leases = queue.lease(1, LEASE, Duration::from_secs(2)).await.unwrap();
+            assert!(queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap().is_empty());
+            let leases = queue.claim(A, 1, LEASE, Duration::from_secs(2)).await.unwrap();
             assert_eq!(leases.len(), 1);
-            assert!(ferroflow::journal::now_ms() >= later);
+            assert!(now_ms() >= later);
         }
 
         #[::tokio::test]
-        async fn a_waiting_lease_wakes_on_enqueue_and_times_out_otherwise() {
+        async fn a_released_task_is_queued_again_without_counting_a_delivery() {
+            let (queue, _guard) = $make;
+            queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
+            let lease = queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap().remove(0);
+            queue.release(B, std::slice::from_ref(&lease.task), 0).await.unwrap();
+            assert!(queue.claim(B, 1, LEASE, NO_WAIT).await.unwrap().is_empty(), "B cannot release A's task");
+            let later = now_ms() + 60;
+            queue.release(A, std::slice::from_ref(&lease.task), later).await.unwrap();
+            assert!(queue.claim(B, 1, LEASE, NO_WAIT).await.unwrap().is_empty(), "released for later");
+            let again = queue.claim(B, 1, LEASE, Duration::from_secs(2)).await.unwrap().remove(0);
+            assert_eq!(again.deliveries, 1);
+        }
+
+        #[::tokio::test]
+        async fn claiming_a_run_takes_its_tasks_from_any_holder() {
+            let (queue, _guard) = $make;
+            let other = QueuedTask { run_id: "r2".into(), ..task("x", 1, 0) };
+            queue.enqueue(&[task("a", 1, 0), task("b", 1, now_ms() + 60_000), other]).await.unwrap();
+            let held_by_a = queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap();
+            assert_eq!(nodes(&held_by_a), ["a"]);
+            let taken = queue.claim_run(B, "r1", LEASE).await.unwrap();
+            assert_eq!(nodes(&taken), ["a", "b"], "held and not yet due alike");
+            let a = taken.iter().find(|l| l.task.node == "a").unwrap();
+            assert_eq!(a.deliveries, 2);
+            assert!(queue.ack(A, &held_by_a[0].task).await.is_err());
+            assert_eq!(nodes(&queue.claim(A, 10, LEASE, NO_WAIT).await.unwrap()), ["x"], "r2 is untouched");
+        }
+
+        #[::tokio::test]
+        async fn a_waiting_claim_wakes_on_enqueue_and_times_out_otherwise() {
             let (queue, _guard) = $make;
             let queue = Arc::new(queue);
             let started = std::time::Instant::now();
-            assert!(queue.lease(1, LEASE, Duration::from_millis(50)).await.unwrap().is_empty());
+            assert!(queue.claim(A, 1, LEASE, Duration::from_millis(50)).await.unwrap().is_empty());
             assert!(started.elapsed() >= Duration::from_millis(50));
 
             let waiter = {
                 let queue = Arc::clone(&queue);
-                tokio::spawn(async move { queue.lease(1, LEASE, Duration::from_secs(5)).await })
+                tokio::spawn(async move { queue.claim(A, 1, LEASE, Duration::from_secs(5)).await })
             };
             tokio::time::sleep(Duration::from_millis(20)).await;
             queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
             let leases = tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap().unwrap();
             assert_eq!(leases.len(), 1);
+        }
+    };
+}
+
+macro_rules! durable_store_contract {
+    ($make:expr) => {
+        #[::tokio::test]
+        async fn create_queues_the_first_tasks_held_by_the_creator() {
+            let (store, _guard) = $make;
+            let created =
+                store.create(&record("r1", "g", 100), &[started(100)], &[task("a", 1, 0)], Some((A, LEASE))).await;
+            assert!(matches!(created.unwrap(), Created::New));
+            assert!(store.claim(B, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "held by A");
+            // Creating it again changes nothing, and queues nothing.
+            let again = store.create(&record("r1", "g", 100), &[started(100)], &[task("z", 1, 0)], None).await;
+            assert!(matches!(again.unwrap(), Created::Existing { .. }));
+            assert!(store.claim(B, 10, LEASE, NO_WAIT).await.unwrap().is_empty());
+            let taken = store.claim_run(B, "r1", LEASE).await.unwrap();
+            assert_eq!(nodes(&taken), ["a"]);
+            assert_eq!(taken[0].deliveries, 2, "the creator's hold counted as the first delivery");
+        }
+
+        #[::tokio::test]
+        async fn a_step_records_entries_and_status_queues_what_is_ready_and_removes_what_is_done() {
+            let (store, _guard) = $make;
+            store.create(&record("r1", "g", 100), &[started(100)], &[task("a", 1, 0)], None).await.unwrap();
+            let a = store.claim(A, 10, LEASE, NO_WAIT).await.unwrap().remove(0);
+            let entries = [completed(1, 110, "a")];
+            let step = Step {
+                run_id: "r1",
+                expected_seq: 1,
+                entries: &entries,
+                status: RunStatus::Waiting,
+                ready: &[task("b", 1, 0), task("c", 1, 0)],
+                done: std::slice::from_ref(&a.task),
+            };
+            store.commit(&step, None).await.unwrap();
+            let (rec, journal) = store.load("r1").await.unwrap().unwrap();
+            assert_eq!(rec.status, RunStatus::Waiting);
+            assert_eq!(journal.len(), 2);
+            assert_eq!(store.load_since("r1", 1).await.unwrap().len(), 1);
+            assert!(store.load_since("r1", 2).await.unwrap().is_empty());
+            // a is gone; b and c are queued for anyone.
+            assert_eq!(nodes(&store.claim(B, 10, LEASE, NO_WAIT).await.unwrap()), ["b", "c"]);
+        }
+
+        #[::tokio::test]
+        async fn a_step_on_a_stale_journal_writes_nothing() {
+            let (store, _guard) = $make;
+            store.create(&record("r1", "g", 100), &[started(100)], &[task("a", 1, 0)], None).await.unwrap();
+            let entries = [completed(1, 110, "a")];
+            let ready = [task("b", 1, 0)];
+            let step = |expected_seq| Step {
+                run_id: "r1",
+                expected_seq,
+                entries: &entries,
+                status: RunStatus::Running,
+                ready: &ready,
+                done: &[],
+            };
+            store.commit(&step(1), Some((A, LEASE))).await.unwrap();
+            for stale in [0, 1, 3] {
+                let err = store.commit(&step(stale), None).await.unwrap_err();
+                assert!(matches!(err, Error::Conflict { expected, found: 2, .. } if expected == stale), "{err:?}");
+            }
+            assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 2);
+            // b was queued held by A, once.
+            assert_eq!(nodes(&store.claim(B, 10, LEASE, NO_WAIT).await.unwrap()), ["a"]);
+            assert_eq!(nodes(&store.claim_run(B, "r1", LEASE).await.unwrap()), ["a", "b"]);
+        }
+
+        #[::tokio::test]
+        async fn a_step_that_finishes_the_run_removes_all_its_tasks() {
+            let (store, _guard) = $make;
+            let ready = [task("a", 1, 0), task("b", 1, now_ms() + 60_000)];
+            store.create(&record("r1", "g", 100), &[started(100)], &ready, Some((A, LEASE))).await.unwrap();
+            let other = QueuedTask { run_id: "r2".into(), ..task("x", 1, 0) };
+            store.enqueue(&[other]).await.unwrap();
+            let entries = [finished(1, 120, RunStatus::Cancelled)];
+            let step =
+                Step { run_id: "r1", expected_seq: 1, entries: &entries, status: RunStatus::Cancelled, ready: &ready, done: &[] };
+            store.commit(&step, None).await.unwrap();
+            assert_eq!(store.load("r1").await.unwrap().unwrap().0.status, RunStatus::Cancelled);
+            assert!(store.claim_run(B, "r1", LEASE).await.unwrap().is_empty());
+            assert_eq!(nodes(&store.claim(B, 10, LEASE, NO_WAIT).await.unwrap()), ["x"]);
+        }
+
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn of_steps_racing_on_one_join_exactly_one_wins() {
+            // Two workers finish the two inputs of a join at once, from the same journal
+            // position: one step lands, the other learns of it and must catch up.
+            let (store, _guard) = $make;
+            let store = Arc::new(store);
+            store.create(&record("r1", "g", 100), &[started(100)], &[task("a", 1, 0), task("b", 1, 0)], None).await.unwrap();
+            let writers: Vec<_> = ["a", "b"]
+                .into_iter()
+                .map(|node| {
+                    let store = Arc::clone(&store);
+                    tokio::spawn(async move {
+                        let entries = [completed(1, 110, node)];
+                        let done = [task(node, 1, 0)];
+                        let step = Step {
+                            run_id: "r1",
+                            expected_seq: 1,
+                            entries: &entries,
+                            status: RunStatus::Running,
+                            ready: &[],
+                            done: &done,
+                        };
+                        store.commit(&step, None).await
+                    })
+                })
+                .collect();
+            let mut outcomes = Vec::new();
+            for writer in writers {
+                outcomes.push(writer.await.unwrap());
+            }
+            assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "{outcomes:?}");
+            assert!(outcomes.iter().any(|o| matches!(o, Err(Error::Conflict { .. }))));
+            assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 2);
         }
     };
 }
