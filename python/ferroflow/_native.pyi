@@ -42,7 +42,17 @@ _Snapshot: TypeAlias = Dict[str, Any]
 class Engine:
     """The in-memory engine; every call releases the GIL while the engine works."""
 
-    def __new__(cls, retain_finished: int = 10000, sqlite: Optional[str] = None) -> Engine: ...
+    def __new__(
+        cls, retain_finished: int = 10000, sqlite: Optional[str] = None, lease_seconds: float = 10.0
+    ) -> Engine: ...
+    def work(
+        self,
+        workflows: List[Workflow],
+        concurrency: int,
+        grace_seconds: float,
+        event_loop: Optional[EventLoop] = None,
+    ) -> None:
+        """Works as a worker on the store until a signal handler raises; then drains and re-raises."""
     def recover(self, workflow: Workflow, run_id: str, event_loop: Optional[EventLoop] = None) -> None:
         """Continues a run from the store (or finds it in memory)."""
     def start(

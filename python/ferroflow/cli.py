@@ -4,6 +4,7 @@
     ferroflow runs show RUN --context runs.db [--json]
     ferroflow runs resume RUN --context runs.db --graph MODULE:GRAPH [--value JSON] [--node NODE]
     ferroflow runs cancel RUN --context runs.db
+    ferroflow worker MODULE:GRAPH [MODULE:GRAPH ...] --context runs.db [--concurrency N] [--grace SECONDS]
     ferroflow graph MODULE:GRAPH
 
 ``--context`` is a SQLite file (``runs.db`` or ``sqlite:///path/runs.db``). Inspecting and
@@ -18,6 +19,7 @@ import datetime
 import importlib
 import json
 import os
+import signal
 import sys
 from typing import Any, List, Optional, Sequence
 
@@ -29,15 +31,16 @@ from .graph import NO_ANSWER, Graph
 __all__ = ["main"]
 
 
-def open_context(spec: str) -> Context:
-    """A context from its command-line form: ``memory``, ``sqlite:///path`` or a file path."""
+def open_context(spec: str, **options: Any) -> Context:
+    """A context from its command-line form: ``memory``, ``sqlite:///path`` or a file path;
+    ``options`` go to a durable context."""
     if spec == "memory":
         return InMemory()
     for prefix in ("sqlite:///", "sqlite://", "sqlite:"):
         if spec.startswith(prefix):
             path = spec[len(prefix) :]
-            return Sqlite("/" + path if prefix == "sqlite:///" else path)
-    return Sqlite(spec)
+            return Sqlite("/" + path if prefix == "sqlite:///" else path, **options)
+    return Sqlite(spec, **options)
 
 
 def load_graph(spec: str) -> Graph:
@@ -157,6 +160,27 @@ def runs_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Stop(Exception):
+    """Raised by the SIGTERM handler of ``ferroflow worker``."""
+
+
+def worker(args: argparse.Namespace) -> int:
+    graphs = [load_graph(spec) for spec in args.graphs]
+    context = open_context(args.context, lease=args.lease)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    names = ", ".join(f"{g.name}@{g.version}" for g in graphs)
+    print(f"ferroflow worker: working on {names} in {context!r}", file=sys.stderr, flush=True)
+    try:
+        context.work(*graphs, concurrency=args.concurrency, grace=args.grace)
+    except (_Stop, KeyboardInterrupt) as e:
+        print(f"ferroflow worker: stopped ({e or 'SIGINT'})", file=sys.stderr, flush=True)
+    return 0
+
+
 def graph_draw(args: argparse.Namespace) -> int:
     print(load_graph(args.graph).to_mermaid(), end="")
     return 0
@@ -195,6 +219,24 @@ def parser() -> argparse.ArgumentParser:
 
     for sub in (listing, show, resume, cancel):
         sub.add_argument("--context", required=True, help="the SQLite file (or sqlite:///path)")
+
+    work = commands.add_parser(
+        "worker",
+        help="run the tasks of these graphs that nobody holds (new runs, runs of processes that died)",
+    )
+    work.add_argument("graphs", nargs="+", metavar="MODULE:GRAPH")
+    work.add_argument("--context", required=True, help="the SQLite file (or sqlite:///path)")
+    work.add_argument("--concurrency", type=int, default=16, help="tasks claimed at once (default 16)")
+    work.add_argument(
+        "--grace", type=float, default=30.0, help="on SIGTERM, seconds to let running tasks finish (default 30)"
+    )
+    work.add_argument(
+        "--lease",
+        type=float,
+        default=10.0,
+        help="seconds after which the tasks of this worker go to others if it stops renewing them (default 10)",
+    )
+    work.set_defaults(handler=worker)
 
     draw = commands.add_parser("graph", help="print a graph as a Mermaid flowchart")
     draw.add_argument("graph", help="the graph, as MODULE:GRAPH")

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 from . import _native
 from .errors import RunNotFoundError
 from .events import Event, Interrupted, NodeCompleted, NodeFailed, NodeSkipped, Resumed, RunFinished, _from_native
 from .types import ErrorInfo, NodeInfo, RunInfo, RunStatus
+
+if TYPE_CHECKING:
+    from .graph import Graph
 
 __all__ = ["Context", "InMemory", "Sqlite", "default_context"]
 
@@ -43,6 +46,31 @@ class Context:
             )
             for d in self._engine.list_runs(graph, status, limit)
         ]
+
+    def work(self, *graphs: Graph, concurrency: int = 16, grace: float = 30.0) -> None:
+        """Work as a worker on this context's store until interrupted: run the tasks of
+        ``graphs`` that nobody holds (runs submitted for any worker, and the tasks of
+        processes that died, once their lease has run out), at most ``concurrency`` at
+        once, with everything that follows from them.
+
+        Blocks. A signal handler that raises (Ctrl-C's ``KeyboardInterrupt``, or the
+        handler ``ferroflow worker`` installs for SIGTERM) stops it: it claims nothing
+        more, lets the tasks running here finish for up to ``grace`` seconds, hands what it
+        still holds back to other workers, and re-raises. A task of a graph, or a graph
+        version, that this worker does not have is handed back for another worker, with a
+        warning in the log.
+        """
+        if not self.durable:
+            raise TypeError(f"{self!r} keeps runs in memory; a worker needs a durable context")
+        if not graphs:
+            raise TypeError("work() needs at least one graph")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        from ._loop import background_loop, scheduler_for
+
+        workflows = [g._workflow() for g in graphs]
+        event_loop = scheduler_for(background_loop()) if any(g._has_async for g in graphs) else None
+        self._engine.work(workflows, concurrency, grace, event_loop)
 
     def journal(self, run_id: str) -> List[Event]:
         """The run's journal: its recorded events, in order."""
@@ -83,9 +111,15 @@ class Sqlite(Context):
     opened in WAL mode with ``synchronous=NORMAL``: a committed node survives a process
     crash; an operating-system crash may lose the last few.
 
-    Continue a run from one process at a time: until the worker processes of a later
-    release hold leases on tasks, two processes resuming the same run would both run its
-    outstanding nodes.
+    Every step of a run (a node's output, what it makes ready, the task it finishes) is
+    one SQLite transaction. The tasks this process runs are held in the file's task queue
+    under a lease of ``lease`` seconds that the process renews in the background; if it
+    dies, a worker on the same file (``ferroflow worker MODULE:GRAPH --context PATH``, or
+    :meth:`Context.work`) takes them over once the lease has run out, running an
+    interrupted node again as its next attempt. ``graph.resume(run_id)`` takes a run over
+    at once, without waiting for the lease: if the process holding it is in fact still
+    alive, both may run its interrupted nodes, and the journal keeps the first result
+    (execution is at-least-once; use the idempotency key for effects).
 
     Do not open the file with another SQLite library (Python's ``sqlite3`` module, say) in
     the same process while a context has it open: SQLite's locks are per process, so when
@@ -95,9 +129,11 @@ class Sqlite(Context):
 
     durable = True
 
-    def __init__(self, path: Union[str, os.PathLike[str]], *, retain_finished: int = 10_000) -> None:
+    def __init__(
+        self, path: Union[str, os.PathLike[str]], *, retain_finished: int = 10_000, lease: float = 10.0
+    ) -> None:
         self.path = os.fspath(path)
-        self._engine = _native.Engine(retain_finished, self.path)
+        self._engine = _native.Engine(retain_finished, self.path, lease)
 
     def __repr__(self) -> str:
         return f"Sqlite({self.path!r})"

@@ -152,6 +152,10 @@ impl RunHandle {
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+    /// Alive while any clone of this engine is: the engine renews the leases of its durable
+    /// tasks only as long as someone holds it. Dropping every handle is how a process gives
+    /// its tasks up (they expire and other workers take them over), even if bodies still run.
+    _handles: Arc<()>,
 }
 
 struct Inner {
@@ -235,10 +239,12 @@ impl Engine {
             in_flight: AtomicUsize::new(0),
             task_done: Notify::new(),
         });
+        let handles = Arc::new(());
         if let Some(store) = &inner.config.store {
-            inner.runtime.spawn(heartbeat(Arc::downgrade(&inner), Arc::clone(store)));
+            let renew = heartbeat(Arc::downgrade(&handles), Arc::clone(store), inner.owner.clone(), inner.config.lease);
+            inner.runtime.spawn(renew);
         }
-        Engine { inner }
+        Engine { inner, _handles: handles }
     }
 
     /// The name this engine holds durable tasks under.
@@ -1408,12 +1414,11 @@ impl Drop for InFlight {
 }
 
 /// Renews the leases of an engine's durable tasks every third of the lease, for as long
-/// as the engine exists.
-async fn heartbeat(inner: Weak<Inner>, store: Arc<dyn DurableStore>) {
-    let Some((owner, lease)) = inner.upgrade().map(|i| (i.owner.clone(), i.config.lease)) else { return };
+/// as a handle on the engine exists.
+async fn heartbeat(handles: Weak<()>, store: Arc<dyn DurableStore>, owner: String, lease: Duration) {
     loop {
         tokio::time::sleep(lease / 3).await;
-        if inner.strong_count() == 0 {
+        if handles.strong_count() == 0 {
             return;
         }
         if let Err(error) = store.renew(&owner, lease).await {

@@ -1358,3 +1358,135 @@ async fn a_run_recovered_mid_backoff_waits_out_the_rest_of_it() {
         .collect();
     assert_eq!(attempts, [2], "the retry is attempt 2, not an interrupted attempt 3");
 }
+
+fn durable_with_lease(store: &Arc<crate::store::MemoryStore>, lease: Duration) -> Engine {
+    let store: Arc<dyn DurableStore> = store.clone();
+    Engine::new(Handle::current(), EngineConfig { store: Some(store), lease, ..EngineConfig::default() })
+}
+
+/// a -> slow -> c, where `slow` parks until `release` is notified (standing for a process
+/// that stopped in the middle of it), counting the calls of each node.
+fn parking_workflow(calls: &Arc<Mutex<Vec<String>>>, release: &Arc<Notify>) -> Workflow {
+    let log = |name: &'static str| {
+        let calls = Arc::clone(calls);
+        Body::blocking(move |call: NodeCall| {
+            calls.lock().unwrap().push(format!("{name}#{}", call.attempt));
+            ok(json!(name))
+        })
+    };
+    let slow = {
+        let (calls, release) = (Arc::clone(calls), Arc::clone(release));
+        Body::from_async(move |call: NodeCall| {
+            calls.lock().unwrap().push(format!("slow#{}", call.attempt));
+            let release = Arc::clone(&release);
+            async move {
+                if call.attempt == 1 {
+                    release.notified().await;
+                }
+                ok(json!("slow"))
+            }
+        })
+    };
+    workflow(
+        vec![task("a", &[]), task("slow", &["a"]), task("c", &["slow"])],
+        vec![("a", log("a")), ("slow", slow), ("c", log("c"))],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_takes_over_the_tasks_of_a_holder_that_stopped_renewing() {
+    let store = Arc::new(crate::store::MemoryStore::new());
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let release = Arc::new(Notify::new());
+    let wf = parking_workflow(&calls, &release);
+    let lease = Duration::from_millis(300);
+
+    // The first engine starts the run and parks in `slow`; then it stops renewing its
+    // leases, as a process that died would (its heartbeat ends with the engine).
+    let first = durable_with_lease(&store, lease);
+    let run = first.start(&wf, Value::from(json!(0)), id("w1")).unwrap();
+    eventually("slow started", || calls.lock().unwrap().contains(&"slow#1".to_owned())).await;
+    let owner = first.owner().to_owned();
+    assert!(store.claim("someone", 10, lease, Duration::ZERO).await.unwrap().is_empty(), "held by the first engine");
+    drop(first);
+
+    let second = durable_with_lease(&store, lease);
+    let stop = CancellationToken::new();
+    let worker = {
+        let (second, wf, stop) = (second.clone(), wf.clone(), stop.clone());
+        tokio::spawn(async move { second.work(&[wf], 4, None, stop, Duration::from_secs(1)).await })
+    };
+    eventually("the worker finished the run", || second.snapshot("w1").is_ok_and(|s| s.status == RunStatus::Completed))
+        .await;
+    assert_eq!(*calls.lock().unwrap(), ["a#1", "slow#1", "slow#2", "c#1"], "a ran once; slow again as attempt 2");
+    let journal = entries(&second, "w1");
+    assert!(
+        journal.iter().any(|e| matches!(e, JournalEntry::NodeFailed { node, attempt: 1, error, .. }
+            if &**node == "slow" && error.kind == "Interrupted")),
+        "the journal says why slow ran again: {journal:?}"
+    );
+
+    // The first holder was only slow, not dead: its late result is dropped against the
+    // journal, which is not rewritten.
+    let before = store.load("w1").await.unwrap().unwrap().1.len();
+    release.notify_waiters();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.load("w1").await.unwrap().unwrap().1.len(), before);
+    assert_eq!(run.snapshot().status, RunStatus::Completed, "writing, the first engine caught up with the journal");
+    assert_eq!(calls.lock().unwrap().len(), 4, "and ran nothing more");
+    assert!(store.claim_run(&owner, "w1", lease).await.unwrap().is_empty(), "a finished run holds no tasks");
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), worker).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_submitted_tasks_and_hands_back_unknown_graphs() {
+    let store = Arc::new(crate::store::MemoryStore::new());
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let release = Arc::new(Notify::new());
+    let wf = parking_workflow(&calls, &release);
+    // A run created for any worker: its first task queued, held by nobody.
+    let record = RunRecord {
+        run_id: "w2".into(),
+        graph: wf.graph().name().into(),
+        version: wf.graph().version().into(),
+        status: RunStatus::Running,
+        created_ms: 1,
+        updated_ms: 1,
+    };
+    let started = StoredEntry {
+        seq: 0,
+        at_ms: 1,
+        entry: JournalEntry::RunStarted {
+            graph: wf.graph().name().into(),
+            version: wf.graph().version().into(),
+            input: Value::from(json!(0)),
+        },
+    };
+    let first = QueuedTask { run_id: "w2".into(), node: "a".into(), item: None, attempt: 1, not_before_ms: 0 };
+    store.create(&record, &[started], &[first], None).await.unwrap();
+    // And a task of a graph this worker does not know.
+    let stranger = QueuedTask { run_id: "other".into(), node: "x".into(), item: None, attempt: 1, not_before_ms: 0 };
+    let other = RunRecord { run_id: "other".into(), graph: "unknown-graph".into(), ..record.clone() };
+    store.create(&other, &[], &[stranger], None).await.unwrap();
+
+    let engine = durable(&store);
+    let stop = CancellationToken::new();
+    let worker = {
+        let (engine, wf, stop) = (engine.clone(), wf.clone(), stop.clone());
+        tokio::spawn(async move { engine.work(&[wf], 4, None, stop, Duration::from_secs(1)).await })
+    };
+    eventually("slow started", || calls.lock().unwrap().contains(&"slow#1".to_owned())).await;
+    release.notify_waiters();
+    eventually("the run completed", || engine.snapshot("w2").is_ok_and(|s| s.status == RunStatus::Completed)).await;
+    assert_eq!(*calls.lock().unwrap(), ["a#1", "slow#1", "c#1"], "fresh tasks run as their first attempt");
+    // The stranger's task went back to the queue, for later, untouched.
+    assert!(store.load("other").await.unwrap().unwrap().1.is_empty());
+    let handed_back = store.claim_run("inspector", "other", Duration::from_secs(1)).await.unwrap();
+    assert_eq!(handed_back.len(), 1);
+    assert!(handed_back[0].task.not_before_ms > crate::journal::now_ms(), "handed back for later");
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), worker).await.unwrap().unwrap().unwrap();
+}

@@ -1,0 +1,160 @@
+"""`ferroflow worker` processes pick up the runs of a process that died, by themselves.
+
+The starting process and the workers run as real processes on one SQLite file; they are
+killed with SIGKILL at arbitrary points and nobody calls resume: the workers find the tasks
+whose lease ran out in the file's queue and finish the runs.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import ferroflow as ff
+
+RUNS = 60
+LEASE = "0.6"
+WORKER_OPTIONS = ["--concurrency", "8", "--lease", LEASE, "--grace", "5"]
+
+GRAPH = """
+import os, random, time
+import ferroflow as ff
+
+def log(ctx):
+    with open(os.environ["FERROFLOW_TEST_LOG"], "a") as f:
+        f.write(f"{ctx.run_id} {ctx.node} {ctx.attempt} {os.getpid()}\\n")
+    time.sleep(random.random() * 0.1)
+
+diamond = ff.Graph("worker_diamond")
+
+@diamond.task
+def split(input, ctx):
+    log(ctx)
+    return input
+
+@diamond.task
+def left(split, ctx):
+    log(ctx)
+    return split * 2
+
+@diamond.task
+def right(split, ctx):
+    log(ctx)
+    return split + 100
+
+@diamond.task
+def join(left, right, ctx):
+    log(ctx)
+    return left + right
+"""
+
+STARTER = """
+import sys
+import ferroflow as ff
+from app import diamond
+
+context = ff.Sqlite(sys.argv[1], lease=float(sys.argv[3]))
+ids = [f"r{i}" for i in range(int(sys.argv[2]))]
+for run_id in ids:
+    diamond.start(int(run_id[1:]), run_id=run_id, context=context)
+print("started", flush=True)
+for run_id in ids:
+    diamond.wait(run_id, context=context, timeout=60)
+print("done", flush=True)
+"""
+
+
+def worker(tmp_path, db, env):
+    return subprocess.Popen(
+        [sys.executable, "-m", "ferroflow.cli", "worker", "app:diamond", "--context", str(db), *WORKER_OPTIONS],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(what, condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_workers_finish_the_runs_of_killed_processes_without_resume(tmp_path):
+    (tmp_path / "app.py").write_text(GRAPH)
+    db = tmp_path / "runs.db"
+    log = tmp_path / "calls.log"
+    log.touch()
+    env = dict(os.environ, FERROFLOW_TEST_LOG=str(log), PYTHONPATH=str(tmp_path))
+    rng = random.Random(11)
+
+    # The process that starts the runs dies with all of them in flight.
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER, str(db), str(RUNS), LEASE],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert starter.stdout.readline().strip() == "started"
+    time.sleep(0.03 + rng.random() * 0.1)
+    starter.send_signal(signal.SIGKILL)
+    starter.communicate(timeout=10)
+    context = ff.Sqlite(db)
+    unfinished = [r for r in context.runs(limit=1000) if r.status is not ff.RunStatus.COMPLETED]
+    assert len(context.runs(limit=1000)) == RUNS
+    assert unfinished, "the starter finished every run before the kill; the test proved nothing"
+
+    # Two workers take over; one of them is killed in turn, and a third one starts.
+    first, second = worker(tmp_path, db, env), worker(tmp_path, db, env)
+
+    def completed():
+        return sum(1 for r in context.runs(limit=1000) if r.status is ff.RunStatus.COMPLETED)
+
+    before = completed()
+    wait_for("the workers to make progress", lambda: completed() > before + 3)
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=10)
+    third = worker(tmp_path, db, env)
+    wait_for("every run to complete", lambda: completed() == RUNS)
+
+    # SIGTERM stops the survivors gracefully.
+    for proc in (second, third):
+        proc.send_signal(signal.SIGTERM)
+    for proc in (second, third):
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err[-3000:]
+        assert "stopped (SIGTERM)" in err, err[-3000:]
+
+    executed = defaultdict(list)
+    pids = defaultdict(set)
+    for line in log.read_text().splitlines():
+        run_id, node, attempt, pid = line.split()
+        executed[(run_id, node)].append(int(attempt))
+        pids[run_id].add(pid)
+    runs = context.runs(limit=1000)
+    assert sorted(r.run_id for r in runs) == sorted(f"r{i}" for i in range(RUNS)), "a run was lost or duplicated"
+    for i in range(RUNS):
+        run_id = f"r{i}"
+        journal = context.journal(run_id)
+        finished = [e for e in journal if isinstance(e, ff.events.RunFinished)]
+        assert len(finished) == 1 and finished[0].output == i * 2 + i + 100, (run_id, finished)
+        completed_at = defaultdict(list)
+        for event in journal:
+            if isinstance(event, ff.events.NodeCompleted):
+                completed_at[event.node].append(event.attempt)
+        assert sorted(completed_at) == ["join", "left", "right", "split"], (run_id, dict(completed_at))
+        for node, attempts in completed_at.items():
+            assert len(attempts) == 1, f"{run_id}/{node} completed twice: {attempts}"
+            ran = executed[(run_id, node)]
+            assert max(ran) == attempts[0], f"{run_id}/{node} ran as {ran} after completing as {attempts[0]}"
+            assert len(ran) == len(set(ran)), f"{run_id}/{node} ran one attempt twice: {ran}"
+    taken_over = [run_id for run_id, who in pids.items() if len(who) > 1]
+    assert taken_over, "no run was continued by a process other than the one that started it"
+    interrupted = sum(1 for ran in executed.values() if max(ran) > 1)
+    print({"unfinished_at_kill": len(unfinished), "runs_taken_over": len(taken_over), "interrupted": interrupted})
