@@ -26,7 +26,7 @@ use crate::error::{Error, NodeError, Result};
 use crate::graph::{Graph, NodeId, NodeKind};
 use crate::journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus, now_ms};
 use crate::state::{Rejected, RunState, Task};
-use crate::store::{Created, DurableStore, Lease, QueuedTask, RunRecord, Step, StoredEntry};
+use crate::store::{Claim, Created, DurableStore, Lease, QueuedTask, RunRecord, Step, StoredEntry};
 use crate::value::Value;
 
 /// Engine settings.
@@ -188,6 +188,8 @@ struct LiveRun {
     cancel: CancellationToken,
     has_watchers: AtomicBool,
     retired: AtomicBool,
+    /// Failed in memory only, because the store could not record a step.
+    store_failed: AtomicBool,
     /// When the run finished, on [`FINISH_ORDER`]; 0 while it has not.
     finished_at: AtomicU64,
     /// When this engine took the run on (started or recovered it), on [`CREATION_ORDER`].
@@ -367,7 +369,18 @@ impl Engine {
     /// outstanding (running, queued or waiting out a backoff when its process stopped) is
     /// dispatched again. Completed nodes never run again. A run this engine already holds is
     /// returned as it is. Without a store, only runs in memory are known.
+    ///
+    /// A run this engine failed because its store could not record a step is read from the
+    /// store again: the store may work by now (space freed, permissions fixed).
     pub fn recover(&self, workflow: &Workflow, run_id: &str, attachment: Option<Attachment>) -> Result<RunHandle> {
+        if let Ok(run) = self.inner.live(run_id)
+            && run.store_failed.load(Ordering::Acquire)
+        {
+            let mut table = self.inner.runs.lock().expect("run table lock");
+            if table.runs.get(run_id).is_some_and(|held| Arc::ptr_eq(held, &run)) {
+                table.runs.remove(run_id);
+            }
+        }
         if let Ok(run) = self.inner.live(run_id) {
             let mut core = run.lock();
             if attachment.is_some() {
@@ -443,9 +456,9 @@ impl Engine {
                 claimed = store.claim(&self.inner.owner, free, lease, Duration::from_secs(1)) => claimed,
             };
             match claimed {
-                Ok(leases) => {
-                    for lease in leases {
-                        self.take(&graphs, lease, attachment.clone()).await;
+                Ok(claims) => {
+                    for claim in claims {
+                        self.take(&graphs, claim, attachment.clone()).await;
                     }
                 }
                 Err(error) => {
@@ -467,38 +480,56 @@ impl Engine {
         store.renew(&self.inner.owner, Duration::ZERO).await
     }
 
-    /// Takes on one claimed task: catches up with the run's journal (loading the run if
-    /// this engine does not hold it) and runs the task, or records that it was interrupted
-    /// and runs its next attempt, or drops it if the journal has moved past it.
-    async fn take(&self, graphs: &HashMap<String, Workflow>, lease: Lease, attachment: Option<Attachment>) {
-        let store = self.inner.store();
-        let run_id = lease.task.run_id.clone();
-        let task = lease.task.clone();
-        let refuse = |reason: String| async move {
-            tracing::warn!(run_id = %task.run_id, node = %task.node, "handing the task back: {reason}");
-            let later = now_ms() + 5_000;
-            if let Err(error) = store.release(&self.inner.owner, std::slice::from_ref(&task), later).await {
-                tracing::warn!(%error, "cannot hand the task back; its lease will expire");
+    /// Gives claimed work back for another worker (or for later), saying why.
+    async fn hand_back(&self, run_id: &str, lease: Option<&Lease>, reason: String) {
+        tracing::warn!(run_id = %run_id, "handing the work back: {reason}");
+        let handed_back = match lease {
+            Some(lease) => {
+                let later = now_ms() + 5_000;
+                self.inner.store().release(&self.inner.owner, std::slice::from_ref(&lease.task), later).await
             }
+            None => self.inner.store().release_run(&self.inner.owner, run_id, now_ms() + 5_000).await,
+        };
+        if let Err(error) = handed_back {
+            tracing::warn!(%error, "cannot hand the task back; its lease will expire");
+        }
+    }
+
+    /// Takes on what a worker claimed: a queued task, or a run whose holder stopped. Catches
+    /// up with the run's journal (loading the run if this engine does not hold it) and
+    /// runs the task (or every outstanding task of the run), or records that it was
+    /// interrupted and runs its next attempt, or drops it if the journal has moved past it.
+    async fn take(&self, graphs: &HashMap<String, Workflow>, claim: Claim, attachment: Option<Attachment>) {
+        let store = self.inner.store();
+        let (run_id, lease) = match claim {
+            Claim::Task(lease) => (lease.task.run_id.clone(), Some(lease)),
+            Claim::Run(run_id) => (run_id, None),
         };
         let (run, loaded) = match self.inner.load_run(&run_id, |graph| graphs.get(graph).cloned(), attachment) {
             Ok(found) => found,
             Err(error @ (Error::UnknownGraph { .. } | Error::VersionMismatch { .. })) => {
-                return refuse(error.to_string()).await;
+                return self.hand_back(&run_id, lease.as_ref(), error.to_string()).await;
             }
-            Err(error) => return refuse(format!("the run cannot be loaded: {error}")).await,
+            Err(error) => {
+                return self.hand_back(&run_id, lease.as_ref(), format!("the run cannot be loaded: {error}")).await;
+            }
         };
-        let adopted = {
+        // A run whose holder stopped is taken over whole, with its queued tasks.
+        let leases = match &lease {
+            Some(lease) => Ok(vec![lease.clone()]),
+            None => store.claim_run(&self.inner.owner, &run_id, self.inner.config.lease).await,
+        };
+        let adopted = leases.and_then(|leases| {
             let mut core = run.lock();
             let caught_up = if loaded { Ok(()) } else { self.inner.catch_up(&run, &mut core, false) };
-            caught_up.map(|()| self.inner.adopt(&run, &mut core, vec![lease], false))
-        };
+            caught_up.map(|()| self.inner.adopt(&run, &mut core, leases, lease.is_none()))
+        });
         match adopted {
             Ok(ready) => {
                 self.inner.after_change(&run);
                 self.inner.dispatch(&run, ready);
             }
-            Err(error) => refuse(format!("the run cannot be read: {error}")).await,
+            Err(error) => self.hand_back(&run_id, lease.as_ref(), format!("the run cannot be read: {error}")).await,
         }
     }
 
@@ -690,7 +721,7 @@ impl Engine {
             };
             match self.inner.block_on(self.inner.store().commit(&step, None)) {
                 Err(Error::Conflict { .. }) => continue,
-                written => return written,
+                written => return written.map(drop),
             }
         }
     }
@@ -746,7 +777,8 @@ impl Inner {
             let effects = core.state.apply(&entry).map_err(StepError::Rejected)?;
             let entries: Vec<JournalEntry> = std::iter::once(entry.clone()).chain(effects.derived).collect();
             match self.write(run, core, entries, &effects.ready, done) {
-                Written::Yes => return Ok(effects.ready),
+                Written::Yes(true) => return Ok(effects.ready),
+                Written::Yes(false) => return Ok(Vec::new()),
                 Written::Failed => return Err(StepError::Failed),
                 Written::Conflict => {
                     if let Err(error) = self.catch_up(run, core, true) {
@@ -775,7 +807,7 @@ impl Inner {
     ) -> Written {
         let Some(store) = &self.config.store else {
             run.record(core, entries);
-            return Written::Yes;
+            return Written::Yes(true);
         };
         let stored = run.stamp(core, entries);
         let ready: Vec<QueuedTask> = ready.iter().map(|task| run.queued(task)).collect();
@@ -788,22 +820,30 @@ impl Inner {
             done,
         };
         match self.block_on(store.commit(&step, self.holder())) {
-            Ok(()) => {
+            Ok(held) => {
                 run.publish(core, stored);
-                Written::Yes
+                Written::Yes(held)
             }
             Err(Error::Conflict { .. }) => Written::Conflict,
             Err(error) => {
-                run.publish(core, stored);
+                // Nothing of this step is durable: the state goes back to the stored
+                // journal, so that the failure, not the step, is what callers see.
+                let durable: Vec<JournalEntry> = core.journal.iter().map(|s| s.entry.clone()).collect();
+                match RunState::replay(Arc::clone(run.workflow.graph()), &durable) {
+                    Ok(state) => core.state = state,
+                    Err(reason) => tracing::error!(run_id = %run.run_id, %reason, "cannot roll the run's state back"),
+                }
                 self.fail(run, core, error);
                 Written::Failed
             }
         }
     }
 
-    /// Fails a run in memory because its store failed.
+    /// Fails a run in memory because its store failed. The store still holds the run as it
+    /// was: recovering it (once the store works again) continues from there.
     fn fail(&self, run: &LiveRun, core: &mut RunCore, error: Error) {
         tracing::error!(run_id = %run.run_id, %error, "the store failed; failing the run");
+        run.store_failed.store(true, Ordering::Release);
         let failure = RunFailure {
             node: Arc::from("(store)"),
             item: None,
@@ -952,8 +992,10 @@ impl Inner {
                 return run.prepare(core, fresh);
             }
             match self.write(run, core, entries, &next, &done) {
-                Written::Yes => {
-                    fresh.append(&mut next);
+                Written::Yes(held) => {
+                    if held {
+                        fresh.append(&mut next);
+                    }
                     return run.prepare(core, fresh);
                 }
                 Written::Failed => return Vec::new(),
@@ -1163,6 +1205,7 @@ impl LiveRun {
             cancel: CancellationToken::new(),
             has_watchers: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            store_failed: AtomicBool::new(false),
             finished_at: AtomicU64::new(0),
             created: CREATION_ORDER.fetch_add(1, Ordering::Relaxed),
         })
@@ -1382,7 +1425,9 @@ const MAX_CONFLICTS: usize = 16;
 
 /// The outcome of [`Inner::write`].
 enum Written {
-    Yes,
+    /// Written; with `true`, this engine holds the run and runs the ready tasks itself,
+    /// otherwise they were queued for any worker.
+    Yes(bool),
     /// Another process wrote to the run first; nothing was written.
     Conflict,
     /// The store failed; the run was failed in memory.

@@ -24,6 +24,6 @@ pub use journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus};
 pub use sqlite::SqliteStore;
 pub use state::{Effects, NodeState, Rejected, RunState, Task};
 pub use store::{
-    Created, DurableStore, JournalStore, Lease, MemoryStore, QueuedTask, RunRecord, Step, StoredEntry, TaskQueue,
+    Claim, Created, DurableStore, JournalStore, Lease, MemoryStore, QueuedTask, RunRecord, Step, StoredEntry, TaskQueue,
 };
 pub use value::{NativeValue, Value};

@@ -24,7 +24,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
-use crate::store::{Created, DurableStore, JournalStore, Lease, QueuedTask, RunRecord, Step, StoredEntry, TaskQueue};
+use crate::store::{
+    Claim, Created, DurableStore, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step, StoredEntry, TaskQueue,
+    holds,
+};
 
 /// Written into the file header (`PRAGMA application_id`): "ffl1".
 const APPLICATION_ID: i32 = 0x6666_6c31;
@@ -56,12 +59,19 @@ CREATE TABLE journal (
 ) STRICT, WITHOUT ROWID;
 ";
 
-/// The task queue (schema version 3). Only outstanding tasks have a row: a step that
-/// resolves a task deletes it. Leases are per owner (an engine), so one statement renews
-/// all of an engine's leases; that statement scans the table, which holds only the tasks
-/// in flight or queued. One index serves claiming: free tasks (queued, `until_ms` 0, or
-/// with an expired lease) come first in it.
+/// What schema version 3 added: holds on runs, and the task queue.
+///
+/// A run executing in an engine is held by it (`owner`, until `until_ms`), renewed in the
+/// background, so a node's step writes nothing per task: only its journal rows. A partial
+/// index lists the held runs, for renewing and for finding expired holds. Tasks queued for
+/// any worker have a row in `tasks` until a step resolves them. Leases are per owner (an
+/// engine), so one statement renews all of an engine's leases; it scans `tasks`, which
+/// holds only the tasks queued or leased. One index serves claiming: free tasks (queued,
+/// `until_ms` 0, or with an expired lease) come first in it.
 const TASKS: &str = "
+ALTER TABLE runs ADD COLUMN owner TEXT;
+ALTER TABLE runs ADD COLUMN until_ms INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX runs_held ON runs (owner, until_ms) WHERE owner IS NOT NULL;
 CREATE TABLE tasks (
     run_id        TEXT NOT NULL,
     node          TEXT NOT NULL,
@@ -165,12 +175,31 @@ impl SqliteStore {
 
 /// SQLite's own words, with the cases people hit most spelled out.
 fn describe(e: &rusqlite::Error) -> String {
-    use rusqlite::ffi::ErrorCode;
+    use rusqlite::ffi::{self, ErrorCode};
+    if let rusqlite::Error::SqliteFailure(failure, _) = e {
+        match failure.extended_code {
+            ffi::SQLITE_READONLY_DIRECTORY => {
+                return "the database's directory is not writable: SQLite must create the -wal and -shm files \
+                        beside the database"
+                    .into();
+            }
+            ffi::SQLITE_IOERR_WRITE | ffi::SQLITE_IOERR_FSYNC | ffi::SQLITE_IOERR_TRUNCATE => {
+                return format!(
+                    "writing the file failed (disk full, quota or file size limit reached, or a device error): {e}"
+                );
+            }
+            _ => {}
+        }
+    }
     match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) => "the file is not a SQLite database, or it is corrupt".into(),
         Some(ErrorCode::DatabaseCorrupt) => "the database file is corrupt".into(),
         Some(ErrorCode::ReadOnly) => "the database is read-only (check the file's permissions)".into(),
-        Some(ErrorCode::CannotOpen) => "the file cannot be opened (check that its directory exists)".into(),
+        Some(ErrorCode::CannotOpen) => {
+            "the file cannot be opened (check that its directory exists and is writable, and that the path is not a \
+             directory)"
+                .into()
+        }
         Some(ErrorCode::DiskFull) => "the disk is full".into(),
         Some(ErrorCode::DatabaseBusy) => "the database stayed locked by another process".into(),
         _ => e.to_string(),
@@ -210,6 +239,26 @@ fn immediate<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> 
 fn run_key(conn: &Connection, run_id: &str) -> Result<Option<i64>> {
     let mut select = conn.prepare_cached("SELECT id FROM runs WHERE run_id = ?1").map_err(sql)?;
     select.query_row([run_id], |r| r.get(0)).optional().map_err(sql)
+}
+
+/// What a step needs of a run's row.
+struct RunRow {
+    id: i64,
+    status: String,
+    holder: Option<String>,
+    until: u64,
+}
+
+/// A run's row, if the store has it.
+fn run_row(conn: &Connection, run_id: &str) -> Result<Option<RunRow>> {
+    let mut select =
+        conn.prepare_cached("SELECT id, status, owner, until_ms FROM runs WHERE run_id = ?1").map_err(sql)?;
+    select
+        .query_row([run_id], |r| {
+            Ok(RunRow { id: r.get(0)?, status: r.get(1)?, holder: r.get(2)?, until: r.get::<_, i64>(3)? as u64 })
+        })
+        .optional()
+        .map_err(sql)
 }
 
 fn insert_entries(conn: &Connection, run: i64, run_id: &str, entries: &[StoredEntry]) -> Result<()> {
@@ -286,13 +335,19 @@ fn read_journal(conn: &Connection, run: i64, run_id: &str, from: u64) -> Result<
 
 /// Inserts a run and its first entries, unless a run with its id exists (whose record and
 /// journal are returned then).
-fn create_run(conn: &Connection, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
+fn create_run(
+    conn: &Connection,
+    record: &RunRecord,
+    first: &[StoredEntry],
+    owner: Option<(&str, Duration)>,
+) -> Result<Created> {
     if let Some((existing, journal)) = load_run(conn, &record.run_id)? {
         return Ok(Created::Existing { record: existing, journal });
     }
+    let until = owner.map_or(0, |(_, lease_for)| now_ms() + lease_for.as_millis() as u64);
     conn.prepare_cached(
-        "INSERT INTO runs (run_id, graph, version, status, created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO runs (run_id, graph, version, status, created_ms, updated_ms, owner, until_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
     .and_then(|mut insert| {
         insert.execute(params![
@@ -301,7 +356,9 @@ fn create_run(conn: &Connection, record: &RunRecord, first: &[StoredEntry]) -> R
             record.version,
             record.status.as_str(),
             record.created_ms as i64,
-            record.updated_ms as i64
+            record.updated_ms as i64,
+            owner.map(|(owner, _)| owner),
+            until as i64
         ])
     })
     .map_err(sql)?;
@@ -312,7 +369,7 @@ fn create_run(conn: &Connection, record: &RunRecord, first: &[StoredEntry]) -> R
 #[async_trait]
 impl JournalStore for SqliteStore {
     async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
-        self.with_conn(|conn| immediate(conn, |conn| create_run(conn, record, first))).await
+        self.with_conn(|conn| immediate(conn, |conn| create_run(conn, record, first, None))).await
     }
 
     async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
@@ -395,20 +452,15 @@ fn item_column(item: Option<u32>) -> i64 {
     item.map_or(-1, i64::from)
 }
 
-/// Inserts tasks that are not queued already, held by `owner` until `until` (one
-/// delivery) or queued for anyone.
-fn insert_tasks(conn: &Connection, tasks: &[QueuedTask], owner: Option<(&str, Duration)>) -> Result<()> {
+/// Queues tasks that are not queued already.
+fn insert_tasks(conn: &Connection, tasks: &[QueuedTask]) -> Result<()> {
     if tasks.is_empty() {
         return Ok(());
     }
-    let (owner, until, deliveries) = match owner {
-        Some((owner, lease_for)) => (Some(owner), now_ms() + lease_for.as_millis() as u64, 1),
-        None => (None, 0, 0),
-    };
     let mut insert = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO tasks (run_id, node, item, attempt, not_before_ms, owner, until_ms, deliveries)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             VALUES (?1, ?2, ?3, ?4, ?5, NULL, 0, 0)",
         )
         .map_err(sql)?;
     for task in tasks {
@@ -418,14 +470,28 @@ fn insert_tasks(conn: &Connection, tasks: &[QueuedTask], owner: Option<(&str, Du
                 task.node,
                 item_column(task.item),
                 i64::from(task.attempt),
-                task.not_before_ms as i64,
-                owner,
-                until as i64,
-                deliveries
+                task.not_before_ms as i64
             ])
             .map_err(sql)?;
     }
     Ok(())
+}
+
+/// Makes `owner` hold up to `max` runs whose hold expired; returns their ids.
+fn claim_expired_holds(conn: &Connection, owner: &str, max: usize, lease_for: Duration) -> Result<Vec<String>> {
+    let now = now_ms();
+    let expired: Vec<String> = {
+        let mut select = conn
+            .prepare_cached("SELECT run_id FROM runs WHERE owner IS NOT NULL AND until_ms <= ?1 LIMIT ?2")
+            .map_err(sql)?;
+        let rows = select.query_map(params![now as i64, max as i64], |r| r.get(0)).map_err(sql)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(sql)?
+    };
+    let mut update = conn.prepare_cached("UPDATE runs SET owner = ?2, until_ms = ?3 WHERE run_id = ?1").map_err(sql)?;
+    for run_id in &expired {
+        update.execute(params![run_id, owner, (now + lease_for.as_millis() as u64) as i64]).map_err(sql)?;
+    }
+    Ok(expired)
 }
 
 fn delete_tasks(conn: &Connection, tasks: &[QueuedTask]) -> Result<()> {
@@ -491,25 +557,31 @@ const TASK_COLUMNS: &str = "run_id, node, item, attempt, not_before_ms, deliveri
 #[async_trait]
 impl TaskQueue for SqliteStore {
     async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
-        self.with_conn(|conn| immediate(conn, |conn| insert_tasks(conn, tasks, None))).await
+        self.with_conn(|conn| immediate(conn, |conn| insert_tasks(conn, tasks))).await
     }
 
-    async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>> {
+    async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Claim>> {
         let deadline = tokio::time::Instant::now() + wait;
         let select = format!(
             "SELECT {TASK_COLUMNS} FROM tasks WHERE until_ms <= ?1 AND not_before_ms <= ?1
              ORDER BY not_before_ms LIMIT ?2"
         );
         loop {
-            let leases = self
+            let claims = self
                 .with_conn(|conn| {
                     immediate(conn, |conn| {
-                        lease_rows(conn, &select, params![now_ms() as i64, max as i64], owner, lease_for)
+                        let now = now_ms();
+                        let mut claims: Vec<Claim> =
+                            claim_expired_holds(conn, owner, max, lease_for)?.into_iter().map(Claim::Run).collect();
+                        let room = (max - claims.len()) as i64;
+                        let leases = lease_rows(conn, &select, params![now as i64, room], owner, lease_for)?;
+                        claims.extend(leases.into_iter().map(Claim::Task));
+                        Ok(claims)
                     })
                 })
                 .await?;
-            if !leases.is_empty() {
-                return Ok(leases);
+            if !claims.is_empty() {
+                return Ok(claims);
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -521,19 +593,34 @@ impl TaskQueue for SqliteStore {
 
     async fn claim_run(&self, owner: &str, run_id: &str, lease_for: Duration) -> Result<Vec<Lease>> {
         let select = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE run_id = ?1");
-        self.with_conn(|conn| immediate(conn, |conn| lease_rows(conn, &select, params![run_id], owner, lease_for)))
-            .await
+        self.with_conn(|conn| {
+            immediate(conn, |conn| {
+                let until = now_ms() + lease_for.as_millis() as u64;
+                conn.prepare_cached(
+                    "UPDATE runs SET owner = ?2, until_ms = ?3 WHERE run_id = ?1 AND status IN ('pending', 'running')",
+                )
+                .and_then(|mut update| update.execute(params![run_id, owner, until as i64]))
+                .map_err(sql)?;
+                lease_rows(conn, &select, params![run_id], owner, lease_for)
+            })
+        })
+        .await
     }
 
     async fn renew(&self, owner: &str, lease_for: Duration) -> Result<()> {
         self.with_conn(|conn| {
-            let now = now_ms();
-            conn.prepare_cached("UPDATE tasks SET until_ms = ?2 WHERE owner = ?1 AND until_ms > ?3")
-                .and_then(|mut update| {
-                    update.execute(params![owner, (now + lease_for.as_millis() as u64) as i64, now as i64])
-                })
-                .map_err(sql)?;
-            Ok(())
+            immediate(conn, |conn| {
+                let until = (now_ms() + lease_for.as_millis() as u64) as i64;
+                for sql_text in [
+                    "UPDATE runs SET until_ms = ?2 WHERE owner = ?1",
+                    "UPDATE tasks SET until_ms = ?2 WHERE owner = ?1",
+                ] {
+                    conn.prepare_cached(sql_text)
+                        .and_then(|mut update| update.execute(params![owner, until]))
+                        .map_err(sql)?;
+                }
+                Ok(())
+            })
         })
         .await
     }
@@ -594,6 +681,16 @@ impl TaskQueue for SqliteStore {
         })
         .await
     }
+
+    async fn release_run(&self, owner: &str, run_id: &str, not_before_ms: u64) -> Result<()> {
+        self.with_conn(|conn| {
+            conn.prepare_cached("UPDATE runs SET owner = ?3, until_ms = ?4 WHERE run_id = ?1 AND owner = ?2")
+                .and_then(|mut update| update.execute(params![run_id, owner, RELEASED, not_before_ms as i64]))
+                .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -607,9 +704,9 @@ impl DurableStore for SqliteStore {
     ) -> Result<Created> {
         self.with_conn(|conn| {
             immediate(conn, |conn| {
-                let created = create_run(conn, record, first)?;
-                if let Created::New = created {
-                    insert_tasks(conn, ready, owner)?;
+                let created = create_run(conn, record, first, owner)?;
+                if let (Created::New, None) = (&created, owner) {
+                    insert_tasks(conn, ready)?;
                 }
                 Ok(created)
             })
@@ -617,28 +714,47 @@ impl DurableStore for SqliteStore {
         .await
     }
 
-    async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<()> {
+    async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool> {
         self.with_conn(|conn| {
             immediate(conn, |conn| {
-                let Some(run) = run_key(conn, step.run_id)? else {
+                let Some(RunRow { id: run, status, holder, until }) = run_row(conn, step.run_id)? else {
                     return Err(Error::RunNotFound { run_id: step.run_id.to_owned() });
                 };
                 check_seq(conn, run, step.run_id, step.expected_seq)?;
                 insert_entries(conn, run, step.run_id, step.entries)?;
-                let at_ms = step.entries.last().map_or_else(now_ms, |e| e.at_ms);
-                // Writes the row only when the status changes.
-                conn.prepare_cached("UPDATE runs SET status = ?2, updated_ms = ?3 WHERE id = ?1 AND status <> ?2")
-                    .and_then(|mut update| update.execute(params![run, step.status.as_str(), at_ms as i64]))
+                let now = now_ms();
+                // Who holds the run after the step; the row is written only if that or the
+                // status changes, so a node's step writes its journal rows alone.
+                let (new_holder, new_until, held) = match owner {
+                    _ if !holds(step.status) => (None, 0, false),
+                    Some((me, _)) if holder.as_deref() == Some(me) => (holder.clone(), until, true),
+                    Some((me, lease_for)) if holder.is_none() || until <= now => {
+                        (Some(me.to_owned()), now + lease_for.as_millis() as u64, true)
+                    }
+                    _ => (holder.clone(), until, false),
+                };
+                if status != step.status.as_str() || new_holder != holder {
+                    let at_ms = step.entries.last().map_or(now, |e| e.at_ms);
+                    conn.prepare_cached(
+                        "UPDATE runs SET status = ?2, updated_ms = ?3, owner = ?4, until_ms = ?5 WHERE id = ?1",
+                    )
+                    .and_then(|mut update| {
+                        update.execute(params![run, step.status.as_str(), at_ms as i64, new_holder, new_until as i64])
+                    })
                     .map_err(sql)?;
+                }
                 if step.status.is_terminal() {
                     // A finished run has nothing left to run, whoever holds its tasks.
                     conn.prepare_cached("DELETE FROM tasks WHERE run_id = ?1")
                         .and_then(|mut delete| delete.execute([step.run_id]))
                         .map_err(sql)?;
-                    return Ok(());
+                    return Ok(false);
                 }
                 delete_tasks(conn, step.done)?;
-                insert_tasks(conn, step.ready, owner)
+                if !held {
+                    insert_tasks(conn, step.ready)?;
+                }
+                Ok(held)
             })
         })
         .await

@@ -105,23 +105,40 @@ impl QueuedTask {
 #[derive(Clone, Debug)]
 pub struct Lease {
     pub task: QueuedTask,
-    /// How many times the task was handed out, this time included. A task inserted
-    /// already held by its writer (see [`Step::ready`]) counts that as its first delivery,
-    /// so a task delivered more than once may have started before.
+    /// How many times the task was handed out, this time included: a task delivered more
+    /// than once may have started before.
     pub deliveries: u32,
 }
 
-/// Where tasks of durable runs wait for a worker, and who holds them.
+/// What a worker claimed from the queue.
+#[derive(Clone, Debug)]
+pub enum Claim {
+    /// A task queued for any worker.
+    Task(Lease),
+    /// A run whose holder stopped renewing its hold (the process died, most likely): the
+    /// claimant holds it now, and every outstanding task of it that has no row in the queue
+    /// is the claimant's to run; any of them may have started.
+    Run(String),
+}
+
+/// Where the work of durable runs waits for a worker, and who holds it.
 ///
-/// A worker is identified by an `owner` string (an engine's id); every lease it holds
-/// shares that owner and one renewal keeps them all. Contract, for every implementation:
+/// Work is held two ways. A run executing in an engine is **held** by it as a whole: the
+/// engine runs the tasks the run's steps make ready itself, without a row per task (see
+/// [`Step::ready`]), and renews its holds in the background. Tasks for any worker (a run
+/// submitted without being executed, a task handed back) are **queued**, one row each,
+/// and leased one by one. A worker is identified by an `owner` string (an engine's id);
+/// one renewal keeps all of its holds and leases.
+///
+/// Contract, for every implementation:
 /// - `enqueue` is idempotent on [`QueuedTask::key`] while the task is queued or leased.
 ///   (Once acknowledged, a task is gone: whether an attempt still needs to run is the
 ///   journal's business, and durable writers only enqueue what the journal says is ready.)
-/// - `claim` hands each task to one owner at a time, never before `not_before_ms`, and
-///   waits at most `wait` for one to appear (returning an empty list then).
-/// - A lease that is not renewed within `lease_for` expires and the task can be claimed
-///   again, with `deliveries` increased: delivery is at-least-once, and the scheduler
+/// - `claim` hands each queued task to one owner at a time, never before `not_before_ms`,
+///   and each run whose hold expired to one owner; it waits at most `wait` for something
+///   to claim (returning an empty list then).
+/// - A lease or hold that is not renewed within `lease_for` expires and can be claimed
+///   again; a task's `deliveries` then grows: delivery is at-least-once, and the scheduler
 ///   drops duplicates against the journal.
 /// - `ack` removes a task the owner holds; acknowledging a task the owner no longer holds
 ///   is an error, since another worker may hold it now.
@@ -130,20 +147,27 @@ pub struct Lease {
 #[async_trait]
 pub trait TaskQueue: Send + Sync + 'static {
     async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()>;
-    async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>>;
-    /// Claims every task of one run, whoever holds it and whether due or not: a takeover
-    /// (the claimant waits out `not_before_ms` itself). A holder that is still alive finds
-    /// out when it next writes to the run.
+    async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Claim>>;
+    /// Takes a run over at once, whoever holds it: `owner` holds the run from now on, and
+    /// gets every queued task of it, leased, due or not (the claimant waits out
+    /// `not_before_ms` itself). A holder that is still alive finds out when it next writes
+    /// to the run.
     async fn claim_run(&self, owner: &str, run_id: &str, lease_for: Duration) -> Result<Vec<Lease>>;
-    /// Extends every lease `owner` holds that has not expired.
+    /// Extends every hold and lease of `owner`.
     async fn renew(&self, owner: &str, lease_for: Duration) -> Result<()>;
     async fn ack(&self, owner: &str, task: &QueuedTask) -> Result<()>;
     async fn release(&self, owner: &str, tasks: &[QueuedTask], not_before_ms: u64) -> Result<()>;
+    /// Ends `owner`'s hold on a run so that another worker claims it, no earlier than
+    /// `not_before_ms`.
+    async fn release_run(&self, owner: &str, run_id: &str, not_before_ms: u64) -> Result<()>;
 }
+
+/// The holder of a run handed back by its worker, until another claims it.
+pub const RELEASED: &str = "(released)";
 
 /// One step of a durable run, written all or nothing by [`DurableStore::commit`]: the
 /// journal entries an event produced, the run's status after them, the tasks that became
-/// ready, and the task the step finishes.
+/// ready, and the tasks the step finishes.
 #[derive(Debug)]
 pub struct Step<'a> {
     pub run_id: &'a str,
@@ -153,13 +177,14 @@ pub struct Step<'a> {
     pub entries: &'a [StoredEntry],
     /// The run's status once the entries are applied, recorded with them.
     pub status: RunStatus,
-    /// Tasks that became ready, inserted already held by `owner` (the writer runs them
-    /// itself; they count one delivery) unless `owner` is `None`, which leaves them
-    /// queued for any worker. A task queued already is left as it is.
+    /// Tasks that became ready. With an owner, the owner holds the run (unless another
+    /// owner's hold on it is still live) and runs them itself: nothing is written per task.
+    /// Otherwise they are queued for any worker.
     pub ready: &'a [QueuedTask],
     /// Tasks the step resolves (completed, failed, interrupted, superseded), removed from
     /// the queue whoever holds them: the journal now says they are done. A step that
-    /// finishes the run removes all of the run's tasks instead.
+    /// finishes the run removes all of the run's tasks instead, and one that leaves the
+    /// run waiting for a person, or finished, ends its hold.
     pub done: &'a [QueuedTask],
 }
 
@@ -169,6 +194,8 @@ pub struct Step<'a> {
 pub trait DurableStore: JournalStore + TaskQueue {
     /// Creates a run with its first entries and ready tasks, atomically; idempotent on
     /// the run id like [`JournalStore::create_run`] (an existing run is left untouched).
+    /// With an owner, the owner holds the new run and runs the tasks; otherwise they are
+    /// queued for any worker.
     async fn create(
         &self,
         record: &RunRecord,
@@ -176,12 +203,18 @@ pub trait DurableStore: JournalStore + TaskQueue {
         ready: &[QueuedTask],
         owner: Option<(&str, Duration)>,
     ) -> Result<Created>;
-    /// Writes one step, atomically. If the journal does not hold exactly
-    /// `step.expected_seq` entries, nothing is written and the error is
-    /// [`Error::Conflict`]. `owner` holds the ready tasks for `lease_for`.
-    async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<()>;
+    /// Writes one step, atomically, and says whether `owner` holds the run (and so runs
+    /// the ready tasks itself) afterwards; `false` means they were queued. If the journal
+    /// does not hold exactly `step.expected_seq` entries, nothing is written and the error
+    /// is [`Error::Conflict`].
+    async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool>;
     /// The journal entries from `seq` on (to catch up with other writers).
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>>;
+}
+
+/// Whether a step leaving a run in `status` keeps it held: only while it has tasks to run.
+pub fn holds(status: RunStatus) -> bool {
+    matches!(status, RunStatus::Pending | RunStatus::Running)
 }
 
 /// Journals in process memory: the store of the in-memory context, and the reference
@@ -197,6 +230,23 @@ pub struct MemoryStore {
 struct MemoryState {
     runs: HashMap<String, MemoryRun>,
     tasks: MemoryTasks,
+    /// Who holds which run, and until when.
+    holds: HashMap<String, (String, u64)>,
+}
+
+impl MemoryState {
+    /// Makes `owner` hold the run unless another owner's hold is live; says whether it does.
+    fn hold(&mut self, run_id: &str, owner: &str, lease_for: Duration, now: u64) -> bool {
+        let until = now + lease_for.as_millis() as u64;
+        match self.holds.get_mut(run_id) {
+            Some((holder, _)) if holder == owner => true,
+            Some((_, expires)) if *expires > now => false,
+            _ => {
+                self.holds.insert(run_id.to_owned(), (owner.to_owned(), until));
+                true
+            }
+        }
+    }
 }
 
 struct MemoryRun {
@@ -270,24 +320,35 @@ impl JournalStore for MemoryStore {
 #[async_trait]
 impl TaskQueue for MemoryStore {
     async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
-        self.runs.lock().expect("store lock").tasks.insert(tasks, None, 0);
+        self.runs.lock().expect("store lock").tasks.insert(tasks);
         self.ready.notify_waiters();
         Ok(())
     }
 
-    async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>> {
+    async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Claim>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Register interest before looking, so an enqueue in between is not missed.
             let notified = self.ready.notified();
-            let (leases, next_due) = {
+            let (claims, next_due) = {
                 let mut state = self.runs.lock().expect("store lock");
                 let now = now_ms();
-                let leases = state.tasks.claim(owner, now, now + lease_for.as_millis() as u64, max, |_| true, false);
-                (leases, state.tasks.next_due())
+                let until = now + lease_for.as_millis() as u64;
+                let mut claims: Vec<Claim> = Vec::new();
+                for (run_id, (holder, expires)) in state.holds.iter_mut() {
+                    if claims.len() < max && *expires <= now {
+                        *holder = owner.to_owned();
+                        *expires = until;
+                        claims.push(Claim::Run(run_id.clone()));
+                    }
+                }
+                let room = max - claims.len();
+                claims.extend(state.tasks.claim(owner, now, until, room, |_| true, false).into_iter().map(Claim::Task));
+                let next_hold = state.holds.values().map(|(_, expires)| *expires).min();
+                (claims, state.tasks.next_due().into_iter().chain(next_hold).min())
             };
-            if !leases.is_empty() {
-                return Ok(leases);
+            if !claims.is_empty() {
+                return Ok(claims);
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -302,15 +363,24 @@ impl TaskQueue for MemoryStore {
     async fn claim_run(&self, owner: &str, run_id: &str, lease_for: Duration) -> Result<Vec<Lease>> {
         let mut state = self.runs.lock().expect("store lock");
         let now = now_ms();
-        Ok(state.tasks.claim(owner, now, now + lease_for.as_millis() as u64, usize::MAX, |t| t.run_id == run_id, true))
+        let until = now + lease_for.as_millis() as u64;
+        if state.runs.get(run_id).is_some_and(|run| holds(run.record.status)) {
+            state.holds.insert(run_id.to_owned(), (owner.to_owned(), until));
+        }
+        Ok(state.tasks.claim(owner, now, until, usize::MAX, |t| t.run_id == run_id, true))
     }
 
     async fn renew(&self, owner: &str, lease_for: Duration) -> Result<()> {
         let mut state = self.runs.lock().expect("store lock");
-        let now = now_ms();
+        let until = now_ms() + lease_for.as_millis() as u64;
         for held in state.tasks.rows.values_mut() {
-            if held.owner.as_deref() == Some(owner) && held.until_ms > now {
-                held.until_ms = now + lease_for.as_millis() as u64;
+            if held.owner.as_deref() == Some(owner) {
+                held.until_ms = until;
+            }
+        }
+        for (holder, expires) in state.holds.values_mut() {
+            if holder == owner {
+                *expires = until;
             }
         }
         Ok(())
@@ -333,17 +403,28 @@ impl TaskQueue for MemoryStore {
     async fn release(&self, owner: &str, tasks: &[QueuedTask], not_before_ms: u64) -> Result<()> {
         let mut state = self.runs.lock().expect("store lock");
         for task in tasks {
-            if let Some(held) = state.tasks.rows.get_mut(&task.key()) {
-                if held.owner.as_deref() == Some(owner) {
-                    held.owner = None;
-                    held.until_ms = 0;
-                    held.task.not_before_ms = not_before_ms;
-                    held.deliveries = held.deliveries.saturating_sub(1);
-                }
+            if let Some(held) = state.tasks.rows.get_mut(&task.key())
+                && held.owner.as_deref() == Some(owner)
+            {
+                held.owner = None;
+                held.until_ms = 0;
+                held.task.not_before_ms = not_before_ms;
+                held.deliveries = held.deliveries.saturating_sub(1);
             }
         }
         drop(state);
         self.ready.notify_waiters();
+        Ok(())
+    }
+
+    async fn release_run(&self, owner: &str, run_id: &str, not_before_ms: u64) -> Result<()> {
+        let mut state = self.runs.lock().expect("store lock");
+        if let Some((holder, until)) = state.holds.get_mut(run_id)
+            && holder == owner
+        {
+            *holder = RELEASED.to_owned();
+            *until = not_before_ms;
+        }
         Ok(())
     }
 }
@@ -359,13 +440,20 @@ impl DurableStore for MemoryStore {
     ) -> Result<Created> {
         let created = self.create_run(record, first).await?;
         if let Created::New = created {
-            self.runs.lock().expect("store lock").tasks.insert(ready, owner, now_ms());
+            let mut state = self.runs.lock().expect("store lock");
+            match owner {
+                Some((owner, lease_for)) => {
+                    state.hold(&record.run_id, owner, lease_for, now_ms());
+                }
+                None => state.tasks.insert(ready),
+            }
+            drop(state);
             self.ready.notify_waiters();
         }
         Ok(created)
     }
 
-    async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<()> {
+    async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool> {
         let mut state = self.runs.lock().expect("store lock");
         let run =
             state.runs.get_mut(step.run_id).ok_or_else(|| Error::RunNotFound { run_id: step.run_id.to_owned() })?;
@@ -378,20 +466,27 @@ impl DurableStore for MemoryStore {
         if let Some(last) = step.entries.last() {
             run.record.updated_ms = last.at_ms;
         }
+        if !holds(step.status) {
+            state.holds.remove(step.run_id);
+        }
         if step.status.is_terminal() {
             // A finished run has nothing left to run, whoever holds its tasks.
             state.tasks.rows.retain(|_, held| held.task.run_id != step.run_id);
-            return Ok(());
+            return Ok(false);
         }
         for task in step.done {
             state.tasks.rows.remove(&task.key());
         }
-        state.tasks.insert(step.ready, owner, now_ms());
-        drop(state);
-        if owner.is_none() && !step.ready.is_empty() {
+        let held = match owner {
+            Some((owner, lease_for)) if holds(step.status) => state.hold(step.run_id, owner, lease_for, now_ms()),
+            _ => false,
+        };
+        if !held && !step.ready.is_empty() {
+            state.tasks.insert(step.ready);
+            drop(state);
             self.ready.notify_waiters();
         }
-        Ok(())
+        Ok(held)
     }
 
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {
@@ -419,23 +514,15 @@ struct HeldTask {
 }
 
 impl MemoryTasks {
-    fn insert(&mut self, tasks: &[QueuedTask], owner: Option<(&str, Duration)>, now: u64) {
+    /// Queues tasks that are not queued already.
+    fn insert(&mut self, tasks: &[QueuedTask]) {
         for task in tasks {
             let key = task.key();
             if self.rows.contains_key(&key) {
                 continue;
             }
             self.counter += 1;
-            let held = match owner {
-                Some((owner, lease_for)) => HeldTask {
-                    task: task.clone(),
-                    owner: Some(owner.to_owned()),
-                    until_ms: now + lease_for.as_millis() as u64,
-                    deliveries: 1,
-                    order: self.counter,
-                },
-                None => HeldTask { task: task.clone(), owner: None, until_ms: 0, deliveries: 0, order: self.counter },
-            };
+            let held = HeldTask { task: task.clone(), owner: None, until_ms: 0, deliveries: 0, order: self.counter };
             self.rows.insert(key, held);
         }
     }
@@ -502,7 +589,7 @@ impl<T: TaskQueue + ?Sized> TaskQueue for std::sync::Arc<T> {
     async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
         (**self).enqueue(tasks).await
     }
-    async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Lease>> {
+    async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Claim>> {
         (**self).claim(owner, max, lease_for, wait).await
     }
     async fn claim_run(&self, owner: &str, run_id: &str, lease_for: Duration) -> Result<Vec<Lease>> {
@@ -516,6 +603,9 @@ impl<T: TaskQueue + ?Sized> TaskQueue for std::sync::Arc<T> {
     }
     async fn release(&self, owner: &str, tasks: &[QueuedTask], not_before_ms: u64) -> Result<()> {
         (**self).release(owner, tasks, not_before_ms).await
+    }
+    async fn release_run(&self, owner: &str, run_id: &str, not_before_ms: u64) -> Result<()> {
+        (**self).release_run(owner, run_id, not_before_ms).await
     }
 }
 
@@ -531,7 +621,7 @@ impl<T: DurableStore + ?Sized> DurableStore for std::sync::Arc<T> {
     ) -> Result<Created> {
         (**self).create(record, first, ready, owner).await
     }
-    async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<()> {
+    async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool> {
         (**self).commit(step, owner).await
     }
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {

@@ -64,7 +64,9 @@ mod file {
         assert_eq!(record.graph, "g");
         assert_eq!(journal.len(), 1);
         assert_eq!(format!("{:?}", journal[0].entry), format!("{:?}", started(100).entry));
-        let leases = store.claim("w", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+        let leases = super::contract::task_queue::leases(
+            store.claim("w", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap(),
+        );
         assert_eq!(leases.len(), 1);
         assert_eq!((leases[0].task.node.as_str(), leases[0].task.item), ("a", Some(3)));
     }
@@ -84,7 +86,8 @@ mod file {
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 loop {
-                    let leases = store.claim(owner, 7, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+                    let claims = store.claim(owner, 7, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+                    let leases = super::contract::task_queue::leases(claims);
                     if leases.is_empty() {
                         return seen;
                     }

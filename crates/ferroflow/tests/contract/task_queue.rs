@@ -19,6 +19,17 @@ pub const NO_WAIT: Duration = Duration::ZERO;
 pub const A: &str = "worker-a";
 pub const B: &str = "worker-b";
 
+/// The task leases among claims; a claimed run fails the test.
+pub fn leases(claims: Vec<ferroflow::Claim>) -> Vec<ferroflow::Lease> {
+    claims
+        .into_iter()
+        .map(|claim| match claim {
+            ferroflow::Claim::Task(lease) => lease,
+            ferroflow::Claim::Run(run_id) => panic!("claimed run {run_id}, expected tasks only"),
+        })
+        .collect()
+}
+
 /// The nodes of `leases`, sorted.
 pub fn nodes(leases: &[ferroflow::Lease]) -> Vec<String> {
     let mut nodes: Vec<String> = leases.iter().map(|l| l.task.node.clone()).collect();
@@ -32,25 +43,25 @@ macro_rules! task_queue_contract {
         async fn enqueue_is_idempotent_while_a_task_is_queued_or_held() {
             let (queue, _guard) = $make;
             queue.enqueue(&[task("a", 1, 0), task("a", 1, 0)]).await.unwrap();
-            let leases = queue.claim(A, 10, LEASE, NO_WAIT).await.unwrap();
-            assert_eq!(leases.len(), 1);
+            let held = leases(queue.claim(A, 10, LEASE, NO_WAIT).await.unwrap());
+            assert_eq!(held.len(), 1);
             queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
-            assert!(queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "held, not queued twice");
+            assert!(leases(queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap()).is_empty(), "held, not queued twice");
             // Another attempt is another task.
             queue.enqueue(&[task("a", 2, 0)]).await.unwrap();
-            assert_eq!(queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap()[0].task.attempt, 2);
+            assert_eq!(leases(queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap())[0].task.attempt, 2);
         }
 
         #[::tokio::test]
         async fn a_task_is_held_by_one_owner_at_a_time() {
             let (queue, _guard) = $make;
             queue.enqueue(&[task("a", 1, 0), task("b", 1, 0)]).await.unwrap();
-            let first = queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap();
-            let second = queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap();
+            let first = leases(queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap());
+            let second = leases(queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap());
             assert_eq!(first.len(), 1);
             assert_eq!(second.len(), 1);
             assert_ne!(first[0].task.node, second[0].task.node);
-            assert!(queue.claim(A, 10, LEASE, NO_WAIT).await.unwrap().is_empty());
+            assert!(leases(queue.claim(A, 10, LEASE, NO_WAIT).await.unwrap()).is_empty());
             assert!(queue.ack(B, &first[0].task).await.is_err(), "B does not hold A's task");
             queue.ack(A, &first[0].task).await.unwrap();
             queue.ack(B, &second[0].task).await.unwrap();
@@ -60,32 +71,35 @@ macro_rules! task_queue_contract {
         async fn an_expired_lease_is_delivered_again_and_the_old_holder_cannot_ack() {
             let (queue, _guard) = $make;
             queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
-            let first = queue.claim(A, 1, Duration::from_millis(30), NO_WAIT).await.unwrap().remove(0);
+            let first = leases(queue.claim(A, 1, Duration::from_millis(30), NO_WAIT).await.unwrap()).remove(0);
             assert_eq!(first.deliveries, 1);
-            let again = queue.claim(B, 1, LEASE, Duration::from_secs(2)).await.unwrap().remove(0);
+            let again = leases(queue.claim(B, 1, LEASE, Duration::from_secs(2)).await.unwrap()).remove(0);
             assert_eq!(again.task, first.task);
             assert_eq!(again.deliveries, 2);
             assert!(queue.ack(A, &first.task).await.is_err(), "A's lease expired and B holds the task");
             // A renewing its leases does not take the task back.
             queue.renew(A, LEASE).await.unwrap();
             queue.ack(B, &again.task).await.unwrap();
-            assert!(queue.claim(A, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "nothing is left after the ack");
+            assert!(
+                leases(queue.claim(A, 10, LEASE, NO_WAIT).await.unwrap()).is_empty(),
+                "nothing is left after the ack"
+            );
         }
 
         #[::tokio::test]
         async fn renewing_keeps_every_task_of_the_owner() {
             let (queue, _guard) = $make;
             queue.enqueue(&[task("a", 1, 0), task("b", 1, 0)]).await.unwrap();
-            let held = queue.claim(A, 2, Duration::from_millis(60), NO_WAIT).await.unwrap();
+            let held = leases(queue.claim(A, 2, Duration::from_millis(60), NO_WAIT).await.unwrap());
             assert_eq!(held.len(), 2);
             for _ in 0..4 {
                 tokio::time::sleep(Duration::from_millis(25)).await;
                 queue.renew(A, Duration::from_millis(60)).await.unwrap();
             }
-            assert!(queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap().is_empty());
+            assert!(leases(queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap()).is_empty());
             // A renewal to zero lets the tasks go at once (a worker shutting down).
             queue.renew(A, Duration::ZERO).await.unwrap();
-            assert_eq!(nodes(&queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap()), ["a", "b"]);
+            assert_eq!(nodes(&leases(queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap())), ["a", "b"]);
         }
 
         #[::tokio::test]
@@ -93,9 +107,9 @@ macro_rules! task_queue_contract {
             let (queue, _guard) = $make;
             let later = now_ms() + 80;
             queue.enqueue(&[task("a", 2, later)]).await.unwrap();
-            assert!(queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap().is_empty());
-            let leases = queue.claim(A, 1, LEASE, Duration::from_secs(2)).await.unwrap();
-            assert_eq!(leases.len(), 1);
+            assert!(leases(queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap()).is_empty());
+            let due = leases(queue.claim(A, 1, LEASE, Duration::from_secs(2)).await.unwrap());
+            assert_eq!(due.len(), 1);
             assert!(now_ms() >= later);
         }
 
@@ -103,13 +117,13 @@ macro_rules! task_queue_contract {
         async fn a_released_task_is_queued_again_without_counting_a_delivery() {
             let (queue, _guard) = $make;
             queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
-            let lease = queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap().remove(0);
+            let lease = leases(queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap()).remove(0);
             queue.release(B, std::slice::from_ref(&lease.task), 0).await.unwrap();
-            assert!(queue.claim(B, 1, LEASE, NO_WAIT).await.unwrap().is_empty(), "B cannot release A's task");
+            assert!(leases(queue.claim(B, 1, LEASE, NO_WAIT).await.unwrap()).is_empty(), "B cannot release A's task");
             let later = now_ms() + 60;
             queue.release(A, std::slice::from_ref(&lease.task), later).await.unwrap();
-            assert!(queue.claim(B, 1, LEASE, NO_WAIT).await.unwrap().is_empty(), "released for later");
-            let again = queue.claim(B, 1, LEASE, Duration::from_secs(2)).await.unwrap().remove(0);
+            assert!(leases(queue.claim(B, 1, LEASE, NO_WAIT).await.unwrap()).is_empty(), "released for later");
+            let again = leases(queue.claim(B, 1, LEASE, Duration::from_secs(2)).await.unwrap()).remove(0);
             assert_eq!(again.deliveries, 1);
         }
 
@@ -118,14 +132,14 @@ macro_rules! task_queue_contract {
             let (queue, _guard) = $make;
             let other = QueuedTask { run_id: "r2".into(), ..task("x", 1, 0) };
             queue.enqueue(&[task("a", 1, 0), task("b", 1, now_ms() + 60_000), other]).await.unwrap();
-            let held_by_a = queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap();
+            let held_by_a = leases(queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap());
             assert_eq!(nodes(&held_by_a), ["a"]);
             let taken = queue.claim_run(B, "r1", LEASE).await.unwrap();
             assert_eq!(nodes(&taken), ["a", "b"], "held and not yet due alike");
             let a = taken.iter().find(|l| l.task.node == "a").unwrap();
             assert_eq!(a.deliveries, 2);
             assert!(queue.ack(A, &held_by_a[0].task).await.is_err());
-            assert_eq!(nodes(&queue.claim(A, 10, LEASE, NO_WAIT).await.unwrap()), ["x"], "r2 is untouched");
+            assert_eq!(nodes(&leases(queue.claim(A, 10, LEASE, NO_WAIT).await.unwrap())), ["x"], "r2 is untouched");
         }
 
         #[::tokio::test]
@@ -133,7 +147,7 @@ macro_rules! task_queue_contract {
             let (queue, _guard) = $make;
             let queue = Arc::new(queue);
             let started = std::time::Instant::now();
-            assert!(queue.claim(A, 1, LEASE, Duration::from_millis(50)).await.unwrap().is_empty());
+            assert!(leases(queue.claim(A, 1, LEASE, Duration::from_millis(50)).await.unwrap()).is_empty());
             assert!(started.elapsed() >= Duration::from_millis(50));
 
             let waiter = {
@@ -142,8 +156,8 @@ macro_rules! task_queue_contract {
             };
             tokio::time::sleep(Duration::from_millis(20)).await;
             queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
-            let leases = tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap().unwrap();
-            assert_eq!(leases.len(), 1);
+            let claims = tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap().unwrap();
+            assert_eq!(leases(claims).len(), 1);
         }
     };
 }
@@ -151,26 +165,70 @@ macro_rules! task_queue_contract {
 macro_rules! durable_store_contract {
     ($make:expr) => {
         #[::tokio::test]
-        async fn create_queues_the_first_tasks_held_by_the_creator() {
+        async fn a_run_created_by_an_owner_is_held_and_claimed_whole_once_the_hold_expires() {
             let (store, _guard) = $make;
-            let created =
-                store.create(&record("r1", "g", 100), &[started(100)], &[task("a", 1, 0)], Some((A, LEASE))).await;
+            let lease = Duration::from_millis(80);
+            let created = store.create(&record("r1", "g", 100), &[started(100)], &[task("a", 1, 0)], Some((A, lease))).await;
             assert!(matches!(created.unwrap(), Created::New));
-            assert!(store.claim(B, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "held by A");
+            assert!(store.claim(B, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "held by A, nothing queued");
             // Creating it again changes nothing, and queues nothing.
             let again = store.create(&record("r1", "g", 100), &[started(100)], &[task("z", 1, 0)], None).await;
             assert!(matches!(again.unwrap(), Created::Existing { .. }));
-            assert!(store.claim(B, 10, LEASE, NO_WAIT).await.unwrap().is_empty());
-            let taken = store.claim_run(B, "r1", LEASE).await.unwrap();
-            assert_eq!(nodes(&taken), ["a"]);
-            assert_eq!(taken[0].deliveries, 2, "the creator's hold counted as the first delivery");
+            // A renews its hold for a while, then stops, as a process that died would.
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                store.renew(A, lease).await.unwrap();
+                assert!(store.claim(B, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "A's hold is live");
+            }
+            let claims = store.claim(B, 10, LEASE, Duration::from_secs(2)).await.unwrap();
+            assert!(matches!(&claims[..], [ferroflow::Claim::Run(run)] if run == "r1"), "{claims:?}");
+            assert!(store.claim(A, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "B holds it now");
+            // A step by A, the old holder, does not take the run back: its ready tasks are queued.
+            let entries = [completed(1, 110, "a")];
+            let ready = [task("b", 1, 0)];
+            let step =
+                Step { run_id: "r1", expected_seq: 1, entries: &entries, status: RunStatus::Running, ready: &ready, done: &[] };
+            assert!(!store.commit(&step, Some((A, LEASE))).await.unwrap());
+            assert_eq!(nodes(&leases(store.claim(A, 10, LEASE, NO_WAIT).await.unwrap())), ["b"]);
+        }
+
+        #[::tokio::test]
+        async fn a_holder_keeps_its_hold_through_its_steps_and_loses_it_when_the_run_waits() {
+            let (store, _guard) = $make;
+            store.create(&record("r1", "g", 100), &[started(100)], &[], Some((A, LEASE))).await.unwrap();
+            let entries = [completed(1, 110, "a")];
+            let ready = [task("b", 1, 0)];
+            let step = |status| Step { run_id: "r1", expected_seq: 1, entries: &entries, status, ready: &ready, done: &[] };
+            assert!(store.commit(&step(RunStatus::Running), Some((A, LEASE))).await.unwrap(), "A still holds it");
+            let later = [completed(2, 120, "b")];
+            let step = Step { expected_seq: 2, entries: &later, ready: &[], ..step(RunStatus::Waiting) };
+            assert!(!store.commit(&step, Some((A, LEASE))).await.unwrap(), "a waiting run is held by nobody");
+            // Nobody can claim it either: it waits for a person, not for a worker.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(store.claim(B, 10, Duration::from_millis(10), NO_WAIT).await.unwrap().is_empty());
+            // A takeover holds it again.
+            store.claim_run(B, "r1", Duration::from_millis(10)).await.unwrap();
+        }
+
+        #[::tokio::test]
+        async fn a_run_handed_back_is_claimed_by_another_worker_later() {
+            let (store, _guard) = $make;
+            store.create(&record("r1", "g", 100), &[started(100)], &[], Some((A, LEASE))).await.unwrap();
+            store.claim_run(B, "r1", LEASE).await.unwrap();
+            store.release_run(A, "r1", 0).await.unwrap();
+            assert!(store.claim(A, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "only the holder can hand it back");
+            store.release_run(B, "r1", now_ms() + 60).await.unwrap();
+            store.renew(B, LEASE).await.unwrap();
+            assert!(store.claim(A, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "not before the given time");
+            let claims = store.claim(A, 10, LEASE, Duration::from_secs(2)).await.unwrap();
+            assert!(matches!(&claims[..], [ferroflow::Claim::Run(run)] if run == "r1"), "{claims:?}");
         }
 
         #[::tokio::test]
         async fn a_step_records_entries_and_status_queues_what_is_ready_and_removes_what_is_done() {
             let (store, _guard) = $make;
             store.create(&record("r1", "g", 100), &[started(100)], &[task("a", 1, 0)], None).await.unwrap();
-            let a = store.claim(A, 10, LEASE, NO_WAIT).await.unwrap().remove(0);
+            let a = leases(store.claim(A, 10, LEASE, NO_WAIT).await.unwrap()).remove(0);
             let entries = [completed(1, 110, "a")];
             let step = Step {
                 run_id: "r1",
@@ -187,7 +245,7 @@ macro_rules! durable_store_contract {
             assert_eq!(store.load_since("r1", 1).await.unwrap().len(), 1);
             assert!(store.load_since("r1", 2).await.unwrap().is_empty());
             // a is gone; b and c are queued for anyone.
-            assert_eq!(nodes(&store.claim(B, 10, LEASE, NO_WAIT).await.unwrap()), ["b", "c"]);
+            assert_eq!(nodes(&leases(store.claim(B, 10, LEASE, NO_WAIT).await.unwrap())), ["b", "c"]);
         }
 
         #[::tokio::test]
@@ -210,9 +268,9 @@ macro_rules! durable_store_contract {
                 assert!(matches!(err, Error::Conflict { expected, found: 2, .. } if expected == stale), "{err:?}");
             }
             assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 2);
-            // b was queued held by A, once.
-            assert_eq!(nodes(&store.claim(B, 10, LEASE, NO_WAIT).await.unwrap()), ["a"]);
-            assert_eq!(nodes(&store.claim_run(B, "r1", LEASE).await.unwrap()), ["a", "b"]);
+            // A holds the run from its step on, so b has no row; a is still queued.
+            assert_eq!(nodes(&leases(store.claim(B, 10, LEASE, NO_WAIT).await.unwrap())), ["a"]);
+            assert_eq!(nodes(&store.claim_run(B, "r1", LEASE).await.unwrap()), ["a"]);
         }
 
         #[::tokio::test]
@@ -228,7 +286,7 @@ macro_rules! durable_store_contract {
             store.commit(&step, None).await.unwrap();
             assert_eq!(store.load("r1").await.unwrap().unwrap().0.status, RunStatus::Cancelled);
             assert!(store.claim_run(B, "r1", LEASE).await.unwrap().is_empty());
-            assert_eq!(nodes(&store.claim(B, 10, LEASE, NO_WAIT).await.unwrap()), ["x"]);
+            assert_eq!(nodes(&leases(store.claim(B, 10, LEASE, NO_WAIT).await.unwrap())), ["x"]);
         }
 
         #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
