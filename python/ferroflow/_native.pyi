@@ -43,8 +43,15 @@ class Engine:
     """The in-memory engine; every call releases the GIL while the engine works."""
 
     def __new__(
-        cls, retain_finished: int = 10000, sqlite: Optional[str] = None, lease_seconds: float = 10.0
+        cls,
+        retain_finished: int = 10000,
+        sqlite: Optional[str] = None,
+        lease_seconds: float = 10.0,
+        durability: str = "commit",
+        batch_window_seconds: float = 0.005,
     ) -> Engine: ...
+    def flush(self) -> None:
+        """Writes the steps waiting for their group commit now."""
     def work(
         self,
         workflows: List[Workflow],

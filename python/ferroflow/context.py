@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 from . import _native
@@ -100,26 +101,36 @@ class Context:
 
 
 class Sqlite(Context):
-    """Runs in this process, every journal entry written to the SQLite file at ``path``
-    before anything that follows from it runs: a run whose process stopped (crash,
-    ``kill -9``, restart) continues with ``graph.resume(run_id, context=Sqlite(path))``
-    without running its completed nodes again, and a run waiting for a person can be
-    answered from another process.
+    """Runs in this process, with their journals and work queue in the SQLite file at
+    ``path``: a run whose process stopped (crash, ``kill -9``, restart) continues without
+    running its completed nodes again, and a run waiting for a person can be answered from
+    another process.
 
     Values are stored as JSON: the input, every output and every answer must be plain JSON
     data (a node returning anything else fails, naming the node and the type). The file is
-    opened in WAL mode with ``synchronous=NORMAL``: a committed node survives a process
+    opened in WAL mode with ``synchronous=NORMAL``: a committed step survives a process
     crash; an operating-system crash may lose the last few.
 
-    Every step of a run (a node's output, what it makes ready, the task it finishes) is
-    one SQLite transaction. The tasks this process runs are held in the file's task queue
-    under a lease of ``lease`` seconds that the process renews in the background; if it
-    dies, a worker on the same file (``ferroflow worker MODULE:GRAPH --context PATH``, or
-    :meth:`Context.work`) takes them over once the lease has run out, running an
-    interrupted node again as its next attempt. ``graph.resume(run_id)`` takes a run over
-    at once, without waiting for the lease: if the process holding it is in fact still
-    alive, both may run its interrupted nodes, and the journal keeps the first result
-    (execution is at-least-once; use the idempotency key for effects).
+    ``durability`` says when a run's steps (a node's output, what it makes ready, the task
+    it finishes; one SQLite transaction each) are written:
+
+    - ``"commit"`` (the default): each step is committed before anything that follows
+      from it runs. A crash loses no completed node. Each node costs one transaction.
+    - ``"batch"``: group commit. Steps are written together at most ``batch_window``
+      seconds after they happen, and at once when a run finishes or starts waiting for a
+      person (so a result a caller sees is durable); what follows from a step runs before
+      the step is durable. Much higher throughput with many runs in flight. Risk: a crash
+      loses the last window's steps; their nodes run again when the run is continued
+      (their effects repeat, as an interrupted attempt's do).
+
+    A run executing in this process is held by it, under a lease of ``lease`` seconds the
+    process renews in the background. If the process dies, a worker on the same file
+    (``ferroflow worker MODULE:GRAPH --context PATH``, or :meth:`Context.work`) takes the
+    run over once the lease has run out, running its interrupted nodes again as their
+    next attempt. ``graph.resume(run_id)`` takes a run over at once, without waiting for
+    the lease: if the process holding it is in fact still alive, both may run its
+    interrupted nodes, and the journal keeps the first result (execution is at-least-once;
+    use the idempotency key for effects).
 
     Do not open the file with another SQLite library (Python's ``sqlite3`` module, say) in
     the same process while a context has it open: SQLite's locks are per process, so when
@@ -130,12 +141,24 @@ class Sqlite(Context):
     durable = True
 
     def __init__(
-        self, path: Union[str, os.PathLike[str]], *, retain_finished: int = 10_000, lease: float = 10.0
+        self,
+        path: Union[str, os.PathLike[str]],
+        *,
+        durability: str = "commit",
+        batch_window: float = 0.005,
+        lease: float = 10.0,
+        retain_finished: int = 10_000,
     ) -> None:
         self.path = os.fspath(path)
-        self._engine = _native.Engine(retain_finished, self.path, lease)
+        self.durability = durability
+        self._engine = _native.Engine(retain_finished, self.path, lease, durability, batch_window)
+        if durability == "batch":
+            # Steps of the last window are written when the context goes, or at exit.
+            weakref.finalize(self, self._engine.flush)
 
     def __repr__(self) -> str:
+        if self.durability != "commit":
+            return f"Sqlite({self.path!r}, durability={self.durability!r})"
         return f"Sqlite({self.path!r})"
 
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferroflow::{
-    Body, DurableStore, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, NodeError, RunHandle,
-    RunSnapshot, RunStatus, SqliteStore, StartOptions, Value, WatchUntil, Workflow,
+    Body, Durability, DurableStore, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, NodeError,
+    RunHandle, RunSnapshot, RunStatus, SqliteStore, StartOptions, Value, WatchUntil, Workflow,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -156,26 +156,51 @@ fn block_on<T: Send>(
 #[pymethods]
 impl PyEngine {
     /// An engine keeping journals in memory, or in the SQLite file at `sqlite`, where the
-    /// tasks it runs stay held by it for `lease_seconds` without a renewal.
+    /// runs it executes stay held by it for `lease_seconds` without a renewal, and steps are
+    /// written as `durability` says: "commit" (each before what follows it) or "batch"
+    /// (group commit every `batch_window_seconds`).
     #[new]
-    #[pyo3(signature = (retain_finished = 10_000, sqlite = None, lease_seconds = 10.0))]
+    #[pyo3(signature = (
+        retain_finished = 10_000, sqlite = None, lease_seconds = 10.0, durability = "commit",
+        batch_window_seconds = 0.005
+    ))]
     fn new(
         py: Python<'_>,
         retain_finished: usize,
         sqlite: Option<std::path::PathBuf>,
         lease_seconds: f64,
+        durability: &str,
+        batch_window_seconds: f64,
     ) -> PyResult<Self> {
         let lease = seconds(Some(lease_seconds))?.expect("given");
         if lease < Duration::from_millis(30) {
             return Err(PyValueError::new_err(format!("lease_seconds must be at least 0.03, not {lease_seconds}")));
         }
+        let window = seconds(Some(batch_window_seconds))?.expect("given");
+        let durability = match durability {
+            "commit" => Durability::Commit,
+            "batch" if !window.is_zero() && window <= Duration::from_secs(1) => Durability::Batch { window },
+            "batch" => {
+                return Err(PyValueError::new_err(format!(
+                    "batch_window must be more than 0 and at most 1 second, not {batch_window_seconds}"
+                )));
+            }
+            other => {
+                return Err(PyValueError::new_err(format!("durability must be 'commit' or 'batch', not {other:?}")));
+            }
+        };
         let store = match sqlite {
             Some(path) => Some(py.detach(|| SqliteStore::open(path)).map_err(to_py_err)?),
             None => None,
         };
         let store = store.map(|s| Arc::new(s) as Arc<dyn DurableStore>);
-        let config = EngineConfig { retain_finished, store, lease };
+        let config = EngineConfig { retain_finished, store, lease, durability };
         Ok(PyEngine { engine: Engine::new(runtime::handle(), config) })
+    }
+
+    /// Writes the steps waiting for their group commit now (durability "batch").
+    fn flush(&self, py: Python<'_>) {
+        py.detach(|| self.engine.flush());
     }
 
     /// Works on the engine's store as a worker for `workflows` (see `Engine::work`) until

@@ -26,7 +26,7 @@ use crate::error::{Error, NodeError, Result};
 use crate::graph::{Graph, NodeId, NodeKind};
 use crate::journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus, now_ms};
 use crate::state::{Rejected, RunState, Task};
-use crate::store::{Claim, Created, DurableStore, Lease, QueuedTask, RunRecord, Step, StoredEntry};
+use crate::store::{Claim, Created, DurableStore, Lease, QueuedTask, RunRecord, Step, StoredEntry, holds};
 use crate::value::Value;
 
 /// Engine settings.
@@ -50,12 +50,37 @@ pub struct EngineConfig {
     /// How long a durable task stays held by this engine without a renewal; renewed every
     /// third of it. A worker picks up the tasks of a process that died after this long.
     pub lease: Duration,
+    /// When a durable step is written, relative to what follows from it.
+    pub durability: Durability,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { retain_finished: 10_000, store: None, lease: Duration::from_secs(10) }
+        EngineConfig {
+            retain_finished: 10_000,
+            store: None,
+            lease: Duration::from_secs(10),
+            durability: Durability::Commit,
+        }
     }
+}
+
+/// When a durable engine writes a run's steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Every step is committed before anything that follows from it is dispatched (the
+    /// default). A crash loses no completed node; each node costs one transaction.
+    Commit,
+    /// Steps are committed together, at most `window` after they happen (group commit),
+    /// and at once when a run settles (finishes, or waits for a person), so that a run's
+    /// result is durable before anyone learns of it. What follows from a step is dispatched
+    /// before the step is durable. Throughput: one transaction per window, not per node.
+    /// Risk: a crash loses the steps of the last window. Their nodes run again when the run
+    /// is recovered (their effects repeat, as an interrupted attempt's do), and a successor
+    /// may already have acted on a result that is then computed again. If a batch cannot be
+    /// written (a full disk, or another process took a run over), the runs in it fail in
+    /// memory, back to what the store holds.
+    Batch { window: Duration },
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -168,6 +193,21 @@ struct Inner {
     in_flight: AtomicUsize,
     /// Woken whenever a task finishes here.
     task_done: Notify,
+    /// Steps waiting for the next group commit ([`Durability::Batch`]).
+    batch: Mutex<Vec<Pending>>,
+    /// Held while a group commit is written, so that batches land in the order they were
+    /// taken (a run's later steps never before its earlier ones).
+    flushing: Mutex<()>,
+}
+
+/// A step written to memory and waiting for its group commit.
+struct Pending {
+    run: Arc<LiveRun>,
+    expected_seq: u64,
+    entries: Vec<StoredEntry>,
+    status: RunStatus,
+    ready: Vec<QueuedTask>,
+    done: Vec<QueuedTask>,
 }
 
 #[derive(Default)]
@@ -190,6 +230,8 @@ struct LiveRun {
     retired: AtomicBool,
     /// Failed in memory only, because the store could not record a step.
     store_failed: AtomicBool,
+    /// How many of the journal's entries the store holds.
+    durable: AtomicU64,
     /// When the run finished, on [`FINISH_ORDER`]; 0 while it has not.
     finished_at: AtomicU64,
     /// When this engine took the run on (started or recovered it), on [`CREATION_ORDER`].
@@ -240,13 +282,24 @@ impl Engine {
             owner: format!("engine-{}", uuid::Uuid::now_v7()),
             in_flight: AtomicUsize::new(0),
             task_done: Notify::new(),
+            batch: Mutex::new(Vec::new()),
+            flushing: Mutex::new(()),
         });
         let handles = Arc::new(());
         if let Some(store) = &inner.config.store {
             let renew = heartbeat(Arc::downgrade(&handles), Arc::clone(store), inner.owner.clone(), inner.config.lease);
             inner.runtime.spawn(renew);
+            if let Durability::Batch { window } = inner.config.durability {
+                inner.runtime.spawn(group_commit(Arc::downgrade(&inner), window));
+            }
         }
         Engine { inner, _handles: handles }
+    }
+
+    /// Writes the steps waiting for their group commit now ([`Durability::Batch`]); call it
+    /// before the process exits. Runs whose steps cannot be written fail in memory.
+    pub fn flush(&self) {
+        let _ = self.inner.flush(None);
     }
 
     /// The name this engine holds durable tasks under.
@@ -337,9 +390,9 @@ impl Engine {
                 created_ms: now,
                 updated_ms: now,
             };
-            if let Created::Existing { .. } =
-                self.inner.block_on(store.create(&record, &journal, &queued, self.inner.holder()))?
-            {
+            let created = self.inner.block_on(store.create(&record, &journal, &queued, self.inner.holder()))?;
+            run.durable.store(journal.len() as u64, Ordering::Release);
+            if let Created::Existing { .. } = created {
                 // Started before, by this process or another: carry on with that run.
                 let run = self.recover_inner(workflow, &run_id, options.attachment, drive)?;
                 let rx = until.map(|u| run.run.watch(u));
@@ -768,7 +821,7 @@ impl Inner {
     /// meanwhile, catches up with the journal and tries again. Returns the ready tasks.
     fn step(
         &self,
-        run: &LiveRun,
+        run: &Arc<LiveRun>,
         core: &mut RunCore,
         entry: JournalEntry,
         done: &[QueuedTask],
@@ -782,7 +835,7 @@ impl Inner {
                 Written::Failed => return Err(StepError::Failed),
                 Written::Conflict => {
                     if let Err(error) = self.catch_up(run, core, true) {
-                        self.fail(run, core, error);
+                        run.fail_from_store(core, error);
                         return Err(StepError::Failed);
                     }
                 }
@@ -799,7 +852,7 @@ impl Inner {
     /// holds the run as it was, so recovering it later repeats the lost work.
     fn write(
         &self,
-        run: &LiveRun,
+        run: &Arc<LiveRun>,
         core: &mut RunCore,
         entries: Vec<JournalEntry>,
         ready: &[Task],
@@ -811,48 +864,97 @@ impl Inner {
         };
         let stored = run.stamp(core, entries);
         let ready: Vec<QueuedTask> = ready.iter().map(|task| run.queued(task)).collect();
-        let step = Step {
-            run_id: &run.run_id,
-            expected_seq: core.journal.len() as u64,
-            entries: &stored,
-            status: core.state.status(),
-            ready: &ready,
-            done,
-        };
+        let status = core.state.status();
+        let expected_seq = core.journal.len() as u64;
+        let written = expected_seq + stored.len() as u64;
+        if let Durability::Batch { .. } = self.config.durability {
+            let pending = Pending {
+                run: Arc::clone(run),
+                expected_seq,
+                entries: stored.clone(),
+                status,
+                ready,
+                done: done.to_vec(),
+            };
+            self.batch.lock().expect("batch lock").push(pending);
+            if holds(status) {
+                run.publish(core, stored);
+                return Written::Yes(true);
+            }
+            // A run that settles is durable before anyone learns of it.
+            return match self.flush(Some(run)) {
+                Ok(()) => {
+                    run.publish(core, stored);
+                    Written::Yes(true)
+                }
+                Err(error) => {
+                    run.fail_from_store(core, error);
+                    Written::Failed
+                }
+            };
+        }
+        let step = Step { run_id: &run.run_id, expected_seq, entries: &stored, status, ready: &ready, done };
         match self.block_on(store.commit(&step, self.holder())) {
             Ok(held) => {
+                run.durable.store(written, Ordering::Release);
                 run.publish(core, stored);
                 Written::Yes(held)
             }
             Err(Error::Conflict { .. }) => Written::Conflict,
             Err(error) => {
-                // Nothing of this step is durable: the state goes back to the stored
-                // journal, so that the failure, not the step, is what callers see.
-                let durable: Vec<JournalEntry> = core.journal.iter().map(|s| s.entry.clone()).collect();
-                match RunState::replay(Arc::clone(run.workflow.graph()), &durable) {
-                    Ok(state) => core.state = state,
-                    Err(reason) => tracing::error!(run_id = %run.run_id, %reason, "cannot roll the run's state back"),
-                }
-                self.fail(run, core, error);
+                run.fail_from_store(core, error);
                 Written::Failed
             }
         }
     }
 
-    /// Fails a run in memory because its store failed. The store still holds the run as it
-    /// was: recovering it (once the store works again) continues from there.
-    fn fail(&self, run: &LiveRun, core: &mut RunCore, error: Error) {
-        tracing::error!(run_id = %run.run_id, %error, "the store failed; failing the run");
-        run.store_failed.store(true, Ordering::Release);
-        let failure = RunFailure {
-            node: Arc::from("(store)"),
-            item: None,
-            error: NodeError::permanent("StoreError", format!("the journal could not be written: {error}")),
-        };
-        let entry = JournalEntry::RunFinished { status: RunStatus::Failed, output: None, failure: Some(failure) };
-        if core.state.apply(&entry).is_ok() {
-            run.record(core, std::iter::once(entry));
+    /// Writes the steps waiting for their group commit, in one write. A run whose step
+    /// cannot be written fails in memory, back to what the store holds; for `current`,
+    /// whose lock the caller holds, the error is returned instead.
+    fn flush(&self, current: Option<&Arc<LiveRun>>) -> Result<()> {
+        let _flushing = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = std::mem::take(&mut *self.batch.lock().expect("batch lock"));
+        if pending.is_empty() {
+            return Ok(());
         }
+        let steps: Vec<Step<'_>> = pending
+            .iter()
+            .map(|p| Step {
+                run_id: &p.run.run_id,
+                expected_seq: p.expected_seq,
+                entries: &p.entries,
+                status: p.status,
+                ready: &p.ready,
+                done: &p.done,
+            })
+            .collect();
+        let outcomes = match self.block_on(self.store().commit_batch(&steps, self.holder())) {
+            Ok(outcomes) => outcomes,
+            Err(error) => steps.iter().map(|_| Err(Error::Store(error.to_string()))).collect(),
+        };
+        drop(steps);
+        let mut mine = Ok(());
+        for (step, outcome) in pending.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(_) => {
+                    step.run.durable.fetch_max(step.expected_seq + step.entries.len() as u64, Ordering::AcqRel);
+                }
+                Err(error) if current.is_some_and(|c| Arc::ptr_eq(c, &step.run)) => {
+                    if mine.is_ok() {
+                        mine = Err(error);
+                    }
+                }
+                Err(error) => {
+                    // Its lock may be held by a thread waiting for this very flush.
+                    let run = step.run;
+                    self.runtime.spawn_blocking(move || {
+                        let mut core = run.lock();
+                        run.fail_from_store(&mut core, error);
+                    });
+                }
+            }
+        }
+        mine
     }
 
     /// Brings a run up to date with entries other processes wrote to its journal, which
@@ -873,6 +975,7 @@ impl Inner {
             reason,
         })?;
         run.publish(core, newer);
+        run.durable.fetch_max(core.journal.len() as u64, Ordering::AcqRel);
         Ok(())
     }
 
@@ -1001,7 +1104,7 @@ impl Inner {
                 Written::Failed => return Vec::new(),
                 Written::Conflict => {
                     if let Err(error) = self.catch_up(run, core, true) {
-                        self.fail(run, core, error);
+                        run.fail_from_store(core, error);
                         return Vec::new();
                     }
                 }
@@ -1196,6 +1299,7 @@ impl LiveRun {
         attachment: Option<Attachment>,
     ) -> Arc<LiveRun> {
         let status = state.status();
+        let durable = journal.len() as u64;
         Arc::new(LiveRun {
             run_id,
             workflow,
@@ -1206,6 +1310,7 @@ impl LiveRun {
             has_watchers: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             store_failed: AtomicBool::new(false),
+            durable: AtomicU64::new(durable),
             finished_at: AtomicU64::new(0),
             created: CREATION_ORDER.fetch_add(1, Ordering::Relaxed),
         })
@@ -1267,6 +1372,32 @@ impl LiveRun {
         let previous = self.status.swap(status as u8, Ordering::AcqRel);
         if previous != status as u8 && (status.is_terminal() || status == RunStatus::Waiting) {
             self.settle.notify_waiters();
+        }
+    }
+
+    /// Fails the run in memory because its store could not record a step: its journal and
+    /// state go back to what the store holds (so that the failure, not the lost steps, is
+    /// what callers see), then it is failed. The store still holds the run as it was:
+    /// recovering it once the store works again continues from there.
+    fn fail_from_store(&self, core: &mut RunCore, error: Error) {
+        tracing::error!(run_id = %self.run_id, %error, "the store failed; failing the run");
+        self.store_failed.store(true, Ordering::Release);
+        // The state may hold steps applied but not written, and the journal steps published
+        // but not written (group commit): both go back to what the store holds.
+        core.journal.truncate(self.durable.load(Ordering::Acquire) as usize);
+        let entries: Vec<JournalEntry> = core.journal.iter().map(|s| s.entry.clone()).collect();
+        match RunState::replay(Arc::clone(self.workflow.graph()), &entries) {
+            Ok(state) => core.state = state,
+            Err(reason) => tracing::error!(run_id = %self.run_id, %reason, "cannot roll the run's state back"),
+        }
+        let failure = RunFailure {
+            node: Arc::from("(store)"),
+            item: None,
+            error: NodeError::permanent("StoreError", format!("the journal could not be written: {error}")),
+        };
+        let entry = JournalEntry::RunFinished { status: RunStatus::Failed, output: None, failure: Some(failure) };
+        if core.state.apply(&entry).is_ok() {
+            self.record(core, std::iter::once(entry));
         }
     }
 
@@ -1455,6 +1586,16 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.0.task_done.notify_waiters();
+    }
+}
+
+/// Writes the steps waiting for their group commit every `window`, for as long as the
+/// engine exists.
+async fn group_commit(inner: Weak<Inner>, window: Duration) {
+    loop {
+        tokio::time::sleep(window).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let _ = inner.flush(None);
     }
 }
 

@@ -16,7 +16,7 @@ pub mod store;
 pub mod value;
 
 pub use body::{AsyncBody, Attachment, BlockingBody, Body, BodyResult, NodeCall, Workflow};
-pub use engine::{Engine, EngineConfig, NodeReport, RunHandle, RunSnapshot, StartOptions, WatchUntil};
+pub use engine::{Durability, Engine, EngineConfig, NodeReport, RunHandle, RunSnapshot, StartOptions, WatchUntil};
 pub use error::{Error, GraphError, NodeError, Result};
 pub use graph::{Dependency, Graph, GraphSpec, NodeId, NodeKind, NodeSpec, RetryPolicy};
 pub use journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus};

@@ -693,6 +693,46 @@ impl TaskQueue for SqliteStore {
     }
 }
 
+/// One step of [`DurableStore::commit`], in the transaction the caller holds.
+fn commit_step(conn: &Connection, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool> {
+    let Some(RunRow { id: run, status, holder, until }) = run_row(conn, step.run_id)? else {
+        return Err(Error::RunNotFound { run_id: step.run_id.to_owned() });
+    };
+    check_seq(conn, run, step.run_id, step.expected_seq)?;
+    insert_entries(conn, run, step.run_id, step.entries)?;
+    let now = now_ms();
+    // Who holds the run after the step; the row is written only if that or the
+    // status changes, so a node's step writes its journal rows alone.
+    let (new_holder, new_until, held) = match owner {
+        _ if !holds(step.status) => (None, 0, false),
+        Some((me, _)) if holder.as_deref() == Some(me) => (holder.clone(), until, true),
+        Some((me, lease_for)) if holder.is_none() || until <= now => {
+            (Some(me.to_owned()), now + lease_for.as_millis() as u64, true)
+        }
+        _ => (holder.clone(), until, false),
+    };
+    if status != step.status.as_str() || new_holder != holder {
+        let at_ms = step.entries.last().map_or(now, |e| e.at_ms);
+        conn.prepare_cached("UPDATE runs SET status = ?2, updated_ms = ?3, owner = ?4, until_ms = ?5 WHERE id = ?1")
+            .and_then(|mut update| {
+                update.execute(params![run, step.status.as_str(), at_ms as i64, new_holder, new_until as i64])
+            })
+            .map_err(sql)?;
+    }
+    if step.status.is_terminal() {
+        // A finished run has nothing left to run, whoever holds its tasks.
+        conn.prepare_cached("DELETE FROM tasks WHERE run_id = ?1")
+            .and_then(|mut delete| delete.execute([step.run_id]))
+            .map_err(sql)?;
+        return Ok(false);
+    }
+    delete_tasks(conn, step.done)?;
+    if !held {
+        insert_tasks(conn, step.ready)?;
+    }
+    Ok(held)
+}
+
 #[async_trait]
 impl DurableStore for SqliteStore {
     async fn create(
@@ -715,46 +755,24 @@ impl DurableStore for SqliteStore {
     }
 
     async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool> {
+        self.with_conn(|conn| immediate(conn, |conn| commit_step(conn, step, owner))).await
+    }
+
+    async fn commit_batch(&self, steps: &[Step<'_>], owner: Option<(&str, Duration)>) -> Result<Vec<Result<bool>>> {
         self.with_conn(|conn| {
             immediate(conn, |conn| {
-                let Some(RunRow { id: run, status, holder, until }) = run_row(conn, step.run_id)? else {
-                    return Err(Error::RunNotFound { run_id: step.run_id.to_owned() });
-                };
-                check_seq(conn, run, step.run_id, step.expected_seq)?;
-                insert_entries(conn, run, step.run_id, step.entries)?;
-                let now = now_ms();
-                // Who holds the run after the step; the row is written only if that or the
-                // status changes, so a node's step writes its journal rows alone.
-                let (new_holder, new_until, held) = match owner {
-                    _ if !holds(step.status) => (None, 0, false),
-                    Some((me, _)) if holder.as_deref() == Some(me) => (holder.clone(), until, true),
-                    Some((me, lease_for)) if holder.is_none() || until <= now => {
-                        (Some(me.to_owned()), now + lease_for.as_millis() as u64, true)
+                let mut outcomes = Vec::with_capacity(steps.len());
+                for step in steps {
+                    // A savepoint per step: one that fails leaves the others written.
+                    conn.prepare_cached("SAVEPOINT step").and_then(|mut s| s.execute([])).map_err(sql)?;
+                    let outcome = commit_step(conn, step, owner);
+                    if outcome.is_err() {
+                        conn.prepare_cached("ROLLBACK TO step").and_then(|mut s| s.execute([])).map_err(sql)?;
                     }
-                    _ => (holder.clone(), until, false),
-                };
-                if status != step.status.as_str() || new_holder != holder {
-                    let at_ms = step.entries.last().map_or(now, |e| e.at_ms);
-                    conn.prepare_cached(
-                        "UPDATE runs SET status = ?2, updated_ms = ?3, owner = ?4, until_ms = ?5 WHERE id = ?1",
-                    )
-                    .and_then(|mut update| {
-                        update.execute(params![run, step.status.as_str(), at_ms as i64, new_holder, new_until as i64])
-                    })
-                    .map_err(sql)?;
+                    conn.prepare_cached("RELEASE step").and_then(|mut s| s.execute([])).map_err(sql)?;
+                    outcomes.push(outcome);
                 }
-                if step.status.is_terminal() {
-                    // A finished run has nothing left to run, whoever holds its tasks.
-                    conn.prepare_cached("DELETE FROM tasks WHERE run_id = ?1")
-                        .and_then(|mut delete| delete.execute([step.run_id]))
-                        .map_err(sql)?;
-                    return Ok(false);
-                }
-                delete_tasks(conn, step.done)?;
-                if !held {
-                    insert_tasks(conn, step.ready)?;
-                }
-                Ok(held)
+                Ok(outcomes)
             })
         })
         .await

@@ -208,6 +208,16 @@ pub trait DurableStore: JournalStore + TaskQueue {
     /// does not hold exactly `step.expected_seq` entries, nothing is written and the error
     /// is [`Error::Conflict`].
     async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool>;
+    /// Writes several steps, in order, as one write where the store can (group commit):
+    /// the outcome of each is that of [`DurableStore::commit`], and a step that fails
+    /// leaves the others written. The error is for the write as a whole.
+    async fn commit_batch(&self, steps: &[Step<'_>], owner: Option<(&str, Duration)>) -> Result<Vec<Result<bool>>> {
+        let mut outcomes = Vec::with_capacity(steps.len());
+        for step in steps {
+            outcomes.push(self.commit(step, owner).await);
+        }
+        Ok(outcomes)
+    }
     /// The journal entries from `seq` on (to catch up with other writers).
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>>;
 }
@@ -623,6 +633,9 @@ impl<T: DurableStore + ?Sized> DurableStore for std::sync::Arc<T> {
     }
     async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool> {
         (**self).commit(step, owner).await
+    }
+    async fn commit_batch(&self, steps: &[Step<'_>], owner: Option<(&str, Duration)>) -> Result<Vec<Result<bool>>> {
+        (**self).commit_batch(steps, owner).await
     }
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {
         (**self).load_since(run_id, seq).await
