@@ -1490,3 +1490,34 @@ async fn a_worker_runs_submitted_tasks_and_hands_back_unknown_graphs() {
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), worker).await.unwrap().unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_writes_steps_after_the_window_and_a_settled_run_at_once() {
+    let store = Arc::new(crate::store::MemoryStore::new());
+    let window = Duration::from_secs(1);
+    let engine = {
+        let store: Arc<dyn DurableStore> = store.clone();
+        let config =
+            EngineConfig { store: Some(store), durability: Durability::Batch { window }, ..Default::default() };
+        Engine::new(Handle::current(), config)
+    };
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let release = Arc::new(Notify::new());
+    let wf = parking_workflow(&calls, &release);
+    let run = engine.start(&wf, Value::from(json!(0)), id("g1")).unwrap();
+    eventually("slow started", || calls.lock().unwrap().contains(&"slow#1".to_owned())).await;
+    // `a` completed in memory (slow runs because of it) before its step is durable...
+    let stored = || store.load("g1").now_or_never().unwrap().unwrap().unwrap().1.len();
+    let created = stored();
+    assert!(entries(&engine, "g1").len() > created, "the step is in memory");
+    // ...and it is written within the window.
+    eventually("the group commit", || stored() == entries(&engine, "g1").len()).await;
+
+    release.notify_waiters();
+    let snapshot = run.wait(Some(Duration::from_secs(5))).await.unwrap();
+    assert_eq!(snapshot.status, RunStatus::Completed);
+    // The run settled: everything was written before anyone could learn of it.
+    let (record, journal) = store.load("g1").await.unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Completed);
+    assert_eq!(journal.len(), entries(&engine, "g1").len());
+}
