@@ -10,7 +10,7 @@
 //! one newly ready blocking task for itself and runs it next, so a chain of blocking
 //! nodes costs no thread hand-off per node. Async bodies are spawned on the runtime.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -259,6 +259,9 @@ struct RunCore {
     journal: Vec<StoredEntry>,
     attachment: Option<Attachment>,
     watchers: Vec<Watcher>,
+    /// Tasks running here that came from a row of the store's queue, which their step must
+    /// remove; the others run under the run's hold and have no row.
+    from_queue: HashSet<(NodeId, Option<u32>, u32)>,
 }
 
 struct Watcher {
@@ -1048,8 +1051,10 @@ impl Inner {
                 held[i] = true;
                 let task = outstanding[i].clone();
                 if lease.task.not_before_ms > now {
+                    core.from_queue.insert((task.node, task.item, task.attempt));
                     fresh.push(Task { delay: Some(Duration::from_millis(lease.task.not_before_ms - now)), ..task });
                 } else if lease.deliveries <= 1 {
+                    core.from_queue.insert((task.node, task.item, task.attempt));
                     fresh.push(task);
                 } else {
                     interrupted.push(task);
@@ -1274,7 +1279,8 @@ impl Inner {
                     JournalEntry::NodeFailed { node, item: task.item, attempt: task.attempt, error, retry_in_ms }
                 }
             };
-            let done = if self.config.store.is_some() { vec![run.queued(task)] } else { Vec::new() };
+            let queued = core.from_queue.remove(&(task.node, task.item, task.attempt));
+            let done = if queued { vec![run.queued(task)] } else { Vec::new() };
             match self.step(run, &mut core, entry, &done) {
                 Ok(ready) => run.prepare(&core, ready),
                 Err(StepError::Rejected(Rejected::Stale)) => return Vec::new(),
@@ -1303,7 +1309,7 @@ impl LiveRun {
         Arc::new(LiveRun {
             run_id,
             workflow,
-            core: Mutex::new(RunCore { state, journal, attachment, watchers: Vec::new() }),
+            core: Mutex::new(RunCore { state, journal, attachment, watchers: Vec::new(), from_queue: HashSet::new() }),
             status: AtomicU8::new(status as u8),
             settle: Notify::new(),
             cancel: CancellationToken::new(),

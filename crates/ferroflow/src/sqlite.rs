@@ -48,15 +48,28 @@ CREATE TABLE runs (
     updated_ms INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX runs_by_created ON runs (created_ms DESC, id DESC);
--- Keyed by the run's integer id: each row repeats 8 bytes, not the run id's 36. Appending
--- a node's entries writes this table only, one page in the common case.
+";
+
+/// Bits of a journal row's key that hold the entry's position in its run; the bits above
+/// hold the run's integer id.
+const SEQ_BITS: u32 = 24;
+/// The most entries one run's journal can hold.
+const MAX_SEQ: u64 = (1 << SEQ_BITS) - 1;
+
+/// The journal (schema version 3): one row per entry, keyed by `run << 24 | seq` packed
+/// into the rowid. Entries of a run are contiguous and in order without a separate index,
+/// and each row repeats 8 bytes of key, not the run id's 36. A rowid table keeps an entry
+/// of up to ~4 KB in its b-tree page (an index-organised table spills anything over ~1 KB
+/// to an overflow page of its own, mostly empty). Appending a node's entry writes one page
+/// in the common case. `run` and `seq` are there for reading the file by hand.
+const JOURNAL: &str = "
 CREATE TABLE journal (
-    run    INTEGER NOT NULL,
-    seq    INTEGER NOT NULL,
+    id     INTEGER PRIMARY KEY,
     at_ms  INTEGER NOT NULL,
     entry  TEXT NOT NULL,
-    PRIMARY KEY (run, seq)
-) STRICT, WITHOUT ROWID;
+    run    INTEGER GENERATED ALWAYS AS (id >> 24) VIRTUAL,
+    seq    INTEGER GENERATED ALWAYS AS (id & 16777215) VIRTUAL
+) STRICT;
 ";
 
 /// What schema version 3 added: holds on runs, and the task queue.
@@ -121,8 +134,9 @@ impl SqliteStore {
         if tables == 0 && application_id == 0 {
             conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| fail("cannot use WAL mode", e))?;
             let tx = conn.unchecked_transaction().map_err(|e| fail("cannot write", e))?;
-            tx.execute_batch(SCHEMA).map_err(|e| fail("cannot create the schema", e))?;
-            tx.execute_batch(TASKS).map_err(|e| fail("cannot create the schema", e))?;
+            for part in [SCHEMA, JOURNAL, TASKS] {
+                tx.execute_batch(part).map_err(|e| fail("cannot create the schema", e))?;
+            }
             tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(|e| fail("cannot write", e))?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| fail("cannot write", e))?;
             tx.commit().map_err(|e| fail("cannot write", e))?;
@@ -136,10 +150,19 @@ impl SqliteStore {
             let version: i32 =
                 conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| fail("cannot read", e))?;
             if version == 2 {
-                // Version 2 had a task table no engine wrote to: replace it.
+                // Version 2 kept the journal keyed by (run, seq) in an index-organised table,
+                // and had a task table no engine wrote to.
                 let tx = conn.unchecked_transaction().map_err(|e| fail("cannot write", e))?;
-                tx.execute_batch("DROP TABLE tasks;").map_err(|e| fail("cannot upgrade the schema", e))?;
-                tx.execute_batch(TASKS).map_err(|e| fail("cannot upgrade the schema", e))?;
+                let upgrade = [
+                    "ALTER TABLE journal RENAME TO journal_v2; DROP TABLE tasks;",
+                    JOURNAL,
+                    "INSERT INTO journal (id, at_ms, entry) SELECT (run << 24) | seq, at_ms, entry FROM journal_v2;
+                     DROP TABLE journal_v2;",
+                    TASKS,
+                ];
+                for part in upgrade {
+                    tx.execute_batch(part).map_err(|e| fail("cannot upgrade the schema", e))?;
+                }
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| fail("cannot write", e))?;
                 tx.commit().map_err(|e| fail("cannot write", e))?;
             } else if version != SCHEMA_VERSION {
@@ -261,11 +284,20 @@ fn run_row(conn: &Connection, run_id: &str) -> Result<Option<RunRow>> {
         .map_err(sql)
 }
 
+/// The journal key of entry `seq` of run `run`.
+fn entry_key(run: i64, seq: u64) -> i64 {
+    (run << SEQ_BITS) | seq as i64
+}
+
 fn insert_entries(conn: &Connection, run: i64, run_id: &str, entries: &[StoredEntry]) -> Result<()> {
-    let mut insert =
-        conn.prepare_cached("INSERT INTO journal (run, seq, at_ms, entry) VALUES (?1, ?2, ?3, ?4)").map_err(sql)?;
+    let mut insert = conn.prepare_cached("INSERT INTO journal (id, at_ms, entry) VALUES (?1, ?2, ?3)").map_err(sql)?;
     for stored in entries {
-        insert.execute(params![run, stored.seq as i64, stored.at_ms as i64, encode(run_id, stored)?]).map_err(sql)?;
+        if stored.seq > MAX_SEQ {
+            return Err(Error::Store(format!("run '{run_id}': its journal is full ({} entries at most)", MAX_SEQ + 1)));
+        }
+        insert
+            .execute(params![entry_key(run, stored.seq), stored.at_ms as i64, encode(run_id, stored)?])
+            .map_err(sql)?;
     }
     Ok(())
 }
@@ -279,7 +311,8 @@ fn status_of(text: &str) -> Result<RunStatus> {
 /// (or its status last changed): the journal is not written twice per node to keep a
 /// column of the `runs` row current.
 const RECORD_COLUMNS: &str = "run_id, graph, version, status, created_ms, \
-     max(updated_ms, coalesce((SELECT at_ms FROM journal WHERE run = runs.id ORDER BY seq DESC LIMIT 1), 0)), id";
+     max(updated_ms, coalesce((SELECT at_ms FROM journal WHERE id BETWEEN runs.id << 24 AND (runs.id << 24) + 16777215
+     ORDER BY id DESC LIMIT 1), 0)), id";
 
 /// A `runs` row selected with [`RECORD_COLUMNS`]: the record, its status text and its id.
 fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RunRecord, String, i64)> {
@@ -311,10 +344,10 @@ fn load_run(conn: &Connection, run_id: &str) -> Result<Option<(RunRecord, Vec<St
 /// Run `run`'s journal entries from `from` on.
 fn read_journal(conn: &Connection, run: i64, run_id: &str, from: u64) -> Result<Vec<StoredEntry>> {
     let mut select = conn
-        .prepare_cached("SELECT seq, at_ms, entry FROM journal WHERE run = ?1 AND seq >= ?2 ORDER BY seq")
+        .prepare_cached("SELECT id & 16777215, at_ms, entry FROM journal WHERE id BETWEEN ?1 AND ?2 ORDER BY id")
         .map_err(sql)?;
     let rows = select
-        .query_map(params![run, from as i64], |r| {
+        .query_map(params![entry_key(run, from.min(MAX_SEQ + 1)), entry_key(run, MAX_SEQ)], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
         })
         .map_err(sql)?;
@@ -435,16 +468,30 @@ impl JournalStore for SqliteStore {
     }
 }
 
-/// Fails with [`Error::Conflict`] unless run `run`'s journal holds `expected` entries.
+/// Fails with [`Error::Conflict`] unless run `run`'s journal holds `expected` entries:
+/// entry `expected - 1` exists and entry `expected` does not. Two lookups of the row key,
+/// on the page the step then writes. (A range query here, `max(seq)` or the like, was
+/// compiled anew on every step: with a bound parameter in a range, SQLite's STAT4 build
+/// re-plans the statement whenever the parameter changes.)
 fn check_seq(conn: &Connection, run: i64, run_id: &str, expected: u64) -> Result<()> {
-    let found: i64 = conn
-        .prepare_cached("SELECT coalesce(max(seq) + 1, 0) FROM journal WHERE run = ?1")
-        .and_then(|mut select| select.query_row([run], |r| r.get(0)))
-        .map_err(sql)?;
-    if found as u64 != expected {
-        return Err(Error::Conflict { run_id: run_id.to_owned(), expected, found: found as u64 });
+    let exists = |seq: u64| -> Result<bool> {
+        conn.prepare_cached("SELECT 1 FROM journal WHERE id = ?1")
+            .and_then(|mut select| select.exists([entry_key(run, seq)]))
+            .map_err(sql)
+    };
+    let after_last = (expected == 0 || exists(expected - 1)?) && !exists(expected)?;
+    if after_last {
+        return Ok(());
     }
-    Ok(())
+    let last: Option<i64> = conn
+        .query_row(
+            "SELECT max(id) FROM journal WHERE id BETWEEN ?1 AND ?2",
+            params![entry_key(run, 0), entry_key(run, MAX_SEQ)],
+            |r| r.get(0),
+        )
+        .map_err(sql)?;
+    let found = last.map_or(0, |key| (key & MAX_SEQ as i64) as u64 + 1);
+    Err(Error::Conflict { run_id: run_id.to_owned(), expected, found })
 }
 
 /// The `item` column of a task: map elements are numbered from 0, other nodes are -1.
@@ -786,5 +833,64 @@ impl DurableStore for SqliteStore {
             read_journal(conn, run, run_id, seq)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema of version 2, as a file written by ferroflow 0.1 holds it.
+    const V2: &str = "
+        CREATE TABLE runs (id INTEGER PRIMARY KEY, run_id TEXT NOT NULL UNIQUE, graph TEXT NOT NULL,
+            version TEXT NOT NULL, status TEXT NOT NULL, created_ms INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL) STRICT;
+        CREATE INDEX runs_by_created ON runs (created_ms DESC, id DESC);
+        CREATE TABLE journal (run INTEGER NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+            entry TEXT NOT NULL, PRIMARY KEY (run, seq)) STRICT, WITHOUT ROWID;
+        CREATE TABLE tasks (key TEXT PRIMARY KEY, run_id TEXT NOT NULL, node TEXT NOT NULL, item INTEGER,
+            attempt INTEGER NOT NULL, not_before_ms INTEGER NOT NULL, state INTEGER NOT NULL,
+            lease_token TEXT, leased_until_ms INTEGER, deliveries INTEGER NOT NULL) STRICT;
+        INSERT INTO runs VALUES (7, 'old', 'g', 'v1', 'running', 100, 100);
+        INSERT INTO journal VALUES
+            (7, 0, 100, '{\"type\":\"RunStarted\",\"graph\":\"g\",\"version\":\"v1\",\"input\":1}'),
+            (7, 1, 110, '{\"type\":\"NodeCompleted\",\"node\":\"a\",\"item\":null,\"attempt\":1,\"output\":2}');
+        PRAGMA user_version = 2;
+    ";
+
+    #[tokio::test]
+    async fn a_version_2_file_is_upgraded_in_place_keeping_its_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(V2).unwrap();
+        old.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
+        drop(old);
+
+        let store = SqliteStore::open(&path).unwrap();
+        let (record, journal) = store.load("old").await.unwrap().unwrap();
+        assert_eq!((record.status, record.updated_ms), (RunStatus::Running, 110));
+        assert_eq!(journal.iter().map(|e| (e.seq, e.at_ms)).collect::<Vec<_>>(), [(0, 100), (1, 110)]);
+        assert!(matches!(&journal[1].entry, JournalEntry::NodeCompleted { node, .. } if &**node == "a"));
+        // It is a version 3 store now: steps and the queue work on it.
+        let entry = StoredEntry {
+            seq: 2,
+            at_ms: 120,
+            entry: JournalEntry::RunFinished { status: RunStatus::Completed, output: None, failure: None },
+        };
+        let step = Step {
+            run_id: "old",
+            expected_seq: 2,
+            entries: &[entry],
+            status: RunStatus::Completed,
+            ready: &[],
+            done: &[],
+        };
+        store.commit(&step, None).await.unwrap();
+        assert_eq!(store.load_since("old", 2).await.unwrap().len(), 1);
+        drop(store);
+        let version: i32 =
+            Connection::open(&path).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 }
