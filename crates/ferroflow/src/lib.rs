@@ -9,6 +9,10 @@ pub mod engine;
 pub mod error;
 pub mod graph;
 pub mod journal;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod state;
