@@ -1,5 +1,6 @@
 # ferroflow task runner. `make help` lists the targets.
-# Everything installs itself: a fresh machine needs only python3 (>= 3.9) and a Rust toolchain.
+# Everything installs itself: a fresh machine needs only python3 (>= 3.9) and a Rust toolchain
+# (and, for the tests, Debian's apt to install Redis and NATS if they are not running).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -27,8 +28,12 @@ $(VENV)/.deps: pyproject.toml | $(PY)
 dev: $(VENV)/.deps ## Build the native module (release) into the virtualenv
 	$(BIN)/maturin develop --release --quiet
 
+.PHONY: services
+services: ## Make sure Redis and NATS (JetStream) run on 127.0.0.1, installing them if missing
+	scripts/services.sh
+
 .PHONY: test
-test: dev lint ## Run every test: Rust unit tests, then the pytest suite (strict mode on)
+test: dev lint services ## Run every test: Rust unit tests, then the pytest suite (strict mode on)
 	cargo test --workspace --all-features --quiet
 	FERROFLOW_STRICT=1 $(BIN)/pytest -q
 

@@ -5,6 +5,7 @@ killed with SIGKILL at arbitrary points and nobody calls resume: the workers fin
 whose lease ran out in the file's queue and finish the runs.
 """
 
+import asyncio
 import os
 import random
 import signal
@@ -158,3 +159,42 @@ def test_workers_finish_the_runs_of_killed_processes_without_resume(tmp_path):
     assert taken_over, "no run was continued by a process other than the one that started it"
     interrupted = sum(1 for ran in executed.values() if max(ran) > 1)
     print({"unfinished_at_kill": len(unfinished), "runs_taken_over": len(taken_over), "interrupted": interrupted})
+
+
+def test_a_context_that_does_not_execute_hands_its_runs_to_workers(tmp_path):
+    (tmp_path / "app.py").write_text(GRAPH)
+    db = tmp_path / "runs.db"
+    log = tmp_path / "calls.log"
+    log.touch()
+    env = dict(os.environ, FERROFLOW_TEST_LOG=str(log), PYTHONPATH=str(tmp_path))
+    workers = [worker(tmp_path, db, env) for _ in range(2)]
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from app import diamond
+
+        submitter = ff.Sqlite(db, execute=False)
+        results = diamond.map(range(40), context=submitter, concurrency=20)
+        assert results == [i * 2 + i + 100 for i in range(40)]
+        assert diamond.run(7, context=submitter, run_id="single").output == 7 * 2 + 7 + 100
+
+        # Another process's view: events of a run executed by a worker, watched from here.
+        async def watch():
+            diamond.start(1000, context=submitter, run_id="watched")
+            return [e async for e in diamond.watch("watched", context=ff.Sqlite(db), until_finished=True)]
+
+        events = asyncio.run(watch())
+        kinds = [type(e).__name__ for e in events]
+        assert kinds[0] == "RunStarted" and kinds[-1] == "RunFinished", kinds
+        assert events[-1].output == 1000 * 2 + 1000 + 100
+        assert [e.seq for e in events] == sorted(e.seq for e in events)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("app", None)
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers:
+            proc.communicate(timeout=30)
+
+    pids = {line.split()[3] for line in log.read_text().splitlines()}
+    assert str(os.getpid()) not in pids, "the submitting process ran a node"
+    assert len(pids) == 2, f"both workers took part: {pids}"

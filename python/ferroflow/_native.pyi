@@ -49,7 +49,10 @@ class Engine:
         lease_seconds: float = 10.0,
         durability: str = "commit",
         batch_window_seconds: float = 0.005,
+        execute: bool = True,
     ) -> Engine: ...
+    def follow(self, workflow: Workflow, run_id: str) -> None:
+        """Makes a run only the store knows available here, followed without being taken over."""
     def flush(self) -> None:
         """Writes the steps waiting for their group commit now."""
     def work(

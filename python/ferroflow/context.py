@@ -123,6 +123,10 @@ class Sqlite(Context):
       loses the last window's steps; their nodes run again when the run is continued
       (their effects repeat, as an interrupted attempt's do).
 
+    With ``execute=False`` this process runs none of the nodes: runs it starts (``run``,
+    ``start``, ``map``) are queued for workers on the same file, and followed from it, so
+    that waiting, ``map``'s results and ``watch`` work as usual.
+
     A run executing in this process is held by it, under a lease of ``lease`` seconds the
     process renews in the background. If the process dies, a worker on the same file
     (``ferroflow worker MODULE:GRAPH --context PATH``, or :meth:`Context.work`) takes the
@@ -147,11 +151,13 @@ class Sqlite(Context):
         durability: str = "commit",
         batch_window: float = 0.005,
         lease: float = 10.0,
+        execute: bool = True,
         retain_finished: int = 10_000,
     ) -> None:
         self.path = os.fspath(path)
         self.durability = durability
-        self._engine = _native.Engine(retain_finished, self.path, lease, durability, batch_window)
+        self.execute = execute
+        self._engine = _native.Engine(retain_finished, self.path, lease, durability, batch_window, execute)
         if durability == "batch":
             # Steps of the last window are written when the context goes, or at exit.
             weakref.finalize(self, self._engine.flush)

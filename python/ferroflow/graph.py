@@ -390,8 +390,17 @@ class Graph:
         return engine.start(workflow, input, run_id, self._loop_for_sync())
 
     def wait(self, run_id: str, *, context: Optional[Context] = None, timeout: Optional[float] = None) -> RunResult:
-        """Blocks until the run completes or waits for a person, like :meth:`run`."""
-        return _result(self._context(context)._engine.wait(run_id, timeout))
+        """Blocks until the run completes or waits for a person, like :meth:`run`. In a
+        durable context, the run may execute in another process."""
+        return _result(self._following(run_id, context).wait(run_id, timeout))
+
+    def _following(self, run_id: str, context: Optional[Context]) -> _native.Engine:
+        """The context's engine, holding the run: a durable run executing elsewhere is
+        followed from the store."""
+        ctx = self._context(context)
+        if ctx.durable:
+            ctx._engine.follow(self._workflow(), run_id)
+        return ctx._engine
 
     async def arun(
         self,
@@ -434,8 +443,9 @@ class Graph:
     async def watch(
         self, run_id: str, *, context: Optional[Context] = None, until_finished: bool = False
     ) -> AsyncIterator[Event]:
-        """Yields the events of an existing run: those so far, then live ones."""
-        engine = self._context(context)._engine
+        """Yields the events of an existing run: those so far, then live ones. In a durable
+        context, the run may execute in another process."""
+        engine = self._following(run_id, context)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Optional[Mapping[str, Any]]] = asyncio.Queue()
         engine.watch(run_id, _deliver_to(loop, queue), until_finished)
@@ -534,7 +544,7 @@ class Graph:
 
     def get_run(self, run_id: str, *, context: Optional[Context] = None) -> RunResult:
         """The run's current state, without waiting (failed runs are returned, not raised)."""
-        return _result(self._context(context)._engine.snapshot(run_id), raise_errors=False)
+        return _result(self._following(run_id, context).snapshot(run_id), raise_errors=False)
 
 
 def _notify_when_settled(

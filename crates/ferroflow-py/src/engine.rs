@@ -162,7 +162,7 @@ impl PyEngine {
     #[new]
     #[pyo3(signature = (
         retain_finished = 10_000, sqlite = None, lease_seconds = 10.0, durability = "commit",
-        batch_window_seconds = 0.005
+        batch_window_seconds = 0.005, execute = true
     ))]
     fn new(
         py: Python<'_>,
@@ -171,6 +171,7 @@ impl PyEngine {
         lease_seconds: f64,
         durability: &str,
         batch_window_seconds: f64,
+        execute: bool,
     ) -> PyResult<Self> {
         let lease = seconds(Some(lease_seconds))?.expect("given");
         if lease < Duration::from_millis(30) {
@@ -194,7 +195,10 @@ impl PyEngine {
             None => None,
         };
         let store = store.map(|s| Arc::new(s) as Arc<dyn DurableStore>);
-        let config = EngineConfig { retain_finished, store, lease, durability };
+        if !execute && store.is_none() {
+            return Err(PyValueError::new_err("execute=False needs a durable context: workers must find the runs"));
+        }
+        let config = EngineConfig { retain_finished, store, lease, durability, execute };
         Ok(PyEngine { engine: Engine::new(runtime::handle(), config) })
     }
 
@@ -244,6 +248,13 @@ impl PyEngine {
                 return Err(signal);
             }
         }
+    }
+
+    /// Makes a run only the store knows available here, followed from the store without
+    /// being taken over (a run this engine holds is left as it is).
+    fn follow(&self, py: Python<'_>, workflow: PyRef<'_, PyWorkflow>, run_id: &str) -> PyResult<()> {
+        let workflow = workflow.get()?.clone();
+        py.detach(|| self.engine.follow(&workflow, run_id)).map(drop).map_err(to_py_err)
     }
 
     /// Continues a run from the store (or returns it, if this engine holds it already).

@@ -52,6 +52,10 @@ pub struct EngineConfig {
     pub lease: Duration,
     /// When a durable step is written, relative to what follows from it.
     pub durability: Durability,
+    /// Whether this engine executes the runs it starts. A durable engine that does not
+    /// queues their tasks for workers ([`Engine::work`], in any process on the same store)
+    /// and follows the runs from the store: waiting and watching work as usual.
+    pub execute: bool,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +65,7 @@ impl Default for EngineConfig {
             store: None,
             lease: Duration::from_secs(10),
             durability: Durability::Commit,
+            execute: true,
         }
     }
 }
@@ -198,6 +203,10 @@ struct Inner {
     /// Held while a group commit is written, so that batches land in the order they were
     /// taken (a run's later steps never before its earlier ones).
     flushing: Mutex<()>,
+    /// Runs executed elsewhere that this engine follows from the store, until they finish.
+    followed: Mutex<Vec<Weak<LiveRun>>>,
+    /// Woken when a run is added to `followed`.
+    follow_added: Notify,
 }
 
 /// A step written to memory and waiting for its group commit.
@@ -287,6 +296,8 @@ impl Engine {
             task_done: Notify::new(),
             batch: Mutex::new(Vec::new()),
             flushing: Mutex::new(()),
+            followed: Mutex::new(Vec::new()),
+            follow_added: Notify::new(),
         });
         let handles = Arc::new(());
         if let Some(store) = &inner.config.store {
@@ -295,6 +306,7 @@ impl Engine {
             if let Durability::Batch { window } = inner.config.durability {
                 inner.runtime.spawn(group_commit(Arc::downgrade(&inner), window));
             }
+            inner.runtime.spawn(follow_runs(Arc::downgrade(&inner)));
         }
         Engine { inner, _handles: handles }
     }
@@ -393,13 +405,20 @@ impl Engine {
                 created_ms: now,
                 updated_ms: now,
             };
-            let created = self.inner.block_on(store.create(&record, &journal, &queued, self.inner.holder()))?;
+            let holder = if self.inner.config.execute { self.inner.holder() } else { None };
+            let created = self.inner.block_on(store.create(&record, &journal, &queued, holder))?;
             run.durable.store(journal.len() as u64, Ordering::Release);
             if let Created::Existing { .. } = created {
                 // Started before, by this process or another: carry on with that run.
-                let run = self.recover_inner(workflow, &run_id, options.attachment, drive)?;
+                let run = self.recover(workflow, &run_id, options.attachment)?;
                 let rx = until.map(|u| run.run.watch(u));
                 return Ok((run, rx));
+            }
+            if !self.inner.config.execute {
+                // Queued for the workers; this engine follows the run from the store.
+                let run = self.inner.adopt_followed(run);
+                let rx = until.map(|u| run.watch(u));
+                return Ok((RunHandle { run }, rx));
             }
         }
         let run = {
@@ -448,6 +467,17 @@ impl Engine {
         self.recover_inner(workflow, run_id, attachment, false)
     }
 
+    /// A handle on a run, without taking it over: a run this engine holds as it is; a run
+    /// only the store knows (executed by a worker, or by another process) is loaded and
+    /// followed from the store, so that waiting for it and watching it work from here.
+    pub fn follow(&self, workflow: &Workflow, run_id: &str) -> Result<RunHandle> {
+        let (run, loaded) = self.inner.load_run(run_id, |_| Some(workflow.clone()), None)?;
+        if loaded && !run.status().is_terminal() {
+            self.inner.follow(&run);
+        }
+        Ok(RunHandle { run })
+    }
+
     fn recover_inner(
         &self,
         workflow: &Workflow,
@@ -457,6 +487,11 @@ impl Engine {
     ) -> Result<RunHandle> {
         let (run, loaded) = self.inner.load_run(run_id, |_| Some(workflow.clone()), attachment)?;
         if !loaded {
+            return Ok(RunHandle { run });
+        }
+        if !self.inner.config.execute {
+            // The workers execute it (taking it over when its holder stops); follow it.
+            self.inner.follow(&run);
             return Ok(RunHandle { run });
         }
         let store = self.inner.store();
@@ -815,7 +850,7 @@ impl Inner {
 
     /// Who holds the tasks this engine makes ready, and for how long.
     fn holder(&self) -> Option<(&str, Duration)> {
-        Some((self.owner.as_str(), self.config.lease))
+        self.config.execute.then_some((self.owner.as_str(), self.config.lease))
     }
 
     /// Applies `entry` to the run and records it with what it implies, writing it first in
@@ -980,6 +1015,52 @@ impl Inner {
         run.publish(core, newer);
         run.durable.fetch_max(core.journal.len() as u64, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Registers a run started here for workers: it joins the run table and is followed.
+    fn adopt_followed(&self, run: Arc<LiveRun>) -> Arc<LiveRun> {
+        let run = {
+            let mut table = self.runs.lock().expect("run table lock");
+            match table.runs.get(&run.run_id) {
+                Some(existing) => return Arc::clone(existing),
+                None => {
+                    table.runs.insert(Arc::clone(&run.run_id), Arc::clone(&run));
+                    run
+                }
+            }
+        };
+        self.follow(&run);
+        run
+    }
+
+    /// Follows a run executed elsewhere: its new journal entries are read from the store
+    /// (and reach watchers and waiters) until it finishes.
+    fn follow(&self, run: &Arc<LiveRun>) {
+        self.followed.lock().expect("followed lock").push(Arc::downgrade(run));
+        self.follow_added.notify_one();
+    }
+
+    /// Reads what is new of every followed run; forgets those that finished. Returns
+    /// whether anything was new.
+    fn poll_followed(&self) -> bool {
+        let followed: Vec<Arc<LiveRun>> =
+            self.followed.lock().expect("followed lock").iter().filter_map(Weak::upgrade).collect();
+        let mut news = false;
+        for run in &followed {
+            let mut core = run.lock();
+            let before = core.journal.len();
+            if let Err(error) = self.catch_up(run, &mut core, false) {
+                tracing::warn!(run_id = %run.run_id, %error, "cannot follow the run; trying again");
+            }
+            news |= core.journal.len() > before;
+            drop(core);
+            self.after_change(run);
+        }
+        self.followed
+            .lock()
+            .expect("followed lock")
+            .retain(|weak| weak.upgrade().is_some_and(|run| !run.status().is_terminal()));
+        news
     }
 
     /// A run this engine holds, or else the run loaded from the store with the workflow
@@ -1592,6 +1673,36 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.0.task_done.notify_waiters();
+    }
+}
+
+/// Follows the runs an engine does not execute, polling the store: every 5 ms while they
+/// change, backing off to every 200 ms while they do not, asleep while there are none.
+async fn follow_runs(inner: Weak<Inner>) {
+    const FAST: Duration = Duration::from_millis(5);
+    const SLOW: Duration = Duration::from_millis(200);
+    let mut pause = FAST;
+    loop {
+        let added = {
+            let Some(inner) = inner.upgrade() else { return };
+            let idle = inner.followed.lock().expect("followed lock").is_empty();
+            if idle {
+                pause = FAST;
+                let inner = Arc::clone(&inner);
+                Some(async move { inner.follow_added.notified().await })
+            } else {
+                let news = inner.poll_followed();
+                pause = if news { FAST } else { (pause * 2).min(SLOW) };
+                None
+            }
+        };
+        match added {
+            // Wakes at the next follow, or now and then to notice the engine is gone.
+            Some(added) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), added).await;
+            }
+            None => tokio::time::sleep(pause).await,
+        }
     }
 }
 
