@@ -6,6 +6,7 @@ whose lease ran out in the file's queue and finish the runs.
 """
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -198,3 +199,53 @@ def test_a_context_that_does_not_execute_hands_its_runs_to_workers(tmp_path):
     pids = {line.split()[3] for line in log.read_text().splitlines()}
     assert str(os.getpid()) not in pids, "the submitting process ran a node"
     assert len(pids) == 2, f"both workers took part: {pids}"
+
+
+def test_ferroflow_map_writes_results_in_input_order_and_resumes_a_killed_batch(tmp_path):
+    (tmp_path / "app.py").write_text(GRAPH)
+    db = tmp_path / "runs.db"
+    log = tmp_path / "calls.log"
+    log.touch()
+    env = dict(os.environ, FERROFLOW_TEST_LOG=str(log), PYTHONPATH=str(tmp_path))
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(f"{i}\n" for i in range(50)))
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "ferroflow.cli", "map", "app:diamond", "--input", str(inputs)]
+    command += ["--output", str(out), "--context", str(db), "--concurrency", "10"]
+
+    # The first attempt dies part-way through the batch.
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for("some runs to complete", lambda: log.read_text().count(" join ") >= 5)
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=10)
+    assert not out.exists()
+    ran_before = log.read_text().splitlines()
+    store = ff.Sqlite(db)
+    completed_before = {
+        (run.run_id, event.node)
+        for run in store.runs(limit=1000)
+        for event in store.journal(run.run_id)
+        if isinstance(event, ff.events.NodeCompleted)
+    }
+    assert completed_before, "nothing completed before the kill; the test proved nothing"
+
+    # Mapping the same file again resumes the batch: nothing completed runs again.
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "50 runs in batch" in again.stderr and "0 failed" in again.stderr, again.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["output"] for r in records] == [i * 2 + i + 100 for i in range(50)]
+    assert [r["status"] for r in records] == ["completed"] * 50
+    assert len({r["run_id"] for r in records}) == 50
+    assert len(ff.Sqlite(db).runs(limit=1000)) == 50, "the second map started no new runs"
+
+    ran_after = log.read_text().splitlines()[len(ran_before) :]
+    repeated = {tuple(line.split()[:2]) for line in ran_after} & completed_before
+    assert not repeated, f"runs finished before the kill ran again: {sorted(repeated)[:5]}"
+
+    # A third map of a finished batch only reports it.
+    lines_before = len(log.read_text().splitlines())
+    third = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert len(log.read_text().splitlines()) == lines_before, "a finished batch ran nodes again"
+    assert out.read_text().splitlines() == [json.dumps(r) for r in records]

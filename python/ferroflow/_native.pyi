@@ -123,6 +123,7 @@ class Engine:
         event_loop: Optional[EventLoop] = None,
         progress: Optional[Callable[[int, int], None]] = None,
         timeout: Optional[float] = None,
+        run_ids: Optional[List[str]] = None,
     ) -> List[_Snapshot]:
         """Runs one run per input, ``concurrency`` at a time; snapshots in input order."""
     def resume(

@@ -5,6 +5,8 @@
     ferroflow runs resume RUN --context runs.db --graph MODULE:GRAPH [--value JSON] [--node NODE]
     ferroflow runs cancel RUN --context runs.db
     ferroflow worker MODULE:GRAPH [MODULE:GRAPH ...] --context runs.db [--concurrency N] [--grace SECONDS]
+    ferroflow map MODULE:GRAPH --input IN.jsonl --output OUT.jsonl --context runs.db [--batch NAME]
+                  [--concurrency N] [--no-execute]
     ferroflow graph MODULE:GRAPH
 
 ``--context`` is a SQLite file (``runs.db`` or ``sqlite:///path/runs.db``). Inspecting and
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import importlib
 import json
 import os
@@ -27,6 +30,7 @@ from .context import Context, InMemory, Sqlite
 from .errors import FerroflowError
 from .events import RunFinished
 from .graph import NO_ANSWER, Graph
+from .types import RunResult
 
 __all__ = ["main"]
 
@@ -160,6 +164,70 @@ def runs_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def map_batch(args: argparse.Namespace) -> int:
+    graph = load_graph(args.graph)
+    with open(args.input, "rb") as f:
+        raw = f.read()
+    inputs = []
+    for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                inputs.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"ferroflow: {args.input}, line {number}: not JSON: {e}") from None
+    # The same graph on the same file is the same batch: mapping it again resumes it.
+    batch = args.batch or f"{graph.name}-{hashlib.sha256(graph.version.encode() + raw).hexdigest()[:12]}"
+    context = open_context(args.context, execute=args.execute) if args.context != "memory" else InMemory()
+    bar = _ProgressBar(len(inputs)) if sys.stderr.isatty() else None
+    results = graph.map(
+        inputs,
+        context=context,
+        concurrency=args.concurrency,
+        return_exceptions=True,
+        progress=bar.update if bar else None,
+        batch=batch,
+    )
+    if bar:
+        bar.close()
+    failed = 0
+    with open(args.output, "w") as out:
+        for i, result in enumerate(results):
+            record: dict = {"run_id": f"{batch}-{i}"}
+            if isinstance(result, FerroflowError):
+                failed += 1
+                record.update(status="failed", error=str(result))
+            elif isinstance(result, RunResult):
+                record.update(status=result.status.value, waiting=result.waiting)
+            else:
+                record.update(status="completed", output=result)
+            out.write(json.dumps(record) + "\n")
+    print(
+        f"ferroflow map: {len(inputs)} runs in batch {batch}: {len(inputs) - failed} settled, {failed} failed",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0
+
+
+class _ProgressBar:
+    """`done/total` on one line of the terminal, redrawn as runs finish."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.shown = -1
+
+    def update(self, done: int, total: int) -> None:
+        if done == self.shown:
+            return
+        self.shown = done
+        width = 30
+        filled = width * done // max(total, 1)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
 class _Stop(Exception):
     """Raised by the SIGTERM handler of ``ferroflow worker``."""
 
@@ -237,6 +305,23 @@ def parser() -> argparse.ArgumentParser:
         help="seconds after which the tasks of this worker go to others if it stops renewing them (default 10)",
     )
     work.set_defaults(handler=worker)
+
+    batch = commands.add_parser(
+        "map", help="run a graph once per line of a JSONL file; results in input order; resumable"
+    )
+    batch.add_argument("graph", metavar="MODULE:GRAPH")
+    batch.add_argument("--input", required=True, help="one JSON input per line")
+    batch.add_argument("--output", required=True, help="one JSON result per line, in input order")
+    batch.add_argument("--context", required=True, help="the SQLite file (or sqlite:///path), or memory")
+    batch.add_argument("--batch", help="the batch's name (default: from the graph and the input file)")
+    batch.add_argument("--concurrency", type=int, default=100, help="runs in flight at once (default 100)")
+    batch.add_argument(
+        "--no-execute",
+        dest="execute",
+        action="store_false",
+        help="only submit and collect: `ferroflow worker` processes run the nodes",
+    )
+    batch.set_defaults(handler=map_batch)
 
     draw = commands.add_parser("graph", help="print a graph as a Mermaid flowchart")
     draw.add_argument("graph", help="the graph, as MODULE:GRAPH")

@@ -464,19 +464,26 @@ class Graph:
         return_exceptions: bool = False,
         progress: Optional[Callable[[int, int], None]] = None,
         timeout: Optional[float] = None,
+        batch: Optional[str] = None,
     ) -> List[Any]:
         """Runs the graph once per input, ``concurrency`` runs at a time, and returns the
         outputs in input order. A run that ends waiting for a person gives its
         :class:`RunResult`. A failed or cancelled run raises its error once every run has
         settled, or stands in its place with ``return_exceptions=True``. ``progress(done,
         total)`` is called as runs finish. After ``timeout`` seconds,
-        :class:`WaitTimeoutError` is raised; the runs go on."""
+        :class:`WaitTimeoutError` is raised; the runs go on.
+
+        ``batch`` names the batch and makes it resumable in a durable context: input ``i``
+        runs as ``f"{batch}-{i}"``, so mapping the same batch again (after a crash, or to
+        collect the results) continues the unfinished runs and only reports the finished
+        ones, running no completed node again."""
         workflow = self._workflow()
         inputs = list(inputs)
         for i, value in enumerate(inputs):
             self._check_value(value, f"input #{i}", None)
         engine = self._context(context)._engine
-        snapshots = engine.run_many(workflow, inputs, concurrency, self._loop_for_sync(), progress, timeout)
+        run_ids = None if batch is None else [f"{batch}-{i}" for i in range(len(inputs))]
+        snapshots = engine.run_many(workflow, inputs, concurrency, self._loop_for_sync(), progress, timeout, run_ids)
         outputs: List[Any] = []
         for snapshot in snapshots:
             try:

@@ -383,7 +383,11 @@ impl PyEngine {
 
     /// Runs one input per run, at most `concurrency` at a time, and returns their
     /// snapshots in input order. `progress(done, total)` is called about every 100 ms.
-    #[pyo3(signature = (workflow, inputs, concurrency, event_loop = None, progress = None, timeout = None))]
+    /// `run_ids`, one per input, make the batch resumable: a run id that exists already
+    /// is continued (or, finished, just reported), not started again.
+    #[pyo3(signature = (
+        workflow, inputs, concurrency, event_loop = None, progress = None, timeout = None, run_ids = None
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn run_many(
         &self,
@@ -394,11 +398,18 @@ impl PyEngine {
         event_loop: Option<Py<PyAny>>,
         progress: Option<Py<PyAny>>,
         timeout: Option<f64>,
+        run_ids: Option<Vec<String>>,
     ) -> PyResult<Py<PyList>> {
         let timeout = seconds(timeout)?;
         if concurrency == 0 {
             return Err(PyValueError::new_err("concurrency must be at least 1"));
         }
+        if let Some(ids) = &run_ids
+            && ids.len() != inputs.len()
+        {
+            return Err(PyValueError::new_err(format!("{} run ids for {} inputs", ids.len(), inputs.len())));
+        }
+        let mut run_ids = run_ids.map(Vec::into_iter);
         let workflow = workflow.get()?.clone();
         let total = inputs.len();
         let inputs: Vec<Value> = inputs.into_iter().map(wrap).collect();
@@ -411,7 +422,8 @@ impl PyEngine {
             let mut waits = Vec::with_capacity(inputs.len());
             for input in inputs {
                 let permit = Arc::clone(&gate).acquire_owned().await.expect("the semaphore is never closed");
-                let options = StartOptions { run_id: None, attachment: attachment.clone() };
+                let run_id = run_ids.as_mut().and_then(Iterator::next);
+                let options = StartOptions { run_id, attachment: attachment.clone() };
                 let run = engine.start(&workflow, input, options)?;
                 let counter = Arc::clone(&counter);
                 waits.push(tokio::spawn(async move {
