@@ -249,3 +249,43 @@ def test_ferroflow_map_writes_results_in_input_order_and_resumes_a_killed_batch(
     assert third.returncode == 0, third.stderr[-3000:]
     assert len(log.read_text().splitlines()) == lines_before, "a finished batch ran nodes again"
     assert out.read_text().splitlines() == [json.dumps(r) for r in records]
+
+
+def test_a_worker_hands_back_runs_of_a_graph_version_it_does_not_have(tmp_path):
+    (tmp_path / "app.py").write_text(GRAPH)
+    # The same graph name with one more node: another version.
+    (tmp_path / "app2.py").write_text(
+        GRAPH + "\n@diamond.task\ndef extra(join, ctx):\n    log(ctx)\n    return join + 1\n"
+    )
+    db = tmp_path / "runs.db"
+    log = tmp_path / "calls.log"
+    log.touch()
+    env = dict(os.environ, FERROFLOW_TEST_LOG=str(log), PYTHONPATH=str(tmp_path))
+    old = worker(tmp_path, db, env)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from app2 import diamond as newer
+
+        submitter = ff.Sqlite(db, execute=False)
+        newer.start(1, context=submitter, run_id="new-version")
+        time.sleep(1.5)
+        assert newer.get_run("new-version", context=submitter).status is ff.RunStatus.RUNNING
+        assert log.read_text() == "", "the old worker ran a node of the new version"
+        upgraded = subprocess.Popen(
+            [sys.executable, "-m", "ferroflow.cli", "worker", "app2:diamond", "--context", str(db), *WORKER_OPTIONS],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert newer.wait("new-version", context=submitter, timeout=30).output == 1 * 2 + 1 + 100 + 1
+        finally:
+            upgraded.send_signal(signal.SIGTERM)
+            upgraded.communicate(timeout=30)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("app2", None)
+        old.send_signal(signal.SIGTERM)
+        _, err = old.communicate(timeout=30)
+    assert "handing the work back" in err and newer.version in err, err[-3000:]

@@ -17,8 +17,25 @@ fn check_json(obj: &Bound<'_, PyAny>) -> PyResult<()> {
     value::py_to_json(obj, "$").map(drop).map_err(pyo3::exceptions::PyTypeError::new_err)
 }
 
+/// Sends the engine's log lines (a worker handing work back, a store failing a run) to
+/// standard error, at the level `FERROFLOW_LOG` names (error, warn (the default), info,
+/// debug, trace, or off). A process that installed a `tracing` subscriber of its own keeps it.
+fn init_logging() {
+    let level = std::env::var("FERROFLOW_LOG").unwrap_or_default();
+    let filter = match level.trim().to_ascii_lowercase().as_str() {
+        "off" => tracing_subscriber::filter::LevelFilter::OFF,
+        "error" => tracing_subscriber::filter::LevelFilter::ERROR,
+        "info" => tracing_subscriber::filter::LevelFilter::INFO,
+        "debug" => tracing_subscriber::filter::LevelFilter::DEBUG,
+        "trace" => tracing_subscriber::filter::LevelFilter::TRACE,
+        _ => tracing_subscriber::filter::LevelFilter::WARN,
+    };
+    let _ = tracing_subscriber::fmt().with_max_level(filter).with_writer(std::io::stderr).try_init();
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    init_logging();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<engine::PyWorkflow>()?;

@@ -571,15 +571,19 @@ impl Engine {
         store.renew(&self.inner.owner, Duration::ZERO).await
     }
 
-    /// Gives claimed work back for another worker (or for later), saying why.
+    /// Gives claimed work back for another worker (or for later), saying why. It can be
+    /// claimed again after a second or so (jittered, so that workers of different versions
+    /// do not keep meeting), which is also how soon a worker that has the graph gets it.
+    /// (Claiming only the work of one's own graphs, in the store, would spare the round
+    /// trips; the queue does not filter by graph yet.)
     async fn hand_back(&self, run_id: &str, lease: Option<&Lease>, reason: String) {
         tracing::warn!(run_id = %run_id, "handing the work back: {reason}");
+        let later = now_ms() + 500 + fastrand::u64(0..1_000);
         let handed_back = match lease {
             Some(lease) => {
-                let later = now_ms() + 5_000;
                 self.inner.store().release(&self.inner.owner, std::slice::from_ref(&lease.task), later).await
             }
-            None => self.inner.store().release_run(&self.inner.owner, run_id, now_ms() + 5_000).await,
+            None => self.inner.store().release_run(&self.inner.owner, run_id, later).await,
         };
         if let Err(error) = handed_back {
             tracing::warn!(%error, "cannot hand the task back; its lease will expire");

@@ -24,6 +24,8 @@ pub use engine::{Durability, Engine, EngineConfig, NodeReport, RunHandle, RunSna
 pub use error::{Error, GraphError, NodeError, Result};
 pub use graph::{Dependency, Graph, GraphSpec, NodeId, NodeKind, NodeSpec, RetryPolicy};
 pub use journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus};
+#[cfg(feature = "redis")]
+pub use crate::redis::RedisStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use state::{Effects, NodeState, Rejected, RunState, Task};
