@@ -7,6 +7,8 @@ The suite runs in strict mode (every input and output must be plain JSON data), 
 from __future__ import annotations
 
 import os
+import uuid
+from typing import Iterator
 
 os.environ.setdefault("FERROFLOW_STRICT", "1")
 
@@ -14,22 +16,36 @@ import pytest
 
 import ferroflow as ff
 
+REDIS_URL = os.environ.get("FERROFLOW_TEST_REDIS", "redis://127.0.0.1:6379")
+NATS_URL = os.environ.get("FERROFLOW_TEST_NATS", "nats://127.0.0.1:4222")
 
-@pytest.fixture(params=["memory", "sqlite", "sqlite-batch"])
-def context(request, tmp_path) -> ff.Context:
+
+@pytest.fixture(params=["memory", "sqlite", "sqlite-batch", "redis", "nats"])
+def context(request, tmp_path) -> Iterator[ff.Context]:
     """A fresh context of each kind, so that runs of one test never meet another's.
 
     Every test that takes this fixture runs on every context: that makes the suite the
     conformance suite of DESIGN.md (same graphs, same results, same events). SQLite runs
-    twice, once per durability setting. A test of behaviour that only one kind has says so
+    twice, once per durability setting; Redis and NATS run on the servers at
+    FERROFLOW_TEST_REDIS and FERROFLOW_TEST_NATS (default 127.0.0.1:6379 and :4222), in a
+    namespace of their own, deleted afterwards. A test of behaviour that only one kind has says so
     with ``@pytest.mark.memory_only``."""
     if request.param != "memory" and request.node.get_closest_marker("memory_only"):
         pytest.skip("in-memory behaviour")
     if request.param == "memory":
-        return ff.InMemory()
-    if request.param == "sqlite-batch":
-        return ff.Sqlite(tmp_path / "conformance.db", durability="batch")
-    return ff.Sqlite(tmp_path / "conformance.db")
+        yield ff.InMemory()
+    elif request.param == "sqlite-batch":
+        yield ff.Sqlite(tmp_path / "conformance.db", durability="batch")
+    elif request.param == "redis":
+        redis = ff.Redis(REDIS_URL, namespace=f"test-{uuid.uuid4().hex}")
+        yield redis
+        redis.delete_namespace()
+    elif request.param == "nats":
+        nats = ff.Nats(NATS_URL, namespace=f"test{uuid.uuid4().hex[:16]}")
+        yield nats
+        nats.delete_namespace()
+    else:
+        yield ff.Sqlite(tmp_path / "conformance.db")
 
 
 def pytest_configure(config):

@@ -8,7 +8,7 @@ import atexit
 
 from . import _native, events
 from ._native import __version__
-from .context import Context, InMemory, Sqlite, default_context
+from .context import Context, InMemory, Nats, Redis, Sqlite, default_context
 from .errors import (
     CycleError,
     DuplicateNodeError,
@@ -41,8 +41,10 @@ __all__ = [
     "InMemory",
     "InvalidInputError",
     "InvalidRunStateError",
+    "Nats",
     "NodeContext",
     "NodeInfo",
+    "Redis",
     "Retry",
     "RunCancelledError",
     "RunError",

@@ -50,7 +50,12 @@ class Engine:
         durability: str = "commit",
         batch_window_seconds: float = 0.005,
         execute: bool = True,
+        redis: Optional[str] = None,
+        namespace: str = "default",
+        nats: Optional[str] = None,
     ) -> Engine: ...
+    def delete_namespace(self) -> None:
+        """Deletes everything of a networked store's namespace (Redis keys, or NATS buckets)."""
     def follow(self, workflow: Workflow, run_id: str) -> None:
         """Makes a run only the store knows available here, followed without being taken over."""
     def flush(self) -> None:

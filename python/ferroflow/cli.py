@@ -9,7 +9,8 @@
                   [--concurrency N] [--no-execute]
     ferroflow graph MODULE:GRAPH
 
-``--context`` is a SQLite file (``runs.db`` or ``sqlite:///path/runs.db``). Inspecting and
+``--context`` is a SQLite file (``runs.db`` or ``sqlite:///path/runs.db``) or a Redis server
+(``redis://127.0.0.1:6379?namespace=NAME``). Inspecting and
 cancelling need only the file; continuing a run executes its nodes, so it needs the graph,
 named as ``module:attribute`` (the module is imported from the current directory first).
 """
@@ -24,9 +25,10 @@ import json
 import os
 import signal
 import sys
+import urllib.parse
 from typing import Any, List, Optional, Sequence
 
-from .context import Context, InMemory, Sqlite
+from .context import Context, InMemory, Nats, Redis, Sqlite
 from .errors import FerroflowError
 from .events import RunFinished
 from .graph import NO_ANSWER, Graph
@@ -34,12 +36,26 @@ from .types import RunResult
 
 __all__ = ["main"]
 
+CONTEXT_HELP = "a SQLite file (or sqlite:///path), redis://HOST:PORT?namespace=NAME or nats://HOST:PORT?namespace=NAME"
+
 
 def open_context(spec: str, **options: Any) -> Context:
-    """A context from its command-line form: ``memory``, ``sqlite:///path`` or a file path;
+    """A context from its command-line form: ``memory``, ``sqlite:///path`` or a file path,
+    ``redis://host:port[/db][?namespace=NAME]`` or ``nats://host:port[?namespace=NAME]``;
     ``options`` go to a durable context."""
     if spec == "memory":
         return InMemory()
+    if spec.startswith(("nats://", "tls://", "redis://", "rediss://")):
+        # The namespace travels as a query parameter; the rest of the URL goes to the client.
+        parts = urllib.parse.urlsplit(spec)
+        query = urllib.parse.parse_qsl(parts.query)
+        namespace = dict(query).get("namespace")
+        rest = urllib.parse.urlunsplit(
+            parts._replace(query=urllib.parse.urlencode([(k, v) for k, v in query if k != "namespace"]))
+        )
+        if parts.scheme in ("nats", "tls"):
+            return Nats(rest, namespace=namespace or "ferroflow", **options)
+        return Redis(rest, namespace=namespace or "default", **options)
     for prefix in ("sqlite:///", "sqlite://", "sqlite:"):
         if spec.startswith(prefix):
             path = spec[len(prefix) :]
@@ -286,14 +302,22 @@ def parser() -> argparse.ArgumentParser:
     cancel.set_defaults(handler=runs_cancel)
 
     for sub in (listing, show, resume, cancel):
-        sub.add_argument("--context", required=True, help="the SQLite file (or sqlite:///path)")
+        sub.add_argument(
+            "--context",
+            required=True,
+            help=CONTEXT_HELP,
+        )
 
     work = commands.add_parser(
         "worker",
         help="run the tasks of these graphs that nobody holds (new runs, runs of processes that died)",
     )
     work.add_argument("graphs", nargs="+", metavar="MODULE:GRAPH")
-    work.add_argument("--context", required=True, help="the SQLite file (or sqlite:///path)")
+    work.add_argument(
+        "--context",
+        required=True,
+        help=CONTEXT_HELP,
+    )
     work.add_argument("--concurrency", type=int, default=16, help="tasks claimed at once (default 16)")
     work.add_argument(
         "--grace", type=float, default=30.0, help="on SIGTERM, seconds to let running tasks finish (default 30)"
@@ -312,7 +336,11 @@ def parser() -> argparse.ArgumentParser:
     batch.add_argument("graph", metavar="MODULE:GRAPH")
     batch.add_argument("--input", required=True, help="one JSON input per line")
     batch.add_argument("--output", required=True, help="one JSON result per line, in input order")
-    batch.add_argument("--context", required=True, help="the SQLite file (or sqlite:///path), or memory")
+    batch.add_argument(
+        "--context",
+        required=True,
+        help=CONTEXT_HELP + ", or memory",
+    )
     batch.add_argument("--batch", help="the batch's name (default: from the graph and the input file)")
     batch.add_argument("--concurrency", type=int, default=100, help="runs in flight at once (default 100)")
     batch.add_argument(

@@ -20,7 +20,7 @@ from .types import ErrorInfo, NodeInfo, RunInfo, RunStatus
 if TYPE_CHECKING:
     from .graph import Graph
 
-__all__ = ["Context", "InMemory", "Sqlite", "default_context"]
+__all__ = ["Context", "InMemory", "Nats", "Redis", "Sqlite", "default_context"]
 
 
 class Context:
@@ -100,7 +100,23 @@ class Context:
         ]
 
 
-class Sqlite(Context):
+class _Durable(Context):
+    """What the durable contexts share: an engine writing to a store."""
+
+    durable = True
+    durability: str
+    execute: bool
+
+    def _open(self, durability: str, execute: bool, engine: _native.Engine) -> None:
+        self.durability = durability
+        self.execute = execute
+        self._engine = engine
+        if durability == "batch":
+            # Steps of the last window are written when the context goes, or at exit.
+            weakref.finalize(self, engine.flush)
+
+
+class Sqlite(_Durable):
     """Runs in this process, with their journals and work queue in the SQLite file at
     ``path``: a run whose process stopped (crash, ``kill -9``, restart) continues without
     running its completed nodes again, and a run waiting for a person can be answered from
@@ -142,8 +158,6 @@ class Sqlite(Context):
     made after that are lost. Other processes may read the file with anything.
     """
 
-    durable = True
-
     def __init__(
         self,
         path: Union[str, os.PathLike[str]],
@@ -155,17 +169,94 @@ class Sqlite(Context):
         retain_finished: int = 10_000,
     ) -> None:
         self.path = os.fspath(path)
-        self.durability = durability
-        self.execute = execute
-        self._engine = _native.Engine(retain_finished, self.path, lease, durability, batch_window, execute)
-        if durability == "batch":
-            # Steps of the last window are written when the context goes, or at exit.
-            weakref.finalize(self, self._engine.flush)
+        self._open(
+            durability, execute, _native.Engine(retain_finished, self.path, lease, durability, batch_window, execute)
+        )
 
     def __repr__(self) -> str:
         if self.durability != "commit":
             return f"Sqlite({self.path!r}, durability={self.durability!r})"
         return f"Sqlite({self.path!r})"
+
+
+class Redis(_Durable):
+    """Like :class:`Sqlite`, with the runs' journals, holds and task queue on the Redis
+    server at ``url`` (Redis 7 or newer), under keys prefixed ``ff:<namespace>:``: worker
+    processes on any machine that reaches the server (``ferroflow worker MODULE:GRAPH
+    --context redis://host:6379``) take runs over and run submitted ones.
+
+    Every step of a run is one Lua script, atomic on the server; every call to the server
+    is bounded by a timeout, and the connection is re-established after the server
+    restarts. Durability is the server's: a Redis without persistence (AOF or snapshots)
+    loses every run when it restarts. ``durability``, ``batch_window``, ``lease`` and
+    ``execute`` mean what they mean for :class:`Sqlite`.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379",
+        *,
+        namespace: str = "default",
+        durability: str = "commit",
+        batch_window: float = 0.005,
+        lease: float = 10.0,
+        execute: bool = True,
+        retain_finished: int = 10_000,
+    ) -> None:
+        self.url = url
+        self.namespace = namespace
+        engine = _native.Engine(
+            retain_finished, None, lease, durability, batch_window, execute, redis=url, namespace=namespace
+        )
+        self._open(durability, execute, engine)
+
+    def delete_namespace(self) -> None:
+        """Deletes every key of this context's namespace (runs, journals, holds, queued
+        tasks). Workers using it lose their work."""
+        self._engine.delete_namespace()
+
+    def __repr__(self) -> str:
+        return f"Redis({self.url!r}, namespace={self.namespace!r})"
+
+
+class Nats(_Durable):
+    """Like :class:`Sqlite`, with the runs' journals, holds and tasks in JetStream
+    key-value buckets on the NATS server at ``url`` (JetStream enabled), named after
+    ``namespace``: worker processes on any machine that reaches the server (``ferroflow
+    worker MODULE:GRAPH --context nats://host:4222``) take runs over and run submitted ones.
+
+    A step is one key-value write (created only if absent, so two writers cannot both
+    append at one position); the run's record and tasks follow by compare-and-set, and a
+    step whose follow-up was interrupted is completed by the next reader. Every call to the
+    server is bounded by a timeout. ``durability``, ``batch_window``, ``lease`` and
+    ``execute`` mean what they mean for :class:`Sqlite`.
+    """
+
+    def __init__(
+        self,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        namespace: str = "ferroflow",
+        durability: str = "commit",
+        batch_window: float = 0.005,
+        lease: float = 10.0,
+        execute: bool = True,
+        retain_finished: int = 10_000,
+    ) -> None:
+        self.url = url
+        self.namespace = namespace
+        engine = _native.Engine(
+            retain_finished, None, lease, durability, batch_window, execute, namespace=namespace, nats=url
+        )
+        self._open(durability, execute, engine)
+
+    def delete_namespace(self) -> None:
+        """Deletes this context's buckets (runs, journals, holds, tasks). Workers using them
+        lose their work."""
+        self._engine.delete_namespace()
+
+    def __repr__(self) -> str:
+        return f"Nats({self.url!r}, namespace={self.namespace!r})"
 
 
 class InMemory(Context):

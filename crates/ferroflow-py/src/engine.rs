@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferroflow::{
-    Body, Durability, DurableStore, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, NodeError,
-    RunHandle, RunSnapshot, RunStatus, SqliteStore, StartOptions, Value, WatchUntil, Workflow,
+    Body, Durability, DurableStore, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, NatsStore,
+    NodeError, RedisStore, RunHandle, RunSnapshot, RunStatus, SqliteStore, StartOptions, Value, WatchUntil, Workflow,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -101,6 +101,14 @@ impl PyWorkflow {
 #[pyclass(module = "ferroflow._native", name = "Engine", frozen)]
 pub struct PyEngine {
     engine: Engine,
+    /// How to reach a networked store's namespace, for administration.
+    admin: Option<Admin>,
+}
+
+/// A networked store's namespace, for [`PyEngine::delete_namespace`].
+enum Admin {
+    Redis(RedisStore),
+    Nats(String, String),
 }
 
 fn attachment(py: Python<'_>, event_loop: Option<Py<PyAny>>) -> PyResult<Option<ferroflow::Attachment>> {
@@ -162,8 +170,9 @@ impl PyEngine {
     #[new]
     #[pyo3(signature = (
         retain_finished = 10_000, sqlite = None, lease_seconds = 10.0, durability = "commit",
-        batch_window_seconds = 0.005, execute = true
+        batch_window_seconds = 0.005, execute = true, redis = None, namespace = "default", nats = None
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         retain_finished: usize,
@@ -172,6 +181,9 @@ impl PyEngine {
         durability: &str,
         batch_window_seconds: f64,
         execute: bool,
+        redis: Option<String>,
+        namespace: &str,
+        nats: Option<String>,
     ) -> PyResult<Self> {
         let lease = seconds(Some(lease_seconds))?.expect("given");
         if lease < Duration::from_millis(30) {
@@ -190,16 +202,42 @@ impl PyEngine {
                 return Err(PyValueError::new_err(format!("durability must be 'commit' or 'batch', not {other:?}")));
             }
         };
-        let store = match sqlite {
-            Some(path) => Some(py.detach(|| SqliteStore::open(path)).map_err(to_py_err)?),
-            None => None,
+        let mut admin = None;
+        let store: Option<Arc<dyn DurableStore>> = match (sqlite, redis, nats) {
+            (Some(path), None, None) => Some(Arc::new(py.detach(|| SqliteStore::open(path)).map_err(to_py_err)?)),
+            (None, Some(url), None) => {
+                let connect = RedisStore::connect(&url, namespace);
+                let store = py.detach(|| runtime::handle().block_on(connect)).map_err(to_py_err)?;
+                admin = Some(Admin::Redis(store.clone()));
+                Some(Arc::new(store))
+            }
+            (None, None, Some(url)) => {
+                let connect = NatsStore::connect(&url, namespace);
+                let store = py.detach(|| runtime::handle().block_on(connect)).map_err(to_py_err)?;
+                admin = Some(Admin::Nats(url, namespace.to_owned()));
+                Some(Arc::new(store))
+            }
+            (None, None, None) => None,
+            _ => return Err(PyValueError::new_err("give one store: sqlite, redis or nats")),
         };
-        let store = store.map(|s| Arc::new(s) as Arc<dyn DurableStore>);
         if !execute && store.is_none() {
             return Err(PyValueError::new_err("execute=False needs a durable context: workers must find the runs"));
         }
         let config = EngineConfig { retain_finished, store, lease, durability, execute };
-        Ok(PyEngine { engine: Engine::new(runtime::handle(), config) })
+        Ok(PyEngine { engine: Engine::new(runtime::handle(), config), admin })
+    }
+
+    /// Deletes everything of a networked store's namespace (Redis keys, or NATS buckets).
+    fn delete_namespace(&self, py: Python<'_>) -> PyResult<()> {
+        match &self.admin {
+            Some(Admin::Redis(store)) => {
+                py.detach(|| runtime::handle().block_on(store.delete_namespace())).map(drop).map_err(to_py_err)
+            }
+            Some(Admin::Nats(url, namespace)) => {
+                py.detach(|| runtime::handle().block_on(NatsStore::delete_namespace(url, namespace))).map_err(to_py_err)
+            }
+            None => Err(PyValueError::new_err("only a Redis or NATS context has a namespace to delete")),
+        }
     }
 
     /// Writes the steps waiting for their group commit now (durability "batch").

@@ -40,6 +40,8 @@ pub fn handle() -> Handle {
         .thread_keep_alive(Duration::from_secs(60))
         .on_thread_start(keep_thread_state)
         .enable_time()
+        // Network I/O for the Redis and NATS stores.
+        .enable_io()
         .build()
         .expect("the tokio runtime starts");
     let handle = runtime.handle().clone();

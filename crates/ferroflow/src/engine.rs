@@ -529,8 +529,8 @@ impl Engine {
         let store = self.inner.config.store.clone().ok_or_else(|| {
             Error::Store("a worker needs a durable store; this engine keeps runs in memory".to_owned())
         })?;
-        let graphs: HashMap<String, Workflow> =
-            workflows.iter().map(|w| (w.graph().name().to_owned(), w.clone())).collect();
+        let graphs: Arc<HashMap<String, Workflow>> =
+            Arc::new(workflows.iter().map(|w| (w.graph().name().to_owned(), w.clone())).collect());
         let lease = self.inner.config.lease;
         let concurrency = concurrency.max(1);
         while !stop.is_cancelled() {
@@ -549,7 +549,11 @@ impl Engine {
             match claimed {
                 Ok(claims) => {
                     for claim in claims {
-                        self.take(&graphs, claim, attachment.clone()).await;
+                        let (engine, graphs, attachment) = (self.clone(), Arc::clone(&graphs), attachment.clone());
+                        let taken = tokio::task::spawn_blocking(move || engine.take(&graphs, claim, attachment));
+                        if let Err(join) = taken.await {
+                            tracing::error!(%join, "taking on claimed work failed");
+                        }
                     }
                 }
                 Err(error) => {
@@ -576,14 +580,15 @@ impl Engine {
     /// do not keep meeting), which is also how soon a worker that has the graph gets it.
     /// (Claiming only the work of one's own graphs, in the store, would spare the round
     /// trips; the queue does not filter by graph yet.)
-    async fn hand_back(&self, run_id: &str, lease: Option<&Lease>, reason: String) {
+    fn hand_back(&self, run_id: &str, lease: Option<&Lease>, reason: String) {
         tracing::warn!(run_id = %run_id, "handing the work back: {reason}");
         let later = now_ms() + 500 + fastrand::u64(0..1_000);
+        let store = self.inner.store();
         let handed_back = match lease {
             Some(lease) => {
-                self.inner.store().release(&self.inner.owner, std::slice::from_ref(&lease.task), later).await
+                self.inner.block_on(store.release(&self.inner.owner, std::slice::from_ref(&lease.task), later))
             }
-            None => self.inner.store().release_run(&self.inner.owner, run_id, later).await,
+            None => self.inner.block_on(store.release_run(&self.inner.owner, run_id, later)),
         };
         if let Err(error) = handed_back {
             tracing::warn!(%error, "cannot hand the task back; its lease will expire");
@@ -594,8 +599,10 @@ impl Engine {
     /// up with the run's journal (loading the run if this engine does not hold it) and
     /// runs the task (or every outstanding task of the run), or records that it was
     /// interrupted and runs its next attempt, or drops it if the journal has moved past it.
-    async fn take(&self, graphs: &HashMap<String, Workflow>, claim: Claim, attachment: Option<Attachment>) {
-        let store = self.inner.store();
+    ///
+    /// Runs on a blocking thread: it waits for the store with runs locked, and the
+    /// runtime's workers must stay free to drive the store's I/O.
+    fn take(&self, graphs: &HashMap<String, Workflow>, claim: Claim, attachment: Option<Attachment>) {
         let (run_id, lease) = match claim {
             Claim::Task(lease) => (lease.task.run_id.clone(), Some(lease)),
             Claim::Run(run_id) => (run_id, None),
@@ -603,16 +610,19 @@ impl Engine {
         let (run, loaded) = match self.inner.load_run(&run_id, |graph| graphs.get(graph).cloned(), attachment) {
             Ok(found) => found,
             Err(error @ (Error::UnknownGraph { .. } | Error::VersionMismatch { .. })) => {
-                return self.hand_back(&run_id, lease.as_ref(), error.to_string()).await;
+                return self.hand_back(&run_id, lease.as_ref(), error.to_string());
             }
             Err(error) => {
-                return self.hand_back(&run_id, lease.as_ref(), format!("the run cannot be loaded: {error}")).await;
+                return self.hand_back(&run_id, lease.as_ref(), format!("the run cannot be loaded: {error}"));
             }
         };
         // A run whose holder stopped is taken over whole, with its queued tasks.
         let leases = match &lease {
             Some(lease) => Ok(vec![lease.clone()]),
-            None => store.claim_run(&self.inner.owner, &run_id, self.inner.config.lease).await,
+            None => {
+                let store = self.inner.store();
+                self.inner.block_on(store.claim_run(&self.inner.owner, &run_id, self.inner.config.lease))
+            }
         };
         let adopted = leases.and_then(|leases| {
             let mut core = run.lock();
@@ -624,7 +634,7 @@ impl Engine {
                 self.inner.after_change(&run);
                 self.inner.dispatch(&run, ready);
             }
-            Err(error) => self.hand_back(&run_id, lease.as_ref(), format!("the run cannot be read: {error}")).await,
+            Err(error) => self.hand_back(&run_id, lease.as_ref(), format!("the run cannot be read: {error}")),
         }
     }
 
@@ -844,6 +854,22 @@ impl Inner {
             tokio::task::block_in_place(|| self.runtime.block_on(future))
         } else {
             self.runtime.block_on(future)
+        }
+    }
+
+    /// Runs `f`, which may lock a run and then wait for the store, from an async task: in a
+    /// durable engine on a blocking thread, so that no runtime worker ever waits for a run's
+    /// lock or for the store. A networked store (Redis, NATS) needs the workers to drive its
+    /// I/O: a worker blocked on a lock held by a thread that waits for the store would stall
+    /// both (and `block_in_place` cannot help once the blocking threads are all taken).
+    async fn off_workers<R: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&Arc<Inner>) -> R + Send + 'static) -> R {
+        if self.config.store.is_none() {
+            return f(self);
+        }
+        let inner = Arc::clone(self);
+        match tokio::task::spawn_blocking(move || f(&inner)).await {
+            Ok(value) => value,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
     }
 
@@ -1323,7 +1349,11 @@ impl Inner {
             _ = run.cancel.cancelled() => return,
             result = with_timeout(timeout, attempt) => result,
         };
-        let next = self.complete(&run, &ready.task, result);
+        let task = ready.task;
+        let next = {
+            let run = Arc::clone(&run);
+            self.off_workers(move |inner| inner.complete(&run, &task, result)).await
+        };
         self.dispatch(&run, next);
     }
 
@@ -1687,26 +1717,19 @@ async fn follow_runs(inner: Weak<Inner>) {
     const SLOW: Duration = Duration::from_millis(200);
     let mut pause = FAST;
     loop {
-        let added = {
-            let Some(inner) = inner.upgrade() else { return };
-            let idle = inner.followed.lock().expect("followed lock").is_empty();
-            if idle {
-                pause = FAST;
-                let inner = Arc::clone(&inner);
-                Some(async move { inner.follow_added.notified().await })
-            } else {
-                let news = inner.poll_followed();
-                pause = if news { FAST } else { (pause * 2).min(SLOW) };
-                None
-            }
-        };
-        match added {
+        let Some(strong) = inner.upgrade() else { return };
+        let idle = strong.followed.lock().expect("followed lock").is_empty();
+        if idle {
+            pause = FAST;
             // Wakes at the next follow, or now and then to notice the engine is gone.
-            Some(added) => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), added).await;
-            }
-            None => tokio::time::sleep(pause).await,
+            let added = strong.follow_added.notified();
+            let _ = tokio::time::timeout(Duration::from_secs(1), added).await;
+            continue;
         }
+        let news = strong.off_workers(|inner| inner.poll_followed()).await;
+        drop(strong);
+        pause = if news { FAST } else { (pause * 2).min(SLOW) };
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -1716,7 +1739,7 @@ async fn group_commit(inner: Weak<Inner>, window: Duration) {
     loop {
         tokio::time::sleep(window).await;
         let Some(inner) = inner.upgrade() else { return };
-        let _ = inner.flush(None);
+        inner.off_workers(|inner| drop(inner.flush(None))).await;
     }
 }
 

@@ -19,13 +19,15 @@ pub mod state;
 pub mod store;
 pub mod value;
 
+#[cfg(feature = "redis")]
+pub use crate::redis::RedisStore;
 pub use body::{AsyncBody, Attachment, BlockingBody, Body, BodyResult, NodeCall, Workflow};
 pub use engine::{Durability, Engine, EngineConfig, NodeReport, RunHandle, RunSnapshot, StartOptions, WatchUntil};
 pub use error::{Error, GraphError, NodeError, Result};
 pub use graph::{Dependency, Graph, GraphSpec, NodeId, NodeKind, NodeSpec, RetryPolicy};
 pub use journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus};
-#[cfg(feature = "redis")]
-pub use crate::redis::RedisStore;
+#[cfg(feature = "nats")]
+pub use nats::NatsStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use state::{Effects, NodeState, Rejected, RunState, Task};

@@ -620,6 +620,46 @@ impl RedisStore {
         &self.inner.prefix
     }
 
+    /// Deletes every key of this store's namespace (runs, journals, holds, tasks) and
+    /// returns how many there were. For tests and for retiring a deployment: workers still
+    /// using the namespace lose their work.
+    pub async fn delete_namespace(&self) -> Result<u64> {
+        let pattern = format!("{}:*", self.inner.prefix);
+        let mut conn = self.conn.clone();
+        let keys: Vec<String> = self
+            .call("cannot list the namespace's keys", async move {
+                let mut keys = Vec::new();
+                let mut cursor: u64 = 0;
+                loop {
+                    let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await?;
+                    keys.extend(batch);
+                    if next == 0 {
+                        return Ok(keys);
+                    }
+                    cursor = next;
+                }
+            })
+            .await?;
+        let mut deleted = 0;
+        for chunk in keys.chunks(500) {
+            let mut conn = self.conn.clone();
+            let chunk = chunk.to_vec();
+            deleted += self
+                .call("cannot delete the namespace's keys", async move {
+                    redis::cmd("UNLINK").arg(&chunk).query_async::<u64>(&mut conn).await
+                })
+                .await?;
+        }
+        Ok(deleted)
+    }
+
     /// Runs one request, bounded by the store's timeout; errors name the server and `what`
     /// failed.
     async fn call<T>(&self, what: &str, request: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {

@@ -1,0 +1,162 @@
+//! The NATS store against the contracts of the context traits, on the real server at
+//! `FERROFLOW_NATS_URL` (default `nats://127.0.0.1:4222`, JetStream enabled). Each test
+//! gets a namespace of its own, whose buckets its guard deletes at the end.
+#![cfg(feature = "nats")]
+
+#[macro_use]
+mod contract;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ferroflow::nats::NatsStore;
+
+fn url() -> String {
+    std::env::var("FERROFLOW_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// Deletes its namespace's buckets when dropped.
+pub struct Guard {
+    namespace: String,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // The test's runtime may be a current-thread one that is busy dropping us: delete
+        // on a thread with a runtime of its own.
+        let (url, namespace) = (url(), self.namespace.clone());
+        let deleted = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            runtime.block_on(NatsStore::delete_namespace(&url, &namespace))
+        })
+        .join();
+        if let Ok(Err(e)) = deleted {
+            eprintln!("cannot delete the test namespace {}: {e}", self.namespace);
+        }
+    }
+}
+
+/// A namespace unique to this test process and call.
+fn namespace() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("test{}_{}_{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A store in a fresh namespace; the namespace lives as long as the guard.
+async fn fresh() -> (NatsStore, Guard) {
+    let namespace = namespace();
+    let store = NatsStore::connect(&url(), &namespace).await.expect("the NATS server at FERROFLOW_NATS_URL");
+    (store, Guard { namespace })
+}
+
+mod journal_store {
+    use super::contract::journal_store::*;
+
+    journal_store_contract!(super::fresh().await);
+}
+
+mod task_queue {
+    use super::contract::task_queue::*;
+
+    task_queue_contract!(super::fresh().await);
+}
+
+mod durable_store {
+    use super::contract::task_queue::*;
+
+    durable_store_contract!(super::fresh().await);
+}
+
+mod server {
+    use std::time::Duration;
+
+    use ferroflow::nats::NatsStore;
+    use ferroflow::{Error, JournalEntry, JournalStore, QueuedTask, StoredEntry, TaskQueue};
+
+    use super::contract::journal_store::{new_run, started};
+    use super::contract::task_queue::leases;
+
+    #[tokio::test]
+    async fn an_unreachable_server_gives_a_clear_error() {
+        let message = match NatsStore::connect("nats://127.0.0.1:1", "unreachable").await {
+            Ok(_) => panic!("connected to nothing"),
+            Err(Error::Store(message)) => message,
+            Err(other) => panic!("expected a store error, got {other:?}"),
+        };
+        assert!(message.contains("nats://127.0.0.1:1"), "the error names the server: {message}");
+        assert!(message.contains("cannot connect"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn run_ids_and_node_names_of_any_characters_are_stored() {
+        let (store, _guard) = super::fresh().await;
+        let run_id = "run with spaces/and.dots=é";
+        new_run(&store, run_id, "g", 100).await;
+        let (record, journal) = store.load(run_id).await.unwrap().unwrap();
+        assert_eq!(record.run_id, run_id);
+        assert_eq!(format!("{:?}", journal[0].entry), format!("{:?}", started(100).entry));
+        let task = QueuedTask {
+            run_id: run_id.into(),
+            node: "nœud.1 > *".into(),
+            item: Some(3),
+            attempt: 1,
+            not_before_ms: 0,
+        };
+        store.enqueue(std::slice::from_ref(&task)).await.unwrap();
+        let held = leases(store.claim("w", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap());
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].task, task);
+        store.ack("w", &task).await.unwrap();
+        // The acknowledged task is gone, and can be queued again.
+        store.enqueue(std::slice::from_ref(&task)).await.unwrap();
+        assert_eq!(leases(store.claim("w", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap()).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_entry_too_large_for_a_message_fails_clearly_and_writes_nothing() {
+        let (store, _guard) = super::fresh().await;
+        new_run(&store, "r1", "g", 100).await;
+        let big = ferroflow::Value::from(serde_json::json!("x".repeat(2 << 20)));
+        let entry = JournalEntry::NodeCompleted { node: "a".into(), item: None, attempt: 1, output: big };
+        let err = store.append("r1", 1, &[StoredEntry { seq: 1, at_ms: 110, entry }]).await.unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("nats://127.0.0.1:4222") || message.contains("NATS server"), "{message}");
+        assert!(message.contains("payload"), "{message}");
+        assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_connections_never_lease_the_same_task() {
+        // Two connections stand for two processes.
+        let (first, guard) = super::fresh().await;
+        let second = NatsStore::connect(&super::url(), first.namespace()).await.unwrap();
+        let tasks: Vec<QueuedTask> = (0..60)
+            .map(|i| QueuedTask { run_id: "r".into(), node: format!("n{i}"), item: None, attempt: 1, not_before_ms: 0 })
+            .collect();
+        first.enqueue(&tasks).await.unwrap();
+        let drain = |store: NatsStore, owner: &'static str| {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    let claims = store.claim(owner, 7, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+                    let leases = leases(claims);
+                    if leases.is_empty() {
+                        return seen;
+                    }
+                    for lease in leases {
+                        store.ack(owner, &lease.task).await.unwrap();
+                        seen.push(lease.task.node);
+                    }
+                }
+            })
+        };
+        let (a, b) = (drain(first, "a"), drain(second, "b"));
+        let mut all = a.await.unwrap();
+        all.extend(b.await.unwrap());
+        all.sort();
+        let mut expected: Vec<String> = (0..60).map(|i| format!("n{i}")).collect();
+        expected.sort();
+        assert_eq!(all, expected, "every task leased exactly once across both connections");
+        drop(guard);
+    }
+}
