@@ -13,9 +13,16 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import defaultdict
 
+import pytest
+
 import ferroflow as ff
+from ferroflow.cli import open_context
+
+REDIS_URL = os.environ.get("FERROFLOW_TEST_REDIS", "redis://127.0.0.1:6379")
+NATS_URL = os.environ.get("FERROFLOW_TEST_NATS", "nats://127.0.0.1:4222")
 
 RUNS = 60
 LEASE = "0.6"
@@ -55,10 +62,10 @@ def join(left, right, ctx):
 
 STARTER = """
 import sys
-import ferroflow as ff
+from ferroflow.cli import open_context
 from app import diamond
 
-context = ff.Sqlite(sys.argv[1], lease=float(sys.argv[3]))
+context = open_context(sys.argv[1], lease=float(sys.argv[3]))
 ids = [f"r{i}" for i in range(int(sys.argv[2]))]
 for run_id in ids:
     diamond.start(int(run_id[1:]), run_id=run_id, context=context)
@@ -87,9 +94,20 @@ def wait_for(what, condition, timeout=60.0):
         time.sleep(0.05)
 
 
-def test_workers_finish_the_runs_of_killed_processes_without_resume(tmp_path):
+def context_spec(store, tmp_path):
+    """The `--context` of a fresh store of each kind: a file, or a namespace of its own."""
+    name = f"w{uuid.uuid4().hex[:16]}"
+    return {
+        "sqlite": str(tmp_path / "runs.db"),
+        "redis": f"{REDIS_URL}?namespace={name}",
+        "nats": f"{NATS_URL}?namespace={name}",
+    }[store]
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis", "nats"])
+def test_workers_finish_the_runs_of_killed_processes_without_resume(tmp_path, store):
     (tmp_path / "app.py").write_text(GRAPH)
-    db = tmp_path / "runs.db"
+    db = context_spec(store, tmp_path)
     log = tmp_path / "calls.log"
     log.touch()
     env = dict(os.environ, FERROFLOW_TEST_LOG=str(log), PYTHONPATH=str(tmp_path))
@@ -107,7 +125,7 @@ def test_workers_finish_the_runs_of_killed_processes_without_resume(tmp_path):
     time.sleep(0.03 + rng.random() * 0.1)
     starter.send_signal(signal.SIGKILL)
     starter.communicate(timeout=10)
-    context = ff.Sqlite(db)
+    context = open_context(db)
     unfinished = [r for r in context.runs(limit=1000) if r.status is not ff.RunStatus.COMPLETED]
     assert len(context.runs(limit=1000)) == RUNS
     assert unfinished, "the starter finished every run before the kill; the test proved nothing"
@@ -160,6 +178,8 @@ def test_workers_finish_the_runs_of_killed_processes_without_resume(tmp_path):
     assert taken_over, "no run was continued by a process other than the one that started it"
     interrupted = sum(1 for ran in executed.values() if max(ran) > 1)
     print({"unfinished_at_kill": len(unfinished), "runs_taken_over": len(taken_over), "interrupted": interrupted})
+    if store != "sqlite":
+        context.delete_namespace()
 
 
 def test_a_context_that_does_not_execute_hands_its_runs_to_workers(tmp_path):

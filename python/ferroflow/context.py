@@ -179,7 +179,22 @@ class Sqlite(_Durable):
         return f"Sqlite({self.path!r})"
 
 
-class Redis(_Durable):
+class _Networked(_Durable):
+    """What the server-backed contexts share: a URL and a namespace on the server."""
+
+    url: str
+    namespace: str
+
+    def delete_namespace(self) -> None:
+        """Deletes everything this context's namespace holds on the server (runs, journals,
+        holds, queued tasks). Workers using it lose their work."""
+        self._engine.delete_namespace()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, namespace={self.namespace!r})"
+
+
+class Redis(_Networked):
     """Like :class:`Sqlite`, with the runs' journals, holds and task queue on the Redis
     server at ``url`` (Redis 7 or newer), under keys prefixed ``ff:<namespace>:``: worker
     processes on any machine that reaches the server (``ferroflow worker MODULE:GRAPH
@@ -210,16 +225,8 @@ class Redis(_Durable):
         )
         self._open(durability, execute, engine)
 
-    def delete_namespace(self) -> None:
-        """Deletes every key of this context's namespace (runs, journals, holds, queued
-        tasks). Workers using it lose their work."""
-        self._engine.delete_namespace()
 
-    def __repr__(self) -> str:
-        return f"Redis({self.url!r}, namespace={self.namespace!r})"
-
-
-class Nats(_Durable):
+class Nats(_Networked):
     """Like :class:`Sqlite`, with the runs' journals, holds and tasks in JetStream
     key-value buckets on the NATS server at ``url`` (JetStream enabled), named after
     ``namespace``: worker processes on any machine that reaches the server (``ferroflow
@@ -249,14 +256,6 @@ class Nats(_Durable):
             retain_finished, None, lease, durability, batch_window, execute, namespace=namespace, nats=url
         )
         self._open(durability, execute, engine)
-
-    def delete_namespace(self) -> None:
-        """Deletes this context's buckets (runs, journals, holds, tasks). Workers using them
-        lose their work."""
-        self._engine.delete_namespace()
-
-    def __repr__(self) -> str:
-        return f"Nats({self.url!r}, namespace={self.namespace!r})"
 
 
 class InMemory(Context):
