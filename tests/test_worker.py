@@ -309,3 +309,125 @@ def test_a_worker_hands_back_runs_of_a_graph_version_it_does_not_have(tmp_path):
         old.send_signal(signal.SIGTERM)
         _, err = old.communicate(timeout=30)
     assert "handing the work back" in err and newer.version in err, err[-3000:]
+
+
+FAST_GRAPH = """
+import os, time
+import ferroflow as ff
+
+def log(ctx):
+    with open(os.environ["FERROFLOW_TEST_LOG"], "a") as f:
+        f.write(f"{ctx.run_id} {ctx.node} {ctx.attempt} {os.getpid()}\\n")
+
+diamond = ff.Graph("batch_diamond")
+
+@diamond.task
+def split(input, ctx):
+    log(ctx)
+    return input
+
+@diamond.task
+def left(split, ctx):
+    log(ctx)
+    time.sleep(0.005)  # so that a kill finds nodes running
+    return split * 2
+
+@diamond.task
+def right(split, ctx):
+    log(ctx)
+    return split + 100
+
+@diamond.task
+def join(left, right, ctx):
+    log(ctx)
+    return left + right
+"""
+
+BATCH = 2000
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("store", ["redis"])
+def test_a_batch_survives_a_worker_killed_mid_way(tmp_path, store):
+    """2,000 runs submitted with `ferroflow map --no-execute` to two workers; one is killed
+    with SIGKILL a quarter of the way through and another starts. Every run completes once,
+    with the result a real-time run gives, and no completed node runs again.
+
+    Not yet on NATS: there, one run in 2,000 was left held by the killed worker and never
+    taken over (issue 4 is open on it)."""
+    (tmp_path / "app.py").write_text(FAST_GRAPH)
+    spec = context_spec(store, tmp_path)
+    log = tmp_path / "calls.log"
+    log.touch()
+    env = dict(os.environ, FERROFLOW_TEST_LOG=str(log), PYTHONPATH=str(tmp_path))
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(f"{i}\n" for i in range(BATCH)))
+    out = tmp_path / "out.jsonl"
+
+    def start_worker():
+        return subprocess.Popen(
+            [sys.executable, "-m", "ferroflow.cli", "worker", "app:diamond", "--context", spec, *WORKER_OPTIONS],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    workers = [start_worker(), start_worker()]
+    command = [sys.executable, "-m", "ferroflow.cli", "map", "app:diamond", "--input", str(inputs)]
+    command += ["--output", str(out), "--context", spec, "--no-execute", "--concurrency", "200"]
+    submit = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for("a quarter of the batch", lambda: log.read_text().count(" join ") >= BATCH // 4, timeout=120)
+        workers[0].send_signal(signal.SIGKILL)
+        workers[0].communicate(timeout=10)
+        workers.append(start_worker())
+        _, err = submit.communicate(timeout=300)
+        assert submit.returncode == 0, err[-3000:]
+    finally:
+        for proc in workers[1:]:
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers[1:]:
+            proc.communicate(timeout=30)
+
+    # The same inputs in real time, in memory.
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import app
+
+        os.environ["FERROFLOW_TEST_LOG"] = str(tmp_path / "realtime.log")
+        expected = app.diamond.map(range(BATCH), context=ff.InMemory())
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("app", None)
+        del os.environ["FERROFLOW_TEST_LOG"]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["output"] for r in records] == expected
+
+    executed = defaultdict(list)
+    for line in log.read_text().splitlines():
+        run_id, node, attempt, _ = line.split()
+        executed[(run_id, node)].append(int(attempt))
+    context = open_context(spec)
+    runs = context.runs(limit=10 * BATCH)
+    assert len(runs) == BATCH, "a run was lost or duplicated"
+    assert {r.status for r in runs} == {ff.RunStatus.COMPLETED}
+    rerun = 0
+    for record in records:
+        completed = [e for e in context.journal(record["run_id"]) if isinstance(e, ff.events.NodeCompleted)]
+        assert sorted(e.node for e in completed) == ["join", "left", "right", "split"], record
+        for event in completed:
+            ran = executed[(record["run_id"], event.node)]
+            assert max(ran) == event.attempt, f"{record['run_id']}/{event.node} ran {ran}, completed {event.attempt}"
+            assert len(ran) == len(set(ran)), f"{record['run_id']}/{event.node} ran one attempt twice: {ran}"
+            rerun += len(ran) > 1
+    assert rerun > 0, "the kill interrupted nothing; the test proved nothing"
+    context.delete_namespace()
+    print({"store": store, "nodes_run_again": rerun})
