@@ -28,16 +28,21 @@ RUNS = 60
 LEASE = "0.6"
 WORKER_OPTIONS = ["--concurrency", "8", "--lease", LEASE, "--grace", "5"]
 
-GRAPH = """
+
+def diamond_app(name, pause):
+    """The source of a module defining the graph `diamond` named `name`: split -> left and
+    right -> join, every body logging `run node attempt pid` to FERROFLOW_TEST_LOG and then
+    sleeping `pause` (a Python expression; `ctx` is the node's context)."""
+    return f"""
 import os, random, time
 import ferroflow as ff
 
 def log(ctx):
     with open(os.environ["FERROFLOW_TEST_LOG"], "a") as f:
-        f.write(f"{ctx.run_id} {ctx.node} {ctx.attempt} {os.getpid()}\\n")
-    time.sleep(random.random() * 0.1)
+        f.write(f"{{ctx.run_id}} {{ctx.node}} {{ctx.attempt}} {{os.getpid()}}\\n")
+    time.sleep({pause})
 
-diamond = ff.Graph("worker_diamond")
+diamond = ff.Graph("{name}")
 
 @diamond.task
 def split(input, ctx):
@@ -59,6 +64,10 @@ def join(left, right, ctx):
     log(ctx)
     return left + right
 """
+
+
+# Bodies that take a little time, so that kills land mid-body.
+GRAPH = diamond_app("worker_diamond", "random.random() * 0.1")
 
 STARTER = """
 import sys
@@ -311,37 +320,8 @@ def test_a_worker_hands_back_runs_of_a_graph_version_it_does_not_have(tmp_path):
     assert "handing the work back" in err and newer.version in err, err[-3000:]
 
 
-FAST_GRAPH = """
-import os, time
-import ferroflow as ff
-
-def log(ctx):
-    with open(os.environ["FERROFLOW_TEST_LOG"], "a") as f:
-        f.write(f"{ctx.run_id} {ctx.node} {ctx.attempt} {os.getpid()}\\n")
-
-diamond = ff.Graph("batch_diamond")
-
-@diamond.task
-def split(input, ctx):
-    log(ctx)
-    return input
-
-@diamond.task
-def left(split, ctx):
-    log(ctx)
-    time.sleep(0.005)  # so that a kill finds nodes running
-    return split * 2
-
-@diamond.task
-def right(split, ctx):
-    log(ctx)
-    return split + 100
-
-@diamond.task
-def join(left, right, ctx):
-    log(ctx)
-    return left + right
-"""
+# Fast bodies, `left` slow enough that a kill finds nodes running.
+FAST_GRAPH = diamond_app("batch_diamond", "0.005 if ctx.node == 'left' else 0")
 
 BATCH = 2000
 

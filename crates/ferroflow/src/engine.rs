@@ -1394,7 +1394,7 @@ impl Inner {
                     JournalEntry::NodeFailed { node, item: task.item, attempt: task.attempt, error, retry_in_ms }
                 }
             };
-            let queued = core.from_queue.remove(&(task.node, task.item, task.attempt));
+            let queued = !core.from_queue.is_empty() && core.from_queue.remove(&(task.node, task.item, task.attempt));
             let done = if queued { vec![run.queued(task)] } else { Vec::new() };
             match self.step(run, &mut core, entry, &done) {
                 Ok(ready) => run.prepare(&core, ready),
@@ -1693,13 +1693,16 @@ enum StepError {
     Failed,
 }
 
-/// Counts a task executing (or waiting out a backoff) on this engine, until dropped.
+/// Counts a task executing (or waiting out a backoff) on this engine, until dropped: what
+/// a worker ([`Engine::work`]) measures its concurrency by. Engines without a store have no
+/// workers, and their tasks are not counted (a wake-up per task is not free).
 struct InFlight(Arc<Inner>);
 
 impl InFlight {
-    fn new(inner: &Arc<Inner>) -> InFlight {
+    fn new(inner: &Arc<Inner>) -> Option<InFlight> {
+        inner.config.store.as_ref()?;
         inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(Arc::clone(inner))
+        Some(InFlight(Arc::clone(inner)))
     }
 }
 
