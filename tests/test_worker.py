@@ -113,20 +113,7 @@ def context_spec(store, tmp_path):
     }[store]
 
 
-@pytest.mark.parametrize(
-    "store",
-    [
-        "sqlite",
-        "redis",
-        pytest.param(
-            "nats",
-            marks=pytest.mark.skip(
-                reason="known defect (issue 4): on NATS a run held by a killed worker is sometimes never "
-                "taken over; this test passed and timed out in turn, and CI must not depend on the draw"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("store", ["sqlite", "redis", "nats"])
 def test_workers_finish_the_runs_of_killed_processes_without_resume(tmp_path, store):
     (tmp_path / "app.py").write_text(GRAPH)
     db = context_spec(store, tmp_path)
@@ -343,14 +330,11 @@ BATCH = 2000
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("store", ["redis"])
+@pytest.mark.parametrize("store", ["redis", "nats"])
 def test_a_batch_survives_a_worker_killed_mid_way(tmp_path, store):
     """2,000 runs submitted with `ferroflow map --no-execute` to two workers; one is killed
     with SIGKILL a quarter of the way through and another starts. Every run completes once,
-    with the result a real-time run gives, and no completed node runs again.
-
-    Not yet on NATS: there, one run in 2,000 was left held by the killed worker and never
-    taken over (issue 4 is open on it)."""
+    with the result a real-time run gives, and no completed node runs again."""
     (tmp_path / "app.py").write_text(FAST_GRAPH)
     spec = context_spec(store, tmp_path)
     log = tmp_path / "calls.log"

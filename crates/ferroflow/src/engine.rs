@@ -1207,7 +1207,10 @@ impl Inner {
                     Err(_) => fresh.push(task),
                 }
             }
-            if entries.is_empty() && done.is_empty() && next.is_empty() {
+            if entries.is_empty() && next.is_empty() {
+                // Only stale leases to drop: acknowledged, not written as a step, which
+                // would make this engine hold a run it has nothing to run of.
+                self.drop_stale(&run.run_id, &done);
                 return run.prepare(core, fresh);
             }
             match self.write(run, core, entries, &next, &done) {
@@ -1228,6 +1231,16 @@ impl Inner {
         }
         tracing::warn!(run_id = %run.run_id, "not taking the run on: other processes kept writing to it");
         Vec::new()
+    }
+
+    /// Acknowledges leased tasks the journal has moved past. One whose lease was lost, or
+    /// whose row a repair already removed, needs nothing more.
+    fn drop_stale(&self, run_id: &str, tasks: &[QueuedTask]) {
+        for task in tasks {
+            if let Err(error) = self.block_on(self.store().ack(&self.owner, task)) {
+                tracing::debug!(run_id = %run_id, task = %task.key(), %error, "a stale task was not acknowledged");
+            }
+        }
     }
 
     fn live(&self, run_id: &str) -> Result<Arc<LiveRun>> {

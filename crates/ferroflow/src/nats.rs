@@ -60,7 +60,13 @@
 //! a task queued, leased and acknowledged in between may be queued once more; the
 //! scheduler drops such duplicates against the journal, as it does every redelivery.
 //! A writer that dies holding the run leaves a hold that expires and is claimed as
-//! [`Claim::Run`], so the hold needs no repair.
+//! [`Claim::Run`], so the hold needs no repair. One that dies after its step but before
+//! taking its first hold on the run (a worker's first step on a queued task) leaves
+//! neither a hold nor its ready tasks in the queue: the step says it meant to hold the run
+//! (`hold`), and the repair creates a [`RELEASED`] hold if there is none, so that the run
+//! is claimed whole and those tasks run. A writer still alive then finds the hold taken
+//! and queues its ready tasks instead; whichever of the two runs a task first, the other
+//! is dropped against the journal.
 //!
 //! `load` reads the whole chain with one filtered scan of the run's keys (an ordered
 //! consumer on `$KV.ff_{ns}_journal.{run}.>`, latest value per key), not one lookup per
@@ -296,6 +302,11 @@ struct StepDoc {
     /// [`JournalStore::append`] touch neither).
     #[serde(default)]
     effects: bool,
+    /// Whether the writer meant to hold the run and run the ready tasks itself (they are
+    /// not in `queue`). If it died before taking the hold, the repair hands the run to
+    /// whoever claims it, as [`RELEASED`], so that those tasks are not lost.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    hold: bool,
 }
 
 impl StepDoc {
@@ -723,6 +734,20 @@ impl NatsStore {
         Ok(end)
     }
 
+    /// The record of a run, repaired first if a step lies beyond it. A finished run has no
+    /// step beyond the one that finished it, so its record is taken as it is.
+    async fn up_to_date(&self, record: Versioned<RunDoc>) -> Result<RunDoc> {
+        if record.value.status.is_terminal() {
+            return Ok(record.value);
+        }
+        let run_id = record.value.run_id.clone();
+        if self.get::<StepDoc>(&self.inner.journal, &step_key(&run_id, record.value.len)).await?.is_none() {
+            return Ok(record.value);
+        }
+        self.journal_end(&run_id, &record).await?;
+        Ok(self.record(&run_id).await?.map_or(record.value, |fresh| fresh.value))
+    }
+
     /// Applies the effects of `steps` again, then advances the record past them.
     async fn repair(&self, run_id: &str, steps: &[(u64, StepDoc)]) -> Result<()> {
         for (_, step) in steps {
@@ -730,6 +755,12 @@ impl NatsStore {
                 self.apply_tasks(run_id, step.status, &step.done, &step.queue).await?;
                 if step.status.is_some_and(|s| !holds(s)) {
                     self.remove(&self.inner.holds, &token(run_id)).await?;
+                } else if step.hold {
+                    // Whatever hold there is (the writer's, most likely) stays.
+                    let released = HoldDoc { owner: RELEASED.to_owned(), until_ms: 0 };
+                    if self.kv_create(&self.inner.holds, &token(run_id), &released).await?.is_some() {
+                        self.wake().await;
+                    }
                 }
             }
         }
@@ -805,8 +836,9 @@ impl NatsStore {
         Ok(queued)
     }
 
-    /// Makes `owner` hold the run unless another owner's hold is live; says whether it does.
-    /// The decision is a compare-and-set on the hold, so it is the hold's state when written.
+    /// Makes `owner` hold the run unless another owner holds it, even with an expired hold
+    /// (see [`Step::ready`]); says whether it does. The decision is a compare-and-set on
+    /// the hold, so it is the hold's state when written.
     /// `known` is the hold as the caller last read it (`Some(None)`: there was none), tried
     /// first.
     async fn take_hold(
@@ -818,28 +850,21 @@ impl NatsStore {
     ) -> Result<bool> {
         let key = token(run_id);
         for _ in 0..RETRIES {
-            let now = now_ms();
-            let mine = HoldDoc { owner: owner.to_owned(), until_ms: now + lease_for.as_millis() as u64 };
             let current = match known.take() {
                 Some(hold) => hold,
                 None => self.get::<HoldDoc>(&self.inner.holds, &key).await?,
             };
             match current {
                 None => {
+                    let mine = HoldDoc { owner: owner.to_owned(), until_ms: now_ms() + lease_for.as_millis() as u64 };
                     if self.kv_create(&self.inner.holds, &key, &mine).await?.is_some() {
                         return Ok(true);
                     }
                 }
+                Some(Versioned { value, .. }) if value.owner != owner => return Ok(false),
                 Some(Versioned { value, revision }) => {
-                    let next = if value.owner == owner {
-                        // Confirm it by writing it back: a claim in between wins.
-                        value
-                    } else if value.until_ms > now {
-                        return Ok(false);
-                    } else {
-                        mine
-                    };
-                    if self.update(&self.inner.holds, &key, &next, revision).await?.is_some() {
+                    // Confirm it by writing it back: a claim in between wins.
+                    if self.update(&self.inner.holds, &key, &value, revision).await?.is_some() {
                         return Ok(true);
                     }
                 }
@@ -888,7 +913,7 @@ impl NatsStore {
         let wants_hold = match owner {
             Some((me, _)) if holdable && !terminal => {
                 let current = self.get::<HoldDoc>(&self.inner.holds, &token(run_id)).await?;
-                let wants = current.as_ref().is_none_or(|h| h.value.owner == me || h.value.until_ms <= now_ms());
+                let wants = current.as_ref().is_none_or(|h| h.value.owner == me);
                 hold = Some(current);
                 wants
             }
@@ -900,6 +925,7 @@ impl NatsStore {
             queue: if wants_hold || terminal { Vec::new() } else { ready.iter().map(TaskJson::from).collect() },
             done: done.iter().map(TaskJson::from).collect(),
             effects: effects.is_some(),
+            hold: wants_hold,
         };
         if !entries.is_empty()
             && self.kv_create(&self.inner.journal, &step_key(run_id, expected_seq), &doc).await?.is_none()
@@ -1007,6 +1033,8 @@ impl NatsStore {
             queue,
             done: Vec::new(),
             effects,
+            // A creator that dies before holding the run is handled below, with the record.
+            hold: false,
         };
         let Some(order) = self.kv_create(&self.inner.journal, &step_key(run_id, 0), &doc).await? else {
             // The run exists, or is being created: its creator writes the record next.
@@ -1170,13 +1198,21 @@ impl JournalStore for NatsStore {
             if limit == 0 {
                 return Ok(Vec::new());
             }
-            let mut runs: Vec<RunDoc> = self
-                .scan::<RunDoc>(&self.inner.runs, "")
-                .await?
+            let records =
+                self.scan::<RunDoc>(&self.inner.runs, "").await?.into_iter().map(|(_, run)| run).filter(|run| {
+                    graph.is_none_or(|g| run.value.graph == g)
+                        && status.is_none_or(|s| run.value.status == s || !run.value.status.is_terminal())
+                });
+            // A record behind its journal (its writer died before updating it) is brought
+            // up to date first, so that no run shows a status it has left.
+            let mut runs: Vec<RunDoc> = futures_util::stream::iter(records)
+                .map(|run| self.up_to_date(run))
+                .buffer_unordered(16)
+                .collect::<Vec<Result<RunDoc>>>()
+                .await
                 .into_iter()
-                .map(|(_, run)| run.value)
-                .filter(|run| graph.is_none_or(|g| run.graph == g) && status.is_none_or(|s| run.status == s))
-                .collect();
+                .filter(|run| run.as_ref().map_or(true, |run| status.is_none_or(|s| run.status == s)))
+                .collect::<Result<_>>()?;
             runs.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.order.cmp(&a.order)));
             Ok(runs.iter().take(limit).map(RunDoc::record).collect())
         })
@@ -1432,11 +1468,12 @@ mod tests {
         QueuedTask { run_id: "r1".into(), node: node.into(), item: None, attempt: 1, not_before_ms: 0 }
     }
 
-    #[tokio::test]
-    async fn a_step_whose_writer_died_before_its_effects_is_repaired_by_the_next_reader() {
-        let namespace = format!("unit{}_{}", std::process::id(), now_ms());
+    /// A store in a namespace of its own, deleted with the guard, holding run r1 with its
+    /// task a queued and leased to "w".
+    async fn a_run_with_a_leased() -> (NatsStore, Namespace) {
+        let namespace = format!("unit{}", uuid::Uuid::now_v7().simple());
         let store = NatsStore::connect(&url(), &namespace).await.unwrap();
-        let _guard = Namespace(namespace);
+        let guard = Namespace(namespace);
         let record = RunRecord {
             run_id: "r1".into(),
             graph: "g".into(),
@@ -1452,21 +1489,30 @@ mod tests {
             entry: JournalEntry::RunStarted { graph: "g".into(), version: "v1".into(), input },
         };
         store.create(&record, &[started], &[task("a")], None).await.unwrap();
-        let claimed = store.claim("w", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap();
-        assert_eq!(claimed.len(), 1);
+        assert_eq!(store.claim("w", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap().len(), 1);
+        (store, guard)
+    }
 
-        // A writer completes a, writes its step, and dies before applying its effects.
+    /// Writes the step completing a (as its writer would, then dies): only the step.
+    async fn write_only_the_step(store: &NatsStore, status: RunStatus, queue: &[&str], hold: bool) {
         let output = Value::from(serde_json::json!("a"));
         let completed = JournalEntry::NodeCompleted { node: "a".into(), item: None, attempt: 1, output };
         let step = StepDoc {
             entries: vec![EntryJson { seq: 1, at_ms: 110, entry: completed }],
-            status: Some(RunStatus::Waiting),
-            queue: vec![TaskJson::from(&task("b"))],
+            status: Some(status),
+            queue: queue.iter().map(|node| TaskJson::from(&task(node))).collect(),
             done: vec![TaskJson::from(&task("a"))],
             effects: true,
+            hold,
         };
         store.kv_create(&store.inner.journal, &step_key("r1", 1), &step).await.unwrap().unwrap();
         assert_eq!(store.record("r1").await.unwrap().unwrap().value.len, 1, "the record is behind");
+    }
+
+    #[tokio::test]
+    async fn a_step_whose_writer_died_before_its_effects_is_repaired_by_the_next_reader() {
+        let (store, _guard) = a_run_with_a_leased().await;
+        write_only_the_step(&store, RunStatus::Waiting, &["b"], false).await;
 
         // The next reader applies them: status, length, a removed and b queued.
         let (record, journal) = store.load("r1").await.unwrap().unwrap();
@@ -1485,6 +1531,31 @@ mod tests {
         let err = store.append("r1", 1, &[]).await.unwrap_err();
         assert!(matches!(err, Error::Conflict { expected: 1, found: 2, .. }), "{err:?}");
         store.append("r1", 2, &[]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn listing_runs_repairs_a_record_left_behind_its_journal() {
+        let (store, _guard) = a_run_with_a_leased().await;
+        write_only_the_step(&store, RunStatus::Completed, &[], false).await;
+        let listed = store.list_runs(None, Some(RunStatus::Completed), 10).await.unwrap();
+        assert_eq!(listed.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["r1"]);
+        assert!(store.list_runs(None, Some(RunStatus::Running), 10).await.unwrap().is_empty());
+        assert_eq!(store.record("r1").await.unwrap().unwrap().value.len, 2);
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_writer_died_before_taking_its_hold_is_claimed_whole() {
+        let (store, _guard) = a_run_with_a_leased().await;
+        // w completes a and writes its step, meaning to hold the run and run b itself (b is
+        // not queued), and dies before taking the hold.
+        write_only_the_step(&store, RunStatus::Running, &[], true).await;
+
+        // The next reader repairs the step: the run goes to whoever claims it, whole, so
+        // that b is not lost; a's row is gone.
+        assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 2);
+        let claims = store.claim("w2", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+        assert!(matches!(&claims[..], [Claim::Run(run)] if run == "r1"), "{claims:?}");
+        assert!(store.claim_run("w2", "r1", Duration::from_secs(30)).await.unwrap().is_empty());
     }
 
     #[tokio::test]

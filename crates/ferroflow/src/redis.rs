@@ -192,11 +192,12 @@ local function set_hold(run, holder, till)
     redis.call('ZREM', HOLDS, run)
   end
 end
--- Makes owner hold the run unless another owner's hold is live; says whether it does.
+-- Makes owner hold the run unless another owner holds it, even with an expired hold
+-- (Step::ready); says whether it does.
 local function hold(run, owner, lease_ms, now)
-  local h = redis.call('HMGET', run_key(run), 'owner', 'until_ms')
-  if h[1] == owner then return true end
-  if h[1] and tonumber(h[2]) > now then return false end
+  local holder = redis.call('HGET', run_key(run), 'owner')
+  if holder == owner then return true end
+  if holder then return false end
   set_hold(run, owner, now + lease_ms)
   return true
 end

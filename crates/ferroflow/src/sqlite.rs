@@ -753,9 +753,7 @@ fn commit_step(conn: &Connection, step: &Step<'_>, owner: Option<(&str, Duration
     let (new_holder, new_until, held) = match owner {
         _ if !holds(step.status) => (None, 0, false),
         Some((me, _)) if holder.as_deref() == Some(me) => (holder.clone(), until, true),
-        Some((me, lease_for)) if holder.is_none() || until <= now => {
-            (Some(me.to_owned()), now + lease_for.as_millis() as u64, true)
-        }
+        Some((me, lease_for)) if holder.is_none() => (Some(me.to_owned()), now + lease_for.as_millis() as u64, true),
         _ => (holder.clone(), until, false),
     };
     if status != step.status.as_str() || new_holder != holder {

@@ -177,9 +177,12 @@ pub struct Step<'a> {
     pub entries: &'a [StoredEntry],
     /// The run's status once the entries are applied, recorded with them.
     pub status: RunStatus,
-    /// Tasks that became ready. With an owner, the owner holds the run (unless another
-    /// owner's hold on it is still live) and runs them itself: nothing is written per task.
-    /// Otherwise they are queued for any worker.
+    /// Tasks that became ready. With an owner, the owner holds the run (if it held it
+    /// already, or nobody did) and runs them itself: nothing is written per task.
+    /// Otherwise they are queued for any worker. A step never takes another owner's hold,
+    /// even an expired one: a run whose holder stopped is claimed whole by
+    /// [`TaskQueue::claim`], so that the tasks its holder was running (which have no row
+    /// in the queue) run again too.
     pub ready: &'a [QueuedTask],
     /// Tasks the step resolves (completed, failed, interrupted, superseded), removed from
     /// the queue whoever holds them: the journal now says they are done. A step that
@@ -245,14 +248,13 @@ struct MemoryState {
 }
 
 impl MemoryState {
-    /// Makes `owner` hold the run unless another owner's hold is live; says whether it does.
+    /// Makes `owner` hold the run unless another owner holds it (see [`Step::ready`]);
+    /// says whether it does.
     fn hold(&mut self, run_id: &str, owner: &str, lease_for: Duration, now: u64) -> bool {
-        let until = now + lease_for.as_millis() as u64;
-        match self.holds.get_mut(run_id) {
-            Some((holder, _)) if holder == owner => true,
-            Some((_, expires)) if *expires > now => false,
-            _ => {
-                self.holds.insert(run_id.to_owned(), (owner.to_owned(), until));
+        match self.holds.get(run_id) {
+            Some((holder, _)) => holder == owner,
+            None => {
+                self.holds.insert(run_id.to_owned(), (owner.to_owned(), now + lease_for.as_millis() as u64));
                 true
             }
         }

@@ -18,6 +18,7 @@ pub const LEASE: Duration = Duration::from_secs(30);
 pub const NO_WAIT: Duration = Duration::ZERO;
 pub const A: &str = "worker-a";
 pub const B: &str = "worker-b";
+pub const C: &str = "worker-c";
 
 /// The task leases among claims; a claimed run fails the test.
 pub fn leases(claims: Vec<ferroflow::Claim>) -> Vec<ferroflow::Lease> {
@@ -190,6 +191,28 @@ macro_rules! durable_store_contract {
                 Step { run_id: "r1", expected_seq: 1, entries: &entries, status: RunStatus::Running, ready: &ready, done: &[] };
             assert!(!store.commit(&step, Some((A, LEASE))).await.unwrap());
             assert_eq!(nodes(&leases(store.claim(A, 10, LEASE, NO_WAIT).await.unwrap())), ["b"]);
+        }
+
+        #[::tokio::test]
+        async fn a_step_leaves_an_expired_hold_of_another_owner_to_be_claimed_whole() {
+            let (store, _guard) = $make;
+            let lease = Duration::from_millis(30);
+            store.create(&record("r1", "g", 100), &[started(100)], &[task("a", 1, 0)], None).await.unwrap();
+            let a = leases(store.claim(B, 10, LEASE, NO_WAIT).await.unwrap()).remove(0);
+            // A takes the run over and stops: its hold expires with its tasks unrecorded.
+            store.claim_run(A, "r1", lease).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            // B, still running a, records it: B does not take the run, b is queued.
+            let entries = [completed(1, 110, "a")];
+            let ready = [task("b", 1, 0)];
+            let done = [a.task.clone()];
+            let step =
+                Step { run_id: "r1", expected_seq: 1, entries: &entries, status: RunStatus::Running, ready: &ready, done: &done };
+            assert!(!store.commit(&step, Some((B, LEASE))).await.unwrap(), "A's expired hold is not B's to take");
+            // The run is claimed whole (A's unrecorded tasks run again), with b queued.
+            let mut claims = store.claim(C, 10, LEASE, NO_WAIT).await.unwrap();
+            assert!(matches!(claims.first(), Some(ferroflow::Claim::Run(run)) if run == "r1"), "{claims:?}");
+            assert_eq!(nodes(&leases(claims.split_off(1))), ["b"]);
         }
 
         #[::tokio::test]
