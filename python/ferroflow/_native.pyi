@@ -53,6 +53,7 @@ class Engine:
         redis: Optional[str] = None,
         namespace: str = "default",
         nats: Optional[str] = None,
+        outage_timeout_seconds: float = 300.0,
     ) -> Engine: ...
     def delete_namespace(self) -> None:
         """Deletes everything of a networked store's namespace (Redis keys, or NATS buckets)."""

@@ -202,9 +202,19 @@ class Redis(_Networked):
 
     Every step of a run is one Lua script, atomic on the server; every call to the server
     is bounded by a timeout, and the connection is re-established after the server
-    restarts. Durability is the server's: a Redis without persistence (AOF or snapshots)
-    loses every run when it restarts. ``durability``, ``batch_window``, ``lease`` and
-    ``execute`` mean what they mean for :class:`Sqlite`.
+    restarts. Durability is the server's: a Redis without persistence loses every run when
+    it restarts, and one that writes its AOF with ``appendfsync everysec`` (Redis's
+    default) may lose the last second of steps if its machine crashes; use ``appendfsync
+    always`` for the guarantee :class:`Sqlite` gives. ``durability``, ``batch_window``,
+    ``lease`` and ``execute`` mean what they mean for :class:`Sqlite`.
+
+    While the server is unreachable or restarting, work pauses rather than fails: a node
+    that completes waits to write its step (and nothing follows from it until it is
+    written), and starting a run waits to create it, for up to ``outage_timeout`` seconds;
+    then work resumes where it stopped. A step whose write was cut off may have landed; the
+    retry finds out and carries on from it, so no completed node runs again. Past the
+    limit, the run fails in this process (the server keeps it, for a worker or
+    ``graph.resume`` to continue) and a start raises :class:`StoreUnavailableError`.
     """
 
     def __init__(
@@ -217,11 +227,20 @@ class Redis(_Networked):
         lease: float = 10.0,
         execute: bool = True,
         retain_finished: int = 10_000,
+        outage_timeout: float = 300.0,
     ) -> None:
         self.url = url
         self.namespace = namespace
         engine = _native.Engine(
-            retain_finished, None, lease, durability, batch_window, execute, redis=url, namespace=namespace
+            retain_finished,
+            None,
+            lease,
+            durability,
+            batch_window,
+            execute,
+            redis=url,
+            namespace=namespace,
+            outage_timeout_seconds=outage_timeout,
         )
         self._open(durability, execute, engine)
 
@@ -236,7 +255,11 @@ class Nats(_Networked):
     append at one position); the run's record and tasks follow by compare-and-set, and a
     step whose follow-up was interrupted is completed by the next reader. Every call to the
     server is bounded by a timeout. ``durability``, ``batch_window``, ``lease`` and
-    ``execute`` mean what they mean for :class:`Sqlite`.
+    ``execute`` mean what they mean for :class:`Sqlite`; an unreachable or restarting
+    server pauses work for up to ``outage_timeout`` seconds, as for :class:`Redis`.
+    Durability is JetStream's: its file store (which the buckets use) survives a server
+    restart; a machine crash may lose writes the server had not yet synced to disk (see
+    the server's sync settings).
     """
 
     def __init__(
@@ -249,11 +272,20 @@ class Nats(_Networked):
         lease: float = 10.0,
         execute: bool = True,
         retain_finished: int = 10_000,
+        outage_timeout: float = 300.0,
     ) -> None:
         self.url = url
         self.namespace = namespace
         engine = _native.Engine(
-            retain_finished, None, lease, durability, batch_window, execute, namespace=namespace, nats=url
+            retain_finished,
+            None,
+            lease,
+            durability,
+            batch_window,
+            execute,
+            namespace=namespace,
+            nats=url,
+            outage_timeout_seconds=outage_timeout,
         )
         self._open(durability, execute, engine)
 

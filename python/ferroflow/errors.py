@@ -78,6 +78,14 @@ class StoreError(FerroflowError):
     """A store failed, or holds something inconsistent with the graph."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store's server cannot be reached, is restarting, or did not answer in time.
+
+    What was asked may or may not have been done: starting a run again with the same
+    ``run_id`` is safe (it continues the run if it was created). Steps of runs in flight
+    do not raise this; they wait for the store (``outage_timeout``)."""
+
+
 class RunError(FerroflowError):
     """An error about one run; ``run_id`` says which."""
 

@@ -166,11 +166,13 @@ impl PyEngine {
     /// An engine keeping journals in memory, or in the SQLite file at `sqlite`, where the
     /// runs it executes stay held by it for `lease_seconds` without a renewal, and steps are
     /// written as `durability` says: "commit" (each before what follows it) or "batch"
-    /// (group commit every `batch_window_seconds`).
+    /// (group commit every `batch_window_seconds`). A networked store that is unavailable
+    /// is waited for up to `outage_timeout_seconds` before a step or a start fails.
     #[new]
     #[pyo3(signature = (
         retain_finished = 10_000, sqlite = None, lease_seconds = 10.0, durability = "commit",
-        batch_window_seconds = 0.005, execute = true, redis = None, namespace = "default", nats = None
+        batch_window_seconds = 0.005, execute = true, redis = None, namespace = "default", nats = None,
+        outage_timeout_seconds = 300.0
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -184,7 +186,9 @@ impl PyEngine {
         redis: Option<String>,
         namespace: &str,
         nats: Option<String>,
+        outage_timeout_seconds: f64,
     ) -> PyResult<Self> {
+        let outage_timeout = seconds(Some(outage_timeout_seconds))?.expect("given");
         let lease = seconds(Some(lease_seconds))?.expect("given");
         if lease < Duration::from_millis(30) {
             return Err(PyValueError::new_err(format!("lease_seconds must be at least 0.03, not {lease_seconds}")));
@@ -223,7 +227,7 @@ impl PyEngine {
         if !execute && store.is_none() {
             return Err(PyValueError::new_err("execute=False needs a durable context: workers must find the runs"));
         }
-        let config = EngineConfig { retain_finished, store, lease, durability, execute };
+        let config = EngineConfig { retain_finished, store, lease, durability, execute, outage_timeout };
         Ok(PyEngine { engine: Engine::new(runtime::handle(), config), admin })
     }
 

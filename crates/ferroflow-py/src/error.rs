@@ -51,6 +51,7 @@ pub fn to_py_err(err: Error) -> PyErr {
                 new_error(py, "StoreError", message, &[("run_id", s(run_id))])
             }
             Error::Store(_) | Error::Conflict { .. } => new_error(py, "StoreError", message, &[]),
+            Error::Unavailable(_) => new_error(py, "StoreUnavailableError", message, &[]),
             _ => new_error(py, "FerroflowError", message, &[]),
         }
     })

@@ -56,6 +56,16 @@ pub struct EngineConfig {
     /// queues their tasks for workers ([`Engine::work`], in any process on the same store)
     /// and follows the runs from the store: waiting and watching work as usual.
     pub execute: bool,
+    /// How long a durable engine waits for a store that is unavailable ([`Error::Unavailable`]:
+    /// its server restarting, failing over or out of reach) before giving up on what it
+    /// was doing. Meanwhile the work pauses: a node that completes waits, with its run
+    /// locked, to write its step, and nothing follows from it until the step is written;
+    /// starting a run waits to create it. Once the store answers, work resumes where it
+    /// was. A step whose write failed that way may have landed all the same; the retry
+    /// finds out (the journal holds it) and carries on from it. Past the limit, a step's
+    /// run fails in memory as with any store error (the store keeps the run, for a worker
+    /// or [`Engine::recover`] to continue), and a start returns the error.
+    pub outage_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +76,7 @@ impl Default for EngineConfig {
             lease: Duration::from_secs(10),
             durability: Durability::Commit,
             execute: true,
+            outage_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -406,7 +417,9 @@ impl Engine {
                 updated_ms: now,
             };
             let holder = if self.inner.config.execute { self.inner.holder() } else { None };
-            let created = self.inner.block_on(store.create(&record, &journal, &queued, holder))?;
+            let created = self
+                .inner
+                .patiently(&run_id, "creating the run", || store.create(&record, &journal, &queued, holder))?;
             run.durable.store(journal.len() as u64, Ordering::Release);
             if let Created::Existing { .. } = created {
                 // Started before, by this process or another: carry on with that run.
@@ -495,7 +508,8 @@ impl Engine {
             return Ok(RunHandle { run });
         }
         let store = self.inner.store();
-        let leases = self.inner.block_on(store.claim_run(&self.inner.owner, run_id, self.inner.config.lease))?;
+        let (owner, lease) = (&self.inner.owner, self.inner.config.lease);
+        let leases = self.inner.patiently(run_id, "taking the run over", || store.claim_run(owner, run_id, lease))?;
         let ready = {
             let mut core = run.lock();
             self.inner.adopt(&run, &mut core, leases, true)
@@ -533,6 +547,9 @@ impl Engine {
             Arc::new(workflows.iter().map(|w| (w.graph().name().to_owned(), w.clone())).collect());
         let lease = self.inner.config.lease;
         let concurrency = concurrency.max(1);
+        // Whether a claim failed since the holdings were last checked: the store may have
+        // granted it all the same.
+        let mut unsure = false;
         while !stop.is_cancelled() {
             let free = concurrency.saturating_sub(self.inner.in_flight.load(Ordering::Acquire));
             if free == 0 {
@@ -555,8 +572,19 @@ impl Engine {
                             tracing::error!(%join, "taking on claimed work failed");
                         }
                     }
+                    if unsure {
+                        let engine = self.clone();
+                        match tokio::task::spawn_blocking(move || engine.release_unknown()).await {
+                            Ok(Ok(())) => unsure = false,
+                            Ok(Err(error)) => {
+                                tracing::warn!(%error, "cannot check what this worker holds; trying again")
+                            }
+                            Err(join) => tracing::error!(%join, "checking what this worker holds failed"),
+                        }
+                    }
                 }
                 Err(error) => {
+                    unsure = true;
                     tracing::warn!(%error, "cannot claim tasks; trying again in a second");
                     tokio::select! {
                         _ = stop.cancelled() => break,
@@ -573,6 +601,42 @@ impl Engine {
         // Whatever is still held (bodies that outlived the grace period, retries waiting out
         // a backoff) goes to the next worker now rather than when the lease runs out.
         store.renew(&self.inner.owner, Duration::ZERO).await
+    }
+
+    /// Releases what the store says this engine holds but the engine does not know of: runs
+    /// and task leases that a claim granted although its reply was lost (the connection
+    /// dropped, the store restarted). Renewals would keep them held forever, and nobody
+    /// would run them. A released task is queued again as never delivered; a released run
+    /// is claimed whole, its outstanding tasks running again as interrupted.
+    fn release_unknown(&self) -> Result<()> {
+        let (store, owner) = (self.inner.store(), &self.inner.owner);
+        let held = self.inner.block_on(store.holdings(owner))?;
+        let live: HashMap<Arc<str>, Arc<LiveRun>> = self
+            .inner
+            .runs
+            .lock()
+            .expect("run table lock")
+            .runs
+            .iter()
+            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+            .collect();
+        for run_id in held.runs.iter().filter(|run_id| !live.contains_key(run_id.as_str())) {
+            tracing::warn!(run_id = %run_id, "releasing a run a lost claim granted to this worker");
+            self.inner.block_on(store.release_run(owner, run_id, 0))?;
+        }
+        for task in held.tasks {
+            let known = live.get(task.run_id.as_str()).is_some_and(|run| {
+                let core = run.lock();
+                core.from_queue.iter().any(|&(node, item, attempt)| {
+                    item == task.item && attempt == task.attempt && run.workflow.name(node).as_ref() == task.node
+                })
+            });
+            if !known {
+                tracing::warn!(run_id = %task.run_id, task = %task.key(), "releasing a task a lost claim granted to this worker");
+                self.inner.block_on(store.release(owner, std::slice::from_ref(&task), 0))?;
+            }
+        }
+        Ok(())
     }
 
     /// Gives claimed work back for another worker (or for later), saying why. It can be
@@ -620,8 +684,8 @@ impl Engine {
         let leases = match &lease {
             Some(lease) => Ok(vec![lease.clone()]),
             None => {
-                let store = self.inner.store();
-                self.inner.block_on(store.claim_run(&self.inner.owner, &run_id, self.inner.config.lease))
+                let (store, owner, lease) = (self.inner.store(), &self.inner.owner, self.inner.config.lease);
+                self.inner.patiently(&run_id, "taking the run over", || store.claim_run(owner, &run_id, lease))
             }
         };
         let adopted = leases.and_then(|leases| {
@@ -857,6 +921,66 @@ impl Inner {
         }
     }
 
+    /// Calls the store for `run_id` (doing `what`, for the log), riding out an outage: while
+    /// the store is unavailable, calls again with backoff (50 ms doubling to 2 s) for up to
+    /// [`EngineConfig::outage_timeout`], with one log line when the work pauses and one when
+    /// it resumes. Any other outcome, or the last one past the limit, is returned.
+    fn patiently<T, F: Future<Output = Result<T>>>(&self, run_id: &str, what: &str, call: impl Fn() -> F) -> Result<T> {
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(50);
+        let mut paused = false;
+        loop {
+            match self.block_on(call()) {
+                Err(Error::Unavailable(reason)) if started.elapsed() < self.config.outage_timeout => {
+                    if !paused {
+                        tracing::warn!(run_id = %run_id, "{what}: the store is unavailable; waiting for it: {reason}");
+                        paused = true;
+                    }
+                    let nap = pause.min(self.config.outage_timeout.saturating_sub(started.elapsed()));
+                    // Made inside the runtime: a timer needs one, and the caller may be outside it.
+                    self.block_on(async move { tokio::time::sleep(nap).await });
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                outcome => {
+                    if paused {
+                        tracing::warn!(
+                            run_id = %run_id,
+                            "{what}: the store answered again after {:.1}s",
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                    return outcome;
+                }
+            }
+        }
+    }
+
+    /// Commits `step`, riding out an outage ([`Inner::patiently`]), and says whether this
+    /// engine holds the run. A commit that failed with the store unavailable may have
+    /// landed (`uncertain`: one may have failed so before): if a retry then conflicts and
+    /// the journal holds this very step, it did, and whether this engine holds the run (and
+    /// so runs the tasks the step made ready, which are not queued otherwise) is asked of
+    /// the store.
+    fn commit(&self, store: &Arc<dyn DurableStore>, step: &Step<'_>, uncertain: bool) -> Result<bool> {
+        let attempts = std::cell::Cell::new(0u32);
+        let outcome = self.patiently(step.run_id, "writing a step", || {
+            attempts.set(attempts.get() + 1);
+            store.commit(step, self.holder())
+        });
+        let conflict = match outcome {
+            Err(conflict @ Error::Conflict { .. }) if uncertain || attempts.get() > 1 => conflict,
+            other => return other,
+        };
+        let (run_id, seq) = (step.run_id, step.expected_seq);
+        let stored = self.patiently(run_id, "reading the journal", || store.load_since(run_id, seq))?;
+        if !begins_with(&stored, step.entries) {
+            return Err(conflict);
+        }
+        tracing::info!(run_id = %run_id, seq, "a step written while the store was unavailable had landed");
+        let holder = self.patiently(run_id, "reading who holds the run", || store.holder(run_id))?;
+        Ok(self.holder().is_some_and(|(me, _)| holder.as_deref() == Some(me)))
+    }
+
     /// Runs `f`, which may lock a run and then wait for the store, from an async task: in a
     /// durable engine on a blocking thread, so that no runtime worker ever waits for a run's
     /// lock or for the store. A networked store (Redis, NATS) needs the workers to drive its
@@ -962,7 +1086,7 @@ impl Inner {
             };
         }
         let step = Step { run_id: &run.run_id, expected_seq, entries: &stored, status, ready: &ready, done };
-        match self.block_on(store.commit(&step, self.holder())) {
+        match self.commit(store, &step, false) {
             Ok(held) => {
                 run.durable.store(written, Ordering::Release);
                 run.publish(core, stored);
@@ -996,10 +1120,24 @@ impl Inner {
                 done: &p.done,
             })
             .collect();
-        let outcomes = match self.block_on(self.store().commit_batch(&steps, self.holder())) {
+        let store = self.store();
+        let outcomes: Vec<Result<bool>> = match self.block_on(store.commit_batch(&steps, self.holder())) {
             Ok(outcomes) => outcomes,
+            Err(error @ Error::Unavailable(_)) => {
+                steps.iter().map(|_| Err(Error::Unavailable(error.to_string()))).collect()
+            }
             Err(error) => steps.iter().map(|_| Err(Error::Store(error.to_string()))).collect(),
         };
+        // Steps the store could not be reached for are written one by one once it is back
+        // (each may have landed already).
+        let outcomes: Vec<Result<bool>> = outcomes
+            .into_iter()
+            .zip(&steps)
+            .map(|(outcome, step)| match outcome {
+                Err(Error::Unavailable(_)) => self.commit(store, step, true),
+                other => other,
+            })
+            .collect();
         drop(steps);
         let mut mine = Ok(());
         for (step, outcome) in pending.into_iter().zip(outcomes) {
@@ -1031,7 +1169,8 @@ impl Inner {
     /// written). Does nothing in an engine without a store.
     fn catch_up(&self, run: &LiveRun, core: &mut RunCore, replay: bool) -> Result<()> {
         let Some(store) = &self.config.store else { return Ok(()) };
-        let newer = self.block_on(store.load_since(&run.run_id, core.journal.len() as u64))?;
+        let seq = core.journal.len() as u64;
+        let newer = self.patiently(&run.run_id, "reading the journal", || store.load_since(&run.run_id, seq))?;
         if newer.is_empty() && !replay {
             return Ok(());
         }
@@ -1107,7 +1246,8 @@ impl Inner {
         }
         let not_found = || Error::RunNotFound { run_id: run_id.to_owned() };
         let store = self.config.store.as_ref().ok_or_else(not_found)?;
-        let (record, journal) = self.block_on(store.load(run_id))?.ok_or_else(not_found)?;
+        let (record, journal) =
+            self.patiently(run_id, "loading the run", || store.load(run_id))?.ok_or_else(not_found)?;
         let workflow = pick(&record.graph).ok_or_else(|| Error::UnknownGraph { name: record.graph.clone() })?;
         let graph = workflow.graph();
         if record.graph != graph.name() {
@@ -1775,6 +1915,17 @@ async fn heartbeat(handles: Weak<()>, store: Arc<dyn DurableStore>, owner: Strin
 
 /// Whether a run in `status` is cancelled already (cancelling it again does nothing); an
 /// error if it finished otherwise.
+/// Whether `stored`, a journal read from the first seq of `entries`, begins with them: the
+/// same positions, times and entries.
+fn begins_with(stored: &[StoredEntry], entries: &[StoredEntry]) -> bool {
+    let same = |a: &StoredEntry, b: &StoredEntry| {
+        a.seq == b.seq
+            && a.at_ms == b.at_ms
+            && matches!((serde_json::to_string(&a.entry), serde_json::to_string(&b.entry)), (Ok(x), Ok(y)) if x == y)
+    };
+    !entries.is_empty() && stored.len() >= entries.len() && stored.iter().zip(entries).all(|(a, b)| same(a, b))
+}
+
 fn already_cancelled(run_id: &str, status: RunStatus) -> Result<bool> {
     match status {
         RunStatus::Cancelled => Ok(true),

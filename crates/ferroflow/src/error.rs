@@ -102,6 +102,11 @@ pub enum Error {
     CorruptJournal { run_id: String, graph: String, reason: String },
     #[error("store: {0}")]
     Store(String),
+    /// The store's server cannot be reached, is restarting, or did not answer in time. What
+    /// was asked may or may not have been done. A durable engine waits for the store to
+    /// come back (up to its `outage_timeout`) rather than fail the run.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// Another writer appended to the run's journal first: the writer's view is stale.
     #[error(
         "run '{run_id}': the journal holds {found} entries where this writer expected {expected}; another process wrote to the run"

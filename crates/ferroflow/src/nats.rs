@@ -123,12 +123,15 @@
 //!
 //! Every call has a time limit ([`NatsStore::with_timeout`], 10 s by default; a claim
 //! waits at most its `wait`, and each of its passes over the buckets has the limit); errors
-//! are [`Error::Store`] naming the server and what failed.
+//! name the server and what failed. They are [`Error::Unavailable`] while the client is
+//! not connected, or when a request timed out or found nobody to answer it (as while the
+//! server restarts), and [`Error::Store`] otherwise.
 //! A compare-and-set that loses a race is retried from a fresh read where the operation
 //! allows it (record and hold updates), or means that someone else got there first (a
 //! claim, an ack). While the server is unreachable calls fail (the client reconnects in
 //! the background); a write that timed out may or may not have landed, which the next read
-//! of the run shows, as with any server.
+//! of the run shows, as with any server (the engine's retries look, see
+//! `EngineConfig::outage_timeout`).
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -144,8 +147,8 @@ use tokio::sync::Notify;
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
 use crate::store::{
-    Claim, Created, DurableStore, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step, StoredEntry, TaskQueue,
-    holds,
+    Claim, Created, DurableStore, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step, StoredEntry,
+    TaskQueue, holds,
 };
 
 /// The namespace of a context given only a server URL.
@@ -495,8 +498,21 @@ impl NatsStore {
         Ok(())
     }
 
+    /// The error `e` met doing `what`, naming the server. It is [`Error::Unavailable`] when
+    /// the server is out of reach for now: the client is not connected (it reconnects by
+    /// itself), or the request timed out or found nobody to answer it (a server restarting
+    /// answers before its JetStream does). async-nats gives each call its own error kinds,
+    /// so these are recognised by what they say.
     fn fail(&self, what: &str, e: impl Display) -> Error {
-        Error::Store(format!("NATS server {}: {what}: {e}", self.inner.url))
+        let text = e.to_string();
+        let message = format!("NATS server {}: {what}: {text}", self.inner.url);
+        let connected = self.inner.client.connection_state() == async_nats::connection::State::Connected;
+        let outage = ["timed out", "no responders", "broken pipe", "disconnected", "connection"];
+        if !connected || outage.iter().any(|sign| text.contains(sign)) {
+            Error::Unavailable(message)
+        } else {
+            Error::Store(message)
+        }
     }
 
     /// Runs `f` within the store's time limit (plus `extra`).
@@ -1381,6 +1397,35 @@ impl TaskQueue for NatsStore {
                 }
             }
             Err(self.fail(&format!("cannot release run '{run_id}'"), "too many concurrent writers"))
+        })
+        .await
+    }
+
+    async fn holdings(&self, owner: &str) -> Result<Holdings> {
+        self.timed("cannot read what an owner holds", Duration::ZERO, async {
+            let mut held = Holdings::default();
+            // Hold keys are escaped run ids; the run record has the id itself.
+            for (key, hold) in self.scan::<HoldDoc>(&self.inner.holds, "").await? {
+                if hold.value.owner == owner
+                    && let Some(run) = self.get::<RunDoc>(&self.inner.runs, &key).await?
+                {
+                    held.runs.push(run.value.run_id);
+                }
+            }
+            held.runs.sort();
+            for (_, task) in self.scan::<TaskDoc>(&self.inner.tasks, "").await? {
+                if task.value.owner.as_deref() == Some(owner) {
+                    held.tasks.push(QueuedTask::from(&task.value.task));
+                }
+            }
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn holder(&self, run_id: &str) -> Result<Option<String>> {
+        self.timed("cannot read who holds a run", Duration::ZERO, async {
+            Ok(self.get::<HoldDoc>(&self.inner.holds, &token(run_id)).await?.map(|hold| hold.value.owner))
         })
         .await
     }

@@ -94,14 +94,17 @@
 //!
 //! The connection is a [`ConnectionManager`]: when the server goes away, the call in
 //! flight fails, and the manager reconnects in the background (with exponential backoff)
-//! for the calls that follow. Every call is bounded by the store's timeout. Errors are
-//! [`Error::Store`], with a message naming the server (its address, never the password)
-//! and what failed; conflicts and unknown runs are [`Error::Conflict`] and
+//! for the calls that follow. Every call is bounded by the store's timeout. Errors name
+//! the server (its address, never the password) and what failed: [`Error::Unavailable`]
+//! when the server cannot be reached, is loading its data after a restart, or did not
+//! answer in time (the engine waits for it, see `EngineConfig::outage_timeout`), and
+//! [`Error::Store`] otherwise; conflicts and unknown runs are [`Error::Conflict`] and
 //! [`Error::RunNotFound`] as in every store. A script is atomic, so a step either happened
-//! or not; a call that timed out may still have happened, which the caller finds out
-//! when its next step conflicts (journal) or the task is gone (queue). A claim abandoned
-//! mid-call (its future dropped) may have leased tasks nobody runs: they are delivered
-//! again once that lease expires.
+//! or not; a call whose reply was lost may still have happened, which the engine finds
+//! out: a retried step conflicts and finds itself in the journal, and a worker whose claim
+//! failed compares [`TaskQueue::holdings`] with what it runs and releases the rest. A
+//! claim abandoned mid-call (its future dropped) may have leased tasks nobody runs: they
+//! are delivered again once that lease expires.
 //!
 //! Runs are never deleted: a finished run keeps its record and journal (its tasks are
 //! removed), as in the SQLite store. Redis must therefore be configured not to evict keys
@@ -120,8 +123,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
 use crate::store::{
-    Claim, Created, DurableStore, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step, StoredEntry, TaskQueue,
-    holds,
+    Claim, Created, DurableStore, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step, StoredEntry,
+    TaskQueue, holds,
 };
 
 /// How often a waiting [`TaskQueue::claim`] looks for work (sooner when something falls
@@ -442,6 +445,20 @@ return 0
 "#
 );
 
+/// `holdings`: ARGV = P, owner. Returns {runs held, {task JSON, nbf, deliveries} leased}.
+const HOLDINGS: &str = concat!(
+    lua_common!(),
+    r#"
+local owner = ARGV[2]
+local leased = {}
+for _, tkey in ipairs(redis.call('SMEMBERS', leases_of(owner))) do
+  local t = redis.call('HMGET', tkey, 'task', 'nbf', 'deliveries')
+  if t[1] then table.insert(leased, {t[1], tonumber(t[2]), tonumber(t[3])}) end
+end
+return {redis.call('SMEMBERS', holds_of(owner)), leased}
+"#
+);
+
 /// The scripts, hashed once per store.
 struct Scripts {
     create: Script,
@@ -455,6 +472,7 @@ struct Scripts {
     ack: Script,
     release: Script,
     release_run: Script,
+    holdings: Script,
 }
 
 impl Scripts {
@@ -471,10 +489,11 @@ impl Scripts {
             ack: Script::new(ACK),
             release: Script::new(RELEASE),
             release_run: Script::new(RELEASE_RUN),
+            holdings: Script::new(HOLDINGS),
         }
     }
 
-    fn all(&self) -> [&Script; 11] {
+    fn all(&self) -> [&Script; 12] {
         [
             &self.create,
             &self.append,
@@ -487,6 +506,7 @@ impl Scripts {
             &self.ack,
             &self.release,
             &self.release_run,
+            &self.holdings,
         ]
     }
 }
@@ -662,12 +682,16 @@ impl RedisStore {
     }
 
     /// Runs one request, bounded by the store's timeout; errors name the server and `what`
-    /// failed.
+    /// failed. A server that cannot be reached, is loading its data after a restart, or
+    /// does not answer in time is [`Error::Unavailable`].
     async fn call<T>(&self, what: &str, request: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
         match tokio::time::timeout(self.inner.timeout, request).await {
             Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if is_outage(&e) => {
+                Err(Error::Unavailable(format!("{}: {what}: {}", self.inner.server, describe(&e))))
+            }
             Ok(Err(e)) => Err(Error::Store(format!("{}: {what}: {}", self.inner.server, describe(&e)))),
-            Err(_) => Err(Error::Store(format!(
+            Err(_) => Err(Error::Unavailable(format!(
                 "{}: {what}: no answer within {:?} (the server is down, unreachable or overloaded)",
                 self.inner.server, self.inner.timeout
             ))),
@@ -808,6 +832,21 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         self.call(&what, async move { invocation.invoke_async(&mut conn).await }).await
     }
+}
+
+/// Whether `e` says the server is out of reach for now (down, restarting, loading its data,
+/// failing over), rather than that the request was wrong.
+fn is_outage(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(
+            e.retry_method(),
+            redis::RetryMethod::Reconnect
+                | redis::RetryMethod::ReconnectFromInitialConnections
+                | redis::RetryMethod::WaitAndRetry
+        )
 }
 
 /// Redis's own words, with the cases people hit most spelled out.
@@ -1083,6 +1122,25 @@ impl TaskQueue for RedisStore {
             .call(&format!("cannot hand back run '{run_id}'"), async move { invocation.invoke_async(&mut conn).await })
             .await?;
         Ok(())
+    }
+
+    async fn holdings(&self, owner: &str) -> Result<Holdings> {
+        let mut invocation = self.inner.scripts.holdings.prepare_invoke();
+        invocation.arg(&self.inner.prefix).arg(owner);
+        let mut conn = self.conn.clone();
+        let (mut runs, rows): (Vec<String>, Vec<(String, u64, u32)>) = self
+            .call(&format!("cannot read what {owner} holds"), async move { invocation.invoke_async(&mut conn).await })
+            .await?;
+        runs.sort();
+        Ok(Holdings { runs, tasks: self.leases(rows)?.into_iter().map(|lease| lease.task).collect() })
+    }
+
+    async fn holder(&self, run_id: &str) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        self.call(&format!("cannot read who holds run '{run_id}'"), async {
+            redis::cmd("HGET").arg(self.run_key(run_id)).arg("owner").query_async(&mut conn).await
+        })
+        .await
     }
 }
 

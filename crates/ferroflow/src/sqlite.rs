@@ -25,8 +25,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
 use crate::store::{
-    Claim, Created, DurableStore, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step, StoredEntry, TaskQueue,
-    holds,
+    Claim, Created, DurableStore, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step, StoredEntry,
+    TaskQueue, holds,
 };
 
 /// Written into the file header (`PRAGMA application_id`): "ffl1".
@@ -735,6 +735,23 @@ impl TaskQueue for SqliteStore {
                 .and_then(|mut update| update.execute(params![run_id, owner, RELEASED, not_before_ms as i64]))
                 .map_err(sql)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn holder(&self, run_id: &str) -> Result<Option<String>> {
+        self.with_conn(|conn| Ok(run_row(conn, run_id)?.and_then(|row| row.holder))).await
+    }
+
+    async fn holdings(&self, owner: &str) -> Result<Holdings> {
+        self.with_conn(|conn| {
+            let mut runs =
+                conn.prepare_cached("SELECT run_id FROM runs WHERE owner = ?1 ORDER BY run_id").map_err(sql)?;
+            let runs = runs.query_map([owner], |r| r.get(0)).map_err(sql)?.collect::<rusqlite::Result<_>>();
+            let mut tasks =
+                conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE owner = ?1")).map_err(sql)?;
+            let tasks = tasks.query_map([owner], |r| read_task(r).map(|(task, _)| task)).map_err(sql)?;
+            Ok(Holdings { runs: runs.map_err(sql)?, tasks: tasks.collect::<rusqlite::Result<_>>().map_err(sql)? })
         })
         .await
     }

@@ -160,6 +160,21 @@ pub trait TaskQueue: Send + Sync + 'static {
     /// Ends `owner`'s hold on a run so that another worker claims it, no earlier than
     /// `not_before_ms`.
     async fn release_run(&self, owner: &str, run_id: &str, not_before_ms: u64) -> Result<()>;
+    /// Who holds the run now, if anyone: an expired hold still names its holder until
+    /// another owner claims the run, and a run handed back is held by [`RELEASED`].
+    async fn holder(&self, run_id: &str) -> Result<Option<String>>;
+    /// Everything `owner` holds, as the store sees it. A claim whose reply was lost (the
+    /// connection dropped after the store granted it) leaves holds and leases their owner
+    /// does not know of, which its renewals would keep forever: an owner that saw a claim
+    /// fail compares this with what it runs and releases the rest.
+    async fn holdings(&self, owner: &str) -> Result<Holdings>;
+}
+
+/// The runs an owner holds and the queued tasks it leases ([`TaskQueue::holdings`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Holdings {
+    pub runs: Vec<String>,
+    pub tasks: Vec<QueuedTask>,
 }
 
 /// The holder of a run handed back by its worker, until another claims it.
@@ -439,6 +454,25 @@ impl TaskQueue for MemoryStore {
         }
         Ok(())
     }
+
+    async fn holder(&self, run_id: &str) -> Result<Option<String>> {
+        Ok(self.runs.lock().expect("store lock").holds.get(run_id).map(|(holder, _)| holder.clone()))
+    }
+
+    async fn holdings(&self, owner: &str) -> Result<Holdings> {
+        let state = self.runs.lock().expect("store lock");
+        let mut runs: Vec<String> =
+            state.holds.iter().filter(|(_, (holder, _))| holder == owner).map(|(run, _)| run.clone()).collect();
+        runs.sort();
+        let tasks = state
+            .tasks
+            .rows
+            .values()
+            .filter(|held| held.owner.as_deref() == Some(owner))
+            .map(|held| held.task.clone())
+            .collect();
+        Ok(Holdings { runs, tasks })
+    }
 }
 
 #[async_trait]
@@ -618,6 +652,12 @@ impl<T: TaskQueue + ?Sized> TaskQueue for std::sync::Arc<T> {
     }
     async fn release_run(&self, owner: &str, run_id: &str, not_before_ms: u64) -> Result<()> {
         (**self).release_run(owner, run_id, not_before_ms).await
+    }
+    async fn holder(&self, run_id: &str) -> Result<Option<String>> {
+        (**self).holder(run_id).await
+    }
+    async fn holdings(&self, owner: &str) -> Result<Holdings> {
+        (**self).holdings(owner).await
     }
 }
 

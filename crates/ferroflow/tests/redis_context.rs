@@ -267,7 +267,7 @@ mod connection_loss {
             match store.load("r1").await {
                 Ok(found) => return found.unwrap().1.len(),
                 Err(e) if Instant::now() < deadline => {
-                    assert!(matches!(e, Error::Store(_)), "{e:?}");
+                    assert!(matches!(e, Error::Unavailable(_)), "an outage, not a failure: {e:?}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => panic!("the store did not reconnect within {within:?}: {e}"),
@@ -287,13 +287,14 @@ mod connection_loss {
         proxy.cut();
         assert_eq!(loads_again(&store, Duration::from_secs(10)).await, 1);
 
-        // The server stays away for a while: calls fail, each within the timeout, naming it.
+        // The server stays away for a while: calls fail as unavailable, each within the
+        // timeout, naming it.
         proxy.down.store(true, Ordering::SeqCst);
         proxy.cut();
         for _ in 0..3 {
             let started = Instant::now();
             match store.append("r1", 1, &[completed(1, 110, "a")]).await {
-                Err(Error::Store(message)) => {
+                Err(Error::Unavailable(message)) => {
                     assert!(message.contains(&format!("127.0.0.1:{}", proxy.port)), "{message}");
                     assert!(message.contains("run 'r1'"), "{message}");
                 }

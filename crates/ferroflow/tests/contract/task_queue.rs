@@ -181,8 +181,12 @@ macro_rules! durable_store_contract {
                 store.renew(A, lease).await.unwrap();
                 assert!(store.claim(B, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "A's hold is live");
             }
+            // An expired hold still names its holder until someone claims the run.
+            tokio::time::sleep(lease + Duration::from_millis(20)).await;
+            assert_eq!(store.holder("r1").await.unwrap().as_deref(), Some(A));
             let claims = store.claim(B, 10, LEASE, Duration::from_secs(2)).await.unwrap();
             assert!(matches!(&claims[..], [ferroflow::Claim::Run(run)] if run == "r1"), "{claims:?}");
+            assert_eq!(store.holder("r1").await.unwrap().as_deref(), Some(B));
             assert!(store.claim(A, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "B holds it now");
             // A step by A, the old holder, does not take the run back: its ready tasks are queued.
             let entries = [completed(1, 110, "a")];
@@ -191,6 +195,23 @@ macro_rules! durable_store_contract {
                 Step { run_id: "r1", expected_seq: 1, entries: &entries, status: RunStatus::Running, ready: &ready, done: &[] };
             assert!(!store.commit(&step, Some((A, LEASE))).await.unwrap());
             assert_eq!(nodes(&leases(store.claim(A, 10, LEASE, NO_WAIT).await.unwrap())), ["b"]);
+        }
+
+        #[::tokio::test]
+        async fn holdings_list_the_runs_an_owner_holds_and_the_tasks_it_leases() {
+            let (store, _guard) = $make;
+            store.create(&record("r1", "g", 100), &[started(100)], &[], Some((A, LEASE))).await.unwrap();
+            store.create(&record("r2", "g", 101), &[started(101)], &[task("a", 1, 0)], None).await.unwrap();
+            assert_eq!(store.holdings(A).await.unwrap(), ferroflow::Holdings { runs: vec!["r1".into()], tasks: vec![] });
+            let leased = leases(store.claim(A, 10, LEASE, NO_WAIT).await.unwrap());
+            let held = store.holdings(A).await.unwrap();
+            assert_eq!(held.runs, ["r1"]);
+            assert_eq!(held.tasks.iter().map(|t| t.key()).collect::<Vec<_>>(), [leased[0].task.key()]);
+            assert_eq!(store.holdings(B).await.unwrap(), ferroflow::Holdings::default());
+            // What is released is no longer held.
+            store.release_run(A, "r1", 0).await.unwrap();
+            store.release(A, &[leased[0].task.clone()], 0).await.unwrap();
+            assert_eq!(store.holdings(A).await.unwrap(), ferroflow::Holdings::default());
         }
 
         #[::tokio::test]
@@ -219,6 +240,7 @@ macro_rules! durable_store_contract {
         async fn a_holder_keeps_its_hold_through_its_steps_and_loses_it_when_the_run_waits() {
             let (store, _guard) = $make;
             store.create(&record("r1", "g", 100), &[started(100)], &[], Some((A, LEASE))).await.unwrap();
+            assert_eq!(store.holder("r1").await.unwrap().as_deref(), Some(A));
             let entries = [completed(1, 110, "a")];
             let ready = [task("b", 1, 0)];
             let step = |status| Step { run_id: "r1", expected_seq: 1, entries: &entries, status, ready: &ready, done: &[] };
@@ -226,11 +248,14 @@ macro_rules! durable_store_contract {
             let later = [completed(2, 120, "b")];
             let step = Step { expected_seq: 2, entries: &later, ready: &[], ..step(RunStatus::Waiting) };
             assert!(!store.commit(&step, Some((A, LEASE))).await.unwrap(), "a waiting run is held by nobody");
+            assert_eq!(store.holder("r1").await.unwrap(), None);
             // Nobody can claim it either: it waits for a person, not for a worker.
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert!(store.claim(B, 10, Duration::from_millis(10), NO_WAIT).await.unwrap().is_empty());
-            // A takeover holds it again.
+            // A takeover does not hold it either.
             store.claim_run(B, "r1", Duration::from_millis(10)).await.unwrap();
+            assert_eq!(store.holder("r1").await.unwrap(), None);
+            assert_eq!(store.holder("unknown").await.unwrap(), None);
         }
 
         #[::tokio::test]
@@ -241,6 +266,7 @@ macro_rules! durable_store_contract {
             store.release_run(A, "r1", 0).await.unwrap();
             assert!(store.claim(A, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "only the holder can hand it back");
             store.release_run(B, "r1", now_ms() + 60).await.unwrap();
+            assert_eq!(store.holder("r1").await.unwrap().as_deref(), Some(ferroflow::RELEASED));
             store.renew(B, LEASE).await.unwrap();
             assert!(store.claim(A, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "not before the given time");
             let claims = store.claim(A, 10, LEASE, Duration::from_secs(2)).await.unwrap();
