@@ -6,7 +6,7 @@ see the README for a tour.
 
 import atexit
 
-from . import _native, events
+from . import _native, events, llm
 from ._native import __version__
 from .context import Context, InMemory, Nats, Redis, Sqlite, default_context
 from .errors import (
@@ -29,6 +29,7 @@ from .errors import (
     WaitTimeoutError,
 )
 from .graph import Graph
+from .llm import OfflineProvider, OpenAIProvider, Tool, tool
 from .types import ErrorInfo, NodeContext, NodeInfo, Retry, RunInfo, RunResult, RunStatus
 
 __all__ = [
@@ -45,6 +46,8 @@ __all__ = [
     "Nats",
     "NodeContext",
     "NodeInfo",
+    "OfflineProvider",
+    "OpenAIProvider",
     "Redis",
     "Retry",
     "RunCancelledError",
@@ -58,6 +61,7 @@ __all__ = [
     "Sqlite",
     "StoreError",
     "StoreUnavailableError",
+    "Tool",
     "UnknownDependencyError",
     "UnknownGraphError",
     "UnresolvedParameterError",
@@ -65,6 +69,8 @@ __all__ = [
     "__version__",
     "default_context",
     "events",
+    "llm",
+    "tool",
 ]
 
 # Engine threads must stop calling into Python before the interpreter finalises.

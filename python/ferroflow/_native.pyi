@@ -5,7 +5,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from typing_extensions import TypeAlias, final
 
-__all__ = ["Engine", "EventLoop", "Workflow", "__version__", "check_json", "shutdown"]
+__all__ = ["Engine", "EventLoop", "NodeHandle", "Workflow", "__version__", "check_json", "shutdown"]
 
 __version__: str
 
@@ -20,6 +20,16 @@ class EventLoop:
     """The engine's scheduler for async bodies on one asyncio loop (held weakly)."""
 
     def __new__(cls, event_loop: asyncio.AbstractEventLoop) -> EventLoop: ...
+
+@final
+class NodeHandle:
+    """What a running body can do to its run (``NodeContext.step`` and ``emit`` use it)."""
+
+    def record(self, key: str, value: Any) -> None:
+        """Records `value` as the result of the body's step `key` in the run's journal (durably
+        in a durable context); a later attempt of the node gets it back."""
+    def emit(self, data: Any) -> None:
+        """Reports `data` to the run's watchers now (not journaled)."""
 
 @final
 class Workflow:

@@ -17,8 +17,10 @@ __all__ = [
     "Interrupted",
     "NodeCompleted",
     "NodeFailed",
+    "NodeProgress",
     "NodeSkipped",
     "NodeStarted",
+    "StepRecorded",
     "Resumed",
     "RunFinished",
     "RunStarted",
@@ -72,6 +74,30 @@ class NodeSkipped(Event):
 
 
 @dataclass(frozen=True)
+class NodeProgress(Event):
+    """What a running body reported with ``ctx.emit`` (an LLM node's token deltas:
+    ``data`` is then ``{"token": text}``). Not journaled: only watchers connected at the
+    time see it; ``seq`` is that of the next journal event."""
+
+    node: str
+    attempt: int
+    data: Any
+    item: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class StepRecorded(Event):
+    """A body recorded the result of one of its steps (``ctx.step``), which a later attempt
+    of the node reuses."""
+
+    node: str
+    attempt: int
+    key: str
+    value: Any
+    item: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class Interrupted(Event):
     """A human node waits; ``payload`` is what the person is shown."""
 
@@ -100,6 +126,8 @@ _KINDS: Dict[str, Type[Event]] = {
     "node_completed": NodeCompleted,
     "node_failed": NodeFailed,
     "node_skipped": NodeSkipped,
+    "node_progress": NodeProgress,
+    "step_recorded": StepRecorded,
     "interrupted": Interrupted,
     "resumed": Resumed,
     "run_finished": RunFinished,

@@ -132,6 +132,55 @@ class Graph:
         the node's output is the list of results, in order."""
         return self._declare("map", fn, dict(options, over=over))
 
+    def llm(
+        self,
+        fn: Optional[Callable[..., Any]] = None,
+        /,
+        *,
+        provider: Any,
+        model: str,
+        tools: Sequence[Any] = (),
+        stream: bool = False,
+        max_tool_rounds: int = 8,
+        params: Optional[Mapping[str, Any]] = None,
+        **options: Any,
+    ) -> Any:
+        """Declares an LLM node. Its body builds the prompt (a string, or a list of
+        ``{"role": ..., "content": ...}`` messages) from its parameters, as any body takes
+        them; the node then asks ``model`` of ``provider`` (see :mod:`ferroflow.llm`), with
+        ``params`` (temperature, max_tokens, ...) passed on. The node's output is the reply
+        as JSON: ``text``, ``tool_calls``, ``usage`` (summed over its calls), ``model``,
+        ``finish_reason`` and ``tool_results``.
+
+        ``tools`` (:class:`~ferroflow.llm.Tool` objects or plain functions) are offered to
+        the model; while it calls them, the node runs the calls and asks again, at most
+        ``max_tool_rounds`` times. With ``stream=True`` the reply's text arrives token by
+        token as :class:`~ferroflow.events.NodeProgress` events (``data={"token": ...}``) in
+        ``graph.stream``; the node's output is still the whole reply. Each model call and
+        tool call is recorded in the run's journal when it completes, so a run resumed
+        after a crash does not pay for it again."""
+        from .llm import llm_body
+
+        def declare(f: Callable[..., Any]) -> Callable[..., Any]:
+            body = llm_body(
+                f,
+                provider=provider,
+                model=model,
+                tools=tools,
+                stream=stream,
+                max_tool_rounds=max_tool_rounds,
+                params=params,
+            )
+            self._add("llm", body, **options)
+            return f
+
+        return declare if fn is None else declare(fn)
+
+    def tool(self, fn: Optional[Callable[..., Any]] = None, /, **options: Any) -> Any:
+        """Declares a tool node: a plain function node (like :meth:`task`) shown as a tool
+        call in the graph's structure."""
+        return self._declare("tool", fn, options)
+
     def human(self, fn: Optional[Callable[..., Any]] = None, /, **options: Any) -> Any:
         """Declares a human step: the body returns the payload shown to the person, and the
         run waits (status ``waiting``) until ``resume(run_id, value)``; ``value`` becomes the

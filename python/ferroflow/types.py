@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Tuple, Type
+from typing import Any, Awaitable, Callable, Mapping, Optional, Tuple, Type, TypeVar
+
+T = TypeVar("T")
 
 __all__ = ["ErrorInfo", "NodeContext", "NodeInfo", "Retry", "RunInfo", "RunResult", "RunStatus"]
 
@@ -30,6 +32,8 @@ class NodeContext:
 
     ``idempotency_key`` is unique to ``(run_id, node, attempt)`` (and map element): pass it to
     external services so that an effect retried after a failure happens once.
+
+    ``recorded`` holds the steps this node's earlier attempts recorded (see :meth:`step`).
     """
 
     run_id: str
@@ -37,6 +41,43 @@ class NodeContext:
     attempt: int
     idempotency_key: str
     item: Optional[int] = None
+    recorded: Mapping[str, Any] = field(default_factory=dict)
+    _handle: Any = field(default=None, repr=False, compare=False)
+
+    def step(self, key: str, fn: Callable[[], T]) -> T:
+        """The result of the body's step ``key``: recorded by an earlier attempt of this node,
+        or ``fn()``, which is then recorded in the run's journal (durably, in a durable
+        context) before this returns. An attempt that runs again after a crash or a retried
+        failure thus pays for each completed step (a model call, a tool call) once. The
+        result must be JSON data in a durable context. Keys are the body's own; give each
+        step a distinct one (``"llm/0"``, ``"tool/search/1"``)."""
+        if key in self.recorded:
+            return self.recorded[key]
+        value = fn()
+        self._record(key, value)
+        return value
+
+    async def astep(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """:meth:`step` for an async step: ``await fn()`` unless ``key`` was recorded. The
+        record is written off the event loop."""
+        if key in self.recorded:
+            return self.recorded[key]
+        value = await fn()
+        if self._handle is not None:
+            import asyncio
+
+            await asyncio.get_running_loop().run_in_executor(None, self._handle.record, key, value)
+        return value
+
+    def emit(self, data: Any) -> None:
+        """Reports ``data`` to whoever watches the run now (``graph.stream``), as a
+        :class:`~ferroflow.events.NodeProgress` event; it is not journaled."""
+        if self._handle is not None:
+            self._handle.emit(data)
+
+    def _record(self, key: str, value: Any) -> None:
+        if self._handle is not None:
+            self._handle.record(key, value)
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,14 @@
 
 use std::sync::Arc;
 
-use ferroflow::{AsyncBody, BlockingBody, BodyResult, NodeCall, NodeError, Value};
+use ferroflow::{AsyncBody, BlockingBody, BodyResult, NodeCall, NodeError, NodeHandle, Value};
 use futures_util::future::BoxFuture;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyString, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::asyncio::{EventLoop, TaskSlot};
+use crate::error::to_py_err;
 use crate::runtime;
 use crate::value::{py_to_json, to_py, type_name, wrap};
 
@@ -114,6 +115,11 @@ impl PyBody {
                     let cls = NODE_CONTEXT.get_or_try_init(py, || {
                         py.import("ferroflow.types")?.getattr("NodeContext").map(Bound::unbind)
                     })?;
+                    let recorded = PyDict::new(py);
+                    for (key, value) in &call.recorded {
+                        recorded.set_item(key.as_ref(), to_py(py, value)?)?;
+                    }
+                    let handle = call.handle.clone().map(|handle| PyNodeHandle { handle });
                     cls.call1(
                         py,
                         (
@@ -122,6 +128,8 @@ impl PyBody {
                             call.attempt,
                             call.idempotency_key(),
                             call.item.as_ref().map(|(i, _)| *i),
+                            recorded,
+                            handle,
                         ),
                     )?
                 }
@@ -187,6 +195,28 @@ impl PyBody {
             }
         })
         .unwrap_or_else(|| Err(NodeError::permanent("InterpreterShutdown", "the Python interpreter is shutting down")))
+    }
+}
+
+/// What a running body can do to its run (`NodeContext.step`, `NodeContext.emit` use it).
+#[pyclass(name = "NodeHandle", module = "ferroflow._native", frozen)]
+pub struct PyNodeHandle {
+    handle: NodeHandle,
+}
+
+#[pymethods]
+impl PyNodeHandle {
+    /// Records `value` as the result of the body's step `key` in the run's journal (durably
+    /// in a durable context); a later attempt of the node gets it back.
+    fn record(&self, py: Python<'_>, key: &str, value: Bound<'_, PyAny>) -> PyResult<()> {
+        let value = wrap(value.unbind());
+        py.detach(|| self.handle.record(key, value)).map_err(to_py_err)
+    }
+
+    /// Reports `data` to the run's watchers now (not journaled).
+    fn emit(&self, py: Python<'_>, data: Bound<'_, PyAny>) {
+        let data = wrap(data.unbind());
+        py.detach(|| self.handle.emit(data));
     }
 }
 

@@ -744,6 +744,13 @@ fn event_to_py(py: Python<'_>, event: &Event) -> PyResult<Py<PyAny>> {
             d.set_item("item", *item)?;
             d.set_item("attempt", *attempt)?;
         }
+        EventKind::NodeProgress { node, item, attempt, data } => {
+            d.set_item("type", "node_progress")?;
+            set_node(node)?;
+            d.set_item("item", *item)?;
+            d.set_item("attempt", *attempt)?;
+            d.set_item("data", to_py(py, data)?)?;
+        }
         EventKind::Journal(entry) => match entry {
             JournalEntry::RunStarted { graph, version, input } => {
                 d.set_item("type", "run_started")?;
@@ -769,6 +776,14 @@ fn event_to_py(py: Python<'_>, event: &Event) -> PyResult<Py<PyAny>> {
             JournalEntry::NodeSkipped { node } => {
                 d.set_item("type", "node_skipped")?;
                 set_node(node)?;
+            }
+            JournalEntry::StepRecorded { node, item, attempt, key, value } => {
+                d.set_item("type", "step_recorded")?;
+                set_node(node)?;
+                d.set_item("item", *item)?;
+                d.set_item("attempt", *attempt)?;
+                d.set_item("key", key.as_ref())?;
+                d.set_item("value", to_py(py, value)?)?;
             }
             JournalEntry::Interrupted { node, attempt, payload } => {
                 d.set_item("type", "interrupted")?;

@@ -40,6 +40,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<engine::PyWorkflow>()?;
     m.add_class::<asyncio::PyEventLoop>()?;
+    m.add_class::<body::PyNodeHandle>()?;
     m.add_function(wrap_pyfunction!(check_json, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::shutdown, m)?)?;
     Ok(())

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
+use crate::engine::NodeHandle;
 use crate::error::{GraphError, NodeError};
 use crate::graph::{Graph, NodeId};
 use crate::value::Value;
@@ -32,6 +33,13 @@ pub struct NodeCall {
     /// skipped one.
     pub deps: Vec<Value>,
     pub attachment: Option<Attachment>,
+    /// The steps this node's (or map element's) earlier attempts recorded with
+    /// [`NodeHandle::record`], by key, in the order recorded: a body reuses them rather
+    /// than doing them again.
+    pub recorded: Vec<(Arc<str>, Value)>,
+    /// What the body can do to its run while it runs: record its steps, report progress.
+    /// Set by the engine when it calls the body.
+    pub handle: Option<NodeHandle>,
 }
 
 impl NodeCall {

@@ -1467,7 +1467,8 @@ impl Inner {
             let Body::Blocking(body) = run.workflow.body(ready.task.node) else {
                 unreachable!("only blocking bodies run inline")
             };
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| body.call(ready.call)))
+            let call = NodeCall { handle: Some(NodeHandle::new(&self, &run, &ready.task)), ..ready.call };
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| body.call(call)))
                 .unwrap_or_else(|panic| Err(panic_error(panic)));
             let mut next = self.complete(&run, &ready.task, result);
             let keep = next.iter().position(|r| run.runs_inline(&r.task));
@@ -1484,7 +1485,7 @@ impl Inner {
         run.started(&ready.task);
         let body = run.workflow.body(ready.task.node).clone();
         let timeout = run.workflow.graph().node(ready.task.node).timeout;
-        let call = ready.call;
+        let call = NodeCall { handle: Some(NodeHandle::new(&self, &run, &ready.task)), ..ready.call };
         let attempt = async move {
             match body {
                 Body::Async(body) => AssertUnwindSafe(body.call(call))
@@ -1724,6 +1725,26 @@ impl LiveRun {
         core.watchers.retain(|w| w.tx.send(event.clone()).is_ok());
     }
 
+    /// Sends a body's progress report to the run's watchers.
+    fn progress(&self, task: &Task, data: Value) {
+        if !self.has_watchers.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut core = self.lock();
+        let event = Event {
+            run_id: Arc::clone(&self.run_id),
+            seq: core.journal.len() as u64,
+            at_ms: now_ms(),
+            kind: EventKind::NodeProgress {
+                node: Arc::clone(self.workflow.name(task.node)),
+                item: task.item,
+                attempt: task.attempt,
+                data,
+            },
+        };
+        core.watchers.retain(|w| w.tx.send(event.clone()).is_ok());
+    }
+
     fn watch(&self, until: WatchUntil) -> mpsc::UnboundedReceiver<Event> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut core = self.lock();
@@ -1760,6 +1781,8 @@ impl LiveRun {
                     input: core.state.input().clone(),
                     deps: core.state.dependency_values(task.node),
                     attachment: core.attachment.clone(),
+                    recorded: core.state.recorded(task.node, task.item).to_vec(),
+                    handle: None,
                 };
                 Ready { task, call }
             })
@@ -1840,6 +1863,73 @@ enum Written {
 }
 
 /// Why [`Inner::step`] recorded nothing.
+/// What a running body can do to its run: record the results of its own steps durably,
+/// and report progress to the run's watchers. Handed to every body call
+/// ([`NodeCall::handle`]); it refers to the run weakly, so a body that outlives its run
+/// holds nothing up.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Weak<Inner>,
+    run: Weak<LiveRun>,
+    task: Task,
+}
+
+impl NodeHandle {
+    fn new(inner: &Arc<Inner>, run: &Arc<LiveRun>, task: &Task) -> NodeHandle {
+        NodeHandle {
+            inner: Arc::downgrade(inner),
+            run: Arc::downgrade(run),
+            task: Task { delay: None, ..task.clone() },
+        }
+    }
+
+    /// Reports `data` to whoever watches the run now, as a [`EventKind::NodeProgress`]
+    /// event (an LLM node's token deltas, say). It is not journaled.
+    pub fn emit(&self, data: Value) {
+        if let Some(run) = self.run.upgrade() {
+            run.progress(&self.task, data);
+        }
+    }
+
+    /// Records `value` as the result of the body's step `key` (a model call, a tool call)
+    /// in the run's journal, durably in a durable context, before the body goes on: if the
+    /// attempt is interrupted (a crash, a failure that is retried), the next attempt gets
+    /// it in [`NodeCall::recorded`] and need not do the step again. Fails if the attempt is
+    /// no longer current (the run moved on: finished, cancelled, or the attempt timed out),
+    /// if the value cannot be stored, or if the store fails.
+    pub fn record(&self, key: &str, value: Value) -> Result<()> {
+        let (Some(inner), Some(run)) = (self.inner.upgrade(), self.run.upgrade()) else {
+            return Err(Error::ShuttingDown);
+        };
+        let node = Arc::clone(run.workflow.name(self.task.node));
+        let value = inner.durable_value(value).map_err(|reason| Error::InvalidInput {
+            run_id: run.run_id.to_string(),
+            reason: format!("step '{key}' of node '{node}' cannot be stored: {reason}"),
+        })?;
+        let entry = JournalEntry::StepRecorded {
+            node: Arc::clone(&node),
+            item: self.task.item,
+            attempt: self.task.attempt,
+            key: Arc::from(key),
+            value,
+        };
+        let mut core = run.lock();
+        match inner.step(&run, &mut core, entry, &[]) {
+            Ok(_) => Ok(()),
+            Err(StepError::Rejected(_)) => Err(Error::InvalidRunState {
+                run_id: run.run_id.to_string(),
+                status: core.state.status(),
+                action: "recording a step",
+                expected: "still running this attempt of the node",
+            }),
+            Err(StepError::Failed) => Err(Error::Store(format!(
+                "run '{}': the step '{key}' of node '{node}' could not be recorded",
+                run.run_id
+            ))),
+        }
+    }
+}
+
 enum StepError {
     Rejected(Rejected),
     /// The store failed (the run was failed in memory), or kept conflicting.

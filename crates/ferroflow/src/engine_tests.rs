@@ -976,7 +976,7 @@ fn journal_events(events: &[Event]) -> Vec<(u64, &JournalEntry)> {
         .iter()
         .filter_map(|e| match &e.kind {
             EventKind::Journal(entry) => Some((e.seq, entry)),
-            EventKind::NodeStarted { .. } => None,
+            EventKind::NodeStarted { .. } | EventKind::NodeProgress { .. } => None,
         })
         .collect()
 }

@@ -91,6 +91,18 @@ pub enum JournalEntry {
     NodeSkipped {
         node: Arc<str>,
     },
+    /// A body recorded the result of one of its own steps (a model call, a tool call)
+    /// under `key`, before finishing: a later attempt of the same node (or map element),
+    /// after a crash or a failure, is handed the recorded steps and reuses them instead of
+    /// doing them again. Recording changes nothing else in the run.
+    StepRecorded {
+        node: Arc<str>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<u32>,
+        attempt: u32,
+        key: Arc<str>,
+        value: Value,
+    },
     /// A human node is waiting for a person; `payload` is what they are shown.
     Interrupted {
         node: Arc<str>,
@@ -118,6 +130,7 @@ impl JournalEntry {
             JournalEntry::NodeCompleted { node, .. }
             | JournalEntry::NodeFailed { node, .. }
             | JournalEntry::NodeSkipped { node }
+            | JournalEntry::StepRecorded { node, .. }
             | JournalEntry::Interrupted { node, .. }
             | JournalEntry::Resumed { node, .. } => Some(node),
             JournalEntry::RunStarted { .. } | JournalEntry::RunFinished { .. } => None,
@@ -130,7 +143,19 @@ impl JournalEntry {
 #[derive(Clone, Debug)]
 pub enum EventKind {
     Journal(JournalEntry),
-    NodeStarted { node: Arc<str>, item: Option<u32>, attempt: u32 },
+    NodeStarted {
+        node: Arc<str>,
+        item: Option<u32>,
+        attempt: u32,
+    },
+    /// Something a running body reported (an LLM node's token deltas, say). Not journaled:
+    /// only watchers connected while it happens see it.
+    NodeProgress {
+        node: Arc<str>,
+        item: Option<u32>,
+        attempt: u32,
+        data: Value,
+    },
 }
 
 /// One event of a run. Journal events carry their position in the journal as `seq`

@@ -22,7 +22,9 @@ pub mod value;
 #[cfg(feature = "redis")]
 pub use crate::redis::RedisStore;
 pub use body::{AsyncBody, Attachment, BlockingBody, Body, BodyResult, NodeCall, Workflow};
-pub use engine::{Durability, Engine, EngineConfig, NodeReport, RunHandle, RunSnapshot, StartOptions, WatchUntil};
+pub use engine::{
+    Durability, Engine, EngineConfig, NodeHandle, NodeReport, RunHandle, RunSnapshot, StartOptions, WatchUntil,
+};
 pub use error::{Error, GraphError, NodeError, Result};
 pub use graph::{Dependency, Graph, GraphSpec, NodeId, NodeKind, NodeSpec, RetryPolicy};
 pub use journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus};

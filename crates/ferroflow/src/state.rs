@@ -12,6 +12,7 @@
 //! is gated by them: only those count, so a node that also takes a plain input still
 //! runs only on its branch's say. A node without dependencies runs when the run starts.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,6 +86,9 @@ pub struct MapState {
     pub remaining: usize,
 }
 
+/// A step a body recorded: its key and result.
+pub type RecordedStep = (Arc<str>, Value);
+
 /// A run's state as derived from its journal.
 #[derive(Clone, Debug)]
 pub struct RunState {
@@ -98,6 +102,8 @@ pub struct RunState {
     in_flight: usize,
     output: Option<Value>,
     failure: Option<RunFailure>,
+    /// The steps bodies recorded, by node and map element, until the node resolves.
+    recorded: HashMap<(NodeId, Option<u32>), Vec<RecordedStep>>,
 }
 
 impl RunState {
@@ -116,6 +122,7 @@ impl RunState {
             in_flight: 0,
             output: None,
             failure: None,
+            recorded: HashMap::new(),
         };
         let mut effects = Effects::default();
         for id in 0..n {
@@ -286,10 +293,17 @@ impl RunState {
                 return Ok(effects);
             }
             _ if self.status.is_terminal() => return Err(Rejected::Stale),
+            JournalEntry::StepRecorded { node, item, attempt, key, value } => {
+                let id = self.id(node)?;
+                self.accept_attempt(id, *item, *attempt)?;
+                self.recorded.entry((id, *item)).or_default().push((Arc::clone(key), value.clone()));
+                return Ok(effects);
+            }
             JournalEntry::NodeCompleted { node, item, attempt, output } => {
                 let id = self.id(node)?;
                 self.accept_attempt(id, *item, *attempt)?;
                 self.in_flight -= 1;
+                self.recorded.remove(&(id, *item));
                 match item {
                     None => self.complete(id, output.clone(), &mut effects),
                     Some(i) => {
@@ -322,6 +336,7 @@ impl RunState {
                     }
                     None => {
                         self.in_flight -= 1;
+                        self.recorded.remove(&(id, *item));
                         self.nodes[id] = NodeState::Failed { error: error.clone() };
                         self.fail(RunFailure { node: node.clone(), item: *item, error: error.clone() }, &mut effects);
                     }
@@ -362,6 +377,12 @@ impl RunState {
     }
 
     /// Accepts a result only for the outstanding attempt of the task.
+    /// The steps the body of `node` (element `item`) recorded in its attempts so far, in
+    /// the order recorded.
+    pub fn recorded(&self, node: NodeId, item: Option<u32>) -> &[RecordedStep] {
+        self.recorded.get(&(node, item)).map_or(&[], Vec::as_slice)
+    }
+
     fn accept_attempt(&self, id: NodeId, item: Option<u32>, attempt: u32) -> Result<(), Rejected> {
         let current = match (&self.nodes[id], item) {
             (NodeState::Active { attempt }, None) => *attempt,
