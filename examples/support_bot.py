@@ -2,8 +2,10 @@
 
     classify (model) -> route (branch) -> refund | order_status | (nothing) -> answer (model)
 
-Refunds above a limit wait for a person's approval (a human step). The model here is a
-deterministic offline stand-in, so the example runs anywhere without a network or a key.
+Refunds above a limit wait for a person's approval (a human step). With
+``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` set, the two model calls go to that
+OpenAI-compatible endpoint (``SUPPORT_BOT_MODEL`` names the model); otherwise a
+deterministic offline model answers, so the example runs anywhere without a network or a key.
 
 Run it with ``make demo`` or ``python examples/support_bot.py``.
 """
@@ -11,8 +13,9 @@ Run it with ``make demo`` or ``python examples/support_bot.py``.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import ferroflow as ff
 
@@ -25,22 +28,32 @@ ORDERS: Dict[str, Dict[str, Any]] = {
 }
 
 
-class OfflineModel:
-    """A deterministic stand-in for a chat model: same prompt, same reply."""
-
-    def complete(self, system: str, user: str) -> str:
-        if system.startswith("Classify"):
-            text = user.lower()
-            if any(w in text for w in ("refund", "money back", "return")):
-                return "refund"
-            if any(w in text for w in ("where", "status", "track", "arrive")):
-                return "order_status"
-            return "other"
-        return f"[support] {user}"
+LABELS = ["refund", "order_status", "other"]
 
 
-model = OfflineModel()
-support = ff.Graph("support_bot", output="answer")
+def reply_to(messages: List[Dict[str, Any]]) -> str:
+    """What the offline model answers: a deterministic stand-in for a chat model (same
+    prompt, same reply). Tests give it to the mock OpenAI server too, so that every
+    provider gives the same results."""
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    if system.startswith("Classify"):
+        text = user.lower()
+        if any(w in text for w in ("refund", "money back", "return")):
+            return "refund"
+        if any(w in text for w in ("where", "status", "track", "arrive")):
+            return "order_status"
+        return "other"
+    return f"[support] {user}"
+
+
+def provider_from_env() -> Tuple[Any, str]:
+    """The OpenAI provider when ``OPENAI_BASE_URL`` or ``OPENAI_API_KEY`` is set (any
+    OpenAI-compatible server: ``SUPPORT_BOT_MODEL`` names the model, ``gpt-4o-mini`` by
+    default), the offline one otherwise."""
+    if os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"):
+        return ff.OpenAIProvider(), os.environ.get("SUPPORT_BOT_MODEL", "gpt-4o-mini")
+    return ff.OfflineProvider(lambda request: reply_to(request.messages)), "offline"
 
 
 def order_id(text: str) -> Optional[str]:
@@ -48,67 +61,87 @@ def order_id(text: str) -> Optional[str]:
     return match.group(1) if match else None
 
 
-@support.task(retry=ff.Retry(attempts=3, backoff=0.05))
-def classify(input: Dict[str, Any]) -> str:
-    return model.complete("Classify the ticket as refund, order_status or other.", input["text"])
+def build(provider: Any, model: str) -> ff.Graph:
+    """The support graph, its two model calls made by ``provider``."""
+    support = ff.Graph("support_bot", output="answer")
 
+    @support.llm(provider=provider, model=model, params={"temperature": 0}, retry=ff.Retry(attempts=3, backoff=0.05))
+    def classify(input: Dict[str, Any]) -> List[Dict[str, str]]:
+        return [
+            {
+                "role": "system",
+                "content": "Classify the ticket as refund, order_status or other. Answer with the label.",
+            },
+            {"role": "user", "content": input["text"]},
+        ]
 
-@support.branch(labels=["refund", "order_status", "other"])
-def route(classify: str) -> str:
-    return classify
+    @support.branch(labels=LABELS)
+    def route(classify: Dict[str, Any]) -> str:
+        # A real model may add punctuation or capitals; anything else is "other".
+        label = classify["text"].strip().strip(".").lower()
+        return label if label in LABELS else "other"
 
+    @support.tool(when={"route": "refund"})
+    def refund(input: Dict[str, Any]) -> Dict[str, Any]:
+        oid = order_id(input["text"])
+        order = ORDERS.get(oid or "")
+        if order is None:
+            return {"order": oid, "eligible": False, "reason": "no such order"}
+        return {"order": oid, "eligible": True, "amount": order["price"], "item": order["item"]}
 
-@support.task(when={"route": "refund"})
-def refund(input: Dict[str, Any]) -> Dict[str, Any]:
-    oid = order_id(input["text"])
-    order = ORDERS.get(oid or "")
-    if order is None:
-        return {"order": oid, "eligible": False, "reason": "no such order"}
-    return {"order": oid, "eligible": True, "amount": order["price"], "item": order["item"]}
+    @support.branch(labels=["ask", "auto"])
+    def needs_approval(refund: Dict[str, Any]) -> str:
+        return "ask" if refund["eligible"] and refund["amount"] > REFUND_APPROVAL_LIMIT else "auto"
 
+    @support.human(when={"needs_approval": "ask"})
+    def approve(refund: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """Large refunds need a person; the payload is what they see."""
+        question = f"Approve a refund of {refund.get('amount')} for order {refund['order']}?"
+        return {"question": question, "refund": refund}
 
-@support.branch(labels=["ask", "auto"])
-def needs_approval(refund: Dict[str, Any]) -> str:
-    return "ask" if refund["eligible"] and refund["amount"] > REFUND_APPROVAL_LIMIT else "auto"
+    @support.tool(when={"route": "order_status"})
+    def order_status(input: Dict[str, Any]) -> Dict[str, Any]:
+        oid = order_id(input["text"])
+        order = ORDERS.get(oid or "")
+        return {"order": oid, "found": order is not None, **(order or {})}
 
-
-@support.human(when={"needs_approval": "ask"})
-def approve(refund: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """Large refunds need a person; the payload is what they see."""
-    return {"question": f"Approve a refund of {refund.get('amount')} for order {refund['order']}?", "refund": refund}
-
-
-@support.task(when={"route": "order_status"})
-def order_status(input: Dict[str, Any]) -> Dict[str, Any]:
-    oid = order_id(input["text"])
-    order = ORDERS.get(oid or "")
-    return {"order": oid, "found": order is not None, **(order or {})}
-
-
-@support.task
-def answer(
-    input: Dict[str, Any],
-    refund: Optional[Dict[str, Any]],
-    approve: Optional[Dict[str, Any]],
-    order_status: Optional[Dict[str, Any]],
-) -> str:
-    if refund is not None:
-        if approve is not None and not approve.get("approved"):
-            facts = "We cannot refund this order; a colleague will explain why by email."
-        elif not refund["eligible"]:
-            facts = f"We could not find order {refund['order']}; please check the number."
+    # After `route` too: a ticket that needs neither tool still gets an answer.
+    @support.task(after=["route"])
+    def facts(
+        input: Dict[str, Any],
+        refund: Optional[Dict[str, Any]],
+        approve: Optional[Dict[str, Any]],
+        order_status: Optional[Dict[str, Any]],
+    ) -> str:
+        if refund is not None:
+            if approve is not None and not approve.get("approved"):
+                said = "We cannot refund this order; a colleague will explain why by email."
+            elif not refund["eligible"]:
+                said = f"We could not find order {refund['order']}; please check the number."
+            else:
+                said = f"Your refund of {refund['amount']:.2f} for the {refund['item']} is on its way."
+        elif order_status is not None:
+            if not order_status["found"]:
+                said = f"We could not find order {order_status['order']}."
+            elif order_status["eta"]:
+                said = f"Your {order_status['item']} is {order_status['status']}, arriving in {order_status['eta']}."
+            else:
+                said = f"Your {order_status['item']} was {order_status['status']}."
         else:
-            facts = f"Your refund of {refund['amount']:.2f} for the {refund['item']} is on its way."
-    elif order_status is not None:
-        if not order_status["found"]:
-            facts = f"We could not find order {order_status['order']}."
-        elif order_status["eta"]:
-            facts = f"Your {order_status['item']} is {order_status['status']}, arriving in {order_status['eta']}."
-        else:
-            facts = f"Your {order_status['item']} was {order_status['status']}."
-    else:
-        facts = "Thanks for reaching out; a colleague will get back to you shortly."
-    return model.complete("Write a short, friendly reply.", f"Hi {input['customer']}! {facts}")
+            said = "Thanks for reaching out; a colleague will get back to you shortly."
+        return f"Hi {input['customer']}! {said}"
+
+    @support.llm(provider=provider, model=model, stream=True)
+    def answer(facts: str) -> List[Dict[str, str]]:
+        return [
+            {"role": "system", "content": "Write a short, friendly reply to the customer with these facts."},
+            {"role": "user", "content": facts},
+        ]
+
+    return support
+
+
+support = build(*provider_from_env())
 
 
 TICKETS = [
@@ -123,20 +156,23 @@ async def show_events(ticket: Dict[str, Any]) -> None:
     print(f"\nEvents for {ticket['customer']}'s ticket:")
     async for event in support.stream(ticket):
         node = getattr(event, "node", "")
-        print(f"  {event.seq:>2} {type(event).__name__:<14} {node}")
+        if isinstance(event, ff.events.NodeProgress):
+            print(f"     {'token':<14} {node}: {event.data['token']!r}")
+        else:
+            print(f"  {event.seq:>2} {type(event).__name__:<14} {node}")
 
 
 def main() -> None:
     print(support.to_mermaid())
     results = support.map(TICKETS[:3])
     for ticket, reply in zip(TICKETS, results):
-        print(f"{ticket['customer']:>8}: {reply}")
+        print(f"{ticket['customer']:>8}: {reply['text']}")
 
     # A large refund waits for a person, then resumes with their decision.
     result = support.run(TICKETS[3])
     print(f"\nRun {result.run_id} is {result.status.value}: {result.waiting['approve']['question']}")
     result = support.resume(result.run_id, {"approved": True, "by": "supervisor"})
-    print(f"{TICKETS[3]['customer']:>8}: {result.output}")
+    print(f"{TICKETS[3]['customer']:>8}: {result.output['text']}")
 
     asyncio.run(show_events(TICKETS[0]))
 

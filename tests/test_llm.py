@@ -232,3 +232,56 @@ def test_a_run_killed_in_a_tool_loop_resumes_without_repeating_calls(server, tmp
     assert result.output["text"] == "parts: a b"
     assert server.request_count == 3, "the two model calls made before the kill were not made again"
     assert log.read_text().split() == ["A", "B", "B"], "A ran once; B, interrupted, ran again"
+
+
+def overlap(records):
+    """The most requests the server was answering at once."""
+    edges = sorted([(r.received_at, 1) for r in records] + [(r.answered_at, -1) for r in records])
+    most = current = 0
+    for _, step in edges:
+        current += step
+        most = max(most, current)
+    return most
+
+
+def test_a_concurrency_limit_is_shared_by_every_run(server, provider):
+    server.latency = 0.1
+    limited = ff.llm.Limited(provider(server), concurrency=2)
+    results = support_graph(limited, name="llm_limited").map([f"ticket {i}" for i in range(8)], concurrency=8)
+    assert [r["text"] for r in results] == [f"echo: ticket {i}" for i in range(8)]
+    assert server.request_count == 8
+    assert overlap(server.requests) == 2, "two calls at once, never more"
+
+
+def test_a_request_budget_spreads_calls_over_its_window(server, provider):
+    limited = ff.llm.Limited(provider(server), requests=3, per=0.5)
+    g = support_graph(limited, name="llm_budget")
+    # A first call opens the client and its connection, which takes longer than the calls
+    # measured below: the limiter counts calls when it lets them go, the server when they
+    # arrive.
+    g.run("warm-up")
+    time.sleep(0.5)
+    server.reset()
+    g.map([f"ticket {i}" for i in range(7)], concurrency=7)
+    starts = sorted(r.received_at for r in server.requests)
+    assert len(starts) == 7
+    # No 0.5 s window saw more than 3 calls start (a little slack for the client's own timing).
+    for i in range(len(starts) - 3):
+        assert starts[i + 3] - starts[i] >= 0.45, starts
+    assert starts[-1] - starts[0] >= 0.9, "7 calls at 3 per 0.5 s take two windows"
+
+
+def test_a_token_budget_holds_calls_back_until_usage_falls_out_of_its_window(server, provider):
+    # Each call uses 8 tokens as the server counts them: a 5-word prompt, a 3-word reply.
+    limited = ff.llm.Limited(provider(server), tokens=20, per=0.5)
+    g = support_graph(limited, name="llm_tokens")
+    g.run("warm-up")  # see the test above
+    time.sleep(0.5)
+    server.reset()
+    results = g.map([f"ticket {i}" for i in range(4)], concurrency=1)
+    assert [r["usage"]["total_tokens"] for r in results] == [8] * 4
+    starts = [r.received_at for r in server.requests]
+    assert len(starts) == 4
+    # Three calls spend 24 tokens; the fourth waits until the first leaves the window.
+    assert starts[2] - starts[0] < 0.4, "the first three went at once"
+    assert starts[3] - starts[0] >= 0.45, "the fourth waited for the budget"

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pytest
 
@@ -96,11 +96,11 @@ def worker(tmp_path, db, env):
     )
 
 
-def wait_for(what, condition, timeout=60.0):
+def wait_for(what, condition, timeout=60.0, every=0.05):
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        time.sleep(every)
 
 
 def context_spec(store, tmp_path):
@@ -368,6 +368,15 @@ class Batch:
     def joins(self):
         return self.log.read_text().count(" join ")
 
+    def last_call(self, pid):
+        """The node of the log's last line if worker `pid` wrote it."""
+        with open(self.log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 200))
+            lines = f.read().decode(errors="replace").splitlines()
+        parts = lines[-1].split() if lines else []
+        return parts[1] if len(parts) == 4 and parts[3] == str(pid) else None
+
     def finish(self, timeout):
         """Waits for the submitter, then stops the workers (see `stop`)."""
         try:
@@ -444,6 +453,10 @@ def test_a_batch_survives_a_worker_killed_mid_way(tmp_path, store):
         first, _ = batch.start_worker(), batch.start_worker()
         batch.submit_all()
         wait_for("a quarter of the batch", lambda: batch.joins() >= BATCH // 4, timeout=120)
+        # Killed in the middle of a run: just after it logged the start of a `left`, which
+        # then sleeps 5 ms.
+        started = lambda: batch.last_call(first.pid) == "left"  # noqa: E731
+        wait_for("the first worker to start a node", started, timeout=60, every=0.0005)
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=10)
         batch.start_worker()
@@ -459,5 +472,6 @@ def test_a_batch_survives_a_worker_killed_mid_way(tmp_path, store):
         run_id, _, _, pid = line.split()
         pids[run_id].add(int(pid))
     taken_over = sum(1 for who in pids.values() if first.pid in who and len(who) > 1)
-    assert taken_over > 0, "the killed worker left no run half done; the test proved nothing"
+    by_pid = Counter(pid for who in pids.values() for pid in who)
+    assert taken_over > 0, f"the killed worker left no run half done; the test proved nothing: {by_pid}"
     print({"store": store, "runs_taken_over": taken_over, "nodes_run_again": rerun})
