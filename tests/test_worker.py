@@ -378,9 +378,15 @@ class Batch:
         return parts[1] if len(parts) == 4 and parts[3] == str(pid) else None
 
     def finish(self, timeout):
-        """Waits for the submitter, then stops the workers (see `stop`)."""
+        """Waits for the submitter, then stops the workers (see `stop`); if the submitter
+        does not finish in time, fails with what the workers logged."""
         try:
             _, err = self.submit.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            logs = "\n".join(f"worker {proc.pid}:\n{err[-2000:]}" for proc, err in self.stopped)
+            raise AssertionError(f"the batch did not finish in {timeout} s; the workers logged:\n{logs}") from None
+        try:
             assert self.submit.returncode == 0, err[-3000:]
         finally:
             self.stop()

@@ -1027,7 +1027,7 @@ impl Inner {
                 Written::Failed => return Err(StepError::Failed),
                 Written::Conflict => {
                     if let Err(error) = self.catch_up(run, core, true) {
-                        run.fail_from_store(core, error);
+                        self.store_failed(run, core, error);
                         return Err(StepError::Failed);
                     }
                 }
@@ -1080,7 +1080,7 @@ impl Inner {
                     Written::Yes(true)
                 }
                 Err(error) => {
-                    run.fail_from_store(core, error);
+                    self.store_failed(run, core, error);
                     Written::Failed
                 }
             };
@@ -1094,7 +1094,7 @@ impl Inner {
             }
             Err(Error::Conflict { .. }) => Written::Conflict,
             Err(error) => {
-                run.fail_from_store(core, error);
+                self.store_failed(run, core, error);
                 Written::Failed
             }
         }
@@ -1153,6 +1153,7 @@ impl Inner {
                 Err(error) => {
                     // Its lock may be held by a thread waiting for this very flush.
                     let run = step.run;
+                    self.release_failed(&run.run_id);
                     self.runtime.spawn_blocking(move || {
                         let mut core = run.lock();
                         run.fail_from_store(&mut core, error);
@@ -1242,7 +1243,14 @@ impl Inner {
         attachment: Option<Attachment>,
     ) -> Result<(Arc<LiveRun>, bool)> {
         if let Ok(run) = self.live(run_id) {
-            return Ok((run, false));
+            if !run.store_failed.load(Ordering::Acquire) {
+                return Ok((run, false));
+            }
+            // Failed here because the store could not record a step: read it again.
+            let mut table = self.runs.lock().expect("run table lock");
+            if table.runs.get(run_id).is_some_and(|held| Arc::ptr_eq(held, &run)) {
+                table.runs.remove(run_id);
+            }
         }
         let not_found = || Error::RunNotFound { run_id: run_id.to_owned() };
         let store = self.config.store.as_ref().ok_or_else(not_found)?;
@@ -1363,7 +1371,7 @@ impl Inner {
                 Written::Failed => return Vec::new(),
                 Written::Conflict => {
                     if let Err(error) = self.catch_up(run, core, true) {
-                        run.fail_from_store(core, error);
+                        self.store_failed(run, core, error);
                         return Vec::new();
                     }
                 }
@@ -1381,6 +1389,39 @@ impl Inner {
                 tracing::debug!(run_id = %run_id, task = %task.key(), %error, "a stale task was not acknowledged");
             }
         }
+    }
+
+    /// Fails a run in memory because the store could not record its step (see
+    /// [`LiveRun::fail_from_store`]), and hands its hold back for another worker.
+    fn store_failed(&self, run: &LiveRun, core: &mut RunCore, error: Error) {
+        run.fail_from_store(core, error);
+        self.release_failed(&run.run_id);
+    }
+
+    /// Hands back the hold of a run this engine failed in memory, in the background, trying
+    /// until the store answers (for up to [`EngineConfig::outage_timeout`]): its renewals
+    /// would otherwise keep the run held, and nobody would continue it. A worker that
+    /// claims it (this one included) reads it from the store again.
+    fn release_failed(&self, run_id: &str) {
+        let Some((owner, _)) = self.holder() else { return };
+        let (store, owner, run_id) = (Arc::clone(self.store()), owner.to_owned(), run_id.to_owned());
+        let limit = self.config.outage_timeout;
+        self.runtime.spawn(async move {
+            let deadline = tokio::time::Instant::now() + limit;
+            loop {
+                match store.release_run(&owner, &run_id, now_ms()).await {
+                    Ok(()) => return,
+                    Err(error) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(run_id = %run_id, %error, "cannot hand back a failed run yet");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(run_id = %run_id, %error, "cannot hand back a failed run; its hold stays");
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     fn live(&self, run_id: &str) -> Result<Arc<LiveRun>> {

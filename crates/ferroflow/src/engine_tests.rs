@@ -1529,12 +1529,14 @@ async fn group_commit_writes_steps_after_the_window_and_a_settled_run_at_once() 
 /// A real [`MemoryStore`] behind a switch that makes it unavailable, as a networked store
 /// is while its server restarts: every call fails with [`Error::Unavailable`] while it is
 /// down, and the next `lost_replies` commits (and `lost_claims` claims that grant something)
-/// land but answer with that error, as a reply lost with the connection would.
+/// land but answer with that error, as a reply lost with the connection would; the next
+/// `broken_commits` commits fail outright, as a full disk would.
 struct Outage {
     store: crate::store::MemoryStore,
     down: AtomicBool,
     lost_replies: AtomicUsize,
     lost_claims: AtomicUsize,
+    broken_commits: AtomicUsize,
 }
 
 impl Outage {
@@ -1544,6 +1546,7 @@ impl Outage {
             down: AtomicBool::new(false),
             lost_replies: AtomicUsize::new(0),
             lost_claims: AtomicUsize::new(0),
+            broken_commits: AtomicUsize::new(0),
         })
     }
 
@@ -1639,6 +1642,9 @@ impl DurableStore for Outage {
     }
     async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool> {
         self.check()?;
+        if self.broken_commits.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(Error::Store("the test's store cannot write".into()));
+        }
         let held = self.store.commit(step, owner).await?;
         if self.lost_replies.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             return Err(Error::Unavailable("the reply was lost".into()));
@@ -1765,4 +1771,36 @@ async fn a_worker_releases_what_a_claim_with_a_lost_reply_granted_it() {
     assert_eq!(*calls.lock().unwrap(), ["a", "b", "c"], "every node ran once");
     let (_, journal) = store.store.load("granted").await.unwrap().unwrap();
     assert_eq!(journal.iter().filter(|e| matches!(e.entry, JournalEntry::NodeFailed { .. })).count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_failed_by_its_store_is_handed_back_and_a_worker_continues_it() {
+    let store = Outage::new();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let wf = counted_chain(&calls);
+    let first = durable_on(&store, Duration::from_secs(5));
+    // a's step cannot be written (nor the next one): the run fails here, and would stay
+    // held by `first`, renewed by its heartbeat, with nobody to continue it.
+    store.broken_commits.store(2, Ordering::SeqCst);
+    let run = first.start(&wf, Value::from(json!(0)), id("broken")).unwrap();
+    assert_eq!(run.wait(Some(LIMIT)).await.unwrap().status, RunStatus::Failed);
+    eventually("the hold to be handed back", || {
+        tokio::task::block_in_place(|| {
+            Handle::current().block_on(store.store.holder("broken")).unwrap().as_deref() == Some(crate::store::RELEASED)
+        })
+    })
+    .await;
+    // The first engine, working, claims it back and reads it from the store again.
+    let stop = CancellationToken::new();
+    let working = {
+        let (first, wf, stop) = (first.clone(), wf.clone(), stop.clone());
+        tokio::spawn(async move { first.work(&[wf], 4, None, stop, Duration::from_secs(1)).await })
+    };
+    eventually("the run to complete", || first.snapshot("broken").is_ok_and(|s| s.status == RunStatus::Completed))
+        .await;
+    stop.cancel();
+    working.await.unwrap().unwrap();
+    let (record, journal) = store.store.load("broken").await.unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Completed);
+    assert_eq!(completions(&journal), ["a", "b", "c"]);
 }

@@ -502,14 +502,15 @@ impl NatsStore {
 
     /// The error `e` met doing `what`, naming the server. It is [`Error::Unavailable`] when
     /// the server is out of reach for now: the client is not connected (it reconnects by
-    /// itself), or the request timed out or found nobody to answer it (a server restarting
-    /// answers before its JetStream does). async-nats gives each call its own error kinds,
+    /// itself), or the request timed out, found nobody to answer it or found JetStream not
+    /// ready (a server restarting answers before its JetStream does). async-nats gives each call its own error kinds,
     /// so these are recognised by what they say.
     fn fail(&self, what: &str, e: impl Display) -> Error {
         let text = e.to_string();
         let message = format!("NATS server {}: {what}: {text}", self.inner.url);
         let connected = self.inner.client.connection_state() == async_nats::connection::State::Connected;
-        let outage = ["timed out", "no responders", "broken pipe", "disconnected", "connection"];
+        let outage =
+            ["timed out", "no responders", "broken pipe", "disconnected", "connection", "jetstream not enabled", "503"];
         if !connected || outage.iter().any(|sign| text.contains(sign)) {
             Error::Unavailable(message)
         } else {
