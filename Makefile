@@ -21,7 +21,7 @@ $(PY):
 
 $(VENV)/.deps: pyproject.toml | $(PY)
 	$(BIN)/pip install --quiet "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" \
-		"pytest-benchmark>=4" "ruff>=0.6" "mypy>=1.10" "redis>=5" "nats-py>=2.6" "openai>=1.40"
+		"pytest-benchmark>=4" "ruff>=0.6" "mypy>=1.10" "redis>=5" "nats-py>=2.6" "openai>=1.40" "anthropic>=0.40"
 	touch $@
 
 .PHONY: dev

@@ -45,16 +45,33 @@ def test_the_offline_answers_are_the_ones_the_example_documents(expected):
     ]
 
 
-@pytest.mark.parametrize("which", ["offline", "openai"])
+def as_chat(body):
+    """The messages of a request to either API, as the example's offline model reads them:
+    Anthropic's requests carry the system prompt apart, and content as blocks."""
+    if body.api == "openai":
+        return body["messages"]
+    system = [{"role": "system", "content": body["system"]}] if body.get("system") else []
+
+    def text(content):
+        return content if isinstance(content, str) else " ".join(b.get("text", "") for b in content)
+
+    return system + [{"role": m["role"], "content": text(m["content"])} for m in body["messages"]]
+
+
+@pytest.mark.parametrize("which", ["offline", "openai", "anthropic"])
 def test_every_context_and_provider_gives_the_same_answers(bot, expected, context, which):
     if which == "offline":
         assert answers(bot, bot.build(ff.OfflineProvider(lambda r: bot.reply_to(r.messages)), "m"), context) == expected
         return
-    with MockLLMServer(reply=lambda body: bot.reply_to(body["messages"])) as server:
-        provider = ff.OpenAIProvider(base_url=server.base_url, api_key="test", timeout=10.0)
+    with MockLLMServer(reply=lambda body: bot.reply_to(as_chat(body))) as server:
+        if which == "openai":
+            provider = ff.OpenAIProvider(base_url=server.base_url, api_key="test", timeout=10.0)
+        else:
+            provider = ff.AnthropicProvider(base_url=server.anthropic_base_url, api_key="test", timeout=10.0)
         try:
-            assert answers(bot, bot.build(provider, "gpt-4o-mini"), context) == expected
+            assert answers(bot, bot.build(provider, "mock-model"), context) == expected
         finally:
             provider.close()
-        # Two model calls per ticket (classify, answer), none repeated.
+        # Two model calls per ticket (classify, answer), none repeated, all to this API.
         assert server.request_count == 2 * len(bot.TICKETS)
+        assert {record.api for record in server.requests} == {which}

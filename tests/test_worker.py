@@ -207,6 +207,18 @@ def test_a_context_that_does_not_execute_hands_its_runs_to_workers(tmp_path):
 
         submitter = ff.Sqlite(db, execute=False)
         results = diamond.map(range(40), context=submitter, concurrency=20)
+        # The workers registered the graph they run: its structure is known without its code.
+        (graph,) = submitter.graphs()
+        assert (graph.name, graph.version) == ("worker_diamond", diamond.version)
+        assert sorted(node["name"] for node in graph.spec["nodes"]) == ["join", "left", "right", "split"]
+        listed = subprocess.run(
+            [sys.executable, "-m", "ferroflow.cli", "graphs", "--context", str(db)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.split("\n")[1].split()[:3] == ["worker_diamond", diamond.version, "4"], listed.stdout
         assert results == [i * 2 + i + 100 for i in range(40)]
         assert diamond.run(7, context=submitter, run_id="single").output == 7 * 2 + 7 + 100
 

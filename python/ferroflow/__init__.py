@@ -29,10 +29,11 @@ from .errors import (
     WaitTimeoutError,
 )
 from .graph import Graph
-from .llm import OfflineProvider, OpenAIProvider, Tool, tool
-from .types import ErrorInfo, NodeContext, NodeInfo, Retry, RunInfo, RunResult, RunStatus
+from .llm import AnthropicProvider, OfflineProvider, OpenAIProvider, Tool, tool
+from .types import ErrorInfo, GraphInfo, NodeContext, NodeInfo, Retry, RunInfo, RunResult, RunStatus
 
 __all__ = [
+    "AnthropicProvider",
     "Context",
     "CycleError",
     "DuplicateNodeError",
@@ -40,6 +41,7 @@ __all__ = [
     "FerroflowError",
     "Graph",
     "GraphError",
+    "GraphInfo",
     "InMemory",
     "InvalidInputError",
     "InvalidRunStateError",

@@ -67,6 +67,9 @@ class Engine:
     ) -> Engine: ...
     def delete_namespace(self) -> None:
         """Deletes everything of a networked store's namespace (Redis keys, or NATS buckets)."""
+    def graphs(self) -> List[Dict[str, Any]]:
+        """The graphs workers registered in the store, as dicts (name, version, spec (JSON text),
+        registered_ms), by name, newest first."""
     def follow(self, workflow: Workflow, run_id: str) -> None:
         """Makes a run only the store knows available here, followed without being taken over."""
     def flush(self) -> None:

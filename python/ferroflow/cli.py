@@ -106,6 +106,16 @@ def runs_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def graphs_list(args: argparse.Namespace) -> int:
+    graphs = open_context(args.context).graphs()
+    if args.json:
+        print(json.dumps([dict(g.__dict__, spec=dict(g.spec)) for g in graphs], indent=2))
+        return 0
+    rows = [[g.name, g.version, str(len(g.spec.get("nodes", []))), _when(g.registered)] for g in graphs]
+    print(_table(rows, ["GRAPH", "VERSION", "NODES", "REGISTERED"]) if rows else "no graphs registered")
+    return 0
+
+
 def runs_show(args: argparse.Namespace) -> int:
     context = open_context(args.context)
     journal = context.journal(args.run)
@@ -301,7 +311,11 @@ def parser() -> argparse.ArgumentParser:
     cancel.add_argument("run")
     cancel.set_defaults(handler=runs_cancel)
 
-    for sub in (listing, show, resume, cancel):
+    registered = commands.add_parser("graphs", help="list the graphs workers registered in a context")
+    registered.add_argument("--json", action="store_true")
+    registered.set_defaults(handler=graphs_list)
+
+    for sub in (listing, show, resume, cancel, registered):
         sub.add_argument(
             "--context",
             required=True,

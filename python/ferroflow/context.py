@@ -7,6 +7,7 @@ change to the graph.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import weakref
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 from . import _native
 from .errors import RunNotFoundError
 from .events import Event, Interrupted, NodeCompleted, NodeFailed, NodeSkipped, Resumed, RunFinished, _from_native
-from .types import ErrorInfo, NodeInfo, RunInfo, RunStatus
+from .types import ErrorInfo, GraphInfo, NodeInfo, RunInfo, RunStatus
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -46,6 +47,20 @@ class Context:
                 updated=d["updated_ms"] / 1000,
             )
             for d in self._engine.list_runs(graph, status, limit)
+        ]
+
+    def graphs(self) -> List[GraphInfo]:
+        """The graphs workers registered in this context's store (each ``ferroflow worker``
+        registers those it runs), by name, newest first: what a process without their code
+        can know of them. Empty for an in-memory context."""
+        return [
+            GraphInfo(
+                name=d["name"],
+                version=d["version"],
+                registered=d["registered_ms"] / 1000,
+                spec=json.loads(d["spec"]),
+            )
+            for d in self._engine.graphs()
         ]
 
     def work(self, *graphs: Graph, concurrency: int = 16, grace: float = 30.0) -> None:

@@ -7,6 +7,8 @@ token by token with :meth:`Provider.stream`. Three ship here:
 - :class:`OpenAIProvider`, the reference, on the official ``openai`` client (async, one
   connection pool per provider). ``base_url`` points it at any OpenAI-compatible server:
   vLLM, llama.cpp, Ollama, or :class:`ferroflow.testing.MockLLMServer` in tests.
+- :class:`AnthropicProvider`, Anthropic's Messages API on the official ``anthropic``
+  client (``pip install anthropic``).
 - :class:`OfflineProvider`, deterministic and local, for examples and tests.
 
 Any object with the same two methods is a provider.
@@ -49,6 +51,7 @@ from ._loop import background_loop
 from .types import NodeContext
 
 __all__ = [
+    "AnthropicProvider",
     "Limited",
     "OfflineProvider",
     "OpenAIProvider",
@@ -640,3 +643,7 @@ def llm_body(
     body.__name__ = getattr(fn, "__name__", "llm")
     body.__qualname__ = getattr(fn, "__qualname__", body.__name__)
     return body
+
+
+# The second provider lives in its own module, which refers back to this one.
+from ._anthropic import AnthropicProvider  # noqa: E402

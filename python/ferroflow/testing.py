@@ -1,11 +1,21 @@
-"""An OpenAI-compatible mock chat-completions server, for tests and benchmarks.
+"""A mock LLM server speaking OpenAI's chat completions and Anthropic's messages, for tests and benchmarks.
 
-:class:`MockLLMServer` speaks enough of OpenAI's HTTP API for the official ``openai`` client (and
-anything else that talks to ``/v1/chat/completions``) to run against it unchanged: plain and
-streamed (Server-Sent Events) chat completions, function/tool calls, ``GET /v1/models``, and
-OpenAI-shaped errors. Replies are deterministic, so tests can assert on them; latency and
-failures (rate limits with ``Retry-After``, server errors, slow replies, dropped connections) can
-be injected; every request is recorded. It uses only the standard library and binds 127.0.0.1.
+:class:`MockLLMServer` speaks enough of two HTTP APIs for the official clients to run against it
+unchanged:
+
+- OpenAI's: ``POST /v1/chat/completions`` (plain and streamed as Server-Sent Events, function/tool
+  calls), ``GET /v1/models`` and OpenAI-shaped errors, for the ``openai`` client (and anything else
+  that talks to ``/v1/chat/completions``) pointed at :attr:`MockLLMServer.base_url`
+  (``http://127.0.0.1:PORT/v1``);
+- Anthropic's: ``POST /v1/messages`` (plain and streamed as Anthropic's SSE event sequence,
+  ``tool_use`` blocks) and Anthropic-shaped errors, for the ``anthropic`` client pointed at
+  :attr:`MockLLMServer.anthropic_base_url` (``http://127.0.0.1:PORT``: that client appends
+  ``/v1/messages`` itself).
+
+Both share one server: the same models, reply callable, injected failures, latency and request
+records. Replies are deterministic, so tests can assert on them; latency and failures (rate limits
+with ``Retry-After``, server errors, slow replies, dropped connections) can be injected; every
+request is recorded. It uses only the standard library and binds 127.0.0.1.
 
 Example::
 
@@ -24,41 +34,73 @@ Example::
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         assert [r.status for r in server.requests] == [200, 429, 200]
 
-    # Scripted tool calls: the reply callable sees the request JSON.
+    # The same server, through Anthropic's client.
+    from anthropic import Anthropic
+
+    with MockLLMServer() as server:
+        client = Anthropic(base_url=server.anthropic_base_url, api_key="test", timeout=10)
+        message = client.messages.create(
+            model="mock-model", max_tokens=100, messages=[{"role": "user", "content": "hello world"}]
+        )
+        assert message.content[0].text == "echo: hello world" and message.stop_reason == "end_turn"
+        assert message.usage.input_tokens == 2 and message.usage.output_tokens == 3
+
+    # Scripted tool calls: the reply callable sees the request JSON (a RequestBody: a dict whose
+    # ``api`` attribute says which API was called).
     def script(request):
-        if request.get("tools") and request["messages"][-1]["role"] == "user":
+        if request.api == "anthropic":
+            done = any(
+                isinstance(m["content"], list) and any(b.get("type") == "tool_result" for b in m["content"])
+                for m in request["messages"]
+            )
+        else:
+            done = any(m["role"] == "tool" for m in request["messages"])
+        if request.get("tools") and not done:
             return ToolCall("get_weather", {"city": "Paris"})
         return "It is sunny in Paris."
 
     with MockLLMServer(reply=script, latency=0.05) as server:
         ...
 
-Behaviour, in the order a ``POST /v1/chat/completions`` request meets it:
+Behaviour, in the order a ``POST /v1/chat/completions`` or ``POST /v1/messages`` request meets it
+(errors in the shape of the API called: OpenAI's ``{"error": {"message", "type", "param",
+"code"}}``, or Anthropic's ``{"type": "error", "error": {"type", "message"}}``):
 
 1. The next injected failure, if any, is taken (see :meth:`MockLLMServer.fail_next`): it waits
    its ``delay``, then drops the connection, answers with its error status, or (with no status)
    goes on as normal.
-2. With ``api_key=`` configured, a missing or different ``Authorization: Bearer`` key gets 401
-   (code ``invalid_api_key``).
-3. A body that is not a JSON object gets 400; a missing ``model`` or ``messages`` gets 400; a
-   model not in ``models`` gets 404 (code ``model_not_found``).
-4. The reply callable runs (``reply=``, default :func:`echo_reply`); if it raises or returns
-   something else than text or tool calls, the answer is a 500 carrying ``x-should-retry: false``
-   (so that the client does not retry a bug in the test). Tool calls for a request that offers no
-   ``tools`` get 400.
+2. With ``api_key=`` configured, a missing or different key gets 401: for OpenAI, from the
+   ``Authorization: Bearer`` header (code ``invalid_api_key``); for Anthropic, from the
+   ``x-api-key`` header, or, when there is none, ``Authorization: Bearer`` (which some versions of
+   the ``anthropic`` client send instead) (type ``authentication_error``).
+3. A body that is not a JSON object gets 400; so does a missing ``model`` or ``messages`` and, for
+   Anthropic, a missing ``max_tokens``, a message whose role is not ``user`` or ``assistant``, a
+   tool without ``name`` or ``input_schema``, or ``tool_use`` and ``tool_result`` blocks that do
+   not pair up (each ``tool_use`` answered by a ``tool_result`` in the next message, and each
+   ``tool_result`` answering a ``tool_use`` of the message before). A model not in ``models`` gets
+   404 (OpenAI code ``model_not_found``, Anthropic type ``not_found_error``).
+4. The reply callable runs (``reply=``, default :func:`echo_reply`) on the request JSON, as a
+   :class:`RequestBody`; if it raises or returns something else than text or tool calls, the answer
+   is a 500 carrying ``x-should-retry: false`` (so that the client does not retry a bug in the
+   test). Tool calls for a request that offers no ``tools`` get 400.
 5. The server waits ``latency`` seconds, then answers: one JSON body, or with ``"stream": true``
-   an SSE stream with ``token_interval`` seconds between chunks.
+   an SSE stream with ``token_interval`` seconds between events.
 
-Token usage is deterministic: ``prompt_tokens`` counts the whitespace-separated words of every
-message's text content, ``completion_tokens`` those of the reply (for tool calls: of each call's
-name and JSON arguments). The ``n`` parameter and sampling parameters are ignored (one choice).
+Token usage is deterministic: ``prompt_tokens`` (Anthropic: ``input_tokens``) counts the
+whitespace-separated words of every message's text content (for Anthropic, also of ``system`` and
+of ``tool_result`` contents), ``completion_tokens`` (``output_tokens``) those of the reply (for tool
+calls: of each call's name and JSON arguments). The ``n`` parameter and sampling parameters are
+ignored (one choice). Anthropic's ``stop_sequences`` and ``max_tokens`` are honoured for text
+replies: the text is cut before the first stop sequence it contains (``stop_reason``
+``"stop_sequence"``), and after its first ``max_tokens`` words (``"max_tokens"``); otherwise
+``stop_reason`` is ``"end_turn"``, or ``"tool_use"`` for tool calls.
 
 The server can also run as its own process, e.g. for benchmarks::
 
     python -m ferroflow.testing --port 0 --latency 0.05
 
-prints the base URL on one line, then serves until SIGTERM or SIGINT (``--help`` lists the
-options).
+prints the OpenAI base URL on one line (the Anthropic one is the same without ``/v1``), then serves
+until SIGTERM or SIGINT (``--help`` lists the options).
 """
 
 from __future__ import annotations
@@ -84,6 +126,7 @@ __all__ = [
     "MockLLMServer",
     "Reply",
     "ReplyFn",
+    "RequestBody",
     "RequestRecord",
     "ToolCall",
     "echo_reply",
@@ -91,7 +134,8 @@ __all__ = [
 ]
 
 DEFAULT_MODELS: Tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "mock-model")
-"""The models a :class:`MockLLMServer` serves unless given ``models=``."""
+"""The models a :class:`MockLLMServer` serves unless given ``models=``, through either API (for
+Anthropic's, ``"mock-model"``, or pass your own ``models=``)."""
 
 
 @dataclass(frozen=True)
@@ -99,8 +143,12 @@ class ToolCall:
     """A tool (function) call for the mock model to make; return one, or a list, from a reply callable.
 
     ``arguments`` is sent JSON-encoded; a ``str`` is sent verbatim (to test how a caller copes
-    with arguments that are not valid JSON). ``id`` defaults to ``call_<n>``, ``n`` counting the
-    server's tool calls from 1 (reset by :meth:`MockLLMServer.reset`).
+    with arguments that are not valid JSON). Through Anthropic's API the call is a ``tool_use``
+    block: its ``input`` is the arguments (a ``str`` that is a JSON object is sent as that object,
+    any other ``str`` as the string itself), streamed as ``input_json_delta`` fragments of the JSON
+    text (a ``str`` verbatim). ``id`` defaults to ``call_<n>`` (OpenAI) or ``toolu_<n>``
+    (Anthropic), ``n`` counting the server's tool calls from 1 (reset by
+    :meth:`MockLLMServer.reset`).
     """
 
     name: str
@@ -108,7 +156,7 @@ class ToolCall:
     arguments: Union[Dict[str, Any], str] = field(default_factory=dict)
     """The arguments: a dict (sent as JSON) or a string (sent as is)."""
     id: Optional[str] = None
-    """The call's id; ``None`` for ``call_<n>``."""
+    """The call's id; ``None`` for ``call_<n>`` (``toolu_<n>`` through Anthropic's API)."""
 
     @property
     def arguments_json(self) -> str:
@@ -122,9 +170,34 @@ Reply = Union[str, ToolCall, Sequence[ToolCall]]
 """What a reply callable returns: the assistant's text, or one or more tool calls."""
 
 ReplyFn = Callable[[Dict[str, Any]], Reply]
-"""A reply callable: receives the request's JSON body (a dict), returns a :data:`Reply`.
+"""A reply callable: receives the request's JSON body (a dict: a :class:`RequestBody`, whose ``api``
+attribute says which API was called), returns a :data:`Reply`.
 
 It may be called from several server threads at once."""
+
+
+class RequestBody(Dict[str, Any]):
+    """The request JSON a reply callable receives: a ``dict`` holding the body as the client sent
+    it, plus which API was called, so that one callable can serve both::
+
+        def reply(request):
+            if request.api == "anthropic":  # Anthropic's messages: tool results are user content blocks
+                ...
+            else:  # "openai": chat completions, tool results are "tool" messages
+                ...
+
+    Being a plain ``dict`` otherwise, it compares, prints and JSON-encodes as the body does.
+    """
+
+    api: str
+    """``"openai"`` (``POST /v1/chat/completions``) or ``"anthropic"`` (``POST /v1/messages``)."""
+    path: str
+    """The request path, e.g. ``"/v1/messages"``."""
+
+    def __init__(self, body: Dict[str, Any], *, api: str, path: str) -> None:
+        super().__init__(body)
+        self.api = api
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -157,6 +230,16 @@ class RequestRecord:
     going away mid-stream, the server stopping)."""
     body: Any
     """The request's parsed JSON body; ``None`` when it had none or it was not valid JSON."""
+
+    @property
+    def api(self) -> Optional[str]:
+        """Which API the request was for, from its path: ``"anthropic"`` for ``/v1/messages``,
+        ``"openai"`` for ``/v1/chat/completions`` and ``/v1/models``, ``None`` for any other path."""
+        if self.path == "/v1/messages":
+            return "anthropic"
+        if self.path == "/v1/chat/completions" or self.path == "/v1/models" or self.path.startswith("/v1/models/"):
+            return "openai"
+        return None
 
     @property
     def duration(self) -> float:
@@ -202,15 +285,20 @@ def _split_wordish(text: str) -> List[str]:
 
 
 def _text_of(content: Any) -> str:
-    """The text of a message's ``content``: a string, or the text parts of a list of parts."""
+    """The text of a message's ``content``: a string, or the text parts of a list of parts (for
+    Anthropic's ``tool_result`` blocks, the text of their own content)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(
-            str(part.get("text", ""))
-            for part in content
-            if isinstance(part, dict) and part.get("type") in ("text", "input_text")
-        )
+        texts = []
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") in ("text", "input_text"):
+                texts.append(str(part.get("text", "")))
+            elif part.get("type") == "tool_result":
+                texts.append(_text_of(part.get("content")))
+        return " ".join(texts)
     return ""
 
 
@@ -220,7 +308,8 @@ def _count_words(text: str) -> int:
 
 def echo_reply(request: Dict[str, Any]) -> str:
     """The default reply: ``"echo: "`` followed by the text of the last ``user`` message
-    (``"echo: "`` alone when there is none)."""
+    (``"echo: "`` alone when there is none). For either API: text parts and, for Anthropic,
+    ``tool_result`` contents are text."""
     messages = request.get("messages")
     if isinstance(messages, list):
         for message in reversed(messages):
@@ -243,6 +332,114 @@ def _error_body(
             "code": code if code is not None else default_code,
         }
     }
+
+
+_ANTHROPIC_ERROR_KINDS: Dict[int, Tuple[str, str]] = {
+    400: ("invalid_request_error", "Bad request."),
+    401: ("authentication_error", "invalid x-api-key"),
+    402: ("billing_error", "Payment required."),
+    403: ("permission_error", "Your API key does not have permission to use the specified resource."),
+    404: ("not_found_error", "Not found."),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "Rate limit reached (injected by the mock server)."),
+    500: ("api_error", "Internal server error (injected by the mock server)."),
+    504: ("timeout_error", "Gateway timeout (injected by the mock server)."),
+    529: ("overloaded_error", "Overloaded (injected by the mock server)."),
+}
+
+
+def _anthropic_error_body(status: int, message: Optional[str] = None) -> Dict[str, Any]:
+    kind, default_message = _ANTHROPIC_ERROR_KINDS.get(
+        status, ("api_error" if status >= 500 else "invalid_request_error", f"HTTP {status}.")
+    )
+    return {"type": "error", "error": {"type": kind, "message": message if message is not None else default_message}}
+
+
+def _cut_text(text: str, stop_sequences: Sequence[str], max_tokens: int) -> Tuple[str, str, Optional[str]]:
+    """An Anthropic text reply as the model would end it: ``(text, stop_reason, stop_sequence)``,
+    cut before the first stop sequence it contains, then after its first ``max_tokens`` words."""
+    stop_reason, stop_sequence = "end_turn", None
+    found = [(text.find(s), s) for s in stop_sequences if s and s in text]
+    if found:
+        at, stop_sequence = min(found)
+        text, stop_reason = text[:at], "stop_sequence"
+    if _count_words(text) > max_tokens:
+        kept: List[str] = []
+        words = 0
+        for token in _split_wordish(text):
+            if token.strip():
+                if words == max_tokens:
+                    break
+                words += 1
+            kept.append(token)
+        text, stop_reason, stop_sequence = "".join(kept).rstrip(), "max_tokens", None
+    return text, stop_reason, stop_sequence
+
+
+def _blocks(content: Any) -> List[Dict[str, Any]]:
+    """The content blocks of an Anthropic message's ``content`` (none for a string)."""
+    if isinstance(content, list):
+        return [b for b in content if isinstance(b, dict)]
+    return []
+
+
+def _anthropic_request_problem(body: Dict[str, Any]) -> Optional[str]:
+    """Why Anthropic's API would reject a messages request (HTTP 400), or ``None``."""
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "model: Field required"
+    max_tokens = body.get("max_tokens")
+    if max_tokens is None:
+        return "max_tokens: Field required"
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+        return "max_tokens: Input should be a valid integer, greater than or equal to 0"
+    messages = body.get("messages")
+    if messages is None:
+        return "messages: Field required"
+    if not isinstance(messages, list) or not messages:
+        return "messages: at least one message is required"
+    system = body.get("system")
+    if system is not None and not isinstance(system, str):
+        if not isinstance(system, list) or not all(isinstance(b, dict) and b.get("type") == "text" for b in system):
+            return "system: Input should be a valid string or a list of text blocks"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages.{i}: Input should be an object"
+        if message.get("role") not in ("user", "assistant"):
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        if not isinstance(message.get("content"), (str, list)):
+            return f"messages.{i}.content: Field required"
+        uses = [b.get("id") for b in _blocks(message["content"]) if b.get("type") == "tool_use"]
+        results = [b.get("tool_use_id") for b in _blocks(message["content"]) if b.get("type") == "tool_result"]
+        if results:
+            before = messages[i - 1] if i > 0 and isinstance(messages[i - 1], dict) else {}
+            offered = {b.get("id") for b in _blocks(before.get("content")) if b.get("type") == "tool_use"}
+            unknown = [r for r in results if r not in offered]
+            if message["role"] != "user" or unknown:
+                return (
+                    f"messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks: "
+                    f"{', '.join(map(str, unknown or results))}. Each `tool_result` block must have a "
+                    "corresponding `tool_use` block in the previous message."
+                )
+        if uses and i + 1 < len(messages):
+            after = messages[i + 1] if isinstance(messages[i + 1], dict) else {}
+            answered = {b.get("tool_use_id") for b in _blocks(after.get("content")) if b.get("type") == "tool_result"}
+            missing = [u for u in uses if u not in answered]
+            if missing:
+                return (
+                    f"messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: "
+                    f"{', '.join(map(str, missing))}. Each `tool_use` block must have a corresponding "
+                    "`tool_result` block in the next message."
+                )
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            return "tools: Input should be a valid list"
+        for i, spec in enumerate(tools):
+            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+                return f"tools.{i}.name: Field required"
+            if spec.get("type", "custom") == "custom" and not isinstance(spec.get("input_schema"), dict):
+                return f"tools.{i}.custom.input_schema: Field required"
+    return None
 
 
 class _Draft:
@@ -347,18 +544,23 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class MockLLMServer:
-    """An OpenAI-compatible chat-completions server on 127.0.0.1, in a background thread.
+    """An OpenAI- and Anthropic-compatible LLM server on 127.0.0.1, in a background thread.
 
     Use it as a context manager (``with MockLLMServer() as server:``) or call :meth:`start` and
-    :meth:`stop`. Point a client at :attr:`base_url`.
+    :meth:`stop`. Point an OpenAI client at :attr:`base_url`, an Anthropic one at
+    :attr:`anthropic_base_url`.
 
-    :param models: the model names served; others get 404 ``model_not_found``.
-    :param reply: what the model answers: a callable receiving the request JSON and returning the
+    :param models: the model names served (through either API); others get 404 (OpenAI's
+        ``model_not_found``, Anthropic's ``not_found_error``).
+    :param reply: what the model answers: a callable receiving the request JSON (a
+        :class:`RequestBody`: ``request.api`` is ``"openai"`` or ``"anthropic"``) and returning the
         text or :class:`ToolCall` (s) (default :func:`echo_reply`), or a fixed string.
-    :param api_key: when set, requests must carry ``Authorization: Bearer <api_key>`` or get 401.
-    :param latency: seconds to wait before each successful chat-completion answer (for a stream,
-        before its first chunk).
-    :param token_interval: seconds between consecutive chunks of a streamed answer.
+    :param api_key: when set, requests must carry it or get 401: OpenAI requests as
+        ``Authorization: Bearer <api_key>``, Anthropic requests as ``x-api-key: <api_key>`` (or,
+        without that header, ``Authorization: Bearer <api_key>``).
+    :param latency: seconds to wait before each successful chat-completion or message answer (for
+        a stream, before its first event).
+    :param token_interval: seconds between consecutive events of a streamed answer.
     :param port: the port to bind on 127.0.0.1; 0 (the default) picks a free one.
 
     ``models``, ``reply``, ``api_key``, ``latency`` and ``token_interval`` are also attributes of
@@ -458,9 +660,15 @@ class MockLLMServer:
     @property
     def base_url(self) -> str:
         """The OpenAI base URL to give a client: ``http://127.0.0.1:PORT/v1``."""
+        return self.anthropic_base_url + "/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        """The Anthropic base URL to give a client: ``http://127.0.0.1:PORT`` (the server's root:
+        the ``anthropic`` client appends ``/v1/messages``)."""
         if self._port == 0:
             raise RuntimeError("the mock server has not been started")
-        return f"http://{self.host}:{self._port}/v1"
+        return f"http://{self.host}:{self._port}"
 
     # -- failure injection -----------------------------------------------------------------
 
@@ -474,19 +682,22 @@ class MockLLMServer:
         times: int = 1,
         message: Optional[str] = None,
     ) -> None:
-        """Make the next ``times`` chat-completion requests misbehave.
+        """Make the next ``times`` model requests (chat completions or messages) misbehave.
 
-        Injected behaviours form a FIFO queue; each ``POST /v1/chat/completions`` takes the first
-        one on arrival (before authentication or validation), so ``fail_next(status=429)`` then
-        ``fail_next(status=500)`` makes the next request get 429 and the one after 500. Each one:
+        Injected behaviours form a FIFO queue; each ``POST /v1/chat/completions`` or
+        ``POST /v1/messages`` takes the first one on arrival (before authentication or validation),
+        so ``fail_next(status=429)`` then ``fail_next(status=500)`` makes the next request get 429
+        and the one after 500. Each one:
 
         - waits ``delay`` seconds first (a slow reply, e.g. to trip a client timeout);
         - then, with ``disconnect=True``, closes the connection without answering;
-        - or, with a ``status``, answers with that status and OpenAI's error JSON (``message``, or a
-          standard one, with type and code as OpenAI sends them, e.g. ``rate_limit_exceeded`` for
-          429), plus ``Retry-After`` (seconds, may be fractional) and ``retry-after-ms`` headers when
-          ``retry_after`` is given (the ``openai`` client waits that long before retrying; without
-          it, the client uses its own exponential backoff);
+        - or, with a ``status``, answers with that status and the error JSON of the API called
+          (``message``, or a standard one; with type and code as OpenAI sends them, e.g.
+          ``rate_limit_exceeded`` for 429, or with Anthropic's type, e.g. ``rate_limit_error`` for
+          429, ``api_error`` for 500, ``overloaded_error`` for 529), plus ``Retry-After`` (seconds,
+          may be fractional) and ``retry-after-ms`` headers when ``retry_after`` is given (the
+          ``openai`` and ``anthropic`` clients wait that long before retrying; without it, they use
+          their own exponential backoff);
         - or, with neither, answers normally (after ``delay`` and then the server's ``latency``).
 
         Examples: ``fail_next(status=429, retry_after=0.2)``, ``fail_next(status=500, times=2)``,
@@ -552,6 +763,8 @@ class MockLLMServer:
             raw = self._read_body(h)
             if draft.method == "POST" and draft.path == "/v1/chat/completions":
                 self._chat_completions(h, draft, raw)
+            elif draft.method == "POST" and draft.path == "/v1/messages":
+                self._messages(h, draft, raw)
             elif draft.method == "GET" and draft.path == "/v1/models":
                 if self._authorize(h, draft):
                     self._send_json(h, draft, 200, self._model_list())
@@ -638,33 +851,49 @@ class MockLLMServer:
             return False
         return True
 
-    def _chat_completions(self, h: _Handler, draft: _Draft, raw: bytes) -> None:
+    @staticmethod
+    def _parse_body(draft: _Draft, raw: bytes) -> Any:
+        """The request's JSON body if it is an object (recorded in ``draft``), else ``None``."""
         try:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
-            body = None
-            parsed = False
-        else:
-            parsed = isinstance(body, dict)
-        if parsed:
-            draft.body = body
-            model = body.get("model")
-            draft.model = model if isinstance(model, str) else None
-            draft.stream = body.get("stream") is True
+            return None
+        if not isinstance(body, dict):
+            return None
+        draft.body = body
+        model = body.get("model")
+        draft.model = model if isinstance(model, str) else None
+        draft.stream = body.get("stream") is True
+        return body
 
+    def _inject_failure(self, h: _Handler, draft: _Draft, anthropic: bool = False) -> bool:
+        """Take the next injected failure, if any, and act it out; whether the request was answered
+        (or raises :class:`_Abort` for a disconnect)."""
         with self._lock:
             failure = self._failures.popleft() if self._failures else None
-        if failure is not None:
-            self._sleep(h, failure.delay)
-            if failure.disconnect:
-                raise _Abort
-            if failure.status is not None:
-                headers: List[Tuple[str, str]] = []
-                if failure.retry_after is not None:
-                    headers.append(("Retry-After", f"{failure.retry_after:g}"))
-                    headers.append(("retry-after-ms", f"{failure.retry_after * 1000:g}"))
-                self._send_json(h, draft, failure.status, _error_body(failure.status, failure.message), headers)
-                return
+        if failure is None:
+            return False
+        self._sleep(h, failure.delay)
+        if failure.disconnect:
+            raise _Abort
+        if failure.status is None:
+            return False
+        headers: List[Tuple[str, str]] = []
+        if failure.retry_after is not None:
+            headers.append(("Retry-After", f"{failure.retry_after:g}"))
+            headers.append(("retry-after-ms", f"{failure.retry_after * 1000:g}"))
+        if anthropic:
+            body = _anthropic_error_body(failure.status, failure.message)
+            self._send_json(h, draft, failure.status, body, [*headers, *self._anthropic_headers(draft)])
+        else:
+            self._send_json(h, draft, failure.status, _error_body(failure.status, failure.message), headers)
+        return True
+
+    def _chat_completions(self, h: _Handler, draft: _Draft, raw: bytes) -> None:
+        body = self._parse_body(draft, raw)
+        parsed = body is not None
+        if self._inject_failure(h, draft):
+            return
 
         if not self._authorize(h, draft):
             return
@@ -689,7 +918,7 @@ class MockLLMServer:
             return
 
         try:
-            reply = self._resolve_reply(self.reply(body))
+            reply = self._resolve_reply(self.reply(RequestBody(body, api="openai", path=draft.path)))
         except Exception as exc:  # noqa: BLE001 - a bug in the test's callable: answer 500, not a dead socket
             message = f"the mock server's reply callable failed: {type(exc).__name__}: {exc}"
             self._send_json(h, draft, 500, _error_body(500, message), [("x-should-retry", "false")])
@@ -741,8 +970,8 @@ class MockLLMServer:
         }
         self._send_json(h, draft, 200, response)
 
-    def _resolve_reply(self, value: Any) -> Union[str, List[Dict[str, Any]]]:
-        """Text, or the tool calls as OpenAI's JSON (ids assigned)."""
+    def _resolve_calls(self, value: Any, prefix: str) -> Union[str, List[Tuple[str, ToolCall]]]:
+        """Text, or the tool calls with their ids (``<prefix><n>`` unless given)."""
         if isinstance(value, str):
             return value
         calls = [value] if isinstance(value, ToolCall) else value
@@ -753,14 +982,18 @@ class MockLLMServer:
             with self._lock:
                 self._tool_calls += 1
                 number = self._tool_calls
-            resolved.append(
-                {
-                    "id": call.id or f"call_{number}",
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments_json},
-                }
-            )
+            resolved.append((call.id or f"{prefix}{number}", call))
         return resolved
+
+    def _resolve_reply(self, value: Any) -> Union[str, List[Dict[str, Any]]]:
+        """Text, or the tool calls as OpenAI's JSON (ids assigned)."""
+        resolved = self._resolve_calls(value, "call_")
+        if isinstance(resolved, str):
+            return resolved
+        return [
+            {"id": id_, "type": "function", "function": {"name": call.name, "arguments": call.arguments_json}}
+            for id_, call in resolved
+        ]
 
     def _stream(
         self,
@@ -822,6 +1055,157 @@ class MockLLMServer:
         done = b"data: [DONE]\n\n"
         h.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
 
+    # -- Anthropic's messages API -----------------------------------------------------------
+
+    @staticmethod
+    def _anthropic_headers(draft: _Draft) -> List[Tuple[str, str]]:
+        return [("request-id", f"req_mock{draft.seq:06d}")]
+
+    def _send_anthropic_error(
+        self, h: _Handler, draft: _Draft, status: int, message: str, headers: Sequence[Tuple[str, str]] = ()
+    ) -> None:
+        body = _anthropic_error_body(status, message)
+        self._send_json(h, draft, status, body, [*headers, *self._anthropic_headers(draft)])
+
+    def _authorize_anthropic(self, h: _Handler, draft: _Draft) -> bool:
+        if self.api_key is None:
+            return True
+        key = h.headers.get("x-api-key")
+        if key is None:
+            auth = h.headers.get("Authorization", "")
+            key = auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
+        if key is None or not key.strip():
+            self._send_anthropic_error(h, draft, 401, "x-api-key header is required")
+            return False
+        if key.strip() != self.api_key:
+            self._send_anthropic_error(h, draft, 401, "invalid x-api-key")
+            return False
+        return True
+
+    def _messages(self, h: _Handler, draft: _Draft, raw: bytes) -> None:
+        body = self._parse_body(draft, raw)
+        if self._inject_failure(h, draft, anthropic=True):
+            return
+        if not self._authorize_anthropic(h, draft):
+            return
+        if body is None:
+            self._send_anthropic_error(h, draft, 400, "The request body is not valid JSON (an object).")
+            return
+        problem = _anthropic_request_problem(body)
+        if problem is not None:
+            self._send_anthropic_error(h, draft, 400, problem)
+            return
+        model: str = body["model"]
+        if model not in self.models:
+            self._send_anthropic_error(h, draft, 404, f"model: {model}")
+            return
+
+        try:
+            reply = self._resolve_calls(self.reply(RequestBody(body, api="anthropic", path=draft.path)), "toolu_")
+        except Exception as exc:  # noqa: BLE001 - a bug in the test's callable: answer 500, not a dead socket
+            message = f"the mock server's reply callable failed: {type(exc).__name__}: {exc}"
+            self._send_anthropic_error(h, draft, 500, message, [("x-should-retry", "false")])
+            return
+        if not isinstance(reply, str) and not body.get("tools"):
+            message = "the mock server's reply callable returned tool calls, but the request offered no tools"
+            self._send_anthropic_error(h, draft, 400, message)
+            return
+
+        system = body.get("system")
+        prompt_texts = [_text_of(system)] if system is not None else []
+        prompt_texts.extend(_text_of(m.get("content")) for m in body["messages"])
+        input_tokens = sum(_count_words(text) for text in prompt_texts)
+        content: List[Dict[str, Any]] = []
+        wire: List[str] = []  # what each block's deltas carry when streamed
+        stop_sequence: Optional[str] = None
+        if isinstance(reply, str):
+            stops = body.get("stop_sequences")
+            stops = [s for s in stops if isinstance(s, str)] if isinstance(stops, list) else []
+            text, stop_reason, stop_sequence = _cut_text(reply, stops, body["max_tokens"])
+            content.append({"type": "text", "text": text})
+            wire.append(text)
+            output_tokens = _count_words(text)
+        else:
+            stop_reason, output_tokens = "tool_use", 0
+            for id_, call in reply:
+                arguments: Any = call.arguments
+                if isinstance(arguments, str):
+                    try:
+                        decoded = json.loads(arguments)
+                    except ValueError:
+                        decoded = None
+                    arguments = decoded if isinstance(decoded, dict) else arguments
+                content.append({"type": "tool_use", "id": id_, "name": call.name, "input": arguments})
+                wire.append(call.arguments_json)
+                output_tokens += _count_words(call.name + " " + call.arguments_json)
+        answer: Dict[str, Any] = {
+            "id": f"msg_mock{draft.seq:06d}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        }
+        self._sleep(h, self.latency)
+        if draft.stream:
+            self._stream_message(h, draft, answer, wire)
+        else:
+            self._send_json(h, draft, 200, answer, self._anthropic_headers(draft))
+
+    def _stream_message(self, h: _Handler, draft: _Draft, message: Dict[str, Any], wire: List[str]) -> None:
+        """Stream ``message`` as Anthropic's events: ``message_start``, ``ping``, per block
+        ``content_block_start``, ``content_block_delta`` (``text_delta`` or ``input_json_delta``) per
+        word-ish token of ``wire``, ``content_block_stop``; then ``message_delta``, ``message_stop``."""
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        h.send_header("Cache-Control", "no-cache")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.send_header("request-id", f"req_mock{draft.seq:06d}")
+        h.end_headers()
+
+        def event(data: Dict[str, Any]) -> bytes:
+            return b"event: %s\ndata: %s\n\n" % (data["type"].encode(), json.dumps(data).encode())
+
+        usage = message["usage"]
+        start = {
+            **message,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 0},
+        }
+        events = [event({"type": "message_start", "message": start}), event({"type": "ping"})]
+        for index, (block, text) in enumerate(zip(message["content"], wire)):
+            if block["type"] == "text":
+                head: Dict[str, Any] = {"type": "text", "text": ""}
+                deltas = [{"type": "text_delta", "text": token} for token in _split_wordish(text)]
+            else:
+                head = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+                deltas = [{"type": "input_json_delta", "partial_json": token} for token in _split_wordish(text)]
+            events.append(event({"type": "content_block_start", "index": index, "content_block": head}))
+            events.extend(event({"type": "content_block_delta", "index": index, "delta": d}) for d in deltas)
+            events.append(event({"type": "content_block_stop", "index": index}))
+        delta = {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}
+        events.append(
+            event({"type": "message_delta", "delta": delta, "usage": {"output_tokens": usage["output_tokens"]}})
+        )
+
+        def write(data: bytes) -> None:
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+        for i, data in enumerate(events):
+            if i > 0:
+                self._sleep(h, self.token_interval)
+            write(data)
+        self._sleep(h, self.token_interval)
+        self._commit(draft, 200)
+        stop = event({"type": "message_stop"})
+        h.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(stop), stop))
+
+    # -- answers ------------------------------------------------------------------------------
+
     def _send_json(
         self, h: _Handler, draft: _Draft, status: int, obj: Any, headers: Sequence[Tuple[str, str]] = ()
     ) -> None:
@@ -850,9 +1234,11 @@ class MockLLMServer:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run a :class:`MockLLMServer` until SIGTERM or SIGINT (``python -m ferroflow.testing``).
 
-    Prints the base URL on one line (flushed) once serving, and returns 0 after a clean stop."""
+    Prints the OpenAI base URL on one line (flushed) once serving (the Anthropic base URL is the same
+    without ``/v1``), and returns 0 after a clean stop."""
     parser = argparse.ArgumentParser(
-        prog="python -m ferroflow.testing", description="Serve an OpenAI-compatible mock LLM on 127.0.0.1."
+        prog="python -m ferroflow.testing",
+        description="Serve a mock LLM on 127.0.0.1, speaking OpenAI's chat completions and Anthropic's messages.",
     )
     parser.add_argument("--port", type=int, default=0, help="port to bind (default 0: a free one)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")

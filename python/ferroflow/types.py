@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable, Mapping, Optional, Tuple, Type, Typ
 
 T = TypeVar("T")
 
-__all__ = ["ErrorInfo", "NodeContext", "NodeInfo", "Retry", "RunInfo", "RunResult", "RunStatus"]
+__all__ = ["ErrorInfo", "GraphInfo", "NodeContext", "NodeInfo", "Retry", "RunInfo", "RunResult", "RunStatus"]
 
 
 class RunStatus(str, enum.Enum):
@@ -24,6 +24,18 @@ class RunStatus(str, enum.Enum):
     @property
     def is_terminal(self) -> bool:
         return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """A graph a worker registered in a durable context's store (``context.graphs()``):
+    ``spec`` is its structure (nodes, kinds, edges, policies) as JSON data; ``registered``
+    is when it was last registered (Unix time, seconds)."""
+
+    name: str
+    version: str
+    registered: float
+    spec: Mapping[str, Any]
 
 
 @dataclass(frozen=True)

@@ -572,6 +572,24 @@ impl PyEngine {
         Ok(PyList::new(py, items)?.unbind())
     }
 
+    /// The graphs workers registered in the store, as dicts (name, version, spec (JSON text),
+    /// registered_ms), by name, newest first.
+    fn graphs(&self, py: Python<'_>) -> PyResult<Py<PyList>> {
+        let graphs = py.detach(|| self.engine.graphs()).map_err(to_py_err)?;
+        let items = graphs
+            .iter()
+            .map(|g| {
+                let d = PyDict::new(py);
+                d.set_item("name", &g.name)?;
+                d.set_item("version", &g.version)?;
+                d.set_item("spec", &g.spec)?;
+                d.set_item("registered_ms", g.registered_ms)?;
+                Ok(d.into_any().unbind())
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(PyList::new(py, items)?.unbind())
+    }
+
     /// Runs as dicts (run_id, graph, version, status, created_ms, updated_ms), newest first:
     /// from the store of a durable engine, from memory otherwise.
     #[pyo3(signature = (graph = None, status = None, limit = 100))]

@@ -26,7 +26,7 @@ use crate::error::{Error, NodeError, Result};
 use crate::graph::{Graph, NodeId, NodeKind};
 use crate::journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus, now_ms};
 use crate::state::{Rejected, RunState, Task};
-use crate::store::{Claim, Created, DurableStore, Lease, QueuedTask, RunRecord, Step, StoredEntry, holds};
+use crate::store::{Claim, Created, DurableStore, GraphRecord, Lease, QueuedTask, RunRecord, Step, StoredEntry, holds};
 use crate::value::Value;
 
 /// Engine settings.
@@ -543,6 +543,26 @@ impl Engine {
         let store = self.inner.config.store.clone().ok_or_else(|| {
             Error::Store("a worker needs a durable store; this engine keeps runs in memory".to_owned())
         })?;
+        // Registered first, so that other processes (the server, a submitter without the
+        // code) know the graphs' structure; an unavailable store is waited for.
+        for workflow in workflows {
+            let graph = workflow.graph();
+            let spec = serde_json::to_string(&graph.spec())
+                .map_err(|e| Error::Store(format!("graph '{}' cannot be written as JSON: {e}", graph.name())))?;
+            let record = GraphRecord {
+                name: graph.name().to_owned(),
+                version: graph.version().to_owned(),
+                spec,
+                registered_ms: now_ms(),
+            };
+            let engine = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let store = engine.inner.store();
+                engine.inner.patiently(&record.name, "registering the graph", || store.register_graph(&record))
+            })
+            .await
+            .map_err(|join| Error::Store(format!("registering the graphs failed: {join}")))??;
+        }
         let graphs: Arc<HashMap<String, Workflow>> =
             Arc::new(workflows.iter().map(|w| (w.graph().name().to_owned(), w.clone())).collect());
         let lease = self.inner.config.lease;
@@ -736,6 +756,15 @@ impl Engine {
         let not_found = || Error::RunNotFound { run_id: run_id.to_owned() };
         let store = self.inner.config.store.as_ref().ok_or_else(not_found)?;
         self.inner.block_on(store.load(run_id))?.ok_or_else(not_found)
+    }
+
+    /// The graphs workers registered in the engine's store ([`Engine::work`] registers its
+    /// own), by name, newest first; none without a store.
+    pub fn graphs(&self) -> Result<Vec<GraphRecord>> {
+        match &self.inner.config.store {
+            Some(store) => self.inner.block_on(store.graphs()),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Runs matching `graph` and `status` (all when `None`), newest first: from the store in

@@ -1655,6 +1655,14 @@ impl DurableStore for Outage {
         self.check()?;
         self.store.load_since(run_id, seq).await
     }
+    async fn register_graph(&self, graph: &crate::store::GraphRecord) -> Result<()> {
+        self.check()?;
+        self.store.register_graph(graph).await
+    }
+    async fn graphs(&self) -> Result<Vec<crate::store::GraphRecord>> {
+        self.check()?;
+        self.store.graphs().await
+    }
 }
 
 fn durable_on(store: &Arc<Outage>, outage_timeout: Duration) -> Engine {

@@ -34,7 +34,7 @@ pub use nats::NatsStore;
 pub use sqlite::SqliteStore;
 pub use state::{Effects, NodeState, Rejected, RunState, Task};
 pub use store::{
-    Claim, Created, DurableStore, Holdings, JournalStore, Lease, MemoryStore, QueuedTask, RELEASED, RunRecord, Step,
-    StoredEntry, TaskQueue,
+    Claim, Created, DurableStore, GraphRecord, Holdings, JournalStore, Lease, MemoryStore, QueuedTask, RELEASED,
+    RunRecord, Step, StoredEntry, TaskQueue,
 };
 pub use value::{NativeValue, Value};

@@ -14,6 +14,7 @@
 //! | `ff_{ns}_runs` | `{run}` | the run record: graph, version, status, times, the journal length applied, the creation order |
 //! | `ff_{ns}_holds` | `{run}` | who holds a run and until when, present only while the run is held |
 //! | `ff_{ns}_tasks` | `{run}.{task key}` | a queued or leased task: the task, its owner and lease end, its deliveries |
+//! | `ff_{ns}_graphs` | `{name}.{version}` | a graph a worker registered: its structure and when |
 //!
 //! Run ids and task keys are escaped into key tokens: letters, digits, `_` and `-` stay,
 //! every other byte becomes `=XX` (hexadecimal). Every bucket keeps one revision per key.
@@ -149,8 +150,8 @@ use tokio::sync::Notify;
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
 use crate::store::{
-    Claim, Created, DurableStore, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step, StoredEntry,
-    TaskQueue, holds,
+    Claim, Created, DurableStore, GraphRecord, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step,
+    StoredEntry, TaskQueue, holds,
 };
 
 /// The namespace of a context given only a server URL.
@@ -184,6 +185,7 @@ struct Inner {
     runs: kv::Store,
     holds: kv::Store,
     tasks: kv::Store,
+    graphs: kv::Store,
     /// The core NATS subject wake-ups go to.
     wake_subject: String,
     /// Woken when a wake-up arrives, or this handle queued tasks.
@@ -433,6 +435,7 @@ impl NatsStore {
         let runs = open(format!("ff_{namespace}_runs")).await?;
         let holds = open(format!("ff_{namespace}_holds")).await?;
         let tasks = open(format!("ff_{namespace}_tasks")).await?;
+        let graphs = open(format!("ff_{namespace}_graphs")).await?;
         let wake_subject = format!("ff.{namespace}.wake");
         let mut wakes =
             client.subscribe(wake_subject.clone()).await.map_err(|e| fail("cannot subscribe to wake-ups", &e))?;
@@ -456,6 +459,7 @@ impl NatsStore {
                 runs,
                 holds,
                 tasks,
+                graphs,
                 wake_subject,
                 ready,
                 listener,
@@ -489,7 +493,7 @@ impl NatsStore {
             .map_err(|_| fail("cannot connect", &"timed out"))?
             .map_err(|e| fail("cannot connect", &e))?;
         let js = jetstream::new(client);
-        for part in ["journal", "runs", "holds", "tasks"] {
+        for part in ["journal", "runs", "holds", "tasks", "graphs"] {
             let bucket = format!("ff_{namespace}_{part}");
             if js.get_key_value(bucket.clone()).await.is_ok() {
                 js.delete_key_value(bucket.clone())
@@ -551,11 +555,18 @@ impl NatsStore {
     }
 
     /// Creates `key`; `Ok(None)` if it exists already.
+    ///
+    /// A compare-and-set from revision 0 (the key has no message), not async-nats's
+    /// `create`: that one, when its write fails for any reason (a reply lost to a restart),
+    /// looks the key up and says "already exists" if it finds it, which it does when the
+    /// failed write had in fact landed. A writer would then take its own step for another
+    /// writer's. Here a failure stays a failure, whose outcome the caller finds out. (Keys
+    /// are only ever removed with their messages purged, so a removed key has revision 0.)
     async fn kv_create<T: Serialize>(&self, bucket: &kv::Store, key: &str, value: &T) -> Result<Option<u64>> {
         let bytes = self.encode(key, value)?;
-        match bucket.create(key, bytes.into()).await {
+        match bucket.update(key, bytes.into(), 0).await {
             Ok(revision) => Ok(Some(revision)),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => Err(self.fail(&format!("cannot create key {key} in bucket {}", bucket.name), e)),
         }
     }
@@ -948,6 +959,7 @@ impl NatsStore {
         };
         if !entries.is_empty()
             && self.kv_create(&self.inner.journal, &step_key(run_id, expected_seq), &doc).await?.is_none()
+            && !self.is_ours(run_id, expected_seq, &doc).await?
         {
             let found = match self.record(run_id).await? {
                 Some(record) => self.journal_end(run_id, &record).await?,
@@ -976,6 +988,16 @@ impl NatsStore {
             self.set_status_doc(run_id, status, None).await?;
         }
         Ok(held)
+    }
+
+    /// Whether the step stored at `first` is `doc`: an earlier try of this very write that
+    /// landed although its caller heard otherwise (its reply was lost).
+    async fn is_ours(&self, run_id: &str, first: u64, doc: &StepDoc) -> Result<bool> {
+        let Some(stored) = self.get::<StepDoc>(&self.inner.journal, &step_key(run_id, first)).await? else {
+            return Ok(false);
+        };
+        let json = |step: &StepDoc| serde_json::to_string(&step.entries).ok();
+        Ok(json(&stored.value).is_some() && json(&stored.value) == json(doc))
     }
 
     /// Sets the record's status (and `updated_ms`, if given) by compare-and-set.
@@ -1461,6 +1483,29 @@ impl DurableStore for NatsStore {
                 Some(StepEffects { ready: step.ready, done: step.done, owner }),
             ),
         )
+        .await
+    }
+
+    /// One bucket, `ff_{ns}_graphs`, key `{name}.{version}` (escaped), value the record.
+    async fn register_graph(&self, graph: &GraphRecord) -> Result<()> {
+        self.timed("cannot register a graph", Duration::ZERO, async {
+            let key = format!("{}.{}", token(&graph.name), token(&graph.version));
+            self.put(&self.inner.graphs, &key, graph).await
+        })
+        .await
+    }
+
+    async fn graphs(&self) -> Result<Vec<GraphRecord>> {
+        self.timed("cannot list the registered graphs", Duration::ZERO, async {
+            let mut graphs: Vec<GraphRecord> = self
+                .scan::<GraphRecord>(&self.inner.graphs, "")
+                .await?
+                .into_iter()
+                .map(|(_, graph)| graph.value)
+                .collect();
+            crate::store::sort_graphs(&mut graphs);
+            Ok(graphs)
+        })
         .await
     }
 

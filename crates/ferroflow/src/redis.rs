@@ -33,6 +33,8 @@
 //!   lease expires.
 //! - `ff:<ns>:owner:<owner>:leases` and `ff:<ns>:owner:<owner>:holds`, sets: what each
 //!   owner leases and holds, so that [`TaskQueue::renew`] touches only those.
+//! - `ff:<ns>:graphs`, a hash: the graphs workers registered (`name@version`, the
+//!   [`GraphRecord`] as JSON).
 //!
 //! # Scripts
 //!
@@ -123,8 +125,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
 use crate::store::{
-    Claim, Created, DurableStore, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step, StoredEntry,
-    TaskQueue, holds,
+    Claim, Created, DurableStore, GraphRecord, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step,
+    StoredEntry, TaskQueue, holds,
 };
 
 /// How often a waiting [`TaskQueue::claim`] looks for work (sooner when something falls
@@ -1249,5 +1251,40 @@ impl DurableStore for RedisStore {
             return Err(Error::RunNotFound { run_id: run_id.to_owned() });
         };
         decode_journal(run_id, &graph, seq, rows)
+    }
+
+    /// One hash, `<prefix>:graphs`, field `name@version`, value the record as JSON.
+    async fn register_graph(&self, graph: &GraphRecord) -> Result<()> {
+        let json = serde_json::to_string(graph)
+            .map_err(|e| Error::Store(format!("graph '{}' cannot be written as JSON: {e}", graph.name)))?;
+        let mut conn = self.conn.clone();
+        let key = format!("{}:graphs", self.inner.prefix);
+        let field = format!("{}@{}", graph.name, graph.version);
+        let _: i64 = self
+            .call(&format!("cannot register graph '{}'", graph.name), async move {
+                redis::cmd("HSET").arg(key).arg(field).arg(json).query_async(&mut conn).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn graphs(&self) -> Result<Vec<GraphRecord>> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}:graphs", self.inner.prefix);
+        let rows: Vec<String> = self
+            .call("cannot list the registered graphs", async move {
+                redis::cmd("HVALS").arg(key).query_async(&mut conn).await
+            })
+            .await?;
+        let mut graphs = rows
+            .iter()
+            .map(|json| {
+                serde_json::from_str(json).map_err(|e| {
+                    Error::Store(format!("{}: a registered graph cannot be read ({e}): {json}", self.inner.server))
+                })
+            })
+            .collect::<Result<Vec<GraphRecord>>>()?;
+        crate::store::sort_graphs(&mut graphs);
+        Ok(graphs)
     }
 }

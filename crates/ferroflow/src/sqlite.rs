@@ -25,14 +25,14 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
 use crate::store::{
-    Claim, Created, DurableStore, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step, StoredEntry,
-    TaskQueue, holds,
+    Claim, Created, DurableStore, GraphRecord, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step,
+    StoredEntry, TaskQueue, holds,
 };
 
 /// Written into the file header (`PRAGMA application_id`): "ffl1".
 const APPLICATION_ID: i32 = 0x6666_6c31;
 /// The schema this code reads and writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 /// How often a waiting `lease` looks for due tasks.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -102,6 +102,17 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_free ON tasks (until_ms, not_before_ms);
 ";
 
+/// What schema version 4 added: the graphs workers registered, with their structure.
+const GRAPHS: &str = "
+CREATE TABLE graphs (
+    name          TEXT NOT NULL,
+    version       TEXT NOT NULL,
+    spec          TEXT NOT NULL,
+    registered_ms INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+) STRICT, WITHOUT ROWID;
+";
+
 /// Journals and tasks in one SQLite file.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -134,7 +145,7 @@ impl SqliteStore {
         if tables == 0 && application_id == 0 {
             conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| fail("cannot use WAL mode", e))?;
             let tx = conn.unchecked_transaction().map_err(|e| fail("cannot write", e))?;
-            for part in [SCHEMA, JOURNAL, TASKS] {
+            for part in [SCHEMA, JOURNAL, TASKS, GRAPHS] {
                 tx.execute_batch(part).map_err(|e| fail("cannot create the schema", e))?;
             }
             tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(|e| fail("cannot write", e))?;
@@ -149,18 +160,19 @@ impl SqliteStore {
         } else {
             let version: i32 =
                 conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| fail("cannot read", e))?;
-            if version == 2 {
+            if version == 2 || version == 3 {
                 // Version 2 kept the journal keyed by (run, seq) in an index-organised table,
-                // and had a task table no engine wrote to.
-                let tx = conn.unchecked_transaction().map_err(|e| fail("cannot write", e))?;
-                let upgrade = [
+                // and had a task table no engine wrote to; version 3 had no graphs.
+                let to_v3 = [
                     "ALTER TABLE journal RENAME TO journal_v2; DROP TABLE tasks;",
                     JOURNAL,
                     "INSERT INTO journal (id, at_ms, entry) SELECT (run << 24) | seq, at_ms, entry FROM journal_v2;
                      DROP TABLE journal_v2;",
                     TASKS,
                 ];
-                for part in upgrade {
+                let tx = conn.unchecked_transaction().map_err(|e| fail("cannot write", e))?;
+                let parts = if version == 2 { &to_v3[..] } else { &[] };
+                for part in parts.iter().chain(&[GRAPHS]) {
                     tx.execute_batch(part).map_err(|e| fail("cannot upgrade the schema", e))?;
                 }
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| fail("cannot write", e))?;
@@ -846,6 +858,43 @@ impl DurableStore for SqliteStore {
                 return Err(Error::RunNotFound { run_id: run_id.to_owned() });
             };
             read_journal(conn, run, run_id, seq)
+        })
+        .await
+    }
+
+    async fn register_graph(&self, graph: &GraphRecord) -> Result<()> {
+        self.with_conn(|conn| {
+            conn.prepare_cached(
+                "INSERT INTO graphs (name, version, spec, registered_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name, version) DO UPDATE SET spec = excluded.spec, registered_ms = excluded.registered_ms",
+            )
+            .and_then(|mut upsert| {
+                upsert.execute(params![graph.name, graph.version, graph.spec, graph.registered_ms as i64])
+            })
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn graphs(&self) -> Result<Vec<GraphRecord>> {
+        self.with_conn(|conn| {
+            let mut select = conn
+                .prepare_cached(
+                    "SELECT name, version, spec, registered_ms FROM graphs ORDER BY name, registered_ms DESC, version",
+                )
+                .map_err(sql)?;
+            let rows = select
+                .query_map([], |r| {
+                    Ok(GraphRecord {
+                        name: r.get(0)?,
+                        version: r.get(1)?,
+                        spec: r.get(2)?,
+                        registered_ms: r.get::<_, i64>(3)? as u64,
+                    })
+                })
+                .map_err(sql)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(sql)
         })
         .await
     }

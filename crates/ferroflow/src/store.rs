@@ -238,6 +238,30 @@ pub trait DurableStore: JournalStore + TaskQueue {
     }
     /// The journal entries from `seq` on (to catch up with other writers).
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>>;
+    /// Records that a worker can execute a graph: its name, version and structure.
+    /// Registering a version again replaces its record (and its time).
+    async fn register_graph(&self, graph: &GraphRecord) -> Result<()>;
+    /// Every graph registered, by name, then newest first.
+    async fn graphs(&self) -> Result<Vec<GraphRecord>>;
+}
+
+/// A graph some worker can execute, as the store keeps it ([`DurableStore::register_graph`]):
+/// what the server and other processes read to know a graph without its code.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GraphRecord {
+    pub name: String,
+    pub version: String,
+    /// The graph's structure as JSON ([`crate::GraphSpec`]).
+    pub spec: String,
+    /// When it was last registered, in milliseconds since the Unix epoch.
+    pub registered_ms: u64,
+}
+
+/// Sorts graph records by name, then newest first.
+pub(crate) fn sort_graphs(graphs: &mut [GraphRecord]) {
+    graphs.sort_by(|a, b| {
+        a.name.cmp(&b.name).then(b.registered_ms.cmp(&a.registered_ms)).then(a.version.cmp(&b.version))
+    });
 }
 
 /// Whether a step leaving a run in `status` keeps it held: only while it has tasks to run.
@@ -250,6 +274,7 @@ pub fn holds(status: RunStatus) -> bool {
 #[derive(Default)]
 pub struct MemoryStore {
     runs: Mutex<MemoryState>,
+    graphs: Mutex<HashMap<(String, String), GraphRecord>>,
     /// Woken when tasks are queued.
     ready: Notify,
 }
@@ -540,6 +565,18 @@ impl DurableStore for MemoryStore {
         let run = state.runs.get(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
         Ok(run.journal.iter().skip(seq as usize).cloned().collect())
     }
+
+    async fn register_graph(&self, graph: &GraphRecord) -> Result<()> {
+        let key = (graph.name.clone(), graph.version.clone());
+        self.graphs.lock().expect("store lock").insert(key, graph.clone());
+        Ok(())
+    }
+
+    async fn graphs(&self) -> Result<Vec<GraphRecord>> {
+        let mut graphs: Vec<GraphRecord> = self.graphs.lock().expect("store lock").values().cloned().collect();
+        sort_graphs(&mut graphs);
+        Ok(graphs)
+    }
 }
 
 /// The task queue of a [`MemoryStore`].
@@ -681,5 +718,11 @@ impl<T: DurableStore + ?Sized> DurableStore for std::sync::Arc<T> {
     }
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {
         (**self).load_since(run_id, seq).await
+    }
+    async fn register_graph(&self, graph: &GraphRecord) -> Result<()> {
+        (**self).register_graph(graph).await
+    }
+    async fn graphs(&self) -> Result<Vec<GraphRecord>> {
+        (**self).graphs().await
     }
 }

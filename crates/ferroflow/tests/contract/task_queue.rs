@@ -198,6 +198,28 @@ macro_rules! durable_store_contract {
         }
 
         #[::tokio::test]
+        async fn registered_graphs_are_listed_by_name_then_newest_first() {
+            let (store, _guard) = $make;
+            assert!(store.graphs().await.unwrap().is_empty());
+            let graph = |name: &str, version: &str, at: u64| ferroflow::GraphRecord {
+                name: name.into(),
+                version: version.into(),
+                spec: format!("{{\"name\": \"{name}\", \"nodes\": []}}"),
+                registered_ms: at,
+            };
+            store.register_graph(&graph("b", "v1", 100)).await.unwrap();
+            store.register_graph(&graph("a", "v1", 100)).await.unwrap();
+            store.register_graph(&graph("a", "v2", 200)).await.unwrap();
+            // Registering a version again replaces it, time and all.
+            store.register_graph(&graph("a", "v1", 300)).await.unwrap();
+            let listed: Vec<(String, String, u64)> =
+                store.graphs().await.unwrap().into_iter().map(|g| (g.name, g.version, g.registered_ms)).collect();
+            let expected = [("a", "v1", 300), ("a", "v2", 200), ("b", "v1", 100)];
+            assert_eq!(listed, expected.map(|(n, v, t)| (n.to_owned(), v.to_owned(), t)));
+            assert_eq!(store.graphs().await.unwrap()[2].spec, graph("b", "v1", 0).spec);
+        }
+
+        #[::tokio::test]
         async fn holdings_list_the_runs_an_owner_holds_and_the_tasks_it_leases() {
             let (store, _guard) = $make;
             store.create(&record("r1", "g", 100), &[started(100)], &[], Some((A, LEASE))).await.unwrap();
