@@ -23,7 +23,6 @@ completion tokens, and ``stop_reason`` as an OpenAI-style ``finish_reason`` (``"
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, List, Mapping, Optio
 # ``ferroflow.llm`` re-exports this module's provider: its names are looked up at call time, so
 # that importing either module first works.
 from . import llm as _llm
+from ._clients import ClientPerLoop
 
 if TYPE_CHECKING:
     from .llm import Reply, Request
@@ -140,7 +140,7 @@ def _convert_messages(messages: Sequence[Mapping[str, Any]]) -> Tuple[List[str],
     return system, converted
 
 
-class AnthropicProvider:
+class AnthropicProvider(ClientPerLoop):
     """A provider on Anthropic's Messages API, through the official ``anthropic`` client.
 
     One ``AsyncAnthropic`` client per provider and event loop, created on first use; LLM nodes
@@ -173,46 +173,15 @@ class AnthropicProvider:
         timeout: float = 60.0,
         max_tokens: int = 1024,
     ) -> None:
-        self.base_url = base_url
-        self.api_key = api_key
-        self.max_retries = max_retries
-        self.timeout = timeout
+        super().__init__(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout)
         self.max_tokens = max_tokens
-        self._clients: Dict[int, Tuple[asyncio.AbstractEventLoop, Any]] = {}
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Closes the provider's clients and their connections (each on its own loop, if that
-        loop still runs). A provider is usable again afterwards: it makes new ones."""
-        clients, self._clients = self._clients, {}
-        for loop, client in clients.values():
-            if loop.is_closed():
-                continue
-            if loop.is_running():
-                if _running_loop() is loop:
-                    loop.create_task(client.close())
-                else:
-                    asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout)
-            else:
-                loop.run_until_complete(client.close())
+    def _make_client(self) -> Any:
+        import anthropic
 
-    def __enter__(self) -> AnthropicProvider:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def _client(self) -> Any:
-        # A client's connection pool belongs to the loop that made it.
-        loop = asyncio.get_running_loop()
-        known = self._clients.get(id(loop))
-        if known is None or known[0] is not loop:
-            import anthropic
-
-            client = anthropic.AsyncAnthropic(
-                base_url=self.base_url, api_key=self.api_key, max_retries=self.max_retries, timeout=self.timeout
-            )
-            known = self._clients[id(loop)] = (loop, client)
-        return known[1]
+        return anthropic.AsyncAnthropic(
+            base_url=self.base_url, api_key=self.api_key, max_retries=self.max_retries, timeout=self.timeout
+        )
 
     def _arguments(self, request: Request) -> Dict[str, Any]:
         """The keyword arguments of ``messages.create`` for ``request``."""
@@ -300,10 +269,3 @@ class AnthropicProvider:
         )
         usage = _llm.Usage(input_tokens, output_tokens)
         yield _llm.Reply("".join(text), tool_calls, usage, model, _finish_reason(stop_reason))
-
-
-def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

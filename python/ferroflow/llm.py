@@ -47,6 +47,7 @@ from typing import (
     Union,
 )
 
+from ._clients import ClientPerLoop
 from ._loop import background_loop
 from .types import NodeContext
 
@@ -287,7 +288,7 @@ class OfflineProvider:
         yield reply
 
 
-class OpenAIProvider:
+class OpenAIProvider(ClientPerLoop):
     """The reference provider, on the official ``openai`` client (``pip install openai``).
 
     One ``AsyncOpenAI`` client per provider and event loop, created on first use; LLM
@@ -308,45 +309,14 @@ class OpenAIProvider:
         max_retries: int = 2,
         timeout: float = 60.0,
     ) -> None:
-        self.base_url = base_url
-        self.api_key = api_key
-        self.max_retries = max_retries
-        self.timeout = timeout
-        self._clients: Dict[int, Tuple[asyncio.AbstractEventLoop, Any]] = {}
+        super().__init__(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Closes the provider's clients and their connections (each on its own loop, if
-        that loop still runs). A provider is usable again afterwards: it makes new ones."""
-        clients, self._clients = self._clients, {}
-        for loop, client in clients.values():
-            if loop.is_closed():
-                continue
-            if loop.is_running():
-                if _running_loop() is loop:
-                    loop.create_task(client.close())
-                else:
-                    asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout)
-            else:
-                loop.run_until_complete(client.close())
+    def _make_client(self) -> Any:
+        import openai
 
-    def __enter__(self) -> OpenAIProvider:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def _client(self) -> Any:
-        # A client's connection pool belongs to the loop that made it.
-        loop = asyncio.get_running_loop()
-        known = self._clients.get(id(loop))
-        if known is None or known[0] is not loop:
-            import openai
-
-            client = openai.AsyncOpenAI(
-                base_url=self.base_url, api_key=self.api_key, max_retries=self.max_retries, timeout=self.timeout
-            )
-            known = self._clients[id(loop)] = (loop, client)
-        return known[1]
+        return openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=self.api_key, max_retries=self.max_retries, timeout=self.timeout
+        )
 
     @staticmethod
     def _arguments(request: Request) -> Dict[str, Any]:
@@ -401,13 +371,6 @@ class OpenAIProvider:
             ToolCall(c["id"], c["name"], json.loads(c["arguments"] or "{}")) for _, c in sorted(calls.items())
         )
         yield Reply("".join(text), tool_calls, usage, model, finish)
-
-
-def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 class Limited:

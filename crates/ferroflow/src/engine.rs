@@ -1778,25 +1778,18 @@ impl LiveRun {
 
     /// Tells watchers that an attempt starts. Costs nothing when nobody watches.
     fn started(&self, task: &Task) {
-        if !self.has_watchers.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut core = self.lock();
-        let event = Event {
-            run_id: Arc::clone(&self.run_id),
-            seq: core.journal.len() as u64,
-            at_ms: now_ms(),
-            kind: EventKind::NodeStarted {
-                node: Arc::clone(self.workflow.name(task.node)),
-                item: task.item,
-                attempt: task.attempt,
-            },
-        };
-        core.watchers.retain(|w| w.tx.send(event.clone()).is_ok());
+        self.announce(task, |node| EventKind::NodeStarted { node, item: task.item, attempt: task.attempt });
     }
 
     /// Sends a body's progress report to the run's watchers.
     fn progress(&self, task: &Task, data: Value) {
+        self.announce(task, |node| EventKind::NodeProgress { node, item: task.item, attempt: task.attempt, data });
+    }
+
+    /// Sends watchers an event that is not journaled, about `task`'s node (`kind` gets its
+    /// name), numbered with the seq of the next journal event. Costs nothing when nobody
+    /// watches.
+    fn announce(&self, task: &Task, kind: impl FnOnce(Arc<str>) -> EventKind) {
         if !self.has_watchers.load(Ordering::Relaxed) {
             return;
         }
@@ -1805,12 +1798,7 @@ impl LiveRun {
             run_id: Arc::clone(&self.run_id),
             seq: core.journal.len() as u64,
             at_ms: now_ms(),
-            kind: EventKind::NodeProgress {
-                node: Arc::clone(self.workflow.name(task.node)),
-                item: task.item,
-                attempt: task.attempt,
-                data,
-            },
+            kind: kind(Arc::clone(self.workflow.name(task.node))),
         };
         core.watchers.retain(|w| w.tx.send(event.clone()).is_ok());
     }

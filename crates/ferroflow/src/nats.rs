@@ -1228,8 +1228,23 @@ impl JournalStore for NatsStore {
         .map(|_| ())
     }
 
+    /// A run whose step 0 exists without its record is being created (its tasks may be
+    /// queued already, and claimed): the record is waited for, up to half a second, rather
+    /// than the run reported missing.
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
-        self.timed("cannot load a run", Duration::ZERO, self.load_run(run_id)).await
+        self.timed("cannot load a run", Duration::ZERO, async {
+            for _ in 0..20 {
+                if let Some(found) = self.load_run(run_id).await? {
+                    return Ok(Some(found));
+                }
+                if self.get::<StepDoc>(&self.inner.journal, &step_key(run_id, 0)).await?.is_none() {
+                    return Ok(None);
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Ok(None)
+        })
+        .await
     }
 
     async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
