@@ -285,3 +285,17 @@ def test_a_token_budget_holds_calls_back_until_usage_falls_out_of_its_window(ser
     # Three calls spend 24 tokens; the fourth waits until the first leaves the window.
     assert starts[2] - starts[0] < 0.4, "the first three went at once"
     assert starts[3] - starts[0] >= 0.45, "the fourth waited for the budget"
+
+
+def test_a_malformed_reply_fails_the_node_saying_what_is_wrong(server, provider):
+    server.reply = lambda request: ToolCall("order_status", "{not json")
+
+    def order_status(order_id: str) -> dict:
+        return {"order_id": order_id}
+
+    g = support_graph(provider(server), name="llm_malformed", tools=[order_status])
+    with pytest.raises(ff.RunFailedError) as failed:
+        g.run("where is A1?")
+    assert failed.value.error_type == "ferroflow.llm.MalformedReplyError"
+    assert "called tool 'order_status' with arguments that are not JSON" in failed.value.error_message
+    assert "'{not json'" in failed.value.error_message

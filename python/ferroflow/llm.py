@@ -54,6 +54,7 @@ from .types import NodeContext
 __all__ = [
     "AnthropicProvider",
     "Limited",
+    "MalformedReplyError",
     "OfflineProvider",
     "OpenAIProvider",
     "Provider",
@@ -150,6 +151,26 @@ class Provider(Protocol):
 
 class ToolLoopLimitError(RuntimeError):
     """The model kept calling tools past the node's ``max_tool_rounds``."""
+
+
+class MalformedReplyError(ValueError):
+    """The model's reply cannot be used: a tool call whose arguments are not a JSON object,
+    say."""
+
+
+def tool_arguments(model: str, name: str, text: Optional[str]) -> Dict[str, Any]:
+    """The arguments of the model's call of tool ``name``, given as JSON ``text``."""
+    try:
+        arguments = json.loads(text) if text and text.strip() else {}
+    except json.JSONDecodeError as e:
+        raise MalformedReplyError(
+            f"model {model!r} called tool {name!r} with arguments that are not JSON ({e}): {text!r}"
+        ) from None
+    if not isinstance(arguments, dict):
+        raise MalformedReplyError(
+            f"model {model!r} called tool {name!r} with arguments that are not a JSON object: {text!r}"
+        )
+    return arguments
 
 
 # -- tools ------------------------------------------------------------------------------
@@ -331,7 +352,7 @@ class OpenAIProvider(ClientPerLoop):
         response = await self._client().chat.completions.create(**self._arguments(request))
         choice = response.choices[0]
         calls = tuple(
-            ToolCall(c.id, c.function.name, json.loads(c.function.arguments or "{}"))
+            ToolCall(c.id, c.function.name, tool_arguments(response.model, c.function.name, c.function.arguments))
             for c in choice.message.tool_calls or ()
         )
         usage = response.usage
@@ -368,7 +389,8 @@ class OpenAIProvider(ClientPerLoop):
                         slot["arguments"] += call.function.arguments or ""
                 finish = choice.finish_reason or finish
         tool_calls = tuple(
-            ToolCall(c["id"], c["name"], json.loads(c["arguments"] or "{}")) for _, c in sorted(calls.items())
+            ToolCall(c["id"], c["name"], tool_arguments(model, c["name"], c["arguments"]))
+            for _, c in sorted(calls.items())
         )
         yield Reply("".join(text), tool_calls, usage, model, finish)
 
