@@ -936,7 +936,7 @@ mod tests {
         assert_eq!((record.status, record.updated_ms), (RunStatus::Running, 110));
         assert_eq!(journal.iter().map(|e| (e.seq, e.at_ms)).collect::<Vec<_>>(), [(0, 100), (1, 110)]);
         assert!(matches!(&journal[1].entry, JournalEntry::NodeCompleted { node, .. } if &**node == "a"));
-        // It is a version 3 store now: steps and the queue work on it.
+        // It is a current store now: steps, the queue and graphs work on it.
         let entry = StoredEntry {
             seq: 2,
             at_ms: 120,
@@ -952,6 +952,47 @@ mod tests {
         };
         store.commit(&step, None).await.unwrap();
         assert_eq!(store.load_since("old", 2).await.unwrap().len(), 1);
+        assert!(store.graphs().await.unwrap().is_empty());
+        drop(store);
+        let version: i32 =
+            Connection::open(&path).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn a_version_3_file_gains_the_graphs_table_keeping_its_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let record = RunRecord {
+            run_id: "r1".into(),
+            graph: "g".into(),
+            version: "v1".into(),
+            status: RunStatus::Running,
+            created_ms: 100,
+            updated_ms: 100,
+        };
+        let started = StoredEntry {
+            seq: 0,
+            at_ms: 100,
+            entry: JournalEntry::RunStarted {
+                graph: "g".into(),
+                version: "v1".into(),
+                input: crate::value::Value::from(serde_json::json!(1)),
+            },
+        };
+        store.create_run(&record, &[started]).await.unwrap();
+        drop(store);
+        // What version 3 had: no graphs table.
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch("DROP TABLE graphs; PRAGMA user_version = 3;").unwrap();
+        drop(old);
+
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 1, "the run is kept");
+        let graph = GraphRecord { name: "g".into(), version: "v1".into(), spec: "{}".into(), registered_ms: 5 };
+        store.register_graph(&graph).await.unwrap();
+        assert_eq!(store.graphs().await.unwrap(), [graph]);
         drop(store);
         let version: i32 =
             Connection::open(&path).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
