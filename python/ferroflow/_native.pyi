@@ -29,7 +29,11 @@ class NodeHandle:
         """Records `value` as the result of the body's step `key` in the run's journal (durably
         in a durable context); a later attempt of the node gets it back."""
     def emit(self, data: Any) -> None:
-        """Reports `data` to the run's watchers now (not journaled)."""
+        """Reports `data` to the run's watchers now (not journaled). Quick, and in memory: the
+        GIL is kept."""
+    @property
+    def durable(self) -> bool:
+        """Whether `record` writes to a store (and may wait for it), rather than to memory."""
 
 @final
 class Workflow:

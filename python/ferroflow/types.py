@@ -70,15 +70,19 @@ class NodeContext:
         return value
 
     async def astep(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """:meth:`step` for an async step: ``await fn()`` unless ``key`` was recorded. The
-        record is written off the event loop."""
+        """:meth:`step` for an async step: ``await fn()`` unless ``key`` was recorded. In a
+        durable context the record is written off the event loop (a store may take a while);
+        in memory, at once."""
         if key in self.recorded:
             return self.recorded[key]
         value = await fn()
         if self._handle is not None:
-            import asyncio
+            if self._handle.durable:
+                import asyncio
 
-            await asyncio.get_running_loop().run_in_executor(None, self._handle.record, key, value)
+                await asyncio.get_running_loop().run_in_executor(None, self._handle.record, key, value)
+            else:
+                self._handle.record(key, value)
         return value
 
     def emit(self, data: Any) -> None:

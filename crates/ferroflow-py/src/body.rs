@@ -213,10 +213,16 @@ impl PyNodeHandle {
         py.detach(|| self.handle.record(key, value)).map_err(to_py_err)
     }
 
-    /// Reports `data` to the run's watchers now (not journaled).
-    fn emit(&self, py: Python<'_>, data: Bound<'_, PyAny>) {
-        let data = wrap(data.unbind());
-        py.detach(|| self.handle.emit(data));
+    /// Reports `data` to the run's watchers now (not journaled). Quick, and in memory: the
+    /// GIL is kept.
+    fn emit(&self, data: Bound<'_, PyAny>) {
+        self.handle.emit(wrap(data.unbind()));
+    }
+
+    /// Whether `record` writes to a store (and may wait for it), rather than to memory.
+    #[getter]
+    fn durable(&self) -> bool {
+        self.handle.durable()
     }
 }
 

@@ -1941,6 +1941,12 @@ impl NodeHandle {
         }
     }
 
+    /// Whether [`NodeHandle::record`] writes to a store (and may wait for it), rather than
+    /// to memory.
+    pub fn durable(&self) -> bool {
+        self.inner.upgrade().is_some_and(|inner| inner.config.store.is_some())
+    }
+
     /// Reports `data` to whoever watches the run now, as a [`EventKind::NodeProgress`]
     /// event (an LLM node's token deltas, say). It is not journaled.
     pub fn emit(&self, data: Value) {
