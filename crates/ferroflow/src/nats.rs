@@ -513,8 +513,17 @@ impl NatsStore {
         let text = e.to_string();
         let message = format!("NATS server {}: {what}: {text}", self.inner.url);
         let connected = self.inner.client.connection_state() == async_nats::connection::State::Connected;
-        let outage =
-            ["timed out", "no responders", "broken pipe", "disconnected", "connection", "jetstream not enabled", "503"];
+        // A scan's consumer vanishes when the server restarts under it ("consumer not found").
+        let outage = [
+            "timed out",
+            "no responders",
+            "broken pipe",
+            "disconnected",
+            "connection",
+            "jetstream not enabled",
+            "503",
+            "consumer not found",
+        ];
         if !connected || outage.iter().any(|sign| text.contains(sign)) {
             Error::Unavailable(message)
         } else {
