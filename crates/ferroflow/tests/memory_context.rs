@@ -15,6 +15,12 @@ mod task_queue {
     use ferroflow::MemoryStore;
 
     task_queue_contract!((MemoryStore::new(), ()));
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_handles_on_one_store_never_lease_the_same_task() {
+        let store = Arc::new(MemoryStore::new());
+        two_handles_never_lease_the_same_task(Arc::clone(&store), store, 200).await;
+    }
 }
 
 mod durable_store {

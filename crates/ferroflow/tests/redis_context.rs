@@ -155,33 +155,7 @@ mod server {
         let (first, _guard) = super::fresh().await;
         let namespace = first.prefix().trim_start_matches("ff:").to_owned();
         let second = RedisStore::connect(&super::url(), &namespace).await.unwrap();
-        let tasks: Vec<QueuedTask> = (0..200)
-            .map(|i| QueuedTask { run_id: "r".into(), node: format!("n{i}"), item: None, attempt: 1, not_before_ms: 0 })
-            .collect();
-        first.enqueue(&tasks).await.unwrap();
-        let drain = |store: RedisStore, owner: &'static str| {
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                loop {
-                    let claims = store.claim(owner, 7, Duration::from_secs(30), Duration::ZERO).await.unwrap();
-                    let leases = leases(claims);
-                    if leases.is_empty() {
-                        return seen;
-                    }
-                    for lease in leases {
-                        store.ack(owner, &lease.task).await.unwrap();
-                        seen.push(lease.task.node);
-                    }
-                }
-            })
-        };
-        let (a, b) = (drain(first, "a"), drain(second, "b"));
-        let mut all = a.await.unwrap();
-        all.extend(b.await.unwrap());
-        all.sort();
-        let mut expected: Vec<String> = (0..200).map(|i| format!("n{i}")).collect();
-        expected.sort();
-        assert_eq!(all, expected, "every task leased exactly once across both connections");
+        super::contract::task_queue::two_handles_never_lease_the_same_task(first, second, 200).await;
     }
 
     #[tokio::test]

@@ -31,6 +31,38 @@ pub fn leases(claims: Vec<ferroflow::Claim>) -> Vec<ferroflow::Lease> {
         .collect()
 }
 
+/// Queues `n` tasks through `first`, then drains the queue from `first` and `second` at
+/// once (two handles on one store stand for two worker processes), and checks that every
+/// task was leased exactly once across both.
+pub async fn two_handles_never_lease_the_same_task<Q: TaskQueue + 'static>(first: Q, second: Q, n: usize) {
+    let tasks: Vec<QueuedTask> = (0..n)
+        .map(|i| QueuedTask { run_id: "r".into(), node: format!("n{i}"), item: None, attempt: 1, not_before_ms: 0 })
+        .collect();
+    first.enqueue(&tasks).await.unwrap();
+    let drain = |store: Q, owner: &'static str| {
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                let leases = leases(store.claim(owner, 7, Duration::from_secs(30), Duration::ZERO).await.unwrap());
+                if leases.is_empty() {
+                    return seen;
+                }
+                for lease in leases {
+                    store.ack(owner, &lease.task).await.unwrap();
+                    seen.push(lease.task.node);
+                }
+            }
+        })
+    };
+    let (a, b) = (drain(first, "a"), drain(second, "b"));
+    let mut all = a.await.unwrap();
+    all.extend(b.await.unwrap());
+    all.sort();
+    let mut expected: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
+    expected.sort();
+    assert_eq!(all, expected, "every task leased exactly once across both handles");
+}
+
 /// The nodes of `leases`, sorted.
 pub fn nodes(leases: &[ferroflow::Lease]) -> Vec<String> {
     let mut nodes: Vec<String> = leases.iter().map(|l| l.task.node.clone()).collect();
