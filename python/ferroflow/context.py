@@ -200,6 +200,35 @@ class _Networked(_Durable):
     url: str
     namespace: str
 
+    def _connect(
+        self,
+        server: str,
+        url: str,
+        namespace: str,
+        *,
+        durability: str,
+        batch_window: float,
+        lease: float,
+        execute: bool,
+        retain_finished: int,
+        outage_timeout: float,
+    ) -> None:
+        """Opens the engine on the ``server`` (``"redis"`` or ``"nats"``) at ``url``."""
+        self.url = url
+        self.namespace = namespace
+        engine = _native.Engine(
+            retain_finished,
+            None,
+            lease,
+            durability,
+            batch_window,
+            execute,
+            namespace=namespace,
+            outage_timeout_seconds=outage_timeout,
+            **{server: url},
+        )
+        self._open(durability, execute, engine)
+
     def delete_namespace(self) -> None:
         """Deletes everything this context's namespace holds on the server (runs, journals,
         holds, queued tasks). Workers using it lose their work."""
@@ -244,20 +273,17 @@ class Redis(_Networked):
         retain_finished: int = 10_000,
         outage_timeout: float = 300.0,
     ) -> None:
-        self.url = url
-        self.namespace = namespace
-        engine = _native.Engine(
-            retain_finished,
-            None,
-            lease,
-            durability,
-            batch_window,
-            execute,
-            redis=url,
-            namespace=namespace,
-            outage_timeout_seconds=outage_timeout,
+        self._connect(
+            "redis",
+            url,
+            namespace,
+            durability=durability,
+            batch_window=batch_window,
+            lease=lease,
+            execute=execute,
+            retain_finished=retain_finished,
+            outage_timeout=outage_timeout,
         )
-        self._open(durability, execute, engine)
 
 
 class Nats(_Networked):
@@ -289,20 +315,17 @@ class Nats(_Networked):
         retain_finished: int = 10_000,
         outage_timeout: float = 300.0,
     ) -> None:
-        self.url = url
-        self.namespace = namespace
-        engine = _native.Engine(
-            retain_finished,
-            None,
-            lease,
-            durability,
-            batch_window,
-            execute,
-            namespace=namespace,
-            nats=url,
-            outage_timeout_seconds=outage_timeout,
+        self._connect(
+            "nats",
+            url,
+            namespace,
+            durability=durability,
+            batch_window=batch_window,
+            lease=lease,
+            execute=execute,
+            retain_finished=retain_finished,
+            outage_timeout=outage_timeout,
         )
-        self._open(durability, execute, engine)
 
 
 class InMemory(Context):
