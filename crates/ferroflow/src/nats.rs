@@ -820,7 +820,32 @@ impl NatsStore {
         end: u64,
         status: Option<RunStatus>,
         updated_ms: Option<u64>,
+        known: Option<Versioned<RunDoc>>,
+    ) -> Result<()> {
+        self.change_record(run_id, known, |doc| {
+            if doc.len >= end {
+                return false;
+            }
+            doc.len = end;
+            if let Some(status) = status {
+                doc.status = status;
+            }
+            if let Some(at) = updated_ms {
+                doc.updated_ms = at;
+            }
+            true
+        })
+        .await
+    }
+
+    /// Changes the run record by compare-and-set: `change` edits it, or says there is
+    /// nothing to write (`false`). Tried first on `known` (the record as the caller last
+    /// read it), then on fresh reads for as long as other writers get there first.
+    async fn change_record(
+        &self,
+        run_id: &str,
         mut known: Option<Versioned<RunDoc>>,
+        change: impl Fn(&mut RunDoc) -> bool,
     ) -> Result<()> {
         let key = token(run_id);
         for _ in 0..RETRIES {
@@ -831,17 +856,7 @@ impl NatsStore {
             let Some(Versioned { value: mut doc, revision }) = current else {
                 return Err(Error::RunNotFound { run_id: run_id.to_owned() });
             };
-            if doc.len >= end {
-                return Ok(());
-            }
-            doc.len = end;
-            if let Some(status) = status {
-                doc.status = status;
-            }
-            if let Some(at) = updated_ms {
-                doc.updated_ms = at;
-            }
-            if self.update(&self.inner.runs, &key, &doc, revision).await?.is_some() {
+            if !change(&mut doc) || self.update(&self.inner.runs, &key, &doc, revision).await?.is_some() {
                 return Ok(());
             }
         }
@@ -1011,20 +1026,14 @@ impl NatsStore {
 
     /// Sets the record's status (and `updated_ms`, if given) by compare-and-set.
     async fn set_status_doc(&self, run_id: &str, status: RunStatus, updated_ms: Option<u64>) -> Result<()> {
-        let key = token(run_id);
-        for _ in 0..RETRIES {
-            let Some(Versioned { value: mut doc, revision }) = self.record(run_id).await? else {
-                return Err(Error::RunNotFound { run_id: run_id.to_owned() });
-            };
+        self.change_record(run_id, None, |doc| {
             doc.status = status;
             if let Some(at) = updated_ms {
                 doc.updated_ms = at;
             }
-            if self.update(&self.inner.runs, &key, &doc, revision).await?.is_some() {
-                return Ok(());
-            }
-        }
-        Err(self.fail(&format!("cannot update the record of run '{run_id}'"), "too many concurrent writers"))
+            true
+        })
+        .await
     }
 
     /// The record and whole journal of a run, repairing effects a crashed writer left out.
