@@ -828,6 +828,17 @@ class MockLLMServer:
             h.close_connection = True
             return b""
 
+    def _send_events(self, h: _Handler, draft: _Draft, events: List[bytes], last: bytes) -> None:
+        """Sends ``events`` as chunks, ``token_interval`` apart, then ``last`` with the end of
+        the chunked body; the request is recorded just before ``last`` goes out."""
+        for i, data in enumerate(events):
+            if i > 0:
+                self._sleep(h, self.token_interval)
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self._sleep(h, self.token_interval)
+        self._commit(draft, 200)
+        h.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(last), last))
+
     def _sleep(self, h: _Handler, seconds: float) -> None:
         """Wait, unless the server stops meanwhile (then abort the request)."""
         if seconds > 0 and h.server.stopping.wait(seconds):
@@ -1042,18 +1053,7 @@ class MockLLMServer:
             events.append(event({}, "tool_calls"))
         if usage is not None:
             events.append(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
-
-        def write(data: bytes) -> None:
-            h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-
-        for i, data in enumerate(events):
-            if i > 0:
-                self._sleep(h, self.token_interval)
-            write(data)
-        self._sleep(h, self.token_interval)
-        self._commit(draft, 200)
-        done = b"data: [DONE]\n\n"
-        h.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+        self._send_events(h, draft, events, b"data: [DONE]\n\n")
 
     # -- Anthropic's messages API -----------------------------------------------------------
 
@@ -1191,18 +1191,7 @@ class MockLLMServer:
         events.append(
             event({"type": "message_delta", "delta": delta, "usage": {"output_tokens": usage["output_tokens"]}})
         )
-
-        def write(data: bytes) -> None:
-            h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-
-        for i, data in enumerate(events):
-            if i > 0:
-                self._sleep(h, self.token_interval)
-            write(data)
-        self._sleep(h, self.token_interval)
-        self._commit(draft, 200)
-        stop = event({"type": "message_stop"})
-        h.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(stop), stop))
+        self._send_events(h, draft, events, event({"type": "message_stop"}))
 
     # -- answers ------------------------------------------------------------------------------
 
