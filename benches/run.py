@@ -2692,41 +2692,15 @@ def _w3_plain(bot: Any) -> Callable[[Any, Dict[str, str]], Any]:
     """W3's baseline for one ticket: the support bot's flow in plain Python with the `openai`
     client: the classify call (as the graph's `classify` node asks it), the branch, the tool
     function, the facts, and the answer call, streamed (as the graph's `answer` node streams)
-    and consumed chunk by chunk. Returns the answer's text. The tool and facts functions
-    repeat the graph's nodes (examples/support_bot.py); the outputs are checked against the
-    graph's, run on the offline model."""
-    orders, order_id, labels = bot.ORDERS, bot.order_id, bot.LABELS
-
-    def refund(ticket: Dict[str, str]) -> Dict[str, Any]:
-        oid = order_id(ticket["text"])
-        order = orders.get(oid or "")
-        if order is None:
-            return {"order": oid, "eligible": False, "reason": "no such order"}
-        return {"order": oid, "eligible": True, "amount": order["price"], "item": order["item"]}
-
-    def order_status(ticket: Dict[str, str]) -> Dict[str, Any]:
-        oid = order_id(ticket["text"])
-        order = orders.get(oid or "")
-        return {"order": oid, "found": order is not None, **(order or {})}
+    and consumed chunk by chunk. Returns the answer's text. The tools and the facts are the
+    example's own functions (examples/support_bot.py), which its graph's nodes call too; the
+    outputs are checked against the graph's, run on the offline model."""
+    labels = bot.LABELS
 
     def facts(ticket: Dict[str, str], refunded: Optional[Dict[str, Any]], status: Optional[Dict[str, Any]]) -> str:
-        if refunded is not None:
-            if refunded["eligible"] and refunded["amount"] > bot.REFUND_APPROVAL_LIMIT:
-                raise AssertionError(f"W3: ticket {ticket!r} would wait for a person's approval")
-            if not refunded["eligible"]:
-                said = f"We could not find order {refunded['order']}; please check the number."
-            else:
-                said = f"Your refund of {refunded['amount']:.2f} for the {refunded['item']} is on its way."
-        elif status is not None:
-            if not status["found"]:
-                said = f"We could not find order {status['order']}."
-            elif status["eta"]:
-                said = f"Your {status['item']} is {status['status']}, arriving in {status['eta']}."
-            else:
-                said = f"Your {status['item']} was {status['status']}."
-        else:
-            said = "Thanks for reaching out; a colleague will get back to you shortly."
-        return f"Hi {ticket['customer']}! {said}"
+        if refunded is not None and refunded["eligible"] and refunded["amount"] > bot.REFUND_APPROVAL_LIMIT:
+            raise AssertionError(f"W3: ticket {ticket!r} would wait for a person's approval")
+        return str(bot.write_facts(ticket, refunded, None, status))
 
     async def ticket(client: Any, ticket: Dict[str, str]) -> str:
         reply = await client.chat.completions.create(
@@ -2736,8 +2710,8 @@ def _w3_plain(bot: Any) -> Callable[[Any, Dict[str, str]], Any]:
         )
         label = (reply.choices[0].message.content or "").strip().strip(".").lower()
         label = label if label in labels else "other"
-        refunded = refund(ticket) if label == "refund" else None
-        status = order_status(ticket) if label == "order_status" else None
+        refunded = bot.look_up_refund(ticket) if label == "refund" else None
+        status = bot.look_up_order(ticket) if label == "order_status" else None
         chunks = await client.chat.completions.create(
             model=W3_MODEL,
             messages=[

@@ -61,6 +61,48 @@ def order_id(text: str) -> Optional[str]:
     return match.group(1) if match else None
 
 
+def look_up_refund(ticket: Dict[str, Any]) -> Dict[str, Any]:
+    """The refund tool: whether the ticket's order can be refunded, and how much."""
+    oid = order_id(ticket["text"])
+    order = ORDERS.get(oid or "")
+    if order is None:
+        return {"order": oid, "eligible": False, "reason": "no such order"}
+    return {"order": oid, "eligible": True, "amount": order["price"], "item": order["item"]}
+
+
+def look_up_order(ticket: Dict[str, Any]) -> Dict[str, Any]:
+    """The order-status tool."""
+    oid = order_id(ticket["text"])
+    order = ORDERS.get(oid or "")
+    return {"order": oid, "found": order is not None, **(order or {})}
+
+
+def write_facts(
+    ticket: Dict[str, Any],
+    refund: Optional[Dict[str, Any]],
+    approve: Optional[Dict[str, Any]],
+    order_status: Optional[Dict[str, Any]],
+) -> str:
+    """What the answer must tell the customer, from what the tools (and a person) said."""
+    if refund is not None:
+        if approve is not None and not approve.get("approved"):
+            said = "We cannot refund this order; a colleague will explain why by email."
+        elif not refund["eligible"]:
+            said = f"We could not find order {refund['order']}; please check the number."
+        else:
+            said = f"Your refund of {refund['amount']:.2f} for the {refund['item']} is on its way."
+    elif order_status is not None:
+        if not order_status["found"]:
+            said = f"We could not find order {order_status['order']}."
+        elif order_status["eta"]:
+            said = f"Your {order_status['item']} is {order_status['status']}, arriving in {order_status['eta']}."
+        else:
+            said = f"Your {order_status['item']} was {order_status['status']}."
+    else:
+        said = "Thanks for reaching out; a colleague will get back to you shortly."
+    return f"Hi {ticket['customer']}! {said}"
+
+
 def build(provider: Any, model: str) -> ff.Graph:
     """The support graph, its two model calls made by ``provider``."""
     support = ff.Graph("support_bot", output="answer")
@@ -83,11 +125,7 @@ def build(provider: Any, model: str) -> ff.Graph:
 
     @support.tool(when={"route": "refund"})
     def refund(input: Dict[str, Any]) -> Dict[str, Any]:
-        oid = order_id(input["text"])
-        order = ORDERS.get(oid or "")
-        if order is None:
-            return {"order": oid, "eligible": False, "reason": "no such order"}
-        return {"order": oid, "eligible": True, "amount": order["price"], "item": order["item"]}
+        return look_up_refund(input)
 
     @support.branch(labels=["ask", "auto"])
     def needs_approval(refund: Dict[str, Any]) -> str:
@@ -101,9 +139,7 @@ def build(provider: Any, model: str) -> ff.Graph:
 
     @support.tool(when={"route": "order_status"})
     def order_status(input: Dict[str, Any]) -> Dict[str, Any]:
-        oid = order_id(input["text"])
-        order = ORDERS.get(oid or "")
-        return {"order": oid, "found": order is not None, **(order or {})}
+        return look_up_order(input)
 
     # After `route` too: a ticket that needs neither tool still gets an answer.
     @support.task(after=["route"])
@@ -113,23 +149,7 @@ def build(provider: Any, model: str) -> ff.Graph:
         approve: Optional[Dict[str, Any]],
         order_status: Optional[Dict[str, Any]],
     ) -> str:
-        if refund is not None:
-            if approve is not None and not approve.get("approved"):
-                said = "We cannot refund this order; a colleague will explain why by email."
-            elif not refund["eligible"]:
-                said = f"We could not find order {refund['order']}; please check the number."
-            else:
-                said = f"Your refund of {refund['amount']:.2f} for the {refund['item']} is on its way."
-        elif order_status is not None:
-            if not order_status["found"]:
-                said = f"We could not find order {order_status['order']}."
-            elif order_status["eta"]:
-                said = f"Your {order_status['item']} is {order_status['status']}, arriving in {order_status['eta']}."
-            else:
-                said = f"Your {order_status['item']} was {order_status['status']}."
-        else:
-            said = "Thanks for reaching out; a colleague will get back to you shortly."
-        return f"Hi {input['customer']}! {said}"
+        return write_facts(input, refund, approve, order_status)
 
     @support.llm(provider=provider, model=model, stream=True)
     def answer(facts: str) -> List[Dict[str, str]]:
