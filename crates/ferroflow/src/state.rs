@@ -303,7 +303,7 @@ impl RunState {
                 let id = self.id(node)?;
                 self.accept_attempt(id, *item, *attempt)?;
                 self.in_flight -= 1;
-                self.recorded.remove(&(id, *item));
+                self.forget_steps(id, *item);
                 match item {
                     None => self.complete(id, output.clone(), &mut effects),
                     Some(i) => {
@@ -336,7 +336,7 @@ impl RunState {
                     }
                     None => {
                         self.in_flight -= 1;
-                        self.recorded.remove(&(id, *item));
+                        self.forget_steps(id, *item);
                         self.nodes[id] = NodeState::Failed { error: error.clone() };
                         self.fail(RunFailure { node: node.clone(), item: *item, error: error.clone() }, &mut effects);
                     }
@@ -380,7 +380,18 @@ impl RunState {
     /// The steps the body of `node` (element `item`) recorded in its attempts so far, in
     /// the order recorded.
     pub fn recorded(&self, node: NodeId, item: Option<u32>) -> &[RecordedStep] {
+        if self.recorded.is_empty() {
+            return &[];
+        }
         self.recorded.get(&(node, item)).map_or(&[], Vec::as_slice)
+    }
+
+    /// Drops the steps recorded for a node that resolved. Most runs record none, and a
+    /// node's completion is the scheduler's hot path: the map is not even hashed then.
+    fn forget_steps(&mut self, id: NodeId, item: Option<u32>) {
+        if !self.recorded.is_empty() {
+            self.recorded.remove(&(id, item));
+        }
     }
 
     fn accept_attempt(&self, id: NodeId, item: Option<u32>, attempt: u32) -> Result<(), Rejected> {
