@@ -50,9 +50,12 @@ def reply_to(messages: List[Dict[str, Any]]) -> str:
 def provider_from_env() -> Tuple[Any, str]:
     """The OpenAI provider when ``OPENAI_BASE_URL`` or ``OPENAI_API_KEY`` is set (any
     OpenAI-compatible server: ``SUPPORT_BOT_MODEL`` names the model, ``gpt-4o-mini`` by
-    default), the offline one otherwise."""
+    default; ``SUPPORT_BOT_CLIENT=native`` picks ferroflow's native client over the
+    ``openai`` package), the offline one otherwise."""
     if os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"):
-        return ff.OpenAIProvider(), os.environ.get("SUPPORT_BOT_MODEL", "gpt-4o-mini")
+        native = os.environ.get("SUPPORT_BOT_CLIENT") == "native"
+        provider = ff.NativeOpenAIProvider() if native else ff.OpenAIProvider()
+        return provider, os.environ.get("SUPPORT_BOT_MODEL", "gpt-4o-mini")
     return ff.OfflineProvider(lambda request: reply_to(request.messages)), "offline"
 
 

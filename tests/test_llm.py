@@ -24,20 +24,36 @@ def server():
         yield server
 
 
+# The two OpenAI-compatible providers: on the official ``openai`` client, and native.
+PROVIDERS = {"openai": ff.OpenAIProvider, "native": ff.NativeOpenAIProvider}
+# The error each raises for a bad key and for an unknown model.
+AUTH_ERROR = {"openai": "openai.AuthenticationError", "native": "ferroflow.errors.LLMAuthenticationError"}
+MODEL_ERROR = {"openai": "openai.NotFoundError", "native": "ferroflow.errors.LLMNotFoundError"}
+
+
+@pytest.fixture(params=sorted(PROVIDERS))
+def provider_kind(request):
+    return request.param
+
+
 @pytest.fixture
-def provider(server):
-    """Makes providers for the server; they are closed (connections and all) afterwards."""
+def provider(server, provider_kind):
+    """Makes providers of the kind under test for the server; they are closed (connections
+    and all) afterwards."""
     made = []
 
     def make(server, **options):
         options.setdefault("max_retries", 2)
         options.setdefault("timeout", 10.0)
-        made.append(ff.OpenAIProvider(base_url=server.base_url, api_key=options.pop("api_key", "test-key"), **options))
+        api_key = options.pop("api_key", "test-key")
+        made.append(PROVIDERS[provider_kind](base_url=server.base_url, api_key=api_key, **options))
         return made[-1]
 
+    make.kind = provider_kind
     yield make
     for p in made:
-        p.close()
+        if hasattr(p, "close"):
+            p.close()
 
 
 def support_graph(llm_provider, name="llm_plain", **options):
@@ -137,7 +153,7 @@ def test_server_errors_are_retried(server, provider):
 def test_a_bad_key_and_an_unknown_model_fail_the_node_clearly(server, provider):
     with pytest.raises(ff.RunFailedError) as failed:
         support_graph(provider(server, api_key="wrong"), name="llm_key").run("hello")
-    assert failed.value.error_type == "openai.AuthenticationError" and failed.value.node == "answer"
+    assert failed.value.error_type == AUTH_ERROR[provider.kind] and failed.value.node == "answer"
     assert server.request_count == 1, "a bad key is not retried"
 
     g = ff.Graph("llm_model")
@@ -148,7 +164,7 @@ def test_a_bad_key_and_an_unknown_model_fail_the_node_clearly(server, provider):
 
     with pytest.raises(ff.RunFailedError) as failed:
         g.run("hello")
-    assert failed.value.error_type == "openai.NotFoundError"
+    assert failed.value.error_type == MODEL_ERROR[provider.kind]
     assert "no-such-model" in failed.value.error_message
 
 
@@ -172,7 +188,8 @@ def fetch(part: str) -> str:
         time.sleep(60)
     return part.lower()
 
-provider = ff.OpenAIProvider(base_url=os.environ["MOCK_URL"], api_key="test-key", timeout=10.0)
+kind = ff.NativeOpenAIProvider if os.environ["PROVIDER"] == "native" else ff.OpenAIProvider
+provider = kind(base_url=os.environ["MOCK_URL"], api_key="test-key", timeout=10.0)
 g = ff.Graph("llm_crash")
 
 @g.llm(provider=provider, model="gpt-4o-mini", tools=[fetch])
@@ -190,11 +207,18 @@ def crash_script(request):
     return "parts: " + " ".join(fetched)
 
 
-def test_a_run_killed_in_a_tool_loop_resumes_without_repeating_calls(server, tmp_path):
+def test_a_run_killed_in_a_tool_loop_resumes_without_repeating_calls(server, tmp_path, provider_kind):
     server.reply = crash_script
     (tmp_path / "crash_app.py").write_text(APP)
     db, log = tmp_path / "runs.db", tmp_path / "tools.log"
-    env = dict(os.environ, MOCK_URL=server.base_url, TOOL_LOG=str(log), PYTHONPATH=str(tmp_path), BLOCK_ON_B="1")
+    env = dict(
+        os.environ,
+        MOCK_URL=server.base_url,
+        TOOL_LOG=str(log),
+        PYTHONPATH=str(tmp_path),
+        BLOCK_ON_B="1",
+        PROVIDER=provider_kind,
+    )
     child = subprocess.Popen(
         [
             sys.executable,
@@ -218,14 +242,15 @@ def test_a_run_killed_in_a_tool_loop_resumes_without_repeating_calls(server, tmp
     assert server.request_count == 2, "two model calls before the kill"
 
     sys.path.insert(0, str(tmp_path))
-    os.environ.update(MOCK_URL=server.base_url, TOOL_LOG=str(log))
+    os.environ.update(MOCK_URL=server.base_url, TOOL_LOG=str(log), PROVIDER=provider_kind)
     try:
         import crash_app
 
         try:
             result = crash_app.g.resume("r1", context=ff.Sqlite(db), timeout=30)
         finally:
-            crash_app.provider.close()
+            if hasattr(crash_app.provider, "close"):
+                crash_app.provider.close()
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("crash_app", None)
@@ -296,6 +321,7 @@ def test_a_malformed_reply_fails_the_node_saying_what_is_wrong(server, provider)
     g = support_graph(provider(server), name="llm_malformed", tools=[order_status])
     with pytest.raises(ff.RunFailedError) as failed:
         g.run("where is A1?")
-    assert failed.value.error_type == "ferroflow.llm.MalformedReplyError"
-    assert "called tool 'order_status' with arguments that are not JSON" in failed.value.error_message
-    assert "'{not json'" in failed.value.error_message
+    assert failed.value.error_type == "ferroflow.errors.MalformedReplyError"
+    message = failed.value.error_message
+    assert "gpt-4o-mini" in message and "tool 'order_status'" in message, message
+    assert "with arguments that are not JSON" in message and "{not json" in message, message

@@ -564,3 +564,27 @@ def test_runs_as_a_subprocess(sig: signal.Signals) -> None:
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def test_a_stream_can_fail_in_its_middle_with_an_error_event_or_a_dropped_connection():
+    with MockLLMServer(reply="one two three four") as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0, timeout=10.0)
+        for failure, error in ((dict(status=500, message="boom"), openai.APIError), (dict(disconnect=True), Exception)):
+            server.fail_next(after_events=3, **failure)
+            pieces = []
+            with pytest.raises(error) as caught:
+                for chunk in client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+                ):
+                    pieces.extend(c.delta.content for c in chunk.choices if c.delta.content)
+            # The role event, then two words: then the failure.
+            assert pieces == ["one", " two"], failure
+            if "message" in failure:
+                assert "boom" in str(caught.value)
+        # A request that does not stream acts a mid-stream failure out at once.
+        server.fail_next(status=503, after_events=3)
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert server.request_count == 3
+        with pytest.raises(ValueError, match="after_events"):
+            server.fail_next(delay=1.0, after_events=2)

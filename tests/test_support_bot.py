@@ -1,6 +1,7 @@
 """The support-bot example gives the same answers in every context and with either
-provider: the offline one, and the OpenAI provider (the real ``openai`` client) talking to
-the mock server on 127.0.0.1, which answers as the offline model does."""
+provider: the offline one, and the OpenAI (the real ``openai`` client), native OpenAI and
+Anthropic providers talking to the mock server on 127.0.0.1, which answers as the offline
+model does."""
 
 import importlib.util
 import pathlib
@@ -58,7 +59,7 @@ def as_chat(body):
     return system + [{"role": m["role"], "content": text(m["content"])} for m in body["messages"]]
 
 
-@pytest.mark.parametrize("which", ["offline", "openai", "anthropic"])
+@pytest.mark.parametrize("which", ["offline", "openai", "native", "anthropic"])
 def test_every_context_and_provider_gives_the_same_answers(bot, expected, context, which):
     if which == "offline":
         assert answers(bot, bot.build(ff.OfflineProvider(lambda r: bot.reply_to(r.messages)), "m"), context) == expected
@@ -66,12 +67,15 @@ def test_every_context_and_provider_gives_the_same_answers(bot, expected, contex
     with MockLLMServer(reply=lambda body: bot.reply_to(as_chat(body))) as server:
         if which == "openai":
             provider = ff.OpenAIProvider(base_url=server.base_url, api_key="test", timeout=10.0)
+        elif which == "native":
+            provider = ff.NativeOpenAIProvider(base_url=server.base_url, api_key="test", timeout=10.0)
         else:
             provider = ff.AnthropicProvider(base_url=server.anthropic_base_url, api_key="test", timeout=10.0)
         try:
             assert answers(bot, bot.build(provider, "mock-model"), context) == expected
         finally:
-            provider.close()
+            if hasattr(provider, "close"):
+                provider.close()
         # Two model calls per ticket (classify, answer), none repeated, all to this API.
         assert server.request_count == 2 * len(bot.TICKETS)
-        assert {record.api for record in server.requests} == {which}
+        assert {record.api for record in server.requests} == {"openai" if which == "native" else which}

@@ -16,6 +16,7 @@ from .errors import (
     GraphError,
     InvalidInputError,
     InvalidRunStateError,
+    LLMError,
     RunCancelledError,
     RunError,
     RunFailedError,
@@ -29,7 +30,7 @@ from .errors import (
     WaitTimeoutError,
 )
 from .graph import Graph
-from .llm import AnthropicProvider, OfflineProvider, OpenAIProvider, Tool, tool
+from .llm import AnthropicProvider, NativeOpenAIProvider, OfflineProvider, OpenAIProvider, Tool, tool
 from .types import ErrorInfo, GraphInfo, NodeContext, NodeInfo, Retry, RunInfo, RunResult, RunStatus
 
 __all__ = [
@@ -45,8 +46,10 @@ __all__ = [
     "InMemory",
     "InvalidInputError",
     "InvalidRunStateError",
+    "LLMError",
     "Nats",
     "NodeContext",
+    "NativeOpenAIProvider",
     "NodeInfo",
     "OfflineProvider",
     "OpenAIProvider",

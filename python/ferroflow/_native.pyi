@@ -1,11 +1,21 @@
 """The PyO3 bindings of the ferroflow engine. Private: use the ``ferroflow`` package."""
 
 import asyncio
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from typing_extensions import TypeAlias, final
 
-__all__ = ["Engine", "EventLoop", "NodeHandle", "Workflow", "__version__", "check_json", "shutdown"]
+__all__ = [
+    "Engine",
+    "EventLoop",
+    "NodeHandle",
+    "OpenAIClient",
+    "ReplyStream",
+    "Workflow",
+    "__version__",
+    "check_json",
+    "shutdown",
+]
 
 __version__: str
 
@@ -34,6 +44,41 @@ class NodeHandle:
     @property
     def durable(self) -> bool:
         """Whether `record` writes to a store (and may wait for it), rather than to memory."""
+
+@final
+class OpenAIClient:
+    """`ferroflow._native.OpenAIClient(base_url, api_key, max_retries, timeout)`."""
+
+    def __new__(cls, base_url: str, api_key: Optional[str], max_retries: int, timeout: float) -> OpenAIClient: ...
+    @property
+    def url(self) -> str:
+        """The URL calls go to."""
+    def call(
+        self,
+        model: str,
+        messages: List[Dict[str, Any]],
+        tools: List[Dict[str, Any]],
+        params: Dict[str, Any],
+        stream: bool,
+        handle: Optional[NodeHandle] = None,
+        key: Optional[str] = None,
+    ) -> Awaitable[Dict[str, Any]]:
+        """One model call; an awaitable of the reply's JSON (`Reply.to_json`). Streamed when
+        `stream` is true. With a node's `handle`, each text delta is reported to the run's
+        watchers as `{"token": delta}`, and the reply is recorded as the node's step `key`
+        (durably, in a durable context) before the awaitable completes."""
+    def open_stream(
+        self, model: str, messages: List[Dict[str, Any]], tools: List[Dict[str, Any]], params: Dict[str, Any]
+    ) -> ReplyStream:
+        """A streamed model call for the provider protocol's `stream`: an async iterator of
+        the text deltas (`str`), then the reply's JSON (`dict`) last."""
+
+@final
+class ReplyStream:
+    """The async iterator of `OpenAIClient.open_stream`. Dropping it aborts the call."""
+
+    def __aiter__(self) -> ReplyStream: ...
+    def __anext__(self) -> Awaitable[Union[str, Dict[str, Any]]]: ...
 
 @final
 class Workflow:

@@ -15,6 +15,15 @@ __all__ = [
     "GraphError",
     "InvalidInputError",
     "InvalidRunStateError",
+    "LLMAuthenticationError",
+    "LLMConnectionError",
+    "LLMError",
+    "LLMNotFoundError",
+    "LLMRateLimitError",
+    "LLMRejectedError",
+    "LLMServerError",
+    "LLMTimeoutError",
+    "MalformedReplyError",
     "RunCancelledError",
     "RunError",
     "RunFailedError",
@@ -84,6 +93,54 @@ class StoreUnavailableError(StoreError):
     What was asked may or may not have been done: starting a run again with the same
     ``run_id`` is safe (it continues the run if it was created). Steps of runs in flight
     do not raise this; they wait for the store (``outage_timeout``)."""
+
+
+class LLMError(FerroflowError):
+    """A model call failed (raised by :class:`~ferroflow.llm.NativeOpenAIProvider`, and
+    :class:`MalformedReplyError` by every provider). ``model`` names the model;
+    ``http_status`` is the server's status when it answered (else ``None``)."""
+
+    def __init__(
+        self, message: str, *, model: Optional[str] = None, http_status: Optional[Any] = None, **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.model = model
+        self.http_status = int(http_status) if http_status is not None else None
+
+
+class LLMAuthenticationError(LLMError):
+    """The server rejected the API key (HTTP 401 or 403). Not retried."""
+
+
+class LLMNotFoundError(LLMError, LookupError):
+    """No such model, or no chat-completions endpoint at the base URL (HTTP 404). Not retried."""
+
+
+class LLMRateLimitError(LLMError):
+    """Still rate limited (HTTP 429) after the client's retries."""
+
+
+class LLMServerError(LLMError):
+    """Still a server error (HTTP 5xx, or an error event in a stream) after the client's
+    retries."""
+
+
+class LLMRejectedError(LLMError, ValueError):
+    """The server will not take the request (HTTP 400, 413, 422: bad parameters, a prompt
+    too long). Not retried."""
+
+
+class LLMConnectionError(LLMError, ConnectionError):
+    """The server could not be reached, or dropped the connection, after the client's retries."""
+
+
+class LLMTimeoutError(LLMConnectionError, TimeoutError):
+    """The server did not answer within the timeout, after the client's retries."""
+
+
+class MalformedReplyError(LLMError, ValueError):
+    """The model's reply cannot be used: not the API's JSON, or a tool call whose arguments
+    are not a JSON object."""
 
 
 class RunError(FerroflowError):

@@ -254,6 +254,7 @@ class _Failure:
     delay: float
     disconnect: bool
     message: Optional[str]
+    after_events: Optional[int] = None
 
 
 class _Abort(Exception):
@@ -445,7 +446,18 @@ def _anthropic_request_problem(body: Dict[str, Any]) -> Optional[str]:
 class _Draft:
     """The mutable record of a request being answered."""
 
-    __slots__ = ("answered_at", "body", "method", "model", "path", "received_at", "seq", "status", "stream")
+    __slots__ = (
+        "answered_at",
+        "body",
+        "method",
+        "model",
+        "path",
+        "received_at",
+        "seq",
+        "status",
+        "stream",
+        "stream_failure",
+    )
 
     def __init__(self, seq: int, received_at: float, method: str, path: str) -> None:
         self.seq = seq
@@ -457,6 +469,8 @@ class _Draft:
         self.status = 0
         self.body: Any = None
         self.answered_at: Optional[float] = None
+        # A failure to act out in the middle of this request's streamed answer.
+        self.stream_failure: Optional[_Failure] = None
 
 
 class _HTTPServer(HTTPServer):
@@ -681,6 +695,7 @@ class MockLLMServer:
         disconnect: bool = False,
         times: int = 1,
         message: Optional[str] = None,
+        after_events: Optional[int] = None,
     ) -> None:
         """Make the next ``times`` model requests (chat completions or messages) misbehave.
 
@@ -700,6 +715,12 @@ class MockLLMServer:
           their own exponential backoff);
         - or, with neither, answers normally (after ``delay`` and then the server's ``latency``).
 
+        With ``after_events=N``, a streamed request starts its answer normally (status 200) and
+        fails after ``N`` events of it: with ``disconnect=True`` the connection closes, with a
+        ``status`` the stream carries an error event (OpenAI's ``data: {"error": ...}``,
+        Anthropic's ``event: error``) and ends. A request that does not stream acts the failure
+        out at once, as without ``after_events``.
+
         Examples: ``fail_next(status=429, retry_after=0.2)``, ``fail_next(status=500, times=2)``,
         ``fail_next(delay=2.0)``, ``fail_next(disconnect=True)``.
 
@@ -716,7 +737,9 @@ class MockLLMServer:
             raise ValueError("retry_after needs a status and must be >= 0")
         if delay < 0 or times < 1:
             raise ValueError("delay must be >= 0 and times >= 1")
-        failure = _Failure(status, retry_after, float(delay), disconnect, message)
+        if after_events is not None and (after_events < 0 or (status is None and not disconnect)):
+            raise ValueError("after_events must be >= 0, with a status or disconnect=True")
+        failure = _Failure(status, retry_after, float(delay), disconnect, message, after_events)
         with self._lock:
             self._failures.extend([failure] * times)
 
@@ -828,9 +851,23 @@ class MockLLMServer:
             h.close_connection = True
             return b""
 
-    def _send_events(self, h: _Handler, draft: _Draft, events: List[bytes], last: bytes) -> None:
+    def _send_events(
+        self, h: _Handler, draft: _Draft, events: List[bytes], last: bytes, error: Callable[[int, Optional[str]], bytes]
+    ) -> None:
         """Sends ``events`` as chunks, ``token_interval`` apart, then ``last`` with the end of
-        the chunked body; the request is recorded just before ``last`` goes out."""
+        the chunked body; the request is recorded just before ``last`` goes out. A failure due
+        in the middle of the stream (``draft.stream_failure``) cuts it short: the connection
+        drops, or ``error(status, message)`` is the last event."""
+        failure = draft.stream_failure
+        if failure is not None:
+            events = events[: failure.after_events]
+            if failure.disconnect:
+                for data in events:
+                    h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                h.wfile.flush()
+                raise _Abort
+            assert failure.status is not None
+            last = error(failure.status, failure.message)
         for i, data in enumerate(events):
             if i > 0:
                 self._sleep(h, self.token_interval)
@@ -883,6 +920,9 @@ class MockLLMServer:
         with self._lock:
             failure = self._failures.popleft() if self._failures else None
         if failure is None:
+            return False
+        if failure.after_events is not None and draft.stream:
+            draft.stream_failure = failure
             return False
         self._sleep(h, failure.delay)
         if failure.disconnect:
@@ -1053,7 +1093,13 @@ class MockLLMServer:
             events.append(event({}, "tool_calls"))
         if usage is not None:
             events.append(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
-        self._send_events(h, draft, events, b"data: [DONE]\n\n")
+        self._send_events(
+            h,
+            draft,
+            events,
+            b"data: [DONE]\n\n",
+            lambda status, message: b"data: " + json.dumps(_error_body(status, message)).encode() + b"\n\n",
+        )
 
     # -- Anthropic's messages API -----------------------------------------------------------
 
@@ -1191,7 +1237,13 @@ class MockLLMServer:
         events.append(
             event({"type": "message_delta", "delta": delta, "usage": {"output_tokens": usage["output_tokens"]}})
         )
-        self._send_events(h, draft, events, event({"type": "message_stop"}))
+        self._send_events(
+            h,
+            draft,
+            events,
+            event({"type": "message_stop"}),
+            lambda status, message: event(_anthropic_error_body(status, message)),
+        )
 
     # -- answers ------------------------------------------------------------------------------
 

@@ -201,7 +201,7 @@ impl PyBody {
 /// What a running body can do to its run (`NodeContext.step`, `NodeContext.emit` use it).
 #[pyclass(name = "NodeHandle", module = "ferroflow._native", frozen)]
 pub struct PyNodeHandle {
-    handle: NodeHandle,
+    pub(crate) handle: NodeHandle,
 }
 
 #[pymethods]

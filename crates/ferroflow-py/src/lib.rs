@@ -5,6 +5,7 @@ mod asyncio;
 mod body;
 mod engine;
 mod error;
+mod llm;
 mod runtime;
 mod value;
 
@@ -41,6 +42,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyWorkflow>()?;
     m.add_class::<asyncio::PyEventLoop>()?;
     m.add_class::<body::PyNodeHandle>()?;
+    m.add_class::<llm::PyOpenAIClient>()?;
+    m.add_class::<llm::PyReplyStream>()?;
     m.add_function(wrap_pyfunction!(check_json, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::shutdown, m)?)?;
     Ok(())

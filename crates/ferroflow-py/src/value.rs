@@ -82,7 +82,7 @@ pub fn to_py(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
     }
 }
 
-fn json_to_py(py: Python<'_>, json: &serde_json::Value) -> PyResult<Py<PyAny>> {
+pub fn json_to_py(py: Python<'_>, json: &serde_json::Value) -> PyResult<Py<PyAny>> {
     Ok(match json {
         serde_json::Value::Null => py.None(),
         serde_json::Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any().unbind(),

@@ -9,8 +9,11 @@ pub mod engine;
 pub mod error;
 pub mod graph;
 pub mod journal;
+pub mod llm;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "openai")]
+pub mod openai;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
