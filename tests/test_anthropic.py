@@ -590,16 +590,15 @@ def test_a_bad_key_and_an_unknown_model_fail_the_node_clearly(
     assert server.request_count == 2, "an unknown model is not retried"
 
 
-def test_an_error_event_in_the_middle_of_a_stream(server: MockLLMServer) -> None:
-    server.reply = "one two three four"
-    server.fail_next(status=529, after_events=4)
+def test_an_error_event_in_the_middle_of_a_stream() -> None:
     seen: List[str] = []
-    with client_for(server) as client:
+    with MockLLMServer(reply="one two three four", api_key=KEY) as server, client_for(server) as client:
+        server.fail_next(status=529, after_events=4)
         with pytest.raises(anthropic.APIStatusError) as caught:
             for event in client.messages.create(model=MODEL, max_tokens=100, messages=USER, stream=True):
                 seen.append(event.type)
+        assert server.request_count == 1
     # message_start, ping (which the client does not pass on), content_block_start, one
     # delta: then the error event.
     assert seen == ["message_start", "content_block_start", "content_block_delta"]
     assert "overloaded_error" in str(caught.value)
-    assert server.request_count == 1
