@@ -128,7 +128,7 @@ REPS = {
     "B1": (3, 1),  # per worker count, redis and sqlite
     "B1.nats": (2, 1),
     "B1.baseline": (3, 1),  # per baseline process (two: before and after the stores)
-    "W3": (3, 1),  # per context: `arun`, `graph.map` and the baseline, 1,000 tickets each
+    "W3": (3, 1),  # per context: `arun` and `graph.map` on both providers, and the baseline, 1,000 tickets each
 }
 
 # Per-workload wall-clock limit of the child process, in seconds: (full, quick); W4c and B1
@@ -161,7 +161,6 @@ WORKLOAD_TIMEOUT = {
 
 IMPLEMENTED = ("W1a", "W1b", "W2", "W3", "W4", "W4c", "W6", "B1")
 NOT_IMPLEMENTED = {
-    "W3 with the native provider": "not implemented (issue 5: native provider); W3 runs the `openai`-client provider",
     "W4 on redis and nats": "W4 (runs one after another) is measured on sqlite only; W4c covers redis and nats",
 }
 
@@ -2823,11 +2822,14 @@ def w3_context(kind: str, quick: bool) -> Dict[str, Any]:
     server = _MockServer(W3_LATENCY)
     provider: Any = None
     client: Any = None
-    kinds = ("arun", "map", "base")
+    # `arun` and `map` with the `openai`-client provider, `narun` and `nmap` with the native one.
+    kinds = ("arun", "map", "narun", "nmap", "base")
     samples: Dict[str, List[Dict[str, float]]] = {k: [] for k in kinds}
     try:
         provider = ff.OpenAIProvider(base_url=server.url, api_key="ffbench", timeout=W3_CALL_TIMEOUT)
         graph = bot.build(provider, W3_MODEL).build()
+        native = ff.NativeOpenAIProvider(base_url=server.url, api_key="ffbench", timeout=W3_CALL_TIMEOUT)
+        native_graph = bot.build(native, W3_MODEL).build()
 
         async def make_client() -> Any:
             return openai.AsyncOpenAI(base_url=server.url, api_key="ffbench", timeout=W3_CALL_TIMEOUT)
@@ -2851,7 +2853,9 @@ def w3_context(kind: str, quick: bool) -> Dict[str, Any]:
             outs = await asyncio.wait_for(asyncio.gather(*(timed(i, x) for i, x in enumerate(inputs))), W3_WAIT)
             return list(outs), latency
 
-        def engine_arun(inputs: List[Dict[str, str]]) -> Tuple[List[str], List[float], Callable[[int], None]]:
+        def engine_arun(
+            inputs: List[Dict[str, str]], graph: Any = graph
+        ) -> Tuple[List[str], List[float], Callable[[int], None]]:
             ctx, after = fresh_context()
 
             async def one(x: Dict[str, str]) -> str:
@@ -2863,7 +2867,9 @@ def w3_context(kind: str, quick: bool) -> Dict[str, Any]:
             outs, latency = loop.run_until_complete(gather(one, inputs))
             return outs, latency, after
 
-        def engine_map(inputs: List[Dict[str, str]]) -> Tuple[List[str], List[float], Callable[[int], None]]:
+        def engine_map(
+            inputs: List[Dict[str, str]], graph: Any = graph
+        ) -> Tuple[List[str], List[float], Callable[[int], None]]:
             ctx, after = fresh_context()
             outs = graph.map(inputs, context=ctx, concurrency=W3_IN_FLIGHT, timeout=W3_WAIT)
             bad = [o for o in outs if not isinstance(o, dict)]
@@ -2878,7 +2884,13 @@ def w3_context(kind: str, quick: bool) -> Dict[str, Any]:
             outs, latency = loop.run_until_complete(gather(one, inputs))
             return outs, latency, lambda n: None
 
-        paths = {"arun": engine_arun, "map": engine_map, "base": baseline}
+        paths: Dict[str, Callable[[List[Dict[str, str]]], Tuple[List[str], List[float], Callable[[int], None]]]] = {
+            "arun": engine_arun,
+            "map": engine_map,
+            "narun": lambda inputs: engine_arun(inputs, native_graph),
+            "nmap": lambda inputs: engine_map(inputs, native_graph),
+            "base": baseline,
+        }
 
         def measure(which: str, inputs: List[Dict[str, str]], timed: bool = True) -> None:
             n = len(inputs)
@@ -2907,7 +2919,7 @@ def w3_context(kind: str, quick: bool) -> Dict[str, Any]:
             sample = {
                 "wall": wall,
                 "cpu_ms": cpu * 1e3 / n,
-                "model_thread_ms": model_cpu * 1e3 / n if which != "base" else 0.0,
+                "model_thread_ms": model_cpu * 1e3 / n if which in ("arun", "map") else 0.0,
                 "server_ms": server_cpu * 1e3 / n,
                 "store_ms": store_cpu * 1e3 / n,
                 "machine_busy": machine,
@@ -2978,16 +2990,6 @@ def w3(quick: bool) -> Dict[str, Any]:
             measured > 0 and not failed,
         )
     )
-    rows.append(
-        _row(
-            "tickets/s with the native provider",
-            "not implemented (issue 5: native provider)",
-            "-",
-            "-",
-            "≥ 2x baseline",
-            None,
-        )
-    )
     ctx_text = (
         f"`ff.InMemory()`, `ff.Sqlite(<fresh file>)`, `ff.Redis({REDIS_URL!r}, namespace=<fresh>)` and "
         f"`ff.Nats({NATS_URL!r}, namespace=<fresh>)`"
@@ -3023,7 +3025,11 @@ def w3(quick: bool) -> Dict[str, Any]:
         "call streamed (`stream_options={'include_usage': True}`, as the provider asks) and consumed chunk by "
         "chunk; one client for every measurement, as the provider keeps one. CPU: `getrusage` of this process "
         "(every thread), the model-call thread (`ferroflow-asyncio`) and the servers from `/proc`, per ticket.",
-        "Native provider: not implemented (issue 5: native provider); its target (≥ 2x the baseline) is not measured.",
+        f"Native provider: the same graph built with `ff.NativeOpenAIProvider(base_url=<mock>, "
+        f"timeout={W3_CALL_TIMEOUT:g})` (ferroflow's Rust client, max_retries 2), through the same two paths "
+        "(`arun` and map), interleaved with the others in each repetition, against the same baseline. Its model "
+        "calls do not use the background loop: the Rust client runs on the engine's tokio threads, reports the "
+        "streamed tokens and records each reply itself.",
     ]
     if len(base_cpu) > 1:
         notes.append(
@@ -3051,6 +3057,7 @@ def _w3_rows(kind: str, res: Dict[str, Any]) -> Tuple[List[List[str]], str]:
         return _spread([n / s["wall"] for s in ss[which]], fmt="{:,.0f}")
 
     r_arun, r_map, r_base = (n / med(w, "wall") for w in ("arun", "map", "base"))
+    r_narun, r_nmap = (n / med(w, "wall") for w in ("narun", "nmap"))
     base_text = f"{r_base:,.1f} (`AsyncOpenAI`, same flow)"
     rows = [
         _row(
@@ -3070,10 +3077,32 @@ def _w3_rows(kind: str, res: Dict[str, Any]) -> Tuple[List[List[str]], str]:
             r_map >= 0.95 * r_base,
         ),
         _row(
+            f"tickets/s, {kind}, native provider: `arun` under a semaphore of {W3_IN_FLIGHT}",
+            f"{r_narun:,.1f}",
+            f"{r_base:,.1f} (same baseline)",
+            _ratio(r_narun, r_base),
+            "≥ 2x baseline",
+            r_narun >= 2 * r_base,
+        ),
+        _row(
+            f"tickets/s, {kind}, native provider: `graph.map(concurrency={W3_IN_FLIGHT})`",
+            f"{r_nmap:,.1f}",
+            f"{r_base:,.1f} (same baseline)",
+            _ratio(r_nmap, r_base),
+            "≥ 2x baseline",
+            r_nmap >= 2 * r_base,
+        ),
+        _row(
             f"latency per ticket p50 / p99, ms, {kind} (`arun`)",
             f"{med('arun', 'p50') * 1e3:,.0f} / {med('arun', 'p99') * 1e3:,.0f}",
             f"{med('base', 'p50') * 1e3:,.0f} / {med('base', 'p99') * 1e3:,.0f}",
             f"{_ratio(med('arun', 'p50'), med('base', 'p50'))} / {_ratio(med('arun', 'p99'), med('base', 'p99'))}",
+        ),
+        _row(
+            f"latency per ticket p50 / p99, ms, {kind}, native provider (`arun`)",
+            f"{med('narun', 'p50') * 1e3:,.0f} / {med('narun', 'p99') * 1e3:,.0f}",
+            f"{med('base', 'p50') * 1e3:,.0f} / {med('base', 'p99') * 1e3:,.0f}",
+            f"{_ratio(med('narun', 'p50'), med('base', 'p50'))} / {_ratio(med('narun', 'p99'), med('base', 'p99'))}",
         ),
     ]
     store = kind in SERVER_PROCESS and res["store_found"]
@@ -3081,7 +3110,7 @@ def _w3_rows(kind: str, res: Dict[str, Any]) -> Tuple[List[List[str]], str]:
 
     def cpu_text(which: str) -> str:
         text = f"{med(which, 'cpu_ms'):.2f}"
-        if which != "base":
+        if which in ("arun", "map"):
             text += f" ({med(which, 'model_thread_ms'):.2f})"
         text += f" + {med(which, 'server_ms'):.2f}"
         if store and which != "base":
@@ -3096,10 +3125,21 @@ def _w3_rows(kind: str, res: Dict[str, Any]) -> Tuple[List[List[str]], str]:
             _ratio(med("arun", "cpu_ms"), med("base", "cpu_ms")),
         )
     )
+    rows.append(
+        _row(
+            f"CPU ms per ticket, {kind}, native provider: this process + mock server"
+            + (f" + `{SERVER_PROCESS[kind]}`" if store else ""),
+            f"{cpu_text('narun')} (`arun`); {cpu_text('nmap')} (map)",
+            cpu_text("base"),
+            _ratio(med("narun", "cpu_ms"), med("base", "cpu_ms")),
+        )
+    )
     note = (
         f"{kind}: median of {res['reps']} per path; tickets/s ranged {rates('arun')} (`arun`), {rates('map')} "
-        f"(map), {rates('base')} (baseline); the whole machine kept {med('arun', 'machine_busy'):.2f} "
-        f"(`arun`), {med('map', 'machine_busy'):.2f} (map) and {med('base', 'machine_busy'):.2f} (baseline) of "
+        f"(map), {rates('narun')} (native `arun`), {rates('nmap')} (native map), {rates('base')} (baseline); "
+        f"the whole machine kept {med('arun', 'machine_busy'):.2f} "
+        f"(`arun`), {med('map', 'machine_busy'):.2f} (map), {med('narun', 'machine_busy'):.2f} (native `arun`), "
+        f"{med('nmap', 'machine_busy'):.2f} (native map) and {med('base', 'machine_busy'):.2f} (baseline) of "
         f"its {os.cpu_count()} CPUs busy."
     )
     return rows, note

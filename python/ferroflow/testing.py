@@ -476,6 +476,11 @@ class _Draft:
 class _HTTPServer(HTTPServer):
     """An HTTP server with a thread per connection that it can close all of, and join, on stop."""
 
+    # Clients under load open many connections at once; socketserver's default backlog of 5
+    # drops the SYNs of the rest, which then wait out TCP's retransmission backoff (1 s, 3 s,
+    # 7 s, ...), up to a client's connect timeout.
+    request_queue_size = 1024
+
     def __init__(self, address: Tuple[str, int], mock: MockLLMServer) -> None:
         self.mock = mock
         self.stopping = threading.Event()
