@@ -3163,7 +3163,8 @@ def _w3_limits(kind: str, res: Dict[str, Any], first: bool) -> str:
     if first:
         text += (
             f"not the model's latency ({W3_IN_FLIGHT} tickets in flight, each two calls of "
-            f"{W3_LATENCY * 1e3:.0f} ms, would allow ~{floor:,.0f} tickets/s; neither side gets near it), but the "
+            f"{W3_LATENCY * 1e3:.0f} ms, would allow ~{floor:,.0f} tickets/s; neither the baseline nor the "
+            "`openai`-client provider gets near it), but the "
             "CPU of one Python process. The baseline spends "
             f"{c_base:.2f} ms of CPU per ticket ({c_base / 2:.2f} ms per model call), nearly all of it in the "
             "`openai` client (httpx, httpcore's connection pool, a pydantic model per chunk of the streamed "
@@ -3189,8 +3190,17 @@ def _w3_limits(kind: str, res: Dict[str, Any], first: bool) -> str:
             f" `{SERVER_PROCESS[kind]}` used {med('arun', 'store_ms'):.2f} ms per ticket (read from `/proc`, so "
             "any other client's load too)."
         )
+    r_narun, p50 = n / med("narun", "wall"), med("narun", "p50")
+    text += (
+        f" With the native provider, {r_narun:,.0f} tickets/s (`arun`) at a p50 of {p50 * 1e3:.0f} ms per ticket, "
+        f"against the model's {2 * W3_LATENCY * 1e3:.0f} ms: {W3_IN_FLIGHT} tickets in flight over that p50 allow "
+        f"{W3_IN_FLIGHT / p50:,.0f}/s, so each ticket's latency bounds the rate, not CPU "
+        f"({med('narun', 'cpu_ms'):.2f} ms per ticket in this process, {r_narun * med('narun', 'cpu_ms') / 1e3:.2f} "
+        f"CPUs); the {(p50 - 2 * W3_LATENCY) * 1e3:.0f} ms over the model's part is the engine's and the store's "
+        "(the steps of six nodes and two recorded replies per ticket)."
+    )
     cpus = os.cpu_count() or 1
-    busy = max(med(w, "machine_busy") for w in ("arun", "map", "base"))
+    busy = max(med(w, "machine_busy") for w in ("arun", "map", "narun", "nmap", "base"))
     if busy >= 0.9 * cpus:
         text += (
             f" The whole machine was busy ({busy:.2f} of {cpus} CPUs, other processes included) during these "
