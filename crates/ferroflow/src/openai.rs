@@ -116,11 +116,8 @@ impl OpenAiClient {
     /// One attempt's request: the whole call bounded by the timeout unless streamed (a
     /// streamed call is bounded per read instead, as it may last long).
     fn send(&self, body: &[u8], stream: bool) -> reqwest::RequestBuilder {
-        let mut request = self
-            .http
-            .post(&*self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_vec());
+        let mut request =
+            self.http.post(&*self.url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_vec());
         if stream {
             request = request.header(reqwest::header::ACCEPT, "text/event-stream");
         } else {
@@ -134,11 +131,7 @@ impl OpenAiClient {
 
     /// Makes the call, retrying as the module docs say; `on_delta` is `Some` for a
     /// streamed call.
-    async fn call(
-        &self,
-        request: &ChatRequest,
-        mut on_delta: Option<&mut OnDelta<'_>>,
-    ) -> Result<Reply, LlmError> {
+    async fn call(&self, request: &ChatRequest, mut on_delta: Option<&mut OnDelta<'_>>) -> Result<Reply, LlmError> {
         let stream = on_delta.is_some();
         let body = serde_json::to_vec(&request.body(stream))
             .map_err(|e| LlmError::Config(format!("the request cannot be encoded: {e}")))?;
@@ -170,9 +163,8 @@ impl OpenAiClient {
 
     async fn read_whole(&self, model: &str, response: reqwest::Response) -> Result<Reply, Failure> {
         let bytes = response.bytes().await.map_err(Failure::transport)?;
-        let completion: Completion = serde_json::from_slice(&bytes).map_err(|e| {
-            Failure::malformed(format!("the body is not a chat completion ({e}): {}", excerpt(&bytes)))
-        })?;
+        let completion: Completion = serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::malformed(format!("the body is not a chat completion ({e}): {}", excerpt(&bytes))))?;
         let model = completion.model.unwrap_or_else(|| model.to_owned());
         let Some(choice) = completion.choices.into_iter().next() else {
             return Err(Failure::malformed(format!("the completion has no choices: {}", excerpt(&bytes))));
