@@ -17,7 +17,6 @@ from ferroflow.errors import (
     LLMNotFoundError,
     LLMRateLimitError,
     LLMRejectedError,
-    LLMServerError,
     LLMTimeoutError,
 )
 from ferroflow.llm import Reply, Request, ToolCall
