@@ -5,6 +5,7 @@ tokens were passed on, rejected requests), and the errors it raises. The behavio
 shares with the ``openai``-client provider is tested for both in test_llm.py."""
 
 import asyncio
+import os
 import socket
 import time
 
@@ -203,3 +204,25 @@ def test_llm_errors_fail_the_node_and_name_it(server):
     assert failed.value.node == "classify"
     assert failed.value.error_type == "ferroflow.errors.LLMAuthenticationError"
     assert "gpt-4o-mini" in failed.value.error_message and "HTTP 401" in failed.value.error_message
+
+
+def test_a_forked_child_makes_its_own_connections(server):
+    provider = native(server)
+    assert asyncio.run(provider.complete(ask("parent"))).text == "echo: parent"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's pooled connection belongs to the parent's runtime
+        code = 1
+        try:
+            reply = asyncio.run(asyncio.wait_for(provider.complete(ask("child")), 10))
+            os.write(write, reply.text.encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        said = pipe.read().decode()
+    assert os.waitstatus_to_exitcode(status) == 0 and said == "echo: child"
+    assert asyncio.run(provider.complete(ask("parent again"))).text == "echo: parent again"
+    assert server.request_count == 3

@@ -432,7 +432,21 @@ class NativeOpenAIProvider:
         if max_retries < 0:
             raise ValueError(f"max_retries must be 0 or more, not {max_retries}")
         self.base_url, self.max_retries, self.timeout = base_url, max_retries, timeout
-        self._client = _native.OpenAIClient(base_url, api_key, max_retries, timeout)
+        self._api_key = api_key
+        self._made: Tuple[int, _native.OpenAIClient] = (os.getpid(), self._new_client())
+
+    def _new_client(self) -> _native.OpenAIClient:
+        return _native.OpenAIClient(self.base_url, self._api_key, self.max_retries, self.timeout)
+
+    @property
+    def _client(self) -> _native.OpenAIClient:
+        """The client of this process: a child made by ``fork`` gets its own, as the
+        parent's connections belong to the parent's runtime."""
+        pid, client = self._made
+        if pid != os.getpid():
+            client = self._new_client()
+            self._made = (os.getpid(), client)
+        return client
 
     def __repr__(self) -> str:
         return f"NativeOpenAIProvider(base_url={self.base_url!r})"
