@@ -70,12 +70,20 @@ impl ContextExt for EngineRuntime {
     }
 }
 
-/// An awaitable on the caller's event loop for `fut`; cancelling it drops `fut`.
+/// An awaitable on the caller's event loop for `fut`; cancelling it drops `fut`. Once the
+/// interpreter is shutting down, a result is never handed over: that would enter Python
+/// from an engine thread during finalisation (see [`runtime::attach`]).
 fn awaitable<'py, F>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
 where
     F: Future<Output = PyResult<Py<PyAny>>> + Send + 'static,
 {
-    pyo3_async_runtimes::generic::future_into_py::<EngineRuntime, _, _>(py, fut)
+    pyo3_async_runtimes::generic::future_into_py::<EngineRuntime, _, _>(py, async move {
+        let out = fut.await;
+        if runtime::shutting_down() {
+            std::future::pending::<()>().await;
+        }
+        out
+    })
 }
 
 /// The reply (or error) as Python sees it.

@@ -74,6 +74,12 @@ fn keep_thread_state() {
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 static IN_PYTHON: AtomicUsize = AtomicUsize::new(0);
 
+/// Whether the interpreter is shutting down ([`shutdown`] was called): engine threads must
+/// not call into Python any more.
+pub fn shutting_down() -> bool {
+    SHUTTING_DOWN.load(Ordering::SeqCst)
+}
+
 /// Runs `f` with the GIL on a thread the engine owns, unless the interpreter is shutting
 /// down (then `None`). Once finalisation has begun, a native thread that enters Python
 /// can abort the process, so every call into Python from engine threads goes through
