@@ -107,17 +107,7 @@ fn llm_error(err: LlmError) -> PyErr {
             LlmError::Malformed { .. } => "MalformedReplyError",
             _ => "LLMError",
         };
-        let model = match &err {
-            LlmError::Authentication { model, .. }
-            | LlmError::NotFound { model, .. }
-            | LlmError::RateLimited { model, .. }
-            | LlmError::Server { model, .. }
-            | LlmError::Rejected { model, .. }
-            | LlmError::Timeout { model, .. }
-            | LlmError::Connection { model, .. }
-            | LlmError::Malformed { model, .. } => Some(model.clone()),
-            _ => None,
-        };
+        let model = err.model().map(str::to_owned);
         let status = err.status().map(|s| s.to_string());
         new_error(py, class, err.to_string(), &[("model", model), ("http_status", status)])
     })

@@ -176,6 +176,21 @@ impl LlmError {
         }
     }
 
+    /// The model the failed call was for (none for a configuration error).
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            LlmError::Authentication { model, .. }
+            | LlmError::NotFound { model, .. }
+            | LlmError::RateLimited { model, .. }
+            | LlmError::Server { model, .. }
+            | LlmError::Rejected { model, .. }
+            | LlmError::Timeout { model, .. }
+            | LlmError::Connection { model, .. }
+            | LlmError::Malformed { model, .. } => Some(model),
+            LlmError::Config(_) => None,
+        }
+    }
+
     /// Whether trying the same call again later may succeed (rate limits, server errors,
     /// timeouts, connections), as opposed to a request that will fail the same way.
     pub fn is_transient(&self) -> bool {
