@@ -21,19 +21,24 @@ $(PY):
 
 $(VENV)/.deps: pyproject.toml | $(PY)
 	$(BIN)/pip install --quiet "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" \
-		"pytest-benchmark>=4" "ruff>=0.6" "mypy>=1.10" "redis>=5" "nats-py>=2.6" "openai>=1.40" "anthropic>=0.40"
+		"pytest-benchmark>=4" "ruff>=0.6" "mypy>=1.10" "redis>=5" "nats-py>=2.6" "openai>=1.40" "anthropic>=0.40" \
+		"grpcio>=1.60" "grpcio-tools>=1.60" "grpcio-health-checking>=1.60" "grpcio-reflection>=1.60"
 	touch $@
 
 .PHONY: dev
 dev: $(VENV)/.deps ## Build the native module (release) into the virtualenv
 	$(BIN)/maturin develop --release --quiet
 
+.PHONY: server
+server: ## Build the ferroflow-server binary (release) into the cargo target dir (release)
+	cargo build --release --quiet -p ferroflow-server
+
 .PHONY: services
 services: ## Make sure Redis and NATS (JetStream) run on 127.0.0.1, installing them if missing
 	scripts/services.sh
 
 .PHONY: test
-test: dev lint services ## Run every test: Rust unit tests, then the pytest suite (strict mode on)
+test: dev server lint services ## Run every test: Rust unit tests, then the pytest suite (strict mode on)
 	cargo test --workspace --all-features --quiet
 	FERROFLOW_STRICT=1 $(BIN)/pytest -q
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use ferroflow::{
     Body, Durability, DurableStore, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, NatsStore,
-    NodeError, RedisStore, RunHandle, RunSnapshot, RunStatus, SqliteStore, StartOptions, Value, WatchUntil, Workflow,
+    NodeError, RedisStore, RunHandle, RunQuery, RunSnapshot, RunStatus, SqliteStore, StartOptions, Value, WatchUntil,
+    Workflow,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -606,8 +607,10 @@ impl PyEngine {
                     .map_err(|_| PyValueError::new_err(format!("unknown run status '{s}'")))
             })
             .transpose()?;
-        let records = py.detach(|| self.engine.list_runs(graph, status, limit)).map_err(to_py_err)?;
-        let items = records
+        let query = RunQuery { graph: graph.map(str::to_owned), status, limit, after: None };
+        let page = py.detach(|| self.engine.list_runs(&query)).map_err(to_py_err)?;
+        let items = page
+            .runs
             .iter()
             .map(|r| {
                 let d = PyDict::new(py);

@@ -26,7 +26,10 @@ use crate::error::{Error, NodeError, Result};
 use crate::graph::{Graph, NodeId, NodeKind};
 use crate::journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus, now_ms};
 use crate::state::{Rejected, RunState, Task};
-use crate::store::{Claim, Created, DurableStore, GraphRecord, Lease, QueuedTask, RunRecord, Step, StoredEntry, holds};
+use crate::store::{
+    Claim, Created, DurableStore, GraphRecord, Lease, QueuedTask, RunCursor, RunPage, RunQuery, RunRecord, Step,
+    StoredEntry, holds,
+};
 use crate::value::Value;
 
 /// Engine settings.
@@ -328,6 +331,11 @@ impl Engine {
         let _ = self.inner.flush(None);
     }
 
+    /// The settings the engine was made with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
     /// The name this engine holds durable tasks under.
     pub fn owner(&self) -> &str {
         &self.inner.owner
@@ -336,7 +344,15 @@ impl Engine {
     /// Starts a run of `workflow` on `input` and returns its id at once. Starting an id
     /// that exists returns it again, unless it belongs to another graph.
     pub fn start(&self, workflow: &Workflow, input: Value, options: StartOptions) -> Result<RunHandle> {
-        self.start_inner(workflow, input, options, None, false).map(|(run, _)| run)
+        self.start_inner(workflow, input, options, None, false).map(|(run, _, _)| run)
+    }
+
+    /// Like [`Engine::start`], and says whether this call created the run: `false` when a
+    /// run with the requested id existed already (in memory or in the store), in which
+    /// case the handle is on that run and `input` was not used. Two callers racing to
+    /// create the same id get `true` once.
+    pub fn start_or_get(&self, workflow: &Workflow, input: Value, options: StartOptions) -> Result<(RunHandle, bool)> {
+        self.start_inner(workflow, input, options, None, false).map(|(run, _, created)| (run, created))
     }
 
     /// Starts a run and executes its blocking tasks on the calling thread for as long as
@@ -345,7 +361,7 @@ impl Engine {
     /// anyway saves the thread hand-offs. Call it from a thread that may block, never
     /// from an async task.
     pub fn start_and_drive(&self, workflow: &Workflow, input: Value, options: StartOptions) -> Result<RunHandle> {
-        self.start_inner(workflow, input, options, None, true).map(|(run, _)| run)
+        self.start_inner(workflow, input, options, None, true).map(|(run, _, _)| run)
     }
 
     /// Like [`Engine::start`], and returns the run's events from its first one.
@@ -357,7 +373,7 @@ impl Engine {
         until: WatchUntil,
     ) -> Result<(RunHandle, mpsc::UnboundedReceiver<Event>)> {
         self.start_inner(workflow, input, options, Some(until), false)
-            .map(|(run, rx)| (run, rx.expect("asked for events")))
+            .map(|(run, rx, _)| (run, rx.expect("asked for events")))
     }
 
     fn start_inner(
@@ -367,7 +383,7 @@ impl Engine {
         options: StartOptions,
         until: Option<WatchUntil>,
         drive: bool,
-    ) -> Result<(RunHandle, Option<mpsc::UnboundedReceiver<Event>>)> {
+    ) -> Result<(RunHandle, Option<mpsc::UnboundedReceiver<Event>>, bool)> {
         let run_id: Arc<str> = match options.run_id {
             Some(id) if id.trim().is_empty() => {
                 return Err(Error::InvalidInput { run_id: id, reason: "a run id must not be empty".into() });
@@ -387,7 +403,7 @@ impl Engine {
                 });
             }
             let rx = until.map(|u| existing.watch(u));
-            return Ok((RunHandle { run: Arc::clone(existing) }, rx));
+            return Ok((RunHandle { run: Arc::clone(existing) }, rx, false));
         }
 
         drop(table);
@@ -425,13 +441,13 @@ impl Engine {
                 // Started before, by this process or another: carry on with that run.
                 let run = self.recover(workflow, &run_id, options.attachment)?;
                 let rx = until.map(|u| run.run.watch(u));
-                return Ok((run, rx));
+                return Ok((run, rx, false));
             }
             if !self.inner.config.execute {
                 // Queued for the workers; this engine follows the run from the store.
                 let run = self.inner.adopt_followed(run);
                 let rx = until.map(|u| run.watch(u));
-                return Ok((RunHandle { run }, rx));
+                return Ok((RunHandle { run }, rx, true));
             }
         }
         let run = {
@@ -439,7 +455,8 @@ impl Engine {
             match table.runs.get(&run_id) {
                 // Another thread recovered this very run meanwhile; it dispatches its tasks.
                 Some(existing) => {
-                    return Ok((RunHandle { run: Arc::clone(existing) }, until.map(|u| existing.watch(u))));
+                    let rx = until.map(|u| existing.watch(u));
+                    return Ok((RunHandle { run: Arc::clone(existing) }, rx, true));
                 }
                 None => {
                     table.runs.insert(Arc::clone(&run_id), Arc::clone(&run));
@@ -450,7 +467,7 @@ impl Engine {
         let rx = until.map(|u| run.watch(u));
         self.inner.after_change(&run);
         self.inner.dispatch_or_drive(&run, ready, drive);
-        Ok((RunHandle { run }, rx))
+        Ok((RunHandle { run }, rx, true))
     }
 
     /// Continues a run from the engine's store: its journal is replayed and whatever was
@@ -751,6 +768,18 @@ impl Engine {
         self.stored(run_id).map(|(_, journal)| journal)
     }
 
+    /// The run's record and journal, without taking the run over: from the store in a
+    /// durable engine (what every process sees), from memory otherwise.
+    pub fn load(&self, run_id: &str) -> Result<(RunRecord, Vec<StoredEntry>)> {
+        if self.inner.config.store.is_some() {
+            return self.stored(run_id);
+        }
+        let run = self.inner.live(run_id)?;
+        let core = run.lock();
+        let record = run.run_record(&core).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
+        Ok((record, core.journal.clone()))
+    }
+
     /// The run's record and journal from the store, without taking the run over.
     fn stored(&self, run_id: &str) -> Result<(RunRecord, Vec<StoredEntry>)> {
         let not_found = || Error::RunNotFound { run_id: run_id.to_owned() };
@@ -767,34 +796,33 @@ impl Engine {
         }
     }
 
-    /// Runs matching `graph` and `status` (all when `None`), newest first: from the store in
-    /// a durable engine, from memory otherwise.
-    pub fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
+    /// One page of the runs matching `query`, newest first ([`JournalStore::list_runs`]):
+    /// from the store in a durable engine, from memory otherwise.
+    ///
+    /// In memory, runs are ordered by the time of their first journal entry, then by the
+    /// order this engine took them on (newest first), which is the cursor's `order`;
+    /// paging follows the store's rules, over the runs the engine holds when each page is
+    /// read.
+    ///
+    /// [`JournalStore::list_runs`]: crate::store::JournalStore::list_runs
+    pub fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
         if let Some(store) = &self.inner.config.store {
-            return self.inner.block_on(store.list_runs(graph, status, limit));
+            return self.inner.block_on(store.list_runs(query));
+        }
+        if query.limit == 0 {
+            return Ok(RunPage::default());
         }
         let live: Vec<Arc<LiveRun>> = self.inner.runs.lock().expect("run table lock").runs.values().cloned().collect();
-        let mut live = live;
-        live.sort_by_key(|run| std::cmp::Reverse(run.created));
-        let records: Vec<RunRecord> = live
+        let mut matching: Vec<(RunCursor, RunRecord)> = live
             .iter()
             .filter_map(|run| {
-                let core = run.lock();
-                let (first, last) = (core.journal.first()?, core.journal.last()?);
-                let graph_ = run.workflow.graph();
-                Some(RunRecord {
-                    run_id: run.run_id.to_string(),
-                    graph: graph_.name().to_owned(),
-                    version: graph_.version().to_owned(),
-                    status: core.state.status(),
-                    created_ms: first.at_ms,
-                    updated_ms: last.at_ms,
-                })
+                let record = run.run_record(&run.lock())?;
+                let at = RunCursor { created_ms: record.created_ms, order: run.created };
+                query.admits(&record, at).then_some((at, record))
             })
-            .filter(|r| graph.is_none_or(|g| r.graph == g) && status.is_none_or(|s| r.status == s))
-            .take(limit)
             .collect();
-        Ok(records)
+        matching.sort_by(|(a, _), (b, _)| b.created_ms.cmp(&a.created_ms).then(b.order.cmp(&a.order)));
+        Ok(RunPage::of(matching, query.limit))
     }
 
     /// Ids of the runs held in memory, oldest first.
@@ -1636,6 +1664,20 @@ impl Inner {
 }
 
 impl LiveRun {
+    /// What a store would know of the run, from its journal in memory.
+    fn run_record(&self, core: &RunCore) -> Option<RunRecord> {
+        let (first, last) = (core.journal.first()?, core.journal.last()?);
+        let graph = self.workflow.graph();
+        Some(RunRecord {
+            run_id: self.run_id.to_string(),
+            graph: graph.name().to_owned(),
+            version: graph.version().to_owned(),
+            status: core.state.status(),
+            created_ms: first.at_ms,
+            updated_ms: last.at_ms,
+        })
+    }
+
     fn new(
         run_id: Arc<str>,
         workflow: Workflow,

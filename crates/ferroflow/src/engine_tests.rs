@@ -967,6 +967,56 @@ async fn finished_runs_beyond_the_retention_limit_are_forgotten() {
     assert_eq!(j(snap.output.as_ref().unwrap()), json!(1));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_without_a_store_pages_through_its_runs_newest_first() {
+    let one = workflow_named("one", vec![task("a", &[])], vec![("a", constant(json!(1)))]);
+    let two = workflow_named("two", vec![task("a", &[])], vec![("a", constant(json!(2)))]);
+    let engine = engine();
+    // Started in quick succession: several in one millisecond, ordered by start then.
+    let mut started: Vec<(u64, usize, String, &str)> = Vec::new();
+    for i in 0..12 {
+        let (wf, graph) = if i % 3 == 0 { (&two, "two") } else { (&one, "one") };
+        let run = engine.start(wf, Value::null(), id(&format!("run{i:02}"))).unwrap();
+        run.wait(Some(LIMIT)).await.unwrap();
+        let created_ms = engine.journal(run.id()).unwrap()[0].at_ms;
+        started.push((created_ms, i, run.id().to_string(), graph));
+    }
+    started.sort_by_key(|r| std::cmp::Reverse((r.0, r.1)));
+    for graph in [None, Some("one"), Some("two")] {
+        let expected: Vec<&str> =
+            started.iter().filter(|r| graph.is_none_or(|g| r.3 == g)).map(|r| r.2.as_str()).collect();
+        let query = RunQuery { graph: graph.map(str::to_owned), limit: 1000, ..RunQuery::default() };
+        let all = engine.list_runs(&query).unwrap();
+        assert_eq!(all.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), expected);
+        assert_eq!(all.next, None);
+        for limit in [1, 4, 5] {
+            let mut query = RunQuery { limit, ..query.clone() };
+            let mut paged = Vec::new();
+            let mut pages = 0;
+            loop {
+                let page = engine.list_runs(&query).unwrap();
+                pages += 1;
+                paged.extend(page.runs.iter().map(|r| r.run_id.clone()));
+                match page.next {
+                    Some(next) => {
+                        assert_eq!(page.runs.len(), limit);
+                        query.after = Some(next);
+                    }
+                    None => break,
+                }
+            }
+            assert_eq!(paged, expected, "{graph:?} by {limit}");
+            assert_eq!(pages, expected.len().div_ceil(limit), "{graph:?} by {limit}");
+        }
+    }
+    let none = engine.list_runs(&RunQuery::default()).unwrap();
+    assert_eq!(none, RunPage::default());
+    let completed = RunQuery { status: Some(RunStatus::Completed), limit: 100, ..RunQuery::default() };
+    assert_eq!(engine.list_runs(&completed).unwrap().runs.len(), 12);
+    let running = RunQuery { status: Some(RunStatus::Running), limit: 100, ..RunQuery::default() };
+    assert!(engine.list_runs(&running).unwrap().runs.is_empty());
+}
+
 // ---------------------------------------------------------------------------------------
 // Events
 // ---------------------------------------------------------------------------------------
@@ -1576,9 +1626,9 @@ impl JournalStore for Outage {
         self.check()?;
         self.store.set_status(run_id, status).await
     }
-    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
         self.check()?;
-        self.store.list_runs(graph, status, limit).await
+        self.store.list_runs(query).await
     }
 }
 

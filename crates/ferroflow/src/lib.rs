@@ -38,6 +38,6 @@ pub use sqlite::SqliteStore;
 pub use state::{Effects, NodeState, Rejected, RunState, Task};
 pub use store::{
     Claim, Created, DurableStore, GraphRecord, Holdings, JournalStore, Lease, MemoryStore, QueuedTask, RELEASED,
-    RunRecord, Step, StoredEntry, TaskQueue,
+    RunCursor, RunPage, RunQuery, RunRecord, Step, StoredEntry, TaskQueue,
 };
 pub use value::{NativeValue, Value};

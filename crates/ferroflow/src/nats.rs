@@ -80,13 +80,14 @@
 //! Creating a run writes step 0 first (with `create`: this is what makes `create_run`
 //! idempotent), then its hold or tasks, then the run record, whose `order` is step 0's
 //! revision (JetStream sequences grow across the bucket, so this orders runs by creation:
-//! `list_runs` sorts by `created_ms`, then `order`, both descending). A run whose step 0
-//! exists but whose record does not is being created, or its creator died: until the
-//! record exists the run is not found, and a second `create` waits briefly for the record,
-//! then writes it itself, behind step 0 so that loading the run queues step 0's tasks; if
-//! the creator meant to hold the run, the second `create` leaves it released, for any
-//! worker to claim. (A run created without entries has no step 0: its record is its
-//! creation, and it sorts before the runs created in the same millisecond.)
+//! `list_runs` sorts by `created_ms`, then `order`, both descending, and its page cursors
+//! are these two numbers). A run whose step 0 exists but whose record does not is being
+//! created, or its creator died: until the record exists the run is not found, and a
+//! second `create` waits briefly for the record, then writes it itself, behind step 0 so
+//! that loading the run queues step 0's tasks; if the creator meant to hold the run, the
+//! second `create` leaves it released, for any worker to claim. (A run created without
+//! entries has no step 0: its record is its creation, with `order` 0, and it sorts before
+//! the runs created in the same millisecond.)
 //!
 //! A status recorded by `set_status` while a step is between its value and its record
 //! update is overwritten by the step's status: the record follows the last step applied.
@@ -143,15 +144,15 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
 use crate::store::{
-    Claim, Created, DurableStore, GraphRecord, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step,
-    StoredEntry, TaskQueue, holds,
+    Claim, Created, DurableStore, GraphRecord, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunCursor, RunPage,
+    RunQuery, RunRecord, Step, StoredEntry, TaskQueue, holds,
 };
 
 /// The namespace of a context given only a server URL.
@@ -1270,28 +1271,47 @@ impl JournalStore for NatsStore {
             .await
     }
 
-    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
+    /// Scans the run records (there is no index to seek in: every page reads the bucket's
+    /// latest records) and keeps those after the cursor that match, with the status
+    /// filter loose at first: a record that has not finished may be behind its journal
+    /// (its writer died before updating it), so one whose status differs is kept if that
+    /// status is not final. The candidates are then sorted and brought up to date in
+    /// listing order, 16 at a time, until `limit + 1` have the status asked for, so that
+    /// no run shows a status it has left; a page brings up to date only the runs it looks
+    /// at, not the whole listing. A record's position (`created_ms`, `order`) never changes
+    /// when it is brought up to date.
+    ///
+    /// Runs created without journal entries (the engine never does: a run starts with
+    /// `RunStarted`) have `order` 0, so such runs created in the same millisecond share a
+    /// position and a page boundary falling among them skips the rest of them.
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
         self.timed("cannot list runs", Duration::ZERO, async {
-            if limit == 0 {
-                return Ok(Vec::new());
+            if query.limit == 0 {
+                return Ok(RunPage::default());
             }
-            let records =
-                self.scan::<RunDoc>(&self.inner.runs, "").await?.into_iter().map(|(_, run)| run).filter(|run| {
-                    graph.is_none_or(|g| run.value.graph == g)
-                        && status.is_none_or(|s| run.value.status == s || !run.value.status.is_terminal())
-                });
-            // A record behind its journal (its writer died before updating it) is brought
-            // up to date first, so that no run shows a status it has left.
-            let mut runs: Vec<RunDoc> = futures_util::stream::iter(records)
-                .map(|run| self.up_to_date(run))
-                .buffer_unordered(16)
-                .collect::<Vec<Result<RunDoc>>>()
-                .await
+            let position = |run: &RunDoc| RunCursor { created_ms: run.created_ms, order: run.order };
+            let mut candidates: Vec<Versioned<RunDoc>> = self
+                .scan::<RunDoc>(&self.inner.runs, "")
+                .await?
                 .into_iter()
-                .filter(|run| run.as_ref().map_or(true, |run| status.is_none_or(|s| run.status == s)))
-                .collect::<Result<_>>()?;
-            runs.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.order.cmp(&a.order)));
-            Ok(runs.iter().take(limit).map(RunDoc::record).collect())
+                .map(|(_, run)| run)
+                .filter(|run| {
+                    query.graph.as_ref().is_none_or(|g| run.value.graph == *g)
+                        && query.status.is_none_or(|s| run.value.status == s || !run.value.status.is_terminal())
+                        && query.after.is_none_or(|after| position(&run.value).is_after(&after))
+                })
+                .collect();
+            candidates
+                .sort_by(|a, b| b.value.created_ms.cmp(&a.value.created_ms).then(b.value.order.cmp(&a.value.order)));
+            let matching: Vec<(RunCursor, RunRecord)> = futures_util::stream::iter(candidates)
+                .map(|run| self.up_to_date(run))
+                .buffered(16)
+                .try_filter(|run| std::future::ready(query.status.is_none_or(|s| run.status == s)))
+                .map_ok(|run| (position(&run), run.record()))
+                .take(query.limit.saturating_add(1))
+                .try_collect()
+                .await?;
+            Ok(RunPage::of(matching, query.limit))
         })
         .await
     }
@@ -1666,9 +1686,11 @@ mod tests {
     async fn listing_runs_repairs_a_record_left_behind_its_journal() {
         let (store, _guard) = a_run_with_a_leased().await;
         write_only_the_step(&store, RunStatus::Completed, &[], false).await;
-        let listed = store.list_runs(None, Some(RunStatus::Completed), 10).await.unwrap();
-        assert_eq!(listed.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["r1"]);
-        assert!(store.list_runs(None, Some(RunStatus::Running), 10).await.unwrap().is_empty());
+        let query = |status| RunQuery { status: Some(status), limit: 10, ..RunQuery::default() };
+        let listed = store.list_runs(&query(RunStatus::Completed)).await.unwrap();
+        assert_eq!(listed.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["r1"]);
+        assert_eq!(listed.next, None);
+        assert!(store.list_runs(&query(RunStatus::Running)).await.unwrap().runs.is_empty());
         assert_eq!(store.record("r1").await.unwrap().unwrap().value.len, 2);
     }
 

@@ -25,7 +25,8 @@
 //! - `ff:<ns>:runs`, a sorted set of every run, all scored 0 and ordered by member,
 //!   `<created_ms, 20 digits>:<order, 20 digits>:<run id>`: a reverse range by member
 //!   lists runs newest first, ties in reverse order of creation, exactly (one float score
-//!   cannot hold both numbers). `ff:<ns>:created` is the counter behind `order`.
+//!   cannot hold both numbers), and a page of them starts below the exclusive bound
+//!   `(<created_ms>:<order>:` of its cursor. `ff:<ns>:created` is the counter behind `order`.
 //! - `ff:<ns>:holds`, a sorted set of held runs (members run ids) scored by when their
 //!   hold expires. A run handed back is held by [`RELEASED`] until it may be claimed.
 //! - `ff:<ns>:free`, a sorted set of the tasks nobody leases (members their key names),
@@ -125,8 +126,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
 use crate::store::{
-    Claim, Created, DurableStore, GraphRecord, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step,
-    StoredEntry, TaskQueue, holds,
+    Claim, Created, DurableStore, GraphRecord, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunCursor, RunPage,
+    RunQuery, RunRecord, Step, StoredEntry, TaskQueue, holds,
 };
 
 /// How often a waiting [`TaskQueue::claim`] looks for work (sooner when something falls
@@ -136,6 +137,8 @@ pub const POLL: Duration = Duration::from_millis(20);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most claims one `claim` call hands out, whatever `max` says.
 const MAX_CLAIMS: usize = 1 << 20;
+/// How many members of the index of runs `list_runs` reads at most per round trip.
+const MAX_BATCH: usize = 500;
 
 /// Helpers shared by the scripts. `P` is the key prefix, `ff:<ns>`, always `ARGV[1]`.
 macro_rules! lua_common {
@@ -770,6 +773,24 @@ impl RedisStore {
         Ok(Some((record, journal)))
     }
 
+    /// The position and run id of a member of the creation index,
+    /// `<created_ms, 20 digits>:<order, 20 digits>:<run id>`.
+    fn index_member<'m>(&self, member: &'m str) -> Result<(RunCursor, &'m str)> {
+        let parsed = || {
+            let number = |digits: &str| digits.parse::<u64>().ok().filter(|_| digits.len() == 20);
+            let at = RunCursor { created_ms: number(member.get(..20)?)?, order: number(member.get(21..41)?)? };
+            let run_id = member.get(42..)?;
+            (member.get(20..21)? == ":" && member.get(41..42)? == ":").then_some((at, run_id))
+        };
+        parsed().ok_or_else(|| {
+            Error::Store(format!(
+                "{}: {:?} in the index of runs was not written by ferroflow \
+                 (members are <created_ms>:<order>:<run id>, with 20 digits for each number)",
+                self.inner.server, member
+            ))
+        })
+    }
+
     /// A run record from its hash's fields.
     fn record(&self, run_id: &str, fields: &HashMap<String, String>) -> Result<RunRecord> {
         let field = |name: &str| {
@@ -959,59 +980,76 @@ impl JournalStore for RedisStore {
         Ok(())
     }
 
-    /// Walks the creation index newest first, a page at a time, reading the records of a
-    /// page in one round trip and keeping those that match. Without a filter that is one
-    /// page; a filter reads the records of the runs it skips (there is no index by graph
-    /// or status: a status index would be one more write per step).
-    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
-        let page = limit.clamp(1, 500);
+    /// Walks the creation index newest first, a batch of members at a time, reading the
+    /// records of a batch in one round trip and keeping those that match, until it has
+    /// `limit + 1` (the last only says that another page follows) or the index ends.
+    /// Without a filter that is one batch; a filter reads the records of the runs it skips
+    /// (there is no index by graph or status: a status index would be one more write per
+    /// step), in batches that grow while they find too little.
+    ///
+    /// A page starts below its cursor: the range's exclusive maximum is
+    /// `(<created_ms, 20 digits>:<order, 20 digits>:`, which every member of the cursor's
+    /// run and of newer runs is above, and each batch starts below the last member of the
+    /// one before (no offsets, which cost Redis a walk over the members they skip). A
+    /// member's position is read from its prefix.
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
+        if query.limit == 0 {
+            return Ok(RunPage::default());
+        }
+        let wanted = query.limit.saturating_add(1);
         let index = format!("{}:runs", self.inner.prefix);
-        let mut found = Vec::new();
-        let mut offset = 0;
-        while found.len() < limit {
+        let mut max = match query.after {
+            Some(after) => format!("({:020}:{:020}:", after.created_ms, after.order),
+            None => "+".to_owned(),
+        };
+        let mut batch = wanted.min(MAX_BATCH);
+        let mut matching = Vec::new();
+        while matching.len() < wanted {
             let mut conn = self.conn.clone();
             let members: Vec<String> = self
                 .call("cannot list runs", async {
                     redis::cmd("ZRANGE")
                         .arg(&index)
-                        .arg("+")
+                        .arg(&max)
                         .arg("-")
                         .arg("BYLEX")
                         .arg("REV")
                         .arg("LIMIT")
-                        .arg(offset)
-                        .arg(page)
+                        .arg(0)
+                        .arg(batch)
                         .query_async(&mut conn)
                         .await
                 })
                 .await?;
-            if members.is_empty() {
-                break;
-            }
-            offset += members.len();
-            // `<created_ms, 20 digits>:<order, 20 digits>:<run id>`
-            let run_ids: Vec<&str> = members.iter().filter_map(|m| m.get(42..)).collect();
+            let Some(last) = members.last() else { break };
+            max = format!("({last}");
+            let runs: Vec<(RunCursor, &str)> =
+                members.iter().map(|member| self.index_member(member)).collect::<Result<_>>()?;
             let mut pipe = redis::pipe();
-            for run_id in &run_ids {
+            for (_, run_id) in &runs {
                 pipe.hgetall(self.run_key(run_id));
             }
             let mut conn = self.conn.clone();
             let records: Vec<HashMap<String, String>> =
                 self.call("cannot list runs", async { pipe.query_async(&mut conn).await }).await?;
-            for (run_id, fields) in run_ids.iter().zip(records) {
+            for ((at, run_id), fields) in runs.into_iter().zip(records) {
                 if fields.is_empty() {
                     continue;
                 }
                 let record = self.record(run_id, &fields)?;
-                if graph.is_none_or(|g| record.graph == g) && status.is_none_or(|s| record.status == s) {
-                    found.push(record);
-                    if found.len() == limit {
+                if query.admits(&record, at) {
+                    matching.push((at, record));
+                    if matching.len() == wanted {
                         break;
                     }
                 }
             }
+            if members.len() < batch {
+                break;
+            }
+            batch = (batch * 2).min(MAX_BATCH);
         }
-        Ok(found)
+        Ok(RunPage::of(matching, query.limit))
     }
 }
 

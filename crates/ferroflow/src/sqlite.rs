@@ -25,8 +25,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
 use crate::store::{
-    Claim, Created, DurableStore, GraphRecord, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunRecord, Step,
-    StoredEntry, TaskQueue, holds,
+    Claim, Created, DurableStore, GraphRecord, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunCursor, RunPage,
+    RunQuery, RunRecord, Step, StoredEntry, TaskQueue, holds,
 };
 
 /// Written into the file header (`PRAGMA application_id`): "ffl1".
@@ -326,6 +326,20 @@ const RECORD_COLUMNS: &str = "run_id, graph, version, status, created_ms, \
      max(updated_ms, coalesce((SELECT at_ms FROM journal WHERE id BETWEEN runs.id << 24 AND (runs.id << 24) + 16777215
      ORDER BY id DESC LIMIT 1), 0)), id";
 
+/// A page of runs: ?1 graph, ?2 status (NULL for any), from after (?3 `created_ms`, ?4 id),
+/// at most ?5 rows, newest first. The row-value comparison is a seek in `runs_by_created`
+/// (whose order is the listing's), so a page costs the same at any depth; the filters are
+/// checked on the rows the index walk meets from there. There is no index by graph or
+/// status: a filter that few runs match walks past the runs of other graphs or statuses
+/// (an index by status would be written on every status change).
+fn list_runs_sql() -> String {
+    format!(
+        "SELECT {RECORD_COLUMNS} FROM runs
+         WHERE (?1 IS NULL OR graph = ?1) AND (?2 IS NULL OR status = ?2) AND (created_ms, id) < (?3, ?4)
+         ORDER BY created_ms DESC, id DESC LIMIT ?5"
+    )
+}
+
 /// A `runs` row selected with [`RECORD_COLUMNS`]: the record, its status text and its id.
 fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RunRecord, String, i64)> {
     Ok((
@@ -458,23 +472,27 @@ impl JournalStore for SqliteStore {
         .await
     }
 
-    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
+        if query.limit == 0 {
+            return Ok(RunPage::default());
+        }
+        // Without a cursor, one past every row: the statement stays the same seek.
+        let (created, id) = query.after.map_or((i64::MAX, i64::MAX), |after| {
+            (after.created_ms as i64, i64::try_from(after.order).unwrap_or(i64::MAX))
+        });
+        let wanted = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
         self.with_conn(|conn| {
-            let mut select = conn
-                .prepare_cached(&format!(
-                    "SELECT {RECORD_COLUMNS} FROM runs
-                     WHERE (?1 IS NULL OR graph = ?1) AND (?2 IS NULL OR status = ?2)
-                     ORDER BY created_ms DESC, id DESC LIMIT ?3"
-                ))
+            let mut select = conn.prepare_cached(&list_runs_sql()).map_err(sql)?;
+            let rows = select
+                .query_map(params![query.graph, query.status.map(|s| s.as_str()), created, id, wanted], read_record)
                 .map_err(sql)?;
-            let rows =
-                select.query_map(params![graph, status.map(|s| s.as_str()), limit as i64], read_record).map_err(sql)?;
-            rows.map(|row| {
-                let (mut record, status, _) = row.map_err(sql)?;
+            let mut matching = Vec::new();
+            for row in rows {
+                let (mut record, status, id) = row.map_err(sql)?;
                 record.status = status_of(&status)?;
-                Ok(record)
-            })
-            .collect()
+                matching.push((RunCursor { created_ms: record.created_ms, order: id as u64 }, record));
+            }
+            Ok(RunPage::of(matching, query.limit))
         })
         .await
     }
@@ -921,6 +939,30 @@ mod tests {
             (7, 1, 110, '{\"type\":\"NodeCompleted\",\"node\":\"a\",\"item\":null,\"attempt\":1,\"output\":2}');
         PRAGMA user_version = 2;
     ";
+
+    /// Listing a page seeks to its cursor in `runs_by_created` (a SEARCH, not a SCAN that
+    /// walks the pages before it) and needs no sort, with or without filters.
+    #[test]
+    fn a_page_of_runs_is_a_seek_in_the_creation_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("plan.db")).unwrap();
+        let conn = store.inner.conn.lock().unwrap();
+        for (graph, status) in [(None, None), (Some("g"), None), (None, Some("running")), (Some("g"), Some("running"))]
+        {
+            let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", list_runs_sql())).unwrap();
+            let plan: Vec<String> = explain
+                .query_map(params![graph, status, 100_i64, 7_i64, 11_i64], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let outer: Vec<&String> = plan.iter().filter(|step| step.contains("runs ")).collect();
+            assert!(
+                outer.iter().any(|step| step.starts_with("SEARCH runs USING INDEX runs_by_created (created_ms")),
+                "{plan:?}"
+            );
+            assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE") || step.starts_with("SCAN runs")), "{plan:?}");
+        }
+    }
 
     #[tokio::test]
     async fn a_version_2_file_is_upgraded_in_place_keeping_its_runs() {

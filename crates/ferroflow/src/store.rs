@@ -67,9 +67,100 @@ pub trait JournalStore: Send + Sync + 'static {
     /// stopping to wait for a person), so that listing runs shows it. `RunFinished` entries
     /// set the final status by themselves.
     async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()>;
-    /// Records matching `graph` and `status` (all when `None`), newest first: by creation
-    /// time, and runs created in the same millisecond in the reverse order of creation.
-    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>>;
+    /// One page of the records matching `query.graph` and `query.status` (all when `None`),
+    /// newest first: by creation time, and runs created in the same millisecond in the
+    /// reverse order of creation (the store's creation counter, [`RunCursor::order`]).
+    ///
+    /// Paging is by keyset, not offset: a page starts right after the position
+    /// `query.after`, so its cost does not grow with how deep into the listing it is, and
+    /// a run's position never changes (its creation time and counter are fixed when it is
+    /// created). Paging through therefore returns every matching run that exists
+    /// throughout exactly once, whatever is created meanwhile: a new run sorts before the
+    /// cursor, in pages already read (unless its writer's clock is behind, or it was
+    /// given an older `created_ms`: then it shows up once, in its place). Only the status
+    /// changes under a cursor: with a status filter, a run is listed if it has that status
+    /// when its page is read. `next` is exact: it is `None` if and only if no run matching
+    /// the query follows the page (implementations look for `limit + 1` matches).
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage>;
+}
+
+/// Which runs [`JournalStore::list_runs`] returns, and from where.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunQuery {
+    /// Only runs of this graph (any version).
+    pub graph: Option<String>,
+    /// Only runs in this status.
+    pub status: Option<RunStatus>,
+    /// At most this many runs (0 returns none: an empty page, whose `next` is `None`,
+    /// without reading the store).
+    pub limit: usize,
+    /// Only runs after this position in the listing order: where the previous page ended
+    /// ([`RunPage::next`]). `None` starts from the newest run.
+    pub after: Option<RunCursor>,
+}
+
+impl RunQuery {
+    /// Whether a run whose record is `record`, at position `at`, belongs to the result:
+    /// it matches the filters and comes after the cursor.
+    pub(crate) fn admits(&self, record: &RunRecord, at: RunCursor) -> bool {
+        self.graph.as_ref().is_none_or(|g| record.graph == *g)
+            && self.status.is_none_or(|s| record.status == s)
+            && self.after.is_none_or(|after| at.is_after(&after))
+    }
+}
+
+/// A run's position in the listing order (newest first): its creation time and the
+/// store's creation counter.
+///
+/// `order` is the store's own counter (SQLite's row id, Redis's `created` counter, the
+/// revision of the run's first journal step in NATS, the order of insertion in
+/// [`MemoryStore`], the order runs were taken on in an engine without a store), so a cursor
+/// means something only to the store that returned it. It is not a secret: a client
+/// handing back any cursor gets the runs after that position, nothing more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RunCursor {
+    pub created_ms: u64,
+    pub order: u64,
+}
+
+impl RunCursor {
+    /// Whether a run at this position is listed after one at `other`: it was created
+    /// earlier, or in the same millisecond and earlier in the store's order.
+    pub fn is_after(&self, other: &RunCursor) -> bool {
+        (self.created_ms, self.order) < (other.created_ms, other.order)
+    }
+}
+
+/// One page of runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunPage {
+    pub runs: Vec<RunRecord>,
+    /// Where the next page starts (pass it as [`RunQuery::after`]); `None` on the last page,
+    /// i.e. when no run matching the query follows the last one returned. A page that is
+    /// exactly full and ends the listing has `None` too: no empty page follows.
+    pub next: Option<RunCursor>,
+}
+
+impl RunPage {
+    /// The page of `limit` runs from `matching`: the runs the query admits, in listing
+    /// order, each with its position. Takes at most `limit + 1` of them, the last to know
+    /// whether another page follows.
+    pub(crate) fn of(matching: impl IntoIterator<Item = (RunCursor, RunRecord)>, limit: usize) -> RunPage {
+        let mut page = RunPage::default();
+        if limit == 0 {
+            return page;
+        }
+        let mut last = None;
+        for (at, record) in matching {
+            if page.runs.len() == limit {
+                page.next = last;
+                break;
+            }
+            page.runs.push(record);
+            last = Some(at);
+        }
+        page
+    }
 }
 
 /// A task as queues carry it: enough to find the run and the node attempt.
@@ -358,14 +449,18 @@ impl JournalStore for MemoryStore {
         Ok(())
     }
 
-    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
+        if query.limit == 0 {
+            return Ok(RunPage::default());
+        }
         let runs = &self.runs.lock().expect("store lock").runs;
-        let mut matching: Vec<&MemoryRun> = runs
+        let mut matching: Vec<(RunCursor, &RunRecord)> = runs
             .values()
-            .filter(|run| graph.is_none_or(|g| run.record.graph == g) && status.is_none_or(|s| run.record.status == s))
+            .map(|run| (RunCursor { created_ms: run.record.created_ms, order: run.order }, &run.record))
+            .filter(|(at, record)| query.admits(record, *at))
             .collect();
-        matching.sort_by(|a, b| b.record.created_ms.cmp(&a.record.created_ms).then(b.order.cmp(&a.order)));
-        Ok(matching.into_iter().take(limit).map(|run| run.record.clone()).collect())
+        matching.sort_by(|(a, _), (b, _)| b.created_ms.cmp(&a.created_ms).then(b.order.cmp(&a.order)));
+        Ok(RunPage::of(matching.into_iter().map(|(at, record)| (at, record.clone())), query.limit))
     }
 }
 
@@ -661,8 +756,8 @@ impl<T: JournalStore + ?Sized> JournalStore for std::sync::Arc<T> {
     async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
         (**self).set_status(run_id, status).await
     }
-    async fn list_runs(&self, graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>> {
-        (**self).list_runs(graph, status, limit).await
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
+        (**self).list_runs(query).await
     }
 }
 

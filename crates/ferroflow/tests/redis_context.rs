@@ -62,7 +62,7 @@ mod server {
     use std::time::Duration;
 
     use ferroflow::redis::RedisStore;
-    use ferroflow::{DurableStore, Error, JournalStore, QueuedTask, RunStatus, Step, TaskQueue};
+    use ferroflow::{DurableStore, Error, JournalStore, QueuedTask, RunPage, RunQuery, RunStatus, Step, TaskQueue};
     use redis::AsyncCommands;
 
     use super::contract::journal_store::{completed, new_run, record, started};
@@ -103,7 +103,8 @@ mod server {
         let task = QueuedTask { run_id: "r1".into(), node: "a".into(), item: None, attempt: 1, not_before_ms: 0 };
         first.enqueue(&[task]).await.unwrap();
         assert!(second.load("r1").await.unwrap().is_none());
-        assert!(second.list_runs(None, None, 10).await.unwrap().is_empty());
+        let all = RunQuery { limit: 10, ..RunQuery::default() };
+        assert_eq!(second.list_runs(&all).await.unwrap(), RunPage::default());
         assert!(second.claim("w", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap().is_empty());
         assert_eq!(leases(first.claim("w", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap()).len(), 1);
     }
@@ -294,7 +295,7 @@ mod engine {
     use ferroflow::redis::RedisStore;
     use ferroflow::{
         Body, Dependency, Durability, DurableStore, Engine, EngineConfig, GraphSpec, JournalStore, NodeCall, NodeKind,
-        NodeSpec, RunStatus, StartOptions, Value, Workflow,
+        NodeSpec, RunQuery, RunStatus, StartOptions, Value, Workflow,
     };
     use serde_json::json;
     use tokio::runtime::Handle;
@@ -378,7 +379,9 @@ mod engine {
         let window = Duration::from_millis(5);
         run_all(&engine(&store, Durability::Batch { window }, true), &store, &wf, "batch-").await;
         assert_eq!(calls.load(Ordering::SeqCst) as u64, 2 * 4 * RUNS, "every node ran once");
-        assert_eq!(store.list_runs(Some("diamond"), Some(RunStatus::Completed), 1000).await.unwrap().len(), 60);
+        let completed =
+            RunQuery { graph: Some("diamond".into()), status: Some(RunStatus::Completed), limit: 1000, after: None };
+        assert_eq!(store.list_runs(&completed).await.unwrap().runs.len(), 60);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

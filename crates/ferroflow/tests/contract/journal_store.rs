@@ -3,7 +3,9 @@
 
 pub use std::sync::Arc;
 
-pub use ferroflow::{Created, Error, JournalEntry, JournalStore, RunRecord, RunStatus, StoredEntry, Value};
+pub use ferroflow::{
+    Created, Error, JournalEntry, JournalStore, RunPage, RunQuery, RunRecord, RunStatus, StoredEntry, Value,
+};
 pub use serde_json::json;
 
 pub fn record(run_id: &str, graph: &str, created_ms: u64) -> RunRecord {
@@ -64,6 +66,44 @@ pub fn summary(journal: &[StoredEntry]) -> Vec<(u64, u64, String)> {
 pub async fn new_run(store: &impl JournalStore, run_id: &str, graph: &str, created_ms: u64) {
     let created = store.create_run(&record(run_id, graph, created_ms), &[started(created_ms)]).await.unwrap();
     assert!(matches!(created, Created::New), "{run_id} existed already");
+}
+
+/// A query for `limit` runs of `graph` in `status`, from the start.
+pub fn query(graph: Option<&str>, status: Option<RunStatus>, limit: usize) -> RunQuery {
+    RunQuery { graph: graph.map(str::to_owned), status, limit, after: None }
+}
+
+/// The ids of the runs `query` lists, in one page (which must be the last).
+pub async fn listed(store: &impl JournalStore, query: &RunQuery) -> Vec<String> {
+    let page = store.list_runs(query).await.unwrap();
+    assert_eq!(page.next, None, "{query:?}: more runs follow");
+    page.runs.into_iter().map(|r| r.run_id).collect()
+}
+
+/// Pages through `query` (from its `after`), checking each page: full but for the last,
+/// `next` where the page's last run is and `None` only on the last page. Returns the pages.
+pub async fn pages(store: &impl JournalStore, query: &RunQuery) -> Vec<RunPage> {
+    let mut pages: Vec<RunPage> = Vec::new();
+    let mut query = query.clone();
+    loop {
+        let page = store.list_runs(&query).await.unwrap();
+        assert!(page.runs.len() <= query.limit, "{query:?}: {} runs", page.runs.len());
+        let next = page.next;
+        pages.push(page);
+        let Some(next) = next else { break };
+        let page = pages.last().unwrap();
+        assert_eq!(page.runs.len(), query.limit, "{query:?}: a page that is not the last is full");
+        assert_eq!(next.created_ms, page.runs.last().unwrap().created_ms, "{query:?}: next is at the last run");
+        assert_ne!(query.after, Some(next), "{query:?}: the cursor did not move");
+        assert!(pages.len() <= 1000, "{query:?}: too many pages");
+        query.after = Some(next);
+    }
+    pages
+}
+
+/// The ids of the runs of `pages`, in order.
+pub fn ids_of(pages: &[RunPage]) -> Vec<String> {
+    pages.iter().flat_map(|page| page.runs.iter().map(|r| r.run_id.clone())).collect()
 }
 
 macro_rules! journal_store_contract {
@@ -179,8 +219,7 @@ macro_rules! journal_store_contract {
             new_run(&store, "r1", "g", 100).await;
             store.set_status("r1", RunStatus::Waiting).await.unwrap();
             assert_eq!(store.load("r1").await.unwrap().unwrap().0.status, RunStatus::Waiting);
-            let waiting = store.list_runs(None, Some(RunStatus::Waiting), 10).await.unwrap();
-            assert_eq!(waiting.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["r1"]);
+            assert_eq!(listed(&store, &query(None, Some(RunStatus::Waiting), 10)).await, ["r1"]);
             assert!(matches!(store.set_status("ghost", RunStatus::Waiting).await, Err(Error::RunNotFound { .. })));
         }
 
@@ -220,15 +259,100 @@ macro_rules! journal_store_contract {
             store.append("a2", 1, &[finished(1, 310, RunStatus::Completed)]).await.unwrap();
             store.append("b1", 1, &[finished(1, 210, RunStatus::Completed)]).await.unwrap();
 
-            let ids = |records: Vec<RunRecord>| records.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
-            assert_eq!(ids(store.list_runs(None, None, 100).await.unwrap()), ["a3", "a2", "b1", "a1"]);
-            assert_eq!(ids(store.list_runs(Some("alpha"), None, 100).await.unwrap()), ["a3", "a2", "a1"]);
-            assert_eq!(ids(store.list_runs(None, Some(RunStatus::Completed), 100).await.unwrap()), ["a2", "b1"]);
-            assert_eq!(ids(store.list_runs(Some("alpha"), Some(RunStatus::Running), 100).await.unwrap()), ["a3", "a1"]);
-            assert_eq!(ids(store.list_runs(Some("alpha"), None, 2).await.unwrap()), ["a3", "a2"]);
-            assert!(store.list_runs(Some("gamma"), None, 100).await.unwrap().is_empty());
-            assert!(store.list_runs(None, Some(RunStatus::Waiting), 100).await.unwrap().is_empty());
-            assert!(store.list_runs(None, None, 0).await.unwrap().is_empty());
+            assert_eq!(listed(&store, &query(None, None, 100)).await, ["a3", "a2", "b1", "a1"]);
+            assert_eq!(listed(&store, &query(Some("alpha"), None, 100)).await, ["a3", "a2", "a1"]);
+            assert_eq!(listed(&store, &query(None, Some(RunStatus::Completed), 100)).await, ["a2", "b1"]);
+            assert_eq!(listed(&store, &query(Some("alpha"), Some(RunStatus::Running), 100)).await, ["a3", "a1"]);
+            let first_two = store.list_runs(&query(Some("alpha"), None, 2)).await.unwrap();
+            assert_eq!(first_two.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a3", "a2"]);
+            assert_eq!(first_two.next.map(|next| next.created_ms), Some(300));
+            assert!(listed(&store, &query(Some("gamma"), None, 100)).await.is_empty());
+            assert!(listed(&store, &query(None, Some(RunStatus::Waiting), 100)).await.is_empty());
+            assert!(listed(&store, &query(None, None, 0)).await.is_empty());
+        }
+
+        #[::tokio::test]
+        async fn list_runs_pages_through_every_matching_run_exactly_once() {
+            let (store, _guard) = $make;
+            // 25 runs created in quick succession, over two graphs, four to a millisecond
+            // for the first four milliseconds (ties, ordered by creation) and with times
+            // that go back and forth (the listing orders by time first): run i at
+            // 1000 + i % 7.
+            let mut expected: Vec<(u64, usize, String, String, RunStatus)> = Vec::new();
+            for i in 0..25_usize {
+                let run_id = format!("run{i:02}");
+                let graph = if i % 3 == 0 { "beta" } else { "alpha" };
+                let created_ms = 1000 + (i % 7) as u64;
+                new_run(&store, &run_id, graph, created_ms).await;
+                let status = if i % 4 == 1 {
+                    store.append(&run_id, 1, &[finished(1, 1100, RunStatus::Completed)]).await.unwrap();
+                    RunStatus::Completed
+                } else if i % 5 == 2 {
+                    store.set_status(&run_id, RunStatus::Waiting).await.unwrap();
+                    RunStatus::Waiting
+                } else if i % 6 == 3 {
+                    store.append(&run_id, 1, &[finished(1, 1100, RunStatus::Failed)]).await.unwrap();
+                    RunStatus::Failed
+                } else {
+                    RunStatus::Running
+                };
+                expected.push((created_ms, i, run_id, graph.to_owned(), status));
+            }
+            // Newest first; in one millisecond, the last created first.
+            expected.sort_by_key(|r| std::cmp::Reverse((r.0, r.1)));
+
+            let queries = [
+                (None, None),
+                (Some("alpha"), None),
+                (Some("beta"), None),
+                (None, Some(RunStatus::Running)),
+                (None, Some(RunStatus::Completed)),
+                (Some("alpha"), Some(RunStatus::Running)),
+                (Some("beta"), Some(RunStatus::Waiting)),
+                (Some("gamma"), None),
+            ];
+            for (graph, status) in queries {
+                let matching: Vec<String> = expected
+                    .iter()
+                    .filter(|(_, _, _, g, s)| graph.is_none_or(|graph| g == graph) && status.is_none_or(|st| *s == st))
+                    .map(|(_, _, run_id, _, _)| run_id.clone())
+                    .collect();
+                // One unpaged listing: every matching run, in order.
+                assert_eq!(listed(&store, &query(graph, status, 1000)).await, matching, "{graph:?} {status:?}");
+                let count = matching.len();
+                // Limits that leave a partial last page, that fill the last page exactly
+                // (5 into 25, the count itself), and larger than the count.
+                for limit in [1, 3, 5, 10, count.max(1), count + 1] {
+                    let q = query(graph, status, limit);
+                    let pages = pages(&store, &q).await;
+                    assert_eq!(ids_of(&pages), matching, "{q:?}");
+                    // No empty page after a full one: exactly ceil(count / limit) pages.
+                    assert_eq!(pages.len(), count.div_ceil(limit).max(1), "{q:?}");
+                    // Limit 0 returns nothing, from anywhere.
+                    let nothing = RunQuery { limit: 0, after: pages[0].next, ..q.clone() };
+                    assert_eq!(store.list_runs(&nothing).await.unwrap(), RunPage::default(), "{q:?}");
+                }
+            }
+            assert_eq!(store.list_runs(&query(None, None, 0)).await.unwrap(), RunPage::default());
+
+            // Runs created while a client pages through: a newer one sorts before the
+            // cursor and is not listed; one with an older time shows up once, at its place.
+            // Nothing is repeated or skipped.
+            let all = query(None, None, 10);
+            let first = store.list_runs(&all).await.unwrap();
+            new_run(&store, "newer", "alpha", 2000).await;
+            new_run(&store, "older", "alpha", 999).await;
+            let rest = pages(&store, &RunQuery { after: first.next, ..all.clone() }).await;
+            let mut seen = ids_of(&[first]);
+            seen.extend(ids_of(&rest));
+            let mut then: Vec<String> = expected.iter().map(|(_, _, run_id, _, _)| run_id.clone()).collect();
+            then.push("older".to_owned());
+            assert_eq!(seen, then);
+            // From the start, the new runs are where they belong.
+            let now = ids_of(&pages(&store, &all).await);
+            assert_eq!(now.first().map(String::as_str), Some("newer"));
+            assert_eq!(now.last().map(String::as_str), Some("older"));
+            assert_eq!(now.len(), 27);
         }
     };
 }

@@ -1,0 +1,217 @@
+//! Between the engine's types and the protobuf messages, and from engine errors to gRPC
+//! statuses.
+
+use ferroflow::{Error, JournalEntry, RunCursor, RunRecord, RunStatus, StoredEntry, Value};
+use tonic::Status;
+
+use crate::proto;
+
+/// The protobuf form of a status.
+pub(crate) fn status_message(status: RunStatus) -> proto::RunStatus {
+    match status {
+        // A run is created with its first tasks ready: `pending` is never stored.
+        RunStatus::Pending | RunStatus::Running => proto::RunStatus::Running,
+        RunStatus::Waiting => proto::RunStatus::Waiting,
+        RunStatus::Completed => proto::RunStatus::Completed,
+        RunStatus::Failed => proto::RunStatus::Failed,
+        RunStatus::Cancelled => proto::RunStatus::Cancelled,
+    }
+}
+
+/// The status a `ListRunsRequest.status` asks for; `None` for all. An integer that is no
+/// `RunStatus` (a newer client's value, or garbage) is refused.
+pub(crate) fn status_filter(value: i32) -> Result<Option<RunStatus>, Status> {
+    let status = proto::RunStatus::try_from(value).map_err(|_| {
+        Status::invalid_argument(format!(
+            "status {value} is not a RunStatus (RUN_STATUS_UNSPECIFIED = 0 for all, 1-5 for one)"
+        ))
+    })?;
+    Ok(match status {
+        proto::RunStatus::Unspecified => None,
+        proto::RunStatus::Running => Some(RunStatus::Running),
+        proto::RunStatus::Waiting => Some(RunStatus::Waiting),
+        proto::RunStatus::Completed => Some(RunStatus::Completed),
+        proto::RunStatus::Failed => Some(RunStatus::Failed),
+        proto::RunStatus::Cancelled => Some(RunStatus::Cancelled),
+    })
+}
+
+/// JSON text of a value; a value without a JSON form (which a durable context cannot hold,
+/// so only an in-memory one can have) says so in the text's place.
+pub(crate) fn json_text(value: &Value) -> Result<String, Status> {
+    serde_json::to_string(value).map_err(|e| Status::internal(format!("a value cannot be written as JSON: {e}")))
+}
+
+/// The value JSON text stands for: empty text is `null`.
+pub(crate) fn parse_json(field: &str, text: &str, limit: usize) -> Result<Value, Status> {
+    if text.len() > limit {
+        return Err(Status::invalid_argument(format!(
+            "{field} is {} bytes, over this server's limit of {limit} bytes (--max-input-bytes)",
+            text.len()
+        )));
+    }
+    if text.trim().is_empty() {
+        return Ok(Value::null());
+    }
+    serde_json::from_str::<serde_json::Value>(text)
+        .map(Value::from)
+        .map_err(|e| Status::invalid_argument(format!("{field} is not valid JSON: {e}")))
+}
+
+/// A run as the service shows it, from its record and journal.
+pub(crate) fn run_message(record: &RunRecord, journal: &[StoredEntry]) -> Result<proto::Run, Status> {
+    let mut status = record.status;
+    let mut output_json = String::new();
+    let mut error = None;
+    // Human steps asked and not answered yet, in the order they were asked.
+    let mut waiting: Vec<(&str, &Value)> = Vec::new();
+    for stored in journal {
+        match &stored.entry {
+            JournalEntry::Interrupted { node, payload, .. } => {
+                waiting.retain(|(asked, _)| *asked != &**node);
+                waiting.push((node, payload));
+            }
+            JournalEntry::Resumed { node, .. } => waiting.retain(|(asked, _)| *asked != &**node),
+            JournalEntry::RunFinished { status: finished, output, failure } => {
+                // The journal is the truth; a record may lag behind it in some stores.
+                status = *finished;
+                if let Some(output) = output {
+                    output_json = json_text(output)?;
+                }
+                error = failure.as_ref().map(|failure| proto::NodeError {
+                    node: failure.node.to_string(),
+                    r#type: failure.error.kind.clone(),
+                    message: failure.error.message.clone(),
+                    traceback: failure.error.traceback.clone().unwrap_or_default(),
+                });
+            }
+            _ => {}
+        }
+    }
+    let waiting = if status == RunStatus::Waiting {
+        waiting
+            .into_iter()
+            .map(|(node, payload)| Ok(proto::Waiting { node: node.to_owned(), request_json: json_text(payload)? }))
+            .collect::<Result<_, Status>>()?
+    } else {
+        Vec::new()
+    };
+    Ok(proto::Run {
+        run_id: record.run_id.clone(),
+        graph: record.graph.clone(),
+        version: record.version.clone(),
+        status: status_message(status) as i32,
+        output_json,
+        error,
+        waiting,
+        created_ms: record.created_ms as i64,
+        updated_ms: journal.last().map_or(record.updated_ms, |last| last.at_ms.max(record.updated_ms)) as i64,
+    })
+}
+
+/// The kind a journal entry is shown as.
+pub(crate) fn event_kind(entry: &JournalEntry) -> &'static str {
+    match entry {
+        JournalEntry::RunStarted { .. } => "run_started",
+        JournalEntry::NodeCompleted { .. } => "node_completed",
+        JournalEntry::NodeFailed { .. } => "node_failed",
+        JournalEntry::NodeSkipped { .. } => "node_skipped",
+        JournalEntry::StepRecorded { .. } => "step_recorded",
+        JournalEntry::Interrupted { .. } => "node_waiting",
+        JournalEntry::Resumed { .. } => "node_resumed",
+        JournalEntry::RunFinished { status: RunStatus::Completed, .. } => "run_completed",
+        JournalEntry::RunFinished { status: RunStatus::Cancelled, .. } => "run_cancelled",
+        JournalEntry::RunFinished { .. } => "run_failed",
+    }
+}
+
+/// A journal entry as a watcher sees it.
+pub(crate) fn event_message(seq: u64, at_ms: u64, entry: &JournalEntry) -> Result<proto::RunEvent, Status> {
+    let event_json = serde_json::to_string(entry)
+        .map_err(|e| Status::internal(format!("an event cannot be written as JSON: {e}")))?;
+    Ok(proto::RunEvent {
+        offset: seq,
+        at_ms: at_ms as i64,
+        kind: event_kind(entry).to_owned(),
+        node: entry.node().map(|n| n.to_string()).unwrap_or_default(),
+        event_json,
+    })
+}
+
+/// A page token: where the previous page ended. Opaque to clients.
+pub(crate) fn page_token(cursor: RunCursor) -> String {
+    format!("{:x}.{:x}", cursor.created_ms, cursor.order)
+}
+
+/// Reads a page token back.
+pub(crate) fn page_cursor(token: &str) -> Result<Option<RunCursor>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || {
+        Status::invalid_argument(format!(
+            "page_token '{token}' is not one this server gave out: pass ListRunsResponse.next_page_token as it is"
+        ))
+    };
+    let (created, order) = token.split_once('.').ok_or_else(invalid)?;
+    let created_ms = u64::from_str_radix(created, 16).map_err(|_| invalid())?;
+    let order = u64::from_str_radix(order, 16).map_err(|_| invalid())?;
+    Ok(Some(RunCursor { created_ms, order }))
+}
+
+/// The gRPC status of an engine error: what the caller can do about it.
+pub(crate) fn status_of(error: Error) -> Status {
+    let message = error.to_string();
+    match error {
+        Error::RunNotFound { .. } => Status::not_found(message),
+        Error::UnknownGraph { .. } | Error::Graph(_) | Error::InvalidInput { .. } | Error::AmbiguousResume { .. } => {
+            Status::invalid_argument(message)
+        }
+        Error::RunIdConflict { .. } => Status::already_exists(message),
+        Error::InvalidRunState { .. } | Error::NotWaitingAt { .. } | Error::VersionMismatch { .. } => {
+            Status::failed_precondition(message)
+        }
+        Error::Unavailable(_) | Error::ShuttingDown => Status::unavailable(message),
+        Error::Conflict { .. } => Status::aborted(message),
+        Error::WaitTimeout { .. } => Status::deadline_exceeded(message),
+        Error::CorruptJournal { .. } => Status::data_loss(message),
+        _ => Status::internal(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_garbage_is_refused() {
+        let cursor = RunCursor { created_ms: 1_763_900_000_123, order: 42 };
+        assert_eq!(page_cursor(&page_token(cursor)).unwrap(), Some(cursor));
+        assert_eq!(page_cursor("").unwrap(), None);
+        for bad in ["x", "1.", ".1", "zz.1", "1.2.3", "-1.2"] {
+            let status = page_cursor(bad).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_is_limited_then_parsed() {
+        assert!(parse_json("input_json", "", 10).unwrap().is_null());
+        assert_eq!(
+            parse_json("input_json", "{\"a\": 1}", 100).unwrap().to_json().unwrap(),
+            serde_json::json!({"a": 1})
+        );
+        let too_big = parse_json("input_json", "[1,2,3,4,5,6]", 5).unwrap_err();
+        assert_eq!(too_big.code(), tonic::Code::InvalidArgument);
+        assert!(too_big.message().contains("13 bytes, over this server's limit of 5"), "{}", too_big.message());
+        let bad = parse_json("value_json", "{nope", 100).unwrap_err();
+        assert!(bad.message().starts_with("value_json is not valid JSON"), "{}", bad.message());
+    }
+
+    #[test]
+    fn unknown_statuses_are_refused() {
+        assert_eq!(status_filter(0).unwrap(), None);
+        assert_eq!(status_filter(3).unwrap(), Some(RunStatus::Completed));
+        assert_eq!(status_filter(99).unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+}

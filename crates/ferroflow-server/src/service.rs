@@ -1,0 +1,428 @@
+//! The `ferroflow.v1.Ferroflow` service over an [`Engine`].
+//!
+//! The engine's calls block on its store, so every call runs on tokio's blocking threads;
+//! the service itself keeps no state beyond a cache of graphs built from their registered
+//! structure.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ferroflow::{
+    Attachment, Body, Engine, Error, Event, EventKind, GraphRecord, GraphSpec, NodeError, RunQuery, StartOptions,
+    Value, WatchUntil, Workflow,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{event_message, page_cursor, page_token, parse_json, run_message, status_filter, status_of};
+use crate::proto;
+use crate::proto::ferroflow_server::Ferroflow;
+
+/// Longest run id accepted, in bytes.
+const MAX_RUN_ID_BYTES: usize = 256;
+/// Runs per ListRuns page when the request leaves it at 0, and the most a page holds.
+const DEFAULT_PAGE_SIZE: u32 = 100;
+const MAX_PAGE_SIZE: u32 = 1000;
+
+/// The gRPC service. Cheap to clone.
+///
+/// Which graphs it can start, and who executes them:
+/// - With an engine that does not execute (`EngineConfig::execute == false`, on a durable
+///   store), every graph some worker registered in the store: runs are queued for the
+///   workers, and the service follows them from the store.
+/// - With an engine that executes, the `workflows` it was given, executed by that engine
+///   (their runs get `attachment`). Runs of other graphs in the same store can be read,
+///   watched and cancelled, but neither started nor resumed here.
+#[derive(Clone)]
+pub struct FerroflowService {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Engine,
+    served: Vec<Workflow>,
+    /// When the service was made: the registration time of `served` in memory.
+    served_ms: u64,
+    attachment: Option<Attachment>,
+    max_input_bytes: usize,
+    /// Graphs built from their registered structure, by name and version.
+    registered: Mutex<HashMap<(String, String), Workflow>>,
+    /// Cancelled when the server stops: open watch streams end with UNAVAILABLE.
+    pub(crate) stopping: CancellationToken,
+}
+
+impl FerroflowService {
+    /// The default of [`FerroflowService::with_max_input_bytes`]: 1 MiB.
+    pub const DEFAULT_MAX_INPUT_BYTES: usize = 1 << 20;
+
+    /// A service over `engine`, serving `workflows` (see the type's documentation); runs
+    /// it starts or resumes get `attachment`.
+    pub fn new(engine: Engine, workflows: Vec<Workflow>, attachment: Option<Attachment>) -> Self {
+        FerroflowService {
+            shared: Arc::new(Shared {
+                engine,
+                served: workflows,
+                served_ms: ferroflow::journal::now_ms(),
+                attachment,
+                max_input_bytes: Self::DEFAULT_MAX_INPUT_BYTES,
+                registered: Mutex::new(HashMap::new()),
+                stopping: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Refuses run inputs and resume values whose JSON text is longer than `bytes`.
+    pub fn with_max_input_bytes(mut self, bytes: usize) -> Self {
+        Arc::get_mut(&mut self.shared).expect("set before the service is shared").max_input_bytes = bytes;
+        self
+    }
+
+    pub fn max_input_bytes(&self) -> usize {
+        self.shared.max_input_bytes
+    }
+
+    pub(crate) fn stopping(&self) -> &CancellationToken {
+        &self.shared.stopping
+    }
+
+    /// Runs `call` on a blocking thread (the engine blocks on its store).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Shared) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || call(&shared))
+            .await
+            .unwrap_or_else(|join| Err(Status::internal(format!("the call failed: {join}"))))
+    }
+}
+
+impl Shared {
+    fn durable(&self) -> bool {
+        self.engine.config().store.is_some()
+    }
+
+    fn executes(&self) -> bool {
+        self.engine.config().execute
+    }
+
+    /// The workflow of graph `name` (`version`, or the newest), and whether this process
+    /// can execute it.
+    fn resolve(&self, name: &str, version: Option<&str>) -> Result<(Workflow, bool), Status> {
+        let matches =
+            |graph_name: &str, graph_version: &str| graph_name == name && version.is_none_or(|v| v == graph_version);
+        if let Some(served) = self.served.iter().find(|w| matches(w.graph().name(), w.graph().version())) {
+            return Ok((served.clone(), true));
+        }
+        if let Some(version) = version
+            && let Some(known) =
+                self.registered.lock().expect("graph cache lock").get(&(name.to_owned(), version.into()))
+        {
+            return Ok((known.clone(), false));
+        }
+        let record = if self.durable() {
+            let graphs = self.engine.graphs().map_err(status_of)?;
+            // Newest first within a name: the first match is the version registered last.
+            graphs.into_iter().find(|g| matches(&g.name, &g.version))
+        } else {
+            None
+        };
+        let Some(record) = record else {
+            let which = version.map_or_else(|| format!("'{name}'"), |v| format!("'{name}' version {v}"));
+            return Err(Status::invalid_argument(if self.durable() {
+                format!(
+                    "no graph {which} is registered in this context; workers register the graphs they run \
+                     (`ferroflow worker MODULE:GRAPH --context …`)"
+                )
+            } else {
+                format!("no graph {which} is served here")
+            }));
+        };
+        let workflow = registered_workflow(&record)?;
+        let key = (record.name, record.version);
+        let mut cache = self.registered.lock().expect("graph cache lock");
+        Ok((cache.entry(key).or_insert(workflow).clone(), false))
+    }
+
+    fn run(&self, run_id: &str) -> Result<proto::Run, Status> {
+        let (record, journal) = self.engine.load(run_id).map_err(status_of)?;
+        run_message(&record, &journal)
+    }
+
+    /// Makes sure the engine holds the run: a run only the store knows is loaded and
+    /// followed from it. Returns whether this process executes the run's graph.
+    fn hold(&self, run_id: &str) -> Result<bool, Status> {
+        let (record, _) = self.engine.load(run_id).map_err(status_of)?;
+        let executable = self.resolve(&record.graph, Some(&record.version));
+        if self.engine.handle(run_id).is_ok() {
+            return Ok(executable.is_ok_and(|(_, executable)| executable));
+        }
+        let (workflow, executable) = executable.map_err(|_| {
+            Status::failed_precondition(format!(
+                "run '{run_id}' is of graph '{}' version {}, which no worker registered in this context",
+                record.graph, record.version
+            ))
+        })?;
+        self.engine.follow(&workflow, run_id).map_err(status_of)?;
+        Ok(executable)
+    }
+
+    fn start(
+        &self,
+        graph: &str,
+        version: Option<&str>,
+        input: Value,
+        run_id: Option<String>,
+    ) -> Result<proto::StartRunResponse, Status> {
+        if let Some(id) = &run_id {
+            match self.engine.load(id) {
+                Ok((record, journal)) if record.graph == graph => {
+                    return Ok(proto::StartRunResponse { run: Some(run_message(&record, &journal)?), created: false });
+                }
+                Ok((record, _)) => {
+                    return Err(status_of(Error::RunIdConflict {
+                        run_id: id.clone(),
+                        existing: format!("{}@{}", record.graph, record.version),
+                        requested: graph.to_owned(),
+                    }));
+                }
+                Err(Error::RunNotFound { .. }) => {}
+                Err(error) => return Err(status_of(error)),
+            }
+        }
+        let (workflow, executable) = self.resolve(graph, version)?;
+        if self.executes() && !executable {
+            return Err(Status::failed_precondition(format!(
+                "graph '{graph}' is registered in this context but not served by this process, which executes \
+                 the runs it starts; start it through a server of that graph"
+            )));
+        }
+        let options = StartOptions { run_id: run_id.clone(), attachment: self.attachment.clone() };
+        let (run_id, created) = match self.engine.start_or_get(&workflow, input, options) {
+            Ok((handle, created)) => (handle.id().to_string(), created),
+            // Started meanwhile, by another caller, with another version of the graph.
+            Err(Error::VersionMismatch { run_id, .. }) => (run_id, false),
+            Err(error) => return Err(status_of(error)),
+        };
+        Ok(proto::StartRunResponse { run: Some(self.run(&run_id)?), created })
+    }
+
+    fn resume(&self, run_id: &str, node: Option<&str>, value: Value) -> Result<proto::Run, Status> {
+        let executable = self.hold(run_id)?;
+        if self.executes() && !executable {
+            return Err(Status::failed_precondition(format!(
+                "run '{run_id}' is of a graph this process does not serve; it would execute what follows \
+                 the answer, so resume it through a server of that graph"
+            )));
+        }
+        self.engine.resume(run_id, node, value, self.attachment.clone()).map_err(status_of)?;
+        self.run(run_id)
+    }
+
+    fn cancel(&self, run_id: &str) -> Result<proto::Run, Status> {
+        self.engine.cancel(run_id).map_err(status_of)?;
+        self.run(run_id)
+    }
+
+    fn watch(&self, run_id: &str, until: WatchUntil) -> Result<mpsc::UnboundedReceiver<Event>, Status> {
+        if self.engine.handle(run_id).is_err() {
+            self.hold(run_id)?;
+        }
+        self.engine.watch(run_id, until).map_err(status_of)
+    }
+
+    fn graphs(&self) -> Result<Vec<proto::Graph>, Status> {
+        let records = if self.durable() {
+            self.engine.graphs().map_err(status_of)?
+        } else {
+            self.served
+                .iter()
+                .map(|w| {
+                    let graph = w.graph();
+                    let spec = serde_json::to_string(&graph.spec())
+                        .map_err(|e| Status::internal(format!("graph '{}': {e}", graph.name())))?;
+                    Ok(GraphRecord {
+                        name: graph.name().to_owned(),
+                        version: graph.version().to_owned(),
+                        spec,
+                        registered_ms: self.served_ms,
+                    })
+                })
+                .collect::<Result<_, Status>>()?
+        };
+        Ok(records
+            .into_iter()
+            .map(|g| proto::Graph {
+                name: g.name,
+                version: g.version,
+                spec_json: g.spec,
+                registered_ms: g.registered_ms as i64,
+            })
+            .collect())
+    }
+}
+
+/// A graph known by its registered structure only. Its nodes have no code here: an engine
+/// that does not execute never runs them, and one that does refuses to start it.
+fn registered_workflow(record: &GraphRecord) -> Result<Workflow, Status> {
+    let corrupt = |reason: String| {
+        Status::internal(format!(
+            "graph '{}' version {} is registered with a structure that cannot be read: {reason}",
+            record.name, record.version
+        ))
+    };
+    let spec: GraphSpec = serde_json::from_str(&record.spec).map_err(|e| corrupt(e.to_string()))?;
+    let graph = spec.build().map_err(|e| corrupt(e.to_string()))?;
+    let bodies = graph
+        .nodes()
+        .iter()
+        .map(|node| {
+            let body = Body::blocking(|call| {
+                Err(NodeError::permanent(
+                    "ferroflow.NotExecutableHere",
+                    format!("node '{}' has no code in this process; workers execute it", call.node),
+                ))
+            });
+            (node.name.clone(), body)
+        })
+        .collect();
+    Workflow::new(graph, bodies).map_err(|e| corrupt(e.to_string()))
+}
+
+fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    Ok(value)
+}
+
+fn run_id_field(value: &str) -> Result<&str, Status> {
+    let value = required("run_id", value)?;
+    if value.len() > MAX_RUN_ID_BYTES || value.trim().is_empty() || value.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "run_id must be 1 to {MAX_RUN_ID_BYTES} bytes of printable text, not blank"
+        )));
+    }
+    Ok(value)
+}
+
+fn non_empty(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
+
+/// Forwards a run's journal events from `from` on to a watch stream, until the run
+/// settles (or finishes), the client goes away, or the server stops.
+async fn forward(
+    mut events: mpsc::UnboundedReceiver<Event>,
+    tx: mpsc::Sender<Result<proto::RunEvent, Status>>,
+    mut next: u64,
+    stopping: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            () = tx.closed() => return,
+            () = stopping.cancelled() => {
+                let reason = format!("the server is stopping; watch again with from_offset {next} to miss nothing");
+                let _ = tx.send(Err(Status::unavailable(reason))).await;
+                return;
+            }
+            event = events.recv() => event,
+        };
+        let Some(event) = event else { return };
+        // Only journal events have an offset a watcher can resume from; the moments a node
+        // starts and its progress reports are not journaled, so they are not sent.
+        let EventKind::Journal(entry) = &event.kind else { continue };
+        if event.seq < next {
+            continue;
+        }
+        let message = event_message(event.seq, event.at_ms, entry);
+        let failed = message.is_err();
+        if tx.send(message).await.is_err() || failed {
+            return;
+        }
+        next = event.seq + 1;
+    }
+}
+
+#[tonic::async_trait]
+impl Ferroflow for FerroflowService {
+    async fn start_run(
+        &self,
+        request: Request<proto::StartRunRequest>,
+    ) -> Result<Response<proto::StartRunResponse>, Status> {
+        let request = request.into_inner();
+        required("graph", &request.graph)?;
+        let run_id = match request.run_id.as_str() {
+            "" => None,
+            id => Some(run_id_field(id)?.to_owned()),
+        };
+        let input = parse_json("input_json", &request.input_json, self.shared.max_input_bytes)?;
+        let (graph, version) = (request.graph, non_empty(request.version));
+        let response = self.blocking(move |s| s.start(&graph, version.as_deref(), input, run_id)).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_run(&self, request: Request<proto::GetRunRequest>) -> Result<Response<proto::Run>, Status> {
+        let run_id = run_id_field(&request.get_ref().run_id)?.to_owned();
+        Ok(Response::new(self.blocking(move |s| s.run(&run_id)).await?))
+    }
+
+    type WatchRunStream = ReceiverStream<Result<proto::RunEvent, Status>>;
+
+    async fn watch_run(
+        &self,
+        request: Request<proto::WatchRunRequest>,
+    ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let request = request.into_inner();
+        let run_id = run_id_field(&request.run_id)?.to_owned();
+        let until = if request.follow_waiting { WatchUntil::Finished } else { WatchUntil::Settled };
+        let events = self.blocking(move |s| s.watch(&run_id, until)).await?;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(forward(events, tx, request.from_offset, self.shared.stopping.clone()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn resume_run(&self, request: Request<proto::ResumeRunRequest>) -> Result<Response<proto::Run>, Status> {
+        let request = request.into_inner();
+        let run_id = run_id_field(&request.run_id)?.to_owned();
+        let value = parse_json("value_json", &request.value_json, self.shared.max_input_bytes)?;
+        let node = non_empty(request.node);
+        Ok(Response::new(self.blocking(move |s| s.resume(&run_id, node.as_deref(), value)).await?))
+    }
+
+    async fn cancel_run(&self, request: Request<proto::CancelRunRequest>) -> Result<Response<proto::Run>, Status> {
+        let run_id = run_id_field(&request.get_ref().run_id)?.to_owned();
+        Ok(Response::new(self.blocking(move |s| s.cancel(&run_id)).await?))
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<proto::ListRunsRequest>,
+    ) -> Result<Response<proto::ListRunsResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let query = RunQuery {
+            graph: non_empty(request.graph),
+            status: status_filter(request.status)?,
+            limit: limit as usize,
+            after: page_cursor(&request.page_token)?,
+        };
+        let page = self.blocking(move |s| s.engine.list_runs(&query).map_err(status_of)).await?;
+        let runs = page.runs.iter().map(|record| run_message(record, &[])).collect::<Result<_, Status>>()?;
+        let next_page_token = page.next.map(page_token).unwrap_or_default();
+        Ok(Response::new(proto::ListRunsResponse { runs, next_page_token }))
+    }
+
+    async fn list_graphs(
+        &self,
+        _request: Request<proto::ListGraphsRequest>,
+    ) -> Result<Response<proto::ListGraphsResponse>, Status> {
+        let graphs = self.blocking(Shared::graphs).await?;
+        Ok(Response::new(proto::ListGraphsResponse { graphs }))
+    }
+}
