@@ -125,20 +125,29 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A `ferroflow-server` process; `address` is where it listens."""
+    """A `ferroflow-server` process (or, with `python_serve`, `ferroflow serve`); `address`
+    is where it listens."""
 
-    def __init__(self, context: str, port: int, *args: str, env: Optional[Dict[str, str]] = None) -> None:
-        assert SERVER_BIN.exists(), f"{SERVER_BIN} is missing: `make server` builds it"
+    def __init__(self, context: str, port: int, *args: str, python_serve: Optional[Path] = None) -> None:
+        if python_serve is None:
+            assert SERVER_BIN.exists(), f"{SERVER_BIN} is missing: `make server` builds it"
+            command = [str(SERVER_BIN)]
+            env = None
+        else:
+            command = [sys.executable, "-m", "ferroflow.cli", "serve", "app:flow", "app:slow"]
+            env = dict(os.environ, PYTHONPATH=str(python_serve))
         self.proc = subprocess.Popen(
-            [str(SERVER_BIN), "--context", context, "--listen", f"127.0.0.1:{port}", *args],
+            [*command, "--context", context, "--listen", f"127.0.0.1:{port}", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            cwd=python_serve,
             env=env,
         )
         line = self.proc.stdout.readline()
         assert "listening on" in line, f"the server did not start: {line!r} {self.proc.stderr.read()[-2000:]}"
-        self.address = line.split()[3]
+        words = line.split()
+        self.address = words[words.index("on") + 1]
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -436,7 +445,7 @@ def test_errors_have_the_documented_codes_and_disturb_nothing(pb, tmp_path):
         d.close()
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "nats"])
 def test_a_watcher_that_reconnects_after_a_server_kill_misses_nothing(pb, tmp_path, kind):
     """Runs in flight while the server is killed (SIGKILL) and started again: the workers go
     on, and a watcher that reconnects from the offset after the last event it saw gets every
@@ -446,54 +455,65 @@ def test_a_watcher_that_reconnects_after_a_server_kill_misses_nothing(pb, tmp_pa
         runs = [f"k{i}" for i in range(6)]
         for i, run_id in enumerate(runs):
             d.start("grpc_slow", {"n": i, "pause": 0.25}, run_id=run_id)
-        seen: Dict[str, List] = {run_id: [] for run_id in runs}
-        errors: Dict[str, List[grpc.StatusCode]] = {run_id: [] for run_id in runs}
 
-        def watch(run_id: str) -> None:
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                following = seen[run_id]
-                start = following[-1].offset + 1 if following else 0
-                try:
-                    with grpc.insecure_channel(f"127.0.0.1:{d.port}") as channel:
-                        stub = pb.s.FerroflowStub(channel)
-                        request = pb.m.WatchRunRequest(run_id=run_id, from_offset=start, follow_waiting=True)
-                        for event in stub.WatchRun(request, timeout=60, wait_for_ready=True):
-                            following.append(event)
-                    if following and following[-1].kind.startswith("run_"):
-                        return
-                except grpc.RpcError as error:
-                    errors[run_id].append(error.code())
-                    time.sleep(0.1)
+        def restart() -> None:
+            d.server.kill()
+            time.sleep(0.6)  # runs go on in the worker meanwhile
+            d.restart_server()
 
-        watchers = [threading.Thread(target=watch, args=(run_id,)) for run_id in runs]
-        for t in watchers:
-            t.start()
-        # Kill the server once the watchers have seen some of the runs' progress.
-        deadline = time.monotonic() + 30
-        while sum(len(events) for events in seen.values()) < 10:
-            assert time.monotonic() < deadline, "no progress before the kill"
-            time.sleep(0.01)
-        d.server.kill()
-        time.sleep(0.6)  # runs go on in the worker meanwhile
-        d.restart_server()
-        for t in watchers:
-            t.join(timeout=120)
-        assert not any(t.is_alive() for t in watchers)
-
-        assert any(errors.values()), "no watcher saw the server go away; the test proved nothing"
-        for i, run_id in enumerate(runs):
-            events = seen[run_id]
-            offsets = [e.offset for e in events]
-            assert offsets == list(range(len(events))), (run_id, offsets, errors[run_id])
-            assert events[-1].kind == "run_completed", (run_id, [e.kind for e in events])
-            assert json.loads(events[-1].event_json)["output"] == {"done": i}
-            # The same events as the journal holds, each once.
-            stored = open_context(d.context).journal(run_id)
-            assert len(stored) == len(events)
-        assert any(errors[run_id] for run_id in runs)
+        watch_through_restart(pb, d.port, d.context, runs, restart)
     finally:
         d.close()
+
+
+def watch_through_restart(pb, port: int, context: str, runs: List[str], restart) -> None:
+    """Watches `runs` (each started with input n = its index) on threads that reconnect
+    from the offset after the last event they saw; calls `restart` once they have seen
+    some progress; then checks that each watcher saw its run's whole journal exactly once,
+    to its completion."""
+    seen: Dict[str, List] = {run_id: [] for run_id in runs}
+    errors: Dict[str, List[grpc.StatusCode]] = {run_id: [] for run_id in runs}
+
+    def watch(run_id: str) -> None:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            following = seen[run_id]
+            start = following[-1].offset + 1 if following else 0
+            try:
+                with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    stub = pb.s.FerroflowStub(channel)
+                    request = pb.m.WatchRunRequest(run_id=run_id, from_offset=start, follow_waiting=True)
+                    for event in stub.WatchRun(request, timeout=60, wait_for_ready=True):
+                        following.append(event)
+                if following and following[-1].kind.startswith("run_"):
+                    return
+            except grpc.RpcError as error:
+                errors[run_id].append(error.code())
+                time.sleep(0.1)
+
+    watchers = [threading.Thread(target=watch, args=(run_id,)) for run_id in runs]
+    for t in watchers:
+        t.start()
+    # Restart the server once the watchers have seen some of the runs' progress.
+    deadline = time.monotonic() + 30
+    while sum(len(events) for events in seen.values()) < 2 * len(runs):
+        assert time.monotonic() < deadline, "no progress before the restart"
+        time.sleep(0.01)
+    restart()
+    for t in watchers:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in watchers)
+
+    assert any(errors.values()), "no watcher saw the server go away; the test proved nothing"
+    for i, run_id in enumerate(runs):
+        events = seen[run_id]
+        offsets = [e.offset for e in events]
+        assert offsets == list(range(len(events))), (run_id, offsets, errors[run_id])
+        assert events[-1].kind == "run_completed", (run_id, [e.kind for e in events])
+        assert json.loads(events[-1].event_json)["output"] == {"done": i}
+        # The same events as the journal holds, each once.
+        stored = open_context(context).journal(run_id)
+        assert len(stored) == len(events)
 
 
 def test_stopping_the_server_ends_watches_with_the_offset_to_resume_from(pb, tmp_path):
@@ -608,3 +628,79 @@ def test_the_server_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
         [str(SERVER_BIN), "--context", "memory"], capture_output=True, text=True, timeout=30, env=env
     )
     assert memory.returncode == 1 and "is not durable" in memory.stderr, memory.stderr
+
+
+def test_serve_runs_graphs_in_real_time_from_python(pb, tmp_path):
+    """`ferroflow serve --context memory`: the process executes the graphs in memory and
+    streams their events as they happen."""
+    (tmp_path / "app.py").write_text(APP)
+    server = ServerProcess("memory", free_port(), python_serve=tmp_path)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            client, m = pb.s.FerroflowStub(channel), pb.m
+            graphs = client.ListGraphs(m.ListGraphsRequest(), timeout=10).graphs
+            assert sorted(g.name for g in graphs) == ["grpc_flow", "grpc_slow"]
+
+            client.StartRun(m.StartRunRequest(graph="grpc_flow", input_json='{"n": 80}', run_id="h"), timeout=10)
+            first = list(client.WatchRun(m.WatchRunRequest(run_id="h"), timeout=30))
+            assert first[-1].kind == "node_waiting"
+            client.ResumeRun(m.ResumeRunRequest(run_id="h", node="approve", value_json='"yes"'), timeout=10)
+            request = m.WatchRunRequest(run_id="h", from_offset=first[-1].offset + 1, follow_waiting=True)
+            rest = list(client.WatchRun(request, timeout=30))
+            assert rest[-1].kind == "run_completed"
+            run = client.GetRun(m.GetRunRequest(run_id="h"), timeout=10)
+            assert json.loads(run.output_json) == {"n": 160, "approved": "yes"}
+
+            # Events arrive as the nodes complete, not at the end of the run.
+            client.StartRun(
+                m.StartRunRequest(graph="grpc_slow", input_json='{"n": 4, "pause": 0.2}', run_id="s"), timeout=10
+            )
+            received = []
+            for event in client.WatchRun(m.WatchRunRequest(run_id="s"), timeout=30):
+                received.append((time.monotonic(), event))
+            kinds = [e.kind for _, e in received]
+            assert kinds[-1] == "run_completed" and kinds.count("node_completed") == 5, kinds
+            first_done = next(t for t, e in received if e.kind == "node_completed")
+            assert received[-1][0] - first_done > 0.5, "the events arrived together, not as they happened"
+
+            listed = client.ListRuns(m.ListRunsRequest(), timeout=10).runs
+            assert [r.run_id for r in listed] == ["s", "h"]
+            code, _ = code_of(client.GetRun, m.GetRunRequest(run_id="unknown"))
+            assert code == grpc.StatusCode.NOT_FOUND
+            code, details = code_of(client.StartRun, m.StartRunRequest(graph="other"))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "no graph 'other' is served here" in details
+    finally:
+        err = server.stop()
+    assert "stopped (SIGTERM)" in err, err[-2000:]
+
+
+def test_serve_on_a_durable_context_continues_its_runs_after_a_kill(pb, tmp_path):
+    """`ferroflow serve --context runs.db` executes what it starts; killed with runs in
+    flight and started again, it takes them over as a worker, and watchers that reconnect
+    from their last offset miss nothing."""
+    (tmp_path / "app.py").write_text(APP)
+    context, port = str(tmp_path / "runs.db"), free_port()
+    options = ("--lease", "1", "--grace", "5")
+    server = ServerProcess(context, port, *options, python_serve=tmp_path)
+    try:
+        runs = [f"d{i}" for i in range(4)]
+        with grpc.insecure_channel(server.address) as channel:
+            client = pb.s.FerroflowStub(channel)
+            for i, run_id in enumerate(runs):
+                request = pb.m.StartRunRequest(
+                    graph="grpc_slow", input_json=json.dumps({"n": i, "pause": 0.3}), run_id=run_id
+                )
+                assert client.StartRun(request, timeout=10).created
+
+        def restart() -> None:
+            nonlocal server
+            server.kill()
+            server = ServerProcess(context, port, *options, python_serve=tmp_path)
+
+        watch_through_restart(pb, port, context, runs, restart)
+        # Every node completed once: the restarted process took the runs over.
+        for run_id in runs:
+            completed = [e.node for e in open_context(context).journal(run_id) if type(e).__name__ == "NodeCompleted"]
+            assert sorted(completed) == ["s1", "s2", "s3", "s4", "s5"], (run_id, completed)
+    finally:
+        server.stop()

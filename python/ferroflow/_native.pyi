@@ -11,6 +11,7 @@ __all__ = [
     "NodeHandle",
     "OpenAIClient",
     "ReplyStream",
+    "Server",
     "Workflow",
     "__version__",
     "check_json",
@@ -123,6 +124,17 @@ class Engine:
         """Makes a run only the store knows available here, followed without being taken over."""
     def flush(self) -> None:
         """Writes the steps waiting for their group commit now."""
+    def serve(
+        self,
+        workflows: List[Workflow],
+        listen: str,
+        token: Optional[str] = None,
+        tls_cert: Optional[str] = None,
+        tls_key: Optional[str] = None,
+        max_input_bytes: int = 1048576,
+        event_loop: Optional[EventLoop] = None,
+    ) -> Server:
+        """Serves the gRPC service on ``listen``; returns the running server."""
     def work(
         self,
         workflows: List[Workflow],
@@ -227,3 +239,13 @@ class Engine:
         """The run's journal as event dicts."""
     def run_ids(self) -> List[str]:
         """Ids of the runs in memory, oldest first."""
+
+@final
+class Server:
+    """A gRPC server running on the engine's runtime."""
+
+    @property
+    def address(self) -> str:
+        """Where it listens, as ``host:port``."""
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops serving; calls in progress get up to ``timeout`` seconds to finish."""

@@ -8,6 +8,8 @@
     ferroflow map MODULE:GRAPH --input IN.jsonl --output OUT.jsonl --context runs.db [--batch NAME]
                   [--concurrency N] [--no-execute]
     ferroflow graph MODULE:GRAPH
+    ferroflow serve MODULE:GRAPH [MODULE:GRAPH ...] --context CONTEXT [--listen 127.0.0.1:50051]
+                    [--token-file PATH] [--tls-cert PEM --tls-key PEM] [--max-input-bytes N]
 
 ``--context`` is a SQLite file (``runs.db`` or ``sqlite:///path/runs.db``) or a Redis server
 (``redis://127.0.0.1:6379?namespace=NAME``). Inspecting and
@@ -21,10 +23,12 @@ import argparse
 import datetime
 import hashlib
 import importlib
+import ipaddress
 import json
 import os
 import signal
 import sys
+import time
 import urllib.parse
 from typing import Any, List, Optional, Sequence
 
@@ -275,6 +279,61 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    """The gRPC service of ``ferroflow-server``, in a process that executes the graphs' nodes
+    too; in a durable context it also works as a worker on them, so that it continues its
+    own runs (and those of other processes) after a restart."""
+    graphs = [load_graph(spec) for spec in args.graphs]
+    context = open_context(args.context, lease=args.lease)
+    token = os.environ.get("FERROFLOW_SERVER_TOKEN")
+    if args.token_file:
+        with open(args.token_file) as f:
+            token = f.read().strip()
+    host = args.listen.rsplit(":", 1)[0].strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        print(f"ferroflow: --listen must be IP:PORT, not {args.listen!r}", file=sys.stderr)
+        return 2
+    if not loopback and not token and not args.allow_unauthenticated:
+        print(
+            f"ferroflow: listening on {args.listen} would let anyone who can reach it start and cancel runs: "
+            "give --token-file (and --tls-cert/--tls-key), or pass --allow-unauthenticated",
+            file=sys.stderr,
+        )
+        return 2
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("ferroflow: TLS needs both --tls-cert and --tls-key", file=sys.stderr)
+        return 2
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    server = context.serve(
+        *graphs,
+        listen=args.listen,
+        token=token,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        max_input_bytes=args.max_input_bytes,
+    )
+    names = ", ".join(f"{g.name}@{g.version}" for g in graphs)
+    # The one line on stdout, as `ferroflow-server` prints it: scripts wait for it.
+    print(f"ferroflow serve listening on {server.address} serving {names} in {context!r}", flush=True)
+    try:
+        if context.durable:
+            context.work(*graphs, concurrency=args.concurrency, grace=args.grace)
+        else:
+            while True:
+                time.sleep(3600)
+    except (_Stop, KeyboardInterrupt) as e:
+        print(f"ferroflow serve: stopped ({e or 'SIGINT'})", file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+    return 0
+
+
 def graph_draw(args: argparse.Namespace) -> int:
     print(load_graph(args.graph).to_mermaid(), end="")
     return 0
@@ -343,6 +402,29 @@ def parser() -> argparse.ArgumentParser:
         help="seconds after which the tasks of this worker go to others if it stops renewing them (default 10)",
     )
     work.set_defaults(handler=worker)
+
+    served = commands.add_parser(
+        "serve",
+        help="serve the gRPC service from this process, which executes the graphs (and works on them as a worker)",
+    )
+    served.add_argument("graphs", nargs="+", metavar="MODULE:GRAPH")
+    served.add_argument("--context", required=True, help="memory (real-time), or " + CONTEXT_HELP)
+    served.add_argument("--listen", default="127.0.0.1:50051", help="IP:PORT to listen on (default 127.0.0.1:50051)")
+    served.add_argument(
+        "--token-file", help="a file holding the bearer token calls must carry (else $FERROFLOW_SERVER_TOKEN)"
+    )
+    served.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain")
+    served.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    served.add_argument(
+        "--max-input-bytes", type=int, default=1 << 20, help="longest run input or resume value, as JSON (1 MiB)"
+    )
+    served.add_argument(
+        "--allow-unauthenticated", action="store_true", help="listen beyond loopback without a bearer token"
+    )
+    served.add_argument("--concurrency", type=int, default=16, help="tasks claimed at once as a worker (default 16)")
+    served.add_argument("--grace", type=float, default=30.0, help="on SIGTERM, seconds to let running tasks finish")
+    served.add_argument("--lease", type=float, default=10.0, help="lease of this process's tasks, in seconds")
+    served.set_defaults(handler=serve)
 
     batch = commands.add_parser(
         "map", help="run a graph once per line of a JSONL file; results in input order; resumable"

@@ -49,6 +49,38 @@ class Context:
             for d in self._engine.list_runs(graph, status, limit)
         ]
 
+    def serve(
+        self,
+        *graphs: Graph,
+        listen: str = "127.0.0.1:50051",
+        token: Optional[str] = None,
+        tls_cert: Optional[str] = None,
+        tls_key: Optional[str] = None,
+        max_input_bytes: int = 1 << 20,
+    ) -> _native.Server:
+        """Serves the gRPC service (``proto/ferroflow/v1/ferroflow.proto``, the service of
+        ``ferroflow-server``) on ``listen``, from this process, and returns the running
+        server at once (``server.address`` says where it listens; ``server.stop()`` stops it).
+
+        Runs of ``graphs`` started or resumed over gRPC execute here, in this context: in
+        memory they run in real time, and watchers see their events as they happen; in a
+        durable context every step is journaled, and workers on the same store continue the
+        runs of this process if it dies. Runs of other graphs in a durable context can be
+        read, watched, listed and cancelled, not started or resumed (this process has no
+        code for them).
+
+        ``token``: calls must carry ``authorization: Bearer <token>``. ``tls_cert`` and
+        ``tls_key``: PEM files, to serve TLS. ``max_input_bytes``: longer inputs and resume
+        values (as JSON text) are refused with INVALID_ARGUMENT.
+        """
+        if not graphs:
+            raise TypeError("serve() needs at least one graph")
+        from ._loop import background_loop, scheduler_for
+
+        workflows = [g._workflow() for g in graphs]
+        event_loop = scheduler_for(background_loop()) if any(g._has_async for g in graphs) else None
+        return self._engine.serve(workflows, listen, token, tls_cert, tls_key, max_input_bytes, event_loop)
+
     def graphs(self) -> List[GraphInfo]:
         """The graphs workers registered in this context's store (each ``ferroflow worker``
         registers those it runs), by name, newest first: what a process without their code

@@ -293,6 +293,28 @@ impl PyEngine {
         }
     }
 
+    /// Serves the gRPC service on `listen`, starting and resuming runs of `workflows`
+    /// on this engine; returns the running server.
+    #[pyo3(signature = (
+        workflows, listen, token = None, tls_cert = None, tls_key = None, max_input_bytes = 1_048_576, event_loop = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn serve(
+        &self,
+        py: Python<'_>,
+        workflows: Vec<PyRef<'_, PyWorkflow>>,
+        listen: &str,
+        token: Option<String>,
+        tls_cert: Option<std::path::PathBuf>,
+        tls_key: Option<std::path::PathBuf>,
+        max_input_bytes: usize,
+        event_loop: Option<Py<PyAny>>,
+    ) -> PyResult<crate::server::PyServer> {
+        let workflows: Vec<Workflow> = workflows.iter().map(|w| w.get().cloned()).collect::<PyResult<_>>()?;
+        let attachment = attachment(py, event_loop)?;
+        crate::server::serve(py, &self.engine, workflows, attachment, listen, token, tls_cert, tls_key, max_input_bytes)
+    }
+
     /// Makes a run only the store knows available here, followed from the store without
     /// being taken over (a run this engine holds is left as it is).
     fn follow(&self, py: Python<'_>, workflow: PyRef<'_, PyWorkflow>, run_id: &str) -> PyResult<()> {

@@ -7,6 +7,7 @@ mod engine;
 mod error;
 mod llm;
 mod runtime;
+mod server;
 mod value;
 
 use pyo3::prelude::*;
@@ -44,6 +45,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<body::PyNodeHandle>()?;
     m.add_class::<llm::PyOpenAIClient>()?;
     m.add_class::<llm::PyReplyStream>()?;
+    m.add_class::<server::PyServer>()?;
     m.add_function(wrap_pyfunction!(check_json, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::shutdown, m)?)?;
     Ok(())
