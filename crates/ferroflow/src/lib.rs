@@ -7,6 +7,7 @@
 pub mod body;
 pub mod engine;
 pub mod error;
+pub mod flow;
 pub mod graph;
 pub mod journal;
 pub mod llm;
@@ -29,6 +30,7 @@ pub use engine::{
     Durability, Engine, EngineConfig, NodeHandle, NodeReport, RunHandle, RunSnapshot, StartOptions, WatchUntil,
 };
 pub use error::{Error, GraphError, NodeError, Result};
+pub use flow::{Cx, Flow, FlowBuilder, NodeOptions};
 pub use graph::{Dependency, Graph, GraphSpec, NodeId, NodeKind, NodeSpec, RetryPolicy};
 pub use journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus};
 #[cfg(feature = "nats")]
