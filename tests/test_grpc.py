@@ -7,6 +7,7 @@ context, which execute the runs the server starts.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -22,7 +23,9 @@ from typing import Dict, Iterator, List, Optional
 import grpc
 import pytest
 
+import ferroflow as ff
 from ferroflow.cli import open_context
+from ferroflow.testing import MockLLMServer
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("FERROFLOW_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -704,3 +707,56 @@ def test_serve_on_a_durable_context_continues_its_runs_after_a_kill(pb, tmp_path
             assert sorted(completed) == ["s1", "s2", "s3", "s4", "s5"], (run_id, completed)
     finally:
         server.stop()
+
+
+def test_the_server_runs_a_rust_graph_that_calls_a_model_without_python(pb, tmp_path):
+    """`ferroflow-server` with the Rust support bot as its worker (crates/ferroflow/examples,
+    built by `cargo test`), its model calls going to the mock OpenAI server through the
+    crate's own client: no Python executes anything; the answers are the Python bot's."""
+    spec = importlib.util.spec_from_file_location("support_bot_grpc", ROOT / "examples" / "support_bot.py")
+    bot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bot)
+    expected = []
+    offline = bot.build(ff.OfflineProvider(lambda r: bot.reply_to(r.messages)), "offline")
+    for ticket in bot.TICKETS:
+        result = offline.run(ticket)
+        if result.status is ff.RunStatus.WAITING:
+            result = offline.resume(result.run_id, {"approved": True, "by": "supervisor"})
+        expected.append(result.output["text"])
+
+    worker_bin = TARGET / "debug" / "examples" / "support_bot"
+    assert worker_bin.exists(), f"{worker_bin} is missing: `cargo test -p ferroflow --all-features` builds it"
+    context = str(tmp_path / "runs.db")
+    with MockLLMServer(reply=lambda body: bot.reply_to(body["messages"])) as llm:
+        env = dict(os.environ, OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY="test", SUPPORT_BOT_MODEL="mock-model")
+        worker = subprocess.Popen([str(worker_bin), "--worker", context], env=env, stderr=subprocess.PIPE, text=True)
+        server = None
+        try:
+            assert "working on support_bot" in worker.stderr.readline()
+            server = ServerProcess(context, free_port())
+            with grpc.insecure_channel(server.address) as channel:
+                client, m = pb.s.FerroflowStub(channel), pb.m
+                answers = []
+                for i, ticket in enumerate(bot.TICKETS):
+                    run_id = f"ticket-{i}"
+                    request = m.StartRunRequest(graph="support_bot", input_json=json.dumps(ticket), run_id=run_id)
+                    client.StartRun(request, timeout=10)
+                    events = list(client.WatchRun(m.WatchRunRequest(run_id=run_id), timeout=30))
+                    if events[-1].kind == "node_waiting":
+                        asked = json.loads(events[-1].event_json)["payload"]["question"]
+                        assert asked == "Approve a refund of 420.0 for order A200?"
+                        value = json.dumps({"approved": True, "by": "supervisor"})
+                        client.ResumeRun(m.ResumeRunRequest(run_id=run_id, value_json=value), timeout=10)
+                        request = m.WatchRunRequest(run_id=run_id, from_offset=events[-1].offset + 1)
+                        events += list(client.WatchRun(request, timeout=30))
+                    assert events[-1].kind == "run_completed", [e.event_json for e in events]
+                    answers.append(json.loads(client.GetRun(m.GetRunRequest(run_id=run_id), timeout=10).output_json))
+            assert [a["text"] for a in answers] == expected
+            assert all(a["model"] == "mock-model" for a in answers)
+            assert llm.request_count == 2 * len(bot.TICKETS)
+        finally:
+            if server is not None:
+                server.stop()
+            worker.send_signal(signal.SIGTERM)
+            _, err = worker.communicate(timeout=30)
+            assert worker.returncode == 0, err

@@ -115,4 +115,9 @@ def test_a_killed_rust_batch_finishes_when_started_again(tmp_path):
             # Ran once, or again (as the next attempt) only if the kill cut it short.
             assert attempts[-1] == event.attempt and len(attempts) == len(set(attempts)), (run_id, attempts)
     continued = [key for key, attempts in ran.items() if len(attempts) > 1]
-    print({"killed_mid_node": len(continued), "unfinished_at_kill": sum(s is not ff.RunStatus.COMPLETED for s in before.values())})
+    print(
+        {
+            "killed_mid_node": len(continued),
+            "unfinished_at_kill": sum(s is not ff.RunStatus.COMPLETED for s in before.values()),
+        }
+    )

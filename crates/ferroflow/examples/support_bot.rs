@@ -16,6 +16,10 @@
 //!
 //! It prints one JSON line per ticket: `{"customer", "status", "answer"}`, and for the
 //! large refund, the question it waited on and the answer after approval.
+//!
+//! With `--worker runs.db` it is instead a worker on that SQLite file: it executes the
+//! support graph's runs that others start there (the `ferroflow-server` binary, say,
+//! started with `--context runs.db`), until SIGINT or SIGTERM. No Python anywhere.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -289,9 +293,38 @@ async fn run_tickets(provider: Arc<dyn Provider>, model: &str) -> Result<Vec<Jso
     Ok(lines)
 }
 
+/// Works on the support graph's runs in the SQLite file at `path` until SIGINT or SIGTERM.
+async fn work(path: &str, provider: Arc<dyn Provider>, model: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let flow = build(provider, model)?;
+    let store = Arc::new(ferroflow::SqliteStore::open(path)?);
+    let engine = Engine::new(tokio::runtime::Handle::current(), EngineConfig { store: Some(store), ..Default::default() });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        stopping.cancel();
+    });
+    eprintln!("support_bot: working on {}@{} in {path}", flow.name(), flow.version());
+    engine.work(std::slice::from_ref(flow.workflow()), 16, None, stop, Duration::from_secs(5)).await?;
+    eprintln!("support_bot: stopped");
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (provider, model) = provider_from_env()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, path] = args.as_slice()
+        && flag == "--worker"
+    {
+        return work(path, provider, &model).await;
+    }
     for line in run_tickets(provider, &model).await? {
         println!("{line}");
     }
