@@ -16,20 +16,40 @@ use ferroflow::{DurableStore, NatsStore, RedisStore, SqliteStore};
 /// A context URL that names no durable context, or one that cannot be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
+    /// `memory`, an unknown scheme, or nothing: no store that workers could share.
     #[error(
         "context '{0}' is not durable: the server needs one that workers share (a SQLite file, redis://… or nats://…)"
     )]
     NotDurable(String),
+    /// The store could not be opened or reached.
     #[error("context '{url}' cannot be opened: {source}")]
-    Open { url: String, source: ferroflow::Error },
+    Open {
+        /// The context as given.
+        url: String,
+        /// Why the store could not be opened.
+        source: ferroflow::Error,
+    },
 }
 
 /// A durable context's kind and where it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ContextUrl {
+    /// A SQLite file, by path.
     Sqlite(String),
-    Redis { url: String, namespace: String },
-    Nats { url: String, namespace: String },
+    /// A Redis server.
+    Redis {
+        /// The server's URL, without the `namespace` parameter.
+        url: String,
+        /// The prefix of every key ferroflow writes.
+        namespace: String,
+    },
+    /// A NATS server with JetStream.
+    Nats {
+        /// The server's URL, without the `namespace` parameter.
+        url: String,
+        /// The prefix of every bucket and stream ferroflow makes.
+        namespace: String,
+    },
 }
 
 impl ContextUrl {

@@ -13,6 +13,8 @@
 //! server reflection (v1 and v1alpha), so generic clients (grpcurl, grpcio) need no stubs
 //! of ours. Optional TLS and bearer token: see [`ServerConfig`].
 
+#![warn(missing_docs)]
+
 pub mod context;
 mod convert;
 mod server;

@@ -37,7 +37,9 @@ pub struct ServerConfig {
 /// A PEM certificate chain and its private key.
 #[derive(Clone)]
 pub struct Tls {
+    /// The certificate chain, PEM-encoded.
     pub cert_pem: Vec<u8>,
+    /// The certificate's private key, PEM-encoded.
     pub key_pem: Vec<u8>,
 }
 
@@ -50,14 +52,24 @@ impl std::fmt::Debug for Tls {
 /// Why the server could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The address cannot be listened on (taken, or not this machine's).
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key is not usable PEM.
     #[error("the TLS certificate or key cannot be used: {0}")]
     Tls(String),
+    /// The reflection service could not read the descriptors.
     #[error("server reflection cannot be set up: {0}")]
     Reflection(String),
+    /// The transport failed while serving.
     #[error("the server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The serving task panicked or was cancelled.
     #[error("the server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }

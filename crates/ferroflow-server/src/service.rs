@@ -79,6 +79,7 @@ impl FerroflowService {
         self
     }
 
+    /// The longest run input or resume value accepted, in bytes of JSON.
     pub fn max_input_bytes(&self) -> usize {
         self.shared.max_input_bytes
     }

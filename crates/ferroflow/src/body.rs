@@ -20,8 +20,11 @@ pub type Attachment = Arc<dyn Any + Send + Sync>;
 /// Everything a body receives for one attempt.
 #[derive(Clone)]
 pub struct NodeCall {
+    /// The id of the run the attempt belongs to.
     pub run_id: Arc<str>,
+    /// The node's name.
     pub node: Arc<str>,
+    /// The node's index in [`Graph::nodes`].
     pub node_id: NodeId,
     /// Counts from 1; a retry or a redelivery gets the next number.
     pub attempt: u32,
@@ -32,6 +35,8 @@ pub struct NodeCall {
     /// The dependencies' outputs, in the order of the node's dependencies; `null` for a
     /// skipped one.
     pub deps: Vec<Value>,
+    /// What the caller attached to the run when it started, recovered or resumed it
+    /// ([`StartOptions::attachment`](crate::StartOptions::attachment)), if anything.
     pub attachment: Option<Attachment>,
     /// The steps this node's (or map element's) earlier attempts recorded with
     /// [`NodeHandle::record`], by key, in the order recorded: a body reuses them rather
@@ -64,12 +69,18 @@ pub type BodyResult = Result<Value, NodeError>;
 /// A body that blocks the thread it runs on. The scheduler calls it on a blocking thread,
 /// never on an async worker thread.
 pub trait BlockingBody: Send + Sync + 'static {
+    /// Runs one attempt. An `Err` fails the attempt; the node's retry policy decides
+    /// whether another follows (see [`NodeError::retryable`]). A panic fails the attempt
+    /// with a permanent error of kind `Panic`, which is not retried.
     fn call(&self, call: NodeCall) -> BodyResult;
 }
 
 /// A body that runs as a future on the runtime. Dropping the future cancels the attempt
 /// (on timeout or run cancellation), so implementations must stop their work on drop.
 pub trait AsyncBody: Send + Sync + 'static {
+    /// Starts one attempt; the future resolves to its result, with the same meaning as
+    /// for [`BlockingBody::call`] (a panic while polling is a permanent `Panic` error).
+    /// It must not block the thread it is polled on.
     fn call(&self, call: NodeCall) -> BoxFuture<'static, BodyResult>;
 }
 
@@ -97,7 +108,9 @@ where
 /// A node body.
 #[derive(Clone)]
 pub enum Body {
+    /// Called on one of tokio's blocking threads ([`Body::blocking`]).
     Blocking(Arc<dyn BlockingBody>),
+    /// Polled on the engine's runtime ([`Body::from_async`]).
     Async(Arc<dyn AsyncBody>),
 }
 
@@ -126,8 +139,13 @@ pub struct Workflow {
 }
 
 impl Workflow {
-    /// Pairs `graph` with its bodies; every node needs one and no body may name a node
-    /// the graph lacks.
+    /// Pairs `graph` with its bodies, keyed by node name.
+    ///
+    /// # Errors
+    ///
+    /// Every node needs a body: a node without one is [`GraphError::Invalid`]. A body
+    /// keyed by a name the graph has no node for is [`GraphError::UnknownDependency`],
+    /// with that name as both `node` and `dependency`.
     pub fn new(graph: Graph, mut bodies: HashMap<String, Body>) -> Result<Workflow, GraphError> {
         let mut ordered = Vec::with_capacity(graph.nodes().len());
         for node in graph.nodes() {
@@ -149,10 +167,16 @@ impl Workflow {
         Ok(Workflow { graph: Arc::new(graph), bodies: ordered.into(), names })
     }
 
+    /// The graph the bodies belong to.
     pub fn graph(&self) -> &Arc<Graph> {
         &self.graph
     }
 
+    /// The body of node `id`.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is not a node of the graph (`id >= graph().nodes().len()`).
     pub fn body(&self, id: NodeId) -> &Body {
         &self.bodies[id]
     }
@@ -164,6 +188,10 @@ impl Workflow {
     }
 
     /// The node's name, shared.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is not a node of the graph.
     pub fn name(&self, id: NodeId) -> &Arc<str> {
         &self.names[id]
     }

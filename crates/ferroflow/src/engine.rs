@@ -1,10 +1,10 @@
 //! The scheduler: starts runs, executes ready tasks, records what happened, and wakes
 //! whoever waits on a run.
 //!
-//! Completing a task is one step ([`Inner::complete`]): build the journal entry from the
-//! body's result, apply it to the run's [`RunState`], record it with the entries it
-//! implies, then dispatch what became ready. The step runs under the run's lock, so two
-//! dependencies finishing at once on two threads cannot lose a join's wake-up.
+//! Completing a task is one step: build the journal entry from the body's result, apply
+//! it to the run's [`RunState`], record it with the entries it implies, then dispatch
+//! what became ready. The step runs under the run's lock, so two dependencies finishing
+//! at once on two threads cannot lose a join's wake-up.
 //!
 //! Blocking bodies run on tokio's blocking threads. A thread that completes a node keeps
 //! one newly ready blocking task for itself and runs it next, so a chain of blocking
@@ -99,7 +99,10 @@ pub enum Durability {
     /// may already have acted on a result that is then computed again. If a batch cannot be
     /// written (a full disk, or another process took a run over), the runs in it fail in
     /// memory, back to what the store holds.
-    Batch { window: Duration },
+    Batch {
+        /// The longest a step waits for its commit.
+        window: Duration,
+    },
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -117,16 +120,23 @@ pub struct StartOptions {
     /// Caller-chosen id; starting the same id twice returns the first run. Generated
     /// (time-ordered) when absent.
     pub run_id: Option<String>,
+    /// Per-run data every body call of the run receives ([`NodeCall::attachment`]).
+    /// It is not stored: a run recovered elsewhere gets what its recoverer attaches.
     pub attachment: Option<Attachment>,
 }
 
 /// A run's state as callers see it.
 #[derive(Clone, Debug)]
 pub struct RunSnapshot {
+    /// The run's id.
     pub run_id: Arc<str>,
+    /// The graph's name.
     pub graph: Arc<str>,
+    /// Where the run is.
     pub status: RunStatus,
+    /// The run's output, once it completed.
     pub output: Option<Value>,
+    /// Which node failed and why, once the run failed.
     pub failure: Option<RunFailure>,
     /// Human nodes waiting for an answer, with their payloads.
     pub waiting: Vec<(Arc<str>, Value)>,
@@ -135,14 +145,18 @@ pub struct RunSnapshot {
 /// The state of one node, for inspection.
 #[derive(Clone, Debug)]
 pub struct NodeReport {
+    /// The node's name.
     pub name: Arc<str>,
+    /// What the node does.
     pub kind: NodeKind,
     /// pending, running, waiting, completed, skipped, failed, or cancelled (started, and left
     /// unfinished by a run that ended).
     pub status: &'static str,
     /// Attempts made so far (for a map node, the most any element needed).
     pub attempts: u32,
+    /// The node's output, once completed.
     pub output: Option<Value>,
+    /// The last attempt's error, once the node failed for good.
     pub error: Option<NodeError>,
 }
 
@@ -163,12 +177,17 @@ pub struct RunHandle {
 }
 
 impl RunHandle {
+    /// The run's id.
     pub fn id(&self) -> &Arc<str> {
         &self.run.run_id
     }
 
     /// Waits until the run is settled (waiting for a person, or finished) or `timeout`
-    /// passes.
+    /// passes, and returns its state then. A run that is settled already returns at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WaitTimeout`] if `timeout` passes first; the run goes on.
     pub async fn wait(&self, timeout: Option<Duration>) -> Result<RunSnapshot> {
         let settled = self.run.settled();
         match timeout {
@@ -187,12 +206,65 @@ impl RunHandle {
         Ok(self.run.snapshot())
     }
 
+    /// The run's state now.
     pub fn snapshot(&self) -> RunSnapshot {
         self.run.snapshot()
     }
 }
 
-/// The scheduler for in-memory (real-time) runs. Cheap to clone.
+/// The scheduler. Cheap to clone: clones share the runs.
+///
+/// Without a store ([`EngineConfig::store`]) runs live in memory only (real-time mode);
+/// with one, every step of a run is written to the store, and the run survives the
+/// process.
+///
+/// A durable engine's methods that reach the store block the calling thread until the
+/// store answers. Call them from a thread that may block, or from a task on tokio's
+/// multi-thread runtime (they use [`tokio::task::block_in_place`] there, which panics on
+/// the current-thread runtime).
+///
+/// ```
+/// use std::collections::HashMap;
+///
+/// use ferroflow::{
+///     Body, Dependency, Engine, EngineConfig, GraphSpec, NodeError, NodeKind, NodeSpec, RunStatus,
+///     StartOptions, Value, Workflow,
+/// };
+/// use serde_json::json;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut spec = GraphSpec::new("greet");
+/// spec.nodes = vec![
+///     NodeSpec::new("name", NodeKind::Task),
+///     NodeSpec::new("greeting", NodeKind::Task).dep(Dependency::on("name")),
+/// ];
+/// let mut bodies = HashMap::new();
+/// bodies.insert(
+///     "name".to_owned(),
+///     Body::blocking(|call| {
+///         let input = call.input.to_json().map_err(|e| NodeError::permanent("BadInput", e))?;
+///         Ok(Value::from(input["name"].clone()))
+///     }),
+/// );
+/// bodies.insert(
+///     "greeting".to_owned(),
+///     Body::from_async(|call| async move {
+///         let name = call.deps[0].to_json().map_err(|e| NodeError::permanent("BadInput", e))?;
+///         Ok(Value::from(json!(format!("Hello, {}!", name.as_str().unwrap_or("stranger")))))
+///     }),
+/// );
+/// let workflow = Workflow::new(spec.build()?, bodies)?;
+///
+/// let engine = Engine::new(tokio::runtime::Handle::current(), EngineConfig::default());
+/// let run = engine.start(&workflow, Value::from(json!({"name": "Ada"})), StartOptions::default())?;
+/// let done = run.wait(None).await?;
+/// assert_eq!(done.status, RunStatus::Completed);
+/// assert_eq!(done.output.unwrap().to_json()?, json!("Hello, Ada!"));
+/// assert_eq!(engine.nodes(run.id())?[1].status, "completed");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
@@ -341,8 +413,19 @@ impl Engine {
         &self.inner.owner
     }
 
-    /// Starts a run of `workflow` on `input` and returns its id at once. Starting an id
-    /// that exists returns it again, unless it belongs to another graph.
+    /// Starts a run of `workflow` on `input` and returns a handle on it at once, without
+    /// waiting for any node. Starting an id that exists ([`StartOptions::run_id`]) returns
+    /// that run again (recovered from the store if this engine does not hold it), unless
+    /// it belongs to another graph or graph version.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidInput`] if the requested run id is empty, or if a durable engine
+    ///   cannot convert `input` to JSON.
+    /// - [`Error::RunIdConflict`] if the id belongs to a run of another graph or version.
+    /// - In a durable engine, the store's errors (an outage is waited out for up to
+    ///   [`EngineConfig::outage_timeout`] first), and those of [`Engine::recover`] for a
+    ///   run the store has already.
     pub fn start(&self, workflow: &Workflow, input: Value, options: StartOptions) -> Result<RunHandle> {
         self.start_inner(workflow, input, options, None, false).map(|(run, _, _)| run)
     }
@@ -351,6 +434,10 @@ impl Engine {
     /// run with the requested id existed already (in memory or in the store), in which
     /// case the handle is on that run and `input` was not used. Two callers racing to
     /// create the same id get `true` once.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Engine::start`].
     pub fn start_or_get(&self, workflow: &Workflow, input: Value, options: StartOptions) -> Result<(RunHandle, bool)> {
         self.start_inner(workflow, input, options, None, false).map(|(run, _, created)| (run, created))
     }
@@ -360,11 +447,20 @@ impl Engine {
     /// run goes on elsewhere). A synchronous caller that would block waiting for the run
     /// anyway saves the thread hand-offs. Call it from a thread that may block, never
     /// from an async task.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Engine::start`].
     pub fn start_and_drive(&self, workflow: &Workflow, input: Value, options: StartOptions) -> Result<RunHandle> {
         self.start_inner(workflow, input, options, None, true).map(|(run, _, _)| run)
     }
 
-    /// Like [`Engine::start`], and returns the run's events from its first one.
+    /// Like [`Engine::start`], and returns the run's events from its first one, until
+    /// `until` (see [`Engine::watch`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Engine::start`].
     pub fn start_watched(
         &self,
         workflow: &Workflow,
@@ -477,6 +573,16 @@ impl Engine {
     ///
     /// A run this engine failed because its store could not record a step is read from the
     /// store again: the store may work by now (space freed, permissions fixed).
+    ///
+    /// `attachment`, when given, replaces the run's attachment for the calls that follow.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::RunNotFound`] if neither this engine nor its store knows the run.
+    /// - [`Error::RunIdConflict`] if the stored run belongs to another graph, and
+    ///   [`Error::VersionMismatch`] if it was started with another version of it.
+    /// - [`Error::CorruptJournal`] if its journal does not replay over the graph.
+    /// - The store's errors, once an outage has lasted [`EngineConfig::outage_timeout`].
     pub fn recover(&self, workflow: &Workflow, run_id: &str, attachment: Option<Attachment>) -> Result<RunHandle> {
         if let Ok(run) = self.inner.live(run_id)
             && run.store_failed.load(Ordering::Acquire)
@@ -500,6 +606,10 @@ impl Engine {
     /// A handle on a run, without taking it over: a run this engine holds as it is; a run
     /// only the store knows (executed by a worker, or by another process) is loaded and
     /// followed from the store, so that waiting for it and watching it work from here.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Engine::recover`].
     pub fn follow(&self, workflow: &Workflow, run_id: &str) -> Result<RunHandle> {
         let (run, loaded) = self.inner.load_run(run_id, |_| Some(workflow.clone()), None)?;
         if loaded && !run.status().is_terminal() {
@@ -549,6 +659,13 @@ impl Engine {
     ///
     /// When stopped, it claims nothing more and returns once the tasks executing here have
     /// finished, or `grace` has passed; tasks still held then are released to other workers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the engine has no store, and the store's errors when registering
+    /// the graphs ([`DurableStore::register_graph`]) fail past
+    /// [`EngineConfig::outage_timeout`]. Failures while working are logged and retried,
+    /// not returned; so is the final release of what is still held.
     pub async fn work(
         &self,
         workflows: &[Workflow],
@@ -740,27 +857,50 @@ impl Engine {
     }
 
     /// Waits until the run is settled (waiting for a person, or finished) or `timeout`
-    /// passes.
+    /// passes; the same as [`RunHandle::wait`] on [`Engine::handle`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RunNotFound`] if this engine does not hold the run, and
+    /// [`Error::WaitTimeout`] if `timeout` passes first.
     pub async fn wait(&self, run_id: &str, timeout: Option<Duration>) -> Result<RunSnapshot> {
         self.handle(run_id)?.wait(timeout).await
     }
 
-    /// A handle on a run this engine holds.
+    /// A handle on a run this engine holds in memory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RunNotFound`] if it holds no such run; a run only the store knows needs
+    /// [`Engine::follow`] or [`Engine::recover`].
     pub fn handle(&self, run_id: &str) -> Result<RunHandle> {
         self.inner.live(run_id).map(|run| RunHandle { run })
     }
 
     /// The run's current state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RunNotFound`] if this engine does not hold the run in memory.
     pub fn snapshot(&self, run_id: &str) -> Result<RunSnapshot> {
         Ok(self.inner.live(run_id)?.snapshot())
     }
 
     /// Per-node state of the run, in topological order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RunNotFound`] if this engine does not hold the run in memory.
     pub fn nodes(&self, run_id: &str) -> Result<Vec<NodeReport>> {
         Ok(self.inner.live(run_id)?.node_reports())
     }
 
-    /// The run's journal so far.
+    /// The run's journal so far: from memory if this engine holds the run, else from the
+    /// store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RunNotFound`] if neither knows the run, and the store's errors.
     pub fn journal(&self, run_id: &str) -> Result<Vec<StoredEntry>> {
         if let Ok(run) = self.inner.live(run_id) {
             return Ok(run.lock().journal.clone());
@@ -770,6 +910,10 @@ impl Engine {
 
     /// The run's record and journal, without taking the run over: from the store in a
     /// durable engine (what every process sees), from memory otherwise.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RunNotFound`] if there is no such run there, and the store's errors.
     pub fn load(&self, run_id: &str) -> Result<(RunRecord, Vec<StoredEntry>)> {
         if self.inner.config.store.is_some() {
             return self.stored(run_id);
@@ -789,6 +933,10 @@ impl Engine {
 
     /// The graphs workers registered in the engine's store ([`Engine::work`] registers its
     /// own), by name, newest first; none without a store.
+    ///
+    /// # Errors
+    ///
+    /// The store's errors.
     pub fn graphs(&self) -> Result<Vec<GraphRecord>> {
         match &self.inner.config.store {
             Some(store) => self.inner.block_on(store.graphs()),
@@ -803,6 +951,10 @@ impl Engine {
     /// order this engine took them on (newest first), which is the cursor's `order`;
     /// paging follows the store's rules, over the runs the engine holds when each page is
     /// read.
+    ///
+    /// # Errors
+    ///
+    /// The store's errors; none without a store.
     ///
     /// [`JournalStore::list_runs`]: crate::store::JournalStore::list_runs
     pub fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
@@ -841,7 +993,17 @@ impl Engine {
     }
 
     /// Answers a human node: `value` becomes its output and the run continues. `node` may
-    /// be left out when exactly one node is waiting.
+    /// be left out when exactly one node is waiting. `attachment`, when given, replaces the
+    /// run's attachment for the calls that follow.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::RunNotFound`] if this engine does not hold the run in memory.
+    /// - [`Error::InvalidRunState`] if the run waits for nobody.
+    /// - [`Error::NotWaitingAt`] if `node` is not waiting, and
+    ///   [`Error::AmbiguousResume`] if `node` is `None` and several nodes are.
+    /// - [`Error::InvalidInput`] if a durable engine cannot convert `value` to JSON.
+    /// - In a durable engine, the store's errors while catching up with the journal.
     pub fn resume(
         &self,
         run_id: &str,
@@ -902,7 +1064,13 @@ impl Engine {
 
     /// Cancels a run: it is marked cancelled at once, async bodies in flight are
     /// cancelled, and results still arriving are dropped. Cancelling a cancelled run does
-    /// nothing; cancelling a completed or failed run is an error.
+    /// nothing. In a durable engine, a run only the store holds is cancelled in the store;
+    /// a process executing it stops when it next writes to it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRunState`] if the run completed or failed, [`Error::RunNotFound`] if
+    /// there is no such run, and the store's errors.
     pub fn cancel(&self, run_id: &str) -> Result<()> {
         let run = match self.inner.live(run_id) {
             Ok(run) => run,
@@ -952,7 +1120,11 @@ impl Engine {
         }
     }
 
-    /// The run's events so far, then live ones until `until`.
+    /// The run's events so far, then live ones until `until`; the channel closes then.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RunNotFound`] if this engine does not hold the run in memory.
     pub fn watch(&self, run_id: &str, until: WatchUntil) -> Result<mpsc::UnboundedReceiver<Event>> {
         Ok(self.inner.live(run_id)?.watch(until))
     }
@@ -1962,7 +2134,6 @@ enum Written {
     Failed,
 }
 
-/// Why [`Inner::step`] recorded nothing.
 /// What a running body can do to its run: record the results of its own steps durably,
 /// and report progress to the run's watchers. Handed to every body call
 /// ([`NodeCall::handle`]); it refers to the run weakly, so a body that outlives its run
@@ -2036,6 +2207,7 @@ impl NodeHandle {
     }
 }
 
+/// Why [`Inner::step`] recorded nothing.
 enum StepError {
     Rejected(Rejected),
     /// The store failed (the run was failed in memory), or kept conflicting.

@@ -5,33 +5,113 @@ use serde::{Deserialize, Serialize};
 
 use crate::journal::RunStatus;
 
-/// A graph definition that cannot be built. Every variant names the graph and the node.
+/// A graph definition that cannot be built ([`GraphSpec::build`](crate::GraphSpec::build),
+/// [`Workflow::new`](crate::Workflow::new)). Every variant but `InvalidName` names the
+/// graph, and every one that concerns a node names it; the `Display` message says what to
+/// fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GraphError {
+    /// The graph's name is empty or only whitespace.
     #[error("graph name {name:?} is empty")]
-    InvalidName { name: String },
+    InvalidName {
+        /// The name given.
+        name: String,
+    },
+    /// A node's name is empty, only whitespace, or contains a line break.
     #[error("graph '{graph}': node name {node:?} is empty or spans several lines")]
-    InvalidNodeName { graph: String, node: String },
+    InvalidNodeName {
+        /// The graph's name.
+        graph: String,
+        /// The name given.
+        node: String,
+    },
+    /// Two nodes have the same name.
     #[error("graph '{graph}': node '{node}' is defined twice")]
-    DuplicateNode { graph: String, node: String },
+    DuplicateNode {
+        /// The graph's name.
+        graph: String,
+        /// The repeated name.
+        node: String,
+    },
+    /// A node depends on a name that is no node of the graph (and the edge names no
+    /// parameter; see `UnresolvedParameter`). Also returned by
+    /// [`Workflow::new`](crate::Workflow::new) for a body keyed by an unknown name, with
+    /// that name in both `node` and `dependency`.
     #[error("graph '{graph}': node '{node}' depends on '{dependency}', which is not a node of the graph")]
-    UnknownDependency { graph: String, node: String, dependency: String },
+    UnknownDependency {
+        /// The graph's name.
+        graph: String,
+        /// The node whose dependency is unknown.
+        node: String,
+        /// The name it depends on.
+        dependency: String,
+    },
+    /// A node's edge carries a body parameter ([`Dependency::param`](crate::Dependency::param))
+    /// whose dependency names no node: the parameter has no source.
     #[error(
         "graph '{graph}': parameter '{param}' of node '{node}' is not provided: no node is called \
          '{param}'. Add that node, give the parameter a default, or map it to a node explicitly"
     )]
-    UnresolvedParameter { graph: String, node: String, param: String },
+    UnresolvedParameter {
+        /// The graph's name.
+        graph: String,
+        /// The node whose parameter is unresolved.
+        node: String,
+        /// The parameter's name.
+        param: String,
+    },
+    /// A node lists the same dependency twice.
     #[error("graph '{graph}': node '{node}' lists '{dependency}' twice among its dependencies")]
-    DuplicateDependency { graph: String, node: String, dependency: String },
+    DuplicateDependency {
+        /// The graph's name.
+        graph: String,
+        /// The node with the repeated dependency.
+        node: String,
+        /// The dependency listed twice.
+        dependency: String,
+    },
+    /// An edge has labels ([`Dependency::when`](crate::Dependency::when)) but does not come
+    /// out of a branch node.
     #[error("graph '{graph}': node '{node}' has a labelled edge from '{dependency}', which is not a branch")]
-    LabelOnPlainEdge { graph: String, node: String, dependency: String },
+    LabelOnPlainEdge {
+        /// The graph's name.
+        graph: String,
+        /// The node the edge goes to.
+        node: String,
+        /// The node the edge comes from, which is not a branch.
+        dependency: String,
+    },
+    /// The dependencies form a cycle (a node depending on itself included).
     #[error("graph '{graph}' has a cycle: {}", cycle.join(" -> "))]
-    Cycle { graph: String, cycle: Vec<String> },
+    Cycle {
+        /// The graph's name.
+        graph: String,
+        /// The node names along one cycle, in edge direction; the first name is repeated
+        /// at the end.
+        cycle: Vec<String>,
+    },
+    /// [`GraphSpec::output`](crate::GraphSpec::output) names no node of the graph.
     #[error("graph '{graph}': the output node '{node}' is not a node of the graph")]
-    UnknownOutput { graph: String, node: String },
+    UnknownOutput {
+        /// The graph's name.
+        graph: String,
+        /// The output name given.
+        node: String,
+    },
+    /// Any other problem with one node: a map node without a valid `over`, labels on a
+    /// node that is not a branch, a label outside a branch's declared ones, an edge with
+    /// an empty label list, an invalid retry policy or a zero timeout, a node without a
+    /// body. `reason` says which.
     #[error("graph '{graph}': node '{node}': {reason}")]
-    Invalid { graph: String, node: String, reason: String },
+    Invalid {
+        /// The graph's name.
+        graph: String,
+        /// The node at fault.
+        node: String,
+        /// What is wrong, as a sentence for people.
+        reason: String,
+    },
 }
 
 /// Why a node attempt failed. Recorded in the journal and shown to users, so it carries
@@ -40,7 +120,9 @@ pub enum GraphError {
 pub struct NodeError {
     /// The error's type, e.g. `ValueError` or `Timeout`.
     pub kind: String,
+    /// What went wrong, for people.
     pub message: String,
+    /// Where it went wrong, when the body's language has a traceback to give (Python).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceback: Option<String>,
     /// Whether the retry policy may try again. Invalid output, for instance, is not
@@ -64,6 +146,7 @@ impl NodeError {
         NodeError { retryable: false, ..NodeError::new(kind, message) }
     }
 
+    /// The same error with `traceback` attached.
     pub fn with_traceback(mut self, traceback: impl Into<String>) -> Self {
         self.traceback = Some(traceback.into());
         self
@@ -80,26 +163,104 @@ impl std::fmt::Display for NodeError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A graph cannot be built.
     #[error(transparent)]
     Graph(#[from] GraphError),
+    /// A stored run belongs to a graph this process has no workflow for (a worker hands
+    /// such work back for another worker).
     #[error("no graph named '{name}' is registered")]
-    UnknownGraph { name: String },
+    UnknownGraph {
+        /// The graph's name, as the run records it.
+        name: String,
+    },
+    /// No run has this id: the engine does not hold it in memory and, where the operation
+    /// looks there, the store does not know it either. An engine keeps at most
+    /// [`EngineConfig::retain_finished`](crate::EngineConfig::retain_finished) finished
+    /// runs in memory; without a store, older ones are gone.
     #[error("run '{run_id}' not found")]
-    RunNotFound { run_id: String },
+    RunNotFound {
+        /// The id asked for.
+        run_id: String,
+    },
+    /// A run with this id exists for another graph, or another version of it: run ids
+    /// are unique across graphs.
     #[error("run '{run_id}' exists with graph '{existing}', not '{requested}': run ids must be unique")]
-    RunIdConflict { run_id: String, existing: String, requested: String },
+    RunIdConflict {
+        /// The id asked for.
+        run_id: String,
+        /// The existing run's graph, as `name@version`.
+        existing: String,
+        /// The graph asked for, as `name@version`.
+        requested: String,
+    },
+    /// The operation does not apply to the run in its current status: resuming a run that
+    /// waits for nobody, cancelling a completed run, recording a step for an attempt that
+    /// is no longer current.
     #[error("run '{run_id}' is {status}; {action} needs a run that is {expected}")]
-    InvalidRunState { run_id: String, status: RunStatus, action: &'static str, expected: &'static str },
+    InvalidRunState {
+        /// The run's id.
+        run_id: String,
+        /// The run's status when the operation was refused.
+        status: RunStatus,
+        /// The operation, such as `resume` or `cancel`.
+        action: &'static str,
+        /// What the operation needs, in words.
+        expected: &'static str,
+    },
+    /// A resume named a node the run is not waiting at.
     #[error("run '{run_id}' is waiting at {waiting:?}, not at '{node}'")]
-    NotWaitingAt { run_id: String, node: String, waiting: Vec<String> },
+    NotWaitingAt {
+        /// The run's id.
+        run_id: String,
+        /// The node named.
+        node: String,
+        /// The nodes the run is waiting at.
+        waiting: Vec<String>,
+    },
+    /// A resume named no node, and the run waits at more than one.
     #[error("run '{run_id}' is waiting at several nodes ({waiting:?}); say which one the value answers")]
-    AmbiguousResume { run_id: String, waiting: Vec<String> },
+    AmbiguousResume {
+        /// The run's id.
+        run_id: String,
+        /// The nodes the run is waiting at.
+        waiting: Vec<String>,
+    },
+    /// A value given for the run cannot be used: an empty run id, or (in a durable
+    /// engine or store) an input, output, answer or recorded step that has no JSON form.
     #[error("run '{run_id}': {reason}")]
-    InvalidInput { run_id: String, reason: String },
+    InvalidInput {
+        /// The run's id (the empty id itself, for an empty id).
+        run_id: String,
+        /// What is wrong, for people.
+        reason: String,
+    },
+    /// A stored run was started with another version of its graph than the one this
+    /// process has. Completing it needs a process with that version.
     #[error("run '{run_id}' graph '{graph}' version {expected} is not the version {found} registered here")]
-    VersionMismatch { run_id: String, graph: String, expected: String, found: String },
+    VersionMismatch {
+        /// The run's id.
+        run_id: String,
+        /// The graph's name.
+        graph: String,
+        /// The version the run was started with ([`Graph::version`](crate::Graph::version)).
+        expected: String,
+        /// The version this process has.
+        found: String,
+    },
+    /// A stored journal cannot be read, or cannot be replayed over its graph: an entry
+    /// that does not decode, a journal that does not start with `RunStarted`, entries
+    /// naming nodes or attempts the graph cannot have.
     #[error("run '{run_id}': the journal is inconsistent with graph '{graph}': {reason}")]
-    CorruptJournal { run_id: String, graph: String, reason: String },
+    CorruptJournal {
+        /// The run's id.
+        run_id: String,
+        /// The graph's name.
+        graph: String,
+        /// What does not fit, for people.
+        reason: String,
+    },
+    /// The store failed in a way waiting will not fix (a bad file, a refused write, an
+    /// operation that needs a store when the engine has none). The message says what.
     #[error("store: {0}")]
     Store(String),
     /// The store's server cannot be reached, is restarting, or did not answer in time. What
@@ -111,9 +272,25 @@ pub enum Error {
     #[error(
         "run '{run_id}': the journal holds {found} entries where this writer expected {expected}; another process wrote to the run"
     )]
-    Conflict { run_id: String, expected: u64, found: u64 },
+    Conflict {
+        /// The run's id.
+        run_id: String,
+        /// How many entries the writer expected the journal to hold.
+        expected: u64,
+        /// How many it holds.
+        found: u64,
+    },
+    /// The run did not settle within the time a caller was willing to wait
+    /// ([`RunHandle::wait`](crate::RunHandle::wait)). The run itself goes on.
     #[error("timed out after {seconds:.3}s waiting for run '{run_id}'")]
-    WaitTimeout { run_id: String, seconds: f64 },
+    WaitTimeout {
+        /// The run's id.
+        run_id: String,
+        /// How long the caller waited, in seconds.
+        seconds: f64,
+    },
+    /// The engine or run a [`NodeHandle`](crate::NodeHandle) refers to is gone (every
+    /// handle on the engine was dropped, or the engine let go of the run).
     #[error("the engine is shutting down")]
     ShuttingDown,
 }

@@ -97,9 +97,12 @@ impl Dependency {
 pub struct RetryPolicy {
     /// Total attempts, the first included. `1` means no retry.
     pub max_attempts: u32,
+    /// The delay after the first failed attempt. Serialised in milliseconds.
     #[serde(with = "duration_ms")]
     pub initial_backoff: Duration,
+    /// What each further delay is multiplied by; a finite number `>= 1`.
     pub multiplier: f64,
+    /// The longest delay, before jitter. Serialised in milliseconds.
     #[serde(with = "duration_ms")]
     pub max_backoff: Duration,
     /// Fraction of the delay added or removed at random, in `[0, 1]`.
@@ -121,7 +124,24 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// The delay before the attempt that follows failed attempt `attempt`, or `None` if
-    /// the policy allows no further attempt.
+    /// the policy allows no further attempt (`attempt >= max_attempts`). Jitter makes the
+    /// delay random within `jitter` of its nominal value; it is never negative.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ferroflow::RetryPolicy;
+    ///
+    /// let policy = RetryPolicy {
+    ///     max_attempts: 3,
+    ///     initial_backoff: Duration::from_millis(100),
+    ///     multiplier: 2.0,
+    ///     max_backoff: Duration::from_secs(1),
+    ///     jitter: 0.0,
+    /// };
+    /// assert_eq!(policy.delay_after(1), Some(Duration::from_millis(100)));
+    /// assert_eq!(policy.delay_after(2), Some(Duration::from_millis(200)));
+    /// assert_eq!(policy.delay_after(3), None); // the third attempt was the last
+    /// ```
     pub fn delay_after(&self, attempt: u32) -> Option<Duration> {
         if attempt >= self.max_attempts {
             return None;
@@ -137,7 +157,9 @@ impl RetryPolicy {
 /// A node as declared.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeSpec {
+    /// Unique within the graph; not empty, and on one line.
     pub name: String,
+    /// What the node does.
     pub kind: NodeKind,
     /// Incoming edges, in the order the body receives their outputs.
     #[serde(default)]
@@ -150,9 +172,11 @@ pub struct NodeSpec {
     /// a label outside the list is a build error (a typo, usually).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
+    /// How failed attempts are retried; by default they are not.
     #[serde(default)]
     pub retry: RetryPolicy,
-    /// Limit on one attempt; an attempt that exceeds it fails with a retryable timeout.
+    /// Limit on one attempt; an attempt that exceeds it fails with a retryable error of
+    /// kind `Timeout`. `None` (the default) sets no limit. Serialised in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_duration_ms")]
     pub timeout: Option<Duration>,
 }
@@ -171,11 +195,15 @@ impl NodeSpec {
         }
     }
 
+    /// Adds an incoming edge. The body receives the dependencies' outputs in the order
+    /// they are added.
     pub fn dep(mut self, dep: Dependency) -> Self {
         self.deps.push(dep);
         self
     }
 
+    /// For a map node: runs the body once per element of the list `node` returns. `node`
+    /// must also be one of the node's dependencies ([`NodeSpec::dep`]).
     pub fn over(mut self, node: impl Into<String>) -> Self {
         self.over = Some(node.into());
         self
@@ -191,11 +219,14 @@ impl NodeSpec {
         self
     }
 
+    /// Sets the retry policy.
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
     }
 
+    /// Limits each attempt to `timeout`, which must be greater than zero (checked when the
+    /// graph is built).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -205,7 +236,9 @@ impl NodeSpec {
 /// An incoming edge resolved to node ids.
 #[derive(Clone, Debug)]
 pub struct InEdge {
+    /// The node the edge comes from.
     pub from: NodeId,
+    /// The labels that activate the edge, as in [`Dependency::when`].
     pub when: Option<Vec<String>>,
 }
 
@@ -225,10 +258,37 @@ pub struct Graph {
     output: Option<NodeId>,
 }
 
-/// The serialisable form of a graph.
+/// The serialisable form of a graph: what [`GraphSpec::build`] validates into a [`Graph`].
+///
+/// ```
+/// use ferroflow::{Dependency, GraphSpec, NodeKind, NodeSpec};
+///
+/// let mut spec = GraphSpec::new("support");
+/// spec.nodes = vec![
+///     NodeSpec::new("classify", NodeKind::Branch).labels(["refund", "question"]),
+///     NodeSpec::new("refund", NodeKind::Tool).dep(Dependency::on("classify").when(["refund"])),
+///     NodeSpec::new("answer", NodeKind::Llm).dep(Dependency::on("classify").when(["question"])),
+/// ];
+/// let graph = spec.build()?;
+/// assert_eq!(graph.nodes().len(), 3);
+/// assert_eq!(graph.id("classify"), Some(0));
+/// assert_eq!(graph.sinks().count(), 2);
+///
+/// // Validation names the graph and the node at fault.
+/// let mut broken = GraphSpec::new("broken");
+/// broken.nodes = vec![NodeSpec::new("a", NodeKind::Task).dep(Dependency::on("missing"))];
+/// let error = broken.build().unwrap_err();
+/// assert_eq!(
+///     error.to_string(),
+///     "graph 'broken': node 'a' depends on 'missing', which is not a node of the graph"
+/// );
+/// # Ok::<(), ferroflow::GraphError>(())
+/// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GraphSpec {
+    /// The graph's name; not empty. Runs and stores know a graph by it.
     pub name: String,
+    /// The nodes, in any order (the graph stores them in a topological order).
     pub nodes: Vec<NodeSpec>,
     /// The node whose output is the run's output. Without one, a graph with a single
     /// sink returns that sink's output, and one with several returns an object keyed by
@@ -238,11 +298,16 @@ pub struct GraphSpec {
 }
 
 impl GraphSpec {
+    /// An empty spec named `name`, without an explicit output node.
     pub fn new(name: impl Into<String>) -> Self {
         GraphSpec { name: name.into(), nodes: Vec::new(), output: None }
     }
 
-    /// Validates the spec and builds the graph.
+    /// Validates the spec and builds the graph; the same as [`Graph::new`].
+    ///
+    /// # Errors
+    ///
+    /// The first problem found, as a [`GraphError`] naming the graph and the node.
     pub fn build(self) -> Result<Graph, GraphError> {
         Graph::new(self)
     }
@@ -251,6 +316,10 @@ impl GraphSpec {
 impl Graph {
     /// Validates `spec`: names unique and non-empty, every dependency known, labels only on
     /// edges out of branches, map nodes over one of their dependencies, no cycle.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found, as a [`GraphError`] naming the graph and the node.
     pub fn new(spec: GraphSpec) -> Result<Graph, GraphError> {
         let GraphSpec { name, nodes, output } = spec;
         if name.trim().is_empty() {
@@ -304,6 +373,7 @@ impl Graph {
         Ok(Graph { name, version, nodes, index, incoming, outgoing, over, gated, output })
     }
 
+    /// The graph's name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -319,18 +389,27 @@ impl Graph {
         &self.nodes
     }
 
+    /// The node with id `id`.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is not a node of the graph (`id >= nodes().len()`); so do the other
+    /// methods that take a [`NodeId`].
     pub fn node(&self, id: NodeId) -> &NodeSpec {
         &self.nodes[id]
     }
 
+    /// The id of the node named `name`, if the graph has one.
     pub fn id(&self, name: &str) -> Option<NodeId> {
         self.index.get(name).copied()
     }
 
+    /// The node's incoming edges, in the order of its dependencies.
     pub fn incoming(&self, id: NodeId) -> &[InEdge] {
         &self.incoming[id]
     }
 
+    /// The nodes that depend on the node, each once.
     pub fn outgoing(&self, id: NodeId) -> &[NodeId] {
         &self.outgoing[id]
     }

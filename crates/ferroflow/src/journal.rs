@@ -18,11 +18,16 @@ use crate::value::Value;
 pub enum RunStatus {
     /// Known but not started yet.
     Pending,
+    /// Started, with work outstanding.
     Running,
     /// Paused at one or more human steps; `resume` continues it.
     Waiting,
+    /// Every node resolved; the run has its output.
     Completed,
+    /// A node failed for good (its last attempt failed, or its error was not retryable);
+    /// see [`RunFailure`].
     Failed,
+    /// Cancelled by a caller before it finished.
     Cancelled,
 }
 
@@ -32,6 +37,8 @@ impl RunStatus {
         matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
     }
 
+    /// The lower-case name used in serialised runs and messages: `pending`, `running`,
+    /// `waiting`, `completed`, `failed` or `cancelled` (also what `Display` writes).
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Pending => "pending",
@@ -53,42 +60,65 @@ impl fmt::Display for RunStatus {
 /// Why a run failed: the node whose last attempt failed, and that attempt's error.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunFailure {
+    /// The node's name.
     pub node: Arc<str>,
+    /// For a map node: the index of the element that failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<u32>,
+    /// The last attempt's error.
     pub error: NodeError,
 }
 
 /// One record of a run's journal.
 ///
-/// `item` is set on the entries of one element of a map node; the map node itself
-/// completes, without an entry of its own, once every element has.
+/// In every variant, `node` is the node's name and `attempt` counts from 1. `item` is set
+/// on the entries of one element of a map node (its index in the list); the map node
+/// itself completes, without an entry of its own, once every element has. Serialised
+/// with the variant's name in a `type` field.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum JournalEntry {
+    /// The first entry of every journal, and only there.
     RunStarted {
+        /// The graph's name.
         graph: Arc<str>,
+        /// The graph's version ([`Graph::version`](crate::Graph::version)): a run is
+        /// continued only by a process that has the same version.
         version: Arc<str>,
+        /// The run's input.
         input: Value,
     },
+    /// An attempt succeeded.
     NodeCompleted {
+        /// The node's name.
         node: Arc<str>,
+        /// For a map element: its index.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         item: Option<u32>,
+        /// The attempt that succeeded.
         attempt: u32,
+        /// What the body returned.
         output: Value,
     },
+    /// An attempt failed; `retry_in_ms` says whether another follows.
     NodeFailed {
+        /// The node's name.
         node: Arc<str>,
+        /// For a map element: its index.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         item: Option<u32>,
+        /// The attempt that failed.
         attempt: u32,
+        /// Why it failed.
         error: NodeError,
         /// Milliseconds until the next attempt; absent when this failure is final.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_in_ms: Option<u64>,
     },
+    /// The node will not run: none of its incoming edges is active (see
+    /// [`crate::state`]).
     NodeSkipped {
+        /// The node's name.
         node: Arc<str>,
     },
     /// A body recorded the result of one of its own steps (a model call, a tool call)
@@ -96,28 +126,42 @@ pub enum JournalEntry {
     /// after a crash or a failure, is handed the recorded steps and reuses them instead of
     /// doing them again. Recording changes nothing else in the run.
     StepRecorded {
+        /// The node's name.
         node: Arc<str>,
+        /// For a map element: its index.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         item: Option<u32>,
+        /// The attempt that recorded the step.
         attempt: u32,
+        /// The body's name for the step.
         key: Arc<str>,
+        /// The step's result.
         value: Value,
     },
     /// A human node is waiting for a person; `payload` is what they are shown.
     Interrupted {
+        /// The human node's name.
         node: Arc<str>,
+        /// The attempt that produced the payload.
         attempt: u32,
+        /// What the person is shown: the body's return value.
         payload: Value,
     },
     /// A person answered; `value` becomes the node's output.
     Resumed {
+        /// The human node's name.
         node: Arc<str>,
+        /// The answer.
         value: Value,
     },
+    /// The last entry of a finished journal: the run completed, failed or was cancelled.
     RunFinished {
+        /// [`RunStatus::Completed`], [`RunStatus::Failed`] or [`RunStatus::Cancelled`].
         status: RunStatus,
+        /// The run's output, when it completed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         output: Option<Value>,
+        /// Which node failed and why, when it failed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         failure: Option<RunFailure>,
     },
@@ -142,32 +186,45 @@ impl JournalEntry {
 /// a node attempt starts (which the journal does not need).
 #[derive(Clone, Debug)]
 pub enum EventKind {
+    /// An entry recorded in the run's journal.
     Journal(JournalEntry),
+    /// An attempt's body is about to be called. Not journaled: only watchers connected
+    /// while it happens see it.
     NodeStarted {
+        /// The node's name.
         node: Arc<str>,
+        /// For a map element: its index.
         item: Option<u32>,
+        /// The attempt, counting from 1.
         attempt: u32,
     },
     /// Something a running body reported (an LLM node's token deltas, say). Not journaled:
     /// only watchers connected while it happens see it.
     NodeProgress {
+        /// The node's name.
         node: Arc<str>,
+        /// For a map element: its index.
         item: Option<u32>,
+        /// The attempt that reported it.
         attempt: u32,
+        /// What the body reported ([`NodeHandle::emit`](crate::NodeHandle::emit)).
         data: Value,
     },
 }
 
 /// One event of a run. Journal events carry their position in the journal as `seq`
 /// (0, 1, 2, ... without gaps, so a watcher can tell that it missed nothing);
-/// `NodeStarted`, which the journal does not record, carries the `seq` of the journal
-/// event that follows it.
+/// `NodeStarted` and `NodeProgress`, which the journal does not record, carry the `seq` of
+/// the journal event that follows them.
 #[derive(Clone, Debug)]
 pub struct Event {
+    /// The run's id.
     pub run_id: Arc<str>,
+    /// The position in the journal, as described above.
     pub seq: u64,
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// What happened.
     pub kind: EventKind,
 }
 

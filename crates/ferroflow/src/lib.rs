@@ -17,6 +17,7 @@
 //! ```
 //! use std::sync::Arc;
 //!
+//! # #[cfg(feature = "sqlite")]
 //! use ferroflow::{Cx, Engine, EngineConfig, FlowBuilder, RunStatus, SqliteStore};
 //! use serde::{Deserialize, Serialize};
 //! use tokio::runtime::Handle;
@@ -26,6 +27,9 @@
 //!     text: String,
 //! }
 //!
+//! # #[cfg(not(feature = "sqlite"))]
+//! # fn main() {}
+//! # #[cfg(feature = "sqlite")]
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut g = FlowBuilder::new("triage");
@@ -122,6 +126,8 @@
 //! and what the Python bindings build too. The journal ([`JournalEntry`]) is a run's whole
 //! durable state; [`RunState`] derives what runs next from graph and journal, the same in
 //! every context.
+
+#![warn(missing_docs)]
 pub mod body;
 pub mod engine;
 pub mod error;

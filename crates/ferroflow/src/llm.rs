@@ -19,6 +19,7 @@ use serde_json::{Map, Value as Json, json};
 /// chat-completions API (`temperature`, `max_tokens`, ...).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ChatRequest {
+    /// The model's name, as the server knows it.
     pub model: String,
     /// Chat messages, each `{"role": ..., "content": ...}` (and `tool_calls` /
     /// `tool_call_id` in a tool loop).
@@ -66,7 +67,9 @@ impl ChatRequest {
 /// One call of a tool the model asked for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ToolCall {
+    /// The call's id, to quote as `tool_call_id` in the message that answers it.
     pub id: String,
+    /// The tool's name.
     pub name: String,
     /// Always a JSON object.
     pub arguments: Map<String, Json>,
@@ -75,11 +78,14 @@ pub struct ToolCall {
 /// Tokens a call used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Tokens of the request (messages and tools).
     pub prompt_tokens: u64,
+    /// Tokens of the reply.
     pub completion_tokens: u64,
 }
 
 impl Usage {
+    /// Prompt and completion tokens together.
     pub fn total_tokens(&self) -> u64 {
         self.prompt_tokens + self.completion_tokens
     }
@@ -99,8 +105,11 @@ impl std::ops::Add for Usage {
 /// A model's reply.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Reply {
+    /// The reply's text; empty when the model only called tools.
     pub text: String,
+    /// The tools the model asked to call, in its order.
     pub tool_calls: Vec<ToolCall>,
+    /// Tokens the call used (zero where the server does not report them).
     pub usage: Usage,
     /// The model that answered, as the server names it.
     pub model: String,
@@ -135,30 +144,99 @@ impl Reply {
 pub enum LlmError {
     /// 401 or 403: the API key is missing, wrong, or not allowed this model. Not retried.
     #[error("model '{model}' at {url}: the API key was rejected (HTTP {status}): {message}")]
-    Authentication { model: String, url: String, status: u16, message: String },
+    Authentication {
+        /// The model called.
+        model: String,
+        /// The URL called.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The server's own message (or an excerpt of its reply).
+        message: String,
+    },
     /// 404: no such model (or no such endpoint at the base URL). Not retried.
     #[error("model '{model}' at {url}: not found (HTTP 404): {message}")]
-    NotFound { model: String, url: String, message: String },
+    NotFound {
+        /// The model called.
+        model: String,
+        /// The URL called.
+        url: String,
+        /// The server's own message (or an excerpt of its reply).
+        message: String,
+    },
     /// 429 still, after `retries` retries.
     #[error("model '{model}' at {url}: rate limited (HTTP 429) after {retries} retries: {message}")]
-    RateLimited { model: String, url: String, retries: u32, message: String },
+    RateLimited {
+        /// The model called.
+        model: String,
+        /// The URL called.
+        url: String,
+        /// Retries made after the first attempt.
+        retries: u32,
+        /// The server's own message (or an excerpt of its reply).
+        message: String,
+    },
     /// 5xx still, after `retries` retries.
     #[error("model '{model}' at {url}: server error (HTTP {status}) after {retries} retries: {message}")]
-    Server { model: String, url: String, status: u16, retries: u32, message: String },
+    Server {
+        /// The model called.
+        model: String,
+        /// The URL called.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// Retries made after the first attempt.
+        retries: u32,
+        /// The server's own message (or an excerpt of its reply).
+        message: String,
+    },
     /// Any other status: a request the server will not take (400 for bad parameters,
-    /// 413, 422). Not retried.
+    /// 413, 422). Not retried, except 408 and 409, which are retried first as the
+    /// official clients do.
     #[error("model '{model}' at {url}: request rejected (HTTP {status}): {message}")]
-    Rejected { model: String, url: String, status: u16, message: String },
+    Rejected {
+        /// The model called.
+        model: String,
+        /// The URL called.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The server's own message (or an excerpt of its reply).
+        message: String,
+    },
     /// No reply within the timeout, after `retries` retries.
     #[error("model '{model}' at {url}: no reply within {timeout:?} after {retries} retries")]
-    Timeout { model: String, url: String, timeout: Duration, retries: u32 },
+    Timeout {
+        /// The model called.
+        model: String,
+        /// The URL called.
+        url: String,
+        /// The limit each attempt had.
+        timeout: Duration,
+        /// Retries made after the first attempt.
+        retries: u32,
+    },
     /// The server could not be reached, or dropped the connection, after `retries` retries.
     #[error("model '{model}' at {url}: connection failed after {retries} retries: {message}")]
-    Connection { model: String, url: String, retries: u32, message: String },
+    Connection {
+        /// The model called.
+        model: String,
+        /// The URL called.
+        url: String,
+        /// Retries made after the first attempt.
+        retries: u32,
+        /// What failed, with its causes.
+        message: String,
+    },
     /// The reply cannot be used: not the API's JSON, or a tool call whose arguments are
     /// not a JSON object.
     #[error("model '{model}': malformed reply: {detail}")]
-    Malformed { model: String, detail: String },
+    Malformed {
+        /// The model called.
+        model: String,
+        /// What is wrong with the reply.
+        detail: String,
+    },
     /// The client's own configuration is unusable (a base URL that is not a URL).
     #[error("LLM client configuration: {0}")]
     Config(String),
@@ -211,13 +289,37 @@ pub type OnDelta<'a> = dyn FnMut(&str) + Send + 'a;
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// The whole reply.
+    ///
+    /// # Errors
+    ///
+    /// Why the call failed, after whatever retries the provider makes itself;
+    /// [`LlmError::is_transient`] tells whether trying again later may help.
     async fn complete(&self, request: &ChatRequest) -> Result<Reply, LlmError>;
 
-    /// The reply, with each text delta passed to `on_delta` as it arrives.
+    /// The reply, with each text delta passed to `on_delta` as it arrives. The deltas
+    /// add up to [`Reply::text`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Provider::complete`]. Once a delta has been passed on, a failure should be
+    /// returned rather than retried: a retry would repeat text the caller has seen.
     async fn stream(&self, request: &ChatRequest, on_delta: &mut OnDelta<'_>) -> Result<Reply, LlmError>;
 }
 
 /// The arguments of `model`'s call of tool `name`, given as JSON `text` (empty means none).
+///
+/// # Errors
+///
+/// [`LlmError::Malformed`], naming the tool, if `text` is not JSON or not a JSON object.
+///
+/// ```
+/// use ferroflow::llm::tool_arguments;
+///
+/// let arguments = tool_arguments("gpt-4o", "lookup", r#"{"order": 42}"#).unwrap();
+/// assert_eq!(arguments["order"], 42);
+/// assert!(tool_arguments("gpt-4o", "lookup", "").unwrap().is_empty());
+/// assert!(tool_arguments("gpt-4o", "lookup", "[1, 2]").is_err());
+/// ```
 pub fn tool_arguments(model: &str, name: &str, text: &str) -> Result<Map<String, Json>, LlmError> {
     if text.trim().is_empty() {
         return Ok(Map::new());

@@ -113,7 +113,45 @@ CREATE TABLE graphs (
 ) STRICT, WITHOUT ROWID;
 ";
 
-/// Journals and tasks in one SQLite file.
+/// Journals and tasks in one SQLite file. Cheap to clone: clones share the connection.
+///
+/// Give it to an engine as its [`EngineConfig::store`](crate::EngineConfig::store); any
+/// process that opens the same file sees the same runs.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Arc;
+///
+/// use ferroflow::store::JournalStore as _;
+/// use ferroflow::{
+///     Body, Engine, EngineConfig, GraphSpec, NodeKind, NodeSpec, RunStatus, SqliteStore, StartOptions,
+///     Value, Workflow,
+/// };
+/// use serde_json::json;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("runs.db");
+///
+/// let mut spec = GraphSpec::new("echo");
+/// spec.nodes = vec![NodeSpec::new("echo", NodeKind::Task)];
+/// let bodies = HashMap::from([("echo".to_owned(), Body::blocking(|call| Ok(call.input)))]);
+/// let workflow = Workflow::new(spec.build()?, bodies)?;
+///
+/// let config = EngineConfig { store: Some(Arc::new(SqliteStore::open(&path)?)), ..EngineConfig::default() };
+/// let engine = Engine::new(tokio::runtime::Handle::current(), config);
+/// let options = StartOptions { run_id: Some("run-1".into()), ..StartOptions::default() };
+/// let run = engine.start(&workflow, Value::from(json!("hi")), options)?;
+/// assert_eq!(run.wait(None).await?.status, RunStatus::Completed);
+///
+/// // Whoever opens the file sees the run and its journal.
+/// let (record, journal) = SqliteStore::open(&path)?.load("run-1").await?.expect("stored");
+/// assert_eq!(record.status, RunStatus::Completed);
+/// assert_eq!(journal.len(), 3); // RunStarted, NodeCompleted, RunFinished
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -125,8 +163,14 @@ struct Inner {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store at `path`. Fails with a message naming the
-    /// file when it is not a ferroflow database, is corrupt, or cannot be written.
+    /// Opens (creating if needed) the store at `path`, upgrading the schema of a file an
+    /// older ferroflow wrote.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`], with a message naming the file, when it is not a ferroflow
+    /// database, has a schema version this code does not read, is corrupt, or cannot be opened
+    /// or written.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
         let path = path.as_ref().to_path_buf();
         let fail =
@@ -191,6 +235,7 @@ impl SqliteStore {
         Ok(SqliteStore { inner: Arc::new(Inner { path, conn: Mutex::new(conn) }) })
     }
 
+    /// The file the store was opened at.
     pub fn path(&self) -> &Path {
         &self.inner.path
     }

@@ -24,8 +24,11 @@ use crate::value::Value;
 /// One unit of work: an attempt at a node, or at one element of a map node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Task {
+    /// The node to run.
     pub node: NodeId,
+    /// For a map node: the index of the element to run on.
     pub item: Option<u32>,
+    /// The attempt, counting from 1.
     pub attempt: u32,
     /// Wait this long before running (a retry's backoff).
     pub delay: Option<Duration>,
@@ -59,20 +62,29 @@ pub enum NodeState {
     Pending,
     /// Attempt `attempt` is outstanding (running, queued or waiting out a backoff).
     Active {
+        /// The outstanding attempt, counting from 1.
         attempt: u32,
     },
     /// A map node whose elements are outstanding.
     Mapping(Box<MapState>),
     /// A human node waiting for `resume`.
     Waiting {
+        /// The attempt that produced the payload.
         attempt: u32,
+        /// What the person is shown.
         payload: Value,
     },
+    /// The node succeeded (or, for a human node, was answered).
     Completed {
+        /// Its output: for a map node, the list of its elements' outputs.
         output: Value,
     },
+    /// The node will not run: once its dependencies resolved, none of its incoming edges
+    /// was active (see the module docs).
     Skipped,
+    /// The node failed for good, which fails the run.
     Failed {
+        /// The last attempt's error.
         error: NodeError,
     },
 }
@@ -80,9 +92,13 @@ pub enum NodeState {
 /// The elements of a map node in flight.
 #[derive(Clone, Debug)]
 pub struct MapState {
+    /// The elements of the list the node runs over.
     pub items: Vec<Value>,
+    /// Each element's output, once it has completed.
     pub outputs: Vec<Option<Value>>,
+    /// Each element's current attempt, counting from 1.
     pub attempts: Vec<u32>,
+    /// How many elements have not completed yet.
     pub remaining: usize,
 }
 
@@ -136,6 +152,11 @@ impl RunState {
 
     /// Rebuilds the state from a whole journal. Entries the live run would have dropped
     /// as stale are skipped here too.
+    ///
+    /// # Errors
+    ///
+    /// Why the journal does not fit the graph: it does not begin with `RunStarted`, or an
+    /// entry is [`Rejected::Inconsistent`].
     pub fn replay(graph: Arc<Graph>, journal: &[JournalEntry]) -> Result<RunState, String> {
         let Some(JournalEntry::RunStarted { input, .. }) = journal.first() else {
             return Err("the journal does not begin with RunStarted".into());
@@ -150,18 +171,27 @@ impl RunState {
         Ok(state)
     }
 
+    /// The graph the run follows.
     pub fn graph(&self) -> &Arc<Graph> {
         &self.graph
     }
 
+    /// The run's input.
     pub fn input(&self) -> &Value {
         &self.input
     }
 
+    /// The run's status as the journal so far implies it.
     pub fn status(&self) -> RunStatus {
         self.status
     }
 
+    /// Where node `id` is.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is not a node of the graph; so do the other methods that take a
+    /// [`NodeId`].
     pub fn node_state(&self, id: NodeId) -> &NodeState {
         &self.nodes[id]
     }
@@ -171,6 +201,7 @@ impl RunState {
         self.output.as_ref()
     }
 
+    /// Why the run failed, once failed.
     pub fn failure(&self) -> Option<&RunFailure> {
         self.failure.as_ref()
     }
@@ -230,8 +261,13 @@ impl RunState {
         }
     }
 
-    /// Checks a branch's output: one known label or a list of them. The error is
-    /// permanent: the same body would return the same labels again.
+    /// Checks a branch's output: one known label or a list of them.
+    ///
+    /// # Errors
+    ///
+    /// A permanent [`NodeError`] of kind `InvalidBranchOutput` if the output is not a
+    /// label or a list of labels, or names a label the branch does not know (see
+    /// [`RunState::branch_labels`]): the same body would return the same labels again.
     pub fn check_branch_output(&self, id: NodeId, output: &Value) -> Result<(), NodeError> {
         let Some(labels) = output.labels() else {
             return Err(NodeError::permanent(
@@ -273,6 +309,12 @@ impl RunState {
 
     /// Applies one journal entry. On success the state has changed and `Effects` says
     /// what follows; on rejection nothing changed.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::Stale`] for an entry that is out of date (drop it), and
+    /// [`Rejected::Inconsistent`] for one that contradicts the graph or the journal
+    /// (a second `RunStarted`, an unknown node, a skip the state does not imply).
     pub fn apply(&mut self, entry: &JournalEntry) -> Result<Effects, Rejected> {
         let mut effects = Effects::default();
         match entry {
@@ -376,7 +418,6 @@ impl RunState {
             .ok_or_else(|| Rejected::Inconsistent(format!("node '{node}' is not in graph '{}'", self.graph.name())))
     }
 
-    /// Accepts a result only for the outstanding attempt of the task.
     /// The steps the body of `node` (element `item`) recorded in its attempts so far, in
     /// the order recorded.
     pub fn recorded(&self, node: NodeId, item: Option<u32>) -> &[RecordedStep] {
@@ -394,6 +435,7 @@ impl RunState {
         }
     }
 
+    /// Accepts a result only for the outstanding attempt of the task.
     fn accept_attempt(&self, id: NodeId, item: Option<u32>, attempt: u32) -> Result<(), Rejected> {
         let current = match (&self.nodes[id], item) {
             (NodeState::Active { attempt }, None) => *attempt,

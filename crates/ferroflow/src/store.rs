@@ -1,9 +1,10 @@
 //! The context abstraction: where journals live ([`JournalStore`]) and where ready tasks
 //! wait for a worker ([`TaskQueue`]).
 //!
-//! The scheduler is written once against these traits. [`MemoryStore`] and [`MemoryQueue`]
-//! are their in-memory implementations: the reference that durable implementations (SQLite,
-//! Redis, NATS) are tested against. Real-time runs do not go through a queue at all: the
+//! The scheduler is written once against these traits, and against [`DurableStore`], which
+//! joins them with one atomic write per step. [`MemoryStore`] implements all three in
+//! memory: the reference that durable implementations (SQLite, Redis, NATS) are tested
+//! against. Real-time runs do not go through a queue at all: the
 //! in-memory engine spawns a ready task on the tokio runtime at once, so they have no
 //! queue hop.
 
@@ -24,17 +25,26 @@ pub struct StoredEntry {
     pub seq: u64,
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// The entry itself.
     pub entry: JournalEntry,
 }
 
 /// What a store knows of a run without reading its journal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunRecord {
+    /// The run's id, unique in the store.
     pub run_id: String,
+    /// The graph's name.
     pub graph: String,
+    /// The graph's version ([`Graph::version`](crate::Graph::version)) the run was
+    /// started with.
     pub version: String,
+    /// The run's status as last recorded: by a step, a `RunFinished` entry, or
+    /// [`JournalStore::set_status`].
     pub status: RunStatus,
+    /// When the run was created, in milliseconds since the Unix epoch; it never changes.
     pub created_ms: u64,
+    /// When the run last changed, in milliseconds since the Unix epoch.
     pub updated_ms: u64,
 }
 
@@ -44,7 +54,12 @@ pub enum Created {
     /// The run is new; its journal holds the given first entries.
     New,
     /// A run with that id exists already; here is its journal.
-    Existing { record: RunRecord, journal: Vec<StoredEntry> },
+    Existing {
+        /// The existing run's record.
+        record: RunRecord,
+        /// The existing run's whole journal.
+        journal: Vec<StoredEntry>,
+    },
 }
 
 /// Durable home of run journals.
@@ -60,8 +75,31 @@ pub enum Created {
 /// - `append` of a `RunFinished` entry also updates the run record's status.
 #[async_trait]
 pub trait JournalStore: Send + Sync + 'static {
+    /// Creates the run `record` describes, its journal holding `first` (which begins with
+    /// `RunStarted`). If a run with `record.run_id` exists, nothing is written and
+    /// [`Created::Existing`] returns that run.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] if an entry has no JSON form (durable stores), and
+    /// [`Error::Store`] or [`Error::Unavailable`] if the store fails.
     async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created>;
+    /// Appends `entries` to the run's journal, all or nothing, if it holds exactly
+    /// `expected_seq` entries.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] if the journal holds another number of entries,
+    /// [`Error::RunNotFound`] if there is no such run, [`Error::InvalidInput`] if an entry
+    /// has no JSON form, and [`Error::Store`] or [`Error::Unavailable`] if the store fails.
+    /// Nothing is written then.
     async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()>;
+    /// The run's record and whole journal, in order; `None` if there is no such run.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptJournal`] if a stored entry cannot be read, and [`Error::Store`]
+    /// or [`Error::Unavailable`] if the store fails.
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>>;
     /// Records a status the journal implies without an entry of its own (a run starting or
     /// stopping to wait for a person), so that listing runs shows it. `RunFinished` entries
@@ -119,7 +157,9 @@ impl RunQuery {
 /// handing back any cursor gets the runs after that position, nothing more.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RunCursor {
+    /// The run's creation time ([`RunRecord::created_ms`]).
     pub created_ms: u64,
+    /// The run's place in the store's order of creation (see above).
     pub order: u64,
 }
 
@@ -134,6 +174,7 @@ impl RunCursor {
 /// One page of runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunPage {
+    /// The runs, newest first.
     pub runs: Vec<RunRecord>,
     /// Where the next page starts (pass it as [`RunQuery::after`]); `None` on the last page,
     /// i.e. when no run matching the query follows the last one returned. A page that is
@@ -166,9 +207,13 @@ impl RunPage {
 /// A task as queues carry it: enough to find the run and the node attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedTask {
+    /// The run's id.
     pub run_id: String,
+    /// The node's name.
     pub node: String,
+    /// For a map node: the index of the element.
     pub item: Option<u32>,
+    /// The attempt, counting from 1.
     pub attempt: u32,
     /// Milliseconds since the Unix epoch before which the task must not be handed out.
     pub not_before_ms: u64,
@@ -195,6 +240,7 @@ impl QueuedTask {
 /// A task handed to a worker, held until acknowledged or until the lease runs out.
 #[derive(Clone, Debug)]
 pub struct Lease {
+    /// The task leased.
     pub task: QueuedTask,
     /// How many times the task was handed out, this time included: a task delivered more
     /// than once may have started before.
@@ -237,7 +283,22 @@ pub enum Claim {
 ///   earlier than `not_before_ms`, without counting a delivery.
 #[async_trait]
 pub trait TaskQueue: Send + Sync + 'static {
+    /// Queues `tasks` for any worker, each unless a task with the same
+    /// [`QueuedTask::key`] is queued or leased already.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] or [`Error::Unavailable`] if the store fails.
     async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()>;
+    /// Claims up to `max` things for `owner`, each held for `lease_for` unless renewed:
+    /// runs whose hold expired ([`Claim::Run`]) and queued tasks that are due
+    /// ([`Claim::Task`]). Waits up to `wait` for something to claim, and returns an empty
+    /// list if nothing came.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] or [`Error::Unavailable`] if the store fails. A claim that failed
+    /// may have been granted all the same (see [`TaskQueue::holdings`]).
     async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Claim>>;
     /// Takes a run over at once, whoever holds it: `owner` holds the run from now on, and
     /// gets every queued task of it, leased, due or not (the claimant waits out
@@ -246,7 +307,21 @@ pub trait TaskQueue: Send + Sync + 'static {
     async fn claim_run(&self, owner: &str, run_id: &str, lease_for: Duration) -> Result<Vec<Lease>>;
     /// Extends every hold and lease of `owner`.
     async fn renew(&self, owner: &str, lease_for: Duration) -> Result<()>;
+    /// Removes `task`, which `owner` leases, from the queue: it is done.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if `owner` does not hold the task (its lease expired, or it was
+    /// acknowledged already): another worker may hold it now. Also [`Error::Store`] or
+    /// [`Error::Unavailable`] if the store fails.
     async fn ack(&self, owner: &str, task: &QueuedTask) -> Result<()>;
+    /// Hands `tasks` that `owner` leases back to the queue, to be claimed no earlier than
+    /// `not_before_ms`, without counting a delivery. Tasks `owner` does not hold are left
+    /// alone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] or [`Error::Unavailable`] if the store fails.
     async fn release(&self, owner: &str, tasks: &[QueuedTask], not_before_ms: u64) -> Result<()>;
     /// Ends `owner`'s hold on a run so that another worker claims it, no earlier than
     /// `not_before_ms`.
@@ -264,7 +339,9 @@ pub trait TaskQueue: Send + Sync + 'static {
 /// The runs an owner holds and the queued tasks it leases ([`TaskQueue::holdings`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Holdings {
+    /// The ids of the runs the owner holds.
     pub runs: Vec<String>,
+    /// The queued tasks the owner leases.
     pub tasks: Vec<QueuedTask>,
 }
 
@@ -276,10 +353,12 @@ pub const RELEASED: &str = "(released)";
 /// ready, and the tasks the step finishes.
 #[derive(Debug)]
 pub struct Step<'a> {
+    /// The run's id.
     pub run_id: &'a str,
     /// How many entries the writer's view of the journal holds: the step applies only if
     /// the stored journal holds exactly these (optimistic concurrency between writers).
     pub expected_seq: u64,
+    /// The entries to append, numbered from `expected_seq` on.
     pub entries: &'a [StoredEntry],
     /// The run's status once the entries are applied, recorded with them.
     pub status: RunStatus,
@@ -340,7 +419,9 @@ pub trait DurableStore: JournalStore + TaskQueue {
 /// what the server and other processes read to know a graph without its code.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GraphRecord {
+    /// The graph's name.
     pub name: String,
+    /// The graph's version ([`Graph::version`](crate::Graph::version)).
     pub version: String,
     /// The graph's structure as JSON ([`crate::GraphSpec`]).
     pub spec: String,
@@ -400,6 +481,7 @@ struct MemoryRun {
 }
 
 impl MemoryStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
@@ -705,8 +787,8 @@ impl MemoryTasks {
         }
     }
 
-    /// Leases up to `max` tasks nobody holds that `pick` accepts (and that are due, when
-    /// when not a `takeover`, that nobody holds and that are due), oldest first.
+    /// Leases up to `max` tasks that `pick` accepts, oldest first: unless it is a
+    /// `takeover`, only those that nobody holds and that are due.
     fn claim(
         &mut self,
         owner: &str,

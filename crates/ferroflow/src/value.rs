@@ -31,6 +31,26 @@ pub trait NativeValue: Send + Sync + 'static {
 }
 
 /// A node output, a run input, a human's answer.
+///
+/// Cheap to clone: every variant is behind an `Arc`. Build plain data with
+/// `Value::from(serde_json::Value)`; read it back with [`Value::to_json`].
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use ferroflow::Value;
+/// use serde_json::json;
+///
+/// let labels = Value::from(json!(["refund", "escalate"]));
+/// assert_eq!(labels.type_name(), "list");
+/// assert_eq!(labels.list_items().map(|items| items.len()), Some(2));
+/// assert_eq!(labels.labels(), Some(vec!["refund".to_owned(), "escalate".to_owned()]));
+///
+/// // The output of a graph with several sinks: a record, whose JSON form is an object.
+/// let record = Value::Record(Arc::from([(Arc::from("total"), Value::from(json!(3)))]));
+/// assert_eq!(record.to_json().unwrap(), json!({"total": 3}));
+/// assert!(Value::null().is_null());
+/// ```
 #[derive(Clone)]
 pub enum Value {
     /// Plain data; what durable stores hold.
@@ -59,7 +79,12 @@ impl Value {
         matches!(self, Value::Json(v) if v.is_null())
     }
 
-    /// The JSON form of the value.
+    /// The JSON form of the value: lists become arrays, records objects.
+    ///
+    /// # Errors
+    ///
+    /// Why a native value (or one inside a list or record) has no JSON form, as
+    /// [`NativeValue::to_json`] says.
     pub fn to_json(&self) -> Result<serde_json::Value, String> {
         match self {
             Value::Json(v) => Ok(v.as_ref().clone()),
@@ -85,7 +110,8 @@ impl Value {
         }
     }
 
-    /// The labels a branch returned: one string or a list of strings.
+    /// The labels a branch returned: one string or a list of strings. `None` for any other
+    /// value (a list with a non-string element included).
     pub fn labels(&self) -> Option<Vec<String>> {
         let json = match self {
             Value::Json(v) => return labels_of(v),
