@@ -299,7 +299,8 @@ async fn work(path: &str, provider: Arc<dyn Provider>, model: &str) -> Result<()
 
     let flow = build(provider, model)?;
     let store = Arc::new(ferroflow::SqliteStore::open(path)?);
-    let engine = Engine::new(tokio::runtime::Handle::current(), EngineConfig { store: Some(store), ..Default::default() });
+    let engine =
+        Engine::new(tokio::runtime::Handle::current(), EngineConfig { store: Some(store), ..Default::default() });
     let stop = tokio_util::sync::CancellationToken::new();
     let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
     let stopping = stop.clone();
