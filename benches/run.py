@@ -3519,6 +3519,10 @@ def _render_table(rows: List[List[str]]) -> List[str]:
     return lines
 
 
+#: The heading from which `--write` keeps what the file holds (sections written by hand).
+HAND_WRITTEN = "## Pure Rust (criterion)"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     global _QUICK
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -3610,8 +3614,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     for k, v in meta:
         print(f"{k}: {v}", file=sys.stderr)
     if args.write:
+        # Sections written by hand (the criterion benches of the Rust path) follow the
+        # generated part, from their heading on: carried over as they are.
+        kept = ""
+        if os.path.exists(args.write):
+            with open(args.write, encoding="utf-8") as f:
+                previous = f.read()
+            at = previous.find(HAND_WRITTEN)
+            kept = previous[at:] if at >= 0 else ""
         with open(args.write, "w", encoding="utf-8") as f:
-            f.write("\n".join(doc))
+            f.write("\n".join(doc) + ("\n" + kept if kept else ""))
         print(f"wrote {args.write}", file=sys.stderr)
     if failed:
         print(f"not measured: {', '.join(failed)}", file=sys.stderr)
