@@ -96,17 +96,7 @@ fn reply_to_py(result: Result<serde_json::Value, LlmError>) -> PyResult<Py<PyAny
 /// Maps a client error to its `ferroflow.errors` class.
 fn llm_error(err: LlmError) -> PyErr {
     Python::attach(|py| {
-        let class = match &err {
-            LlmError::Authentication { .. } => "LLMAuthenticationError",
-            LlmError::NotFound { .. } => "LLMNotFoundError",
-            LlmError::RateLimited { .. } => "LLMRateLimitError",
-            LlmError::Server { .. } => "LLMServerError",
-            LlmError::Rejected { .. } => "LLMRejectedError",
-            LlmError::Timeout { .. } => "LLMTimeoutError",
-            LlmError::Connection { .. } => "LLMConnectionError",
-            LlmError::Malformed { .. } => "MalformedReplyError",
-            _ => "LLMError",
-        };
+        let class = err.class_name();
         let model = err.model().map(str::to_owned);
         let status = err.status().map(|s| s.to_string());
         new_error(py, class, err.to_string(), &[("model", model), ("http_status", status)])

@@ -449,18 +449,7 @@ fn decode<T: DeserializeOwned>(value: &Value, what: impl Fn() -> String) -> Resu
 /// A model call's failure as the node's: retryable when the failure is transient. The
 /// types are those the Python API raises, so that a journal reads the same.
 fn llm_error(error: LlmError) -> NodeError {
-    let kind = match &error {
-        LlmError::Authentication { .. } => "ferroflow.errors.LLMAuthenticationError",
-        LlmError::NotFound { .. } => "ferroflow.errors.LLMNotFoundError",
-        LlmError::RateLimited { .. } => "ferroflow.errors.LLMRateLimitError",
-        LlmError::Server { .. } => "ferroflow.errors.LLMServerError",
-        LlmError::Rejected { .. } => "ferroflow.errors.LLMRejectedError",
-        LlmError::Timeout { .. } => "ferroflow.errors.LLMTimeoutError",
-        LlmError::Connection { .. } => "ferroflow.errors.LLMConnectionError",
-        LlmError::Malformed { .. } => "ferroflow.errors.MalformedReplyError",
-        _ => "ferroflow.errors.LLMError",
-    };
-    let node_error = NodeError::new(kind, error.to_string());
+    let node_error = NodeError::new(format!("ferroflow.errors.{}", error.class_name()), error.to_string());
     if error.is_transient() { node_error } else { NodeError { retryable: false, ..node_error } }
 }
 

@@ -269,6 +269,22 @@ impl LlmError {
         }
     }
 
+    /// The error's class in `ferroflow.errors` (`LLMRateLimitError`, ...): what the Python
+    /// API raises for it, and the error type a failed LLM node records, from either language.
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            LlmError::Authentication { .. } => "LLMAuthenticationError",
+            LlmError::NotFound { .. } => "LLMNotFoundError",
+            LlmError::RateLimited { .. } => "LLMRateLimitError",
+            LlmError::Server { .. } => "LLMServerError",
+            LlmError::Rejected { .. } => "LLMRejectedError",
+            LlmError::Timeout { .. } => "LLMTimeoutError",
+            LlmError::Connection { .. } => "LLMConnectionError",
+            LlmError::Malformed { .. } => "MalformedReplyError",
+            LlmError::Config(_) => "LLMError",
+        }
+    }
+
     /// Whether trying the same call again later may succeed (rate limits, server errors,
     /// timeouts, connections), as opposed to a request that will fail the same way.
     pub fn is_transient(&self) -> bool {
