@@ -4,7 +4,8 @@
 //!
 //! A body is an async closure `Fn(Cx) -> impl Future<Output = Result<O, NodeError>>` whose
 //! output `O` is anything [`Serialize`]; a blocking one is declared with
-//! [`FlowBuilder::task_blocking`]. Dependencies are declared by name with
+//! [`FlowBuilder::task_blocking`], and a body with state or configuration of its own can be a
+//! type implementing [`NodeBody`] ([`FlowBuilder::node`]). Dependencies are declared by name with
 //! [`NodeOptions::after`] (Rust closures have no parameter names to infer them from), and
 //! their outputs read by name with [`Cx::dep`]. Any `std::error::Error` converts into a
 //! [`NodeError`] with `?`.
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -123,6 +125,13 @@ impl NodeOptions<'_> {
     pub fn attempts(self, attempts: u32) -> Self {
         self.node.spec.retry.max_attempts = attempts.max(1);
         self
+    }
+
+    /// For a node declared with [`FlowBuilder::node`] as a map: the node whose output (a
+    /// list) it runs over, once per element (and depends on it).
+    pub fn over(self, node: &str) -> Self {
+        self.node.spec.over = Some(node.to_owned());
+        self.after(node)
     }
 
     /// Fails an attempt that takes longer than `limit` (a retryable failure). An async
@@ -230,6 +239,20 @@ impl FlowBuilder {
         self.add(name, NodeKind::Human, async_body(body))
     }
 
+    /// A node whose body is a type implementing [`NodeBody`], of any `kind` (a map node
+    /// then needs [`NodeOptions::over`]).
+    pub fn node<B: NodeBody>(&mut self, name: &str, kind: NodeKind, body: B) -> NodeOptions<'_> {
+        let body = Arc::new(body);
+        self.add(
+            name,
+            kind,
+            async_body(move |cx| {
+                let body = Arc::clone(&body);
+                async move { body.run(cx).await }
+            }),
+        )
+    }
+
     /// Validates the graph and pairs it with the bodies.
     pub fn build(self) -> Result<Flow, GraphError> {
         let spec = GraphSpec {
@@ -272,6 +295,38 @@ fn to_value<O: Serialize>(output: &O) -> BodyResult {
     serde_json::to_value(output).map(Value::from).map_err(|e| {
         NodeError::permanent("ferroflow.InvalidOutput", format!("the node's output cannot be written as JSON: {e}"))
     })
+}
+
+/// A node body as a type, for bodies that carry state or configuration (a client, a
+/// prompt, limits): [`FlowBuilder::node`] declares a node with one.
+///
+/// ```
+/// use ferroflow::flow::{Cx, FlowBuilder, NodeBody};
+/// use ferroflow::{NodeError, NodeKind};
+///
+/// struct Multiply {
+///     by: i64,
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl NodeBody for Multiply {
+///     type Output = i64;
+///     async fn run(&self, cx: Cx) -> Result<i64, NodeError> {
+///         Ok(cx.input::<i64>()? * self.by)
+///     }
+/// }
+///
+/// let mut g = FlowBuilder::new("times");
+/// g.node("triple", NodeKind::Task, Multiply { by: 3 });
+/// assert_eq!(g.build().unwrap().name(), "times");
+/// ```
+#[async_trait]
+pub trait NodeBody: Send + Sync + 'static {
+    /// What the node outputs.
+    type Output: Serialize;
+    /// One attempt of the node. Dropping the future cancels it (on timeout or when the run
+    /// is cancelled).
+    async fn run(&self, cx: Cx) -> Result<Self::Output, NodeError>;
 }
 
 /// What a body is given: the run's input, its dependencies' outputs, its map element, and

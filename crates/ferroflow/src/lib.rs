@@ -154,7 +154,7 @@ pub use engine::{
     Durability, Engine, EngineConfig, NodeHandle, NodeReport, RunHandle, RunSnapshot, StartOptions, WatchUntil,
 };
 pub use error::{Error, GraphError, NodeError, Result};
-pub use flow::{Cx, Flow, FlowBuilder, NodeOptions};
+pub use flow::{Cx, Flow, FlowBuilder, NodeBody, NodeOptions};
 pub use graph::{Dependency, Graph, GraphSpec, NodeId, NodeKind, NodeSpec, RetryPolicy};
 pub use journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus};
 #[cfg(feature = "nats")]

@@ -269,3 +269,70 @@ async fn a_human_step_waits_and_a_cancelled_run_stays_cancelled() {
     let error = flow.resume(&engine, &other.run_id, None, true).await.expect_err("cancelled");
     assert!(error.to_string().contains("cancelled"), "{error}");
 }
+
+/// A body with configuration of its own, as a type.
+struct Quote {
+    currency: &'static str,
+}
+
+#[async_trait]
+impl ferroflow::NodeBody for Quote {
+    type Output = String;
+    async fn run(&self, cx: Cx) -> Result<String, NodeError> {
+        Ok(format!("{} {}", cx.input::<u32>()?, self.currency))
+    }
+}
+
+fn quote_then_approve() -> Flow {
+    let mut g = FlowBuilder::new("approval");
+    g.node("quote", ferroflow::NodeKind::Tool, Quote { currency: "EUR" });
+    g.human("approve", |cx: Cx| async move { Ok(format!("pay {}?", cx.dep::<String>("quote")?)) }).after("quote");
+    g.task("pay", |cx: Cx| async move {
+        let approved: bool = cx.dep("approve")?;
+        Ok(if approved { format!("paid {}", cx.dep::<String>("quote")?) } else { "refused".to_owned() })
+    })
+    .after_all(["quote", "approve"]);
+    g.build().unwrap()
+}
+
+/// The same graph, unchanged, in every durable context: a run waits in one engine, which
+/// is dropped, and another engine on the same store answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_flow_runs_on_every_durable_store() {
+    use ferroflow::{DurableStore, NatsStore, RedisStore, SqliteStore};
+
+    let flow = quote_then_approve();
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = format!("flow{}", std::process::id());
+    let redis_url = std::env::var("FERROFLOW_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let nats_url = std::env::var("FERROFLOW_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    for kind in ["sqlite", "redis", "nats"] {
+        let open = || async {
+            let store: Arc<dyn DurableStore> = match kind {
+                "sqlite" => Arc::new(SqliteStore::open(dir.path().join("runs.db")).unwrap()),
+                "redis" => Arc::new(RedisStore::connect(&redis_url, &namespace).await.unwrap()),
+                _ => Arc::new(NatsStore::connect(&nats_url, &namespace).await.unwrap()),
+            };
+            Engine::new(Handle::current(), EngineConfig { store: Some(store), ..EngineConfig::default() })
+        };
+        let first = open().await;
+        let waiting = flow.run_with_id(&first, 120, "order-1").await.unwrap();
+        assert_eq!(waiting.status, RunStatus::Waiting, "{kind}");
+        assert_eq!(waiting.waiting_at::<String>("approve").as_deref(), Some("pay 120 EUR?"), "{kind}");
+        drop(first);
+
+        let second = open().await;
+        let done = flow.resume(&second, "order-1", Some("approve"), true).await.unwrap();
+        assert_eq!(done.output_as::<String>().unwrap(), "paid 120 EUR", "{kind}");
+        // Starting the same id again returns the finished run as it is.
+        let again = flow.run_with_id(&second, 999, "order-1").await.unwrap();
+        assert_eq!(again.output_as::<String>().unwrap(), "paid 120 EUR", "{kind}");
+        match kind {
+            "redis" => {
+                drop(RedisStore::connect(&redis_url, &namespace).await.unwrap().delete_namespace().await.unwrap())
+            }
+            "nats" => NatsStore::delete_namespace(&nats_url, &namespace).await.unwrap(),
+            _ => {}
+        }
+    }
+}
