@@ -329,7 +329,7 @@ async fn the_same_flow_runs_on_every_durable_store() {
         assert_eq!(again.output_as::<String>().unwrap(), "paid 120 EUR", "{kind}");
         match kind {
             "redis" => {
-                drop(RedisStore::connect(&redis_url, &namespace).await.unwrap().delete_namespace().await.unwrap())
+                RedisStore::connect(&redis_url, &namespace).await.unwrap().delete_namespace().await.unwrap();
             }
             "nats" => NatsStore::delete_namespace(&nats_url, &namespace).await.unwrap(),
             _ => {}
