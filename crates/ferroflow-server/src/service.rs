@@ -6,10 +6,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ferroflow::{
-    Attachment, Body, Engine, Error, Event, EventKind, GraphRecord, GraphSpec, NodeError, RunQuery, StartOptions,
-    Value, WatchUntil, Workflow,
+    Attachment, Body, Engine, Error, Event, EventKind, GraphRecord, GraphSpec, NodeError, RunQuery, RunRecord,
+    StartOptions, Value, WatchUntil, Workflow,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,6 +21,8 @@ use crate::convert::{event_message, page_cursor, page_token, parse_json, run_mes
 use crate::proto;
 use crate::proto::ferroflow_server::Ferroflow;
 
+/// How long the graph records read from the store are used for starts that name no version.
+const GRAPHS_FRESH_FOR: Duration = Duration::from_secs(1);
 /// Longest run id accepted, in bytes.
 const MAX_RUN_ID_BYTES: usize = 256;
 /// Runs per ListRuns page when the request leaves it at 0, and the most a page holds.
@@ -49,6 +52,10 @@ struct Shared {
     max_input_bytes: usize,
     /// Graphs built from their registered structure, by name and version.
     registered: Mutex<HashMap<(String, String), Workflow>>,
+    /// The store's graph records as last read, and when: a start that names no version
+    /// takes the newest from here for up to [`GRAPHS_FRESH_FOR`] (a graph not found here
+    /// is looked for in the store at once).
+    graphs: Mutex<Option<(Instant, Vec<GraphRecord>)>>,
     /// Cancelled when the server stops: open watch streams end with UNAVAILABLE.
     pub(crate) stopping: CancellationToken,
 }
@@ -68,6 +75,7 @@ impl FerroflowService {
                 attachment,
                 max_input_bytes: Self::DEFAULT_MAX_INPUT_BYTES,
                 registered: Mutex::new(HashMap::new()),
+                graphs: Mutex::new(None),
                 stopping: CancellationToken::new(),
             }),
         }
@@ -124,9 +132,20 @@ impl Shared {
             return Ok((known.clone(), false));
         }
         let record = if self.durable() {
-            let graphs = self.engine.graphs().map_err(status_of)?;
             // Newest first within a name: the first match is the version registered last.
-            graphs.into_iter().find(|g| matches(&g.name, &g.version))
+            let cached = self.graphs.lock().expect("graphs lock").as_ref().and_then(|(read, graphs)| {
+                (read.elapsed() < GRAPHS_FRESH_FOR)
+                    .then(|| graphs.iter().find(|g| matches(&g.name, &g.version)).cloned())
+            });
+            match cached.flatten() {
+                Some(record) => Some(record),
+                None => {
+                    let graphs = self.engine.graphs().map_err(status_of)?;
+                    let found = graphs.iter().find(|g| matches(&g.name, &g.version)).cloned();
+                    *self.graphs.lock().expect("graphs lock") = Some((Instant::now(), graphs));
+                    found
+                }
+            }
         } else {
             None
         };
@@ -177,22 +196,6 @@ impl Shared {
         input: Value,
         run_id: Option<String>,
     ) -> Result<proto::StartRunResponse, Status> {
-        if let Some(id) = &run_id {
-            match self.engine.load(id) {
-                Ok((record, journal)) if record.graph == graph => {
-                    return Ok(proto::StartRunResponse { run: Some(run_message(&record, &journal)?), created: false });
-                }
-                Ok((record, _)) => {
-                    return Err(status_of(Error::RunIdConflict {
-                        run_id: id.clone(),
-                        existing: format!("{}@{}", record.graph, record.version),
-                        requested: graph.to_owned(),
-                    }));
-                }
-                Err(Error::RunNotFound { .. }) => {}
-                Err(error) => return Err(status_of(error)),
-            }
-        }
         let (workflow, executable) = self.resolve(graph, version)?;
         if self.executes() && !executable {
             return Err(Status::failed_precondition(format!(
@@ -201,13 +204,29 @@ impl Shared {
             )));
         }
         let options = StartOptions { run_id: run_id.clone(), attachment: self.attachment.clone() };
-        let (run_id, created) = match self.engine.start_or_get(&workflow, input, options) {
-            Ok((handle, created)) => (handle.id().to_string(), created),
-            // Started meanwhile, by another caller, with another version of the graph.
-            Err(Error::VersionMismatch { run_id, .. }) => (run_id, false),
+        // The store decides whether the id is new (atomically, so that two callers racing
+        // with one id start one run); an existing run of another graph is refused there.
+        let run = match self.engine.start_or_get(&workflow, input, options) {
+            // Just created, and held here: shown from memory, without reading it back.
+            Ok((handle, true)) => {
+                let journal = self.engine.journal(handle.id()).map_err(status_of)?;
+                let (first, last) = (journal.first(), journal.last());
+                let record = RunRecord {
+                    run_id: handle.id().to_string(),
+                    graph: workflow.graph().name().to_owned(),
+                    version: workflow.graph().version().to_owned(),
+                    status: handle.snapshot().status,
+                    created_ms: first.map_or(0, |e| e.at_ms),
+                    updated_ms: last.map_or(0, |e| e.at_ms),
+                };
+                return Ok(proto::StartRunResponse { run: Some(run_message(&record, &journal)?), created: true });
+            }
+            Ok((handle, false)) => handle.id().to_string(),
+            // Started before with another version of the graph: that run is the answer.
+            Err(Error::VersionMismatch { run_id, .. }) => run_id,
             Err(error) => return Err(status_of(error)),
         };
-        Ok(proto::StartRunResponse { run: Some(self.run(&run_id)?), created })
+        Ok(proto::StartRunResponse { run: Some(self.run(&run)?), created: false })
     }
 
     fn resume(&self, run_id: &str, node: Option<&str>, value: Value) -> Result<proto::Run, Status> {
