@@ -166,21 +166,30 @@ class ServerProcess:
 
 
 def start_worker(tmp_path: Path, context: str) -> subprocess.Popen:
-    return subprocess.Popen(
+    """A `ferroflow worker` on `context`; its stderr goes to a file (a pipe nobody reads
+    could fill up and stall it), which `stop_worker` and `worker_log` read."""
+    log = open(tmp_path / f"worker-{uuid.uuid4().hex[:8]}.log", "w")
+    proc = subprocess.Popen(
         [sys.executable, "-m", "ferroflow.cli", "worker", "app:flow", "app:slow", "--context", context, *WORKER],
         cwd=tmp_path,
         env=dict(os.environ, PYTHONPATH=str(tmp_path)),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=log,
     )
+    log.close()
+    proc.log_path = Path(log.name)  # type: ignore[attr-defined]
+    return proc
+
+
+def worker_log(proc: subprocess.Popen) -> str:
+    return proc.log_path.read_text()[-3000:]  # type: ignore[attr-defined]
 
 
 def stop_worker(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err[-3000:]
+    proc.wait(timeout=30)
+    assert proc.returncode == 0, worker_log(proc)
 
 
 def context_url(kind: str, tmp_path: Path) -> str:
@@ -202,18 +211,23 @@ class Deployment:
         self.port = free_port()
         self.worker = start_worker(tmp_path, self.context)
         self.server_args = server_args
+        self.server: Optional[ServerProcess] = None
         try:
-            self.server: Optional[ServerProcess] = ServerProcess(self.context, self.port, *server_args)
+            self.server = ServerProcess(self.context, self.port, *server_args)
+            self.channel = grpc.insecure_channel(self.server.address)
+            self.client = pb.s.FerroflowStub(self.channel)
+            # The worker registers its graphs when it starts; the server needs them to start runs.
+            deadline = time.monotonic() + 30
+            while len(self.client.ListGraphs(pb.m.ListGraphsRequest(), timeout=5).graphs) < 2:
+                assert self.worker.poll() is None, f"the worker stopped: {worker_log(self.worker)}"
+                assert time.monotonic() < deadline, f"the worker did not register its graphs: {worker_log(self.worker)}"
+                time.sleep(0.05)
         except BaseException:
-            stop_worker(self.worker)
+            if self.server is not None:
+                self.server.kill()
+            self.worker.kill()
+            self.worker.wait(timeout=30)
             raise
-        self.channel = grpc.insecure_channel(self.server.address)
-        self.client = pb.s.FerroflowStub(self.channel)
-        # The worker registers its graphs when it starts; the server needs them to start runs.
-        deadline = time.monotonic() + 30
-        while len(self.client.ListGraphs(pb.m.ListGraphsRequest(), timeout=5).graphs) < 2:
-            assert time.monotonic() < deadline, "the worker did not register its graphs"
-            time.sleep(0.05)
 
     def restart_server(self) -> None:
         self.server = ServerProcess(self.context, self.port, *self.server_args)

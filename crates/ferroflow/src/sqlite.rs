@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
@@ -175,60 +175,76 @@ impl SqliteStore {
         let path = path.as_ref().to_path_buf();
         let fail =
             |what: &str, e: rusqlite::Error| Error::Store(format!("{}: {what}: {}", path.display(), describe(&e)));
-        let conn = Connection::open_with_flags(
+        let mut conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| fail("cannot open", e))?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(|e| fail("cannot configure", e))?;
-        let application_id: i32 =
-            conn.pragma_query_value(None, "application_id", |r| r.get(0)).map_err(|e| fail("cannot read", e))?;
-        let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
-            .map_err(|e| fail("cannot read", e))?;
+        // What the file is: (application id, how many tables, schema version).
+        let identify = |conn: &Connection| -> rusqlite::Result<(i32, i64, i32)> {
+            let application_id = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+            let tables = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+            let version = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            Ok((application_id, tables, version))
+        };
+        let (application_id, tables, _) = identify(&conn).map_err(|e| fail("cannot read", e))?;
         if tables == 0 && application_id == 0 {
-            conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| fail("cannot use WAL mode", e))?;
-            let tx = conn.unchecked_transaction().map_err(|e| fail("cannot write", e))?;
-            for part in [SCHEMA, JOURNAL, TASKS, GRAPHS] {
-                tx.execute_batch(part).map_err(|e| fail("cannot create the schema", e))?;
+            // A new file. Several processes may open it at once (a server and its workers
+            // starting together): the schema is made in an immediate transaction, which
+            // takes the write lock first and looks again, so that the others wait and then
+            // find it made.
+            use_wal(&conn).map_err(|e| fail("cannot use WAL mode", e))?;
+            let tx =
+                conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| fail("cannot write", e))?;
+            let (application_id, tables, _) = identify(&tx).map_err(|e| fail("cannot read", e))?;
+            if tables == 0 && application_id == 0 {
+                for part in [SCHEMA, JOURNAL, TASKS, GRAPHS] {
+                    tx.execute_batch(part).map_err(|e| fail("cannot create the schema", e))?;
+                }
+                tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(|e| fail("cannot write", e))?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| fail("cannot write", e))?;
             }
-            tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(|e| fail("cannot write", e))?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| fail("cannot write", e))?;
             tx.commit().map_err(|e| fail("cannot write", e))?;
-        } else if application_id != APPLICATION_ID {
+        }
+        let (application_id, _, version) = identify(&conn).map_err(|e| fail("cannot read", e))?;
+        if application_id != APPLICATION_ID {
             return Err(Error::Store(format!(
                 "{} is not a ferroflow database (it is another application's SQLite file); \
                  give ferroflow a file of its own",
                 path.display()
             )));
-        } else {
-            let version: i32 =
-                conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| fail("cannot read", e))?;
+        }
+        if version == 2 || version == 3 {
+            // Version 2 kept the journal keyed by (run, seq) in an index-organised table,
+            // and had a task table no engine wrote to; version 3 had no graphs. Upgraded in
+            // an immediate transaction that looks at the version again: of two processes
+            // upgrading at once, the second finds the file upgraded.
+            let to_v3 = [
+                "ALTER TABLE journal RENAME TO journal_v2; DROP TABLE tasks;",
+                JOURNAL,
+                "INSERT INTO journal (id, at_ms, entry) SELECT (run << 24) | seq, at_ms, entry FROM journal_v2;
+                 DROP TABLE journal_v2;",
+                TASKS,
+            ];
+            let tx =
+                conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| fail("cannot write", e))?;
+            let (_, _, version) = identify(&tx).map_err(|e| fail("cannot read", e))?;
             if version == 2 || version == 3 {
-                // Version 2 kept the journal keyed by (run, seq) in an index-organised table,
-                // and had a task table no engine wrote to; version 3 had no graphs.
-                let to_v3 = [
-                    "ALTER TABLE journal RENAME TO journal_v2; DROP TABLE tasks;",
-                    JOURNAL,
-                    "INSERT INTO journal (id, at_ms, entry) SELECT (run << 24) | seq, at_ms, entry FROM journal_v2;
-                     DROP TABLE journal_v2;",
-                    TASKS,
-                ];
-                let tx = conn.unchecked_transaction().map_err(|e| fail("cannot write", e))?;
                 let parts = if version == 2 { &to_v3[..] } else { &[] };
                 for part in parts.iter().chain(&[GRAPHS]) {
                     tx.execute_batch(part).map_err(|e| fail("cannot upgrade the schema", e))?;
                 }
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| fail("cannot write", e))?;
-                tx.commit().map_err(|e| fail("cannot write", e))?;
-            } else if version != SCHEMA_VERSION {
-                return Err(Error::Store(format!(
-                    "{} has schema version {version}; this ferroflow reads version {SCHEMA_VERSION}",
-                    path.display()
-                )));
             }
-            conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| fail("cannot use WAL mode", e))?;
+            tx.commit().map_err(|e| fail("cannot write", e))?;
+        } else if version != SCHEMA_VERSION {
+            return Err(Error::Store(format!(
+                "{} has schema version {version}; this ferroflow reads version {SCHEMA_VERSION}",
+                path.display()
+            )));
         }
+        use_wal(&conn).map_err(|e| fail("cannot use WAL mode", e))?;
         // WAL with synchronous=NORMAL: a commit survives a process crash; an OS crash or
         // power loss may lose the last transactions, never corrupt the file.
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| fail("cannot configure", e))?;
@@ -250,6 +266,25 @@ impl SqliteStore {
             Error::Store(message) => Error::Store(format!("{}: {message}", self.inner.path.display())),
             other => other,
         })
+    }
+}
+
+/// Switches the file to WAL mode (a no-op once it is). The switch needs the file to
+/// itself for a moment, and SQLite reports "busy" at once, without waiting, while another
+/// connection (one opening the same new file, say) is reading it: tried again for up to ten
+/// seconds, like any other wait for a lock here.
+fn use_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            done => return done,
+        }
     }
 }
 
@@ -984,6 +1019,29 @@ mod tests {
             (7, 1, 110, '{\"type\":\"NodeCompleted\",\"node\":\"a\",\"item\":null,\"attempt\":1,\"output\":2}');
         PRAGMA user_version = 2;
     ";
+
+    /// Processes that open a new file at the same moment (a server and its workers
+    /// starting together) all get the store: one makes the schema, the others find it.
+    #[test]
+    fn a_new_file_opened_by_many_at_once_is_set_up_once() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..30 {
+            let path = dir.path().join(format!("runs-{round}.db"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let openers: Vec<_> = (0..6)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), std::sync::Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        SqliteStore::open(path).map(drop)
+                    })
+                })
+                .collect();
+            for opener in openers {
+                opener.join().unwrap().unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+        }
+    }
 
     /// Listing a page seeks to its cursor in `runs_by_created` (a SEARCH, not a SCAN that
     /// walks the pages before it) and needs no sort, with or without filters.
