@@ -27,7 +27,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
@@ -91,6 +91,32 @@ def wait_graph_registered(context: Any) -> None:
         time.sleep(0.05)
 
 
+def measure(start: Callable[[int], Any], context: Any, runs: int, clients: int) -> Dict[str, float]:
+    """Starts `runs` runs with `start` from `clients` threads, then waits until the context
+    lists them all completed."""
+    latencies: List[float] = []
+
+    def one(i: int) -> None:
+        began = time.perf_counter()
+        start(i)
+        latencies.append(time.perf_counter() - began)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(runs)))
+    t1 = time.perf_counter()
+    while not completed(context, runs):
+        time.sleep(0.05)
+    t2 = time.perf_counter()
+    latencies.sort()
+    return {
+        "starts/s": runs / (t1 - t0),
+        "runs/s": runs / (t2 - t0),
+        "p50 ms": latencies[len(latencies) // 2] * 1e3,
+        "p99 ms": latencies[int(len(latencies) * 0.99)] * 1e3,
+    }
+
+
 def via_grpc(pb: Any, app_dir: Path, kind: str, tmp: Path, runs: int, clients: int) -> Dict[str, float]:
     import grpc
 
@@ -111,33 +137,17 @@ def via_grpc(pb: Any, app_dir: Path, kind: str, tmp: Path, runs: int, clients: i
         wait_graph_registered(context)
         channel = grpc.insecure_channel(address)
         client = services.FerroflowStub(channel)
-        latencies: List[float] = []
 
         def one(i: int) -> None:
-            started = time.perf_counter()
             request = messages.StartRunRequest(graph="grpc_bench_chain", input_json=json.dumps(i), run_id=f"r{i}")
             client.StartRun(request, timeout=30)
-            latencies.append(time.perf_counter() - started)
 
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(one, range(runs)))
-        t1 = time.perf_counter()
-        while not completed(context, runs):
-            time.sleep(0.05)
-        t2 = time.perf_counter()
+        figures = measure(one, context, runs, clients)
         with open(f"/proc/{server.pid}/stat") as f:
             fields = f.read().split()
         cpu = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
         channel.close()
-        latencies.sort()
-        return {
-            "starts/s": runs / (t1 - t0),
-            "runs/s": runs / (t2 - t0),
-            "p50 ms": latencies[len(latencies) // 2] * 1e3,
-            "p99 ms": latencies[int(len(latencies) * 0.99)] * 1e3,
-            "server cpu s": cpu,
-        }
+        return {**figures, "server cpu s": cpu}
     finally:
         stop(server)
         stop(worker)
@@ -156,27 +166,7 @@ def in_process(app_dir: Path, kind: str, tmp: Path, runs: int, clients: int) -> 
 
         submitter = open_context(url, execute=False)
         wait_graph_registered(submitter)
-        latencies: List[float] = []
-
-        def one(i: int) -> None:
-            started = time.perf_counter()
-            chain.start(i, run_id=f"r{i}", context=submitter)
-            latencies.append(time.perf_counter() - started)
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(one, range(runs)))
-        t1 = time.perf_counter()
-        while not completed(submitter, runs):
-            time.sleep(0.05)
-        t2 = time.perf_counter()
-        latencies.sort()
-        return {
-            "starts/s": runs / (t1 - t0),
-            "runs/s": runs / (t2 - t0),
-            "p50 ms": latencies[len(latencies) // 2] * 1e3,
-            "p99 ms": latencies[int(len(latencies) * 0.99)] * 1e3,
-        }
+        return measure(lambda i: chain.start(i, run_id=f"r{i}", context=submitter), submitter, runs, clients)
     finally:
         stop(worker)
         if kind != "sqlite":

@@ -2,12 +2,14 @@
 //! list runs and graphs, over gRPC (`proto/ferroflow/v1/ferroflow.proto`).
 //!
 //! Two ways to host it:
-//! - The `ferroflow-server` binary ([`context::open`], then [`FerroflowService::submitter`]):
-//!   no Python, no node code. Its engine only submits: the runs it starts are queued in
-//!   the durable context for `ferroflow worker` processes, and it follows them from the
-//!   store. It knows graphs by what workers registered ([`ferroflow::GraphRecord`]).
-//! - Embedded in a process that also executes the graph ([`FerroflowService::executor`]):
-//!   `ferroflow serve` in Python, in real-time (in-memory) or durable mode.
+//! - The `ferroflow-server` binary: [`context::open`], then [`FerroflowService::new`] over an
+//!   engine that does not execute, with no workflows. No Python, no node code: the runs it
+//!   starts are queued in the durable context for workers (`ferroflow worker`, or a Rust
+//!   program calling `Engine::work`), and it follows them from the store. It knows graphs
+//!   by what workers registered ([`ferroflow::GraphRecord`]).
+//! - Embedded in a process that also executes the graphs: [`FerroflowService::new`] over an
+//!   engine that executes, with the workflows it serves. `ferroflow serve` in Python does
+//!   this, in real-time (in-memory) or durable mode; so can a Rust program.
 //!
 //! [`Server::start`] serves it with the standard health service (`grpc.health.v1`) and
 //! server reflection (v1 and v1alpha), so generic clients (grpcurl, grpcio) need no stubs
