@@ -143,9 +143,8 @@ impl Workflow {
     ///
     /// # Errors
     ///
-    /// Every node needs a body: a node without one is [`GraphError::Invalid`]. A body
-    /// keyed by a name the graph has no node for is [`GraphError::UnknownDependency`],
-    /// with that name as both `node` and `dependency`.
+    /// [`GraphError::Invalid`], naming the node, when a node has no body or a body is keyed
+    /// by a name the graph has no node for.
     pub fn new(graph: Graph, mut bodies: HashMap<String, Body>) -> Result<Workflow, GraphError> {
         let mut ordered = Vec::with_capacity(graph.nodes().len());
         for node in graph.nodes() {
@@ -157,10 +156,10 @@ impl Workflow {
             ordered.push(body);
         }
         if let Some(extra) = bodies.into_keys().next() {
-            return Err(GraphError::UnknownDependency {
+            return Err(GraphError::Invalid {
                 graph: graph.name().to_owned(),
-                node: extra.clone(),
-                dependency: extra,
+                node: extra,
+                reason: "a body is given for it, but the graph has no node of that name".into(),
             });
         }
         let names = graph.nodes().iter().map(|n| Arc::from(n.name.as_str())).collect();

@@ -5,7 +5,7 @@
 //! retries what the official Python client retries (connection failures, timeouts, 408,
 //! 409, 429 and 5xx), with the same backoff (0.5 s doubling to at most 8 s, less up to a
 //! quarter of jitter), and waits what the server asks instead when it sends
-//! `retry-after-ms` or `retry-after` in seconds (up to a minute). A streamed call is
+//! `retry-after-ms`, or `retry-after` in seconds or as an HTTP date (up to a minute). A streamed call is
 //! retried only until its first delta has been passed on: after that a retry would
 //! repeat text the caller has already seen, so the failure is returned as
 //! [`LlmError::Connection`] or [`LlmError::Server`] for the caller (a node's retry
@@ -276,11 +276,19 @@ fn backoff(retries: u32) -> Duration {
     Duration::from_secs_f64(base * (1.0 - 0.25 * fastrand::f64()))
 }
 
-/// The wait a response asks for: `retry-after-ms` (milliseconds) or `retry-after`
-/// (seconds), honoured when it is more than nothing and at most a minute.
+/// The wait a response asks for: `retry-after-ms` (milliseconds), or `retry-after` in
+/// seconds or as an HTTP date; honoured when it is more than nothing and at most a minute.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let number = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
-    let wait = number("retry-after-ms").map(|ms| ms / 1000.0).or_else(|| number("retry-after"))?;
+    let text = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    let number = |name: &str| text(name)?.parse::<f64>().ok();
+    let until = |name: &str| {
+        let at = httpdate::parse_http_date(text(name)?).ok()?;
+        Some(at.duration_since(std::time::SystemTime::now()).map_or(0.0, |d| d.as_secs_f64()))
+    };
+    let wait = number("retry-after-ms")
+        .map(|ms| ms / 1000.0)
+        .or_else(|| number("retry-after"))
+        .or_else(|| until("retry-after"))?;
     (wait > 0.0 && wait <= 60.0).then(|| Duration::from_secs_f64(wait))
 }
 
@@ -578,6 +586,19 @@ mod tests {
         assert_eq!(retry_after(&headers), Some(Duration::from_millis(250)));
         headers.insert("retry-after-ms", "600000".parse().unwrap());
         assert_eq!(retry_after(&headers), None, "more than a minute: back off instead");
+    }
+
+    #[test]
+    fn retry_after_may_be_an_http_date() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let in_ten = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(10));
+        headers.insert("retry-after", in_ten.parse().unwrap());
+        let wait = retry_after(&headers).expect("a date ten seconds ahead");
+        assert!(wait > Duration::from_secs(8) && wait <= Duration::from_secs(10), "{wait:?}");
+        headers.insert("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        assert_eq!(retry_after(&headers), None, "a date gone by: back off instead");
+        headers.insert("retry-after", "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
     }
 
     #[test]
