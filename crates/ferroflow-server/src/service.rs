@@ -41,6 +41,8 @@ const MAX_PAGE_SIZE: u32 = 1000;
 #[derive(Clone)]
 pub struct FerroflowService {
     shared: Arc<Shared>,
+    /// Longest run input or resume value accepted, in bytes of JSON.
+    max_input_bytes: usize,
 }
 
 struct Shared {
@@ -49,7 +51,6 @@ struct Shared {
     /// When the service was made: the registration time of `served` in memory.
     served_ms: u64,
     attachment: Option<Attachment>,
-    max_input_bytes: usize,
     /// Graphs built from their registered structure, by name and version.
     registered: Mutex<HashMap<(String, String), Workflow>>,
     /// The store's graph records as last read, and when: a start that names no version
@@ -73,23 +74,22 @@ impl FerroflowService {
                 served: workflows,
                 served_ms: ferroflow::journal::now_ms(),
                 attachment,
-                max_input_bytes: Self::DEFAULT_MAX_INPUT_BYTES,
                 registered: Mutex::new(HashMap::new()),
                 graphs: Mutex::new(None),
                 stopping: CancellationToken::new(),
             }),
+            max_input_bytes: Self::DEFAULT_MAX_INPUT_BYTES,
         }
     }
 
     /// Refuses run inputs and resume values whose JSON text is longer than `bytes`.
-    pub fn with_max_input_bytes(mut self, bytes: usize) -> Self {
-        Arc::get_mut(&mut self.shared).expect("set before the service is shared").max_input_bytes = bytes;
-        self
+    pub fn with_max_input_bytes(self, bytes: usize) -> Self {
+        FerroflowService { max_input_bytes: bytes, ..self }
     }
 
     /// The longest run input or resume value accepted, in bytes of JSON.
     pub fn max_input_bytes(&self) -> usize {
-        self.shared.max_input_bytes
+        self.max_input_bytes
     }
 
     pub(crate) fn stopping(&self) -> &CancellationToken {
@@ -378,7 +378,7 @@ impl Ferroflow for FerroflowService {
             "" => None,
             id => Some(run_id_field(id)?.to_owned()),
         };
-        let input = parse_json("input_json", &request.input_json, self.shared.max_input_bytes)?;
+        let input = parse_json("input_json", &request.input_json, self.max_input_bytes)?;
         let (graph, version) = (request.graph, non_empty(request.version));
         let response = self.blocking(move |s| s.start(&graph, version.as_deref(), input, run_id)).await?;
         Ok(Response::new(response))
@@ -407,7 +407,7 @@ impl Ferroflow for FerroflowService {
     async fn resume_run(&self, request: Request<proto::ResumeRunRequest>) -> Result<Response<proto::Run>, Status> {
         let request = request.into_inner();
         let run_id = run_id_field(&request.run_id)?.to_owned();
-        let value = parse_json("value_json", &request.value_json, self.shared.max_input_bytes)?;
+        let value = parse_json("value_json", &request.value_json, self.max_input_bytes)?;
         let node = non_empty(request.node);
         Ok(Response::new(self.blocking(move |s| s.resume(&run_id, node.as_deref(), value)).await?))
     }
