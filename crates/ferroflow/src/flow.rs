@@ -416,7 +416,8 @@ impl Cx {
     /// Does `step` once per run: if an earlier attempt of this node recorded a result
     /// under `key`, returns it; otherwise runs `step` and records its result (durably, in
     /// a durable context) before returning it. A node that fails after a costly step (or
-    /// whose process dies) does not pay for the step again when it is retried.
+    /// whose process dies) does not pay for the step again when it is retried. Keys are
+    /// the node's own (each map element has its own); `llm:<n>` is taken by [`Cx::chat`].
     pub async fn step<T, F, Fut>(&self, key: &str, step: F) -> Result<T, NodeError>
     where
         T: Serialize + DeserializeOwned,
