@@ -1,7 +1,7 @@
 //! Between the engine's types and the protobuf messages, and from engine errors to gRPC
 //! statuses.
 
-use ferroflow::{Error, JournalEntry, RunCursor, RunRecord, RunStatus, StoredEntry, Value};
+use ferroflow::{Error, EventKind, JournalEntry, RunCursor, RunRecord, RunStatus, StoredEntry, Value};
 use tonic::Status;
 
 use crate::proto;
@@ -135,7 +135,31 @@ pub(crate) fn event_message(seq: u64, at_ms: u64, entry: &JournalEntry) -> Resul
         kind: event_kind(entry).to_owned(),
         node: entry.node().map(|n| n.to_string()).unwrap_or_default(),
         event_json,
+        transient: false,
     })
+}
+
+/// A moment a node starts, or what a running node reported, as a transient event at
+/// offset `seq` (the journal event that follows it).
+pub(crate) fn transient_message(seq: u64, at_ms: u64, kind: &EventKind) -> Result<Option<proto::RunEvent>, Status> {
+    let (name, node, item, attempt, data) = match kind {
+        EventKind::NodeStarted { node, item, attempt } => ("node_started", node, item, attempt, None),
+        EventKind::NodeProgress { node, item, attempt, data } => ("node_progress", node, item, attempt, Some(data)),
+        _ => return Ok(None),
+    };
+    let data = data.map(json_text).transpose()?;
+    let mut json = serde_json::json!({"node": &**node, "item": item, "attempt": attempt});
+    if let Some(data) = data {
+        json["data"] = serde_json::from_str(&data).unwrap_or_default();
+    }
+    Ok(Some(proto::RunEvent {
+        offset: seq,
+        at_ms: at_ms as i64,
+        kind: name.to_owned(),
+        node: node.to_string(),
+        event_json: json.to_string(),
+        transient: true,
+    }))
 }
 
 /// A page token: where the previous page ended. Opaque to clients.

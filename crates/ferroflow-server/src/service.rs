@@ -17,7 +17,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::convert::{event_message, page_cursor, page_token, parse_json, run_message, status_filter, status_of};
+use crate::convert::{
+    event_message, page_cursor, page_token, parse_json, run_message, status_filter, status_of, transient_message,
+};
 use crate::proto;
 use crate::proto::ferroflow_server::Ferroflow;
 
@@ -338,6 +340,7 @@ async fn forward(
     mut events: mpsc::UnboundedReceiver<Event>,
     tx: mpsc::Sender<Result<proto::RunEvent, Status>>,
     mut next: u64,
+    progress: bool,
     stopping: CancellationToken,
 ) {
     loop {
@@ -351,13 +354,24 @@ async fn forward(
             event = events.recv() => event,
         };
         let Some(event) = event else { return };
-        // Only journal events have an offset a watcher can resume from; the moments a node
-        // starts and its progress reports are not journaled, so they are not sent.
-        let EventKind::Journal(entry) = &event.kind else { continue };
         if event.seq < next {
             continue;
         }
-        let message = event_message(event.seq, event.at_ms, entry);
+        let message = match &event.kind {
+            EventKind::Journal(entry) => event_message(event.seq, event.at_ms, entry),
+            // Not journaled: sent only to watchers that asked, and never counted as seen.
+            transient if progress => match transient_message(event.seq, event.at_ms, transient) {
+                Ok(Some(message)) => {
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(None) => continue,
+                Err(status) => Err(status),
+            },
+            _ => continue,
+        };
         let failed = message.is_err();
         if tx.send(message).await.is_err() || failed {
             return;
@@ -400,7 +414,7 @@ impl Ferroflow for FerroflowService {
         let until = if request.follow_waiting { WatchUntil::Finished } else { WatchUntil::Settled };
         let events = self.blocking(move |s| s.watch(&run_id, until)).await?;
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(forward(events, tx, request.from_offset, self.shared.stopping.clone()));
+        tokio::spawn(forward(events, tx, request.from_offset, request.progress, self.shared.stopping.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

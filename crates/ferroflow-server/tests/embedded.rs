@@ -50,7 +50,12 @@ async fn a_rust_graph_is_started_watched_and_resumed_over_grpc() {
     let again = client.start_run(start).await.unwrap().into_inner();
     assert!(!again.created, "the same run id starts no second run");
 
-    let watch = |from_offset, follow_waiting| WatchRunRequest { run_id: "p-1".into(), from_offset, follow_waiting };
+    let watch = |from_offset, follow_waiting| WatchRunRequest {
+        run_id: "p-1".into(),
+        from_offset,
+        follow_waiting,
+        progress: false,
+    };
     let mut stream = client.watch_run(watch(0, false)).await.unwrap().into_inner();
     let mut events = Vec::new();
     while let Some(event) = stream.message().await.unwrap() {
@@ -95,5 +100,64 @@ async fn a_server_with_a_token_refuses_calls_without_it() {
     let mut request = tonic::Request::new(ListGraphsRequest {});
     request.metadata_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
     assert_eq!(client.list_graphs(request).await.unwrap().into_inner().graphs.len(), 1);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_asks_gets_what_running_nodes_report_as_it_happens() {
+    let mut g = FlowBuilder::new("talk");
+    g.llm("speak", |cx: Cx| async move {
+        // Like a model's first-token latency: the watcher, which connects once the start
+        // returns, is attached by then (transient events reach the watchers present).
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        for token in ["Hel", "lo", "!"] {
+            cx.emit(serde_json::json!({ "token": token }));
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok("Hello!")
+    });
+    let engine = Engine::new(Handle::current(), EngineConfig::default());
+    let service = FerroflowService::new(engine, vec![g.build().unwrap().workflow().clone()], None);
+    let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), token: None, tls: None };
+    let server = Server::start(service, config).await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", server.local_addr())).unwrap().connect().await.unwrap();
+    let mut client = FerroflowClient::new(channel);
+
+    let start = |run_id: &str| StartRunRequest { graph: "talk".into(), run_id: run_id.into(), ..Default::default() };
+    let mut received = Vec::new();
+    for (run_id, progress) in [("quiet", false), ("chatty", true)] {
+        client.start_run(start(run_id)).await.unwrap();
+        let request = WatchRunRequest { run_id: run_id.into(), progress, ..Default::default() };
+        let mut stream = client.watch_run(request).await.unwrap().into_inner();
+        let mut events = Vec::new();
+        while let Some(event) = stream.message().await.unwrap() {
+            events.push(event);
+        }
+        received.push(events);
+    }
+    let kinds =
+        |events: &[ferroflow_server::proto::RunEvent]| events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>();
+    // The watch started as the run did, so it saw the node run (a later watch replays the
+    // journal only).
+    assert_eq!(kinds(&received[0]), ["run_started", "node_completed", "run_completed"]);
+    let chatty = &received[1];
+    let transient: Vec<&ferroflow_server::proto::RunEvent> = chatty.iter().filter(|e| e.transient).collect();
+    let tokens: Vec<String> = transient
+        .iter()
+        .filter(|e| e.kind == "node_progress")
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.event_json).unwrap()["data"]["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(tokens, ["Hel", "lo", "!"]);
+    // Transient events carry the offset of the journal event after them, and never count
+    // as journal events.
+    let completed = chatty.iter().find(|e| e.kind == "node_completed").unwrap();
+    assert!(transient.iter().all(|e| e.offset == completed.offset && e.node == "speak"), "{chatty:?}");
+    let journal: Vec<u64> = chatty.iter().filter(|e| !e.transient).map(|e| e.offset).collect();
+    assert_eq!(journal, [0, 1, 2]);
     server.stop().await.unwrap();
 }
