@@ -774,3 +774,57 @@ def test_the_server_runs_a_rust_graph_that_calls_a_model_without_python(pb, tmp_
             worker.send_signal(signal.SIGTERM)
             _, err = worker.communicate(timeout=30)
             assert worker.returncode == 0, err
+
+
+STREAMING_APP = """
+import os
+import ferroflow as ff
+
+talk = ff.Graph("grpc_talk")
+
+@talk.llm(
+    provider=ff.NativeOpenAIProvider(base_url=os.environ["MOCK_LLM_URL"], api_key="test", timeout=10.0),
+    model="mock-model",
+    stream=True,
+)
+def answer(input):
+    return [{"role": "user", "content": input}]
+"""
+
+
+def test_a_grpc_watcher_gets_an_llm_nodes_tokens_as_they_stream(pb, tmp_path):
+    """`ferroflow serve` in real time: a watch with `progress` receives the tokens of a
+    streamed model call as the model sends them, before the node completes."""
+    (tmp_path / "app.py").write_text(STREAMING_APP)
+    with MockLLMServer(reply="one two three four five", latency=0.3, token_interval=0.05) as llm:
+        command = [sys.executable, "-m", "ferroflow.cli", "serve", "app:talk", "--context", "memory"]
+        proc = subprocess.Popen(
+            [*command, "--listen", "127.0.0.1:0"],
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=str(tmp_path), MOCK_LLM_URL=llm.base_url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            line = proc.stdout.readline()
+            assert "listening on" in line, proc.stderr.read()
+            address = line.split()[line.split().index("on") + 1]
+            with grpc.insecure_channel(address) as channel:
+                client, m = pb.s.FerroflowStub(channel), pb.m
+                client.StartRun(m.StartRunRequest(graph="grpc_talk", input_json='"hi"', run_id="t"), timeout=10)
+                received = []
+                for event in client.WatchRun(m.WatchRunRequest(run_id="t", progress=True), timeout=30):
+                    received.append((time.monotonic(), event))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+    tokens = [(t, json.loads(e.event_json)["data"]["token"]) for t, e in received if e.kind == "node_progress"]
+    assert "".join(token for _, token in tokens) == "one two three four five", received
+    assert all(e.transient for _, e in received if e.kind == "node_progress")
+    done = next(t for t, e in received if e.kind == "node_completed")
+    assert tokens[0][0] < done - 0.15, "the tokens arrived together with the result, not as they streamed"
+    journal = [e for _, e in received if not e.transient]
+    assert [e.offset for e in journal] == list(range(len(journal)))
+    # The reply is recorded as the node's step before the node completes.
+    assert [e.kind for e in journal] == ["run_started", "step_recorded", "node_completed", "run_completed"]
