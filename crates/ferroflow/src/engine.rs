@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
+use serde::de::DeserializeOwned;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -140,6 +141,25 @@ pub struct RunSnapshot {
     pub failure: Option<RunFailure>,
     /// Human nodes waiting for an answer, with their payloads.
     pub waiting: Vec<(Arc<str>, Value)>,
+}
+
+impl RunSnapshot {
+    /// The run's output as `T`; an error if the run has none (it did not complete) or it
+    /// is not a `T`.
+    pub fn output_as<T: DeserializeOwned>(&self) -> Result<T> {
+        let invalid = |reason: String| Error::InvalidInput { run_id: self.run_id.to_string(), reason };
+        let output =
+            self.output.as_ref().ok_or_else(|| invalid(format!("the run is {}: it has no output", self.status)))?;
+        let json = output.to_json().map_err(invalid)?;
+        serde_json::from_value(json)
+            .map_err(|e| invalid(format!("its output is not a {}: {e}", std::any::type_name::<T>())))
+    }
+
+    /// What the human step `node` asked, as `T`, while the run waits there.
+    pub fn waiting_at<T: DeserializeOwned>(&self, node: &str) -> Option<T> {
+        let (_, payload) = self.waiting.iter().find(|(n, _)| &**n == node)?;
+        serde_json::from_value(payload.to_json().ok()?).ok()
+    }
 }
 
 /// The state of one node, for inspection.

@@ -153,6 +153,15 @@ impl NodeError {
     }
 }
 
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for NodeError {
+    /// Any error fails the node (retryably: the node's [`RetryPolicy`](crate::RetryPolicy) decides), its type
+    /// the error's type name and its message the error's.
+    fn from(error: E) -> NodeError {
+        let kind = std::any::type_name::<E>();
+        NodeError::new(kind, error.to_string())
+    }
+}
+
 impl std::fmt::Display for NodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.kind, self.message)

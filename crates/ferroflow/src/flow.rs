@@ -47,7 +47,7 @@ use crate::engine::{Engine, RunHandle, RunSnapshot, StartOptions, WatchUntil};
 use crate::error::{Error, GraphError, NodeError, Result};
 use crate::graph::{Dependency, GraphSpec, NodeKind, NodeSpec, RetryPolicy};
 use crate::journal::Event;
-use crate::llm::{ChatRequest, LlmError, Provider, Reply, ToolCall, Usage};
+use crate::llm::{ChatRequest, LlmError, Provider, Reply};
 use crate::value::Value;
 
 type AsyncFn = Arc<dyn Fn(Cx) -> BoxFuture<'static, BodyResult> + Send + Sync>;
@@ -470,7 +470,7 @@ impl Cx {
         let key = format!("llm:{}", self.calls.fetch_add(1, Ordering::Relaxed));
         if let Some((_, value)) = self.call.recorded.iter().find(|(k, _)| **k == *key) {
             let json = value.to_json().map_err(|e| NodeError::permanent("ferroflow.InvalidStep", e))?;
-            return reply_from_json(&json).ok_or_else(|| {
+            return Reply::from_json(&json).ok_or_else(|| {
                 NodeError::permanent("ferroflow.InvalidStep", format!("the recorded reply '{key}' is not a reply"))
             });
         }
@@ -507,41 +507,6 @@ fn decode<T: DeserializeOwned>(value: &Value, what: impl Fn() -> String) -> Resu
 fn llm_error(error: LlmError) -> NodeError {
     let node_error = NodeError::new(format!("ferroflow.errors.{}", error.class_name()), error.to_string());
     if error.is_transient() { node_error } else { NodeError { retryable: false, ..node_error } }
-}
-
-/// A reply back from its JSON form ([`Reply::to_json`]).
-fn reply_from_json(json: &serde_json::Value) -> Option<Reply> {
-    let usage = &json["usage"];
-    let tool_calls = json["tool_calls"]
-        .as_array()?
-        .iter()
-        .map(|call| {
-            Some(ToolCall {
-                id: call["id"].as_str()?.to_owned(),
-                name: call["name"].as_str()?.to_owned(),
-                arguments: call["arguments"].as_object()?.clone(),
-            })
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some(Reply {
-        text: json["text"].as_str()?.to_owned(),
-        tool_calls,
-        usage: Usage {
-            prompt_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0),
-            completion_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
-        },
-        model: json["model"].as_str().unwrap_or_default().to_owned(),
-        finish_reason: json["finish_reason"].as_str().unwrap_or_default().to_owned(),
-    })
-}
-
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for NodeError {
-    /// Any error fails the node (retryably: the node's [`RetryPolicy`] decides), its type
-    /// the error's type name and its message the error's.
-    fn from(error: E) -> NodeError {
-        let kind = std::any::type_name::<E>();
-        NodeError::new(kind, error.to_string())
-    }
 }
 
 /// A graph with its bodies, ready to run on any [`Engine`]: in memory (real-time) or on
@@ -643,23 +608,4 @@ fn input_value(input: &impl Serialize, run_id: Option<&str>) -> Result<Value> {
         run_id: run_id.unwrap_or_default().to_owned(),
         reason: format!("the value cannot be written as JSON: {e}"),
     })
-}
-
-impl RunSnapshot {
-    /// The run's output as `T`; an error if the run has none (it did not complete) or it
-    /// is not a `T`.
-    pub fn output_as<T: DeserializeOwned>(&self) -> Result<T> {
-        let invalid = |reason: String| Error::InvalidInput { run_id: self.run_id.to_string(), reason };
-        let output =
-            self.output.as_ref().ok_or_else(|| invalid(format!("the run is {}: it has no output", self.status)))?;
-        let json = output.to_json().map_err(invalid)?;
-        serde_json::from_value(json)
-            .map_err(|e| invalid(format!("its output is not a {}: {e}", std::any::type_name::<T>())))
-    }
-
-    /// What the human step `node` asked, as `T`, while the run waits there.
-    pub fn waiting_at<T: DeserializeOwned>(&self, node: &str) -> Option<T> {
-        let (_, payload) = self.waiting.iter().find(|(n, _)| &**n == node)?;
-        serde_json::from_value(payload.to_json().ok()?).ok()
-    }
 }

@@ -135,6 +135,34 @@ impl Reply {
             "finish_reason": self.finish_reason,
         })
     }
+
+    /// A reply back from its JSON form ([`Reply::to_json`]): what an LLM node recorded.
+    /// `None` if `json` is not one (no text, or a tool call without id, name or object
+    /// arguments); missing usage counts, model and finish reason read as zero and empty.
+    pub fn from_json(json: &Json) -> Option<Reply> {
+        let usage = &json["usage"];
+        let tool_calls = json["tool_calls"]
+            .as_array()?
+            .iter()
+            .map(|call| {
+                Some(ToolCall {
+                    id: call["id"].as_str()?.to_owned(),
+                    name: call["name"].as_str()?.to_owned(),
+                    arguments: call["arguments"].as_object()?.clone(),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Reply {
+            text: json["text"].as_str()?.to_owned(),
+            tool_calls,
+            usage: Usage {
+                prompt_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0),
+                completion_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
+            },
+            model: json["model"].as_str().unwrap_or_default().to_owned(),
+            finish_reason: json["finish_reason"].as_str().unwrap_or_default().to_owned(),
+        })
+    }
 }
 
 /// Why a model call failed. Every variant names the model; the HTTP ones carry the
