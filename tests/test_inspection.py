@@ -105,3 +105,17 @@ def test_the_command_lists_shows_resumes_and_cancels(tmp_path, monkeypatch):
     drawn = cli("graph", "durable_app:chain", cwd=tmp_path)
     assert drawn.returncode == 0, drawn.stderr
     assert drawn.stdout.startswith("flowchart TD")
+
+
+def test_context_urls_are_read_as_the_server_reads_them(tmp_path):
+    """The CLI and `ferroflow-server` share one reader of `--context`: the same forms open
+    the same contexts, and a URL naming no durable context is an error that says so."""
+    from ferroflow.cli import open_context
+
+    assert open_context(f"sqlite://{tmp_path}/a.db").durable
+    assert (tmp_path / "a.db").exists()
+    assert open_context(f"sqlite:{tmp_path}/b.db").durable and (tmp_path / "b.db").exists()
+    assert isinstance(open_context("memory"), ff.InMemory)
+    done = cli("runs", "list", "--context", "postgres://127.0.0.1/x", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "context 'postgres://127.0.0.1/x' names no durable context" in done.stderr, done.stderr

@@ -15,6 +15,7 @@ __all__ = [
     "Workflow",
     "__version__",
     "check_json",
+    "parse_context",
     "shutdown",
 ]
 
@@ -22,6 +23,10 @@ __version__: str
 
 def shutdown() -> None:
     """Stops engine threads from calling into Python; registered with ``atexit``."""
+
+def parse_context(spec: str) -> Tuple[str, str, str]:
+    """A durable context's URL as ``(kind, location, namespace)`` (a SQLite file's namespace
+    is empty); ``StoreError`` otherwise."""
 
 def check_json(obj: Any) -> None:
     """Raises ``TypeError`` saying what and where unless ``obj`` is plain JSON data."""

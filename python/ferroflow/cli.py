@@ -29,9 +29,9 @@ import os
 import signal
 import sys
 import time
-import urllib.parse
 from typing import Any, List, Optional, Sequence
 
+from . import _native
 from .context import Context, InMemory, Nats, Redis, Sqlite
 from .errors import FerroflowError
 from .events import RunFinished
@@ -49,22 +49,14 @@ def open_context(spec: str, **options: Any) -> Context:
     ``options`` go to a durable context."""
     if spec == "memory":
         return InMemory()
-    if spec.startswith(("nats://", "tls://", "redis://", "rediss://")):
-        # The namespace travels as a query parameter; the rest of the URL goes to the client.
-        parts = urllib.parse.urlsplit(spec)
-        query = urllib.parse.parse_qsl(parts.query)
-        namespace = dict(query).get("namespace")
-        rest = urllib.parse.urlunsplit(
-            parts._replace(query=urllib.parse.urlencode([(k, v) for k, v in query if k != "namespace"]))
-        )
-        if parts.scheme in ("nats", "tls"):
-            return Nats(rest, namespace=namespace or "ferroflow", **options)
-        return Redis(rest, namespace=namespace or "default", **options)
-    for prefix in ("sqlite:///", "sqlite://", "sqlite:"):
-        if spec.startswith(prefix):
-            path = spec[len(prefix) :]
-            return Sqlite("/" + path if prefix == "sqlite:///" else path, **options)
-    return Sqlite(spec, **options)
+    # Read by the same code as `ferroflow-server --context`: the namespace travels as a
+    # query parameter, the rest of the URL goes to the client.
+    kind, location, namespace = _native.parse_context(spec)
+    if kind == "sqlite":
+        return Sqlite(location, **options)
+    if kind == "redis":
+        return Redis(location, namespace=namespace, **options)
+    return Nats(location, namespace=namespace, **options)
 
 
 def load_graph(spec: str) -> Graph:

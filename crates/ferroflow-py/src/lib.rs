@@ -35,6 +35,21 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt().with_max_level(filter).with_writer(std::io::stderr).try_init();
 }
 
+/// Reads a durable context's URL (the syntax `ferroflow-server --context` takes):
+/// `(kind, location, namespace)`, kind being `sqlite`, `redis` or `nats` (a SQLite file's
+/// namespace is empty). Raises
+/// `ferroflow.errors.StoreError` for anything else.
+#[pyfunction]
+fn parse_context(py: Python<'_>, spec: &str) -> PyResult<(&'static str, String, String)> {
+    use ferroflow_server::context::ContextUrl;
+    match ContextUrl::parse(spec) {
+        Ok(ContextUrl::Sqlite(path)) => Ok(("sqlite", path, String::new())),
+        Ok(ContextUrl::Redis { url, namespace }) => Ok(("redis", url, namespace)),
+        Ok(ContextUrl::Nats { url, namespace }) => Ok(("nats", url, namespace)),
+        Err(e) => Err(error::new_error(py, "StoreError", e.to_string(), &[])),
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     init_logging();
@@ -47,6 +62,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<llm::PyReplyStream>()?;
     m.add_class::<server::PyServer>()?;
     m.add_function(wrap_pyfunction!(check_json, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_context, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::shutdown, m)?)?;
     Ok(())
 }

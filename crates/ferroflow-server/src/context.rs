@@ -7,7 +7,8 @@
 //! - a NATS server with JetStream: `nats://host:port[?namespace=NAME]` (or `tls://`); the
 //!   namespace defaults to `ferroflow`.
 //!
-//! The same defaults as the Python CLI, so that both name the same context alike.
+//! The Python package reads context URLs with this code too (`ferroflow._native.parse_context`),
+//! so that the CLI and the server name every context alike.
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use ferroflow::{DurableStore, NatsStore, RedisStore, SqliteStore};
 pub enum ContextError {
     /// `memory`, an unknown scheme, or nothing: no store that workers could share.
     #[error(
-        "context '{0}' is not durable: the server needs one that workers share (a SQLite file, redis://… or nats://…)"
+        "context '{0}' names no durable context: give a SQLite file (or sqlite:///path), redis://HOST:PORT or nats://HOST:PORT"
     )]
     NotDurable(String),
     /// The store could not be opened or reached.
