@@ -644,7 +644,7 @@ def test_the_server_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
     memory = subprocess.run(
         [str(SERVER_BIN), "--context", "memory"], capture_output=True, text=True, timeout=30, env=env
     )
-    assert memory.returncode == 1 and "is not durable" in memory.stderr, memory.stderr
+    assert memory.returncode == 1 and "names no durable context" in memory.stderr, memory.stderr
 
 
 def test_serve_runs_graphs_in_real_time_from_python(pb, tmp_path):

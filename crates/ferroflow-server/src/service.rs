@@ -177,18 +177,17 @@ impl Shared {
     /// followed from it. Returns whether this process executes the run's graph.
     fn hold(&self, run_id: &str) -> Result<bool, Status> {
         let (record, _) = self.engine.load(run_id).map_err(status_of)?;
-        let executable = self.resolve(&record.graph, Some(&record.version));
-        if self.engine.handle(run_id).is_ok() {
-            return Ok(executable.is_ok_and(|(_, executable)| executable));
+        if self.engine.handle(run_id).is_err() {
+            let (workflow, _) = self.resolve(&record.graph, Some(&record.version)).map_err(|_| {
+                Status::failed_precondition(format!(
+                    "run '{run_id}' is of graph '{}' version {}, which no worker registered in this context",
+                    record.graph, record.version
+                ))
+            })?;
+            self.engine.follow(&workflow, run_id).map_err(status_of)?;
         }
-        let (workflow, executable) = executable.map_err(|_| {
-            Status::failed_precondition(format!(
-                "run '{run_id}' is of graph '{}' version {}, which no worker registered in this context",
-                record.graph, record.version
-            ))
-        })?;
-        self.engine.follow(&workflow, run_id).map_err(status_of)?;
-        Ok(executable)
+        let graph = |w: &Workflow| w.graph().name() == record.graph && w.graph().version() == record.version;
+        Ok(self.served.iter().any(graph))
     }
 
     fn start(
