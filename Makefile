@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
-# The cargo target dir may live outside the checkout (CI reuses one between clones).
+# The cargo target dir: inside the checkout unless CARGO_TARGET_DIR says otherwise.
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
 .DEFAULT_GOAL := help
@@ -37,8 +37,12 @@ server: ## Build the ferroflow-server binary (release) into the cargo target dir
 services: ## Make sure Redis and NATS (JetStream) run on 127.0.0.1, installing them if missing
 	scripts/services.sh
 
+.PHONY: binaries
+binaries: ## Build the executables the tests run: ferroflow-server and the crate's examples (debug)
+	cargo build --workspace --all-features --bins --examples --quiet
+
 .PHONY: test
-test: dev server lint services ## Run every test: Rust unit tests, then the pytest suite (strict mode on)
+test: dev lint services binaries ## Run every test: Rust unit tests, then the pytest suite (strict mode on)
 	cargo test --workspace --all-features --quiet
 	FERROFLOW_STRICT=1 $(BIN)/pytest -q
 

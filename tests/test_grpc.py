@@ -23,6 +23,7 @@ from typing import Dict, Iterator, List, Optional
 import grpc
 import pytest
 
+import cargo_artifacts
 import ferroflow as ff
 from ferroflow.cli import open_context
 from ferroflow.testing import MockLLMServer
@@ -30,12 +31,10 @@ from ferroflow.testing import MockLLMServer
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("FERROFLOW_TEST_REDIS", "redis://127.0.0.1:6379")
 NATS_URL = os.environ.get("FERROFLOW_TEST_NATS", "nats://127.0.0.1:4222")
-TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 WORKER = ["--concurrency", "16", "--lease", "1", "--grace", "5"]
 # A throwaway certificate for 127.0.0.1.
 SELF_SIGNED = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
 SELF_SIGNED += ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
-SERVER_BIN = Path(os.environ.get("FERROFLOW_SERVER_BIN", TARGET / "release" / "ferroflow-server"))
 
 APP = """
 import time
@@ -133,8 +132,7 @@ class ServerProcess:
 
     def __init__(self, context: str, port: int, *args: str, python_serve: Optional[Path] = None) -> None:
         if python_serve is None:
-            assert SERVER_BIN.exists(), f"{SERVER_BIN} is missing: `make server` builds it"
-            command = [str(SERVER_BIN)]
+            command = [str(cargo_artifacts.server())]
             env = None
         else:
             command = [sys.executable, "-m", "ferroflow.cli", "serve", "app:flow", "app:slow"]
@@ -630,10 +628,10 @@ def test_token_tls_health_and_reflection(pb, tmp_path):
 
 
 def test_the_server_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
-    assert SERVER_BIN.exists(), f"{SERVER_BIN} is missing: `make server` builds it"
+    server = cargo_artifacts.server()
     env = {k: v for k, v in os.environ.items() if k != "FERROFLOW_SERVER_TOKEN"}
     refused = subprocess.run(
-        [str(SERVER_BIN), "--context", str(tmp_path / "runs.db"), "--listen", "0.0.0.0:0"],
+        [str(server), "--context", str(tmp_path / "runs.db"), "--listen", "0.0.0.0:0"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -641,9 +639,7 @@ def test_the_server_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
     )
     assert refused.returncode == 1
     assert "--token-file" in refused.stderr and "--allow-unauthenticated" in refused.stderr, refused.stderr
-    memory = subprocess.run(
-        [str(SERVER_BIN), "--context", "memory"], capture_output=True, text=True, timeout=30, env=env
-    )
+    memory = subprocess.run([str(server), "--context", "memory"], capture_output=True, text=True, timeout=30, env=env)
     assert memory.returncode == 1 and "names no durable context" in memory.stderr, memory.stderr
 
 
@@ -738,8 +734,7 @@ def test_the_server_runs_a_rust_graph_that_calls_a_model_without_python(pb, tmp_
             result = offline.resume(result.run_id, {"approved": True, "by": "supervisor"})
         expected.append(result.output["text"])
 
-    worker_bin = TARGET / "debug" / "examples" / "support_bot"
-    assert worker_bin.exists(), f"{worker_bin} is missing: `cargo test -p ferroflow --all-features` builds it"
+    worker_bin = cargo_artifacts.example("support_bot")
     context = str(tmp_path / "runs.db")
     with MockLLMServer(reply=lambda body: bot.reply_to(body["messages"])) as llm:
         env = dict(os.environ, OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY="test", SUPPORT_BOT_MODEL="mock-model")

@@ -1,4 +1,4 @@
-"""The Rust crate's examples, as built by `cargo test` (crates/ferroflow/examples): the
+"""The Rust crate's examples (crates/ferroflow/examples, located through cargo): the
 support bot gives the answers the Python one gives, offline and against the mock OpenAI
 server; the durable batch on SQLite, killed with SIGKILL and started again, finishes
 without running a completed node twice."""
@@ -14,18 +14,12 @@ from collections import defaultdict
 
 import pytest
 
+import cargo_artifacts
 import ferroflow as ff
 from ferroflow.testing import MockLLMServer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-EXAMPLES = TARGET / "debug" / "examples"
-
-
-def example(name: str) -> pathlib.Path:
-    path = EXAMPLES / name
-    assert path.exists(), f"{path} is missing: `cargo test -p ferroflow --all-features` builds the examples"
-    return path
+example = cargo_artifacts.example
 
 
 @pytest.fixture(scope="module")
