@@ -14,7 +14,13 @@
 ``--context`` is a SQLite file (``runs.db`` or ``sqlite:///path/runs.db``) or a Redis server
 (``redis://127.0.0.1:6379?namespace=NAME``). Inspecting and
 cancelling need only the file; continuing a run executes its nodes, so it needs the graph,
-named as ``module:attribute`` (the module is imported from the current directory first).
+named as ``module:attribute`` (the module is imported from the current directory first), or
+as ``path/to/file.py:attribute`` (the module of that file).
+
+Bad input (an option out of range, a file that is missing or unreadable, an application
+module that fails to import) is one line on stderr, ``ferroflow: ...``, and exit status 2;
+an error of ferroflow's while doing the work (a run not found, a store error) is one line
+and exit status 1.
 """
 
 from __future__ import annotations
@@ -23,13 +29,18 @@ import argparse
 import datetime
 import hashlib
 import importlib
+import importlib.util
 import ipaddress
 import json
+import math
 import os
+import re
 import signal
 import sys
 import time
-from typing import Any, List, Optional, Sequence
+import traceback
+from types import ModuleType
+from typing import IO, Any, List, NoReturn, Optional, Sequence, Tuple
 
 from . import _native
 from .context import Context, InMemory, Nats, Redis, Sqlite
@@ -59,20 +70,118 @@ def open_context(spec: str, **options: Any) -> Context:
     return Nats(location, namespace=namespace, **options)
 
 
-def load_graph(spec: str) -> Graph:
-    """The graph named ``module:attribute``."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise SystemExit(f"ferroflow: name the graph as MODULE:GRAPH, not {spec!r}")
+class UsageError(Exception):
+    """Bad input on the command line (an option, a file, an application module): ``main``
+    prints ``ferroflow: <message>`` on one line and exits with status 2."""
+
+
+def _one_line(text: object) -> str:
+    """``text`` on one line: its whitespace runs (newlines included) as single spaces."""
+    return " ".join(str(text).split())
+
+
+def _os_problem(e: OSError) -> str:
+    """What an ``OSError`` of opening a file says, without repeating the file's name."""
+    if isinstance(e, FileNotFoundError):
+        return "no such file or directory"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory, not a file"
+    if isinstance(e, NotADirectoryError):
+        return "a part of the path is not a directory"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return _one_line(e.strerror or e)
+
+
+def _import_failure(label: str, e: BaseException) -> UsageError:
+    """The one line for application code that failed to import: the module, the exception's
+    type and message, and where it was raised."""
+    if isinstance(e, SyntaxError):
+        where = f" ({e.filename}, line {e.lineno})" if e.filename else ""
+        return UsageError(f"cannot import {label}: SyntaxError: {_one_line(e.msg)}{where}")
+    if isinstance(e, SystemExit):
+        return UsageError(f"cannot import {label}: it raised SystemExit (sys.exit({e.code!r})) while being imported")
+    # Where the application's code raised: not in the import machinery, nor here.
+    machinery = os.path.dirname(importlib.__file__) + os.sep
+    frames = [
+        f
+        for f in traceback.extract_tb(e.__traceback__)
+        if not f.filename.startswith(("<", machinery)) and f.filename != __file__
+    ]
+    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return UsageError(f"cannot import {label}: {type(e).__name__}: {_one_line(e)}{where}")
+
+
+def _import_module(name: str) -> ModuleType:
     sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise SystemExit(f"ferroflow: cannot import {module_name!r}: {e}") from None
+        return importlib.import_module(name)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the application's code: anything can fail
+        raise _import_failure(f"module {name!r}", e) from None
+
+
+def _import_file(path: str) -> ModuleType:
+    """The module of the Python file at ``path``, named after the file (``app`` for
+    ``sub/app.py``), imported as ``python sub/app.py`` would run it: with the file's directory
+    first on ``sys.path``. The same file is imported once."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path!r}: no such file")
+    if os.path.isdir(path):
+        raise UsageError(f"{path!r} is a directory, not a Python file")
+    name = os.path.splitext(os.path.basename(path))[0]
+    full = os.path.abspath(path)
+    known = sys.modules.get(name)
+    if known is not None and getattr(known, "__file__", None) and os.path.abspath(known.__file__ or "") == full:
+        return known
+    spec = importlib.util.spec_from_file_location(name, full)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{path!r} cannot be imported as a Python module (name it NAME.py)")
+    module = importlib.util.module_from_spec(spec)
+    registered = name not in sys.modules
+    if registered:
+        sys.modules[name] = module  # as an import would: the module's own code may look itself up
+    sys.path.insert(0, os.path.dirname(full))
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the application's code: anything can fail
+        if registered:
+            sys.modules.pop(name, None)
+        raise _import_failure(f"{path!r}", e) from None
+    return module
+
+
+def _is_path(where: str) -> bool:
+    return where.endswith(".py") or "/" in where or os.sep in where
+
+
+def load_graph(spec: str) -> Graph:
+    """The graph named ``module:attribute``, or ``path/to/file.py:attribute``.
+
+    :raises UsageError: if the module cannot be imported (it is missing, or its code raises,
+        ``SystemExit`` included) or has no such graph.
+    """
+    where, sep, attribute = spec.rpartition(":")
+    if not sep or not where or not attribute:
+        raise UsageError(f"name the graph as MODULE:GRAPH or FILE.py:GRAPH, not {spec!r}")
+    module = _import_file(where) if _is_path(where) else _import_module(where)
     graph = getattr(module, attribute, None)
+    if graph is None:
+        raise UsageError(f"{spec!r}: {where!r} has no attribute {attribute!r}")
     if not isinstance(graph, Graph):
-        raise SystemExit(f"ferroflow: {spec!r} is not a ferroflow.Graph")
+        raise UsageError(f"{spec!r} is not a ferroflow.Graph (it is of type {type(graph).__name__})")
     return graph
+
+
+def _open(args: argparse.Namespace, **options: Any) -> Context:
+    """``open_context(args.context, **options)``; an option the context refuses (a lease
+    too short, say) is a usage error."""
+    try:
+        return open_context(args.context, **options)
+    except ValueError as e:
+        if isinstance(e, FerroflowError):
+            raise
+        given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items() if k != "execute")
+        raise UsageError(f"cannot open the context{' with ' + given if given else ''}: {_one_line(e)}") from None
 
 
 def _when(seconds: Optional[float]) -> str:
@@ -163,8 +272,8 @@ def runs_show(args: argparse.Namespace) -> int:
 
 
 def runs_resume(args: argparse.Namespace) -> int:
+    value = NO_ANSWER if args.value is None else _json_option("--value", args.value)
     graph = load_graph(args.graph)
-    value = NO_ANSWER if args.value is None else json.loads(args.value)
     result = graph.resume(args.run, value, node=args.node, context=open_context(args.context), timeout=args.timeout)
     print(
         json.dumps(
@@ -186,33 +295,72 @@ def runs_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def map_batch(args: argparse.Namespace) -> int:
-    graph = load_graph(args.graph)
-    with open(args.input, "rb") as f:
-        raw = f.read()
+def _json_option(option: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise UsageError(f"{option} is JSON nested too deeply") from None
+    except ValueError as e:
+        raise UsageError(f"{option} is not JSON ({_one_line(e)}): {text[:40]!r}") from None
+
+
+def _read_inputs(path: str) -> Tuple[bytes, List[Any]]:
+    """The bytes of the ``--input`` file, and its inputs: one JSON value per non-blank line."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise UsageError(f"--input {path!r}: {_os_problem(e)}") from None
     inputs = []
-    for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                inputs.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"ferroflow: {args.input}, line {number}: not JSON: {e}") from None
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(
+                f"--input {path!r}, line {number}: not UTF-8 text (byte 0x{line[e.start]:02x} at column {e.start + 1})"
+            ) from None
+        if not text.strip():
+            continue
+        try:
+            inputs.append(json.loads(text))
+        except RecursionError:
+            raise UsageError(f"--input {path!r}, line {number}: JSON nested too deeply") from None
+        except ValueError as e:
+            raise UsageError(f"--input {path!r}, line {number}: not JSON: {_one_line(e)}") from None
+    return raw, inputs
+
+
+def _open_output(path: str) -> IO[str]:
+    """The ``--output`` file, created (or emptied) for writing."""
+    try:
+        return open(path, "w", encoding="utf-8")
+    except FileNotFoundError:
+        directory = os.path.dirname(path) or "."
+        raise UsageError(f"--output {path!r}: cannot write it: no such directory {directory!r}") from None
+    except OSError as e:
+        raise UsageError(f"--output {path!r}: cannot write it: {_os_problem(e)}") from None
+
+
+def map_batch(args: argparse.Namespace) -> int:
+    raw, inputs = _read_inputs(args.input)
+    graph = load_graph(args.graph)
     # The same graph on the same file is the same batch: mapping it again resumes it.
     batch = args.batch or f"{graph.name}-{hashlib.sha256(graph.version.encode() + raw).hexdigest()[:12]}"
-    context = open_context(args.context, execute=args.execute) if args.context != "memory" else InMemory()
-    bar = _ProgressBar(len(inputs)) if sys.stderr.isatty() else None
-    results = graph.map(
-        inputs,
-        context=context,
-        concurrency=args.concurrency,
-        return_exceptions=True,
-        progress=bar.update if bar else None,
-        batch=batch,
-    )
-    if bar:
-        bar.close()
-    failed = 0
-    with open(args.output, "w") as out:
+    context = _open(args, execute=args.execute) if args.context != "memory" else InMemory()
+    # Opened before any run starts: an output that cannot be written fails nothing but this.
+    with _open_output(args.output) as out:
+        bar = _ProgressBar(len(inputs)) if sys.stderr.isatty() else None
+        results = graph.map(
+            inputs,
+            context=context,
+            concurrency=args.concurrency,
+            return_exceptions=True,
+            progress=bar.update if bar else None,
+            batch=batch,
+        )
+        if bar:
+            bar.close()
+        failed = 0
         for i, result in enumerate(results):
             record: dict = {"run_id": f"{batch}-{i}"}
             if isinstance(result, FerroflowError):
@@ -254,15 +402,23 @@ class _Stop(Exception):
     """Raised by the SIGTERM handler of ``ferroflow worker``."""
 
 
+_NEEDS_DURABLE = "a worker needs a durable context (a SQLite file, redis:// or nats://), not --context memory"
+
+
 def worker(args: argparse.Namespace) -> int:
+    if args.context == "memory":
+        raise UsageError(_NEEDS_DURABLE)
     graphs = [load_graph(spec) for spec in args.graphs]
-    context = open_context(args.context, lease=args.lease)
+    context = _open(args, lease=args.lease)
+    if not context.durable:
+        raise UsageError(_NEEDS_DURABLE)
 
     def stop(signum: int, frame: Any) -> None:
         raise _Stop(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, stop)
     names = ", ".join(f"{g.name}@{g.version}" for g in graphs)
+    # The context's repr, not --context: a server's URL is shown without its credentials.
     print(f"ferroflow worker: working on {names} in {context!r}", file=sys.stderr, flush=True)
     try:
         context.work(*graphs, concurrency=args.concurrency, grace=args.grace)
@@ -271,45 +427,68 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_token(path: str) -> str:
+    """The bearer token in the ``--token-file`` file (surrounding whitespace dropped)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise UsageError(f"--token-file {path!r}: {_os_problem(e)}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--token-file {path!r}: not UTF-8 text") from None
+    if not token:
+        raise UsageError(f"--token-file {path!r} is empty")
+    if not (token.isascii() and token.isprintable()) or " " in token:
+        raise UsageError(f"--token-file {path!r}: the token must be one line of printable ASCII, without spaces")
+    return token
+
+
+def _check_pem(option: str, path: str) -> None:
+    """Refuses a ``--tls-cert`` or ``--tls-key`` file that is missing, unreadable or not PEM."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UsageError(f"{option} {path!r}: {_os_problem(e)}") from None
+    if b"-----BEGIN " not in data:
+        raise UsageError(f"{option} {path!r}: not a PEM file (it has no '-----BEGIN ' line)")
+
+
 def serve(args: argparse.Namespace) -> int:
     """The gRPC service of ``ferroflow-server``, in a process that executes the graphs' nodes
     too; in a durable context it also works as a worker on them, so that it continues its
     own runs (and those of other processes) after a restart."""
-    graphs = [load_graph(spec) for spec in args.graphs]
-    context = open_context(args.context, lease=args.lease)
-    token = os.environ.get("FERROFLOW_SERVER_TOKEN")
-    if args.token_file:
-        with open(args.token_file) as f:
-            token = f.read().strip()
-    host = args.listen.rsplit(":", 1)[0].strip("[]")
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        print(f"ferroflow: --listen must be IP:PORT, not {args.listen!r}", file=sys.stderr)
-        return 2
-    if not loopback and not token and not args.allow_unauthenticated:
-        print(
-            f"ferroflow: listening on {args.listen} would let anyone who can reach it start and cancel runs: "
-            "give --token-file (and --tls-cert/--tls-key), or pass --allow-unauthenticated",
-            file=sys.stderr,
-        )
-        return 2
+    token = _read_token(args.token_file) if args.token_file else os.environ.get("FERROFLOW_SERVER_TOKEN") or None
     if bool(args.tls_cert) != bool(args.tls_key):
-        print("ferroflow: TLS needs both --tls-cert and --tls-key", file=sys.stderr)
-        return 2
+        raise UsageError("TLS needs both --tls-cert and --tls-key")
+    if args.tls_cert:
+        _check_pem("--tls-cert", args.tls_cert)
+        _check_pem("--tls-key", args.tls_key)
+    graphs = [load_graph(spec) for spec in args.graphs]
+    context = _open(args, lease=args.lease)
 
     def stop(signum: int, frame: Any) -> None:
         raise _Stop(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, stop)
-    server = context.serve(
-        *graphs,
-        listen=args.listen,
-        token=token,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        max_input_bytes=args.max_input_bytes,
-    )
+    try:
+        # The server refuses to listen beyond loopback without a token, unless told to.
+        server = context.serve(
+            *graphs,
+            listen=args.listen,
+            token=token,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            max_input_bytes=args.max_input_bytes,
+            allow_unauthenticated=args.allow_unauthenticated,
+        )
+    except (ValueError, OSError) as e:
+        if isinstance(e, FerroflowError):
+            raise
+        # The server's rule names no option of this command: say which ones it means.
+        refused = isinstance(e, ValueError) and "token" in str(e) and not (token or args.allow_unauthenticated)
+        hint = " (options: --token-file, --allow-unauthenticated)" if refused else ""
+        raise UsageError(f"cannot serve on {args.listen}: {_one_line(e)}{hint}") from None
     names = ", ".join(f"{g.name}@{g.version}" for g in graphs)
     # The one line on stdout, as `ferroflow-server` prints it: scripts wait for it.
     print(f"ferroflow serve listening on {server.address} serving {names} in {context!r}", flush=True)
@@ -331,17 +510,93 @@ def graph_draw(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (and a pointer to ``--help``),
+    exit status 2, as every other error of bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {_one_line(message)}\n(see {self.prog} --help)\n")
+
+
+# Counts and sizes go to the engine as machine integers, durations as Rust durations:
+# what is beyond these is a typo, not a setting.
+_MAX_COUNT = 2**31 - 1
+_MAX_SECONDS = 1e9
+
+
+def _shown(text: str) -> str:
+    return text if text and text == text.strip() else repr(text)
+
+
+def _positive_int(text: str) -> int:
+    """A whole number >= 1 (``--limit``, ``--concurrency``, ``--max-input-bytes``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {_shown(text)}")
+    if value > _MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {_MAX_COUNT}, not {_shown(text)}")
+    return value
+
+
+def _seconds(text: str, *, zero: bool) -> float:
+    bound = ">= 0" if zero else "> 0"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds {bound}, not {_shown(text)}")
+    if value > _MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {_MAX_SECONDS:.0f} seconds, not {_shown(text)}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """A finite number of seconds > 0 (``--lease``)."""
+    return _seconds(text, zero=False)
+
+
+def _non_negative_seconds(text: str) -> float:
+    """A finite number of seconds >= 0 (``--grace``, ``--timeout``)."""
+    return _seconds(text, zero=True)
+
+
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _listen_address(text: str) -> str:
+    """``IP:PORT`` (``[IPv6]:PORT`` for IPv6), the port from 0 (any free one) to 65535."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"must be IP:PORT (127.0.0.1:50051, or [::1]:50051), not {_shown(text)}")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        address = None
+    if address is None or bracketed != (address.version == 6):
+        raise argparse.ArgumentTypeError(
+            f"must be IP:PORT, with an IP address (127.0.0.1:50051, or [::1]:50051 for IPv6), not {_shown(text)}"
+        )
+    if not _PORT.fullmatch(port) or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"the port must be a whole number from 0 to 65535, not {_shown(port)}")
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="ferroflow", description="Inspect and steer ferroflow runs.")
-    commands = top.add_subparsers(dest="command", required=True)
+    top = _Parser(prog="ferroflow", description="Inspect and steer ferroflow runs.")
+    commands = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     runs = commands.add_parser("runs", help="list, show, continue or cancel runs").add_subparsers(
-        dest="action", required=True
+        dest="action", required=True, parser_class=_Parser
     )
     listing = runs.add_parser("list", help="list runs, newest first")
     listing.add_argument("--graph")
     listing.add_argument("--status", choices=["pending", "running", "waiting", "completed", "failed", "cancelled"])
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_positive_int, default=50, help="at most this many (default 50)")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=runs_list)
 
@@ -355,7 +610,9 @@ def parser() -> argparse.ArgumentParser:
     resume.add_argument("--graph", required=True, help="the graph, as MODULE:GRAPH")
     resume.add_argument("--value", help="the answer for the waiting human node, as JSON")
     resume.add_argument("--node", help="which waiting node the value answers, if several")
-    resume.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    resume.add_argument(
+        "--timeout", type=_non_negative_seconds, default=None, help="give up waiting after this many seconds"
+    )
     resume.set_defaults(handler=runs_resume)
 
     cancel = runs.add_parser("cancel", help="cancel a run")
@@ -383,13 +640,16 @@ def parser() -> argparse.ArgumentParser:
         required=True,
         help=CONTEXT_HELP,
     )
-    work.add_argument("--concurrency", type=int, default=16, help="tasks claimed at once (default 16)")
+    work.add_argument("--concurrency", type=_positive_int, default=16, help="tasks claimed at once (default 16)")
     work.add_argument(
-        "--grace", type=float, default=30.0, help="on SIGTERM, seconds to let running tasks finish (default 30)"
+        "--grace",
+        type=_non_negative_seconds,
+        default=30.0,
+        help="on SIGTERM, seconds to let running tasks finish (default 30)",
     )
     work.add_argument(
         "--lease",
-        type=float,
+        type=_positive_seconds,
         default=10.0,
         help="seconds after which the tasks of this worker go to others if it stops renewing them (default 10)",
     )
@@ -401,21 +661,35 @@ def parser() -> argparse.ArgumentParser:
     )
     served.add_argument("graphs", nargs="+", metavar="MODULE:GRAPH")
     served.add_argument("--context", required=True, help="memory (real-time), or " + CONTEXT_HELP)
-    served.add_argument("--listen", default="127.0.0.1:50051", help="IP:PORT to listen on (default 127.0.0.1:50051)")
+    served.add_argument(
+        "--listen",
+        type=_listen_address,
+        default="127.0.0.1:50051",
+        help="IP:PORT to listen on (default 127.0.0.1:50051)",
+    )
     served.add_argument(
         "--token-file", help="a file holding the bearer token calls must carry (else $FERROFLOW_SERVER_TOKEN)"
     )
     served.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain")
     served.add_argument("--tls-key", help="the PEM private key of --tls-cert")
     served.add_argument(
-        "--max-input-bytes", type=int, default=1 << 20, help="longest run input or resume value, as JSON (1 MiB)"
+        "--max-input-bytes",
+        type=_positive_int,
+        default=1 << 20,
+        help="longest run input or resume value, as JSON (1 MiB)",
     )
     served.add_argument(
         "--allow-unauthenticated", action="store_true", help="listen beyond loopback without a bearer token"
     )
-    served.add_argument("--concurrency", type=int, default=16, help="tasks claimed at once as a worker (default 16)")
-    served.add_argument("--grace", type=float, default=30.0, help="on SIGTERM, seconds to let running tasks finish")
-    served.add_argument("--lease", type=float, default=10.0, help="lease of this process's tasks, in seconds")
+    served.add_argument(
+        "--concurrency", type=_positive_int, default=16, help="tasks claimed at once as a worker (default 16)"
+    )
+    served.add_argument(
+        "--grace", type=_non_negative_seconds, default=30.0, help="on SIGTERM, seconds to let running tasks finish"
+    )
+    served.add_argument(
+        "--lease", type=_positive_seconds, default=10.0, help="lease of this process's tasks, in seconds"
+    )
     served.set_defaults(handler=serve)
 
     batch = commands.add_parser(
@@ -430,7 +704,7 @@ def parser() -> argparse.ArgumentParser:
         help=CONTEXT_HELP + ", or memory",
     )
     batch.add_argument("--batch", help="the batch's name (default: from the graph and the input file)")
-    batch.add_argument("--concurrency", type=int, default=100, help="runs in flight at once (default 100)")
+    batch.add_argument("--concurrency", type=_positive_int, default=100, help="runs in flight at once (default 100)")
     batch.add_argument(
         "--no-execute",
         dest="execute",
@@ -449,6 +723,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.handler(args))
+    except UsageError as e:
+        print(f"ferroflow: {e}", file=sys.stderr)
+        return 2
     except FerroflowError as e:
         print(f"ferroflow: {e}", file=sys.stderr)
         return 1
