@@ -150,12 +150,14 @@ class AnthropicProvider(ClientPerLoop):
     server's root (the client appends ``/v1/messages``), e.g.
     :attr:`ferroflow.testing.MockLLMServer.anthropic_base_url` in tests. The client retries rate
     limits (429, honouring Retry-After), server errors, overloads and timeouts ``max_retries``
-    times with backoff; what still fails raises the client's error
-    (``anthropic.AuthenticationError`` for a bad key, ``NotFoundError`` for an unknown model),
-    which fails the node. ``max_tokens`` is the default of a request's ``max_tokens`` (a node's
-    ``params`` may set its own). A parameter that the installed client's ``messages.create`` does
-    not take as a keyword (e.g. ``temperature``, which recent clients dropped) goes in the request's
-    JSON as it is (the client's ``extra_body``).
+    times with backoff; what still fails (the call, or the stream of its reply) raises an
+    :class:`~ferroflow.errors.LLMError` naming the model and the base URL, with the client's
+    error as its ``__cause__`` (:class:`~ferroflow.errors.LLMAuthenticationError` for a bad key,
+    :class:`~ferroflow.errors.LLMNotFoundError` for an unknown model, and so on, as for
+    :class:`~ferroflow.llm.OpenAIProvider`), which fails the node. ``max_tokens`` is the default
+    of a request's ``max_tokens`` (a node's ``params`` may set its own). A parameter that the
+    installed client's ``messages.create`` does not take as a keyword (e.g. ``temperature``, which
+    recent clients dropped) goes in the request's JSON as it is (the client's ``extra_body``).
 
     :param base_url: the API's root URL (default: the client's).
     :param api_key: the API key (default: the client's, from ``ANTHROPIC_API_KEY``).
@@ -176,10 +178,13 @@ class AnthropicProvider(ClientPerLoop):
         super().__init__(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout)
         self.max_tokens = max_tokens
 
-    def _make_client(self) -> Any:
+    def _library(self) -> Any:
         import anthropic
 
-        return anthropic.AsyncAnthropic(
+        return anthropic
+
+    def _make_client(self) -> Any:
+        return self._library().AsyncAnthropic(
             base_url=self.base_url, api_key=self.api_key, max_retries=self.max_retries, timeout=self.timeout
         )
 
@@ -207,7 +212,8 @@ class AnthropicProvider(ClientPerLoop):
     async def complete(self, request: Request) -> Reply:
         """The model's whole reply to ``request``."""
         create = self._client().messages.create
-        response = await create(**_in_body(create, self._arguments(request)))
+        with self._failures(request.model):
+            response = await create(**_in_body(create, self._arguments(request)))
         text: List[str] = []
         calls: List[_llm.ToolCall] = []
         for block in response.content:
@@ -230,37 +236,39 @@ class AnthropicProvider(ClientPerLoop):
         arguments = self._arguments(request)
         arguments["stream"] = True
         create = self._client().messages.create
-        events = await create(**_in_body(create, arguments))
+        with self._failures(request.model):
+            events = await create(**_in_body(create, arguments))
         text: List[str] = []
         calls: Dict[int, Dict[str, Any]] = {}
         input_tokens = output_tokens = 0
         model, stop_reason = request.model, None
         try:
-            async for event in events:
-                if event.type == "message_start":
-                    model = event.message.model or model
-                    if event.message.usage is not None:
-                        input_tokens = event.message.usage.input_tokens or 0
-                        output_tokens = event.message.usage.output_tokens or 0
-                elif event.type == "content_block_start":
-                    block = event.content_block
-                    if block.type == "tool_use":
-                        calls[event.index] = {"id": block.id, "name": block.name, "input": block.input, "json": ""}
-                    elif block.type == "text" and block.text:
-                        text.append(block.text)
-                        yield block.text
-                elif event.type == "content_block_delta":
-                    delta = event.delta
-                    if delta.type == "text_delta" and delta.text:
-                        text.append(delta.text)
-                        yield delta.text
-                    elif delta.type == "input_json_delta" and event.index in calls:
-                        calls[event.index]["json"] += delta.partial_json
-                elif event.type == "message_delta":
-                    stop_reason = event.delta.stop_reason or stop_reason
-                    if event.usage is not None:
-                        output_tokens = event.usage.output_tokens or output_tokens
-                        input_tokens = getattr(event.usage, "input_tokens", None) or input_tokens
+            with self._failures(request.model, streaming=True):
+                async for event in events:
+                    if event.type == "message_start":
+                        model = event.message.model or model
+                        if event.message.usage is not None:
+                            input_tokens = event.message.usage.input_tokens or 0
+                            output_tokens = event.message.usage.output_tokens or 0
+                    elif event.type == "content_block_start":
+                        block = event.content_block
+                        if block.type == "tool_use":
+                            calls[event.index] = {"id": block.id, "name": block.name, "input": block.input, "json": ""}
+                        elif block.type == "text" and block.text:
+                            text.append(block.text)
+                            yield block.text
+                    elif event.type == "content_block_delta":
+                        delta = event.delta
+                        if delta.type == "text_delta" and delta.text:
+                            text.append(delta.text)
+                            yield delta.text
+                        elif delta.type == "input_json_delta" and event.index in calls:
+                            calls[event.index]["json"] += delta.partial_json
+                    elif event.type == "message_delta":
+                        stop_reason = event.delta.stop_reason or stop_reason
+                        if event.usage is not None:
+                            output_tokens = event.usage.output_tokens or output_tokens
+                            input_tokens = getattr(event.usage, "input_tokens", None) or input_tokens
         finally:
             await events.close()
         tool_calls = tuple(

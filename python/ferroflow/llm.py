@@ -318,9 +318,13 @@ class OpenAIProvider(ClientPerLoop):
     connections, serves every run of the process. ``base_url`` and
     ``api_key`` default to the client's own (the ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``
     environment variables). The client retries rate limits (429, honouring Retry-After),
-    server errors and timeouts ``max_retries`` times with backoff; what still fails raises
-    the client's error (``openai.AuthenticationError`` for a bad key, ``NotFoundError``
-    for an unknown model), which fails the node.
+    server errors and timeouts ``max_retries`` times with backoff; what still fails (the
+    call, or the stream of its reply) raises an :class:`~ferroflow.errors.LLMError`, as
+    :class:`NativeOpenAIProvider` does, naming the model and the base URL, with the
+    client's error as its ``__cause__``: :class:`~ferroflow.errors.LLMAuthenticationError`
+    for a bad key, :class:`~ferroflow.errors.LLMNotFoundError` for an unknown model,
+    :class:`~ferroflow.errors.LLMConnectionError` for a server that cannot be reached, and
+    so on (see :func:`ferroflow._clients.llm_error`). It fails the node.
     """
 
     def __init__(
@@ -333,10 +337,13 @@ class OpenAIProvider(ClientPerLoop):
     ) -> None:
         super().__init__(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout)
 
-    def _make_client(self) -> Any:
+    def _library(self) -> Any:
         import openai
 
-        return openai.AsyncOpenAI(
+        return openai
+
+    def _make_client(self) -> Any:
+        return self._library().AsyncOpenAI(
             base_url=self.base_url, api_key=self.api_key, max_retries=self.max_retries, timeout=self.timeout
         )
 
@@ -350,7 +357,8 @@ class OpenAIProvider(ClientPerLoop):
         return arguments
 
     async def complete(self, request: Request) -> Reply:
-        response = await self._client().chat.completions.create(**self._arguments(request))
+        with self._failures(request.model):
+            response = await self._client().chat.completions.create(**self._arguments(request))
         choice = response.choices[0]
         calls = tuple(
             ToolCall(c.id, c.function.name, tool_arguments(response.model, c.function.name, c.function.arguments))
@@ -369,26 +377,28 @@ class OpenAIProvider(ClientPerLoop):
         arguments = self._arguments(request)
         arguments["stream"] = True
         arguments["stream_options"] = {"include_usage": True}
-        chunks = await self._client().chat.completions.create(**arguments)
+        with self._failures(request.model):
+            chunks = await self._client().chat.completions.create(**arguments)
         text: List[str] = []
         calls: Dict[int, Dict[str, Any]] = {}
         usage, model, finish = Usage(), request.model, "stop"
-        async for chunk in chunks:
-            model = chunk.model or model
-            if chunk.usage is not None:
-                usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-            for choice in chunk.choices:
-                delta = choice.delta
-                if delta.content:
-                    text.append(delta.content)
-                    yield delta.content
-                for call in delta.tool_calls or ():
-                    slot = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
-                    slot["id"] = call.id or slot["id"]
-                    if call.function is not None:
-                        slot["name"] += call.function.name or ""
-                        slot["arguments"] += call.function.arguments or ""
-                finish = choice.finish_reason or finish
+        with self._failures(request.model, streaming=True):
+            async for chunk in chunks:
+                model = chunk.model or model
+                if chunk.usage is not None:
+                    usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                for choice in chunk.choices:
+                    delta = choice.delta
+                    if delta.content:
+                        text.append(delta.content)
+                        yield delta.content
+                    for call in delta.tool_calls or ():
+                        slot = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                        slot["id"] = call.id or slot["id"]
+                        if call.function is not None:
+                            slot["name"] += call.function.name or ""
+                            slot["arguments"] += call.function.arguments or ""
+                    finish = choice.finish_reason or finish
         tool_calls = tuple(
             ToolCall(c["id"], c["name"], tool_arguments(model, c["name"], c["arguments"]))
             for _, c in sorted(calls.items())
