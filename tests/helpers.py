@@ -71,3 +71,31 @@ def describe(events: Sequence[ev.Event]) -> List[str]:
 def node_statuses(context: Any, run_id: str) -> dict:
     """``{node: status}`` of a run."""
     return {n.name: n.status for n in context.nodes(run_id)}
+
+
+def reopen(context: Any, **options: Any) -> Any:
+    """Another context on the same store as ``context`` (another engine, with its own
+    connection: what a second process sees), or ``context`` itself in memory."""
+    import ferroflow as ff
+
+    if isinstance(context, ff.Sqlite):
+        return ff.Sqlite(context.path, **{"durability": context.durability, **options})
+    if isinstance(context, ff.Redis):
+        return ff.Redis(context.url, namespace=context.namespace, **options)
+    if isinstance(context, ff.Nats):
+        return ff.Nats(context.url, namespace=context.namespace, **options)
+    return context
+
+
+def context_spec(store: str, tmp_path: Any) -> str:
+    """The `--context` of a fresh store of each kind (`sqlite`, `redis`, `nats`): a file, or
+    a namespace of its own on the test servers."""
+    import os
+    import uuid
+
+    name = f"t{uuid.uuid4().hex[:16]}"
+    return {
+        "sqlite": str(tmp_path / "runs.db"),
+        "redis": f"{os.environ.get('FERROFLOW_TEST_REDIS', 'redis://127.0.0.1:6379')}?namespace={name}",
+        "nats": f"{os.environ.get('FERROFLOW_TEST_NATS', 'nats://127.0.0.1:4222')}?namespace={name}",
+    }[store]

@@ -580,12 +580,12 @@ def test_a_bad_key_and_an_unknown_model_fail_the_node_clearly(
 ) -> None:
     with pytest.raises(ff.RunFailedError) as failed:
         support_graph(provider(server, api_key="wrong"), "claude_key").run("hello")
-    assert failed.value.error_type == "anthropic.AuthenticationError" and failed.value.node == "answer"
+    assert failed.value.error_type == "ferroflow.errors.LLMAuthenticationError" and failed.value.node == "answer"
     assert server.request_count == 1, "a bad key is not retried"
 
     with pytest.raises(ff.RunFailedError) as failed:
         support_graph(provider(server), "claude_model", model="no-such-model", stream=True).run("hello")
-    assert failed.value.error_type == "anthropic.NotFoundError"
+    assert failed.value.error_type == "ferroflow.errors.LLMNotFoundError"
     assert "no-such-model" in failed.value.error_message
     assert server.request_count == 2, "an unknown model is not retried"
 

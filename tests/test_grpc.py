@@ -386,7 +386,7 @@ def test_errors_have_the_documented_codes_and_disturb_nothing(pb, tmp_path):
                 d.client.StartRun,
                 m.StartRunRequest(graph="no_such_graph"),
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "no graph 'no_such_graph' is registered",
+                "no worker registered graph 'no_such_graph'",
             ),
             (
                 d.client.StartRun,
@@ -411,7 +411,7 @@ def test_errors_have_the_documented_codes_and_disturb_nothing(pb, tmp_path):
                 d.client.StartRun,
                 m.StartRunRequest(graph="grpc_flow", run_id="x" * 300),
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "run_id must be 1 to 256 bytes",
+                "is 300 bytes long; the limit is 256 bytes",
             ),
             (
                 d.client.ResumeRun,
@@ -435,9 +435,28 @@ def test_errors_have_the_documented_codes_and_disturb_nothing(pb, tmp_path):
                 d.client.ListRuns,
                 m.ListRunsRequest(page_token="garbage"),
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "page_token 'garbage'",
+                'page_token "garbage"',
             ),
             (d.client.GetRun, m.GetRunRequest(), grpc.StatusCode.INVALID_ARGUMENT, "run_id is required"),
+            # Values are exact or refused, as the Python API has them.
+            (
+                d.client.StartRun,
+                m.StartRunRequest(graph="grpc_flow", input_json='{"n": 18446744073709551616}'),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "integer 18446744073709551616, outside the 64-bit range",
+            ),
+            (
+                d.client.StartRun,
+                m.StartRunRequest(graph="grpc_flow", input_json="[" * 101 + "]" * 101),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "nested more than 100",
+            ),
+            (
+                d.client.ResumeRun,
+                m.ResumeRunRequest(run_id="bystander", value_json="123456789012345678901234567890"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "outside the 64-bit range",
+            ),
         ]
         for call, request, expected, words in cases:
             code, details = code_of(call, request)
@@ -446,6 +465,21 @@ def test_errors_have_the_documented_codes_and_disturb_nothing(pb, tmp_path):
         with pytest.raises(grpc.RpcError) as raised:
             list(watch)
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+        # A long field is quoted shortened: the status still fits in the response's headers.
+        code, details = code_of(d.client.StartRun, m.StartRunRequest(graph="g" * 60_000))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "60000 bytes long" in details, (code, details[:300])
+        assert len(details) < 2048
+        code, details = code_of(d.client.GetRun, m.GetRunRequest(run_id="r" * 60_000))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and len(details) < 2048, (code, details[:300])
+        # A request that does not decode (a string that is not UTF-8) is the caller's mistake.
+        raw = d.channel.unary_unary(
+            "/ferroflow.v1.Ferroflow/StartRun",
+            request_serializer=lambda data: data,
+            response_deserializer=m.StartRunResponse.FromString,
+        )
+        code, details = code_of(raw, b"\x0a\x02\xff\xfe")
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a valid protobuf message" in details, (code, details)
 
         # A request far over the limit is refused by the transport before it is decoded.
         code, details = code_of(d.client.StartRun, m.StartRunRequest(graph="grpc_flow", input_json="1" * 200_000))

@@ -26,9 +26,9 @@ def server():
 
 # The two OpenAI-compatible providers: on the official ``openai`` client, and native.
 PROVIDERS = {"openai": ff.OpenAIProvider, "native": ff.NativeOpenAIProvider}
-# The error each raises for a bad key and for an unknown model.
-AUTH_ERROR = {"openai": "openai.AuthenticationError", "native": "ferroflow.errors.LLMAuthenticationError"}
-MODEL_ERROR = {"openai": "openai.NotFoundError", "native": "ferroflow.errors.LLMNotFoundError"}
+# The error each raises for a bad key and for an unknown model: the same ferroflow classes.
+AUTH_ERROR = {"openai": "ferroflow.errors.LLMAuthenticationError", "native": "ferroflow.errors.LLMAuthenticationError"}
+MODEL_ERROR = {"openai": "ferroflow.errors.LLMNotFoundError", "native": "ferroflow.errors.LLMNotFoundError"}
 
 
 @pytest.fixture(params=sorted(PROVIDERS))

@@ -16,6 +16,7 @@ __all__ = [
     "__version__",
     "check_json",
     "parse_context",
+    "redact_url",
     "shutdown",
 ]
 
@@ -27,6 +28,9 @@ def shutdown() -> None:
 def parse_context(spec: str) -> Tuple[str, str, str]:
     """A durable context's URL as ``(kind, location, namespace)`` (a SQLite file's namespace
     is empty); ``StoreError`` otherwise."""
+
+def redact_url(url: str) -> str:
+    """A server URL without its credentials, as messages and logs show it."""
 
 def check_json(obj: Any) -> None:
     """Raises ``TypeError`` saying what and where unless ``obj`` is plain JSON data."""
@@ -138,6 +142,7 @@ class Engine:
         tls_key: Optional[str] = None,
         max_input_bytes: int = 1048576,
         event_loop: Optional[EventLoop] = None,
+        allow_unauthenticated: bool = False,
     ) -> Server:
         """Serves the gRPC service on ``listen``; returns the running server."""
     def work(
@@ -240,6 +245,8 @@ class Engine:
         self, graph: Optional[str] = None, status: Optional[str] = None, limit: int = 100
     ) -> List[Dict[str, Any]]:
         """Runs newest first, from the store of a durable engine or from memory."""
+    def record(self, run_id: str) -> Dict[str, Any]:
+        """One run's record, as ``list_runs`` gives it."""
     def journal(self, run_id: str) -> List[Dict[str, Any]]:
         """The run's journal as event dicts."""
     def run_ids(self) -> List[str]:

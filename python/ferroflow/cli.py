@@ -44,7 +44,7 @@ from typing import IO, Any, List, NoReturn, Optional, Sequence, Tuple
 
 from . import _native
 from .context import Context, InMemory, Nats, Redis, Sqlite
-from .errors import FerroflowError
+from .errors import FerroflowError, UnknownGraphError
 from .events import RunFinished
 from .graph import NO_ANSWER, Graph
 from .types import RunResult
@@ -223,8 +223,15 @@ def graphs_list(args: argparse.Namespace) -> int:
 
 def runs_show(args: argparse.Namespace) -> int:
     context = open_context(args.context)
+    info = context.run_info(args.run)
     journal = context.journal(args.run)
-    nodes = context.nodes(args.run)
+    # The same derivation every view shares; a run an earlier ferroflow wrote may lack its
+    # graph's structure in the store, and is then shown without its node table.
+    try:
+        nodes: Optional[List[Any]] = context.nodes(args.run)
+        missing = ""
+    except UnknownGraphError as e:
+        nodes, missing = None, str(e)
     started = journal[0] if journal else None
     last = journal[-1] if journal else None
     finished = last if isinstance(last, RunFinished) else None
@@ -233,11 +240,14 @@ def runs_show(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "run_id": args.run,
-                    "graph": getattr(started, "graph", None),
-                    "status": finished.status.value if finished else "unfinished",
+                    "graph": info.graph,
+                    "version": info.version,
+                    "status": info.status.value,
                     "input": getattr(started, "input", None),
                     "output": getattr(finished, "output", None),
-                    "nodes": [dict(n.__dict__, error=n.error.__dict__ if n.error else None) for n in nodes],
+                    "nodes": None
+                    if nodes is None
+                    else [dict(n.__dict__, error=n.error.__dict__ if n.error else None) for n in nodes],
                 },
                 indent=2,
                 default=repr,
@@ -245,8 +255,8 @@ def runs_show(args: argparse.Namespace) -> int:
         )
         return 0
     print(f"run      {args.run}")
-    print(f"graph    {getattr(started, 'graph', '?')} (version {getattr(started, 'version', '?')})")
-    print(f"status   {finished.status.value if finished else 'unfinished (running, waiting, or stopped)'}")
+    print(f"graph    {info.graph} (version {info.version})")
+    print(f"status   {info.status.value}")
     print(f"started  {_when(started.at if started else None)}")
     print(f"input    {_short(getattr(started, 'input', None))}")
     if finished is not None:
@@ -255,9 +265,14 @@ def runs_show(args: argparse.Namespace) -> int:
             print(f"output   {_short(finished.output)}")
         if finished.error is not None:
             print(f"error    at {finished.node}: {finished.error.type}: {finished.error.message}")
+    print()
+    if nodes is None:
+        print(f"(no node table: {missing})")
+        return 0
     rows = [
         [
             n.name,
+            n.kind,
             n.status,
             str(n.attempts),
             _when(n.finished_at),
@@ -266,8 +281,7 @@ def runs_show(args: argparse.Namespace) -> int:
         ]
         for n in nodes
     ]
-    print()
-    print(_table(rows, ["NODE", "STATUS", "ATTEMPTS", "AT", "OUTPUT", "ERROR"]))
+    print(_table(rows, ["NODE", "KIND", "STATUS", "ATTEMPTS", "AT", "OUTPUT", "ERROR"]))
     return 0
 
 

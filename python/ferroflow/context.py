@@ -11,12 +11,11 @@ import json
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, List, Optional, Union
 
 from . import _native
-from .errors import RunNotFoundError
-from .events import Event, Interrupted, NodeCompleted, NodeFailed, NodeSkipped, Resumed, RunFinished, _from_native
-from .types import ErrorInfo, GraphInfo, NodeInfo, RunInfo, RunStatus
+from .events import Event, _from_native
+from .types import ErrorInfo, GraphInfo, NodeInfo, RunInfo, RunStatus, _check_run_id
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -37,17 +36,13 @@ class Context:
 
     def runs(self, *, graph: Optional[str] = None, status: Optional[str] = None, limit: int = 100) -> List[RunInfo]:
         """Runs of this context, newest first, optionally of one graph or in one status."""
-        return [
-            RunInfo(
-                run_id=d["run_id"],
-                graph=d["graph"],
-                version=d["version"],
-                status=RunStatus(d["status"]),
-                created=d["created_ms"] / 1000,
-                updated=d["updated_ms"] / 1000,
-            )
-            for d in self._engine.list_runs(graph, status, limit)
-        ]
+        return [_run_info(d) for d in self._engine.list_runs(graph, status, limit)]
+
+    def run_info(self, run_id: str) -> RunInfo:
+        """One run as :meth:`runs` lists it (its status as the store records it). Raises
+        :class:`RunNotFoundError` if the context knows no such run."""
+        _check_run_id(run_id)
+        return _run_info(self._engine.record(run_id))
 
     def serve(
         self,
@@ -57,6 +52,7 @@ class Context:
         tls_cert: Optional[str] = None,
         tls_key: Optional[str] = None,
         max_input_bytes: int = 1 << 20,
+        allow_unauthenticated: bool = False,
     ) -> _native.Server:
         """Serves the gRPC service (``proto/ferroflow/v1/ferroflow.proto``, the service of
         ``ferroflow-server``) on ``listen``, from this process, and returns the running
@@ -72,6 +68,12 @@ class Context:
         ``token``: calls must carry ``authorization: Bearer <token>``. ``tls_cert`` and
         ``tls_key``: PEM files, to serve TLS. ``max_input_bytes``: longer inputs and resume
         values (as JSON text) are refused with INVALID_ARGUMENT.
+
+        ``listen`` on an address other than loopback needs a ``token`` (anyone who reaches
+        the port could otherwise start and cancel runs): without one it raises
+        ``ValueError``, unless ``allow_unauthenticated=True`` says that is meant. A token
+        without TLS beyond loopback is logged as a warning, since it crosses the network in
+        plaintext. ``ferroflow serve`` and ``ferroflow-server`` apply the same rule.
         """
         if not graphs:
             raise TypeError("serve() needs at least one graph")
@@ -79,18 +81,22 @@ class Context:
 
         workflows = [g._workflow() for g in graphs]
         event_loop = scheduler_for(background_loop()) if any(g._has_async for g in graphs) else None
-        return self._engine.serve(workflows, listen, token, tls_cert, tls_key, max_input_bytes, event_loop)
+        return self._engine.serve(
+            workflows, listen, token, tls_cert, tls_key, max_input_bytes, event_loop, allow_unauthenticated
+        )
 
     def graphs(self) -> List[GraphInfo]:
-        """The graphs workers registered in this context's store (each ``ferroflow worker``
-        registers those it runs), by name, newest first: what a process without their code
-        can know of them. Empty for an in-memory context."""
+        """The graphs this context's store knows, by name, newest first: those workers
+        registered (each ``ferroflow worker`` registers those it runs, ``worker=True``), and
+        those whose runs processes started (their structure, ``worker=False``). What a process
+        without their code can know of them. Empty for an in-memory context."""
         return [
             GraphInfo(
                 name=d["name"],
                 version=d["version"],
                 registered=d["registered_ms"] / 1000,
                 spec=json.loads(d["spec"]),
+                worker=d["worker"],
             )
             for d in self._engine.graphs()
         ]
@@ -122,18 +128,16 @@ class Context:
 
     def journal(self, run_id: str) -> List[Event]:
         """The run's journal: its recorded events, in order."""
+        _check_run_id(run_id)
         return [_from_native(d) for d in self._engine.journal(run_id)]
 
     def nodes(self, run_id: str) -> List[NodeInfo]:
-        """The state of every node of a run: in topological order for a run in memory; in
-        the order the journal first mentions them for a run read from a store (nodes the
-        run has not reached are then not listed)."""
-        try:
-            reports = self._engine.nodes(run_id)
-        except RunNotFoundError:
-            if not self.durable:
-                raise
-            return _nodes_from_journal(self.journal(run_id))
+        """The state of every node of a run, in topological order: the same derivation for
+        a run in this process and for one only the store knows (whose graph's structure the
+        store records: every process that starts a run in a durable context records it).
+        Raises :class:`UnknownGraphError` for a run whose structure the store does not have
+        (one written by an earlier version of ferroflow)."""
+        _check_run_id(run_id)
         return [
             NodeInfo(
                 name=d["name"],
@@ -142,8 +146,9 @@ class Context:
                 attempts=d["attempts"],
                 output=d["output"],
                 error=ErrorInfo._from_native(d["error"]),
+                finished_at=None if d["last_ms"] is None else d["last_ms"] / 1000,
             )
-            for d in reports
+            for d in self._engine.nodes(run_id)
         ]
 
 
@@ -267,7 +272,8 @@ class _Networked(_Durable):
         self._engine.delete_namespace()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r}, namespace={self.namespace!r})"
+        # Shown in logs and messages: without the URL's credentials.
+        return f"{type(self).__name__}({_native.redact_url(self.url)!r}, namespace={self.namespace!r})"
 
 
 class Redis(_Networked):
@@ -373,48 +379,15 @@ class InMemory(Context):
         return "InMemory()"
 
 
-def _nodes_from_journal(events: List[Event]) -> List[NodeInfo]:
-    """What the journal says of each node it mentions, without the graph."""
-    nodes: Dict[str, Dict[str, Any]] = {}
-    finished = next((e for e in events if isinstance(e, RunFinished)), None)
-    for event in events:
-        name = getattr(event, "node", None)
-        if name is None or isinstance(event, RunFinished):
-            continue
-        node = nodes.setdefault(name, {"status": "running", "attempts": 0, "output": None, "error": None})
-        node["finished_at"] = event.at
-        attempt = getattr(event, "attempt", 0)
-        node["attempts"] = max(node["attempts"], attempt)
-        if isinstance(event, NodeCompleted) and event.item is None:
-            node.update(status="completed", output=event.output)
-        elif isinstance(event, NodeFailed):
-            node["error"] = event.error
-            if event.retry_in is None:
-                node["status"] = "failed"
-        elif isinstance(event, NodeSkipped):
-            node["status"] = "skipped"
-        elif isinstance(event, Interrupted):
-            node.update(status="waiting", output=event.payload)
-        elif isinstance(event, Resumed):
-            node.update(status="completed", output=event.value)
-    for node in nodes.values():
-        # A map node completes without an entry of its own, once its elements have.
-        if node["status"] == "running" and finished is not None:
-            node["status"] = "completed" if finished.status is RunStatus.COMPLETED else "cancelled"
-        elif node["status"] == "waiting" and finished is not None:
-            node["status"] = "cancelled"
-    return [
-        NodeInfo(
-            name=name,
-            kind=None,
-            status=n["status"],
-            attempts=n["attempts"],
-            output=n["output"],
-            error=n["error"],
-            finished_at=n.get("finished_at"),
-        )
-        for name, n in nodes.items()
-    ]
+def _run_info(d: dict) -> RunInfo:
+    return RunInfo(
+        run_id=d["run_id"],
+        graph=d["graph"],
+        version=d["version"],
+        status=RunStatus(d["status"]),
+        created=d["created_ms"] / 1000,
+        updated=d["updated_ms"] / 1000,
+    )
 
 
 _default_lock = threading.Lock()

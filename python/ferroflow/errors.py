@@ -30,6 +30,7 @@ __all__ = [
     "RunIdConflictError",
     "RunNotFoundError",
     "StoreError",
+    "StoreUnavailableError",
     "UnknownDependencyError",
     "UnknownGraphError",
     "UnresolvedParameterError",
@@ -96,9 +97,10 @@ class StoreUnavailableError(StoreError):
 
 
 class LLMError(FerroflowError):
-    """A model call failed (raised by :class:`~ferroflow.llm.NativeOpenAIProvider`, and
-    :class:`MalformedReplyError` by every provider). ``model`` names the model;
-    ``http_status`` is the server's status when it answered (else ``None``)."""
+    """A model call failed, after the client's retries: every provider (OpenAI on the
+    ``openai`` client, Anthropic, the native OpenAI client) raises these classes, naming the
+    model and the server, with the client's own error as ``__cause__``. ``model`` names the
+    model; ``http_status`` is the server's status when it answered (else ``None``)."""
 
     def __init__(
         self, message: str, *, model: Optional[str] = None, http_status: Optional[Any] = None, **kwargs: Any

@@ -33,7 +33,7 @@ from typing import (
 )
 
 from . import _native
-from ._loop import background_loop, scheduler_for
+from ._loop import background_loop, on_background_loop, scheduler_for
 from .context import Context, default_context
 from .errors import (
     DuplicateNodeError,
@@ -43,7 +43,7 @@ from .errors import (
     RunFailedError,
 )
 from .events import Event, _from_native
-from .types import ErrorInfo, Retry, RunResult, RunStatus
+from .types import ErrorInfo, Retry, RunResult, RunStatus, _check_run_id
 
 __all__ = ["Graph"]
 
@@ -399,9 +399,21 @@ class Graph:
     ) -> Tuple[_native.Workflow, _native.Engine]:
         """What every way of starting a run needs: the built graph and the context's engine,
         once the input has passed the strict check."""
+        _check_run_id(run_id, optional=True)
         workflow = self._workflow()
         self._check_value(input, "the run input", run_id)
         return workflow, self._context(context)._engine
+
+    def _refuse_on_own_loop(self, call: str) -> None:
+        """Refuses a blocking call made on ferroflow's background event loop (from an async
+        body of a run started with ``run``) for a graph whose async bodies need that very
+        loop: the call would wait for ever for bodies that can never start."""
+        if self._has_async and on_background_loop():
+            raise RuntimeError(
+                f"graph '{self.name}': {call}() blocks until the run settles, and it was called from an async body "
+                f"running on ferroflow's background event loop, which '{self.name}''s own async bodies need: it "
+                f"would wait for ever. In async code, use `await {self.name}.a{call}(...)` instead."
+            )
 
     def _loop_for_sync(self) -> Optional[_native.EventLoop]:
         return scheduler_for(background_loop()) if self._has_async else None
@@ -424,6 +436,7 @@ class Graph:
         fastest path. With one, the run executes on the engine's threads so that the wait
         can end in time even while a sync body is still busy."""
         workflow, engine = self._starting(input, run_id, context)
+        self._refuse_on_own_loop("run")
         return _result(engine.run(workflow, input, run_id, self._loop_for_sync(), timeout))
 
     def start(
@@ -441,11 +454,14 @@ class Graph:
     def wait(self, run_id: str, *, context: Optional[Context] = None, timeout: Optional[float] = None) -> RunResult:
         """Blocks until the run completes or waits for a person, like :meth:`run`. In a
         durable context, the run may execute in another process."""
-        return _result(self._following(run_id, context).wait(run_id, timeout))
+        engine = self._following(run_id, context)
+        self._refuse_on_own_loop("wait")
+        return _result(engine.wait(run_id, timeout))
 
     def _following(self, run_id: str, context: Optional[Context]) -> _native.Engine:
         """The context's engine, holding the run: a durable run executing elsewhere is
         followed from the store."""
+        _check_run_id(run_id)
         ctx = self._context(context)
         if ctx.durable:
             ctx._engine.follow(self._workflow(), run_id)
@@ -527,6 +543,9 @@ class Graph:
         collect the results) continues the unfinished runs and only reports the finished
         ones, running no completed node again."""
         workflow = self._workflow()
+        self._refuse_on_own_loop("map")
+        if batch is not None and not isinstance(batch, str):
+            raise TypeError(f"the batch name must be a string, not {type(batch).__name__}")
         inputs = list(inputs)
         for i, value in enumerate(inputs):
             self._check_value(value, f"input #{i}", None)
@@ -560,7 +579,9 @@ class Graph:
         several); ``value`` becomes that node's output. Without one, continues the run as it
         stands: in a durable context that is how a run whose process stopped is picked up,
         from its journal, without running completed nodes again."""
+        _check_run_id(run_id)
         workflow = self._workflow()
+        self._refuse_on_own_loop("resume")
         engine = self._context(context)._engine
         loop = self._loop_for_sync()
         engine.recover(workflow, run_id, loop)
@@ -579,6 +600,7 @@ class Graph:
         timeout: Optional[float] = None,
     ) -> RunResult:
         """Like :meth:`resume`, awaitable; async bodies run on the caller's loop."""
+        _check_run_id(run_id)
         workflow = self._workflow()
         engine = self._context(context)._engine
         loop = asyncio.get_running_loop()
@@ -596,6 +618,7 @@ class Graph:
     def cancel(self, run_id: str, *, context: Optional[Context] = None) -> None:
         """Cancels a run. Cancelling a cancelled run does nothing; a finished run raises
         :class:`InvalidRunStateError`."""
+        _check_run_id(run_id)
         self._context(context)._engine.cancel(run_id)
 
     def get_run(self, run_id: str, *, context: Optional[Context] = None) -> RunResult:

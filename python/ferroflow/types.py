@@ -28,14 +28,17 @@ class RunStatus(str, enum.Enum):
 
 @dataclass(frozen=True)
 class GraphInfo:
-    """A graph a worker registered in a durable context's store (``context.graphs()``):
-    ``spec`` is its structure (nodes, kinds, edges, policies) as JSON data; ``registered``
-    is when it was last registered (Unix time, seconds)."""
+    """A graph a durable context's store knows (``context.graphs()``): ``spec`` is its
+    structure (nodes, kinds, edges, policies) as JSON data; ``registered`` is when it was
+    last registered (Unix time, seconds). ``worker`` says whether a worker registered it, to
+    execute its runs (``ferroflow worker``); otherwise a process that started runs of it
+    recorded its structure."""
 
     name: str
     version: str
     registered: float
     spec: Mapping[str, Any]
+    worker: bool = True
 
 
 @dataclass(frozen=True)
@@ -168,11 +171,12 @@ class NodeInfo:
     """One node of a run, for inspection.
 
     ``status`` is pending, running, waiting, completed, skipped, failed or cancelled.
-    ``kind`` is ``None`` when the run was read from a store without its graph.
-    ``finished_at`` is when the node's last journal entry was written (Unix seconds)."""
+    ``kind`` is the node's kind (task, llm, tool, branch, map, human).
+    ``finished_at`` is when the node's last journal entry was written (Unix seconds), or
+    ``None`` if the journal has nothing of it yet."""
 
     name: str
-    kind: Optional[str]
+    kind: str
     status: str
     attempts: int
     output: Any = None
@@ -190,3 +194,11 @@ class RunInfo:
     status: RunStatus
     created: float
     updated: float
+
+
+def _check_run_id(run_id: Any, optional: bool = False) -> None:
+    """Refuses a run id that is not a string, saying so (rather than the binding's
+    ``'int' object is not an instance of 'str'``)."""
+    if isinstance(run_id, str) or (optional and run_id is None):
+        return
+    raise TypeError(f"run ids are strings, not {type(run_id).__name__} ({run_id!r:.80})")

@@ -16,7 +16,7 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use crate::asyncio::{EventLoop, TaskSlot};
 use crate::error::to_py_err;
 use crate::runtime;
-use crate::value::{py_to_json, to_py, type_name, wrap};
+use crate::value::{article, py_to_json, to_py, type_name, wrap};
 
 /// How a body wants one node declared, mirrored by `ferroflow.graph._BodySpec`.
 #[derive(FromPyObject)]
@@ -119,7 +119,7 @@ impl PyBody {
                     for (key, value) in &call.recorded {
                         recorded.set_item(key.as_ref(), to_py(py, value)?)?;
                     }
-                    let handle = call.handle.clone().map(|handle| PyNodeHandle { handle });
+                    let handle = call.handle.clone().map(|handle| PyNodeHandle { handle, strict: self.strict });
                     cls.call1(
                         py,
                         (
@@ -153,11 +153,12 @@ impl PyBody {
         }
         if self.strict {
             if let Err(reason) = py_to_json(&obj, "$") {
+                let kind = type_name(&obj);
                 return Err(NodeError::permanent(
                     "SerializationError",
                     format!(
-                        "node '{node}' returned a {} that a durable context cannot store: {reason}",
-                        type_name(&obj)
+                        "node '{node}' returned {} {kind} that a durable context cannot store: {reason}",
+                        article(&kind)
                     ),
                 ));
             }
@@ -166,18 +167,26 @@ impl PyBody {
         Ok(wrap(obj.unbind()))
     }
 
-    /// A Python exception as the node's error, with its traceback.
+    /// A Python exception as the node's error, with its traceback. `KeyboardInterrupt`
+    /// (Ctrl-C) and `SystemExit` are not the body failing but its process stopping: the
+    /// attempt is given up ([`NodeError::abandoned`]), nothing is recorded, and the run stays
+    /// resumable; whoever waits for the run gets the exception back.
     pub fn error(&self, py: Python<'_>, err: PyErr) -> NodeError {
         let value = err.value(py);
         let kind = type_name(value.as_any());
         let message = value.str().map(|s| s.to_string()).unwrap_or_default();
+        if value.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>()
+            || value.is_instance_of::<pyo3::exceptions::PySystemExit>()
+        {
+            return NodeError::abandoned(kind, message);
+        }
         let retryable = value.is_instance(self.retry_on.bind(py)).unwrap_or(false);
         let traceback = TRACEBACK
             .get_or_try_init(py, || py.import("traceback")?.getattr("format_exception").map(Bound::unbind))
             .and_then(|format| format.call1(py, (value.get_type(), value, err.traceback(py))))
             .and_then(|lines| PyString::new(py, "").call_method1("join", (lines,)).map(|s| s.to_string()))
             .ok();
-        NodeError { kind, message, traceback, retryable }
+        NodeError { kind, message, traceback, retryable, abandoned: false }
     }
 
     /// Calls an async body's function: the coroutine to run.
@@ -189,6 +198,15 @@ impl PyBody {
     fn call_sync(&self, call: &NodeCall) -> BodyResult {
         runtime::attach(|py| {
             let args = self.args(py, call).map_err(|e| argument_error(py, &call.node, e))?;
+            // Asked again now, with the GIL taken and the arguments built, right before the
+            // user's code: a process paused since the engine asked would otherwise start
+            // the body of a run another worker took over meanwhile (see `NodeHandle::may_start`).
+            if let Some(handle) = &call.handle {
+                let may = handle.may_start_now().unwrap_or_else(|| py.detach(|| handle.may_start()));
+                if !may {
+                    return Err(NodeError::abandoned("NotStarted", "this process no longer holds the run"));
+                }
+            }
             match self.func.bind(py).call1(args) {
                 Ok(obj) => self.output(py, &call.node, obj),
                 Err(err) => Err(self.error(py, err)),
@@ -202,6 +220,9 @@ impl PyBody {
 #[pyclass(name = "NodeHandle", module = "ferroflow._native", frozen)]
 pub struct PyNodeHandle {
     pub(crate) handle: NodeHandle,
+    /// The graph's strict mode: in memory, recorded values are checked as a durable context
+    /// would store them.
+    pub(crate) strict: bool,
 }
 
 #[pymethods]
@@ -209,6 +230,14 @@ impl PyNodeHandle {
     /// Records `value` as the result of the body's step `key` in the run's journal (durably
     /// in a durable context); a later attempt of the node gets it back.
     fn record(&self, py: Python<'_>, key: &str, value: Bound<'_, PyAny>) -> PyResult<()> {
+        if self.strict
+            && !self.handle.durable()
+            && let Err(reason) = py_to_json(&value, "$")
+        {
+            let run_id = self.handle.run_id().to_string();
+            let message = format!("run '{run_id}': step '{key}' cannot be stored: {reason}");
+            return Err(crate::error::new_error(py, "InvalidInputError", message, &[("run_id", Some(run_id))]));
+        }
         let value = wrap(value.unbind());
         py.detach(|| self.handle.record(key, value)).map_err(to_py_err)
     }

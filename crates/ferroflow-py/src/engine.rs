@@ -296,7 +296,8 @@ impl PyEngine {
     /// Serves the gRPC service on `listen`, starting and resuming runs of `workflows`
     /// on this engine; returns the running server.
     #[pyo3(signature = (
-        workflows, listen, token = None, tls_cert = None, tls_key = None, max_input_bytes = 1_048_576, event_loop = None
+        workflows, listen, token = None, tls_cert = None, tls_key = None, max_input_bytes = 1_048_576, event_loop = None,
+        allow_unauthenticated = false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn serve(
@@ -309,10 +310,22 @@ impl PyEngine {
         tls_key: Option<std::path::PathBuf>,
         max_input_bytes: usize,
         event_loop: Option<Py<PyAny>>,
+        allow_unauthenticated: bool,
     ) -> PyResult<crate::server::PyServer> {
         let workflows: Vec<Workflow> = workflows.iter().map(|w| w.get().cloned()).collect::<PyResult<_>>()?;
         let attachment = attachment(py, event_loop)?;
-        crate::server::serve(py, &self.engine, workflows, attachment, listen, token, tls_cert, tls_key, max_input_bytes)
+        crate::server::serve(
+            py,
+            &self.engine,
+            workflows,
+            attachment,
+            listen,
+            token,
+            tls_cert,
+            tls_key,
+            max_input_bytes,
+            allow_unauthenticated,
+        )
     }
 
     /// Makes a run only the store knows available here, followed from the store without
@@ -511,6 +524,7 @@ impl PyEngine {
                     Err(ferroflow::Error::WaitTimeout {
                         run_id: format!("(batch of {total})"),
                         seconds: limit.as_secs_f64(),
+                        detail: String::new(),
                     })
                 }),
             }
@@ -589,6 +603,7 @@ impl PyEngine {
                 d.set_item("attempts", r.attempts)?;
                 d.set_item("output", r.output.as_ref().map(|v| to_py(py, v)).transpose()?)?;
                 d.set_item("error", r.error.as_ref().map(|e| error_to_py(py, e)).transpose()?)?;
+                d.set_item("last_ms", r.last_ms)?;
                 Ok(d.into_any().unbind())
             })
             .collect::<PyResult<Vec<_>>>()?;
@@ -607,6 +622,7 @@ impl PyEngine {
                 d.set_item("version", &g.version)?;
                 d.set_item("spec", &g.spec)?;
                 d.set_item("registered_ms", g.registered_ms)?;
+                d.set_item("worker", g.worker)?;
                 Ok(d.into_any().unbind())
             })
             .collect::<PyResult<Vec<_>>>()?;
@@ -631,21 +647,15 @@ impl PyEngine {
             .transpose()?;
         let query = RunQuery { graph: graph.map(str::to_owned), status, limit, after: None };
         let page = py.detach(|| self.engine.list_runs(&query)).map_err(to_py_err)?;
-        let items = page
-            .runs
-            .iter()
-            .map(|r| {
-                let d = PyDict::new(py);
-                d.set_item("run_id", &r.run_id)?;
-                d.set_item("graph", &r.graph)?;
-                d.set_item("version", &r.version)?;
-                d.set_item("status", r.status.as_str())?;
-                d.set_item("created_ms", r.created_ms)?;
-                d.set_item("updated_ms", r.updated_ms)?;
-                Ok(d.into_any().unbind())
-            })
-            .collect::<PyResult<Vec<_>>>()?;
+        let items = page.runs.iter().map(|r| record_to_py(py, r)).collect::<PyResult<Vec<_>>>()?;
         Ok(PyList::new(py, items)?.unbind())
+    }
+
+    /// One run's record, as a dict like those of `list_runs`: from the store of a durable
+    /// engine, from memory otherwise.
+    fn record(&self, py: Python<'_>, run_id: &str) -> PyResult<Py<PyAny>> {
+        let (record, _) = py.detach(|| self.engine.load(run_id)).map_err(to_py_err)?;
+        record_to_py(py, &record)
     }
 
     /// The run's journal as event dicts, from memory or the store.
@@ -739,6 +749,17 @@ fn forward_events(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, callback:
             }
         }
     });
+}
+
+fn record_to_py(py: Python<'_>, r: &ferroflow::RunRecord) -> PyResult<Py<PyAny>> {
+    let d = PyDict::new(py);
+    d.set_item("run_id", &r.run_id)?;
+    d.set_item("graph", &r.graph)?;
+    d.set_item("version", &r.version)?;
+    d.set_item("status", r.status.as_str())?;
+    d.set_item("created_ms", r.created_ms)?;
+    d.set_item("updated_ms", r.updated_ms)?;
+    Ok(d.into_any().unbind())
 }
 
 fn error_to_py(py: Python<'_>, error: &NodeError) -> PyResult<Py<PyAny>> {

@@ -31,7 +31,7 @@ pub fn to_py_err(err: Error) -> PyErr {
         let s = |v: &str| Some(v.to_owned());
         match &err {
             Error::Graph(graph) => graph_error(py, graph),
-            Error::UnknownGraph { name } => new_error(py, "UnknownGraphError", message, &[("graph", s(name))]),
+            Error::UnknownGraph { name, .. } => new_error(py, "UnknownGraphError", message, &[("graph", s(name))]),
             Error::RunNotFound { run_id } => new_error(py, "RunNotFoundError", message, &[("run_id", s(run_id))]),
             Error::RunIdConflict { run_id, .. } => {
                 new_error(py, "RunIdConflictError", message, &[("run_id", s(run_id))])
@@ -50,8 +50,17 @@ pub fn to_py_err(err: Error) -> PyErr {
             Error::VersionMismatch { run_id, .. } | Error::CorruptJournal { run_id, .. } => {
                 new_error(py, "StoreError", message, &[("run_id", s(run_id))])
             }
+            Error::ValueTooLarge { .. } => new_error(py, "InvalidInputError", message, &[]),
             Error::Store(_) | Error::Conflict { .. } => new_error(py, "StoreError", message, &[]),
             Error::Unavailable(_) => new_error(py, "StoreUnavailableError", message, &[]),
+            // The body's own exception, raised again where the run is waited for: Ctrl-C
+            // in a body interrupts the caller, and `sys.exit(code)` exits it.
+            Error::Interrupted { kind, message: text, .. } if kind == "SystemExit" => match text.parse::<i64>() {
+                Ok(code) => pyo3::exceptions::PySystemExit::new_err(code),
+                Err(_) if text.is_empty() => pyo3::exceptions::PySystemExit::new_err(()),
+                Err(_) => pyo3::exceptions::PySystemExit::new_err(text.clone()),
+            },
+            Error::Interrupted { .. } => pyo3::exceptions::PyKeyboardInterrupt::new_err(message),
             _ => new_error(py, "FerroflowError", message, &[]),
         }
     })
@@ -66,10 +75,10 @@ fn graph_error(py: Python<'_>, err: &GraphError) -> PyErr {
         GraphError::UnresolvedParameter { graph, node, .. } => ("UnresolvedParameterError", graph, Some(node)),
         GraphError::DuplicateDependency { graph, node, .. }
         | GraphError::LabelOnPlainEdge { graph, node, .. }
-        | GraphError::InvalidNodeName { graph, node }
+        | GraphError::InvalidNodeName { graph, node, .. }
         | GraphError::UnknownOutput { graph, node }
         | GraphError::Invalid { graph, node, .. } => ("GraphError", graph, Some(node)),
-        GraphError::InvalidName { name } => ("GraphError", name, None),
+        GraphError::InvalidName { name, .. } => ("GraphError", name, None),
         _ => ("GraphError", &String::new(), None),
     };
     new_error(py, class, message, &[("graph", Some(graph.clone())), ("node", node.cloned())])

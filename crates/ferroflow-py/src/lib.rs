@@ -50,6 +50,13 @@ fn parse_context(py: Python<'_>, spec: &str) -> PyResult<(&'static str, String, 
     }
 }
 
+/// A server URL without its credentials (password, token, secret query values), as
+/// messages and logs show it.
+#[pyfunction]
+fn redact_url(url: &str) -> String {
+    ferroflow::store::redact_url(url)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     init_logging();
@@ -63,6 +70,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::PyServer>()?;
     m.add_function(wrap_pyfunction!(check_json, m)?)?;
     m.add_function(wrap_pyfunction!(parse_context, m)?)?;
+    m.add_function(wrap_pyfunction!(redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::shutdown, m)?)?;
     Ok(())
 }

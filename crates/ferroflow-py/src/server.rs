@@ -65,13 +65,14 @@ pub(crate) fn serve(
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_input_bytes: usize,
+    allow_unauthenticated: bool,
 ) -> PyResult<PyServer> {
-    let listen: SocketAddr = listen
-        .parse()
-        .map_err(|_| PyValueError::new_err(format!("listen must be HOST:PORT with an IP address, not {listen:?}")))?;
-    if token.as_deref().is_some_and(str::is_empty) {
-        return Err(PyValueError::new_err("the bearer token is empty"));
-    }
+    let listen: SocketAddr = listen.parse().map_err(|_| {
+        PyValueError::new_err(format!(
+            "listen must be IP:PORT (an IP address and a port from 0 to 65535), not {}",
+            ferroflow::limits::quote(listen)
+        ))
+    })?;
     let tls = match (tls_cert, tls_key) {
         (Some(cert), Some(key)) => {
             let read = |path: &PathBuf| {
@@ -83,10 +84,12 @@ pub(crate) fn serve(
         _ => return Err(PyValueError::new_err("TLS needs both tls_cert and tls_key")),
     };
     let service = FerroflowService::new(engine.clone(), workflows, attachment).with_max_input_bytes(max_input_bytes);
-    let config = ServerConfig { listen, token, tls };
+    let config = ServerConfig { listen, token, tls, allow_unauthenticated };
     let server = py.detach(|| runtime::handle().block_on(Server::start(service, config))).map_err(|e| match e {
         ServerError::Bind { .. } => PyOSError::new_err(e.to_string()),
-        ServerError::Tls(_) => PyValueError::new_err(e.to_string()),
+        ServerError::Tls(_) | ServerError::Exposed { .. } | ServerError::EmptyToken => {
+            PyValueError::new_err(e.to_string())
+        }
         other => PyRuntimeError::new_err(other.to_string()),
     })?;
     Ok(PyServer { address: server.local_addr().to_string(), server: Mutex::new(Some(server)) })

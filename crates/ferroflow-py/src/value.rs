@@ -5,7 +5,7 @@
 
 use std::any::Any;
 
-use ferroflow::{NativeValue, Value};
+use ferroflow::{NativeValue, Value, limits};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
@@ -111,8 +111,54 @@ pub fn json_to_py(py: Python<'_>, json: &serde_json::Value) -> PyResult<Py<PyAny
 }
 
 /// Converts plain Python data to JSON; the error names the offending type and where it
-/// sits (`$.items[2].price`).
-pub fn py_to_json(obj: &Bound<'_, PyAny>, path: &str) -> Result<serde_json::Value, String> {
+/// sits, after `root` (`$.items[2].price`). A value nested more than
+/// [`ferroflow::limits::MAX_DEPTH`] lists and dicts deep is refused too: the recursion is
+/// bounded by that limit, whatever the object is.
+pub fn py_to_json(obj: &Bound<'_, PyAny>, root: &str) -> Result<serde_json::Value, String> {
+    convert(obj, 0).map_err(|failure| failure.describe(root))
+}
+
+/// Why a value has no JSON form, and where: the path is collected as the error unwinds, so
+/// that converting costs nothing for it.
+struct Failure {
+    /// From the offending value up to the root.
+    path: Vec<PathStep>,
+    reason: String,
+}
+
+enum PathStep {
+    Index(usize),
+    Key(String),
+}
+
+impl Failure {
+    fn new(reason: String) -> Failure {
+        Failure { path: Vec::new(), reason }
+    }
+
+    fn at(mut self, step: PathStep) -> Failure {
+        self.path.push(step);
+        self
+    }
+
+    fn describe(self, root: &str) -> String {
+        use std::fmt::Write as _;
+        let mut at = root.to_owned();
+        for step in self.path.iter().rev() {
+            match step {
+                PathStep::Index(i) => {
+                    let _ = write!(at, "[{i}]");
+                }
+                PathStep::Key(key) => {
+                    let _ = write!(at, ".{}", limits::shorten(key, 40));
+                }
+            }
+        }
+        format!("{}: {}", limits::shorten(&at, 200), self.reason)
+    }
+}
+
+fn convert(obj: &Bound<'_, PyAny>, depth: usize) -> Result<serde_json::Value, Failure> {
     if obj.is_none() {
         return Ok(serde_json::Value::Null);
     }
@@ -126,35 +172,64 @@ pub fn py_to_json(obj: &Bound<'_, PyAny>, path: &str) -> Result<serde_json::Valu
         if let Ok(u) = obj.extract::<u64>() {
             return Ok(u.into());
         }
-        return Err(format!("{path}: integer {obj} does not fit in 64 bits"));
+        let digits = obj.str().map(|s| s.to_string()).unwrap_or_default();
+        return Err(Failure::new(format!(
+            "integer {} does not fit in 64 bits (JSON data here is exact: give large numbers as strings)",
+            limits::shorten(&digits, 40)
+        )));
     }
     if obj.is_exact_instance_of::<PyFloat>() {
-        let f: f64 = obj.extract().map_err(|e: PyErr| e.to_string())?;
+        let f: f64 = obj.extract().map_err(|e: PyErr| Failure::new(e.to_string()))?;
         return serde_json::Number::from_f64(f)
             .map(serde_json::Value::Number)
-            .ok_or_else(|| format!("{path}: {f} is not a finite number, and JSON has no other kind"));
+            .ok_or_else(|| Failure::new(format!("{f} is not a finite number, and JSON has no other kind")));
     }
     if let Ok(s) = obj.cast_exact::<PyString>() {
-        return Ok(serde_json::Value::String(s.to_cow().map_err(|e| e.to_string())?.into_owned()));
+        return Ok(serde_json::Value::String(s.to_cow().map_err(|e| Failure::new(e.to_string()))?.into_owned()));
+    }
+    let container = obj.is_exact_instance_of::<PyList>() || obj.is_exact_instance_of::<PyDict>();
+    if container && depth >= limits::MAX_DEPTH {
+        return Err(Failure::new(format!(
+            "nested more than {} lists and dicts deep, which no store can read back",
+            limits::MAX_DEPTH
+        )));
     }
     if let Ok(list) = obj.cast_exact::<PyList>() {
-        return list
-            .iter()
-            .enumerate()
-            .map(|(i, item)| py_to_json(&item, &format!("{path}[{i}]")))
-            .collect::<Result<Vec<_>, _>>()
-            .map(serde_json::Value::Array);
+        let mut items = Vec::with_capacity(list.len());
+        for (i, item) in list.iter().enumerate() {
+            items.push(convert(&item, depth + 1).map_err(|f| f.at(PathStep::Index(i)))?);
+        }
+        return Ok(serde_json::Value::Array(items));
     }
     if let Ok(dict) = obj.cast_exact::<PyDict>() {
         let mut map = serde_json::Map::with_capacity(dict.len());
         for (k, v) in dict.iter() {
             let Ok(key) = k.cast_exact::<PyString>() else {
-                return Err(format!("{path}: key {} is a {}, and JSON keys are strings", k, type_name(&k)));
+                let key = k.repr().map(|r| r.to_string()).unwrap_or_default();
+                let kind = type_name(&k);
+                return Err(Failure::new(format!(
+                    "key {} is {} {kind}, and JSON keys are strings",
+                    limits::shorten(&key, 40),
+                    article(&kind)
+                )));
             };
-            let key = key.to_cow().map_err(|e| e.to_string())?;
-            map.insert(key.to_string(), py_to_json(&v, &format!("{path}.{key}"))?);
+            let key = key.to_cow().map_err(|e| Failure::new(e.to_string()))?;
+            let value = convert(&v, depth + 1).map_err(|f| f.at(PathStep::Key(key.to_string())))?;
+            map.insert(key.into_owned(), value);
         }
         return Ok(serde_json::Value::Object(map));
     }
-    Err(format!("{path}: a {} is not JSON data (use dict, list, str, int, float, bool or None)", type_name(obj)))
+    let kind = type_name(obj);
+    Err(Failure::new(format!(
+        "{} {kind} is not JSON data (use dict, list, str, int, float, bool or None)",
+        article(&kind)
+    )))
+}
+
+/// The indefinite article for `noun`, by its first letter: "an int", "a float".
+pub fn article(noun: &str) -> &'static str {
+    match noun.chars().next().map(|c| c.to_ascii_lowercase()) {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => "an",
+        _ => "a",
+    }
 }

@@ -19,16 +19,17 @@ use ferroflow::{DurableStore, NatsStore, RedisStore, SqliteStore};
 pub enum ContextError {
     /// `memory`, an unknown scheme, or nothing: no store that workers could share.
     #[error(
-        "context '{0}' names no durable context: give a SQLite file (or sqlite:///path), redis://HOST:PORT or nats://HOST:PORT"
+        "context '{}' names no durable context: give a SQLite file (or sqlite:///path), redis://HOST:PORT or nats://HOST:PORT",
+        ferroflow::limits::shorten(&ferroflow::store::redact_url(.0), 200)
     )]
     NotDurable(String),
     /// The store could not be opened or reached.
     #[error("context '{url}' cannot be opened: {source}")]
     Open {
-        /// The context as given.
+        /// The context as given, without credentials.
         url: String,
         /// Why the store could not be opened.
-        source: ferroflow::Error,
+        source: Box<ferroflow::Error>,
     },
 }
 
@@ -92,7 +93,9 @@ impl ContextUrl {
 /// Opens the durable context `spec` names.
 pub async fn open(spec: &str) -> Result<Arc<dyn DurableStore>, ContextError> {
     let url = ContextUrl::parse(spec)?;
-    url.open().await.map_err(|source| ContextError::Open { url: spec.to_owned(), source })
+    url.open()
+        .await
+        .map_err(|source| ContextError::Open { url: ferroflow::store::redact_url(spec), source: Box::new(source) })
 }
 
 /// The URL without its `namespace` query parameter, and that parameter.

@@ -1,10 +1,11 @@
 //! Between the engine's types and the protobuf messages, and from engine errors to gRPC
 //! statuses.
 
+use ferroflow::limits;
 use ferroflow::{Error, EventKind, JournalEntry, RunCursor, RunRecord, RunStatus, StoredEntry, Value};
 use tonic::Status;
 
-use crate::proto;
+use crate::{proto, status};
 
 /// The protobuf form of a status.
 pub(crate) fn status_message(status: RunStatus) -> proto::RunStatus {
@@ -22,7 +23,7 @@ pub(crate) fn status_message(status: RunStatus) -> proto::RunStatus {
 /// `RunStatus` (a newer client's value, or garbage) is refused.
 pub(crate) fn status_filter(value: i32) -> Result<Option<RunStatus>, Status> {
     let status = proto::RunStatus::try_from(value).map_err(|_| {
-        Status::invalid_argument(format!(
+        status::invalid_argument(format!(
             "status {value} is not a RunStatus (RUN_STATUS_UNSPECIFIED = 0 for all, 1-5 for one)"
         ))
     })?;
@@ -39,13 +40,16 @@ pub(crate) fn status_filter(value: i32) -> Result<Option<RunStatus>, Status> {
 /// JSON text of a value; a value without a JSON form (which a durable context cannot hold,
 /// so only an in-memory one can have) says so in the text's place.
 pub(crate) fn json_text(value: &Value) -> Result<String, Status> {
-    serde_json::to_string(value).map_err(|e| Status::internal(format!("a value cannot be written as JSON: {e}")))
+    serde_json::to_string(value).map_err(|e| status::internal(format!("a value cannot be written as JSON: {e}")))
 }
 
-/// The value JSON text stands for: empty text is `null`.
+/// The value JSON text stands for: empty text is `null`. Refused (INVALID_ARGUMENT): text
+/// over `limit` bytes, text that is not JSON, an integer no engine value holds exactly (one
+/// beyond the 64-bit range, which a parser would silently turn into a float), and a value
+/// nested deeper than [`limits::MAX_DEPTH`]: the rules the Python API applies too.
 pub(crate) fn parse_json(field: &str, text: &str, limit: usize) -> Result<Value, Status> {
     if text.len() > limit {
-        return Err(Status::invalid_argument(format!(
+        return Err(status::invalid_argument(format!(
             "{field} is {} bytes, over this server's limit of {limit} bytes (--max-input-bytes)",
             text.len()
         )));
@@ -53,9 +57,57 @@ pub(crate) fn parse_json(field: &str, text: &str, limit: usize) -> Result<Value,
     if text.trim().is_empty() {
         return Ok(Value::null());
     }
-    serde_json::from_str::<serde_json::Value>(text)
-        .map(Value::from)
-        .map_err(|e| Status::invalid_argument(format!("{field} is not valid JSON: {e}")))
+    let json = serde_json::from_str::<serde_json::Value>(text)
+        .map_err(|e| status::invalid_argument(format!("{field} is not valid JSON: {e}")))?;
+    inexact_integer(text).map_or(Ok(()), |digits| {
+        Err(status::invalid_argument(format!(
+            "{field} holds the integer {}, outside the 64-bit range: it cannot be kept exactly (send it as a string)",
+            limits::shorten(digits, 40)
+        )))
+    })?;
+    limits::check_depth(&json, limits::MAX_DEPTH)
+        .map_err(|reason| status::invalid_argument(format!("{field} is {reason}")))?;
+    Ok(Value::from(json))
+}
+
+/// The first integer in JSON text (outside strings) that fits neither `i64` nor `u64`.
+/// Only integers written without a fraction or an exponent count: `1e30` is a float, and
+/// reads as one wherever it goes.
+fn inexact_integer(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let (mut i, mut in_string) = (0, false);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            i += 1;
+            while i < bytes.len() && matches!(bytes[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+                i += 1;
+            }
+            let token = &text[start..i];
+            let integer = !token.contains(['.', 'e', 'E']);
+            if integer && token.parse::<i64>().is_err() && token.parse::<u64>().is_err() {
+                return Some(token);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    None
 }
 
 /// A run as the service shows it, from its record and journal.
@@ -128,7 +180,7 @@ pub(crate) fn event_kind(entry: &JournalEntry) -> &'static str {
 /// A journal entry as a watcher sees it.
 pub(crate) fn event_message(seq: u64, at_ms: u64, entry: &JournalEntry) -> Result<proto::RunEvent, Status> {
     let event_json = serde_json::to_string(entry)
-        .map_err(|e| Status::internal(format!("an event cannot be written as JSON: {e}")))?;
+        .map_err(|e| status::internal(format!("an event cannot be written as JSON: {e}")))?;
     Ok(proto::RunEvent {
         offset: seq,
         at_ms: at_ms as i64,
@@ -173,8 +225,9 @@ pub(crate) fn page_cursor(token: &str) -> Result<Option<RunCursor>, Status> {
         return Ok(None);
     }
     let invalid = || {
-        Status::invalid_argument(format!(
-            "page_token '{token}' is not one this server gave out: pass ListRunsResponse.next_page_token as it is"
+        status::invalid_argument(format!(
+            "page_token {} is not one this server gave out: pass ListRunsResponse.next_page_token as it is",
+            limits::quote(token)
         ))
     };
     let (created, order) = token.split_once('.').ok_or_else(invalid)?;
@@ -187,19 +240,21 @@ pub(crate) fn page_cursor(token: &str) -> Result<Option<RunCursor>, Status> {
 pub(crate) fn status_of(error: Error) -> Status {
     let message = error.to_string();
     match error {
-        Error::RunNotFound { .. } => Status::not_found(message),
-        Error::UnknownGraph { .. } | Error::Graph(_) | Error::InvalidInput { .. } | Error::AmbiguousResume { .. } => {
-            Status::invalid_argument(message)
-        }
-        Error::RunIdConflict { .. } => Status::already_exists(message),
+        Error::RunNotFound { .. } => status::status(tonic::Code::NotFound, message),
+        Error::UnknownGraph { .. }
+        | Error::Graph(_)
+        | Error::InvalidInput { .. }
+        | Error::AmbiguousResume { .. }
+        | Error::ValueTooLarge { .. } => status::invalid_argument(message),
+        Error::RunIdConflict { .. } => status::status(tonic::Code::AlreadyExists, message),
         Error::InvalidRunState { .. } | Error::NotWaitingAt { .. } | Error::VersionMismatch { .. } => {
-            Status::failed_precondition(message)
+            status::failed_precondition(message)
         }
-        Error::Unavailable(_) | Error::ShuttingDown => Status::unavailable(message),
-        Error::Conflict { .. } => Status::aborted(message),
-        Error::WaitTimeout { .. } => Status::deadline_exceeded(message),
-        Error::CorruptJournal { .. } => Status::data_loss(message),
-        _ => Status::internal(message),
+        Error::Unavailable(_) | Error::ShuttingDown => status::unavailable(message),
+        Error::Conflict { .. } => status::status(tonic::Code::Aborted, message),
+        Error::WaitTimeout { .. } => status::status(tonic::Code::DeadlineExceeded, message),
+        Error::CorruptJournal { .. } => status::status(tonic::Code::DataLoss, message),
+        _ => status::internal(message),
     }
 }
 
@@ -230,6 +285,40 @@ mod tests {
         assert!(too_big.message().contains("13 bytes, over this server's limit of 5"), "{}", too_big.message());
         let bad = parse_json("value_json", "{nope", 100).unwrap_err();
         assert!(bad.message().starts_with("value_json is not valid JSON"), "{}", bad.message());
+    }
+
+    #[test]
+    fn integers_are_exact_or_refused() {
+        let limit = 1 << 20;
+        for exact in ["18446744073709551615", "-9223372036854775808", "[1, -2, 3.5, 1e30, 2E+400]"] {
+            let parsed = parse_json("input_json", exact, limit);
+            // 2E+400 overflows a float: JSON itself refuses it.
+            assert!(parsed.is_ok() || exact.contains("E+400"), "{exact}");
+        }
+        for big in ["18446744073709551616", "{\"n\": -9223372036854775809}", "[123456789012345678901234567890]"] {
+            let refused = parse_json("input_json", big, limit).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{big}");
+            assert!(refused.message().contains("outside the 64-bit range"), "{}", refused.message());
+        }
+        // Digits inside strings are text.
+        let text = parse_json(
+            "input_json",
+            r#"{"id": "123456789012345678901234567890", "q": "a\"1e999999999999999999999"}"#,
+            limit,
+        );
+        assert!(text.is_ok(), "{text:?}");
+    }
+
+    #[test]
+    fn values_nested_past_the_limit_are_refused() {
+        let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(parse_json("input_json", &nested(limits::MAX_DEPTH), 1 << 20).is_ok());
+        let refused = parse_json("input_json", &nested(limits::MAX_DEPTH + 1), 1 << 20).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains("nested more than 100"), "{}", refused.message());
+        // Past the parser's own limit: refused all the same, not a crash.
+        let refused = parse_json("input_json", &nested(100_000), 1 << 20).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     }
 
     #[test]

@@ -17,10 +17,12 @@
 
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod context;
 mod convert;
 mod server;
 mod service;
+pub mod status;
 
 pub use server::{Server, ServerConfig, ServerError, Tls};
 pub use service::FerroflowService;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ferroflow::{Engine, EngineConfig};
-use ferroflow_server::{FerroflowService, Server, ServerConfig, Tls, context};
+use ferroflow_server::{FerroflowService, Server, ServerConfig, ServerError, Tls, context};
 
 #[derive(Parser, Debug)]
 #[command(name = "ferroflow-server", version, about = "The ferroflow gRPC service over a durable context")]
@@ -77,16 +77,6 @@ async fn serve(args: Args) -> Result<(), String> {
         }
         None => std::env::var("FERROFLOW_SERVER_TOKEN").ok(),
     };
-    if token.as_deref().is_some_and(str::is_empty) {
-        return Err("the bearer token is empty".into());
-    }
-    if !args.listen.ip().is_loopback() && token.is_none() && !args.allow_unauthenticated {
-        return Err(format!(
-            "listening on {} would let anyone who can reach it start and cancel runs: give --token-file \
-             (and --tls-cert/--tls-key), or pass --allow-unauthenticated",
-            args.listen
-        ));
-    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let read = |path: &PathBuf| std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()));
@@ -96,6 +86,11 @@ async fn serve(args: Args) -> Result<(), String> {
     };
     let outage_timeout = Duration::try_from_secs_f64(args.outage_timeout)
         .map_err(|_| format!("--outage-timeout must be a number of seconds, not {}", args.outage_timeout))?;
+    let secure = tls.is_some();
+    let server_config =
+        ServerConfig { listen: args.listen, token, tls, allow_unauthenticated: args.allow_unauthenticated };
+    // Refused before the context is opened (a SQLite file created, a server connected to).
+    server_config.check().map_err(refusal)?;
 
     let store = context::open(&args.context).await.map_err(|e| e.to_string())?;
     let config = EngineConfig {
@@ -109,15 +104,13 @@ async fn serve(args: Args) -> Result<(), String> {
     };
     let engine = Engine::new(tokio::runtime::Handle::current(), config);
     let service = FerroflowService::new(engine, Vec::new(), None).with_max_input_bytes(args.max_input_bytes);
-    let secure = tls.is_some();
-    let server =
-        Server::start(service, ServerConfig { listen: args.listen, token, tls }).await.map_err(|e| e.to_string())?;
+    let server = Server::start(service, server_config).await.map_err(refusal)?;
     // The one line on stdout: tests and scripts wait for it (and read the port from it).
     println!(
         "ferroflow-server listening on {} ({}) with context {}",
         server.local_addr(),
         if secure { "TLS" } else { "plaintext" },
-        args.context
+        ferroflow::store::redact_url(&args.context)
     );
     let mut server = server;
     tokio::select! {
@@ -128,6 +121,16 @@ async fn serve(args: Args) -> Result<(), String> {
     match tokio::time::timeout(Duration::from_secs(10), server.stop()).await {
         Ok(stopped) => stopped.map_err(|e| e.to_string()),
         Err(_) => Err("calls in progress did not finish within 10 s; stopping anyway".into()),
+    }
+}
+
+/// A server error as this command says it, naming its options.
+fn refusal(error: ServerError) -> String {
+    match error {
+        ServerError::Exposed { .. } => {
+            format!("{error}: give --token-file (and --tls-cert/--tls-key), or pass --allow-unauthenticated")
+        }
+        error => error.to_string(),
     }
 }
 

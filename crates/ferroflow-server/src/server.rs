@@ -32,6 +32,34 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// Serve TLS with this certificate and key, instead of plain HTTP/2.
     pub tls: Option<Tls>,
+    /// Listen on an address other than loopback without a token. Off by default: then
+    /// [`Server::start`] refuses such an address ([`ServerError::Exposed`]), since anyone who
+    /// can reach it could start, resume and cancel runs.
+    pub allow_unauthenticated: bool,
+}
+
+impl ServerConfig {
+    /// Serving on `listen`, plaintext, without a token.
+    pub fn new(listen: SocketAddr) -> Self {
+        ServerConfig { listen, token: None, tls: None, allow_unauthenticated: false }
+    }
+
+    /// Whether [`Server::start`] would serve this configuration, checked before anything is
+    /// opened: an address other than loopback needs a token unless unauthenticated calls
+    /// are allowed explicitly, and a token must not be empty.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Exposed`] or [`ServerError::EmptyToken`].
+    pub fn check(&self) -> Result<(), ServerError> {
+        if self.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ServerError::EmptyToken);
+        }
+        if !self.listen.ip().is_loopback() && self.token.is_none() && !self.allow_unauthenticated {
+            return Err(ServerError::Exposed { addr: self.listen });
+        }
+        Ok(())
+    }
 }
 
 /// A PEM certificate chain and its private key.
@@ -51,7 +79,20 @@ impl std::fmt::Debug for Tls {
 
 /// Why the server could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
+    /// The address is not loopback and there is no token ([`ServerConfig::allow_unauthenticated`]).
+    #[error(
+        "listening on {addr} would let anyone who can reach it start, resume and cancel runs: give a bearer \
+         token (and TLS), or allow unauthenticated calls explicitly"
+    )]
+    Exposed {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// The bearer token is empty.
+    #[error("the bearer token is empty")]
+    EmptyToken,
     /// The address cannot be listened on (taken, or not this machine's).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -87,7 +128,26 @@ pub struct Server {
 impl Server {
     /// Binds `config.listen` and serves `service` there (with health and reflection) on
     /// the current tokio runtime.
+    ///
+    /// The one rule for every way of serving (`ferroflow-server`, `ferroflow serve`,
+    /// `Context.serve`, a Rust program): an address other than loopback needs a token unless
+    /// unauthenticated calls are allowed explicitly, and a token sent in plaintext beyond
+    /// loopback is warned about (anyone on the path can read it).
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Exposed`] and [`ServerError::EmptyToken`] for a configuration the rule
+    /// refuses, [`ServerError::Bind`] if the address cannot be listened on, and
+    /// [`ServerError::Tls`] if the certificate or key is not usable PEM.
     pub async fn start(service: FerroflowService, config: ServerConfig) -> Result<Server, ServerError> {
+        config.check()?;
+        if !config.listen.ip().is_loopback() && config.token.is_some() && config.tls.is_none() {
+            tracing::warn!(
+                listen = %config.listen,
+                "serving beyond loopback with a bearer token but without TLS: the token crosses the network in \
+                 plaintext; give a certificate and key"
+            );
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServerError::Bind { addr: config.listen, source })?;

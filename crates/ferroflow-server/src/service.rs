@@ -20,13 +20,11 @@ use tonic::{Request, Response, Status};
 use crate::convert::{
     event_message, page_cursor, page_token, parse_json, run_message, status_filter, status_of, transient_message,
 };
-use crate::proto;
 use crate::proto::ferroflow_server::Ferroflow;
+use crate::{proto, status};
 
 /// How long the graph records read from the store are used for starts that name no version.
 const GRAPHS_FRESH_FOR: Duration = Duration::from_secs(1);
-/// Longest run id accepted, in bytes.
-const MAX_RUN_ID_BYTES: usize = 256;
 /// Runs per ListRuns page when the request leaves it at 0, and the most a page holds.
 const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -106,7 +104,7 @@ impl FerroflowService {
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || call(&shared))
             .await
-            .unwrap_or_else(|join| Err(Status::internal(format!("the call failed: {join}"))))
+            .unwrap_or_else(|join| Err(status::internal(format!("the call failed: {join}"))))
     }
 }
 
@@ -120,14 +118,18 @@ impl Shared {
     }
 
     /// The workflow of graph `name` (`version`, or the newest), and whether this process
-    /// can execute it.
-    fn resolve(&self, name: &str, version: Option<&str>) -> Result<(Workflow, bool), Status> {
+    /// can execute it. With `to_start`, only graphs some worker registered count (a run
+    /// queued for a graph no worker runs would wait for ever); otherwise, to follow a run
+    /// that exists, a graph whose structure alone the store records does.
+    fn resolve(&self, name: &str, version: Option<&str>, to_start: bool) -> Result<(Workflow, bool), Status> {
         let matches =
             |graph_name: &str, graph_version: &str| graph_name == name && version.is_none_or(|v| v == graph_version);
+        let usable = |g: &GraphRecord| matches(&g.name, &g.version) && (g.worker || !to_start);
         if let Some(served) = self.served.iter().find(|w| matches(w.graph().name(), w.graph().version())) {
             return Ok((served.clone(), true));
         }
         if let Some(version) = version
+            && !to_start
             && let Some(known) =
                 self.registered.lock().expect("graph cache lock").get(&(name.to_owned(), version.into()))
         {
@@ -136,14 +138,13 @@ impl Shared {
         let record = if self.durable() {
             // Newest first within a name: the first match is the version registered last.
             let cached = self.graphs.lock().expect("graphs lock").as_ref().and_then(|(read, graphs)| {
-                (read.elapsed() < GRAPHS_FRESH_FOR)
-                    .then(|| graphs.iter().find(|g| matches(&g.name, &g.version)).cloned())
+                (read.elapsed() < GRAPHS_FRESH_FOR).then(|| graphs.iter().find(|g| usable(g)).cloned())
             });
             match cached.flatten() {
                 Some(record) => Some(record),
                 None => {
                     let graphs = self.engine.graphs().map_err(status_of)?;
-                    let found = graphs.iter().find(|g| matches(&g.name, &g.version)).cloned();
+                    let found = graphs.iter().find(|g| usable(g)).cloned();
                     *self.graphs.lock().expect("graphs lock") = Some((Instant::now(), graphs));
                     found
                 }
@@ -153,9 +154,9 @@ impl Shared {
         };
         let Some(record) = record else {
             let which = version.map_or_else(|| format!("'{name}'"), |v| format!("'{name}' version {v}"));
-            return Err(Status::invalid_argument(if self.durable() {
+            return Err(status::invalid_argument(if self.durable() {
                 format!(
-                    "no graph {which} is registered in this context; workers register the graphs they run \
+                    "no worker registered graph {which} in this context; workers register the graphs they run \
                      (`ferroflow worker MODULE:GRAPH --context …`)"
                 )
             } else {
@@ -178,8 +179,8 @@ impl Shared {
     fn hold(&self, run_id: &str) -> Result<bool, Status> {
         let (record, _) = self.engine.load(run_id).map_err(status_of)?;
         if self.engine.handle(run_id).is_err() {
-            let (workflow, _) = self.resolve(&record.graph, Some(&record.version)).map_err(|_| {
-                Status::failed_precondition(format!(
+            let (workflow, _) = self.resolve(&record.graph, Some(&record.version), false).map_err(|_| {
+                status::failed_precondition(format!(
                     "run '{run_id}' is of graph '{}' version {}, which no worker registered in this context",
                     record.graph, record.version
                 ))
@@ -197,9 +198,9 @@ impl Shared {
         input: Value,
         run_id: Option<String>,
     ) -> Result<proto::StartRunResponse, Status> {
-        let (workflow, executable) = self.resolve(graph, version)?;
+        let (workflow, executable) = self.resolve(graph, version, true)?;
         if self.executes() && !executable {
-            return Err(Status::failed_precondition(format!(
+            return Err(status::failed_precondition(format!(
                 "graph '{graph}' is registered in this context but not served by this process, which executes \
                  the runs it starts; start it through a server of that graph"
             )));
@@ -233,7 +234,7 @@ impl Shared {
     fn resume(&self, run_id: &str, node: Option<&str>, value: Value) -> Result<proto::Run, Status> {
         let executable = self.hold(run_id)?;
         if self.executes() && !executable {
-            return Err(Status::failed_precondition(format!(
+            return Err(status::failed_precondition(format!(
                 "run '{run_id}' is of a graph this process does not serve; it would execute what follows \
                  the answer, so resume it through a server of that graph"
             )));
@@ -263,12 +264,13 @@ impl Shared {
                 .map(|w| {
                     let graph = w.graph();
                     let spec = serde_json::to_string(&graph.spec())
-                        .map_err(|e| Status::internal(format!("graph '{}': {e}", graph.name())))?;
+                        .map_err(|e| status::internal(format!("graph '{}': {e}", graph.name())))?;
                     Ok(GraphRecord {
                         name: graph.name().to_owned(),
                         version: graph.version().to_owned(),
                         spec,
                         registered_ms: self.served_ms,
+                        worker: true,
                     })
                 })
                 .collect::<Result<_, Status>>()?
@@ -280,6 +282,7 @@ impl Shared {
                 version: g.version,
                 spec_json: g.spec,
                 registered_ms: g.registered_ms as i64,
+                worker: g.worker,
             })
             .collect())
     }
@@ -289,7 +292,7 @@ impl Shared {
 /// that does not execute never runs them, and one that does refuses to start it.
 fn registered_workflow(record: &GraphRecord) -> Result<Workflow, Status> {
     let corrupt = |reason: String| {
-        Status::internal(format!(
+        status::internal(format!(
             "graph '{}' version {} is registered with a structure that cannot be read: {reason}",
             record.name, record.version
         ))
@@ -312,25 +315,27 @@ fn registered_workflow(record: &GraphRecord) -> Result<Workflow, Status> {
     Workflow::new(graph, bodies).map_err(|e| corrupt(e.to_string()))
 }
 
-fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+/// A name field (`run_id`, `graph`, `version`, `node`) that the request must give: checked
+/// as the engine checks names ([`ferroflow::limits::check_name`]), before anything quotes it.
+fn name_field<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
     if value.is_empty() {
-        return Err(Status::invalid_argument(format!("{field} is required")));
+        return Err(status::invalid_argument(format!("{field} is required")));
     }
+    ferroflow::limits::check_name(field, value).map_err(status::invalid_argument)?;
     Ok(value)
 }
 
 fn run_id_field(value: &str) -> Result<&str, Status> {
-    let value = required("run_id", value)?;
-    if value.len() > MAX_RUN_ID_BYTES || value.trim().is_empty() || value.chars().any(char::is_control) {
-        return Err(Status::invalid_argument(format!(
-            "run_id must be 1 to {MAX_RUN_ID_BYTES} bytes of printable text, not blank"
-        )));
-    }
-    Ok(value)
+    name_field("run_id", value)
 }
 
-fn non_empty(value: String) -> Option<String> {
-    (!value.is_empty()).then_some(value)
+/// An optional name field: empty is absent.
+fn optional_name(field: &str, value: String) -> Result<Option<String>, Status> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    name_field(field, &value)?;
+    Ok(Some(value))
 }
 
 /// Forwards a run's journal events from `from` on to a watch stream, until the run
@@ -347,7 +352,7 @@ async fn forward(
             () = tx.closed() => return,
             () = stopping.cancelled() => {
                 let reason = format!("the server is stopping; watch again with from_offset {next} to miss nothing");
-                let _ = tx.send(Err(Status::unavailable(reason))).await;
+                let _ = tx.send(Err(status::unavailable(reason))).await;
                 return;
             }
             event = events.recv() => event,
@@ -386,13 +391,11 @@ impl Ferroflow for FerroflowService {
         request: Request<proto::StartRunRequest>,
     ) -> Result<Response<proto::StartRunResponse>, Status> {
         let request = request.into_inner();
-        required("graph", &request.graph)?;
-        let run_id = match request.run_id.as_str() {
-            "" => None,
-            id => Some(run_id_field(id)?.to_owned()),
-        };
+        name_field("graph", &request.graph)?;
+        let run_id = optional_name("run_id", request.run_id)?;
+        let version = optional_name("version", request.version)?;
         let input = parse_json("input_json", &request.input_json, self.max_input_bytes)?;
-        let (graph, version) = (request.graph, non_empty(request.version));
+        let graph = request.graph;
         let response = self.blocking(move |s| s.start(&graph, version.as_deref(), input, run_id)).await?;
         Ok(Response::new(response))
     }
@@ -421,7 +424,7 @@ impl Ferroflow for FerroflowService {
         let request = request.into_inner();
         let run_id = run_id_field(&request.run_id)?.to_owned();
         let value = parse_json("value_json", &request.value_json, self.max_input_bytes)?;
-        let node = non_empty(request.node);
+        let node = optional_name("node", request.node)?;
         Ok(Response::new(self.blocking(move |s| s.resume(&run_id, node.as_deref(), value)).await?))
     }
 
@@ -440,7 +443,7 @@ impl Ferroflow for FerroflowService {
             n => n.min(MAX_PAGE_SIZE),
         };
         let query = RunQuery {
-            graph: non_empty(request.graph),
+            graph: optional_name("graph", request.graph)?,
             status: status_filter(request.status)?,
             limit: limit as usize,
             after: page_cursor(&request.page_token)?,

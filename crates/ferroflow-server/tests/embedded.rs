@@ -27,7 +27,7 @@ fn approval() -> Flow {
 async fn serve(token: Option<&str>) -> (Server, FerroflowClient<Channel>) {
     let engine = Engine::new(Handle::current(), EngineConfig::default());
     let service = FerroflowService::new(engine, vec![approval().workflow().clone()], None);
-    let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), token: token.map(str::to_owned), tls: None };
+    let config = ServerConfig { token: token.map(str::to_owned), ..ServerConfig::new("127.0.0.1:0".parse().unwrap()) };
     let server = Server::start(service, config).await.unwrap();
     let channel = Channel::from_shared(format!("http://{}", server.local_addr())).unwrap().connect().await.unwrap();
     (server, FerroflowClient::new(channel))
@@ -118,7 +118,7 @@ async fn a_watcher_that_asks_gets_what_running_nodes_report_as_it_happens() {
     });
     let engine = Engine::new(Handle::current(), EngineConfig::default());
     let service = FerroflowService::new(engine, vec![g.build().unwrap().workflow().clone()], None);
-    let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), token: None, tls: None };
+    let config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
     let server = Server::start(service, config).await.unwrap();
     let channel = Channel::from_shared(format!("http://{}", server.local_addr())).unwrap().connect().await.unwrap();
     let mut client = FerroflowClient::new(channel);

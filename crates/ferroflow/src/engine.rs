@@ -26,6 +26,8 @@ use crate::body::{Attachment, Body, BodyResult, NodeCall, Workflow};
 use crate::error::{Error, NodeError, Result};
 use crate::graph::{Graph, NodeId, NodeKind};
 use crate::journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus, now_ms};
+use crate::lease::LeaseClock;
+use crate::limits;
 use crate::state::{Rejected, RunState, Task};
 use crate::store::{
     Claim, Created, DurableStore, GraphRecord, Lease, QueuedTask, RunCursor, RunPage, RunQuery, RunRecord, Step,
@@ -152,7 +154,7 @@ impl RunSnapshot {
             self.output.as_ref().ok_or_else(|| invalid(format!("the run is {}: it has no output", self.status)))?;
         let json = output.to_json().map_err(invalid)?;
         serde_json::from_value(json)
-            .map_err(|e| invalid(format!("its output is not a {}: {e}", std::any::type_name::<T>())))
+            .map_err(|e| invalid(format!("its output does not read as `{}`: {e}", std::any::type_name::<T>())))
     }
 
     /// What the human step `node` asked, as `T`, while the run waits there.
@@ -174,10 +176,14 @@ pub struct NodeReport {
     pub status: &'static str,
     /// Attempts made so far (for a map node, the most any element needed).
     pub attempts: u32,
-    /// The node's output, once completed.
+    /// The node's output, once completed; for a human node waiting for an answer, what it
+    /// shows the person (its payload).
     pub output: Option<Value>,
     /// The last attempt's error, once the node failed for good.
     pub error: Option<NodeError>,
+    /// When the journal last recorded something of the node (an attempt's outcome, a
+    /// step, a skip), in milliseconds since the Unix epoch; `None` if it has recorded nothing.
+    pub last_ms: Option<u64>,
 }
 
 /// When a watcher's event stream ends.
@@ -194,6 +200,8 @@ pub enum WatchUntil {
 #[derive(Clone)]
 pub struct RunHandle {
     run: Arc<LiveRun>,
+    /// The engine, to read the run from its store when another process may have moved it.
+    engine: Weak<Inner>,
 }
 
 impl RunHandle {
@@ -209,26 +217,65 @@ impl RunHandle {
     ///
     /// [`Error::WaitTimeout`] if `timeout` passes first; the run goes on.
     pub async fn wait(&self, timeout: Option<Duration>) -> Result<RunSnapshot> {
+        // A run this engine does not execute (waiting for a person, or executed elsewhere)
+        // may have moved on in another process: read what is new first.
+        if let Some(engine) = self.engine.upgrade()
+            && engine.may_be_stale(&self.run)
+        {
+            let run = Arc::clone(&self.run);
+            engine.off_workers(move |engine| engine.refresh(&run)).await;
+        }
         let settled = self.run.settled();
         match timeout {
             Some(limit) => {
                 if tokio::time::timeout(limit, settled).await.is_err() {
-                    return Err(Error::WaitTimeout {
-                        run_id: self.run.run_id.to_string(),
-                        seconds: limit.as_secs_f64(),
-                    });
+                    return Err(self.timed_out(limit).await);
                 }
             }
             None => {
                 let _ = settled.await;
             }
         }
-        Ok(self.run.snapshot())
+        match self.run.interruption() {
+            Some(interrupted) => Err(interrupted),
+            None => Ok(self.run.snapshot()),
+        }
     }
 
     /// The run's state now.
     pub fn snapshot(&self) -> RunSnapshot {
         self.run.snapshot()
+    }
+
+    /// The error of a wait that timed out: it says why nothing happened when a run
+    /// submitted for workers was never taken up because no worker registered its graph's
+    /// version (the store knows the registrations).
+    async fn timed_out(&self, limit: Duration) -> Error {
+        let mut detail = String::new();
+        if let Some(engine) = self.engine.upgrade()
+            && self.run.followed.load(Ordering::Acquire)
+        {
+            let graph = self.run.workflow.graph();
+            let (name, version) = (graph.name().to_owned(), graph.version().to_owned());
+            let graphs =
+                engine.off_workers(|engine| engine.config.store.as_ref().map(|s| engine.block_on(s.graphs()))).await;
+            if let Some(Ok(graphs)) = graphs
+                && !graphs.iter().any(|g| g.worker && g.name == name && g.version == version)
+            {
+                let others: Vec<&str> =
+                    graphs.iter().filter(|g| g.worker && g.name == name).map(|g| g.version.as_str()).collect();
+                detail = format!(
+                    "; no worker registered graph '{name}' version {version} in this context, so no worker runs it{}. \
+                     Start one with this version of the graph (`ferroflow worker MODULE:GRAPH --context ...`)",
+                    if others.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (workers registered versions {})", others.join(", "))
+                    }
+                );
+            }
+        }
+        Error::WaitTimeout { run_id: self.run.run_id.to_string(), seconds: limit.as_secs_f64(), detail }
     }
 }
 
@@ -313,6 +360,11 @@ struct Inner {
     followed: Mutex<Vec<Weak<LiveRun>>>,
     /// Woken when a run is added to `followed`.
     follow_added: Notify,
+    /// The graph versions this engine registered in its store ([`Inner::register`]).
+    registered: Mutex<HashSet<Arc<str>>>,
+    /// What this engine knows of its holds, from its renewals (a durable engine that
+    /// executes): checked before every body starts ([`Inner::may_start`]).
+    clock: Option<Arc<LeaseClock>>,
 }
 
 /// A step written to memory and waiting for its group commit.
@@ -351,6 +403,19 @@ struct LiveRun {
     finished_at: AtomicU64,
     /// When this engine took the run on (started or recovered it), on [`CREATION_ORDER`].
     created: u64,
+    /// The lease epoch in which this engine last knew it held the run, or the leases of the
+    /// tasks it runs of it ([`crate::lease`]); 0 if it never did.
+    confirmed: AtomicU64,
+    /// The run is executed elsewhere (or by nobody yet): this engine follows it from the
+    /// store, and runs none of its tasks until it takes the run over.
+    followed: AtomicBool,
+    /// The run is in the list of runs polled from the store ([`Inner::follow`]).
+    polled: AtomicBool,
+    /// Set when this process gave up an attempt of the run, until the run is resumed:
+    /// waiting for the run then ends with [`Error::Interrupted`].
+    interrupted: Mutex<Option<Interruption>>,
+    /// Whether `interrupted` is set, readable without its lock.
+    is_interrupted: AtomicBool,
 }
 
 /// Orders runs by when they were taken on, for listing.
@@ -377,6 +442,17 @@ struct RunCore {
     /// Tasks running here that came from a row of the store's queue, which their step must
     /// remove; the others run under the run's hold and have no row.
     from_queue: HashSet<(NodeId, Option<u32>, u32)>,
+    /// Attempts this process gave up ([`NodeError::abandoned`]), in an engine without a
+    /// store: [`Engine::recover`] runs them again. (A durable engine hands the run back to
+    /// the store instead, where taking it over finds them.)
+    abandoned: Vec<Task>,
+}
+
+/// Why a run's attempt was given up here ([`NodeError::abandoned`]).
+struct Interruption {
+    node: Arc<str>,
+    kind: String,
+    message: String,
 }
 
 struct Watcher {
@@ -393,6 +469,7 @@ struct Ready {
 impl Engine {
     /// An engine that runs async bodies and timers on `runtime`.
     pub fn new(runtime: Handle, config: EngineConfig) -> Self {
+        let clock = (config.store.is_some() && config.execute).then(|| Arc::new(LeaseClock::new(config.lease)));
         let inner = Arc::new(Inner {
             runtime,
             config,
@@ -404,10 +481,18 @@ impl Engine {
             flushing: Mutex::new(()),
             followed: Mutex::new(Vec::new()),
             follow_added: Notify::new(),
+            registered: Mutex::new(HashSet::new()),
+            clock,
         });
         let handles = Arc::new(());
         if let Some(store) = &inner.config.store {
-            let renew = heartbeat(Arc::downgrade(&handles), Arc::clone(store), inner.owner.clone(), inner.config.lease);
+            let renew = heartbeat(
+                Arc::downgrade(&handles),
+                Arc::clone(store),
+                inner.owner.clone(),
+                inner.config.lease,
+                inner.clock.clone(),
+            );
             inner.runtime.spawn(renew);
             if let Durability::Batch { window } = inner.config.durability {
                 inner.runtime.spawn(group_commit(Arc::downgrade(&inner), window));
@@ -421,6 +506,10 @@ impl Engine {
     /// before the process exits. Runs whose steps cannot be written fail in memory.
     pub fn flush(&self) {
         let _ = self.inner.flush(None);
+    }
+
+    fn handle_of(&self, run: Arc<LiveRun>) -> RunHandle {
+        RunHandle { run, engine: Arc::downgrade(&self.inner) }
     }
 
     /// The settings the engine was made with.
@@ -501,10 +590,10 @@ impl Engine {
         drive: bool,
     ) -> Result<(RunHandle, Option<mpsc::UnboundedReceiver<Event>>, bool)> {
         let run_id: Arc<str> = match options.run_id {
-            Some(id) if id.trim().is_empty() => {
-                return Err(Error::InvalidInput { run_id: id, reason: "a run id must not be empty".into() });
+            Some(id) => {
+                check_run_id(&id)?;
+                id.into()
             }
-            Some(id) => id.into(),
             None => uuid::Uuid::now_v7().to_string().into(),
         };
         let graph = workflow.graph();
@@ -519,11 +608,11 @@ impl Engine {
                 });
             }
             let rx = until.map(|u| existing.watch(u));
-            return Ok((RunHandle { run: Arc::clone(existing) }, rx, false));
+            return Ok((self.handle_of(Arc::clone(existing)), rx, false));
         }
 
         drop(table);
-        let input = self.inner.durable_value(input).map_err(|reason| Error::InvalidInput {
+        let input = self.inner.accept(input).map_err(|reason| Error::InvalidInput {
             run_id: run_id.to_string(),
             reason: format!("the run input cannot be stored: {reason}"),
         })?;
@@ -537,6 +626,7 @@ impl Engine {
             run.prepare(&core, effects.ready)
         };
         if let Some(store) = &self.inner.config.store {
+            self.inner.register(workflow, false)?;
             let journal = run.lock().journal.clone();
             let queued: Vec<QueuedTask> = ready.iter().map(|r| run.queued(&r.task)).collect();
             let now = journal.first().map_or_else(now_ms, |e| e.at_ms);
@@ -549,9 +639,17 @@ impl Engine {
                 updated_ms: now,
             };
             let holder = if self.inner.config.execute { self.inner.holder() } else { None };
+            let epoch = self.inner.epoch();
             let created = self
                 .inner
-                .patiently(&run_id, "creating the run", || store.create(&record, &journal, &queued, holder))?;
+                .patiently(&run_id, "creating the run", || store.create(&record, &journal, &queued, holder))
+                .map_err(|error| match error {
+                    Error::ValueTooLarge { .. } => Error::InvalidInput {
+                        run_id: run_id.to_string(),
+                        reason: format!("the run input cannot be stored: {error}"),
+                    },
+                    error => error,
+                })?;
             run.durable.store(journal.len() as u64, Ordering::Release);
             if let Created::Existing { .. } = created {
                 // Started before, by this process or another: carry on with that run.
@@ -563,8 +661,9 @@ impl Engine {
                 // Queued for the workers; this engine follows the run from the store.
                 let run = self.inner.adopt_followed(run);
                 let rx = until.map(|u| run.watch(u));
-                return Ok((RunHandle { run }, rx, true));
+                return Ok((self.handle_of(run), rx, true));
             }
+            self.inner.confirm(&run, epoch);
         }
         let run = {
             let mut table = self.inner.runs.lock().expect("run table lock");
@@ -572,7 +671,7 @@ impl Engine {
                 // Another thread recovered this very run meanwhile; it dispatches its tasks.
                 Some(existing) => {
                     let rx = until.map(|u| existing.watch(u));
-                    return Ok((RunHandle { run: Arc::clone(existing) }, rx, true));
+                    return Ok((self.handle_of(Arc::clone(existing)), rx, true));
                 }
                 None => {
                     table.runs.insert(Arc::clone(&run_id), Arc::clone(&run));
@@ -583,7 +682,7 @@ impl Engine {
         let rx = until.map(|u| run.watch(u));
         self.inner.after_change(&run);
         self.inner.dispatch_or_drive(&run, ready, drive);
-        Ok((RunHandle { run }, rx, true))
+        Ok((self.handle_of(run), rx, true))
     }
 
     /// Continues a run from the engine's store: its journal is replayed and whatever was
@@ -618,9 +717,66 @@ impl Engine {
                 core.attachment = attachment;
             }
             drop(core);
-            return Ok(RunHandle { run });
+            if self.inner.config.execute && !run.status().is_terminal() {
+                if self.inner.config.store.is_some() && run.followed.load(Ordering::Acquire) {
+                    // Executed elsewhere, handed back, or lost to another engine: take it over.
+                    return self.take_over(run, false);
+                }
+                if self.inner.config.store.is_none() && run.is_interrupted.load(Ordering::Acquire) {
+                    return Ok(self.run_abandoned(run));
+                }
+            }
+            return Ok(self.handle_of(run));
         }
         self.recover_inner(workflow, run_id, attachment, false)
+    }
+
+    /// Runs again, as their next attempts, the attempts this process gave up of a run it
+    /// keeps in memory ([`NodeError::abandoned`]); the journal records each as interrupted.
+    fn run_abandoned(&self, run: Arc<LiveRun>) -> RunHandle {
+        let ready = {
+            let mut core = run.lock();
+            run.resumed();
+            let mut ready = Vec::new();
+            for task in std::mem::take(&mut core.abandoned) {
+                let entry = JournalEntry::NodeFailed {
+                    node: Arc::clone(run.workflow.name(task.node)),
+                    item: task.item,
+                    attempt: task.attempt,
+                    error: NodeError::new("Interrupted", "this process gave the attempt up; it runs again"),
+                    retry_in_ms: Some(0),
+                };
+                if let Ok(next) = self.inner.step(&run, &mut core, entry, &[]) {
+                    ready.extend(next.into_iter().map(|t| Task { delay: None, ..t }));
+                }
+            }
+            run.prepare(&core, ready)
+        };
+        self.inner.after_change(&run);
+        self.inner.dispatch(&run, ready);
+        self.handle_of(run)
+    }
+
+    /// Takes over a run this engine holds in memory but does not execute (see
+    /// [`Engine::recover`]): claims it in the store, catches up with its journal, and runs
+    /// what is outstanding, the attempts that may have been running elsewhere as their
+    /// next ones.
+    fn take_over(&self, run: Arc<LiveRun>, drive: bool) -> Result<RunHandle> {
+        let store = self.inner.store();
+        let (owner, lease) = (&self.inner.owner, self.inner.config.lease);
+        let epoch = self.inner.epoch();
+        let leases =
+            self.inner.patiently(&run.run_id, "taking the run over", || store.claim_run(owner, &run.run_id, lease))?;
+        self.inner.executes(&run, epoch);
+        run.resumed();
+        let ready = {
+            let mut core = run.lock();
+            self.inner.catch_up(&run, &mut core, false)?;
+            self.inner.adopt(&run, &mut core, leases, true)
+        };
+        self.inner.after_change(&run);
+        self.inner.dispatch_or_drive(&run, ready, drive);
+        Ok(self.handle_of(run))
     }
 
     /// A handle on a run, without taking it over: a run this engine holds as it is; a run
@@ -634,8 +790,10 @@ impl Engine {
         let (run, loaded) = self.inner.load_run(run_id, |_| Some(workflow.clone()), None)?;
         if loaded && !run.status().is_terminal() {
             self.inner.follow(&run);
+        } else if !loaded {
+            self.inner.refresh(&run);
         }
-        Ok(RunHandle { run })
+        Ok(self.handle_of(run))
     }
 
     fn recover_inner(
@@ -647,23 +805,14 @@ impl Engine {
     ) -> Result<RunHandle> {
         let (run, loaded) = self.inner.load_run(run_id, |_| Some(workflow.clone()), attachment)?;
         if !loaded {
-            return Ok(RunHandle { run });
+            return Ok(self.handle_of(run));
         }
         if !self.inner.config.execute {
             // The workers execute it (taking it over when its holder stops); follow it.
             self.inner.follow(&run);
-            return Ok(RunHandle { run });
+            return Ok(self.handle_of(run));
         }
-        let store = self.inner.store();
-        let (owner, lease) = (&self.inner.owner, self.inner.config.lease);
-        let leases = self.inner.patiently(run_id, "taking the run over", || store.claim_run(owner, run_id, lease))?;
-        let ready = {
-            let mut core = run.lock();
-            self.inner.adopt(&run, &mut core, leases, true)
-        };
-        self.inner.after_change(&run);
-        self.inner.dispatch_or_drive(&run, ready, drive);
-        Ok(RunHandle { run })
+        self.take_over(run, drive)
     }
 
     /// Works as a worker on the engine's store until `stop` is cancelled: claims queued
@@ -700,22 +849,10 @@ impl Engine {
         // Registered first, so that other processes (the server, a submitter without the
         // code) know the graphs' structure; an unavailable store is waited for.
         for workflow in workflows {
-            let graph = workflow.graph();
-            let spec = serde_json::to_string(&graph.spec())
-                .map_err(|e| Error::Store(format!("graph '{}' cannot be written as JSON: {e}", graph.name())))?;
-            let record = GraphRecord {
-                name: graph.name().to_owned(),
-                version: graph.version().to_owned(),
-                spec,
-                registered_ms: now_ms(),
-            };
-            let engine = self.clone();
-            tokio::task::spawn_blocking(move || {
-                let store = engine.inner.store();
-                engine.inner.patiently(&record.name, "registering the graph", || store.register_graph(&record))
-            })
-            .await
-            .map_err(|join| Error::Store(format!("registering the graphs failed: {join}")))??;
+            let (engine, workflow) = (self.clone(), workflow.clone());
+            tokio::task::spawn_blocking(move || engine.inner.register(&workflow, true))
+                .await
+                .map_err(|join| Error::Store(format!("registering the graphs failed: {join}")))??;
         }
         let graphs: Arc<HashMap<String, Workflow>> =
             Arc::new(workflows.iter().map(|w| (w.graph().name().to_owned(), w.clone())).collect());
@@ -733,6 +870,7 @@ impl Engine {
                     _ = tokio::time::timeout(Duration::from_millis(100), done) => continue,
                 }
             }
+            let epoch = self.inner.epoch();
             let claimed = tokio::select! {
                 _ = stop.cancelled() => break,
                 claimed = store.claim(&self.inner.owner, free, lease, Duration::from_secs(1)) => claimed,
@@ -741,7 +879,7 @@ impl Engine {
                 Ok(claims) => {
                     for claim in claims {
                         let (engine, graphs, attachment) = (self.clone(), Arc::clone(&graphs), attachment.clone());
-                        let taken = tokio::task::spawn_blocking(move || engine.take(&graphs, claim, attachment));
+                        let taken = tokio::task::spawn_blocking(move || engine.take(&graphs, claim, attachment, epoch));
                         if let Err(join) = taken.await {
                             tracing::error!(%join, "taking on claimed work failed");
                         }
@@ -840,7 +978,7 @@ impl Engine {
     ///
     /// Runs on a blocking thread: it waits for the store with runs locked, and the
     /// runtime's workers must stay free to drive the store's I/O.
-    fn take(&self, graphs: &HashMap<String, Workflow>, claim: Claim, attachment: Option<Attachment>) {
+    fn take(&self, graphs: &HashMap<String, Workflow>, claim: Claim, attachment: Option<Attachment>, epoch: u64) {
         let (run_id, lease) = match claim {
             Claim::Task(lease) => (lease.task.run_id.clone(), Some(lease)),
             Claim::Run(run_id) => (run_id, None),
@@ -854,14 +992,20 @@ impl Engine {
                 return self.hand_back(&run_id, lease.as_ref(), format!("the run cannot be loaded: {error}"));
             }
         };
-        // A run whose holder stopped is taken over whole, with its queued tasks.
-        let leases = match &lease {
-            Some(lease) => Ok(vec![lease.clone()]),
+        // A run whose holder stopped is taken over whole, with its queued tasks. The lease
+        // epoch is the one before the claim that granted the work: a pause since then
+        // makes the engine ask the store again before running it.
+        let (leases, epoch) = match &lease {
+            Some(lease) => (Ok(vec![lease.clone()]), epoch),
             None => {
                 let (store, owner, lease) = (self.inner.store(), &self.inner.owner, self.inner.config.lease);
-                self.inner.patiently(&run_id, "taking the run over", || store.claim_run(owner, &run_id, lease))
+                let epoch = self.inner.epoch();
+                (self.inner.patiently(&run_id, "taking the run over", || store.claim_run(owner, &run_id, lease)), epoch)
             }
         };
+        if leases.is_ok() {
+            self.inner.confirm(&run, epoch);
+        }
         let adopted = leases.and_then(|leases| {
             let mut core = run.lock();
             let caught_up = if loaded { Ok(()) } else { self.inner.catch_up(&run, &mut core, false) };
@@ -869,6 +1013,9 @@ impl Engine {
         });
         match adopted {
             Ok(ready) => {
+                if !ready.is_empty() {
+                    self.inner.executes(&run, epoch);
+                }
                 self.inner.after_change(&run);
                 self.inner.dispatch(&run, ready);
             }
@@ -894,7 +1041,7 @@ impl Engine {
     /// [`Error::RunNotFound`] if it holds no such run; a run only the store knows needs
     /// [`Engine::follow`] or [`Engine::recover`].
     pub fn handle(&self, run_id: &str) -> Result<RunHandle> {
-        self.inner.live(run_id).map(|run| RunHandle { run })
+        self.inner.live(run_id).map(|run| self.handle_of(run))
     }
 
     /// The run's current state.
@@ -903,16 +1050,54 @@ impl Engine {
     ///
     /// [`Error::RunNotFound`] if this engine does not hold the run in memory.
     pub fn snapshot(&self, run_id: &str) -> Result<RunSnapshot> {
-        Ok(self.inner.live(run_id)?.snapshot())
+        Ok(self.current(run_id)?.snapshot())
     }
 
-    /// Per-node state of the run, in topological order.
+    /// A run this engine holds, brought up to date with the store if another process may
+    /// have moved it on ([`Inner::refresh`]).
+    fn current(&self, run_id: &str) -> Result<Arc<LiveRun>> {
+        let run = self.inner.live(run_id)?;
+        self.inner.refresh(&run);
+        Ok(run)
+    }
+
+    /// Per-node state of the run, in topological order: of a run this engine holds, or, in
+    /// a durable engine, of a run only the store knows, derived from its journal over the
+    /// graph's structure as the store records it (every durable engine that starts a run
+    /// records its graph's structure, and every worker its graphs'), by the same function
+    /// in either case.
     ///
     /// # Errors
     ///
-    /// [`Error::RunNotFound`] if this engine does not hold the run in memory.
+    /// [`Error::RunNotFound`] if neither this engine nor its store knows the run,
+    /// [`Error::UnknownGraph`] if the store has no structure for the run's graph version
+    /// (a run written by a version of ferroflow that did not record it), and the store's
+    /// errors.
     pub fn nodes(&self, run_id: &str) -> Result<Vec<NodeReport>> {
-        Ok(self.inner.live(run_id)?.node_reports())
+        if let Ok(run) = self.current(run_id) {
+            return Ok(run.node_reports());
+        }
+        let (record, journal) = self.stored(run_id)?;
+        let graph = self.registered_graph(&record.graph, &record.version)?;
+        let entries: Vec<JournalEntry> = journal.iter().map(|stored| stored.entry.clone()).collect();
+        let state = RunState::replay(Arc::clone(&graph), &entries).map_err(|reason| Error::CorruptJournal {
+            run_id: run_id.to_owned(),
+            graph: record.graph.clone(),
+            reason,
+        })?;
+        Ok(node_reports(&graph, &state, &journal))
+    }
+
+    /// The graph `name` at `version` as the store records its structure.
+    fn registered_graph(&self, name: &str, version: &str) -> Result<Arc<Graph>> {
+        let unknown = || Error::UnknownGraph { name: name.to_owned(), version: Some(version.to_owned()) };
+        let record = self.graphs()?.into_iter().find(|g| g.name == name && g.version == version).ok_or_else(unknown)?;
+        let spec: crate::graph::GraphSpec = serde_json::from_str(&record.spec).map_err(|e| {
+            Error::Store(format!(
+                "graph '{name}' version {version} is recorded with a structure that cannot be read: {e}"
+            ))
+        })?;
+        Ok(Arc::new(spec.build()?))
     }
 
     /// The run's journal so far: from memory if this engine holds the run, else from the
@@ -922,7 +1107,7 @@ impl Engine {
     ///
     /// [`Error::RunNotFound`] if neither knows the run, and the store's errors.
     pub fn journal(&self, run_id: &str) -> Result<Vec<StoredEntry>> {
-        if let Ok(run) = self.inner.live(run_id) {
+        if let Ok(run) = self.current(run_id) {
             return Ok(run.lock().journal.clone());
         }
         self.stored(run_id).map(|(_, journal)| journal)
@@ -946,6 +1131,7 @@ impl Engine {
 
     /// The run's record and journal from the store, without taking the run over.
     fn stored(&self, run_id: &str) -> Result<(RunRecord, Vec<StoredEntry>)> {
+        check_run_id(run_id)?;
         let not_found = || Error::RunNotFound { run_id: run_id.to_owned() };
         let store = self.inner.config.store.as_ref().ok_or_else(not_found)?;
         self.inner.block_on(store.load(run_id))?.ok_or_else(not_found)
@@ -1059,7 +1245,8 @@ impl Engine {
             if attachment.is_some() {
                 core.attachment = attachment;
             }
-            let value = self.inner.durable_value(value).map_err(|reason| Error::InvalidInput {
+            let value = self.inner.accept(value).and_then(|value| self.inner.fits_in_a_write(&value).map(|()| value));
+            let value = value.map_err(|reason| Error::InvalidInput {
                 run_id: run_id.to_owned(),
                 reason: format!("the answer for node '{node}' cannot be stored: {reason}"),
             })?;
@@ -1074,12 +1261,18 @@ impl Engine {
                         expected: if matches!(rejected, Rejected::Stale) { "waiting" } else { "consistent" },
                     });
                 }
+                Err(StepError::TooLarge(error)) => {
+                    return Err(Error::InvalidInput {
+                        run_id: run_id.to_owned(),
+                        reason: format!("the answer for node '{node}' cannot be stored: {error}"),
+                    });
+                }
                 Err(StepError::Failed) => Vec::new(),
             }
         };
         self.inner.after_change(&run);
         self.inner.dispatch(&run, ready);
-        Ok(RunHandle { run })
+        Ok(self.handle_of(run))
     }
 
     /// Cancels a run: it is marked cancelled at once, async bodies in flight are
@@ -1145,19 +1338,60 @@ impl Engine {
     /// # Errors
     ///
     /// [`Error::RunNotFound`] if this engine does not hold the run in memory.
+    ///
+    /// A watch until the end of a run this engine does not execute (one that waits for a
+    /// person, in a durable engine) follows the run from the store while it lasts, so that
+    /// the watcher sees what other processes record.
     pub fn watch(&self, run_id: &str, until: WatchUntil) -> Result<mpsc::UnboundedReceiver<Event>> {
-        Ok(self.inner.live(run_id)?.watch(until))
+        let run = self.current(run_id)?;
+        let rx = run.watch(until);
+        if until == WatchUntil::Finished && self.inner.may_be_stale(&run) && !run.status().is_terminal() {
+            self.inner.follow(&run);
+        }
+        Ok(rx)
     }
 }
 
 impl Inner {
-    /// In a durable engine, the JSON form of a value (what the store keeps, and what a
-    /// recovered run would see); otherwise the value as it is.
-    fn durable_value(&self, value: Value) -> std::result::Result<Value, String> {
-        match (&self.config.store, &value) {
-            (None, _) | (Some(_), Value::Json(_)) => Ok(value),
-            (Some(_), _) => value.to_json().map(Value::from),
+    /// A value entering a run (its input, a node's output, a person's answer, a recorded
+    /// step) as the run keeps it: in a durable engine its JSON form (what the store keeps,
+    /// and what a recovered run would see), otherwise the value as it is. Plain data is held
+    /// to the nesting limit ([`crate::limits`]) in every engine, so that what runs in memory
+    /// also runs durably; a native value's binding checks the limit as it converts the value
+    /// (in memory, that is its strict mode). The error says why the value is refused.
+    fn accept(&self, value: Value) -> std::result::Result<Value, String> {
+        let value = match (&self.config.store, value) {
+            (Some(_), value @ (Value::Native(_) | Value::List(_) | Value::Record(_))) => Value::from(value.to_json()?),
+            (_, value) => value,
+        };
+        if let Value::Json(json) = &value {
+            limits::check_depth(json, limits::MAX_DEPTH)?;
         }
+        Ok(value)
+    }
+
+    /// Records a graph's structure in the store, once per version and engine: as a worker
+    /// that executes it (`worker`), or as the graph of runs this engine starts, so that its
+    /// runs can be shown from the store alone ([`DurableStore::register_graph`]). Does
+    /// nothing without a store.
+    fn register(&self, workflow: &Workflow, worker: bool) -> Result<()> {
+        let Some(store) = &self.config.store else { return Ok(()) };
+        let graph = workflow.graph();
+        if !worker && self.registered.lock().expect("registered lock").contains(graph.version()) {
+            return Ok(());
+        }
+        let spec = serde_json::to_string(&graph.spec())
+            .map_err(|e| Error::Store(format!("graph '{}' cannot be written as JSON: {e}", graph.name())))?;
+        let record = GraphRecord {
+            name: graph.name().to_owned(),
+            version: graph.version().to_owned(),
+            spec,
+            registered_ms: now_ms(),
+            worker,
+        };
+        self.patiently(graph.name(), "registering the graph", || store.register_graph(&record))?;
+        self.registered.lock().expect("registered lock").insert(Arc::from(graph.version()));
+        Ok(())
     }
 
     /// Waits for a store operation from whatever thread the engine is on: a runtime worker
@@ -1260,11 +1494,16 @@ impl Inner {
     /// a durable engine (with the tasks that became ready, held by this engine, and the
     /// tasks in `done` removed from the queue). If another process wrote to the run
     /// meanwhile, catches up with the journal and tries again. Returns the ready tasks.
+    ///
+    /// A step larger than the store takes in one write is not written: a node's output (or
+    /// a human node's payload) that makes it so fails the node instead, with a permanent
+    /// error of kind `ValueTooLarge` naming the limit, and any other entry (a person's
+    /// answer, a recorded step) is refused with [`StepError::TooLarge`].
     fn step(
         &self,
         run: &Arc<LiveRun>,
         core: &mut RunCore,
-        entry: JournalEntry,
+        mut entry: JournalEntry,
         done: &[QueuedTask],
     ) -> std::result::Result<Vec<Task>, StepError> {
         for _ in 0..MAX_CONFLICTS {
@@ -1278,6 +1517,26 @@ impl Inner {
                     if let Err(error) = self.catch_up(run, core, true) {
                         self.store_failed(run, core, error);
                         return Err(StepError::Failed);
+                    }
+                }
+                Written::TooLarge(error) => {
+                    // Back to the state the journal gives, without the step.
+                    let entries: Vec<JournalEntry> = core.journal.iter().map(|s| s.entry.clone()).collect();
+                    match RunState::replay(Arc::clone(run.workflow.graph()), &entries) {
+                        Ok(state) => core.state = state,
+                        Err(reason) => {
+                            let error = Error::CorruptJournal {
+                                run_id: run.run_id.to_string(),
+                                graph: run.workflow.graph().name().to_owned(),
+                                reason,
+                            };
+                            self.store_failed(run, core, error);
+                            return Err(StepError::Failed);
+                        }
+                    }
+                    match too_large_instead(&entry, &error) {
+                        Some(failed) => entry = failed,
+                        None => return Err(StepError::TooLarge(error)),
                     }
                 }
             }
@@ -1335,13 +1594,18 @@ impl Inner {
             };
         }
         let step = Step { run_id: &run.run_id, expected_seq, entries: &stored, status, ready: &ready, done };
+        let epoch = self.epoch();
         match self.commit(store, &step, false) {
             Ok(held) => {
+                if held {
+                    self.executes(run, epoch);
+                }
                 run.durable.store(written, Ordering::Release);
                 run.publish(core, stored);
                 Written::Yes(held)
             }
             Err(Error::Conflict { .. }) => Written::Conflict,
+            Err(error @ Error::ValueTooLarge { .. }) => Written::TooLarge(error),
             Err(error) => {
                 self.store_failed(run, core, error);
                 Written::Failed
@@ -1454,16 +1718,28 @@ impl Inner {
 
     /// Follows a run executed elsewhere: its new journal entries are read from the store
     /// (and reach watchers and waiters) until it finishes.
+    ///
+    /// A run that waits for a person is polled only while someone watches it to its end: a
+    /// look at it ([`Inner::refresh`]) reads what is new anyway.
     fn follow(&self, run: &Arc<LiveRun>) {
-        self.followed.lock().expect("followed lock").push(Arc::downgrade(run));
+        run.followed.store(true, Ordering::Release);
+        if !run.polled.swap(true, Ordering::AcqRel) {
+            self.followed.lock().expect("followed lock").push(Arc::downgrade(run));
+        }
         self.follow_added.notify_one();
     }
 
     /// Reads what is new of every followed run; forgets those that finished. Returns
     /// whether anything was new.
     fn poll_followed(&self) -> bool {
-        let followed: Vec<Arc<LiveRun>> =
-            self.followed.lock().expect("followed lock").iter().filter_map(Weak::upgrade).collect();
+        let followed: Vec<Arc<LiveRun>> = self
+            .followed
+            .lock()
+            .expect("followed lock")
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|run| run.followed.load(Ordering::Acquire))
+            .collect();
         let mut news = false;
         for run in &followed {
             let mut core = run.lock();
@@ -1475,10 +1751,20 @@ impl Inner {
             drop(core);
             self.after_change(run);
         }
-        self.followed
-            .lock()
-            .expect("followed lock")
-            .retain(|weak| weak.upgrade().is_some_and(|run| !run.status().is_terminal()));
+        let mut seen = HashSet::new();
+        self.followed.lock().expect("followed lock").retain(|weak| {
+            let Some(run) = weak.upgrade() else { return false };
+            if !seen.insert(Arc::as_ptr(&run)) {
+                return false;
+            }
+            let status = run.status();
+            let watched = run.has_watchers.load(Ordering::Relaxed);
+            let keep = run.followed.load(Ordering::Acquire)
+                && !status.is_terminal()
+                && (status != RunStatus::Waiting || watched);
+            run.polled.store(keep, Ordering::Release);
+            keep
+        });
         news
     }
 
@@ -1491,6 +1777,7 @@ impl Inner {
         pick: impl FnOnce(&str) -> Option<Workflow>,
         attachment: Option<Attachment>,
     ) -> Result<(Arc<LiveRun>, bool)> {
+        check_run_id(run_id)?;
         if let Ok(run) = self.live(run_id) {
             if !run.store_failed.load(Ordering::Acquire) {
                 return Ok((run, false));
@@ -1505,7 +1792,8 @@ impl Inner {
         let store = self.config.store.as_ref().ok_or_else(not_found)?;
         let (record, journal) =
             self.patiently(run_id, "loading the run", || store.load(run_id))?.ok_or_else(not_found)?;
-        let workflow = pick(&record.graph).ok_or_else(|| Error::UnknownGraph { name: record.graph.clone() })?;
+        let workflow =
+            pick(&record.graph).ok_or_else(|| Error::UnknownGraph { name: record.graph.clone(), version: None })?;
         let graph = workflow.graph();
         if record.graph != graph.name() {
             return Err(Error::RunIdConflict {
@@ -1618,6 +1906,11 @@ impl Inner {
                     return run.prepare(core, fresh);
                 }
                 Written::Failed => return Vec::new(),
+                // Interruption records are small: only a store failing oddly gets here.
+                Written::TooLarge(error) => {
+                    self.store_failed(run, core, error);
+                    return Vec::new();
+                }
                 Written::Conflict => {
                     if let Err(error) = self.catch_up(run, core, true) {
                         self.store_failed(run, core, error);
@@ -1673,7 +1966,122 @@ impl Inner {
         });
     }
 
+    /// Whether this engine's view of `run` may be behind its store: the engine is durable
+    /// and does not execute the run (it waits for a person, or another process executes it,
+    /// or nobody does yet), so another process may have moved it on.
+    fn may_be_stale(&self, run: &LiveRun) -> bool {
+        self.config.store.is_some() && (run.followed.load(Ordering::Acquire) || run.status() == RunStatus::Waiting)
+    }
+
+    /// Brings the view of a run this engine does not execute up to date with its store
+    /// (see [`Inner::may_be_stale`]); watchers get what is new. A waiting run another
+    /// process answered is followed from then on, so that waiting for it here sees it
+    /// settle again.
+    fn refresh(&self, run: &Arc<LiveRun>) {
+        if !self.may_be_stale(run) {
+            return;
+        }
+        let mut core = run.lock();
+        let was_waiting = core.state.status() == RunStatus::Waiting;
+        if let Err(error) = self.catch_up(run, &mut core, false) {
+            tracing::warn!(run_id = %run.run_id, %error, "cannot read the run from the store; showing what is known");
+            return;
+        }
+        let status = core.state.status();
+        drop(core);
+        self.after_change(run);
+        if was_waiting && !status.is_terminal() && status != RunStatus::Waiting {
+            self.follow(run);
+        }
+    }
+
+    /// The current lease epoch (0 in an engine without a lease clock).
+    fn epoch(&self) -> u64 {
+        self.clock.as_ref().map_or(0, |clock| clock.epoch())
+    }
+
+    /// Records that this engine held `run` (or leased the tasks it runs of it) in `epoch`.
+    fn confirm(&self, run: &LiveRun, epoch: u64) {
+        run.confirmed.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// Records that this engine executes `run` (it holds it, and runs its tasks): it is not
+    /// followed from the store any more.
+    fn executes(&self, run: &LiveRun, epoch: u64) {
+        self.confirm(run, epoch);
+        run.followed.store(false, Ordering::Release);
+    }
+
+    /// Whether this engine may start a body of `task` now: it still holds the run (or
+    /// leases the task) as far as it knows (see [`crate::lease`]). The check is local and
+    /// costs two atomic loads, unless the lease is about to run out or ran out since the run
+    /// was confirmed: then the engine renews at once and asks the store what it holds. A run
+    /// it no longer holds is followed from the store instead, and the task is dropped.
+    /// Blocks on the store in that case: call it from a thread that may block.
+    ///
+    /// The task must also still be the run's outstanding attempt of its node: a task this
+    /// engine dispatched before it was paused may have been taken over and superseded
+    /// meanwhile, by this very engine claiming the run again (its journal then says so).
+    fn may_start(&self, run: &Arc<LiveRun>, task: &Task) -> bool {
+        let Some(clock) = &self.clock else { return true };
+        if !run.lock().state.is_current(task) {
+            tracing::debug!(run_id = %run.run_id, attempt = task.attempt, "not starting an attempt the journal has moved past");
+            return false;
+        }
+        if clock.fresh(run.confirmed.load(Ordering::Acquire)) {
+            return true;
+        }
+        let store = self.store();
+        let renewed = clock.renew_if_running_out(|| {
+            self.patiently(&run.run_id, "renewing this engine's holds", || store.renew(&self.owner, self.config.lease))
+        });
+        if let Err(error) = renewed {
+            tracing::warn!(run_id = %run.run_id, %error, "cannot renew this engine's holds; not starting the task");
+            self.lose(run, "its holds could not be renewed");
+            return false;
+        }
+        if run.confirmed.load(Ordering::Acquire) == clock.epoch() {
+            return true;
+        }
+        let key = run.lock().from_queue.contains(&(task.node, task.item, task.attempt)).then(|| run.queued(task).key());
+        let asked = clock.held(
+            || self.patiently(&run.run_id, "reading what this engine holds", || store.holdings(&self.owner)),
+            |held| held.has(&run.run_id, key.as_deref()),
+        );
+        match asked {
+            Ok((epoch, true)) => {
+                if key.is_none() {
+                    self.confirm(run, epoch);
+                }
+                true
+            }
+            Ok((_, false)) => {
+                self.lose(run, "another engine took it over while this one did not renew its lease");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(run_id = %run.run_id, %error, "cannot read what this engine holds; not starting the task");
+                self.lose(run, "what this engine holds could not be read");
+                false
+            }
+        }
+    }
+
+    /// Stops executing a run this engine no longer holds (its lease ran out: the process
+    /// was paused, or could not reach the store): it starts none of its tasks from now on,
+    /// and follows the run from the store, so that whoever waits for it here sees how it
+    /// ends. Taking the run over again (a claim, `recover`) resumes executing it.
+    fn lose(&self, run: &Arc<LiveRun>, why: &str) {
+        if run.followed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(run_id = %run.run_id, "not running the run's tasks any more: {why}; following it instead");
+        run.lock().from_queue.clear();
+        self.follow(run);
+    }
+
     fn live(&self, run_id: &str) -> Result<Arc<LiveRun>> {
+        check_run_id(run_id)?;
         self.runs
             .lock()
             .expect("run table lock")
@@ -1685,8 +2093,17 @@ impl Inner {
 
     /// Retires a finished run: it is kept for inspection until `retain_finished` runs
     /// finished after it.
+    ///
+    /// A run this engine follows that left waiting (answered here, or seen answered) is
+    /// polled from the store again, so that waiting for it sees it settle.
     fn after_change(&self, run: &Arc<LiveRun>) {
         let status = run.status();
+        if matches!(status, RunStatus::Running | RunStatus::Pending)
+            && run.followed.load(Ordering::Acquire)
+            && !run.polled.load(Ordering::Acquire)
+        {
+            self.follow(run);
+        }
         if status.is_terminal() && !run.retired.swap(true, Ordering::AcqRel) {
             let finished_at = run.finished_at.load(Ordering::Acquire);
             let mut table = self.runs.lock().expect("run table lock");
@@ -1750,7 +2167,7 @@ impl Inner {
     /// blocking task after each, until none is left for it.
     fn run_blocking_chain(self: Arc<Self>, run: Arc<LiveRun>, mut ready: Ready) {
         loop {
-            if run.cancel.is_cancelled() {
+            if run.cancel.is_cancelled() || !self.may_start(&run, &ready.task) {
                 return;
             }
             run.started(&ready.task);
@@ -1772,6 +2189,21 @@ impl Inner {
     }
 
     async fn run_async(self: Arc<Self>, run: Arc<LiveRun>, ready: Ready) {
+        if let Some(clock) = &self.clock {
+            // Checked here when that needs neither the store nor a wait for the run's lock
+            // (a runtime worker must wait for neither); otherwise on a blocking thread.
+            let current = run.core.try_lock().ok().map(|core| core.state.is_current(&ready.task));
+            match current {
+                Some(false) => return,
+                Some(true) if clock.fresh(run.confirmed.load(Ordering::Acquire)) => {}
+                _ => {
+                    let (checked, task) = (Arc::clone(&run), ready.task.clone());
+                    if !self.off_workers(move |inner| inner.may_start(&checked, &task)).await {
+                        return;
+                    }
+                }
+            }
+        }
         run.started(&ready.task);
         let body = run.workflow.body(ready.task.node).clone();
         let timeout = run.workflow.graph().node(ready.task.node).timeout;
@@ -1801,11 +2233,102 @@ impl Inner {
         self.dispatch(&run, next);
     }
 
+    /// Gives up an attempt its process abandoned ([`NodeError::abandoned`]): nothing is
+    /// recorded for it, whoever waits for the run here gets [`Error::Interrupted`], and the
+    /// run stays resumable. A durable engine hands the run (and the task's lease, for a
+    /// queued task) back to the store and follows it from there, so that a worker, or
+    /// [`Engine::recover`] in any process, takes it over and runs the attempt again; without a
+    /// store, [`Engine::recover`] here does.
+    fn abandon(&self, run: &Arc<LiveRun>, task: &Task, error: &NodeError) {
+        if run.followed.load(Ordering::Acquire) {
+            // Not executed here any more (lost to another engine, or handed back): the
+            // attempt never started, and nothing of the run is this engine's to report.
+            tracing::debug!(run_id = %run.run_id, "an attempt of a run this engine no longer executes did not start");
+            return;
+        }
+        let node = Arc::clone(run.workflow.name(task.node));
+        tracing::warn!(
+            run_id = %run.run_id,
+            node = %node,
+            "the attempt was given up ({}: {}); nothing is recorded for it, and the run can be resumed",
+            error.kind,
+            error.message
+        );
+        let queued = {
+            let mut core = run.lock();
+            if self.config.store.is_none() {
+                core.abandoned.push(Task { delay: None, ..task.clone() });
+            }
+            core.from_queue.remove(&(task.node, task.item, task.attempt))
+        };
+        // Handed back first, on this thread, and only then are waiters told: the caller may
+        // take the run over as soon as it knows, and a release still in flight would end the
+        // new hold.
+        if self.config.store.is_some() && self.config.execute {
+            self.follow(run);
+            let store = self.store();
+            if queued {
+                let task = run.queued(task);
+                if let Err(error) = self.block_on(store.release(&self.owner, std::slice::from_ref(&task), now_ms())) {
+                    tracing::debug!(run_id = %run.run_id, %error, "cannot hand back a given-up task; its lease will expire");
+                }
+            }
+            if let Err(error) = self.block_on(store.release_run(&self.owner, &run.run_id, now_ms())) {
+                tracing::debug!(run_id = %run.run_id, %error, "cannot hand back a given-up run; its hold will expire");
+            }
+        }
+        *run.interrupted.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Interruption { node, kind: error.kind.clone(), message: error.message.clone() });
+        run.is_interrupted.store(true, Ordering::Release);
+        run.settle.notify_waiters();
+    }
+
+    /// Whether a node's output fits in one write of a store with a small write limit
+    /// ([`DurableStore::max_write_bytes`]), checked before the step is applied when steps
+    /// are dispatched before they are written ([`Durability::Batch`]): by the time such a
+    /// step failed to be written, its successors would have run. With [`Durability::Commit`]
+    /// the store's own refusal is turned into the node's failure instead, at no cost to the
+    /// steps that fit.
+    fn fits(&self, run: &LiveRun, task: &Task, output: &Value) -> std::result::Result<(), NodeError> {
+        self.fits_in_a_write(output).map_err(|reason| {
+            NodeError::permanent(
+                "ValueTooLarge",
+                format!("node '{}' returned a value that cannot be stored: {reason}", run.workflow.name(task.node)),
+            )
+        })
+    }
+
+    /// Whether `value` fits in one write of a store with a small write limit, when steps
+    /// are written after they are dispatched ([`Durability::Batch`]; see [`Inner::fits`]):
+    /// the error says how large it is and what the limit is.
+    fn fits_in_a_write(&self, value: &Value) -> std::result::Result<(), String> {
+        let (Some(store), Durability::Batch { .. }) = (&self.config.store, self.config.durability) else {
+            return Ok(());
+        };
+        let Some(limit) = store.max_write_bytes() else { return Ok(()) };
+        // Room for the entry around the value (names, attempt, times).
+        const ENVELOPE: usize = 1024;
+        let bytes = json_len(value);
+        if bytes + ENVELOPE <= limit {
+            return Ok(());
+        }
+        Err(format!(
+            "it is {bytes} bytes of JSON, and the store takes at most {limit} bytes per write (a NATS server's \
+             max_payload, less room for the entry around the value)"
+        ))
+    }
+
     /// The completion step: record the attempt's outcome and what it implies, and return
     /// the tasks that became ready.
     fn complete(&self, run: &Arc<LiveRun>, task: &Task, result: BodyResult) -> Vec<Ready> {
+        if let Err(error) = &result
+            && error.abandoned
+        {
+            self.abandon(run, task, error);
+            return Vec::new();
+        }
         let result = result.and_then(|output| {
-            self.durable_value(output).map_err(|reason| {
+            let output = self.accept(output).map_err(|reason| {
                 NodeError::permanent(
                     "SerializationError",
                     format!(
@@ -1813,7 +2336,9 @@ impl Inner {
                         run.workflow.name(task.node)
                     ),
                 )
-            })
+            })?;
+            self.fits(run, task, &output)?;
+            Ok(output)
         });
         let ready = {
             let mut core = run.lock();
@@ -1846,6 +2371,11 @@ impl Inner {
                 Err(StepError::Rejected(Rejected::Inconsistent(reason))) => {
                     tracing::error!(run_id = %run.run_id, %reason, "dropping an inconsistent result");
                     return Vec::new();
+                }
+                // A failure too large for the store even shortened.
+                Err(StepError::TooLarge(error)) => {
+                    self.store_failed(run, &mut core, error);
+                    Vec::new()
                 }
                 Err(StepError::Failed) => Vec::new(),
             }
@@ -1882,7 +2412,14 @@ impl LiveRun {
         Arc::new(LiveRun {
             run_id,
             workflow,
-            core: Mutex::new(RunCore { state, journal, attachment, watchers: Vec::new(), from_queue: HashSet::new() }),
+            core: Mutex::new(RunCore {
+                state,
+                journal,
+                attachment,
+                watchers: Vec::new(),
+                from_queue: HashSet::new(),
+                abandoned: Vec::new(),
+            }),
             status: AtomicU8::new(status as u8),
             settle: Notify::new(),
             cancel: CancellationToken::new(),
@@ -1892,6 +2429,11 @@ impl LiveRun {
             durable: AtomicU64::new(durable),
             finished_at: AtomicU64::new(0),
             created: CREATION_ORDER.fetch_add(1, Ordering::Relaxed),
+            confirmed: AtomicU64::new(0),
+            followed: AtomicBool::new(false),
+            polled: AtomicBool::new(false),
+            interrupted: Mutex::new(None),
+            is_interrupted: AtomicBool::new(false),
         })
     }
 
@@ -2003,11 +2545,32 @@ impl LiveRun {
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
             let status = self.status();
-            if status.is_terminal() || status == RunStatus::Waiting {
+            if status.is_terminal() || status == RunStatus::Waiting || self.is_interrupted.load(Ordering::Acquire) {
                 return;
             }
             notified.await;
         }
+    }
+
+    /// The error waiting for the run ends with while an attempt of it given up here is not
+    /// resumed ([`NodeError::abandoned`]).
+    fn interruption(&self) -> Option<Error> {
+        if !self.is_interrupted.load(Ordering::Acquire) {
+            return None;
+        }
+        let interrupted = self.interrupted.lock().unwrap_or_else(|p| p.into_inner());
+        interrupted.as_ref().map(|why| Error::Interrupted {
+            run_id: self.run_id.to_string(),
+            node: why.node.to_string(),
+            kind: why.kind.clone(),
+            message: why.message.clone(),
+        })
+    }
+
+    /// Forgets an interruption: the run is resumed.
+    fn resumed(&self) {
+        *self.interrupted.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.is_interrupted.store(false, Ordering::Release);
     }
 
     /// Tells watchers that an attempt starts. Costs nothing when nobody watches.
@@ -2095,49 +2658,58 @@ impl LiveRun {
     }
 
     fn node_reports(&self) -> Vec<NodeReport> {
-        use crate::state::NodeState;
         let core = self.lock();
-        let graph = self.workflow.graph();
-        let mut attempts: Vec<u32> = vec![0; graph.nodes().len()];
-        for stored in &core.journal {
-            let attempt = match &stored.entry {
-                JournalEntry::NodeCompleted { attempt, .. }
-                | JournalEntry::NodeFailed { attempt, .. }
-                | JournalEntry::Interrupted { attempt, .. } => *attempt,
-                _ => continue,
-            };
-            if let Some(id) = stored.entry.node().and_then(|n| graph.id(n)) {
-                attempts[id] = attempts[id].max(attempt);
-            }
-        }
-        // In a finished run, nodes that had started and not finished never will: they were
-        // cancelled (by the user, or because another node failed). Nodes never reached stay
-        // pending.
-        let finished = core.state.status().is_terminal();
-        (0..graph.nodes().len())
-            .map(|id: NodeId| {
-                let (status, output, error) = match core.state.node_state(id) {
-                    NodeState::Active { .. } | NodeState::Mapping(_) | NodeState::Waiting { .. } if finished => {
-                        ("cancelled", None, None)
-                    }
-                    NodeState::Pending => ("pending", None, None),
-                    NodeState::Active { .. } | NodeState::Mapping(_) => ("running", None, None),
-                    NodeState::Waiting { .. } => ("waiting", None, None),
-                    NodeState::Completed { output } => ("completed", Some(output.clone()), None),
-                    NodeState::Skipped => ("skipped", None, None),
-                    NodeState::Failed { error } => ("failed", None, Some(error.clone())),
-                };
-                NodeReport {
-                    name: Arc::clone(self.workflow.name(id)),
-                    kind: graph.node(id).kind,
-                    status,
-                    attempts: attempts[id],
-                    output,
-                    error,
-                }
-            })
-            .collect()
+        node_reports(self.workflow.graph(), &core.state, &core.journal)
     }
+}
+
+/// The state of every node of a run, in topological order, from the run's state and
+/// journal: the one derivation every view of a run shares (memory, every store, the CLI,
+/// the server).
+pub(crate) fn node_reports(graph: &Graph, state: &RunState, journal: &[StoredEntry]) -> Vec<NodeReport> {
+    use crate::state::NodeState;
+    let mut attempts: Vec<u32> = vec![0; graph.nodes().len()];
+    let mut last_ms: Vec<Option<u64>> = vec![None; graph.nodes().len()];
+    for stored in journal {
+        let Some(id) = stored.entry.node().and_then(|n| graph.id(n)) else { continue };
+        last_ms[id] = Some(stored.at_ms);
+        let attempt = match &stored.entry {
+            JournalEntry::NodeCompleted { attempt, .. }
+            | JournalEntry::NodeFailed { attempt, .. }
+            | JournalEntry::Interrupted { attempt, .. } => *attempt,
+            _ => continue,
+        };
+        attempts[id] = attempts[id].max(attempt);
+    }
+    // In a finished run, nodes that had started and not finished never will: they were
+    // cancelled (by the user, or because another node failed). Nodes never reached stay
+    // pending.
+    let finished = state.status().is_terminal();
+    (0..graph.nodes().len())
+        .map(|id: NodeId| {
+            let (status, output, error) = match state.node_state(id) {
+                NodeState::Active { .. } | NodeState::Mapping(_) | NodeState::Waiting { .. } if finished => {
+                    ("cancelled", None, None)
+                }
+                NodeState::Pending => ("pending", None, None),
+                NodeState::Active { .. } | NodeState::Mapping(_) => ("running", None, None),
+                NodeState::Waiting { payload, .. } => ("waiting", Some(payload.clone()), None),
+                NodeState::Completed { output } => ("completed", Some(output.clone()), None),
+                NodeState::Skipped => ("skipped", None, None),
+                NodeState::Failed { error } => ("failed", None, Some(error.clone())),
+            };
+            let node = graph.node(id);
+            NodeReport {
+                name: Arc::from(node.name.as_str()),
+                kind: node.kind,
+                status,
+                attempts: attempts[id],
+                output,
+                error,
+                last_ms: last_ms[id],
+            }
+        })
+        .collect()
 }
 
 /// How often a step is tried again when other processes keep writing to the same run.
@@ -2150,6 +2722,9 @@ enum Written {
     Yes(bool),
     /// Another process wrote to the run first; nothing was written.
     Conflict,
+    /// The step is larger than the store takes in one write ([`Error::ValueTooLarge`]);
+    /// nothing was written, and the run's state still has the step applied.
+    TooLarge(Error),
     /// The store failed; the run was failed in memory.
     Failed,
 }
@@ -2162,6 +2737,7 @@ enum Written {
 pub struct NodeHandle {
     inner: Weak<Inner>,
     run: Weak<LiveRun>,
+    run_id: Arc<str>,
     task: Task,
 }
 
@@ -2170,7 +2746,39 @@ impl NodeHandle {
         NodeHandle {
             inner: Arc::downgrade(inner),
             run: Arc::downgrade(run),
+            run_id: Arc::clone(&run.run_id),
             task: Task { delay: None, ..task.clone() },
+        }
+    }
+
+    /// The id of the run the body runs for.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// Whether the engine may still start this attempt's body: in a durable engine, that it
+    /// still holds the run, as far as its lease tells (see [`crate::lease`]); a run it lost
+    /// meanwhile is followed instead. The engine checks before it calls a body; a body that
+    /// does work of its own before running the user's code (a binding taking a lock and
+    /// building arguments, say) asks again right before, which narrows the moment a paused
+    /// process cannot see. Answers at once when [`NodeHandle::may_start_now`] does, and
+    /// otherwise asks the store, blocking: call it from a thread that may block.
+    pub fn may_start(&self) -> bool {
+        let (Some(inner), Some(run)) = (self.inner.upgrade(), self.run.upgrade()) else { return false };
+        inner.may_start(&run, &self.task)
+    }
+
+    /// [`NodeHandle::may_start`] without asking the store: `Some(true)` when the lease is
+    /// known to hold (or the engine has no store), `Some(false)` when the run was lost
+    /// already, `None` when only the store can tell.
+    pub fn may_start_now(&self) -> Option<bool> {
+        let (Some(inner), Some(run)) = (self.inner.upgrade(), self.run.upgrade()) else { return Some(false) };
+        if run.followed.load(Ordering::Acquire) {
+            return Some(false);
+        }
+        match &inner.clock {
+            None => Some(true),
+            Some(clock) => clock.fresh(run.confirmed.load(Ordering::Acquire)).then_some(true),
         }
     }
 
@@ -2199,10 +2807,12 @@ impl NodeHandle {
             return Err(Error::ShuttingDown);
         };
         let node = Arc::clone(run.workflow.name(self.task.node));
-        let value = inner.durable_value(value).map_err(|reason| Error::InvalidInput {
-            run_id: run.run_id.to_string(),
-            reason: format!("step '{key}' of node '{node}' cannot be stored: {reason}"),
-        })?;
+        let invalid = |reason: String| Error::InvalidInput { run_id: run.run_id.to_string(), reason };
+        limits::check_name("step key", key).map_err(|reason| invalid(format!("node '{node}': {reason}")))?;
+        let value = inner
+            .accept(value)
+            .and_then(|value| inner.fits_in_a_write(&value).map(|()| value))
+            .map_err(|reason| invalid(format!("step '{key}' of node '{node}' cannot be stored: {reason}")))?;
         let entry = JournalEntry::StepRecorded {
             node: Arc::clone(&node),
             item: self.task.item,
@@ -2219,6 +2829,10 @@ impl NodeHandle {
                 action: "recording a step",
                 expected: "still running this attempt of the node",
             }),
+            Err(StepError::TooLarge(error)) => Err(Error::InvalidInput {
+                run_id: run.run_id.to_string(),
+                reason: format!("step '{key}' of node '{node}' cannot be stored: {error}"),
+            }),
             Err(StepError::Failed) => Err(Error::Store(format!(
                 "run '{}': the step '{key}' of node '{node}' could not be recorded",
                 run.run_id
@@ -2230,6 +2844,9 @@ impl NodeHandle {
 /// Why [`Inner::step`] recorded nothing.
 enum StepError {
     Rejected(Rejected),
+    /// The step is larger than the store takes ([`Error::ValueTooLarge`]), and the entry is
+    /// not one a node's failure can stand for.
+    TooLarge(Error),
     /// The store failed (the run was failed in memory), or kept conflicting.
     Failed,
 }
@@ -2288,15 +2905,28 @@ async fn group_commit(inner: Weak<Inner>, window: Duration) {
 }
 
 /// Renews the leases of an engine's durable tasks every third of the lease, for as long
-/// as a handle on the engine exists.
-async fn heartbeat(handles: Weak<()>, store: Arc<dyn DurableStore>, owner: String, lease: Duration) {
+/// as a handle on the engine exists, and tells the engine's lease clock (see
+/// [`crate::lease`]).
+async fn heartbeat(
+    handles: Weak<()>,
+    store: Arc<dyn DurableStore>,
+    owner: String,
+    lease: Duration,
+    clock: Option<Arc<LeaseClock>>,
+) {
     loop {
         tokio::time::sleep(lease / 3).await;
         if handles.strong_count() == 0 {
             return;
         }
-        if let Err(error) = store.renew(&owner, lease).await {
-            tracing::warn!(%error, "cannot renew the leases of this engine's tasks");
+        let started = clock.as_ref().map(|clock| clock.now());
+        match store.renew(&owner, lease).await {
+            Ok(()) => {
+                if let (Some(clock), Some(started)) = (&clock, started) {
+                    clock.renewed(started);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot renew the leases of this engine's tasks"),
         }
     }
 }
@@ -2312,6 +2942,53 @@ fn begins_with(stored: &[StoredEntry], entries: &[StoredEntry]) -> bool {
             && matches!((serde_json::to_string(&a.entry), serde_json::to_string(&b.entry)), (Ok(x), Ok(y)) if x == y)
     };
     !entries.is_empty() && stored.len() >= entries.len() && stored.iter().zip(entries).all(|(a, b)| same(a, b))
+}
+
+/// What to record instead of `entry` when its step is larger than the store takes: a
+/// node's output or a human node's payload fails the node, permanently (running the body
+/// again would return as much); a failure whose error is that large is recorded with its
+/// message and traceback shortened. `None` for anything else.
+fn too_large_instead(entry: &JournalEntry, error: &Error) -> Option<JournalEntry> {
+    let failed = |node: &Arc<str>, item: Option<u32>, attempt: u32, what: &str| JournalEntry::NodeFailed {
+        node: Arc::clone(node),
+        item,
+        attempt,
+        error: NodeError::permanent("ValueTooLarge", format!("node '{node}' {what} that cannot be stored: {error}")),
+        retry_in_ms: None,
+    };
+    match entry {
+        JournalEntry::NodeCompleted { node, item, attempt, .. } => {
+            Some(failed(node, *item, *attempt, "returned a value"))
+        }
+        JournalEntry::Interrupted { node, attempt, .. } => {
+            Some(failed(node, None, *attempt, "asked a person with a payload"))
+        }
+        JournalEntry::NodeFailed { node, item, attempt, error: cause, retry_in_ms } => {
+            const KEEP: usize = 16 * 1024;
+            if cause.message.len() <= KEEP && cause.traceback.as_ref().is_none_or(|t| t.len() <= KEEP) {
+                return None;
+            }
+            let error = NodeError {
+                message: limits::shorten(&cause.message, KEEP),
+                traceback: cause.traceback.as_deref().map(|t| limits::shorten(t, KEEP)),
+                ..cause.clone()
+            };
+            Some(JournalEntry::NodeFailed {
+                node: Arc::clone(node),
+                item: *item,
+                attempt: *attempt,
+                error,
+                retry_in_ms: *retry_in_ms,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Refuses a run id that no run can have ([`limits::check_name`]) before it reaches a store.
+fn check_run_id(run_id: &str) -> Result<()> {
+    limits::check_name("run id", run_id)
+        .map_err(|reason| Error::InvalidInput { run_id: limits::shorten(run_id, limits::MAX_NAME_BYTES), reason })
 }
 
 fn already_cancelled(run_id: &str, status: RunStatus) -> Result<bool> {
@@ -2352,6 +3029,23 @@ fn with_remaining_backoff(tasks: Vec<Task>, graph: &Graph, journal: &[StoredEntr
             }
         })
         .collect()
+}
+
+/// How many bytes of JSON `value` is, counted without keeping them.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 async fn with_timeout(limit: Option<Duration>, attempt: impl Future<Output = BodyResult>) -> BodyResult {

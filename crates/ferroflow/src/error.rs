@@ -12,19 +12,25 @@ use crate::journal::RunStatus;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GraphError {
-    /// The graph's name is empty or only whitespace.
-    #[error("graph name {name:?} is empty")]
+    /// The graph's name is empty or only whitespace, too long, or holds a control
+    /// character ([`crate::limits::check_name`]).
+    #[error("{reason}")]
     InvalidName {
         /// The name given.
         name: String,
+        /// What is wrong with it, quoting it (shortened).
+        reason: String,
     },
-    /// A node's name is empty, only whitespace, or contains a line break.
-    #[error("graph '{graph}': node name {node:?} is empty or spans several lines")]
+    /// A node's name is empty or only whitespace, too long, or holds a control character
+    /// (a line break, say).
+    #[error("graph '{graph}': {reason}")]
     InvalidNodeName {
         /// The graph's name.
         graph: String,
         /// The name given.
         node: String,
+        /// What is wrong with it, quoting it (shortened).
+        reason: String,
     },
     /// Two nodes have the same name.
     #[error("graph '{graph}': node '{node}' is defined twice")]
@@ -129,6 +135,13 @@ pub struct NodeError {
     /// retryable: running the same body again would produce it again.
     #[serde(default = "yes")]
     pub retryable: bool,
+    /// The attempt was given up by the body's process rather than failed by the body: a
+    /// Python body that raised `KeyboardInterrupt` (Ctrl-C) or `SystemExit`. Nothing is
+    /// recorded for such an attempt: the run stays as it was, resumable
+    /// ([`Engine::recover`](crate::Engine::recover)), and whoever waits for it here gets
+    /// [`Error::Interrupted`]. Never stored.
+    #[serde(skip)]
+    pub abandoned: bool,
 }
 
 fn yes() -> bool {
@@ -138,12 +151,18 @@ fn yes() -> bool {
 impl NodeError {
     /// A retryable failure of type `kind`.
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
-        NodeError { kind: kind.into(), message: message.into(), traceback: None, retryable: true }
+        NodeError { kind: kind.into(), message: message.into(), traceback: None, retryable: true, abandoned: false }
     }
 
     /// A failure that retrying cannot fix.
     pub fn permanent(kind: impl Into<String>, message: impl Into<String>) -> Self {
         NodeError { retryable: false, ..NodeError::new(kind, message) }
+    }
+
+    /// An attempt its process gave up (see [`NodeError::abandoned`]): `kind` says why
+    /// (`KeyboardInterrupt`, `SystemExit`).
+    pub fn abandoned(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        NodeError { abandoned: true, ..NodeError::permanent(kind, message) }
     }
 
     /// The same error with `traceback` attached.
@@ -176,11 +195,14 @@ pub enum Error {
     #[error(transparent)]
     Graph(#[from] GraphError),
     /// A stored run belongs to a graph this process has no workflow for (a worker hands
-    /// such work back for another worker).
-    #[error("no graph named '{name}' is registered")]
+    /// such work back for another worker), or whose structure the store does not record
+    /// (`version` then says which version was looked for).
+    #[error("no graph named '{name}'{} is registered", version.as_ref().map(|v| format!(" at version {v}")).unwrap_or_default())]
     UnknownGraph {
         /// The graph's name, as the run records it.
         name: String,
+        /// The version looked for, when one was.
+        version: Option<String>,
     },
     /// No run has this id: the engine does not hold it in memory and, where the operation
     /// looks there, the store does not know it either. An engine keeps at most
@@ -272,6 +294,22 @@ pub enum Error {
     /// operation that needs a store when the engine has none). The message says what.
     #[error("store: {0}")]
     Store(String),
+    /// A write is larger than the store accepts in one write (a NATS server's
+    /// `max_payload`, 1 MB by default; Redis's 512 MiB bulk strings; SQLite's 1 GB strings).
+    /// Nothing was written. The engine turns it into what it is about: a node whose output
+    /// (or a person's answer, a recorded step, a run input) is too large fails, or is
+    /// refused, with a permanent error naming the limit.
+    #[error("{what} is {bytes} bytes, over the store's limit of {limit} bytes per write ({store})")]
+    ValueTooLarge {
+        /// What was written, for people ("the step of run 'r'").
+        what: String,
+        /// Its size, in bytes of JSON.
+        bytes: usize,
+        /// The most the store takes.
+        limit: usize,
+        /// Which store, and which setting sets the limit.
+        store: String,
+    },
     /// The store's server cannot be reached, is restarting, or did not answer in time. What
     /// was asked may or may not have been done. A durable engine waits for the store to
     /// come back (up to its `outage_timeout`) rather than fail the run.
@@ -291,12 +329,30 @@ pub enum Error {
     },
     /// The run did not settle within the time a caller was willing to wait
     /// ([`RunHandle::wait`](crate::RunHandle::wait)). The run itself goes on.
-    #[error("timed out after {seconds:.3}s waiting for run '{run_id}'")]
+    #[error("timed out after {seconds:.3}s waiting for run '{run_id}'{detail}")]
     WaitTimeout {
         /// The run's id.
         run_id: String,
         /// How long the caller waited, in seconds.
         seconds: f64,
+        /// Why nothing happened, when that is known (empty otherwise): for a run submitted
+        /// for workers, that no worker registered its graph's version.
+        detail: String,
+    },
+    /// An attempt of the run was given up by this process (a Python body raised
+    /// `KeyboardInterrupt` or `SystemExit`, see [`NodeError::abandoned`]): nothing was
+    /// recorded for it, and the run stays where it was, to be resumed
+    /// ([`Engine::recover`](crate::Engine::recover), or a worker in a durable context).
+    #[error("run '{run_id}': the attempt of node '{node}' was given up ({kind}{}); the run can be resumed", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Interrupted {
+        /// The run's id.
+        run_id: String,
+        /// The node whose attempt was given up.
+        node: String,
+        /// Why: `KeyboardInterrupt` or `SystemExit`.
+        kind: String,
+        /// The exception's message (for `SystemExit`, its code).
+        message: String,
     },
     /// The engine or run a [`NodeHandle`](crate::NodeHandle) refers to is gone (every
     /// handle on the engine was dropped, or the engine let go of the run).

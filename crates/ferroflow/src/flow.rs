@@ -497,7 +497,7 @@ fn decode<T: DeserializeOwned>(value: &Value, what: impl Fn() -> String) -> Resu
     serde_json::from_value(json).map_err(|e| {
         NodeError::permanent(
             "ferroflow.InvalidInput",
-            format!("{} is not a {}: {e}", what(), std::any::type_name::<T>()),
+            format!("{} does not read as `{}`: {e}", what(), std::any::type_name::<T>()),
         )
     })
 }

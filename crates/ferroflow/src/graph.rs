@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::GraphError;
+use crate::limits;
 
 /// Index of a node in [`Graph::nodes`]. Nodes are stored in a topological order.
 pub type NodeId = usize;
@@ -322,13 +323,14 @@ impl Graph {
     /// The first problem found, as a [`GraphError`] naming the graph and the node.
     pub fn new(spec: GraphSpec) -> Result<Graph, GraphError> {
         let GraphSpec { name, nodes, output } = spec;
-        if name.trim().is_empty() {
-            return Err(GraphError::InvalidName { name });
+        if let Err(reason) = limits::check_name("graph name", &name) {
+            return Err(GraphError::InvalidName { name: limits::shorten(&name, limits::MAX_NAME_BYTES), reason });
         }
         let mut declared: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
         for (i, node) in nodes.iter().enumerate() {
-            if node.name.trim().is_empty() || node.name.contains(['\n', '\r']) {
-                return Err(GraphError::InvalidNodeName { graph: name.clone(), node: node.name.clone() });
+            if let Err(reason) = limits::check_name("node name", &node.name) {
+                let node = limits::shorten(&node.name, limits::MAX_NAME_BYTES);
+                return Err(GraphError::InvalidNodeName { graph: name.clone(), node, reason });
             }
             if declared.insert(&node.name, i).is_some() {
                 return Err(GraphError::DuplicateNode { graph: name.clone(), node: node.name.clone() });

@@ -134,6 +134,8 @@ pub mod error;
 pub mod flow;
 pub mod graph;
 pub mod journal;
+mod lease;
+pub mod limits;
 pub mod llm;
 #[cfg(feature = "nats")]
 pub mod nats;

@@ -49,7 +49,7 @@ impl ChatRequest {
         body.insert("model".into(), Json::String(self.model.clone()));
         body.insert("messages".into(), Json::Array(self.messages.clone()));
         if self.tools.is_empty() {
-            body.remove("tools");
+            body.shift_remove("tools");
         } else {
             body.insert("tools".into(), Json::Array(self.tools.clone()));
         }
@@ -57,8 +57,8 @@ impl ChatRequest {
             body.insert("stream".into(), Json::Bool(true));
             body.insert("stream_options".into(), json!({"include_usage": true}));
         } else {
-            body.remove("stream");
-            body.remove("stream_options");
+            body.shift_remove("stream");
+            body.shift_remove("stream_options");
         }
         Json::Object(body)
     }

@@ -65,9 +65,15 @@
 //! taking its first hold on the run (a worker's first step on a queued task) leaves
 //! neither a hold nor its ready tasks in the queue: the step says it meant to hold the run
 //! (`hold`), and the repair creates a [`RELEASED`] hold if there is none, so that the run
-//! is claimed whole and those tasks run. A writer still alive then finds the hold taken
-//! and queues its ready tasks instead; whichever of the two runs a task first, the other
-//! is dropped against the journal.
+//! is claimed whole and those tasks run. Only for a step older than a grace period (10 s):
+//! a younger one's writer is most likely alive and applying its effects, and a worker that
+//! claimed the run in between would record the attempts the writer is starting as
+//! interrupted and run them again. A writer that finds such a hand-out of its own step
+//! (a [`RELEASED`] hold without a time) takes it while the journal still ends with its
+//! step; one that finds the run moved on, or held by another, queues its ready tasks
+//! instead, and whichever of the two runs a task first, the other is dropped against the
+//! journal. A writer paused between its step and its hold (past its lease) never creates a
+//! hold for a run that moved on meanwhile (it may have finished, and its hold gone).
 //!
 //! `load` walks the chain from step 0, one key lookup per step: a filtered scan of the
 //! run's keys (an ordered consumer on `$KV.ff_{ns}_journal.{run}.>`) would be one request,
@@ -152,7 +158,7 @@ use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
 use crate::store::{
     Claim, Created, DurableStore, GraphRecord, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunCursor, RunPage,
-    RunQuery, RunRecord, Step, StoredEntry, TaskQueue, holds,
+    RunQuery, RunRecord, Step, StoredEntry, TaskQueue, holds, redact_url, scrub,
 };
 
 /// The namespace of a context given only a server URL.
@@ -166,6 +172,13 @@ const POLL: Duration = Duration::from_secs(1);
 /// How long a scan waits for its next message before asking the server whether it has
 /// delivered everything (messages pending when it started may have been purged since).
 const SCAN_IDLE: Duration = Duration::from_millis(50);
+/// How old a step must be before a reader that finds its effects unapplied hands its run out
+/// to any worker ([`NatsStore::repair`]): its writer most likely died. A live writer applies
+/// them within milliseconds.
+const HOLD_REPAIR_GRACE: Duration = Duration::from_secs(10);
+/// What a write keeps of the server's `max_payload` for its headers (KV operations and
+/// expected revisions).
+const HEADER_ROOM: usize = 512;
 /// How many times a compare-and-set that lost a race is retried from a fresh read.
 const RETRIES: usize = 64;
 
@@ -322,6 +335,11 @@ impl StepDoc {
     fn end(&self, first: u64) -> u64 {
         first + self.entries.len() as u64
     }
+
+    /// Whether the step was written more than `age` ago (by its writer's clock).
+    fn older_than(&self, age: Duration) -> bool {
+        self.entries.last().is_none_or(|e| e.at_ms + age.as_millis() as u64 <= now_ms())
+    }
 }
 
 /// What a durable step does besides its entries.
@@ -355,6 +373,20 @@ fn token(text: &str) -> String {
     out
 }
 
+/// Refuses a namespace that is not letters, digits, `_` and `-` (at most 64 of them): the
+/// namespace names buckets and subjects, where `.`, `*` and `>` would be read as
+/// separators and wildcards.
+fn check_namespace(namespace: &str) -> Result<()> {
+    let valid = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    if namespace.is_empty() || namespace.len() > 64 || !namespace.bytes().all(valid) {
+        return Err(Error::Store(format!(
+            "NATS namespace {} is not valid: use 1 to 64 letters, digits, '_' and '-'",
+            crate::limits::quote(namespace)
+        )));
+    }
+    Ok(())
+}
+
 fn step_key(run_id: &str, first: u64) -> String {
     format!("{}.{first}", token(run_id))
 }
@@ -377,12 +409,10 @@ impl NatsStore {
     /// `namespace`. Fails with a message naming the server when it cannot be reached, has
     /// no JetStream, or the namespace is not a valid name.
     pub async fn connect(url: &str, namespace: &str) -> Result<NatsStore> {
-        let fail = |what: &str, e: &dyn Display| Error::Store(format!("NATS server {url}: {what}: {e}"));
-        if namespace.is_empty() || !namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-            return Err(Error::Store(format!(
-                "NATS namespace {namespace:?} is not valid: use letters, digits, '_' and '-'"
-            )));
-        }
+        let fail = |what: &str, e: &dyn Display| {
+            Error::Store(scrub(&format!("NATS server {}: {what}: {e}", redact_url(url)), url))
+        };
+        check_namespace(namespace)?;
         let connect =
             async_nats::ConnectOptions::new().connection_timeout(TIMEOUT).request_timeout(Some(TIMEOUT)).connect(url);
         let client = tokio::time::timeout(TIMEOUT, connect)
@@ -475,7 +505,7 @@ impl NatsStore {
         self
     }
 
-    /// The server's URL.
+    /// The server's URL, as given (credentials included: show [`redact_url`] of it).
     pub fn url(&self) -> &str {
         &self.inner.url
     }
@@ -486,9 +516,14 @@ impl NatsStore {
     }
 
     /// Deletes the buckets of `namespace` (all its runs, holds and tasks) on the server at
-    /// `url`. Buckets that do not exist are fine.
+    /// `url`: exactly its five buckets, named from the namespace (whose name holds no
+    /// character a bucket name or a subject could read as a pattern or a separator, so
+    /// no other namespace's bucket has one of these names). Buckets that do not exist are fine.
     pub async fn delete_namespace(url: &str, namespace: &str) -> Result<()> {
-        let fail = |what: &str, e: &dyn Display| Error::Store(format!("NATS server {url}: {what}: {e}"));
+        check_namespace(namespace)?;
+        let fail = |what: &str, e: &dyn Display| {
+            Error::Store(scrub(&format!("NATS server {}: {what}: {e}", redact_url(url)), url))
+        };
         let client = tokio::time::timeout(TIMEOUT, async_nats::connect(url))
             .await
             .map_err(|_| fail("cannot connect", &"timed out"))?
@@ -512,7 +547,7 @@ impl NatsStore {
     /// so these are recognised by what they say.
     fn fail(&self, what: &str, e: impl Display) -> Error {
         let text = e.to_string();
-        let message = format!("NATS server {}: {what}: {text}", self.inner.url);
+        let message = scrub(&format!("NATS server {}: {what}: {text}", redact_url(&self.inner.url)), &self.inner.url);
         let connected = self.inner.client.connection_state() == async_nats::connection::State::Connected;
         // A scan's consumer vanishes when the server restarts under it ("consumer not found").
         let outage = [
@@ -541,8 +576,27 @@ impl NatsStore {
         }
     }
 
-    fn encode<T: Serialize>(&self, what: &str, value: &T) -> Result<Vec<u8>> {
-        serde_json::to_vec(value).map_err(|e| self.fail(&format!("cannot encode {what}"), e))
+    /// The JSON of a value for `key`, if it fits in a message of the server's
+    /// ([`NatsStore::max_write_bytes`]); [`Error::ValueTooLarge`] otherwise, before anything
+    /// is sent.
+    fn encode<T: Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>> {
+        let bytes = serde_json::to_vec(value).map_err(|e| self.fail(&format!("cannot encode {key}"), e))?;
+        let limit = self.max_write_bytes();
+        if bytes.len() > limit {
+            return Err(Error::ValueTooLarge {
+                what: format!("the value of key {}", crate::limits::shorten(key, 80)),
+                bytes: bytes.len(),
+                limit,
+                store: format!("NATS server {}: its max_payload, less room for headers", redact_url(&self.inner.url)),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// The largest value one write takes: the server's `max_payload` (1 MB by default, set
+    /// in its configuration), less room for the headers a write carries.
+    pub fn max_write_bytes(&self) -> usize {
+        self.inner.client.server_info().max_payload.saturating_sub(HEADER_ROOM)
     }
 
     fn decode<T: for<'de> Deserialize<'de>>(&self, bucket: &kv::Store, key: &str, bytes: &[u8]) -> Result<T> {
@@ -789,21 +843,39 @@ impl NatsStore {
     }
 
     /// Applies the effects of `steps` again, then advances the record past them.
+    ///
+    /// A last step that means to hold the run, younger than [`HOLD_REPAIR_GRACE`] and with no
+    /// hold yet, is left unrepaired (the record stays before it): its writer is most likely
+    /// alive and about to take the hold, and handing the run out now would make a worker take
+    /// over a run that writer is about to execute (its attempts then journaled as
+    /// interrupted). A reader after the grace repairs it, and hands the run out if its writer
+    /// died. The record never moves past a step whose run nobody may claim.
     async fn repair(&self, run_id: &str, steps: &[(u64, StepDoc)]) -> Result<()> {
-        for (_, step) in steps {
+        let mut repaired = 0;
+        for (i, (_, step)) in steps.iter().enumerate() {
             if step.effects {
                 self.apply_tasks(run_id, step.status, &step.done, &step.queue).await?;
                 if step.status.is_some_and(|s| !holds(s)) {
                     self.remove(&self.inner.holds, &token(run_id)).await?;
                 } else if step.hold {
                     // Whatever hold there is (the writer's, most likely) stays.
-                    let released = HoldDoc { owner: RELEASED.to_owned(), until_ms: 0 };
-                    if self.kv_create(&self.inner.holds, &token(run_id), &released).await?.is_some() {
-                        self.wake().await;
+                    let key = token(run_id);
+                    let last = i + 1 == steps.len();
+                    if last && !step.older_than(HOLD_REPAIR_GRACE) {
+                        if self.get::<HoldDoc>(&self.inner.holds, &key).await?.is_none() {
+                            break;
+                        }
+                    } else {
+                        let released = HoldDoc { owner: RELEASED.to_owned(), until_ms: 0 };
+                        if self.kv_create(&self.inner.holds, &key, &released).await?.is_some() {
+                            self.wake().await;
+                        }
                     }
                 }
             }
+            repaired = i + 1;
         }
+        let steps = &steps[..repaired];
         if let Some((first, last)) = steps.last() {
             let status = steps.iter().rev().find_map(|(_, s)| s.status);
             let updated = last.entries.last().map(|e| e.at_ms);
@@ -895,13 +967,18 @@ impl NatsStore {
     /// (see [`Step::ready`]); says whether it does. The decision is a compare-and-set on
     /// the hold, so it is the hold's state when written.
     /// `known` is the hold as the caller last read it (`Some(None)`: there was none), tried
-    /// first.
+    /// first. `end` is where the caller's step ends the journal.
+    ///
+    /// A hold is created only while the journal still ends with the caller's step: a writer
+    /// paused between its step and this (past its lease) finds the run moved on by whoever
+    /// took it over, perhaps finished and its hold removed, and must not hold it again.
     async fn take_hold(
         &self,
         run_id: &str,
         owner: &str,
         lease_for: Duration,
         mut known: Option<Option<Versioned<HoldDoc>>>,
+        end: u64,
     ) -> Result<bool> {
         let key = token(run_id);
         for _ in 0..RETRIES {
@@ -911,8 +988,24 @@ impl NatsStore {
             };
             match current {
                 None => {
+                    // Steps form one chain: one that starts at `end` means the run moved on.
+                    if self.get::<StepDoc>(&self.inner.journal, &step_key(run_id, end)).await?.is_some() {
+                        return Ok(false);
+                    }
                     let mine = HoldDoc { owner: owner.to_owned(), until_ms: now_ms() + lease_for.as_millis() as u64 };
                     if self.kv_create(&self.inner.holds, &key, &mine).await?.is_some() {
+                        return Ok(true);
+                    }
+                }
+                // Handed out by a reader's repair of this very step while this writer applied its
+                // effects (a repair's hand-out has no time; a worker's own hand-back has one):
+                // still nobody's, so the writer takes it, if the run has not moved on.
+                Some(Versioned { value, revision }) if value.owner == RELEASED && value.until_ms == 0 => {
+                    if self.get::<StepDoc>(&self.inner.journal, &step_key(run_id, end)).await?.is_some() {
+                        return Ok(false);
+                    }
+                    let mine = HoldDoc { owner: owner.to_owned(), until_ms: now_ms() + lease_for.as_millis() as u64 };
+                    if self.update(&self.inner.holds, &key, &mine, revision).await?.is_some() {
                         return Ok(true);
                     }
                 }
@@ -998,7 +1091,8 @@ impl NatsStore {
             if !holdable || terminal {
                 self.remove(&self.inner.holds, &token(run_id)).await?;
             } else if let (true, Some((me, lease_for))) = (wants_hold, owner) {
-                held = self.take_hold(run_id, me, lease_for, hold).await?;
+                let end = expected_seq + entries.len() as u64;
+                held = self.take_hold(run_id, me, lease_for, hold, end).await?;
             }
             let queue: Vec<TaskJson> =
                 if held || terminal { Vec::new() } else { ready.iter().map(TaskJson::from).collect() };
@@ -1543,7 +1637,12 @@ impl DurableStore for NatsStore {
     async fn register_graph(&self, graph: &GraphRecord) -> Result<()> {
         self.timed("cannot register a graph", Duration::ZERO, async {
             let key = format!("{}.{}", token(&graph.name), token(&graph.version));
-            self.put(&self.inner.graphs, &key, graph).await
+            // A worker's record replaces any; a structure-only one is written only if none is there.
+            if graph.worker {
+                self.put(&self.inner.graphs, &key, graph).await
+            } else {
+                self.kv_create(&self.inner.graphs, &key, graph).await.map(drop)
+            }
         })
         .await
     }
@@ -1560,6 +1659,10 @@ impl DurableStore for NatsStore {
             Ok(graphs)
         })
         .await
+    }
+
+    fn max_write_bytes(&self) -> Option<usize> {
+        Some(NatsStore::max_write_bytes(self))
     }
 
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {
@@ -1707,6 +1810,31 @@ mod tests {
         let claims = store.claim("w2", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap();
         assert!(matches!(&claims[..], [Claim::Run(run)] if run == "r1"), "{claims:?}");
         assert!(store.claim_run("w2", "r1", Duration::from_secs(30)).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_young_step_that_means_to_hold_its_run_is_left_to_its_writer_and_a_later_reader() {
+        let (store, _guard) = a_run_with_a_leased().await;
+        // As in the test above, but the step was written just now: its writer is most likely
+        // alive, about to take its hold.
+        let output = Value::from(serde_json::json!("a"));
+        let completed = JournalEntry::NodeCompleted { node: "a".into(), item: None, attempt: 1, output };
+        let step = StepDoc {
+            entries: vec![EntryJson { seq: 1, at_ms: now_ms(), entry: completed }],
+            status: Some(RunStatus::Running),
+            queue: vec![],
+            done: vec![TaskJson::from(&task("a"))],
+            effects: true,
+            hold: true,
+        };
+        store.kv_create(&store.inner.journal, &step_key("r1", 1), &step).await.unwrap().unwrap();
+
+        // A reader sees the step, hands nothing out and leaves the record before the step,
+        // so that a reader after the grace still repairs it.
+        assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 2);
+        assert!(store.holder("r1").await.unwrap().is_none());
+        assert_eq!(store.record("r1").await.unwrap().unwrap().value.len, 1, "the record stays behind");
+        assert!(store.claim("w2", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap().is_empty());
     }
 
     #[tokio::test]

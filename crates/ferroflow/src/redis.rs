@@ -3,7 +3,9 @@
 //!
 //! [`RedisStore::connect`] takes a server URL and a **namespace**: every key the store
 //! writes starts with `ff:<namespace>:`, so several deployments (or test cases) share one
-//! server without seeing each other's runs. Values are stored as JSON text, never
+//! server without seeing each other's runs. In key names the namespace is escaped (`%` as
+//! `%25`, `:` as `%3A`), so that it ends at the key's second `:` and two namespaces never
+//! share a key: `prod` and `prod:eu` are apart, and deleting one leaves the other. Values are stored as JSON text, never
 //! pickled: the data is shared with other processes and other languages.
 //!
 //! # Key layout
@@ -36,6 +38,7 @@
 //!   owner leases and holds, so that [`TaskQueue::renew`] touches only those.
 //! - `ff:<ns>:graphs`, a hash: the graphs workers registered (`name@version`, the
 //!   [`GraphRecord`] as JSON).
+//! - `ff:<ns>:layout`, a string: `2`, the namespace's keys are escaped (see above).
 //!
 //! # Scripts
 //!
@@ -137,6 +140,9 @@ pub const POLL: Duration = Duration::from_millis(20);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most claims one `claim` call hands out, whatever `max` says.
 const MAX_CLAIMS: usize = 1 << 20;
+/// The longest string Redis takes in a request by default (`proto-max-bulk-len`, 512 MiB):
+/// a longer journal entry is refused before it is sent.
+const MAX_BULK_BYTES: usize = 512 << 20;
 /// How many members of the index of runs `list_runs` reads at most per round trip.
 const MAX_BATCH: usize = 500;
 
@@ -597,11 +603,13 @@ impl RedisStore {
     pub async fn connect_with_timeout(url: &str, namespace: &str, timeout: Duration) -> Result<RedisStore> {
         if namespace.is_empty() || namespace.contains(['{', '}']) || namespace.chars().any(char::is_whitespace) {
             return Err(Error::Store(format!(
-                "Redis namespace {namespace:?} is not valid: give a non-empty name without braces or spaces"
+                "Redis namespace {} is not valid: give a non-empty name without braces or spaces",
+                crate::limits::quote(namespace)
             )));
         }
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Store(format!("{url:?} is not a valid Redis URL: {}", describe(&e))))?;
+        let client = redis::Client::open(url).map_err(|e| {
+            Error::Store(format!("{} is not a valid Redis URL: {}", crate::store::redact_url(url), describe(&e)))
+        })?;
         let server = format!("redis://{}", client.get_connection_info().addr());
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -620,11 +628,12 @@ impl RedisStore {
             conn,
             inner: std::sync::Arc::new(Inner {
                 server,
-                prefix: format!("ff:{namespace}"),
+                prefix: prefix_of(namespace),
                 timeout,
                 scripts: Scripts::new(),
             }),
         };
+        store.refuse_old_layout(namespace).await?;
         for script in store.inner.scripts.all() {
             let mut conn = store.conn.clone();
             store
@@ -641,16 +650,59 @@ impl RedisStore {
         &self.inner.server
     }
 
-    /// The prefix of every key of this store, `ff:<namespace>`.
+    /// The prefix of every key of this store: `ff:` and the namespace, escaped (see
+    /// [`RedisStore::connect`]).
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
     }
 
-    /// Deletes every key of this store's namespace (runs, journals, holds, tasks) and
-    /// returns how many there were. For tests and for retiring a deployment: workers still
-    /// using the namespace lose their work.
+    /// Refuses a namespace whose keys an earlier ferroflow wrote unescaped (see
+    /// [`prefix_of`]): a namespace with `:` or `%` in its name had keys that another
+    /// namespace's could share, and this code would not see them.
+    ///
+    /// Every store marks its namespace's keys as escaped (`<prefix>:layout`), which tells
+    /// the unescaped keys of an earlier version from the escaped ones of another namespace
+    /// (`ff:a%3Ab` is namespace `a:b` today, and was namespace `a%3Ab` before).
+    async fn refuse_old_layout(&self, namespace: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let marker = format!("{}:layout", self.inner.prefix);
+        self.call("cannot mark the namespace's keys", async move {
+            redis::cmd("SET").arg(&marker).arg(KEY_LAYOUT).arg("NX").query_async::<()>(&mut conn).await
+        })
+        .await?;
+        let old = format!("ff:{namespace}");
+        if old == self.inner.prefix {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let keys = [format!("{old}:runs"), format!("{old}:graphs"), format!("{old}:holds")];
+        let escaped = format!("{old}:layout");
+        let (found, marked): (u64, u64) = self
+            .call("cannot look for the namespace's keys", async move {
+                redis::pipe().cmd("EXISTS").arg(&keys).cmd("EXISTS").arg(&escaped).query_async(&mut conn).await
+            })
+            .await?;
+        if found == 0 || marked > 0 {
+            return Ok(());
+        }
+        Err(Error::Store(format!(
+            "{}: namespace {} holds runs under keys {old}:*, the layout of an earlier ferroflow, in which a \
+             namespace with ':' or '%' in its name could share keys with another namespace. This version \
+             keeps them under {}:*. Finish or cancel those runs with the earlier version, or use a namespace \
+             without ':' and '%'",
+            self.inner.server,
+            crate::limits::quote(namespace),
+            self.inner.prefix
+        )))
+    }
+
+    /// Deletes every key of this store's namespace (runs, journals, holds, tasks, graphs)
+    /// and returns how many there were: exactly those keys, whatever the namespace's name
+    /// holds (another namespace never shares a key with this one, see [`prefix_of`], and
+    /// the name is escaped out of the scan's glob pattern). For tests and for retiring a
+    /// deployment: workers still using the namespace lose their work.
     pub async fn delete_namespace(&self) -> Result<u64> {
-        let pattern = format!("{}:*", self.inner.prefix);
+        let pattern = format!("{}:*", glob_escape(&self.inner.prefix));
         let mut conn = self.conn.clone();
         let keys: Vec<String> = self
             .call("cannot list the namespace's keys", async move {
@@ -859,6 +911,40 @@ impl RedisStore {
 
 /// Whether `e` says the server is out of reach for now (down, restarting, loading its data,
 /// failing over), rather than that the request was wrong.
+/// What `<prefix>:layout` holds: the namespace's keys are escaped ([`prefix_of`]).
+const KEY_LAYOUT: &str = "2";
+
+/// The prefix of every key of `namespace`: `ff:` and the name with `%` and `:` escaped
+/// (as `%25` and `%3A`), then the keys' own parts after a `:`. The escaped name holds no
+/// `:`, so a key's namespace ends at its second `:`, and no two namespaces share a key
+/// (unescaped, namespace `prod` with an owner `x` had the key `ff:prod:owner:x:holds`,
+/// which is also the holds of namespace `prod:owner:x`). A name without `%` and `:` keeps
+/// the key names of earlier versions.
+fn prefix_of(namespace: &str) -> String {
+    let mut prefix = String::with_capacity(namespace.len() + 3);
+    prefix.push_str("ff:");
+    for c in namespace.chars() {
+        match c {
+            '%' => prefix.push_str("%25"),
+            ':' => prefix.push_str("%3A"),
+            c => prefix.push(c),
+        }
+    }
+    prefix
+}
+
+/// `text` as a glob pattern (SCAN's MATCH) that matches only itself.
+fn glob_escape(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern
+}
+
 fn is_outage(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_refusal()
@@ -891,15 +977,23 @@ fn status_of(server: &str, text: &str) -> Result<RunStatus> {
 }
 
 fn encode(run_id: &str, stored: &StoredEntry) -> Result<String> {
-    serde_json::to_string(&EntryOut { seq: stored.seq, at_ms: stored.at_ms, entry: &stored.entry }).map_err(|e| {
-        Error::InvalidInput {
+    let text = serde_json::to_string(&EntryOut { seq: stored.seq, at_ms: stored.at_ms, entry: &stored.entry })
+        .map_err(|e| Error::InvalidInput {
             run_id: run_id.to_owned(),
             reason: match stored.entry.node() {
                 Some(node) => format!("node '{node}': its value cannot be stored as JSON: {e}"),
                 None => format!("a value cannot be stored as JSON: {e}"),
             },
-        }
-    })
+        })?;
+    if text.len() > MAX_BULK_BYTES {
+        return Err(Error::ValueTooLarge {
+            what: format!("a journal entry of run '{run_id}'"),
+            bytes: text.len(),
+            limit: MAX_BULK_BYTES,
+            store: "Redis: the longest string a request carries, proto-max-bulk-len".to_owned(),
+        });
+    }
+    Ok(text)
 }
 
 fn encode_all(run_id: &str, entries: &[StoredEntry]) -> Result<Vec<String>> {
@@ -1298,9 +1392,11 @@ impl DurableStore for RedisStore {
         let mut conn = self.conn.clone();
         let key = format!("{}:graphs", self.inner.prefix);
         let field = format!("{}@{}", graph.name, graph.version);
+        // A worker's record replaces any; a structure-only one is written only if none is there.
+        let command = if graph.worker { "HSET" } else { "HSETNX" };
         let _: i64 = self
             .call(&format!("cannot register graph '{}'", graph.name), async move {
-                redis::cmd("HSET").arg(key).arg(field).arg(json).query_async(&mut conn).await
+                redis::cmd(command).arg(key).arg(field).arg(json).query_async(&mut conn).await
             })
             .await?;
         Ok(())

@@ -32,7 +32,11 @@ use crate::store::{
 /// Written into the file header (`PRAGMA application_id`): "ffl1".
 const APPLICATION_ID: i32 = 0x6666_6c31;
 /// The schema this code reads and writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
+/// The longest string SQLite stores (its compile-time `SQLITE_MAX_LENGTH`, which the
+/// bundled build leaves at the default): a longer journal entry is refused before it is
+/// written.
+const MAX_TEXT_BYTES: usize = 1_000_000_000;
 /// How often a waiting `lease` looks for due tasks.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -109,9 +113,14 @@ CREATE TABLE graphs (
     version       TEXT NOT NULL,
     spec          TEXT NOT NULL,
     registered_ms INTEGER NOT NULL,
+    -- 1 when a worker registered it (to execute its runs), 0 when only its structure is known
+    worker        INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (name, version)
 ) STRICT, WITHOUT ROWID;
 ";
+
+/// What schema version 5 added: which graph records are workers' (version 4 had only those).
+const GRAPHS_V5: &str = "ALTER TABLE graphs ADD COLUMN worker INTEGER NOT NULL DEFAULT 1;";
 
 /// Journals and tasks in one SQLite file. Cheap to clone: clones share the connection.
 ///
@@ -173,6 +182,7 @@ impl SqliteStore {
     /// or written.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
         let path = path.as_ref().to_path_buf();
+        refuse_private_database(&path)?;
         let fail =
             |what: &str, e: rusqlite::Error| Error::Store(format!("{}: {what}: {}", path.display(), describe(&e)));
         let mut conn = Connection::open_with_flags(
@@ -188,8 +198,12 @@ impl SqliteStore {
             let version = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
             Ok((application_id, tables, version))
         };
-        let (application_id, tables, _) = identify(&conn).map_err(|e| fail("cannot read", e))?;
-        if tables == 0 && application_id == 0 {
+        // A new file has nothing in it: no table, and neither an application id nor a
+        // schema version in its header. Anything else is some application's database, and is
+        // written to only if it is ferroflow's.
+        let empty =
+            |(application_id, tables, version): (i32, i64, i32)| tables == 0 && application_id == 0 && version == 0;
+        if empty(identify(&conn).map_err(|e| fail("cannot read", e))?) {
             // A new file. Several processes may open it at once (a server and its workers
             // starting together): the schema is made in an immediate transaction, which
             // takes the write lock first and looks again, so that the others wait and then
@@ -197,8 +211,7 @@ impl SqliteStore {
             use_wal(&conn).map_err(|e| fail("cannot use WAL mode", e))?;
             let tx =
                 conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| fail("cannot write", e))?;
-            let (application_id, tables, _) = identify(&tx).map_err(|e| fail("cannot read", e))?;
-            if tables == 0 && application_id == 0 {
+            if empty(identify(&tx).map_err(|e| fail("cannot read", e))?) {
                 for part in [SCHEMA, JOURNAL, TASKS, GRAPHS] {
                     tx.execute_batch(part).map_err(|e| fail("cannot create the schema", e))?;
                 }
@@ -215,11 +228,12 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        if version == 2 || version == 3 {
+        if (2..SCHEMA_VERSION).contains(&version) {
             // Version 2 kept the journal keyed by (run, seq) in an index-organised table,
-            // and had a task table no engine wrote to; version 3 had no graphs. Upgraded in
-            // an immediate transaction that looks at the version again: of two processes
-            // upgrading at once, the second finds the file upgraded.
+            // and had a task table no engine wrote to; version 3 had no graphs; version 4's
+            // graphs were all workers'. Upgraded in an immediate transaction that looks at
+            // the version again: of two processes upgrading at once, the second finds the
+            // file upgraded.
             let to_v3 = [
                 "ALTER TABLE journal RENAME TO journal_v2; DROP TABLE tasks;",
                 JOURNAL,
@@ -230,9 +244,13 @@ impl SqliteStore {
             let tx =
                 conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| fail("cannot write", e))?;
             let (_, _, version) = identify(&tx).map_err(|e| fail("cannot read", e))?;
-            if version == 2 || version == 3 {
-                let parts = if version == 2 { &to_v3[..] } else { &[] };
-                for part in parts.iter().chain(&[GRAPHS]) {
+            if (2..SCHEMA_VERSION).contains(&version) {
+                let parts: Vec<&str> = match version {
+                    2 => to_v3.iter().copied().chain([GRAPHS]).collect(),
+                    3 => vec![GRAPHS],
+                    _ => vec![GRAPHS_V5],
+                };
+                for part in parts {
                     tx.execute_batch(part).map_err(|e| fail("cannot upgrade the schema", e))?;
                 }
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| fail("cannot write", e))?;
@@ -267,6 +285,21 @@ impl SqliteStore {
             other => other,
         })
     }
+}
+
+/// Refuses paths that SQLite reads as a database private to one connection: `""` (a
+/// temporary file) and `:memory:`. Runs stored there could not be found by a second
+/// context, another process or a worker, so a durable context on them would only pretend.
+fn refuse_private_database(path: &Path) -> Result<()> {
+    let text = path.as_os_str();
+    if text.is_empty() || text == ":memory:" {
+        return Err(Error::Store(format!(
+            "SQLite path {:?} names a database private to one connection, which no other context or \
+             process can open: give a file path (for runs that need no file, use the in-memory context)",
+            path.display().to_string()
+        )));
+    }
+    Ok(())
 }
 
 /// Switches the file to WAL mode (a no-op once it is). The switch needs the file to
@@ -326,13 +359,22 @@ fn sql(e: rusqlite::Error) -> Error {
 }
 
 fn encode(run_id: &str, entry: &StoredEntry) -> Result<String> {
-    serde_json::to_string(&entry.entry).map_err(|e| Error::InvalidInput {
+    let text = serde_json::to_string(&entry.entry).map_err(|e| Error::InvalidInput {
         run_id: run_id.to_owned(),
         reason: match entry.entry.node() {
             Some(node) => format!("node '{node}': its value cannot be stored as JSON: {e}"),
             None => format!("a value cannot be stored as JSON: {e}"),
         },
-    })
+    })?;
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(Error::ValueTooLarge {
+            what: format!("a journal entry of run '{run_id}'"),
+            bytes: text.len(),
+            limit: MAX_TEXT_BYTES,
+            store: "SQLite: its longest string, SQLITE_MAX_LENGTH".to_owned(),
+        });
+    }
+    Ok(text)
 }
 
 /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committing on success and rolling back on
@@ -962,14 +1004,19 @@ impl DurableStore for SqliteStore {
 
     async fn register_graph(&self, graph: &GraphRecord) -> Result<()> {
         self.with_conn(|conn| {
-            conn.prepare_cached(
-                "INSERT INTO graphs (name, version, spec, registered_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (name, version) DO UPDATE SET spec = excluded.spec, registered_ms = excluded.registered_ms",
-            )
-            .and_then(|mut upsert| {
-                upsert.execute(params![graph.name, graph.version, graph.spec, graph.registered_ms as i64])
-            })
-            .map_err(sql)?;
+            let sql_text = if graph.worker {
+                "INSERT INTO graphs (name, version, spec, registered_ms, worker) VALUES (?1, ?2, ?3, ?4, 1)
+                 ON CONFLICT (name, version) DO UPDATE SET spec = excluded.spec, registered_ms = excluded.registered_ms,
+                 worker = 1"
+            } else {
+                "INSERT INTO graphs (name, version, spec, registered_ms, worker) VALUES (?1, ?2, ?3, ?4, 0)
+                 ON CONFLICT (name, version) DO NOTHING"
+            };
+            conn.prepare_cached(sql_text)
+                .and_then(|mut insert| {
+                    insert.execute(params![graph.name, graph.version, graph.spec, graph.registered_ms as i64])
+                })
+                .map_err(sql)?;
             Ok(())
         })
         .await
@@ -979,7 +1026,8 @@ impl DurableStore for SqliteStore {
         self.with_conn(|conn| {
             let mut select = conn
                 .prepare_cached(
-                    "SELECT name, version, spec, registered_ms FROM graphs ORDER BY name, registered_ms DESC, version",
+                    "SELECT name, version, spec, registered_ms, worker FROM graphs
+                     ORDER BY name, registered_ms DESC, version",
                 )
                 .map_err(sql)?;
             let rows = select
@@ -989,6 +1037,7 @@ impl DurableStore for SqliteStore {
                         version: r.get(1)?,
                         spec: r.get(2)?,
                         registered_ms: r.get::<_, i64>(3)? as u64,
+                        worker: r.get::<_, i64>(4)? != 0,
                     })
                 })
                 .map_err(sql)?;
@@ -1135,9 +1184,37 @@ mod tests {
 
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 1, "the run is kept");
-        let graph = GraphRecord { name: "g".into(), version: "v1".into(), spec: "{}".into(), registered_ms: 5 };
+        let graph =
+            GraphRecord { name: "g".into(), version: "v1".into(), spec: "{}".into(), registered_ms: 5, worker: true };
         store.register_graph(&graph).await.unwrap();
         assert_eq!(store.graphs().await.unwrap(), [graph]);
+        drop(store);
+        let version: i32 =
+            Connection::open(&path).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn a_version_4_file_keeps_its_graphs_as_workers_registrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.db");
+        drop(SqliteStore::open(&path).unwrap());
+        // What version 4 had: graphs without the `worker` column.
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "DROP TABLE graphs;
+             CREATE TABLE graphs (name TEXT NOT NULL, version TEXT NOT NULL, spec TEXT NOT NULL,
+                 registered_ms INTEGER NOT NULL, PRIMARY KEY (name, version)) STRICT, WITHOUT ROWID;
+             INSERT INTO graphs VALUES ('g', 'v1', '{}', 5);
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        drop(old);
+
+        let store = SqliteStore::open(&path).unwrap();
+        let graphs = store.graphs().await.unwrap();
+        assert_eq!(graphs.len(), 1);
+        assert!(graphs[0].worker, "a version 4 record is a worker's");
         drop(store);
         let version: i32 =
             Connection::open(&path).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();

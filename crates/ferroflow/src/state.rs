@@ -435,6 +435,13 @@ impl RunState {
         }
     }
 
+    /// Whether `task` is the outstanding attempt of its node (or map element): a task the
+    /// journal has moved past (a delivery of an attempt already superseded, completed or
+    /// interrupted) is not.
+    pub fn is_current(&self, task: &Task) -> bool {
+        !self.status.is_terminal() && self.accept_attempt(task.node, task.item, task.attempt).is_ok()
+    }
+
     /// Accepts a result only for the outstanding attempt of the task.
     fn accept_attempt(&self, id: NodeId, item: Option<u32>, attempt: u32) -> Result<(), Rejected> {
         let current = match (&self.nodes[id], item) {

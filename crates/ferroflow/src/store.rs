@@ -408,8 +408,19 @@ pub trait DurableStore: JournalStore + TaskQueue {
     }
     /// The journal entries from `seq` on (to catch up with other writers).
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>>;
-    /// Records that a worker can execute a graph: its name, version and structure.
-    /// Registering a version again replaces its record (and its time).
+    /// The most bytes one step's write may hold, when the store's limit is small enough
+    /// that values meet it (a NATS message: 1 MB by default); `None` for stores whose limit
+    /// is far beyond what a value holds (they still refuse a larger write, with
+    /// [`Error::ValueTooLarge`]). An engine that dispatches before it writes
+    /// ([`Durability::Batch`](crate::Durability::Batch)) checks outputs against it first.
+    fn max_write_bytes(&self) -> Option<usize> {
+        None
+    }
+    /// Records a graph's structure under its name and version. With
+    /// [`GraphRecord::worker`], a worker says it executes the graph: the record replaces any
+    /// earlier one of that version (its time included), and stays a worker's. Without it, a
+    /// process that started a run of the graph says what the graph is (so that its runs can
+    /// be shown from the store alone): written only if the version has no record yet.
     async fn register_graph(&self, graph: &GraphRecord) -> Result<()>;
     /// Every graph registered, by name, then newest first.
     async fn graphs(&self) -> Result<Vec<GraphRecord>>;
@@ -427,6 +438,15 @@ pub struct GraphRecord {
     pub spec: String,
     /// When it was last registered, in milliseconds since the Unix epoch.
     pub registered_ms: u64,
+    /// Whether a worker registered it, to execute its runs ([`Engine::work`](crate::Engine::work));
+    /// otherwise only its structure is known, from a process that started runs of it.
+    /// Records written before this existed were all workers'.
+    #[serde(default = "registered_by_a_worker")]
+    pub worker: bool,
+}
+
+fn registered_by_a_worker() -> bool {
+    true
 }
 
 /// Sorts graph records by name, then newest first.
@@ -434,6 +454,86 @@ pub(crate) fn sort_graphs(graphs: &mut [GraphRecord]) {
     graphs.sort_by(|a, b| {
         a.name.cmp(&b.name).then(b.registered_ms.cmp(&a.registered_ms)).then(a.version.cmp(&b.version))
     });
+}
+
+/// A server URL as messages and logs may show it: without credentials. The user
+/// information's password is replaced by `***`, and so is user information without one (a
+/// NATS token, `nats://TOKEN@host`); query parameters that carry secrets (`password`,
+/// `token`, `secret`, `key`, ...) have their values replaced too. Text that is no URL is
+/// returned as it is.
+///
+/// ```
+/// use ferroflow::store::redact_url;
+///
+/// assert_eq!(redact_url("nats://alice:s3cret@10.0.0.2:4222"), "nats://alice:***@10.0.0.2:4222");
+/// assert_eq!(redact_url("nats://t0ken@host"), "nats://***@host");
+/// assert_eq!(redact_url("redis://:pw@host/0?password=x&db=1"), "redis://:***@host/0?password=***&db=1");
+/// assert_eq!(redact_url("runs.db"), "runs.db");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("***@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if is_secret_param(name) => format!("{name}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// `message` with every secret of `url` (its password or token, and secret query values)
+/// replaced by `***`: for errors of a client library that may quote the URL it was given.
+pub fn scrub(message: &str, url: &str) -> String {
+    let mut out = message.replace(url, &redact_url(url));
+    for secret in url_secrets(url) {
+        if secret.len() >= 3 {
+            out = out.replace(&secret, "***");
+        }
+    }
+    out
+}
+
+/// The secrets a URL carries: the password (or token) of its user information, and the
+/// values of secret query parameters.
+fn url_secrets(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else { return Vec::new() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let mut secrets = Vec::new();
+    if let Some((userinfo, _)) = rest[..authority_end].rsplit_once('@') {
+        secrets.push(userinfo.split_once(':').map_or(userinfo, |(_, password)| password).to_owned());
+    }
+    if let Some((_, query)) = rest.split_once('?') {
+        for pair in query.split('&') {
+            if let Some((name, value)) = pair.split_once('=')
+                && is_secret_param(name)
+            {
+                secrets.push(value.to_owned());
+            }
+        }
+    }
+    secrets
+}
+
+/// Whether a URL's query parameter `name` carries a secret.
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "token", "secret", "key", "auth", "cred", "nkey", "jwt"].iter().any(|s| name.contains(s))
 }
 
 /// Whether a step leaving a run in `status` keeps it held: only while it has tasks to run.
@@ -745,7 +845,12 @@ impl DurableStore for MemoryStore {
 
     async fn register_graph(&self, graph: &GraphRecord) -> Result<()> {
         let key = (graph.name.clone(), graph.version.clone());
-        self.graphs.lock().expect("store lock").insert(key, graph.clone());
+        let mut graphs = self.graphs.lock().expect("store lock");
+        if graph.worker {
+            graphs.insert(key, graph.clone());
+        } else {
+            graphs.entry(key).or_insert_with(|| graph.clone());
+        }
         Ok(())
     }
 
@@ -895,6 +1000,9 @@ impl<T: DurableStore + ?Sized> DurableStore for std::sync::Arc<T> {
     }
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {
         (**self).load_since(run_id, seq).await
+    }
+    fn max_write_bytes(&self) -> Option<usize> {
+        (**self).max_write_bytes()
     }
     async fn register_graph(&self, graph: &GraphRecord) -> Result<()> {
         (**self).register_graph(graph).await

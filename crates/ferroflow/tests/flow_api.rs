@@ -112,7 +112,7 @@ async fn mistakes_fail_the_node_for_good_and_say_what_and_where() {
     let run = flow.run(&memory(), serde_json::json!({"id": "seven"})).await.unwrap();
     let (node, kind, message) = failure(&run);
     assert_eq!((node.as_str(), kind.as_str()), ("typed", "ferroflow.InvalidInput"));
-    assert!(message.starts_with("the run input is not a flow_api::Doc"), "{message}");
+    assert!(message.starts_with("the run input does not read as `flow_api::Doc`"), "{message}");
     assert_eq!(attempts.load(Ordering::SeqCst), 1, "a value of the wrong type is not retried");
 
     let mut g = FlowBuilder::new("undeclared");

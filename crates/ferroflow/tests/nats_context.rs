@@ -88,6 +88,21 @@ mod server {
     }
 
     #[tokio::test]
+    async fn credentials_never_appear_in_errors() {
+        for url in ["nats://alice:SECRETPW@127.0.0.1:1", "nats://SECRETTOKEN@127.0.0.1:1"] {
+            let message = match NatsStore::connect(url, "unreachable").await {
+                Ok(_) => panic!("connected to nothing"),
+                Err(error) => error.to_string(),
+            };
+            assert!(!message.contains("SECRET"), "{message}");
+            assert!(message.contains("127.0.0.1:1"), "the error still names the server: {message}");
+        }
+        let message =
+            NatsStore::delete_namespace("nats://alice:SECRETPW@127.0.0.1:1", "x").await.unwrap_err().to_string();
+        assert!(!message.contains("SECRET"), "{message}");
+    }
+
+    #[tokio::test]
     async fn run_ids_and_node_names_of_any_characters_are_stored() {
         let (store, _guard) = super::fresh().await;
         let run_id = "run with spaces/and.dots=é";

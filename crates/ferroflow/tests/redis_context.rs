@@ -109,6 +109,61 @@ mod server {
         assert_eq!(leases(first.claim("w", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap()).len(), 1);
     }
 
+    /// Namespaces whose names are prefixes of each other, or hold glob characters, or `:`
+    /// and `%`: deleting one deletes its own keys only, and none sees another's runs.
+    #[tokio::test]
+    async fn deleting_a_namespace_deletes_exactly_its_own_keys() {
+        let base = format!("ns{:08x}", fastrand::u32(..));
+        let names = [
+            base.clone(),
+            format!("{base}:eu"),
+            format!("{base}:owner:x"),
+            format!("{base}?"),
+            format!("{base}1"),
+            format!("{base}2"),
+            format!("{base}*"),
+            format!("{base}[12]"),
+            format!("{base}%3Aeu"),
+            format!("{base}\\"),
+        ];
+        let mut stores = Vec::new();
+        let mut guards = Vec::new();
+        for name in &names {
+            let store = RedisStore::connect(&super::url(), name).await.unwrap();
+            guards.push(super::Namespace { prefix: store.prefix().to_owned() });
+            new_run(&store, "r1", "g", 100).await;
+            stores.push(store);
+        }
+        let prefixes: std::collections::HashSet<&str> = stores.iter().map(RedisStore::prefix).collect();
+        assert_eq!(prefixes.len(), names.len(), "every namespace has a prefix of its own");
+        // Delete them one at a time: each time, the others keep their run.
+        for (i, store) in stores.iter().enumerate() {
+            assert!(store.delete_namespace().await.unwrap() > 0, "{} had keys", names[i]);
+            assert!(store.load("r1").await.unwrap().is_none(), "{} is empty", names[i]);
+            for (j, other) in stores.iter().enumerate().skip(i + 1) {
+                assert!(
+                    other.load("r1").await.unwrap().is_some(),
+                    "deleting {:?} deleted {:?}'s run",
+                    names[i],
+                    names[j]
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_namespace_written_in_the_old_layout_is_refused_with_what_to_do() {
+        // An earlier version kept namespace `x:y` under `ff:x:y:*`.
+        let name = format!("old{:08x}:eu", fastrand::u32(..));
+        let mut conn = redis::Client::open(super::url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let old_index = format!("ff:{name}:runs");
+        let _: () = conn.zadd(&old_index, "00000000000000000100:00000000000000000001:r1", 0).await.unwrap();
+        let refused = message(RedisStore::connect(&super::url(), &name).await);
+        let _: () = conn.del(&old_index).await.unwrap();
+        assert!(refused.contains("earlier ferroflow"), "{refused}");
+        assert!(refused.contains("without ':' and '%'"), "{refused}");
+    }
+
     #[tokio::test]
     async fn a_run_is_stored_as_json_under_keys_sharing_its_hash_slot() {
         let (store, _guard) = super::fresh().await;

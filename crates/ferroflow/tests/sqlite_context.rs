@@ -112,6 +112,38 @@ mod file {
     }
 
     #[test]
+    fn an_empty_foreign_file_with_a_schema_version_is_refused_and_left_untouched() {
+        // Another application's database before it made any table: no tables and no
+        // application id, but its schema version set in the header (offset 60).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("theirs.db");
+        std::fs::write(&path, empty_database_with_user_version(7)).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let message = message(SqliteStore::open(&path));
+        assert!(message.contains("not a ferroflow database"), "{message}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "the foreign file was modified");
+    }
+
+    /// The bytes of an empty SQLite database (one page, no schema) whose header says
+    /// `user_version`, written by SQLite itself.
+    fn empty_database_with_user_version(version: i32) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", version).unwrap();
+        drop(conn);
+        std::fs::read(&path).unwrap()
+    }
+
+    #[test]
+    fn paths_private_to_one_connection_are_refused() {
+        for path in ["", ":memory:"] {
+            let message = message(SqliteStore::open(path));
+            assert!(message.contains("private to one connection"), "{path:?}: {message}");
+        }
+    }
+
+    #[test]
     fn a_corrupt_file_gives_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("garbage.db");

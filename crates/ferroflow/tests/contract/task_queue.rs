@@ -238,6 +238,7 @@ macro_rules! durable_store_contract {
                 version: version.into(),
                 spec: format!("{{\"name\": \"{name}\", \"nodes\": []}}"),
                 registered_ms: at,
+                worker: true,
             };
             store.register_graph(&graph("b", "v1", 100)).await.unwrap();
             store.register_graph(&graph("a", "v1", 100)).await.unwrap();
@@ -249,6 +250,26 @@ macro_rules! durable_store_contract {
             let expected = [("a", "v1", 300), ("a", "v2", 200), ("b", "v1", 100)];
             assert_eq!(listed, expected.map(|(n, v, t)| (n.to_owned(), v.to_owned(), t)));
             assert_eq!(store.graphs().await.unwrap()[2].spec, graph("b", "v1", 0).spec);
+        }
+
+        #[::tokio::test]
+        async fn a_structure_only_registration_never_replaces_a_workers() {
+            let (store, _guard) = $make;
+            let graph = |at: u64, worker: bool| ferroflow::GraphRecord {
+                name: "g".into(),
+                version: "v1".into(),
+                spec: format!("{{\"at\": {at}}}"),
+                registered_ms: at,
+                worker,
+            };
+            // The structure, from a process that started a run: written when nothing is there.
+            store.register_graph(&graph(100, false)).await.unwrap();
+            store.register_graph(&graph(150, false)).await.unwrap();
+            assert_eq!(store.graphs().await.unwrap(), [graph(100, false)]);
+            // A worker's registration replaces it, and a later structure-only one leaves it.
+            store.register_graph(&graph(200, true)).await.unwrap();
+            store.register_graph(&graph(300, false)).await.unwrap();
+            assert_eq!(store.graphs().await.unwrap(), [graph(200, true)]);
         }
 
         #[::tokio::test]
