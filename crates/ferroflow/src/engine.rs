@@ -2003,6 +2003,9 @@ impl Inner {
     /// Records that this engine held `run` (or leased the tasks it runs of it) in `epoch`.
     fn confirm(&self, run: &LiveRun, epoch: u64) {
         run.confirmed.fetch_max(epoch, Ordering::AcqRel);
+        if let Some(clock) = &self.clock {
+            clock.acquired();
+        }
     }
 
     /// Records that this engine executes `run` (it holds it, and runs its tasks): it is not
@@ -2026,6 +2029,10 @@ impl Inner {
         let Some(clock) = &self.clock else { return true };
         if !run.lock().state.is_current(task) {
             tracing::debug!(run_id = %run.run_id, attempt = task.attempt, "not starting an attempt the journal has moved past");
+            return false;
+        }
+        if run.followed.load(Ordering::Acquire) {
+            // Let go of (see `lose`): its tasks still queued here belong to whoever runs it.
             return false;
         }
         if clock.fresh(run.confirmed.load(Ordering::Acquire)) {
@@ -2076,7 +2083,35 @@ impl Inner {
             return;
         }
         tracing::warn!(run_id = %run.run_id, "not running the run's tasks any more: {why}; following it instead");
-        run.lock().from_queue.clear();
+        let leased: Vec<QueuedTask> = {
+            let mut core = run.lock();
+            let tasks = core.from_queue.drain().collect::<Vec<_>>();
+            tasks
+                .into_iter()
+                .map(|(node, item, attempt)| QueuedTask {
+                    run_id: run.run_id.to_string(),
+                    node: run.workflow.name(node).to_string(),
+                    item,
+                    attempt,
+                    not_before_ms: 0,
+                })
+                .collect()
+        };
+        // Whatever the store still says this engine holds of the run (what it was told was out
+        // of date, or a renewal failed though the store kept the holds) goes back to the
+        // store, so that a worker (this one, maybe) takes it on: this engine's renewals
+        // would otherwise keep it, and nobody would run it. A hold or lease another engine
+        // has is left alone.
+        let store = self.store();
+        let now = now_ms();
+        if let Err(error) = self.block_on(store.release_run(&self.owner, &run.run_id, now)) {
+            tracing::warn!(run_id = %run.run_id, %error, "cannot hand the run back; its hold will expire");
+        }
+        if !leased.is_empty()
+            && let Err(error) = self.block_on(store.release(&self.owner, &leased, now))
+        {
+            tracing::warn!(run_id = %run.run_id, %error, "cannot hand the run's tasks back; their leases will expire");
+        }
         self.follow(run);
     }
 

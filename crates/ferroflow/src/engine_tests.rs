@@ -1921,3 +1921,35 @@ async fn an_engine_whose_lease_ran_out_goes_on_with_the_runs_it_still_holds() {
     assert_eq!(run.wait(Some(LIMIT)).await.unwrap().status, RunStatus::Completed);
     assert_eq!(*calls.lock().unwrap(), [1, 2]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_wrongly_thinks_it_lost_a_run_hands_it_back_to_the_store() {
+    // What an engine was told of its holds can be out of date; if it then stops running a
+    // run the store still says it holds, its own renewals must not keep that run from
+    // every other worker.
+    let store = Arc::new(crate::store::MemoryStore::new());
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let backoff = Duration::from_millis(300);
+    let engine = durable_with_lease(&store, Duration::from_secs(30));
+    engine.start(&retried_workflow(&calls, backoff), Value::from(json!(null)), id("r")).unwrap();
+    eventually("the first attempt of `second` to fail", || *calls.lock().unwrap() == [1]).await;
+    assert_eq!(store.holder("r").await.unwrap().as_deref(), Some(engine.inner.owner.as_str()));
+
+    let run = engine.inner.live("r").unwrap();
+    let inner = Arc::clone(&engine.inner);
+    tokio::task::spawn_blocking(move || inner.lose(&run, "a test says so")).await.unwrap();
+    assert_ne!(
+        store.holder("r").await.unwrap().as_deref(),
+        Some(engine.inner.owner.as_str()),
+        "the run is still held by an engine that does not run it"
+    );
+    // Another engine claims the run and finishes it; the first runs nothing more of it.
+    let other_calls = Arc::new(Mutex::new(Vec::new()));
+    let other = durable_with_lease(&store, Duration::from_secs(30));
+    let claims = store.claim(&other.inner.owner, 10, Duration::from_secs(30), Duration::from_secs(5)).await.unwrap();
+    assert!(matches!(&claims[..], [Claim::Run(run)] if run == "r"), "{claims:?}");
+    let taken = other.recover(&retried_workflow(&other_calls, backoff), "r", None).unwrap();
+    assert_eq!(taken.wait(Some(LIMIT)).await.unwrap().status, RunStatus::Completed);
+    tokio::time::sleep(backoff * 2).await;
+    assert_eq!(*calls.lock().unwrap(), [1], "the engine that let the run go ran it all the same");
+}

@@ -22,15 +22,18 @@
 //!   hold. Before starting a body, the engine checks locally (two atomic loads) that the
 //!   run was confirmed in the current epoch and the lease is not about to run out; if not,
 //!   it renews now and asks the store what it holds ([`crate::TaskQueue::holdings`], once
-//!   per epoch), and starts no body of a run it no longer holds.
+//!   per epoch, and again for a run the answer lacks if the engine took anything on since),
+//!   and starts no body of a run it no longer holds. It hands back to the store whatever
+//!   the store still says it holds of that run, so that a wrong conclusion costs a
+//!   hand-back, never a run nobody executes.
 //!
 //! What remains at-least-once: a body already running when the pause began finishes
 //! after it (its result is then dropped against the journal, or recorded if nobody else got
 //! there first), and a pause that begins between this check and the body's first effect is
 //! not seen. Bindings narrow that moment by asking again right before the user's code runs
 //! ([`crate::NodeHandle::may_start`]; the Python one does, with the GIL taken and the
-//! arguments built), so that it is the few microseconds of a function call. Both are the ordinary at-least-once execution of a crashed attempt; the
-//! idempotency key, whose base (`run/node`) is the same whoever runs the node, makes
+//! arguments built), so that it is the few microseconds of a function call. Both are the
+//! ordinary at-least-once execution of a crashed attempt; the idempotency key, whose base (`run/node`) is the same whoever runs the node, makes
 //! effects safe.
 
 use std::collections::HashSet;
@@ -49,8 +52,12 @@ pub(crate) struct LeaseClock {
     valid_until: AtomicU64,
     /// Starts at 1 (0 means "never confirmed"); grows by one at each gap.
     epoch: AtomicU64,
-    /// What the store said the engine holds, and in which epoch it was asked.
-    holdings: Mutex<Option<(u64, Held)>>,
+    /// What the store said the engine holds, in which epoch and at which acquisition it
+    /// was asked.
+    holdings: Mutex<Option<(u64, u64, Held)>>,
+    /// How many times the engine learnt it holds something new: an answer of the store
+    /// asked before the last time says nothing of what came after.
+    acquisitions: AtomicU64,
     /// Taken by a renewal a body waits for, so that bodies due at once share one.
     renewing: Mutex<()>,
 }
@@ -87,6 +94,7 @@ impl LeaseClock {
             valid_until: AtomicU64::new(nanos(lease)),
             epoch: AtomicU64::new(1),
             holdings: Mutex::new(None),
+            acquisitions: AtomicU64::new(0),
             renewing: Mutex::new(()),
         }
     }
@@ -150,20 +158,33 @@ impl LeaseClock {
         confirmed == self.epoch() && !self.running_out()
     }
 
+    /// Records that the engine took a run or a task on (after the store granted it).
+    pub(crate) fn acquired(&self) {
+        self.acquisitions.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// What the engine holds, as the store said in the current epoch: read with `ask`
-    /// once per epoch (callers in the same epoch share the answer).
+    /// once per epoch (callers in the same epoch share the answer). An answer that says
+    /// the engine does not hold something is asked again if the engine took anything on
+    /// since (it may be that).
     pub(crate) fn held<E>(
         &self,
         ask: impl FnOnce() -> Result<Holdings, E>,
-        check: impl FnOnce(&Held) -> bool,
+        check: impl Fn(&Held) -> bool,
     ) -> Result<(u64, bool), E> {
         let mut cached = self.holdings.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = self.epoch();
-        if cached.as_ref().is_none_or(|(asked, _)| *asked != epoch) {
-            *cached = Some((epoch, Held::from(ask()?)));
+        if let Some((asked, at, held)) = cached.as_ref()
+            && *asked == epoch
+            && (check(held) || *at == self.acquisitions.load(Ordering::Acquire))
+        {
+            return Ok((epoch, check(held)));
         }
-        let (asked, held) = cached.as_ref().expect("just set");
-        Ok((*asked, check(held)))
+        let at = self.acquisitions.load(Ordering::Acquire);
+        let held = Held::from(ask()?);
+        let answer = check(&held);
+        *cached = Some((epoch, at, held));
+        Ok((epoch, answer))
     }
 }
 
@@ -217,6 +238,20 @@ mod tests {
             assert_eq!((epoch, held), (1, true));
         }
         assert_eq!(asked, 1);
+        // Not held as of the answer (the same answer: nothing was taken on since), then
+        // taken on since: asked again.
+        let asked = std::cell::Cell::new(0);
+        let ask = || -> Result<Holdings, ()> {
+            asked.set(asked.get() + 1);
+            Ok(holdings())
+        };
+        assert!(!clock.held(ask, |held| held.has("r2", None)).unwrap().1);
+        assert!(!clock.held(ask, |held| held.has("r2", None)).unwrap().1);
+        assert_eq!(asked.get(), 0, "nothing was taken on since the first answer");
+        clock.acquired();
+        assert!(!clock.held(ask, |held| held.has("r2", None)).unwrap().1);
+        assert!(!clock.held(ask, |held| held.has("r2", None)).unwrap().1);
+        assert_eq!(asked.get(), 1, "asked again once, after something was taken on");
         clock.gap();
         let (_, held) = clock.held(|| Ok::<_, ()>(Holdings::default()), |held| held.has("r1", None)).unwrap();
         assert!(!held, "asked again in the new epoch");
