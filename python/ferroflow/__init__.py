@@ -10,6 +10,7 @@ from . import _native, events, llm
 from ._native import __version__
 from .context import Context, InMemory, Nats, Redis, Sqlite, default_context
 from .errors import (
+    ContextClosedError,
     CycleError,
     DuplicateNodeError,
     FerroflowError,
@@ -36,6 +37,7 @@ from .types import ErrorInfo, GraphInfo, NodeContext, NodeInfo, Retry, RunInfo, 
 __all__ = [
     "AnthropicProvider",
     "Context",
+    "ContextClosedError",
     "CycleError",
     "DuplicateNodeError",
     "ErrorInfo",

@@ -131,6 +131,9 @@ class Engine:
         registered_ms), by name, newest first."""
     def follow(self, workflow: Workflow, run_id: str) -> None:
         """Makes a run only the store knows available here, followed without being taken over."""
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
     def flush(self) -> None:
         """Writes the steps waiting for their group commit now."""
     def serve(

@@ -11,7 +11,7 @@ import json
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING, List, Optional, Union
+from typing import TYPE_CHECKING, List, Optional, TypeVar, Union
 
 from . import _native
 from .events import Event, _from_native
@@ -22,13 +22,39 @@ if TYPE_CHECKING:
 
 __all__ = ["Context", "InMemory", "Nats", "Redis", "Sqlite", "default_context"]
 
+_C = TypeVar("_C", bound="Context")
+
 
 class Context:
-    """Base class of contexts."""
+    """Base class of contexts.
+
+    A context holds its store (a SQLite file, a connection) and background tasks (lease
+    renewal, group commit) until it is closed: call :meth:`close`, or use the context as a
+    context manager (``with ff.Sqlite("runs.db") as ctx: ...``). Using a closed context
+    raises :class:`ContextClosedError`.
+    """
 
     _engine: _native.Engine
     #: Whether runs survive the process (and can be continued after a crash).
     durable: bool = False
+
+    def close(self) -> None:
+        """Writes what waits for a group commit, stops the background tasks and releases
+        the store's files and connections (once bodies still running finish). Runs this
+        context executed and did not finish stay in the store: a worker or a later context
+        continues them. Closing again does nothing."""
+        self._engine.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._engine.closed
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def run_ids(self) -> List[str]:
         """Ids of the runs this context knows, oldest first."""
@@ -163,9 +189,9 @@ class _Durable(Context):
         self.durability = durability
         self.execute = execute
         self._engine = engine
-        if durability == "batch":
-            # Steps of the last window are written when the context goes, or at exit.
-            weakref.finalize(self, engine.flush)
+        # Closed when the context goes, or at exit: the steps of a group commit's last window
+        # are written, and the store is released.
+        weakref.finalize(self, engine.close)
 
 
 class Sqlite(_Durable):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 __all__ = [
+    "ContextClosedError",
     "CycleError",
     "DuplicateNodeError",
     "FerroflowError",
@@ -82,6 +83,10 @@ class UnresolvedParameterError(GraphError):
 
 class UnknownGraphError(FerroflowError):
     """No graph of that name is registered."""
+
+
+class ContextClosedError(FerroflowError):
+    """The context was closed (:meth:`Context.close`): open a new one to go on."""
 
 
 class StoreError(FerroflowError):

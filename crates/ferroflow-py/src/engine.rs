@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ferroflow::{
@@ -101,9 +101,17 @@ impl PyWorkflow {
 /// The in-memory engine.
 #[pyclass(module = "ferroflow._native", name = "Engine", frozen)]
 pub struct PyEngine {
-    engine: Engine,
+    /// `None` once closed ([`PyEngine::close`]): dropping it lets the store go.
+    engine: RwLock<Option<Engine>>,
     /// How to reach a networked store's namespace, for administration.
     admin: Option<Admin>,
+}
+
+impl PyEngine {
+    /// The engine, or `ContextClosedError` once it was closed.
+    fn engine(&self) -> PyResult<Engine> {
+        self.engine.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| to_py_err(ferroflow::Error::Closed))
+    }
 }
 
 /// A networked store's namespace, for [`PyEngine::delete_namespace`].
@@ -229,11 +237,12 @@ impl PyEngine {
             return Err(PyValueError::new_err("execute=False needs a durable context: workers must find the runs"));
         }
         let config = EngineConfig { retain_finished, store, lease, durability, execute, outage_timeout };
-        Ok(PyEngine { engine: Engine::new(runtime::handle(), config), admin })
+        Ok(PyEngine { engine: RwLock::new(Some(Engine::new(runtime::handle(), config))), admin })
     }
 
     /// Deletes everything of a networked store's namespace (Redis keys, or NATS buckets).
     fn delete_namespace(&self, py: Python<'_>) -> PyResult<()> {
+        self.engine()?;
         match &self.admin {
             Some(Admin::Redis(store)) => {
                 py.detach(|| runtime::handle().block_on(store.delete_namespace())).map(drop).map_err(to_py_err)
@@ -246,8 +255,29 @@ impl PyEngine {
     }
 
     /// Writes the steps waiting for their group commit now (durability "batch").
-    fn flush(&self, py: Python<'_>) {
-        py.detach(|| self.engine.flush());
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let engine = self.engine()?;
+        py.detach(|| engine.flush());
+        Ok(())
+    }
+
+    /// Closes the engine (see `Engine::close`) and lets it go: its store's files and
+    /// connections are released once the bodies still running finish. Every later call
+    /// raises `ContextClosedError`. Closing again does nothing.
+    fn close(&self, py: Python<'_>) {
+        let engine = self.engine.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(engine) = engine {
+            py.detach(|| {
+                engine.close();
+                drop(engine);
+            });
+        }
+    }
+
+    /// Whether the engine was closed.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.engine.read().unwrap_or_else(|p| p.into_inner()).is_none()
     }
 
     /// Works on the engine's store as a worker for `workflows` (see `Engine::work`) until
@@ -262,11 +292,12 @@ impl PyEngine {
         grace_seconds: f64,
         event_loop: Option<Py<PyAny>>,
     ) -> PyResult<()> {
+        let engine = self.engine()?;
         let workflows: Vec<Workflow> = workflows.iter().map(|w| w.get().cloned()).collect::<PyResult<_>>()?;
         let grace = seconds(Some(grace_seconds))?.expect("given");
         let attachment = attachment(py, event_loop)?;
         let stop = tokio_util::sync::CancellationToken::new();
-        let engine = self.engine.clone();
+        let engine = engine.clone();
         let mut worker = runtime::handle().spawn({
             let stop = stop.clone();
             async move { engine.work(&workflows, concurrency, attachment, stop, grace).await }
@@ -312,11 +343,12 @@ impl PyEngine {
         event_loop: Option<Py<PyAny>>,
         allow_unauthenticated: bool,
     ) -> PyResult<crate::server::PyServer> {
+        let engine = self.engine()?;
         let workflows: Vec<Workflow> = workflows.iter().map(|w| w.get().cloned()).collect::<PyResult<_>>()?;
         let attachment = attachment(py, event_loop)?;
         crate::server::serve(
             py,
-            &self.engine,
+            &engine,
             workflows,
             attachment,
             listen,
@@ -331,8 +363,9 @@ impl PyEngine {
     /// Makes a run only the store knows available here, followed from the store without
     /// being taken over (a run this engine holds is left as it is).
     fn follow(&self, py: Python<'_>, workflow: PyRef<'_, PyWorkflow>, run_id: &str) -> PyResult<()> {
+        let engine = self.engine()?;
         let workflow = workflow.get()?.clone();
-        py.detach(|| self.engine.follow(&workflow, run_id)).map(drop).map_err(to_py_err)
+        py.detach(|| engine.follow(&workflow, run_id)).map(drop).map_err(to_py_err)
     }
 
     /// Continues a run from the store (or returns it, if this engine holds it already).
@@ -344,9 +377,10 @@ impl PyEngine {
         run_id: &str,
         event_loop: Option<Py<PyAny>>,
     ) -> PyResult<()> {
+        let engine = self.engine()?;
         let workflow = workflow.get()?.clone();
         let attachment = attachment(py, event_loop)?;
-        py.detach(|| self.engine.recover(&workflow, run_id, attachment)).map(drop).map_err(to_py_err)
+        py.detach(|| engine.recover(&workflow, run_id, attachment)).map(drop).map_err(to_py_err)
     }
 
     /// Starts a run and returns its id.
@@ -359,8 +393,9 @@ impl PyEngine {
         run_id: Option<String>,
         event_loop: Option<Py<PyAny>>,
     ) -> PyResult<String> {
+        let engine = self.engine()?;
         let (workflow, input, options) = starting(py, &workflow, input, run_id, event_loop)?;
-        py.detach(|| self.engine.start(&workflow, input, options)).map(|run| run.id().to_string()).map_err(to_py_err)
+        py.detach(|| engine.start(&workflow, input, options)).map(|run| run.id().to_string()).map_err(to_py_err)
     }
 
     /// Starts a run and calls `callback(snapshot, None)` or `callback(None, error)` from a
@@ -377,9 +412,10 @@ impl PyEngine {
         event_loop: Option<Py<PyAny>>,
         timeout: Option<f64>,
     ) -> PyResult<String> {
+        let engine = self.engine()?;
         let timeout = seconds(timeout)?;
         let (workflow, input, options) = starting(py, &workflow, input, run_id, event_loop)?;
-        let run = py.detach(|| self.engine.start(&workflow, input, options)).map_err(to_py_err)?;
+        let run = py.detach(|| engine.start(&workflow, input, options)).map_err(to_py_err)?;
         let run_id = run.id().to_string();
         notify_settled(run, timeout, callback);
         Ok(run_id)
@@ -399,9 +435,10 @@ impl PyEngine {
         event_loop: Option<Py<PyAny>>,
         until_finished: bool,
     ) -> PyResult<String> {
+        let engine = self.engine()?;
         let (workflow, input, options) = starting(py, &workflow, input, run_id, event_loop)?;
         let until = if until_finished { WatchUntil::Finished } else { WatchUntil::Settled };
-        let (run, rx) = py.detach(|| self.engine.start_watched(&workflow, input, options, until)).map_err(to_py_err)?;
+        let (run, rx) = py.detach(|| engine.start_watched(&workflow, input, options, until)).map_err(to_py_err)?;
         forward_events(rx, callback);
         Ok(run.id().to_string())
     }
@@ -419,13 +456,14 @@ impl PyEngine {
         event_loop: Option<Py<PyAny>>,
         timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
+        let engine = self.engine()?;
         let timeout = seconds(timeout)?;
         let (workflow, input, options) = starting(py, &workflow, input, run_id, event_loop)?;
         // A body running on this thread cannot be interrupted, so with a timeout the run
         // executes elsewhere and this thread only waits.
         let run = match timeout {
-            None => py.detach(|| self.engine.start_and_drive(&workflow, input, options)),
-            Some(_) => py.detach(|| self.engine.start(&workflow, input, options)),
+            None => py.detach(|| engine.start_and_drive(&workflow, input, options)),
+            Some(_) => py.detach(|| engine.start(&workflow, input, options)),
         }
         .map_err(to_py_err)?;
         let snapshot = block_on(py, run.wait(timeout), |_| Ok(()))?.map_err(to_py_err)?;
@@ -435,8 +473,9 @@ impl PyEngine {
     /// Forwards the events of an existing run (from its first) to `callback`.
     #[pyo3(signature = (run_id, callback, until_finished = false))]
     fn watch(&self, py: Python<'_>, run_id: &str, callback: Py<PyAny>, until_finished: bool) -> PyResult<()> {
+        let engine = self.engine()?;
         let until = if until_finished { WatchUntil::Finished } else { WatchUntil::Settled };
-        let rx = py.detach(|| self.engine.watch(run_id, until)).map_err(to_py_err)?;
+        let rx = py.detach(|| engine.watch(run_id, until)).map_err(to_py_err)?;
         forward_events(rx, callback);
         Ok(())
     }
@@ -444,8 +483,9 @@ impl PyEngine {
     /// Blocks until the run is settled and returns its snapshot.
     #[pyo3(signature = (run_id, timeout = None))]
     fn wait(&self, py: Python<'_>, run_id: &str, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        let engine = self.engine()?;
         let timeout = seconds(timeout)?;
-        let snapshot = block_on(py, self.engine.wait(run_id, timeout), |_| Ok(()))?.map_err(to_py_err)?;
+        let snapshot = block_on(py, engine.wait(run_id, timeout), |_| Ok(()))?.map_err(to_py_err)?;
         snapshot_to_py(py, &snapshot)
     }
 
@@ -453,8 +493,9 @@ impl PyEngine {
     /// thread once the run is settled.
     #[pyo3(signature = (run_id, callback, timeout = None))]
     fn on_settled(&self, py: Python<'_>, run_id: &str, callback: Py<PyAny>, timeout: Option<f64>) -> PyResult<()> {
+        let engine = self.engine()?;
         let timeout = seconds(timeout)?;
-        let run = py.detach(|| self.engine.handle(run_id)).map_err(to_py_err)?;
+        let run = py.detach(|| engine.handle(run_id)).map_err(to_py_err)?;
         notify_settled(run, timeout, callback);
         Ok(())
     }
@@ -478,6 +519,7 @@ impl PyEngine {
         timeout: Option<f64>,
         run_ids: Option<Vec<String>>,
     ) -> PyResult<Py<PyList>> {
+        let engine = self.engine()?;
         let timeout = seconds(timeout)?;
         if concurrency == 0 {
             return Err(PyValueError::new_err("concurrency must be at least 1"));
@@ -491,7 +533,7 @@ impl PyEngine {
         let workflow = workflow.get()?.clone();
         let total = inputs.len();
         let inputs: Vec<Value> = inputs.into_iter().map(wrap).collect();
-        let engine = self.engine.clone();
+        let engine = engine.clone();
         let attachment = attachment(py, event_loop)?;
         let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = Arc::clone(&done);
@@ -552,10 +594,11 @@ impl PyEngine {
         event_loop: Option<Py<PyAny>>,
         timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
+        let engine = self.engine()?;
         let timeout = seconds(timeout)?;
         let value = wrap(value);
         let attachment = attachment(py, event_loop)?;
-        let run = py.detach(|| self.engine.resume(run_id, node, value, attachment)).map_err(to_py_err)?;
+        let run = py.detach(|| engine.resume(run_id, node, value, attachment)).map_err(to_py_err)?;
         let snapshot = block_on(py, run.wait(timeout), |_| Ok(()))?.map_err(to_py_err)?;
         snapshot_to_py(py, &snapshot)
     }
@@ -573,26 +616,30 @@ impl PyEngine {
         event_loop: Option<Py<PyAny>>,
         timeout: Option<f64>,
     ) -> PyResult<()> {
+        let engine = self.engine()?;
         let timeout = seconds(timeout)?;
         let value = wrap(value);
         let attachment = attachment(py, event_loop)?;
-        let run = py.detach(|| self.engine.resume(run_id, node, value, attachment)).map_err(to_py_err)?;
+        let run = py.detach(|| engine.resume(run_id, node, value, attachment)).map_err(to_py_err)?;
         notify_settled(run, timeout, callback);
         Ok(())
     }
 
     fn cancel(&self, py: Python<'_>, run_id: &str) -> PyResult<()> {
-        py.detach(|| self.engine.cancel(run_id)).map_err(to_py_err)
+        let engine = self.engine()?;
+        py.detach(|| engine.cancel(run_id)).map_err(to_py_err)
     }
 
     fn snapshot(&self, py: Python<'_>, run_id: &str) -> PyResult<Py<PyAny>> {
-        let snapshot = py.detach(|| self.engine.snapshot(run_id)).map_err(to_py_err)?;
+        let engine = self.engine()?;
+        let snapshot = py.detach(|| engine.snapshot(run_id)).map_err(to_py_err)?;
         snapshot_to_py(py, &snapshot)
     }
 
     /// Per-node state of a run, as dicts.
     fn nodes(&self, py: Python<'_>, run_id: &str) -> PyResult<Py<PyList>> {
-        let reports = py.detach(|| self.engine.nodes(run_id)).map_err(to_py_err)?;
+        let engine = self.engine()?;
+        let reports = py.detach(|| engine.nodes(run_id)).map_err(to_py_err)?;
         let items = reports
             .iter()
             .map(|r| {
@@ -613,7 +660,8 @@ impl PyEngine {
     /// The graphs workers registered in the store, as dicts (name, version, spec (JSON text),
     /// registered_ms), by name, newest first.
     fn graphs(&self, py: Python<'_>) -> PyResult<Py<PyList>> {
-        let graphs = py.detach(|| self.engine.graphs()).map_err(to_py_err)?;
+        let engine = self.engine()?;
+        let graphs = py.detach(|| engine.graphs()).map_err(to_py_err)?;
         let items = graphs
             .iter()
             .map(|g| {
@@ -639,6 +687,7 @@ impl PyEngine {
         status: Option<&str>,
         limit: usize,
     ) -> PyResult<Py<PyList>> {
+        let engine = self.engine()?;
         let status = status
             .map(|s| {
                 serde_json::from_value::<RunStatus>(serde_json::Value::String(s.to_owned()))
@@ -646,7 +695,7 @@ impl PyEngine {
             })
             .transpose()?;
         let query = RunQuery { graph: graph.map(str::to_owned), status, limit, after: None };
-        let page = py.detach(|| self.engine.list_runs(&query)).map_err(to_py_err)?;
+        let page = py.detach(|| engine.list_runs(&query)).map_err(to_py_err)?;
         let items = page.runs.iter().map(|r| record_to_py(py, r)).collect::<PyResult<Vec<_>>>()?;
         Ok(PyList::new(py, items)?.unbind())
     }
@@ -654,13 +703,15 @@ impl PyEngine {
     /// One run's record, as a dict like those of `list_runs`: from the store of a durable
     /// engine, from memory otherwise.
     fn record(&self, py: Python<'_>, run_id: &str) -> PyResult<Py<PyAny>> {
-        let (record, _) = py.detach(|| self.engine.load(run_id)).map_err(to_py_err)?;
+        let engine = self.engine()?;
+        let (record, _) = py.detach(|| engine.load(run_id)).map_err(to_py_err)?;
         record_to_py(py, &record)
     }
 
     /// The run's journal as event dicts, from memory or the store.
     fn journal(&self, py: Python<'_>, run_id: &str) -> PyResult<Py<PyList>> {
-        let journal = py.detach(|| self.engine.journal(run_id)).map_err(to_py_err)?;
+        let engine = self.engine()?;
+        let journal = py.detach(|| engine.journal(run_id)).map_err(to_py_err)?;
         let run_id: Arc<str> = Arc::from(run_id);
         let items = journal
             .into_iter()
@@ -678,8 +729,9 @@ impl PyEngine {
     }
 
     /// Ids of the runs in memory, oldest first.
-    fn run_ids(&self, py: Python<'_>) -> Vec<String> {
-        py.detach(|| self.engine.run_ids()).iter().map(|id| id.to_string()).collect()
+    fn run_ids(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let engine = self.engine()?;
+        Ok(py.detach(|| engine.run_ids()).iter().map(|id| id.to_string()).collect())
     }
 }
 

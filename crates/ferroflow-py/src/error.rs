@@ -61,6 +61,7 @@ pub fn to_py_err(err: Error) -> PyErr {
                 Err(_) => pyo3::exceptions::PySystemExit::new_err(text.clone()),
             },
             Error::Interrupted { .. } => pyo3::exceptions::PyKeyboardInterrupt::new_err(message),
+            Error::Closed => new_error(py, "ContextClosedError", message, &[]),
             _ => new_error(py, "FerroflowError", message, &[]),
         }
     })

@@ -250,7 +250,7 @@ pub(crate) fn status_of(error: Error) -> Status {
         Error::InvalidRunState { .. } | Error::NotWaitingAt { .. } | Error::VersionMismatch { .. } => {
             status::failed_precondition(message)
         }
-        Error::Unavailable(_) | Error::ShuttingDown => status::unavailable(message),
+        Error::Unavailable(_) | Error::ShuttingDown | Error::Closed => status::unavailable(message),
         Error::Conflict { .. } => status::status(tonic::Code::Aborted, message),
         Error::WaitTimeout { .. } => status::status(tonic::Code::DeadlineExceeded, message),
         Error::CorruptJournal { .. } => status::status(tonic::Code::DataLoss, message),

@@ -358,6 +358,10 @@ pub enum Error {
     /// handle on the engine was dropped, or the engine let go of the run).
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The engine was closed ([`Engine::close`](crate::Engine::close)): it takes no more
+    /// work and answers no more questions.
+    #[error("this engine is closed: open a new one to go on")]
+    Closed,
 }
 
 /// Result with the engine's [`Error`].

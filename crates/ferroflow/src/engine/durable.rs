@@ -170,7 +170,8 @@ impl Inner {
                 done: done.to_vec(),
             };
             self.batch.lock().expect("batch lock").push(pending);
-            if holds(status) {
+            // After the engine closed, nobody commits the group: every step is written at once.
+            if holds(status) && !self.is_closed() {
                 run.publish(core, stored);
                 return Written::Yes(true);
             }
@@ -369,15 +370,17 @@ pub(super) enum StepError {
 /// Writes the steps waiting for their group commit every `window`, for as long as the
 /// engine exists.
 pub(super) async fn group_commit(inner: Weak<Inner>, window: Duration) {
+    let Some(closed) = inner.upgrade().map(|inner| inner.closed.clone()) else { return };
     loop {
-        tokio::time::sleep(window).await;
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep(window) => {}
+        }
         let Some(inner) = inner.upgrade() else { return };
         inner.off_workers(|inner| drop(inner.flush(None))).await;
     }
 }
 
-/// Whether a run in `status` is cancelled already (cancelling it again does nothing); an
-/// error if it finished otherwise.
 /// Whether `stored`, a journal read from the first seq of `entries`, begins with them: the
 /// same positions, times and entries.
 pub(super) fn begins_with(stored: &[StoredEntry], entries: &[StoredEntry]) -> bool {

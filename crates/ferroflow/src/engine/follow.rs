@@ -23,6 +23,7 @@ impl Engine {
     ///
     /// As for [`Engine::recover`].
     pub fn follow(&self, workflow: &Workflow, run_id: &str) -> Result<RunHandle> {
+        self.inner.check_open()?;
         let (run, loaded) = self.inner.load_run(run_id, |_| Some(workflow.clone()), None)?;
         if loaded && !run.status().is_terminal() {
             self.inner.follow(&run);
@@ -121,20 +122,26 @@ impl Inner {
 pub(super) async fn follow_runs(inner: Weak<Inner>) {
     const FAST: Duration = Duration::from_millis(5);
     const SLOW: Duration = Duration::from_millis(200);
+    let Some(closed) = inner.upgrade().map(|inner| inner.closed.clone()) else { return };
     let mut pause = FAST;
-    loop {
+    while !closed.is_cancelled() {
         let Some(strong) = inner.upgrade() else { return };
         let idle = strong.followed.lock().expect("followed lock").is_empty();
         if idle {
             pause = FAST;
-            // Wakes at the next follow, or now and then to notice the engine is gone.
+            // Wakes at the next follow, when the engine closes, or now and then.
             let added = strong.follow_added.notified();
-            let _ = tokio::time::timeout(Duration::from_secs(1), added).await;
-            continue;
+            tokio::select! {
+                () = closed.cancelled() => return,
+                _ = tokio::time::timeout(Duration::from_secs(1), added) => continue,
+            }
         }
         let news = strong.off_workers(|inner| inner.poll_followed()).await;
         drop(strong);
         pause = if news { FAST } else { (pause * 2).min(SLOW) };
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
     }
 }

@@ -43,6 +43,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::body::Attachment;
 use crate::error::{Error, NodeError, Result};
@@ -277,7 +279,7 @@ pub struct Engine {
     /// Alive while any clone of this engine is: the engine renews the leases of its durable
     /// tasks only as long as someone holds it. Dropping every handle is how a process gives
     /// its tasks up (they expire and other workers take them over), even if bodies still run.
-    _handles: Arc<()>,
+    _handles: Arc<Handles>,
 }
 
 struct Inner {
@@ -304,6 +306,22 @@ struct Inner {
     /// What this engine knows of its holds, from its renewals (a durable engine that
     /// executes): checked before every body starts ([`Inner::may_start`]).
     clock: Option<Arc<LeaseClock>>,
+    /// Cancelled when the engine is closed ([`Engine::close`]) or its last handle dropped:
+    /// the background tasks stop at once.
+    closed: CancellationToken,
+    /// The background tasks (lease renewal, group commit, following runs), which
+    /// [`Engine::close`] waits for.
+    background: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Shared by every clone of an [`Engine`]: when the last one is dropped, the engine's
+/// background tasks stop, and the runs it held expire at their lease for other workers.
+struct Handles(CancellationToken);
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 impl Engine {
@@ -323,23 +341,49 @@ impl Engine {
             follow_added: Notify::new(),
             registered: Mutex::new(HashSet::new()),
             clock,
+            closed: CancellationToken::new(),
+            background: Mutex::new(Vec::new()),
         });
-        let handles = Arc::new(());
         if let Some(store) = &inner.config.store {
-            let renew = heartbeat(
-                Arc::downgrade(&handles),
-                Arc::clone(store),
-                inner.owner.clone(),
-                inner.config.lease,
-                inner.clock.clone(),
-            );
-            inner.runtime.spawn(renew);
+            let closed = inner.closed.clone();
+            let renew =
+                heartbeat(closed, Arc::clone(store), inner.owner.clone(), inner.config.lease, inner.clock.clone());
+            let mut background = vec![inner.runtime.spawn(renew)];
             if let Durability::Batch { window } = inner.config.durability {
-                inner.runtime.spawn(group_commit(Arc::downgrade(&inner), window));
+                background.push(inner.runtime.spawn(group_commit(Arc::downgrade(&inner), window)));
             }
-            inner.runtime.spawn(follow_runs(Arc::downgrade(&inner)));
+            background.push(inner.runtime.spawn(follow_runs(Arc::downgrade(&inner))));
+            *inner.background.lock().expect("background lock") = background;
         }
+        let handles = Arc::new(Handles(inner.closed.clone()));
         Engine { inner, _handles: handles }
+    }
+
+    /// Closes the engine: writes the steps waiting for their group commit, stops renewing
+    /// leases, committing in groups and following runs, and refuses every later call with
+    /// [`Error::Closed`]. Its store (a SQLite file, a connection) is released when the last
+    /// clone of the engine is dropped and the bodies still running finish; the runs it held
+    /// expire at their lease, for other workers to take over. Closing again does nothing.
+    pub fn close(&self) {
+        if self.inner.closed.is_cancelled() {
+            return;
+        }
+        let _ = self.inner.flush(None);
+        self.inner.closed.cancel();
+        let background = std::mem::take(&mut *self.inner.background.lock().unwrap_or_else(|p| p.into_inner()));
+        self.inner.block_on(async {
+            for task in background {
+                // A task stops at its next await; one stuck in a store call is left behind.
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            }
+        });
+        // Steps recorded while the background tasks stopped.
+        let _ = self.inner.flush(None);
+    }
+
+    /// Whether [`Engine::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_closed()
     }
 
     /// Writes the steps waiting for their group commit now ([`Durability::Batch`]); call it
@@ -381,6 +425,17 @@ impl Inner {
         Ok(value)
     }
 
+    /// Whether the engine was closed. (Dropping its last handle cancels the same token, but
+    /// then nobody is left to ask.)
+    fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// [`Error::Closed`] once the engine is closed: what every public operation checks first.
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() { Err(Error::Closed) } else { Ok(()) }
+    }
+
     fn live(&self, run_id: &str) -> Result<Arc<LiveRun>> {
         check_run_id(run_id)?;
         self.runs
@@ -399,6 +454,8 @@ fn check_run_id(run_id: &str) -> Result<()> {
         .map_err(|reason| Error::InvalidInput { run_id: limits::shorten(run_id, limits::MAX_NAME_BYTES), reason })
 }
 
+/// Whether a run in `status` is cancelled already (cancelling it again does nothing); an
+/// error if it finished otherwise.
 fn already_cancelled(run_id: &str, status: RunStatus) -> Result<bool> {
     match status {
         RunStatus::Cancelled => Ok(true),

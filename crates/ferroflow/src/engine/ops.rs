@@ -38,6 +38,7 @@ impl Engine {
     /// [`Error::RunNotFound`] if it holds no such run; a run only the store knows needs
     /// [`Engine::follow`] or [`Engine::recover`].
     pub fn handle(&self, run_id: &str) -> Result<RunHandle> {
+        self.inner.check_open()?;
         self.inner.live(run_id).map(|run| self.handle_of(run))
     }
 
@@ -47,6 +48,7 @@ impl Engine {
     ///
     /// [`Error::RunNotFound`] if this engine does not hold the run in memory.
     pub fn snapshot(&self, run_id: &str) -> Result<RunSnapshot> {
+        self.inner.check_open()?;
         Ok(self.current(run_id)?.snapshot())
     }
 
@@ -71,6 +73,7 @@ impl Engine {
     /// (a run written by a version of ferroflow that did not record it), and the store's
     /// errors.
     pub fn nodes(&self, run_id: &str) -> Result<Vec<NodeReport>> {
+        self.inner.check_open()?;
         if let Ok(run) = self.current(run_id) {
             return Ok(run.node_reports());
         }
@@ -104,6 +107,7 @@ impl Engine {
     ///
     /// [`Error::RunNotFound`] if neither knows the run, and the store's errors.
     pub fn journal(&self, run_id: &str) -> Result<Vec<StoredEntry>> {
+        self.inner.check_open()?;
         if let Ok(run) = self.current(run_id) {
             return Ok(run.lock().journal.clone());
         }
@@ -117,6 +121,7 @@ impl Engine {
     ///
     /// [`Error::RunNotFound`] if there is no such run there, and the store's errors.
     pub fn load(&self, run_id: &str) -> Result<(RunRecord, Vec<StoredEntry>)> {
+        self.inner.check_open()?;
         if self.inner.config.store.is_some() {
             return self.stored(run_id);
         }
@@ -141,6 +146,7 @@ impl Engine {
     ///
     /// The store's errors.
     pub fn graphs(&self) -> Result<Vec<GraphRecord>> {
+        self.inner.check_open()?;
         match &self.inner.config.store {
             Some(store) => self.inner.block_on(store.graphs()),
             None => Ok(Vec::new()),
@@ -161,6 +167,7 @@ impl Engine {
     ///
     /// [`JournalStore::list_runs`]: crate::store::JournalStore::list_runs
     pub fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
+        self.inner.check_open()?;
         if let Some(store) = &self.inner.config.store {
             return self.inner.block_on(store.list_runs(query));
         }
@@ -214,6 +221,7 @@ impl Engine {
         value: Value,
         attachment: Option<Attachment>,
     ) -> Result<RunHandle> {
+        self.inner.check_open()?;
         let run = self.inner.live(run_id)?;
         let ready = {
             let mut core = run.lock();
@@ -282,6 +290,7 @@ impl Engine {
     /// [`Error::InvalidRunState`] if the run completed or failed, [`Error::RunNotFound`] if
     /// there is no such run, and the store's errors.
     pub fn cancel(&self, run_id: &str) -> Result<()> {
+        self.inner.check_open()?;
         let run = match self.inner.live(run_id) {
             Ok(run) => run,
             Err(not_here) if self.inner.config.store.is_none() => return Err(not_here),
@@ -340,6 +349,7 @@ impl Engine {
     /// person, in a durable engine) follows the run from the store while it lasts, so that
     /// the watcher sees what other processes record.
     pub fn watch(&self, run_id: &str, until: WatchUntil) -> Result<mpsc::UnboundedReceiver<Event>> {
+        self.inner.check_open()?;
         let run = self.current(run_id)?;
         let rx = run.watch(until);
         if until == WatchUntil::Finished && self.inner.may_be_stale(&run) && !run.status().is_terminal() {

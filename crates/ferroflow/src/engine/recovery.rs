@@ -35,6 +35,7 @@ impl Engine {
     /// - [`Error::CorruptJournal`] if its journal does not replay over the graph.
     /// - The store's errors, once an outage has lasted [`EngineConfig::outage_timeout`].
     pub fn recover(&self, workflow: &Workflow, run_id: &str, attachment: Option<Attachment>) -> Result<RunHandle> {
+        self.inner.check_open()?;
         if let Ok(run) = self.inner.live(run_id)
             && run.store_failed.load(Ordering::Acquire)
         {

@@ -84,6 +84,7 @@ impl Engine {
         until: Option<WatchUntil>,
         drive: bool,
     ) -> Result<(RunHandle, Option<mpsc::UnboundedReceiver<Event>>, bool)> {
+        self.inner.check_open()?;
         let run_id: Arc<str> = match options.run_id {
             Some(id) => {
                 check_run_id(&id)?;

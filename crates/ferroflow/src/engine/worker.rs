@@ -3,8 +3,8 @@
 //! every body starts, see [`crate::lease`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -48,6 +48,20 @@ impl Engine {
         stop: CancellationToken,
         grace: Duration,
     ) -> Result<()> {
+        self.inner.check_open()?;
+        // Closing the engine stops the worker as its own token does.
+        let stop = {
+            let (either, closed) = (CancellationToken::new(), self.inner.closed.clone());
+            let forward = either.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = closed.cancelled() => {}
+                }
+                forward.cancel();
+            });
+            either
+        };
         let store = self.inner.config.store.clone().ok_or_else(|| {
             Error::Store("a worker needs a durable store; this engine keeps runs in memory".to_owned())
         })?;
@@ -357,20 +371,20 @@ impl Inner {
     }
 }
 
-/// Renews the leases of an engine's durable tasks every third of the lease, for as long
-/// as a handle on the engine exists, and tells the engine's lease clock (see
-/// [`crate::lease`]).
+/// Renews the leases of an engine's durable tasks every third of the lease until the
+/// engine is closed or its last handle dropped (`closed`), and tells the engine's lease
+/// clock (see [`crate::lease`]).
 pub(super) async fn heartbeat(
-    handles: Weak<()>,
+    closed: CancellationToken,
     store: Arc<dyn DurableStore>,
     owner: String,
     lease: Duration,
     clock: Option<Arc<LeaseClock>>,
 ) {
     loop {
-        tokio::time::sleep(lease / 3).await;
-        if handles.strong_count() == 0 {
-            return;
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep(lease / 3) => {}
         }
         let started = clock.as_ref().map(|clock| clock.now());
         match store.renew(&owner, lease).await {

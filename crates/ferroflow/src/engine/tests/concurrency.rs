@@ -422,3 +422,27 @@ async fn group_commit_writes_steps_after_the_window_and_a_settled_run_at_once() 
     assert_eq!(record.status, RunStatus::Completed);
     assert_eq!(journal.len(), entries(&engine, "g1").len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_engine_refuses_work_and_lets_its_store_go_at_once() {
+    let store = Arc::new(crate::store::MemoryStore::new());
+    for durability in [Durability::Commit, Durability::Batch { window: Duration::from_millis(50) }] {
+        let config = EngineConfig { store: Some(store.clone()), durability, ..EngineConfig::default() };
+        let engine = Engine::new(Handle::current(), config);
+        let graph = workflow(vec![task("a", &[])], vec![("a", constant(json!(1)))]);
+        let run = engine.start(&graph, Value::from(json!(null)), StartOptions::default()).unwrap();
+        assert_eq!(run.wait(Some(LIMIT)).await.unwrap().status, RunStatus::Completed);
+
+        engine.close();
+        assert!(engine.is_closed());
+        let refused = engine.start(&graph, Value::from(json!(null)), StartOptions::default());
+        assert!(matches!(refused, Err(Error::Closed)), "{:?}", refused.err());
+        assert!(matches!(engine.list_runs(&RunQuery::default()), Err(Error::Closed)));
+        engine.close();
+
+        // Its background tasks are gone: dropping the engine drops its store at once
+        // (a SQLite file's connection, a server's), not at their next wake-up.
+        drop(engine);
+        assert_eq!(Arc::strong_count(&store), 1, "{durability:?}: the engine still holds the store");
+    }
+}
