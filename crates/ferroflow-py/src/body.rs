@@ -236,7 +236,8 @@ impl PyNodeHandle {
         {
             let run_id = self.handle.run_id().to_string();
             let message = format!("run '{run_id}': step '{key}' cannot be stored: {reason}");
-            return Err(crate::error::new_error(py, "InvalidInputError", message, &[("run_id", Some(run_id))]));
+            let attrs = [("run_id", Some(run_id))];
+            return Err(crate::error::new_error::<crate::error::classes::InvalidInputError>(py, message, &attrs));
         }
         let value = wrap(value.unbind());
         py.detach(|| self.handle.record(key, value)).map_err(to_py_err)

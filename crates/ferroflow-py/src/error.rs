@@ -1,27 +1,80 @@
 //! The one place engine errors become Python exceptions.
 //!
 //! The exception classes are declared once, in `ferroflow/errors.py`, with their
-//! attributes and docs; this module only picks the class and fills in the attributes.
+//! attributes and docs. They are bound here once each ([`pyo3::import_exception!`]): every
+//! use names a Rust type, so a misspelt class is a compile error rather than an
+//! `AttributeError` at the moment of the failure (and `tests/test_errors.py` checks that
+//! each bound name is a class of `ferroflow.errors`). This module picks the class and fills
+//! in the attributes.
 
+use ferroflow::llm::LlmError;
 use ferroflow::{Error, GraphError};
+use pyo3::PyTypeInfo;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyType};
 
-static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+/// The classes of `ferroflow/errors.py`, one line each.
+pub mod classes {
+    pyo3::import_exception!(ferroflow.errors, FerroflowError);
+    pyo3::import_exception!(ferroflow.errors, GraphError);
+    pyo3::import_exception!(ferroflow.errors, CycleError);
+    pyo3::import_exception!(ferroflow.errors, DuplicateNodeError);
+    pyo3::import_exception!(ferroflow.errors, UnknownDependencyError);
+    pyo3::import_exception!(ferroflow.errors, UnresolvedParameterError);
+    pyo3::import_exception!(ferroflow.errors, UnknownGraphError);
+    pyo3::import_exception!(ferroflow.errors, ContextClosedError);
+    pyo3::import_exception!(ferroflow.errors, StoreError);
+    pyo3::import_exception!(ferroflow.errors, StoreUnavailableError);
+    pyo3::import_exception!(ferroflow.errors, LLMError);
+    pyo3::import_exception!(ferroflow.errors, LLMAuthenticationError);
+    pyo3::import_exception!(ferroflow.errors, LLMNotFoundError);
+    pyo3::import_exception!(ferroflow.errors, LLMRateLimitError);
+    pyo3::import_exception!(ferroflow.errors, LLMServerError);
+    pyo3::import_exception!(ferroflow.errors, LLMRejectedError);
+    pyo3::import_exception!(ferroflow.errors, LLMConnectionError);
+    pyo3::import_exception!(ferroflow.errors, LLMTimeoutError);
+    pyo3::import_exception!(ferroflow.errors, MalformedReplyError);
+    pyo3::import_exception!(ferroflow.errors, RunNotFoundError);
+    pyo3::import_exception!(ferroflow.errors, RunIdConflictError);
+    pyo3::import_exception!(ferroflow.errors, InvalidRunStateError);
+    pyo3::import_exception!(ferroflow.errors, InvalidInputError);
+    pyo3::import_exception!(ferroflow.errors, WaitTimeoutError);
+}
 
-/// Builds an instance of `ferroflow.errors.<class>` with `message` and keyword attributes.
-pub fn new_error(py: Python<'_>, class: &str, message: String, attrs: &[(&str, Option<String>)]) -> PyErr {
+use classes::*;
+
+/// An instance of the exception class `E` with `message` and keyword attributes.
+pub fn new_error<E: PyTypeInfo>(py: Python<'_>, message: String, attrs: &[(&str, Option<String>)]) -> PyErr {
+    instance(&E::type_object(py), message, attrs)
+}
+
+fn instance(cls: &Bound<'_, PyType>, message: String, attrs: &[(&str, Option<String>)]) -> PyErr {
     let build = || -> PyResult<PyErr> {
-        let module = ERRORS.get_or_try_init(py, || py.import("ferroflow.errors").map(Bound::unbind))?;
-        let cls = module.bind(py).getattr(class)?;
-        let kwargs = PyDict::new(py);
+        let kwargs = PyDict::new(cls.py());
         for (key, value) in attrs {
             kwargs.set_item(key, value)?;
         }
         Ok(PyErr::from_value(cls.call((message.clone(),), Some(&kwargs))?))
     };
     build().unwrap_or_else(|e| e)
+}
+
+/// A model client's error as its `ferroflow.errors` class, with the model and HTTP status.
+pub fn llm_error(py: Python<'_>, err: &LlmError) -> PyErr {
+    let cls = match err {
+        LlmError::Authentication { .. } => LLMAuthenticationError::type_object(py),
+        LlmError::NotFound { .. } => LLMNotFoundError::type_object(py),
+        LlmError::RateLimited { .. } => LLMRateLimitError::type_object(py),
+        LlmError::Server { .. } => LLMServerError::type_object(py),
+        LlmError::Rejected { .. } => LLMRejectedError::type_object(py),
+        LlmError::Timeout { .. } => LLMTimeoutError::type_object(py),
+        LlmError::Connection { .. } => LLMConnectionError::type_object(py),
+        LlmError::Malformed { .. } => MalformedReplyError::type_object(py),
+        _ => LLMError::type_object(py),
+    };
+    let model = err.model().map(str::to_owned);
+    let status = err.status().map(|s| s.to_string());
+    instance(&cls, err.to_string(), &[("model", model), ("http_status", status)])
 }
 
 /// Maps an engine error to its Python exception.
@@ -31,28 +84,28 @@ pub fn to_py_err(err: Error) -> PyErr {
         let s = |v: &str| Some(v.to_owned());
         match &err {
             Error::Graph(graph) => graph_error(py, graph),
-            Error::UnknownGraph { name, .. } => new_error(py, "UnknownGraphError", message, &[("graph", s(name))]),
-            Error::RunNotFound { run_id } => new_error(py, "RunNotFoundError", message, &[("run_id", s(run_id))]),
+            Error::UnknownGraph { name, .. } => new_error::<UnknownGraphError>(py, message, &[("graph", s(name))]),
+            Error::RunNotFound { run_id } => new_error::<RunNotFoundError>(py, message, &[("run_id", s(run_id))]),
             Error::RunIdConflict { run_id, .. } => {
-                new_error(py, "RunIdConflictError", message, &[("run_id", s(run_id))])
+                new_error::<RunIdConflictError>(py, message, &[("run_id", s(run_id))])
             }
             Error::InvalidRunState { run_id, status, .. } => {
-                new_error(py, "InvalidRunStateError", message, &[("run_id", s(run_id)), ("status", s(status.as_str()))])
+                new_error::<InvalidRunStateError>(py, message, &[("run_id", s(run_id)), ("status", s(status.as_str()))])
             }
             Error::NotWaitingAt { run_id, node, .. } => {
-                new_error(py, "InvalidRunStateError", message, &[("run_id", s(run_id)), ("node", s(node))])
+                new_error::<InvalidRunStateError>(py, message, &[("run_id", s(run_id)), ("node", s(node))])
             }
             Error::AmbiguousResume { run_id, .. } => {
-                new_error(py, "InvalidRunStateError", message, &[("run_id", s(run_id)), ("status", s("waiting"))])
+                new_error::<InvalidRunStateError>(py, message, &[("run_id", s(run_id)), ("status", s("waiting"))])
             }
-            Error::InvalidInput { run_id, .. } => new_error(py, "InvalidInputError", message, &[("run_id", s(run_id))]),
-            Error::WaitTimeout { run_id, .. } => new_error(py, "WaitTimeoutError", message, &[("run_id", s(run_id))]),
+            Error::InvalidInput { run_id, .. } => new_error::<InvalidInputError>(py, message, &[("run_id", s(run_id))]),
+            Error::WaitTimeout { run_id, .. } => new_error::<WaitTimeoutError>(py, message, &[("run_id", s(run_id))]),
             Error::VersionMismatch { run_id, .. } | Error::CorruptJournal { run_id, .. } => {
-                new_error(py, "StoreError", message, &[("run_id", s(run_id))])
+                new_error::<StoreError>(py, message, &[("run_id", s(run_id))])
             }
-            Error::ValueTooLarge { .. } => new_error(py, "InvalidInputError", message, &[]),
-            Error::Store(_) | Error::Conflict { .. } => new_error(py, "StoreError", message, &[]),
-            Error::Unavailable(_) => new_error(py, "StoreUnavailableError", message, &[]),
+            Error::ValueTooLarge { .. } => new_error::<InvalidInputError>(py, message, &[]),
+            Error::Store(_) | Error::Conflict { .. } => new_error::<StoreError>(py, message, &[]),
+            Error::Unavailable(_) => new_error::<StoreUnavailableError>(py, message, &[]),
             // The body's own exception, raised again where the run is waited for: Ctrl-C
             // in a body interrupts the caller, and `sys.exit(code)` exits it.
             Error::Interrupted { kind, message: text, .. } if kind == "SystemExit" => match text.parse::<i64>() {
@@ -61,26 +114,30 @@ pub fn to_py_err(err: Error) -> PyErr {
                 Err(_) => pyo3::exceptions::PySystemExit::new_err(text.clone()),
             },
             Error::Interrupted { .. } => pyo3::exceptions::PyKeyboardInterrupt::new_err(message),
-            Error::Closed => new_error(py, "ContextClosedError", message, &[]),
-            _ => new_error(py, "FerroflowError", message, &[]),
+            Error::Closed => new_error::<ContextClosedError>(py, message, &[]),
+            _ => new_error::<FerroflowError>(py, message, &[]),
         }
     })
 }
 
 fn graph_error(py: Python<'_>, err: &GraphError) -> PyErr {
     let message = err.to_string();
-    let (class, graph, node) = match err {
-        GraphError::Cycle { graph, cycle } => ("CycleError", graph, cycle.first()),
-        GraphError::DuplicateNode { graph, node } => ("DuplicateNodeError", graph, Some(node)),
-        GraphError::UnknownDependency { graph, node, .. } => ("UnknownDependencyError", graph, Some(node)),
-        GraphError::UnresolvedParameter { graph, node, .. } => ("UnresolvedParameterError", graph, Some(node)),
+    let (cls, graph, node) = match err {
+        GraphError::Cycle { graph, cycle } => (CycleError::type_object(py), graph, cycle.first()),
+        GraphError::DuplicateNode { graph, node } => (DuplicateNodeError::type_object(py), graph, Some(node)),
+        GraphError::UnknownDependency { graph, node, .. } => {
+            (UnknownDependencyError::type_object(py), graph, Some(node))
+        }
+        GraphError::UnresolvedParameter { graph, node, .. } => {
+            (UnresolvedParameterError::type_object(py), graph, Some(node))
+        }
         GraphError::DuplicateDependency { graph, node, .. }
         | GraphError::LabelOnPlainEdge { graph, node, .. }
         | GraphError::InvalidNodeName { graph, node, .. }
         | GraphError::UnknownOutput { graph, node }
-        | GraphError::Invalid { graph, node, .. } => ("GraphError", graph, Some(node)),
-        GraphError::InvalidName { name, .. } => ("GraphError", name, None),
-        _ => ("GraphError", &String::new(), None),
+        | GraphError::Invalid { graph, node, .. } => (classes::GraphError::type_object(py), graph, Some(node)),
+        GraphError::InvalidName { name, .. } => (classes::GraphError::type_object(py), name, None),
+        _ => (classes::GraphError::type_object(py), &String::new(), None),
     };
-    new_error(py, class, message, &[("graph", Some(graph.clone())), ("node", node.cloned())])
+    instance(&cls, message, &[("graph", Some(graph.clone())), ("node", node.cloned())])
 }

@@ -46,7 +46,7 @@ fn parse_context(py: Python<'_>, spec: &str) -> PyResult<(&'static str, String, 
         Ok(ContextUrl::Sqlite(path)) => Ok(("sqlite", path, String::new())),
         Ok(ContextUrl::Redis { url, namespace }) => Ok(("redis", url, namespace)),
         Ok(ContextUrl::Nats { url, namespace }) => Ok(("nats", url, namespace)),
-        Err(e) => Err(error::new_error(py, "StoreError", e.to_string(), &[])),
+        Err(e) => Err(error::new_error::<error::classes::StoreError>(py, e.to_string(), &[])),
     }
 }
 

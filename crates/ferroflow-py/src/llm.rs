@@ -23,7 +23,7 @@ use pyo3_async_runtimes::generic::{ContextExt, Runtime};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::body::PyNodeHandle;
-use crate::error::{new_error, to_py_err};
+use crate::error::to_py_err;
 use crate::runtime;
 use crate::value::{json_to_py, py_to_json};
 
@@ -95,12 +95,7 @@ fn reply_to_py(result: Result<serde_json::Value, LlmError>) -> PyResult<Py<PyAny
 
 /// Maps a client error to its `ferroflow.errors` class.
 fn llm_error(err: LlmError) -> PyErr {
-    Python::attach(|py| {
-        let class = err.class_name();
-        let model = err.model().map(str::to_owned);
-        let status = err.status().map(|s| s.to_string());
-        new_error(py, class, err.to_string(), &[("model", model), ("http_status", status)])
-    })
+    Python::attach(|py| crate::error::llm_error(py, &err))
 }
 
 fn json_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<serde_json::Value> {
