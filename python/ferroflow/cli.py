@@ -304,7 +304,8 @@ def runs_resume(args: argparse.Namespace) -> int:
 
 
 def runs_cancel(args: argparse.Namespace) -> int:
-    open_context(args.context)._engine.cancel(args.run)
+    context = open_context(args.context)
+    context._engine.cancel(args.run)
     print(f"cancelled {args.run}")
     return 0
 

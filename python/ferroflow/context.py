@@ -189,9 +189,12 @@ class _Durable(Context):
         self.durability = durability
         self.execute = execute
         self._engine = engine
-        # Closed when the context goes, or at exit: the steps of a group commit's last window
-        # are written, and the store is released.
-        weakref.finalize(self, engine.close)
+        # Closed when the context is collected: the steps of a group commit's last window are
+        # written, and the store is released. At exit the last window is written, and the
+        # store is left as the process leaves it (SQLite keeps its write-ahead log).
+        weakref.finalize(self, engine.close).atexit = False
+        if durability == "batch":
+            weakref.finalize(self, engine.flush)
 
 
 class Sqlite(_Durable):

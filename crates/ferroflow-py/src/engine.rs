@@ -255,10 +255,12 @@ impl PyEngine {
     }
 
     /// Writes the steps waiting for their group commit now (durability "batch").
-    fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        let engine = self.engine()?;
-        py.detach(|| engine.flush());
-        Ok(())
+    /// Does nothing once the engine is closed (closing flushed it).
+    fn flush(&self, py: Python<'_>) {
+        let engine = self.engine.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(engine) = engine {
+            py.detach(|| engine.flush());
+        }
     }
 
     /// Closes the engine (see `Engine::close`) and lets it go: its store's files and
