@@ -15,15 +15,23 @@ __all__ = [
     "Workflow",
     "__version__",
     "check_json",
+    "model_call_keys",
     "parse_context",
     "redact_url",
     "shutdown",
+    "tool_call_key",
 ]
 
 __version__: str
 
 def shutdown() -> None:
     """Stops engine threads from calling into Python; registered with ``atexit``."""
+
+def model_call_keys(n: int) -> Tuple[str, str]:
+    """The step key of an LLM node's model call ``n`` and its legacy (read-only) key."""
+
+def tool_call_key(n: int, i: int) -> str:
+    """The step key of tool call ``i`` asked for by model call ``n``."""
 
 def parse_context(spec: str) -> Tuple[str, str, str]:
     """A durable context's URL as ``(kind, location, namespace)`` (a SQLite file's namespace

@@ -614,12 +614,15 @@ async def _call(ctx: NodeContext, provider: Provider, request: Request, stream: 
     return reply.to_json()
 
 
-async def _model_step(ctx: NodeContext, provider: Provider, key: str, request: Request, stream: bool) -> Dict[str, Any]:
-    """A model call as the recorded step ``key``: the recorded reply if an earlier attempt
-    made the call, else the call, recorded. A native provider does it all in Rust; any
-    other runs on the provider loop (``_on_provider_loop``)."""
-    if key in ctx.recorded:
-        return typing.cast(Dict[str, Any], ctx.recorded[key])
+async def _model_step(ctx: NodeContext, provider: Provider, n: int, request: Request, stream: bool) -> Dict[str, Any]:
+    """Model call ``n`` of the attempt as a recorded step (its key shared with Rust LLM
+    nodes, ``_native.model_call_keys``): the recorded reply if an earlier attempt made the
+    call (in Python or Rust), else the call, recorded. A native provider does it all in
+    Rust; any other runs on the provider loop (``_on_provider_loop``)."""
+    key, legacy = _native.model_call_keys(n)
+    for recorded in (key, legacy):
+        if recorded in ctx.recorded:
+            return typing.cast(Dict[str, Any], ctx.recorded[recorded])
     native = getattr(provider, "_model_step", None)
     if native is not None:
         return typing.cast(Dict[str, Any], await native(ctx, key, request, stream))
@@ -650,7 +653,7 @@ async def converse(
     for round_ in range(max_tool_rounds + 1):
         asked = replace(request, messages=list(messages))
 
-        reply_json = await _model_step(ctx, provider, f"llm/{round_}", asked, stream)
+        reply_json = await _model_step(ctx, provider, round_, asked, stream)
         reply = Reply.from_json(reply_json)
         usage = usage + reply.usage
         if not reply.tool_calls or not tools:
@@ -677,7 +680,7 @@ async def converse(
                     return {"error": f"there is no tool named {call.name!r}"}
                 return await chosen.acall(call.arguments)
 
-            result = await ctx.astep(f"tool/{round_}/{i}", run)
+            result = await ctx.astep(_native.tool_call_key(round_, i), run)
             results.append({"name": call.name, "arguments": call.arguments, "result": result})
             messages.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps(result)})
     output = reply.to_json()

@@ -39,6 +39,19 @@ fn init_logging() {
 /// `(kind, location, namespace)`, kind being `sqlite`, `redis` or `nats` (a SQLite file's
 /// namespace is empty). Raises
 /// `ferroflow.errors.StoreError` for anything else.
+/// The step keys of an LLM node's calls (`ferroflow::llm::steps`), shared with Rust LLM
+/// nodes: `(model call n, the legacy key of model call n)`.
+#[pyfunction]
+fn model_call_keys(n: usize) -> (String, String) {
+    (ferroflow::llm::steps::model_call(n), ferroflow::llm::steps::legacy_model_call(n))
+}
+
+/// The step key of tool call `i` asked for by model call `n` (`ferroflow::llm::steps`).
+#[pyfunction]
+fn tool_call_key(n: usize, i: usize) -> String {
+    ferroflow::llm::steps::tool_call(n, i)
+}
+
 #[pyfunction]
 fn parse_context(py: Python<'_>, spec: &str) -> PyResult<(&'static str, String, String)> {
     use ferroflow_server::context::ContextUrl;
@@ -70,6 +83,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::PyServer>()?;
     m.add_function(wrap_pyfunction!(check_json, m)?)?;
     m.add_function(wrap_pyfunction!(parse_context, m)?)?;
+    m.add_function(wrap_pyfunction!(model_call_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(tool_call_key, m)?)?;
     m.add_function(wrap_pyfunction!(redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::shutdown, m)?)?;
     Ok(())

@@ -47,7 +47,7 @@ use crate::engine::{Engine, RunHandle, RunSnapshot, StartOptions, WatchUntil};
 use crate::error::{Error, GraphError, NodeError, Result};
 use crate::graph::{Dependency, GraphSpec, NodeKind, NodeSpec, RetryPolicy};
 use crate::journal::Event;
-use crate::llm::{ChatRequest, LlmError, Provider, Reply};
+use crate::llm::{ChatRequest, LlmError, Provider, Reply, steps};
 use crate::value::Value;
 
 type AsyncFn = Arc<dyn Fn(Cx) -> BoxFuture<'static, BodyResult> + Send + Sync>;
@@ -417,7 +417,10 @@ impl Cx {
     /// under `key`, returns it; otherwise runs `step` and records its result (durably, in
     /// a durable context) before returning it. A node that fails after a costly step (or
     /// whose process dies) does not pay for the step again when it is retried. Keys are
-    /// the node's own (each map element has its own); `llm:<n>` is taken by [`Cx::chat`].
+    /// the node's own (each map element has its own); `llm/<n>` and `tool/<n>/<i>` are those
+    /// of model and tool calls ([`crate::llm::steps`]): [`Cx::chat`] takes the first, and a
+    /// tool loop written with this method should take the second, so that its journal
+    /// replays in Python's LLM nodes too.
     pub async fn step<T, F, Fut>(&self, key: &str, step: F) -> Result<T, NodeError>
     where
         T: Serialize + DeserializeOwned,
@@ -449,8 +452,10 @@ impl Cx {
 
     /// One model call, recorded as a step of this node: a retried attempt (or one rerun
     /// after a crash) gets the recorded reply back instead of calling the model again.
-    /// The calls of one attempt are keyed `llm:0`, `llm:1`, ... in the order made, so a
-    /// tool loop replays call by call.
+    /// The calls of one attempt are keyed `llm/0`, `llm/1`, ... in the order made
+    /// ([`crate::llm::steps::model_call`], the keys Python's LLM nodes use), so a tool loop
+    /// replays call by call, in either language; a journal's `llm:<n>` steps (recorded
+    /// before the keys were shared) are read as well.
     pub async fn chat(&self, provider: &dyn Provider, request: &ChatRequest) -> Result<Reply, NodeError> {
         self.model_call(provider, request, false).await
     }
@@ -467,8 +472,9 @@ impl Cx {
         request: &ChatRequest,
         stream: bool,
     ) -> Result<Reply, NodeError> {
-        let key = format!("llm:{}", self.calls.fetch_add(1, Ordering::Relaxed));
-        if let Some((_, value)) = self.call.recorded.iter().find(|(k, _)| **k == *key) {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed) as usize;
+        let (key, legacy) = (steps::model_call(n), steps::legacy_model_call(n));
+        if let Some((_, value)) = self.call.recorded.iter().find(|(k, _)| **k == *key || **k == *legacy) {
             let json = value.to_json().map_err(|e| NodeError::permanent("ferroflow.InvalidStep", e))?;
             return Reply::from_json(&json).ok_or_else(|| {
                 NodeError::permanent("ferroflow.InvalidStep", format!("the recorded reply '{key}' is not a reply"))
