@@ -1545,7 +1545,7 @@ def _w4c_server_limits(kind: str, res: Dict[str, Any]) -> List[str]:
         text = (
             "What limits NATS: each node's step is several JetStream round trips, one after another (look up "
             "the next journal key, `create` the step, compare-and-set the hold, the tasks and the run record: "
-            "see crates/ferroflow/src/nats.rs), each acknowledged by the server after it is written to its "
+            "see crates/ferroflow/src/store/nats/), each acknowledged by the server after it is written to its "
             "file store, where the baseline publishes one message and waits for one acknowledgement. "
         )
     if res["server_found"]:
@@ -2533,7 +2533,7 @@ def _b1_diag_notes(kind: str, diag: Optional[Dict[str, Any]]) -> List[str]:
         if "ms" in after and "ms" in before:
             notes.append(
                 "nats: loading a run reads its steps with one scan of its keys in the journal bucket (an ordered "
-                "consumer, last message per key of `<run>.>`, see `load` in crates/ferroflow/src/nats.rs); each "
+                "consumer, last message per key of `<run>.>`, see `load` in crates/ferroflow/src/store/nats/); each "
                 "worker does it for every run it claims. Timed with nats-py on the bucket of that run: "
                 f"{before['ms']:.1f} ms per scan with {before['messages']:,.0f} messages in the bucket (after the "
                 f"warm-up), {after['ms']:.1f} ms with {after['messages']:,.0f} (after the batch): on this server "

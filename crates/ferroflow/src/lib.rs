@@ -137,17 +137,19 @@ pub mod journal;
 mod lease;
 pub mod limits;
 pub mod llm;
-#[cfg(feature = "nats")]
-pub mod nats;
 #[cfg(feature = "openai")]
 pub mod openai;
-#[cfg(feature = "redis")]
-pub mod redis;
-#[cfg(feature = "sqlite")]
-pub mod sqlite;
 pub mod state;
 pub mod store;
 pub mod value;
+
+// The stores live under `store`; their modules are also at the crate root, where they were.
+#[cfg(feature = "nats")]
+pub use store::nats;
+#[cfg(feature = "redis")]
+pub use store::redis;
+#[cfg(feature = "sqlite")]
+pub use store::sqlite;
 
 #[cfg(feature = "redis")]
 pub use crate::redis::RedisStore;

@@ -1,0 +1,94 @@
+//! The NATS store's side of the contract: steps: a journal write with its tasks and holds, in one.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::store::{Created, DurableStore, GraphRecord, QueuedTask, RunRecord, Step, StoredEntry};
+
+use super::{NatsStore, StepDoc, StepEffects, entries_of, token};
+
+#[async_trait]
+impl DurableStore for NatsStore {
+    async fn create(
+        &self,
+        record: &RunRecord,
+        first: &[StoredEntry],
+        ready: &[QueuedTask],
+        owner: Option<(&str, Duration)>,
+    ) -> Result<Created> {
+        self.timed("cannot create a run", Duration::ZERO, self.create_run_with(record, first, ready, owner, true)).await
+    }
+
+    async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool> {
+        self.timed(
+            "cannot write a step",
+            Duration::ZERO,
+            self.write_step(
+                step.run_id,
+                step.expected_seq,
+                step.entries,
+                Some(step.status),
+                Some(StepEffects { ready: step.ready, done: step.done, owner }),
+            ),
+        )
+        .await
+    }
+
+    /// One bucket, `ff_{ns}_graphs`, key `{name}.{version}` (escaped), value the record.
+    async fn register_graph(&self, graph: &GraphRecord) -> Result<()> {
+        self.timed("cannot register a graph", Duration::ZERO, async {
+            let key = format!("{}.{}", token(&graph.name), token(&graph.version));
+            // A worker's record replaces any; a structure-only one is written only if none is there.
+            if graph.worker {
+                self.put(&self.inner.graphs, &key, graph).await
+            } else {
+                self.kv_create(&self.inner.graphs, &key, graph).await.map(drop)
+            }
+        })
+        .await
+    }
+
+    async fn graphs(&self) -> Result<Vec<GraphRecord>> {
+        self.timed("cannot list the registered graphs", Duration::ZERO, async {
+            let mut graphs: Vec<GraphRecord> = self
+                .scan::<GraphRecord>(&self.inner.graphs, "")
+                .await?
+                .into_iter()
+                .map(|(_, graph)| graph.value)
+                .collect();
+            crate::store::sort_graphs(&mut graphs);
+            Ok(graphs)
+        })
+        .await
+    }
+
+    fn max_write_bytes(&self) -> Option<usize> {
+        Some(NatsStore::max_write_bytes(self))
+    }
+
+    async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {
+        self.timed("cannot load a journal", Duration::ZERO, async {
+            let Some(record) = self.record(run_id).await? else {
+                return Err(Error::RunNotFound { run_id: run_id.to_owned() });
+            };
+            // From the step starting at `seq`, or the record's boundary if it is not past it.
+            let from = if record.value.len <= seq { record.value.len } else { seq };
+            let steps = self.walk(run_id, from).await?;
+            if from < record.value.len && steps.is_empty() {
+                // `seq` is inside a step: read the whole chain.
+                return Ok(entries_of(self.all_steps(run_id).await?, seq));
+            }
+            if let Some((first, last)) = steps.last()
+                && last.end(*first) > record.value.len
+            {
+                let beyond: Vec<(u64, StepDoc)> =
+                    steps.iter().filter(|(first, _)| *first >= record.value.len).cloned().collect();
+                self.repair(run_id, &beyond).await?;
+            }
+            Ok(entries_of(steps, seq))
+        })
+        .await
+    }
+}

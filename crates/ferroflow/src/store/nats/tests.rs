@@ -1,0 +1,155 @@
+//! Crash recovery, which the contract tests cannot reach from outside. These need the NATS
+//! server at `FERROFLOW_NATS_URL` (default `nats://127.0.0.1:4222`), like
+//! `tests/nats_context.rs`.
+
+use super::*;
+use crate::store::{Claim, DurableStore, JournalStore, RunQuery, TaskQueue};
+use crate::value::Value;
+
+fn url() -> String {
+    std::env::var("FERROFLOW_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// Deletes the namespace's buckets when dropped.
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let namespace = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            runtime.block_on(NatsStore::delete_namespace(&url(), &namespace))
+        })
+        .join();
+    }
+}
+
+fn task(node: &str) -> QueuedTask {
+    QueuedTask { run_id: "r1".into(), node: node.into(), item: None, attempt: 1, not_before_ms: 0 }
+}
+
+/// A store in a namespace of its own, deleted with the guard, holding run r1 with its
+/// task a queued and leased to "w".
+async fn a_run_with_a_leased() -> (NatsStore, Namespace) {
+    let namespace = format!("unit{}", uuid::Uuid::now_v7().simple());
+    let store = NatsStore::connect(&url(), &namespace).await.unwrap();
+    let guard = Namespace(namespace);
+    let record = RunRecord {
+        run_id: "r1".into(),
+        graph: "g".into(),
+        version: "v1".into(),
+        status: RunStatus::Running,
+        created_ms: 100,
+        updated_ms: 100,
+    };
+    let input = Value::from(serde_json::json!(1));
+    let started = StoredEntry {
+        seq: 0,
+        at_ms: 100,
+        entry: JournalEntry::RunStarted { graph: "g".into(), version: "v1".into(), input },
+    };
+    store.create(&record, &[started], &[task("a")], None).await.unwrap();
+    assert_eq!(store.claim("w", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap().len(), 1);
+    (store, guard)
+}
+
+/// Writes the step completing a (as its writer would, then dies): only the step.
+async fn write_only_the_step(store: &NatsStore, status: RunStatus, queue: &[&str], hold: bool) {
+    let output = Value::from(serde_json::json!("a"));
+    let completed = JournalEntry::NodeCompleted { node: "a".into(), item: None, attempt: 1, output };
+    let step = StepDoc {
+        entries: vec![EntryJson { seq: 1, at_ms: 110, entry: completed }],
+        status: Some(status),
+        queue: queue.iter().map(|node| TaskJson::from(&task(node))).collect(),
+        done: vec![TaskJson::from(&task("a"))],
+        effects: true,
+        hold,
+    };
+    store.kv_create(&store.inner.journal, &step_key("r1", 1), &step).await.unwrap().unwrap();
+    assert_eq!(store.record("r1").await.unwrap().unwrap().value.len, 1, "the record is behind");
+}
+
+#[tokio::test]
+async fn a_step_whose_writer_died_before_its_effects_is_repaired_by_the_next_reader() {
+    let (store, _guard) = a_run_with_a_leased().await;
+    write_only_the_step(&store, RunStatus::Waiting, &["b"], false).await;
+
+    // The next reader applies them: status, length, a removed and b queued.
+    let (record, journal) = store.load("r1").await.unwrap().unwrap();
+    assert_eq!((record.status, record.updated_ms, journal.len()), (RunStatus::Waiting, 110, 2));
+    assert_eq!(store.record("r1").await.unwrap().unwrap().value.len, 2);
+    let claims = store.claim("w2", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+    let nodes: Vec<String> = claims
+        .into_iter()
+        .map(|claim| match claim {
+            Claim::Task(lease) => lease.task.node,
+            Claim::Run(run) => panic!("claimed run {run}"),
+        })
+        .collect();
+    assert_eq!(nodes, ["b"]);
+    // Writers see the step: the journal holds 2 entries.
+    let err = store.append("r1", 1, &[]).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { expected: 1, found: 2, .. }), "{err:?}");
+    store.append("r1", 2, &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn listing_runs_repairs_a_record_left_behind_its_journal() {
+    let (store, _guard) = a_run_with_a_leased().await;
+    write_only_the_step(&store, RunStatus::Completed, &[], false).await;
+    let query = |status| RunQuery { status: Some(status), limit: 10, ..RunQuery::default() };
+    let listed = store.list_runs(&query(RunStatus::Completed)).await.unwrap();
+    assert_eq!(listed.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["r1"]);
+    assert_eq!(listed.next, None);
+    assert!(store.list_runs(&query(RunStatus::Running)).await.unwrap().runs.is_empty());
+    assert_eq!(store.record("r1").await.unwrap().unwrap().value.len, 2);
+}
+
+#[tokio::test]
+async fn a_run_whose_writer_died_before_taking_its_hold_is_claimed_whole() {
+    let (store, _guard) = a_run_with_a_leased().await;
+    // w completes a and writes its step, meaning to hold the run and run b itself (b is
+    // not queued), and dies before taking the hold.
+    write_only_the_step(&store, RunStatus::Running, &[], true).await;
+
+    // The next reader repairs the step: the run goes to whoever claims it, whole, so
+    // that b is not lost; a's row is gone.
+    assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 2);
+    let claims = store.claim("w2", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+    assert!(matches!(&claims[..], [Claim::Run(run)] if run == "r1"), "{claims:?}");
+    assert!(store.claim_run("w2", "r1", Duration::from_secs(30)).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_young_step_that_means_to_hold_its_run_is_left_to_its_writer_and_a_later_reader() {
+    let (store, _guard) = a_run_with_a_leased().await;
+    // As in the test above, but the step was written just now: its writer is most likely
+    // alive, about to take its hold.
+    let output = Value::from(serde_json::json!("a"));
+    let completed = JournalEntry::NodeCompleted { node: "a".into(), item: None, attempt: 1, output };
+    let step = StepDoc {
+        entries: vec![EntryJson { seq: 1, at_ms: now_ms(), entry: completed }],
+        status: Some(RunStatus::Running),
+        queue: vec![],
+        done: vec![TaskJson::from(&task("a"))],
+        effects: true,
+        hold: true,
+    };
+    store.kv_create(&store.inner.journal, &step_key("r1", 1), &step).await.unwrap().unwrap();
+
+    // A reader sees the step, hands nothing out and leaves the record before the step,
+    // so that a reader after the grace still repairs it.
+    assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 2);
+    assert!(store.holder("r1").await.unwrap().is_none());
+    assert_eq!(store.record("r1").await.unwrap().unwrap().value.len, 1, "the record stays behind");
+    assert!(store.claim("w2", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_namespace_that_is_not_a_bucket_name_is_refused() {
+    let message = match NatsStore::connect(&url(), "a.b").await {
+        Err(Error::Store(message)) => message,
+        other => panic!("{:?}", other.map(|_| ())),
+    };
+    assert!(message.contains("\"a.b\""), "{message}");
+}

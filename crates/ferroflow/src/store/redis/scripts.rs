@@ -1,0 +1,113 @@
+//! The store's Lua scripts: each runs atomically on the server, one file each in
+//! `scripts/` after the helpers they share (`scripts/common.lua`). A script's doc says its
+//! arguments (`ARGV`) and what it returns.
+
+use redis::Script;
+
+/// The Lua scripts, one file each in `scripts/`, each after the helpers they share
+/// (`scripts/common.lua`; `P` is the key prefix, `ff:<ns>`, always `ARGV[1]`).
+macro_rules! script {
+    ($file:literal) => {
+        concat!(include_str!("scripts/common.lua"), include_str!(concat!("scripts/", $file)))
+    };
+}
+
+/// `create`: ARGV = P, run, graph, version, status, created_ms, updated_ms, created_ms
+/// as 20 digits, owner ('' for none), lease_ms, n entries, entries..., n ready,
+/// (task key, run, task JSON, nbf)... Returns 1 when the run is new, 0 when it existed.
+pub(super) const CREATE: &str = script!("create.lua");
+
+/// `append`: ARGV = P, run, expected_seq, finished status ('' for none), updated_ms (''
+/// for none), entries... Returns {0, 0} when written, {2, 0} for an unknown run, {3,
+/// found} for a conflict.
+pub(super) const APPEND: &str = script!("append.lua");
+
+/// `commit` and `commit_batch`: ARGV = P, owner ('' for none), lease_ms, n steps, then per
+/// step: run, expected_seq, status, holds (1/0), terminal (1/0), updated_ms ('' for none),
+/// n entries, entries..., n done, done task keys..., n ready, (task key, run, task JSON,
+/// nbf)... Returns per step {1 or 0 (whether the owner holds the run), 0}, {2, 0} for an
+/// unknown run, or {3, found} for a conflict.
+pub(super) const COMMIT: &str = script!("commit.lua");
+
+/// `set_status`: ARGV = P, run, status, updated_ms. Returns 0 for an unknown run.
+pub(super) const SET_STATUS: &str = script!("set_status.lua");
+
+/// `enqueue`: ARGV = P, (task key, run, task JSON, nbf)...
+pub(super) const ENQUEUE: &str = script!("enqueue.lua");
+
+/// `claim`: ARGV = P, owner, max, lease_ms. Returns {server now, when the next hold, lease
+/// or task falls due (-1 if nothing is held or queued), runs claimed, {task, nbf,
+/// deliveries} of tasks leased}: expired holds first, then expired leases, then due tasks.
+pub(super) const CLAIM: &str = script!("claim.lua");
+
+/// `claim_run`: ARGV = P, owner, run, lease_ms. Returns {task, nbf, deliveries} of every
+/// task of the run, now leased to the owner.
+pub(super) const CLAIM_RUN: &str = script!("claim_run.lua");
+
+/// `renew`: ARGV = P, owner, lease_ms.
+pub(super) const RENEW: &str = script!("renew.lua");
+
+/// `ack`: ARGV = P, owner, task key. Returns 1 when removed, 0 when the owner does not
+/// hold the task (any more).
+pub(super) const ACK: &str = script!("ack.lua");
+
+/// `release`: ARGV = P, owner, nbf, task keys...
+pub(super) const RELEASE: &str = script!("release.lua");
+
+/// `release_run`: ARGV = P, owner, run, nbf, the name of a released holder.
+pub(super) const RELEASE_RUN: &str = script!("release_run.lua");
+
+/// `holdings`: ARGV = P, owner. Returns {runs held, {task JSON, nbf, deliveries} leased}.
+pub(super) const HOLDINGS: &str = script!("holdings.lua");
+
+/// The scripts, hashed once per store.
+pub(super) struct Scripts {
+    pub(super) create: Script,
+    pub(super) append: Script,
+    pub(super) commit: Script,
+    pub(super) set_status: Script,
+    pub(super) enqueue: Script,
+    pub(super) claim: Script,
+    pub(super) claim_run: Script,
+    pub(super) renew: Script,
+    pub(super) ack: Script,
+    pub(super) release: Script,
+    pub(super) release_run: Script,
+    pub(super) holdings: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        Scripts {
+            create: Script::new(CREATE),
+            append: Script::new(APPEND),
+            commit: Script::new(COMMIT),
+            set_status: Script::new(SET_STATUS),
+            enqueue: Script::new(ENQUEUE),
+            claim: Script::new(CLAIM),
+            claim_run: Script::new(CLAIM_RUN),
+            renew: Script::new(RENEW),
+            ack: Script::new(ACK),
+            release: Script::new(RELEASE),
+            release_run: Script::new(RELEASE_RUN),
+            holdings: Script::new(HOLDINGS),
+        }
+    }
+
+    pub(super) fn all(&self) -> [&Script; 12] {
+        [
+            &self.create,
+            &self.append,
+            &self.commit,
+            &self.set_status,
+            &self.enqueue,
+            &self.claim,
+            &self.claim_run,
+            &self.renew,
+            &self.ack,
+            &self.release,
+            &self.release_run,
+            &self.holdings,
+        ]
+    }
+}
