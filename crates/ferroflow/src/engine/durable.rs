@@ -282,26 +282,47 @@ impl Inner {
     /// until the store answers (for up to [`EngineConfig::outage_timeout`]): its renewals
     /// would otherwise keep the run held, and nobody would continue it. A worker that
     /// claims it (this one included) reads it from the store again.
+    ///
+    /// The hand-back is remembered until it is done, so that taking the run on again here
+    /// ([`Inner::cancel_release`]) first stops it: a hand-back landing after this engine
+    /// claimed the run again would give away the new hold.
     pub(super) fn release_failed(&self, run_id: &str) {
         let Some((owner, _)) = self.holder() else { return };
-        let (store, owner, run_id) = (Arc::clone(self.store()), owner.to_owned(), run_id.to_owned());
+        let (store, owner, key) = (Arc::clone(self.store()), owner.to_owned(), run_id.to_owned());
         let limit = self.config.outage_timeout;
-        self.runtime.spawn(async move {
+        let mut pending = self.failed_releases.lock().unwrap_or_else(|p| p.into_inner());
+        let task = self.runtime.spawn(async move {
             let deadline = tokio::time::Instant::now() + limit;
             loop {
-                match store.release_run(&owner, &run_id, now_ms()).await {
+                match store.release_run(&owner, &key, now_ms()).await {
                     Ok(()) => return,
                     Err(error) if tokio::time::Instant::now() < deadline => {
-                        tracing::debug!(run_id = %run_id, %error, "cannot hand back a failed run yet");
+                        tracing::debug!(run_id = %key, %error, "cannot hand back a failed run yet");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     Err(error) => {
-                        tracing::warn!(run_id = %run_id, %error, "cannot hand back a failed run; its hold stays");
+                        tracing::warn!(run_id = %key, %error, "cannot hand back a failed run; its hold stays");
                         return;
                     }
                 }
             }
         });
+        pending.retain(|_, task| !task.is_finished());
+        if let Some(older) = pending.insert(run_id.to_owned(), task) {
+            older.abort();
+        }
+    }
+
+    /// Stops the hand-back of a run this engine failed in memory ([`Inner::release_failed`])
+    /// before it takes the run on again, and waits for a store call it has in flight.
+    pub(super) fn cancel_release(&self, run_id: &str) {
+        let task = self.failed_releases.lock().unwrap_or_else(|p| p.into_inner()).remove(run_id);
+        if let Some(task) = task {
+            task.abort();
+            self.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            });
+        }
     }
 
     /// Whether a node's output fits in one write of a store with a small write limit

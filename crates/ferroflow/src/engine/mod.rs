@@ -35,7 +35,7 @@ mod worker;
 pub use handle::NodeHandle;
 pub use run::RunHandle;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -312,6 +312,8 @@ struct Inner {
     /// The background tasks (lease renewal, group commit, following runs), which
     /// [`Engine::close`] waits for.
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// Hand-backs of runs failed in memory still trying, by run id ([`Inner::release_failed`]).
+    failed_releases: Mutex<HashMap<String, JoinHandle<()>>>,
 }
 
 /// Shared by every clone of an [`Engine`]: when the last one is dropped, the engine's
@@ -343,6 +345,7 @@ impl Engine {
             clock,
             closed: CancellationToken::new(),
             background: Mutex::new(Vec::new()),
+            failed_releases: Mutex::new(HashMap::new()),
         });
         if let Some(store) = &inner.config.store {
             let closed = inner.closed.clone();

@@ -36,6 +36,8 @@ impl Engine {
     /// - The store's errors, once an outage has lasted [`EngineConfig::outage_timeout`].
     pub fn recover(&self, workflow: &Workflow, run_id: &str, attachment: Option<Attachment>) -> Result<RunHandle> {
         self.inner.check_open()?;
+        // A hand-back of this run still trying would give away the hold taken again below.
+        self.inner.cancel_release(run_id);
         if let Ok(run) = self.inner.live(run_id)
             && run.store_failed.load(Ordering::Acquire)
         {
@@ -95,6 +97,7 @@ impl Engine {
     /// what is outstanding, the attempts that may have been running elsewhere as their
     /// next ones.
     pub(super) fn take_over(&self, run: Arc<LiveRun>, drive: bool) -> Result<RunHandle> {
+        self.inner.cancel_release(&run.run_id);
         let store = self.inner.store();
         let (owner, lease) = (&self.inner.owner, self.inner.config.lease);
         let epoch = self.inner.epoch();
@@ -119,6 +122,7 @@ impl Engine {
         attachment: Option<Attachment>,
         drive: bool,
     ) -> Result<RunHandle> {
+        self.inner.cancel_release(run_id);
         let (run, loaded) = self.inner.load_run(run_id, |_| Some(workflow.clone()), attachment)?;
         if !loaded {
             return Ok(self.handle_of(run));

@@ -288,3 +288,48 @@ async fn a_run_failed_by_its_store_is_handed_back_and_a_worker_continues_it() {
     assert_eq!(record.status, RunStatus::Completed);
     assert_eq!(completions(&journal), ["a", "b", "c"]);
 }
+
+/// a -> slow -> c, where every attempt of `slow` parks until `release` is notified.
+fn parking_every_attempt(calls: &Arc<Mutex<Vec<String>>>, release: &Arc<Notify>) -> Workflow {
+    let slow = {
+        let (calls, release) = (Arc::clone(calls), Arc::clone(release));
+        Body::from_async(move |call: NodeCall| {
+            calls.lock().unwrap().push(format!("slow#{}", call.attempt));
+            let release = Arc::clone(&release);
+            async move {
+                release.notified().await;
+                ok(json!("slow"))
+            }
+        })
+    };
+    workflow(
+        vec![task("a", &[]), task("slow", &["a"]), task("c", &["slow"])],
+        vec![("a", constant(json!("a"))), ("slow", slow), ("c", constant(json!("c")))],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_failed_by_its_store_and_recovered_here_keeps_the_hold_it_took_again() {
+    // The hand-back of a run failed in memory retries while the store is down; the run
+    // recovered here as soon as the store is back must not have its new hold handed back by
+    // a retry landing after the recovery (its next steps would go to a queue nobody works).
+    let store = Outage::new();
+    let release = Arc::new(Notify::new());
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let engine = durable_on(&store, Duration::from_secs(2));
+    let wf = parking_every_attempt(&calls, &release);
+    let run = engine.start(&wf, Value::from(json!(0)), id("again")).unwrap();
+    eventually("slow to start", || calls.lock().unwrap().iter().any(|c| c == "slow#1")).await;
+    store.down.store(true, Ordering::SeqCst);
+    release.notify_one();
+    assert_eq!(run.wait(Some(LIMIT)).await.unwrap().status, RunStatus::Failed);
+    store.down.store(false, Ordering::SeqCst);
+
+    let again = engine.recover(&wf, "again", None).unwrap();
+    eventually("slow to start again", || calls.lock().unwrap().iter().any(|c| c == "slow#2")).await;
+    // Longer than the hand-back's pause between tries.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(store.store.holder("again").await.unwrap().as_deref(), Some(engine.owner()));
+    release.notify_one();
+    assert_eq!(again.wait(Some(LIMIT)).await.unwrap().status, RunStatus::Completed);
+}
