@@ -1,4 +1,4 @@
-"""The standard workloads of BENCH.md: measures them and prints (or writes) one table each.
+"""The standard workloads (benches/README.md): measures them and prints (or writes) one table each.
 
     python benches/run.py [--quick] [--only W1a,W2] [--write benches/RESULTS.md]
 
@@ -52,7 +52,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULT_TAG = "FFBENCH-RESULT "
 
-# -- workload parameters (BENCH.md) ----------------------------------------------------------
+# -- workload parameters (benches/README.md) ----------------------------------------------------------
 
 CHAIN_LEN = 10  # W1a, W1b
 W1A_RUNS = 1_000
@@ -97,7 +97,7 @@ W3_TEXTS = (
     ("Barbara", "What are your opening hours?"),
 )
 
-# The servers W4c and B1 use (BENCH.md: Redis and NATS with JetStream on 127.0.0.1). Every
+# The servers W4c and B1 use (Redis and NATS with JetStream on 127.0.0.1). Every
 # measurement uses a namespace of its own, deleted afterwards.
 REDIS_URL = os.environ.get("FFBENCH_REDIS", "redis://127.0.0.1:6379")
 NATS_URL = os.environ.get("FFBENCH_NATS", "nats://127.0.0.1:4222")

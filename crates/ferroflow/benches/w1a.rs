@@ -1,4 +1,4 @@
-//! BENCH.md's W1a on the pure-Rust path: a chain of 10 no-op blocking bodies, runs one
+//! W1a (benches/README.md) on the pure-Rust path: a chain of 10 no-op blocking bodies, runs one
 //! after another, in memory (`EngineConfig::default()`, a 2-worker multi-thread runtime).
 //!
 //! Two parts, in this order:
@@ -33,7 +33,7 @@ fn main() {
     let wf = chain();
     let machine = common::machine();
 
-    // The timing loop (BENCH.md's definition), before criterion fills the heap.
+    // The timing loop (the definition in benches/README.md), before criterion fills the heap.
     let driven = Engine::new(rt.handle().clone(), EngineConfig::default());
     let awaited = Engine::new(rt.handle().clone(), EngineConfig::default());
     let (e, w) = (&awaited, &wf);

@@ -1,4 +1,4 @@
-//! BENCH.md's W4 on the pure-Rust path: W1a's chain with every node durably checkpointed
+//! W4 (benches/README.md) on the pure-Rust path: W1a's chain with every node durably checkpointed
 //! on SQLite (`SqliteStore` on a temp file, `Durability::Commit`), runs one after another,
 //! next to the raw SQLite baseline of benches/run.py's W4 done with rusqlite (the same
 //! bundled SQLite as the store): WAL, `synchronous=NORMAL` (as `SqliteStore::open` sets),

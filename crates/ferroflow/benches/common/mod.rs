@@ -1,4 +1,4 @@
-//! What the W1a and W4 benches share: BENCH.md's chain, the runtime, timing and the
+//! What the W1a and W4 benches share: the workloads' chain, the runtime, timing and the
 //! summary lines. See benches/README.md at the repository root.
 
 use std::collections::HashMap;
@@ -11,14 +11,14 @@ use ferroflow::{
 };
 use tokio::runtime::Runtime;
 
-/// Nodes in the chain (BENCH.md's W1a).
+/// Nodes in the chain (W1a).
 pub const CHAIN_LEN: usize = 10;
 /// Runs one after another in each repetition of the timing loop, each timed alone.
 pub const RUNS: usize = 1_000;
 /// Runs before the first timed repetition: threads, allocator pools, SQLite's code paths.
 pub const WARM_UP: usize = 200;
 
-/// A multi-thread runtime with 2 workers (the machine BENCH.md's figures come from has 2
+/// A multi-thread runtime with 2 workers (the machine the figures in benches/RESULTS.md come from has 2
 /// cores), as an application would build one.
 pub fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("the runtime starts")
