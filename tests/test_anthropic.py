@@ -20,8 +20,8 @@ import openai
 import pytest
 
 import ferroflow as ff
-from ferroflow._anthropic import AnthropicProvider, _convert_messages
-from ferroflow.llm import Request
+from ferroflow.llm import AnthropicProvider, Request
+from ferroflow.llm.anthropic import _convert_messages
 from ferroflow.testing import MockLLMServer, RequestBody, ToolCall
 
 TIMEOUT = 10.0

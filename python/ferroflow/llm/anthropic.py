@@ -27,13 +27,14 @@ import inspect
 import json
 from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .._clients import ClientPerLoop
+
 # ``ferroflow.llm`` re-exports this module's provider: its names are looked up at call time, so
 # that importing either module first works.
-from . import llm as _llm
-from ._clients import ClientPerLoop
+from . import types as _llm
 
 if TYPE_CHECKING:
-    from .llm import Reply, Request
+    from .types import Reply, Request
 
 __all__ = ["AnthropicProvider"]
 
