@@ -159,7 +159,7 @@ class Graph:
         ``graph.stream``; the node's output is still the whole reply. Each model call and
         tool call is recorded in the run's journal when it completes, so a run resumed
         after a crash does not pay for it again."""
-        from .llm import llm_body
+        from .llm.node import llm_body
 
         def declare(f: Callable[..., Any]) -> Callable[..., Any]:
             body = llm_body(

@@ -27,10 +27,11 @@ from __future__ import annotations
 from ..errors import MalformedReplyError
 from .anthropic import AnthropicProvider
 from .limits import Limited
-from .node import converse, llm_body
+from .node import converse as converse  # not in __all__: for LLM nodes written by hand
 from .providers import NativeOpenAIProvider, OfflineProvider, OpenAIProvider
 from .tools import Tool, tool
-from .types import Message, Provider, Reply, Request, ToolCall, ToolLoopLimitError, Usage, tool_arguments
+from .types import Provider, Reply, Request, ToolCall, ToolLoopLimitError, Usage
+from .types import tool_arguments as tool_arguments  # not in __all__: what providers share
 
 __all__ = [
     "AnthropicProvider",
@@ -68,5 +69,3 @@ for _public in (
 ):
     _public.__module__ = __name__
 del _public
-
-_internal = (Message, converse, llm_body, tool_arguments)
