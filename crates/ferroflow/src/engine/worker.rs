@@ -49,14 +49,17 @@ impl Engine {
         grace: Duration,
     ) -> Result<()> {
         self.inner.check_open()?;
-        // Closing the engine stops the worker as its own token does.
+        // Closing the engine stops the worker as its own token does. The forwarding task
+        // ends with the worker (the guard cancels `either` on every way out).
+        let either = CancellationToken::new();
+        let _ends_forwarding = either.clone().drop_guard();
         let stop = {
-            let (either, closed) = (CancellationToken::new(), self.inner.closed.clone());
-            let forward = either.clone();
+            let (forward, closed) = (either.clone(), self.inner.closed.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     () = stop.cancelled() => {}
                     () = closed.cancelled() => {}
+                    () = forward.cancelled() => {}
                 }
                 forward.cancel();
             });
