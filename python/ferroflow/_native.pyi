@@ -15,6 +15,7 @@ __all__ = [
     "Workflow",
     "__version__",
     "check_json",
+    "check_node",
     "model_call_keys",
     "parse_context",
     "redact_url",
@@ -42,6 +43,9 @@ def redact_url(url: str) -> str:
 
 def check_json(obj: Any) -> None:
     """Raises ``TypeError`` saying what and where unless ``obj`` is plain JSON data."""
+
+def check_node(graph: str, node_json: str) -> None:
+    """Raises ``GraphError`` naming the node unless its retry policy and timeout hold."""
 
 @final
 class EventLoop:

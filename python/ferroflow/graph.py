@@ -43,7 +43,7 @@ from .errors import (
     RunFailedError,
 )
 from .events import Event, _from_native
-from .types import ErrorInfo, Retry, RunResult, RunStatus, _check_run_id
+from .types import ErrorInfo, Retry, RunResult, RunStatus, _check_run_id, _wire_number
 
 __all__ = ["Graph"]
 
@@ -224,10 +224,9 @@ class Graph:
             problem = _retry_problem(retry)
             if problem:
                 raise GraphError(f"graph '{self.name}': node '{node_name}': {problem}", graph=self.name, node=node_name)
-        if timeout is not None and not timeout > 0:
-            raise GraphError(
-                f"graph '{self.name}': node '{node_name}': timeout must be > 0", graph=self.name, node=node_name
-            )
+        # The numbers' rules are the core's: it checks this node's policies now, and the rest
+        # of the graph when it is built.
+        _native.check_node(self.name, json.dumps(_policies_spec(node_name, kind, retry, timeout)))
         with self._lock:
             if self._compiled is not None:
                 raise GraphError(f"graph '{self.name}' has been built and can no longer change", graph=self.name)
@@ -273,13 +272,12 @@ class Graph:
         for node in self._nodes.values():
             deps, plan = self._resolve(node)
             retry = node.retry or Retry(attempts=1)
-            spec: Dict[str, Any] = {"name": node.name, "kind": node.kind, "deps": deps, "retry": retry._spec()}
+            spec = _policies_spec(node.name, node.kind, retry, node.timeout)
+            spec["deps"] = deps
             if node.over is not None:
                 spec["over"] = node.over
             if node.labels is not None:
                 spec["labels"] = node.labels
-            if node.timeout is not None:
-                spec["timeout"] = max(1, round(node.timeout * 1000))
             nodes.append(spec)
             # An instance whose class defines `async def __call__` is async too.
             is_async = inspect.iscoroutinefunction(node.func) or inspect.iscoroutinefunction(type(node.func).__call__)
@@ -634,19 +632,23 @@ def _notify_when_settled(
 
 
 def _retry_problem(retry: Retry) -> Optional[str]:
+    """What the core cannot check of a retry policy: that it is one, and its exception types
+    (which never leave Python). Its numbers are the core's to check."""
     if not isinstance(retry, Retry):
         return f"retry must be a ferroflow.Retry, not {type(retry).__name__}"
-    if retry.attempts < 1:
-        return f"retry.attempts must be at least 1, not {retry.attempts}"
-    if retry.backoff < 0 or retry.max_backoff < 0:
-        return "retry.backoff and retry.max_backoff must not be negative"
-    if not retry.multiplier >= 1:
-        return f"retry.multiplier must be at least 1, not {retry.multiplier}"
-    if not 0 <= retry.jitter <= 1:
-        return f"retry.jitter must be within [0, 1], not {retry.jitter}"
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry.on):
         return "retry.on must be a tuple of exception types"
     return None
+
+
+def _policies_spec(name: str, kind: str, retry: Optional[Retry], timeout: Any) -> Dict[str, Any]:
+    """A node's name, kind and policies as the core's node spec holds them."""
+    spec: Dict[str, Any] = {"name": name, "kind": kind}
+    if retry is not None:
+        spec["retry"] = retry._spec()
+    if timeout is not None:
+        spec["timeout"] = _wire_number(timeout, 1000)
+    return spec
 
 
 def _deliver_to(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> Callable[[Any], None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Optional, Tuple, Type, TypeVar
 
@@ -124,13 +125,23 @@ class Retry:
         object.__setattr__(self, "on", tuple(on))
 
     def _spec(self) -> dict:
+        """The policy as the core reads it (delays in milliseconds); the core checks it."""
         return {
-            "max_attempts": self.attempts,
-            "initial_backoff": round(self.backoff * 1000),
-            "multiplier": self.multiplier,
-            "max_backoff": round(self.max_backoff * 1000),
-            "jitter": self.jitter,
+            "max_attempts": _wire_number(self.attempts),
+            "initial_backoff": _wire_number(self.backoff, 1000),
+            "multiplier": _wire_number(self.multiplier),
+            "max_backoff": _wire_number(self.max_backoff, 1000),
+            "jitter": _wire_number(self.jitter),
         }
+
+
+def _wire_number(value: Any, scale: int = 1) -> Any:
+    """``value`` (times ``scale``) for a spec the core checks. JSON has no NaN, infinity or
+    ``True``-as-a-number, so anything but a finite int or float goes as its ``repr``, and the
+    core's message names it."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return value if scale == 1 else value * scale
+    return repr(value)
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,7 @@ impl PyWorkflow {
 impl PyWorkflow {
     #[new]
     fn new(py: Python<'_>, spec_json: &str, bodies: Vec<(String, BodySpec)>) -> PyResult<Self> {
-        let spec: GraphSpec =
-            serde_json::from_str(spec_json).map_err(|e| PyValueError::new_err(format!("invalid graph spec: {e}")))?;
+        let spec = GraphSpec::from_json(spec_json).map_err(|e| to_py_err(e.into()))?;
         let graph = spec.build().map_err(|e| to_py_err(e.into()))?;
         let mut kept = Vec::with_capacity(bodies.len());
         let mut compiled = HashMap::with_capacity(bodies.len());

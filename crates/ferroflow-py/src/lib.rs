@@ -35,10 +35,14 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt().with_max_level(filter).with_writer(std::io::stderr).try_init();
 }
 
-/// Reads a durable context's URL (the syntax `ferroflow-server --context` takes):
-/// `(kind, location, namespace)`, kind being `sqlite`, `redis` or `nats` (a SQLite file's
-/// namespace is empty). Raises
-/// `ferroflow.errors.StoreError` for anything else.
+/// Checks one node's JSON spec as the core would (its retry policy and timeout), so
+/// that a bad policy fails where the node is declared; raises `ferroflow.errors.GraphError`
+/// naming the graph and the node.
+#[pyfunction]
+fn check_node(graph: &str, node_json: &str) -> PyResult<()> {
+    ferroflow::NodeSpec::from_json(graph, node_json).map(drop).map_err(|e| error::to_py_err(e.into()))
+}
+
 /// The step keys of an LLM node's calls (`ferroflow::llm::steps`), shared with Rust LLM
 /// nodes: `(model call n, the legacy key of model call n)`.
 #[pyfunction]
@@ -52,6 +56,9 @@ fn tool_call_key(n: usize, i: usize) -> String {
     ferroflow::llm::steps::tool_call(n, i)
 }
 
+/// Reads a durable context's URL (the syntax `ferroflow-server --context` takes):
+/// `(kind, location, namespace)`, kind being `sqlite`, `redis` or `nats` (a SQLite file's
+/// namespace is empty). Raises `ferroflow.errors.StoreError` for anything else.
 #[pyfunction]
 fn parse_context(py: Python<'_>, spec: &str) -> PyResult<(&'static str, String, String)> {
     use ferroflow_server::context::ContextUrl;
@@ -82,6 +89,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<llm::PyReplyStream>()?;
     m.add_class::<server::PyServer>()?;
     m.add_function(wrap_pyfunction!(check_json, m)?)?;
+    m.add_function(wrap_pyfunction!(check_node, m)?)?;
     m.add_function(wrap_pyfunction!(parse_context, m)?)?;
     m.add_function(wrap_pyfunction!(model_call_keys, m)?)?;
     m.add_function(wrap_pyfunction!(tool_call_key, m)?)?;

@@ -297,7 +297,7 @@ fn registered_workflow(record: &GraphRecord) -> Result<Workflow, Status> {
             record.name, record.version
         ))
     };
-    let spec: GraphSpec = serde_json::from_str(&record.spec).map_err(|e| corrupt(e.to_string()))?;
+    let spec = GraphSpec::from_json(&record.spec).map_err(|e| corrupt(e.to_string()))?;
     let graph = spec.build().map_err(|e| corrupt(e.to_string()))?;
     let bodies = graph
         .nodes()

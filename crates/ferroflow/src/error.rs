@@ -105,10 +105,17 @@ pub enum GraphError {
         /// The output name given.
         node: String,
     },
+    /// A graph spec's JSON is not a graph's: not an object with a name and a list of
+    /// nodes, or a node without a name ([`GraphSpec::from_json`](crate::GraphSpec::from_json)).
+    #[error("the graph spec cannot be read: {reason}")]
+    InvalidSpec {
+        /// What is wrong, naming the graph and the node's position where known.
+        reason: String,
+    },
     /// Any other problem with one node: a map node without a valid `over`, labels on a
     /// node that is not a branch, a label outside a branch's declared ones, an edge with
     /// an empty label list, an invalid retry policy or a zero timeout, a node without a
-    /// body. `reason` says which.
+    /// body, a part of its JSON that cannot be read. `reason` says which.
     #[error("graph '{graph}': node '{node}': {reason}")]
     Invalid {
         /// The graph's name.

@@ -92,7 +92,7 @@ impl Engine {
     pub(super) fn registered_graph(&self, name: &str, version: &str) -> Result<Arc<Graph>> {
         let unknown = || Error::UnknownGraph { name: name.to_owned(), version: Some(version.to_owned()) };
         let record = self.graphs()?.into_iter().find(|g| g.name == name && g.version == version).ok_or_else(unknown)?;
-        let spec: crate::graph::GraphSpec = serde_json::from_str(&record.spec).map_err(|e| {
+        let spec = crate::graph::GraphSpec::from_json(&record.spec).map_err(|e| {
             Error::Store(format!(
                 "graph '{name}' version {version} is recorded with a structure that cannot be read: {e}"
             ))
