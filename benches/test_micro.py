@@ -20,13 +20,13 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ferroflow as ff
-import run as workloads  # benches/run.py: the W1 graph and its plain-Python baseline
+from ffbench import common, sqlite_tools  # benches/ffbench: the W1 graph and its plain-Python baselines
 
 
 @pytest.fixture(scope="module")
 def chain() -> Any:
-    funcs = workloads._chain_functions()
-    return workloads._chain_graph(ff, funcs), workloads._plain_chain(funcs)
+    funcs = common._chain_functions()
+    return common._chain_graph(ff, funcs), common._plain_chain(funcs)
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_chain10_run_sqlite(benchmark: Any, chain: Any, tmp_path: Any) -> None:
 @pytest.mark.benchmark(group="chain10 durable: one run, every node checkpointed to SQLite")
 def test_chain10_plain_sqlite(benchmark: Any, tmp_path: Any) -> None:
     # sqlite3 in WAL mode, synchronous=NORMAL: per node, call it, INSERT its output as JSON, COMMIT.
-    run, conn = workloads._raw_sqlite(str(tmp_path / "plain.db"), workloads._chain_functions())
+    run, conn = sqlite_tools._raw_sqlite(str(tmp_path / "plain.db"), common._chain_functions())
     try:
         assert benchmark(run, 1, 1) == 1
     finally:
