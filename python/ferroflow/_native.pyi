@@ -5,6 +5,8 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tup
 
 from typing_extensions import TypeAlias, final
 
+from ferroflow._options import EngineOptions
+
 __all__ = [
     "Engine",
     "EventLoop",
@@ -123,19 +125,7 @@ _Snapshot: TypeAlias = Dict[str, Any]
 class Engine:
     """The in-memory engine; every call releases the GIL while the engine works."""
 
-    def __new__(
-        cls,
-        retain_finished: int = 10000,
-        sqlite: Optional[str] = None,
-        lease_seconds: float = 10.0,
-        durability: str = "commit",
-        batch_window_seconds: float = 0.005,
-        execute: bool = True,
-        redis: Optional[str] = None,
-        namespace: str = "default",
-        nats: Optional[str] = None,
-        outage_timeout_seconds: float = 300.0,
-    ) -> Engine: ...
+    def __new__(cls, options: EngineOptions) -> Engine: ...
     def delete_namespace(self) -> None:
         """Deletes everything of a networked store's namespace (Redis keys, or NATS buckets)."""
     def graphs(self) -> List[Dict[str, Any]]:

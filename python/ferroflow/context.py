@@ -14,6 +14,7 @@ import weakref
 from typing import TYPE_CHECKING, List, Optional, TypeVar, Union
 
 from . import _native
+from ._options import EngineOptions, StoreOptions
 from .events import Event, _from_native
 from .types import ErrorInfo, GraphInfo, NodeInfo, RunInfo, RunStatus, _check_run_id
 
@@ -250,9 +251,15 @@ class Sqlite(_Durable):
         retain_finished: int = 10_000,
     ) -> None:
         self.path = os.fspath(path)
-        self._open(
-            durability, execute, _native.Engine(retain_finished, self.path, lease, durability, batch_window, execute)
+        options = EngineOptions(
+            retain_finished=retain_finished,
+            store=StoreOptions("sqlite", self.path),
+            lease_seconds=lease,
+            durability=durability,
+            batch_window_seconds=batch_window,
+            execute=execute,
         )
+        self._open(durability, execute, _native.Engine(options))
 
     def __repr__(self) -> str:
         if self.durability != "commit":
@@ -282,18 +289,16 @@ class _Networked(_Durable):
         """Opens the engine on the ``server`` (``"redis"`` or ``"nats"``) at ``url``."""
         self.url = url
         self.namespace = namespace
-        engine = _native.Engine(
-            retain_finished,
-            None,
-            lease,
-            durability,
-            batch_window,
-            execute,
-            namespace=namespace,
+        options = EngineOptions(
+            retain_finished=retain_finished,
+            store=StoreOptions(server, url, namespace),
+            lease_seconds=lease,
+            durability=durability,
+            batch_window_seconds=batch_window,
+            execute=execute,
             outage_timeout_seconds=outage_timeout,
-            **{server: url},
         )
-        self._open(durability, execute, engine)
+        self._open(durability, execute, _native.Engine(options))
 
     def delete_namespace(self) -> None:
         """Deletes everything this context's namespace holds on the server (runs, journals,
@@ -402,7 +407,7 @@ class InMemory(Context):
     """
 
     def __init__(self, *, retain_finished: int = 10_000) -> None:
-        self._engine = _native.Engine(retain_finished)
+        self._engine = _native.Engine(EngineOptions(retain_finished=retain_finished))
 
     def __repr__(self) -> str:
         return "InMemory()"

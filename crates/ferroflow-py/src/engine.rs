@@ -7,10 +7,10 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use ferroflow::store::ContextUrl;
 use ferroflow::{
-    Body, Durability, DurableStore, Engine, EngineConfig, Event, EventKind, GraphSpec, JournalEntry, NatsStore,
-    NodeError, RedisStore, RunHandle, RunQuery, RunSnapshot, RunStatus, SqliteStore, StartOptions, Value, WatchUntil,
-    Workflow,
+    Body, Engine, Event, EventKind, GraphSpec, JournalEntry, NodeError, RunHandle, RunQuery, RunSnapshot, RunStatus,
+    StartOptions, Value, WatchUntil, Workflow,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -20,6 +20,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::asyncio::PyEventLoop;
 use crate::body::{AsyncPyBody, BodySpec, PyBody, SyncPyBody};
 use crate::error::to_py_err;
+use crate::options::EngineOptions;
 use crate::runtime;
 use crate::value::{to_py, wrap};
 
@@ -102,8 +103,8 @@ impl PyWorkflow {
 pub struct PyEngine {
     /// `None` once closed ([`PyEngine::close`]): dropping it lets the store go.
     engine: RwLock<Option<Engine>>,
-    /// How to reach a networked store's namespace, for administration.
-    admin: Option<Admin>,
+    /// A networked store's URL and namespace, for [`PyEngine::delete_namespace`].
+    admin: Option<ContextUrl>,
 }
 
 impl PyEngine {
@@ -111,12 +112,6 @@ impl PyEngine {
     fn engine(&self) -> PyResult<Engine> {
         self.engine.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| to_py_err(ferroflow::Error::Closed))
     }
-}
-
-/// A networked store's namespace, for [`PyEngine::delete_namespace`].
-enum Admin {
-    Redis(RedisStore),
-    Nats(String, String),
 }
 
 fn attachment(py: Python<'_>, event_loop: Option<Py<PyAny>>) -> PyResult<Option<ferroflow::Attachment>> {
@@ -171,71 +166,11 @@ fn block_on<T: Send>(
 
 #[pymethods]
 impl PyEngine {
-    /// An engine keeping journals in memory, or in the SQLite file at `sqlite`, where the
-    /// runs it executes stay held by it for `lease_seconds` without a renewal, and steps are
-    /// written as `durability` says: "commit" (each before what follows it) or "batch"
-    /// (group commit every `batch_window_seconds`). A networked store that is unavailable
-    /// is waited for up to `outage_timeout_seconds` before a step or a start fails.
+    /// An engine as `options` (`ferroflow._options.EngineOptions`) say: keeping its runs in
+    /// memory, or in the durable store they name, which the core's context reader opens.
     #[new]
-    #[pyo3(signature = (
-        retain_finished = 10_000, sqlite = None, lease_seconds = 10.0, durability = "commit",
-        batch_window_seconds = 0.005, execute = true, redis = None, namespace = "default", nats = None,
-        outage_timeout_seconds = 300.0
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        retain_finished: usize,
-        sqlite: Option<std::path::PathBuf>,
-        lease_seconds: f64,
-        durability: &str,
-        batch_window_seconds: f64,
-        execute: bool,
-        redis: Option<String>,
-        namespace: &str,
-        nats: Option<String>,
-        outage_timeout_seconds: f64,
-    ) -> PyResult<Self> {
-        let outage_timeout = seconds(Some(outage_timeout_seconds))?.expect("given");
-        let lease = seconds(Some(lease_seconds))?.expect("given");
-        if lease < Duration::from_millis(30) {
-            return Err(PyValueError::new_err(format!("lease_seconds must be at least 0.03, not {lease_seconds}")));
-        }
-        let window = seconds(Some(batch_window_seconds))?.expect("given");
-        let durability = match durability {
-            "commit" => Durability::Commit,
-            "batch" if !window.is_zero() && window <= Duration::from_secs(1) => Durability::Batch { window },
-            "batch" => {
-                return Err(PyValueError::new_err(format!(
-                    "batch_window must be more than 0 and at most 1 second, not {batch_window_seconds}"
-                )));
-            }
-            other => {
-                return Err(PyValueError::new_err(format!("durability must be 'commit' or 'batch', not {other:?}")));
-            }
-        };
-        let mut admin = None;
-        let store: Option<Arc<dyn DurableStore>> = match (sqlite, redis, nats) {
-            (Some(path), None, None) => Some(Arc::new(py.detach(|| SqliteStore::open(path)).map_err(to_py_err)?)),
-            (None, Some(url), None) => {
-                let connect = RedisStore::connect(&url, namespace);
-                let store = py.detach(|| runtime::handle().block_on(connect)).map_err(to_py_err)?;
-                admin = Some(Admin::Redis(store.clone()));
-                Some(Arc::new(store))
-            }
-            (None, None, Some(url)) => {
-                let connect = NatsStore::connect(&url, namespace);
-                let store = py.detach(|| runtime::handle().block_on(connect)).map_err(to_py_err)?;
-                admin = Some(Admin::Nats(url, namespace.to_owned()));
-                Some(Arc::new(store))
-            }
-            (None, None, None) => None,
-            _ => return Err(PyValueError::new_err("give one store: sqlite, redis or nats")),
-        };
-        if !execute && store.is_none() {
-            return Err(PyValueError::new_err("execute=False needs a durable context: workers must find the runs"));
-        }
-        let config = EngineConfig { retain_finished, store, lease, durability, execute, outage_timeout };
+    fn new(py: Python<'_>, options: EngineOptions) -> PyResult<Self> {
+        let (config, admin) = options.open(py)?;
         Ok(PyEngine { engine: RwLock::new(Some(Engine::new(runtime::handle(), config))), admin })
     }
 
@@ -243,12 +178,7 @@ impl PyEngine {
     fn delete_namespace(&self, py: Python<'_>) -> PyResult<()> {
         self.engine()?;
         match &self.admin {
-            Some(Admin::Redis(store)) => {
-                py.detach(|| runtime::handle().block_on(store.delete_namespace())).map(drop).map_err(to_py_err)
-            }
-            Some(Admin::Nats(url, namespace)) => {
-                py.detach(|| runtime::handle().block_on(NatsStore::delete_namespace(url, namespace))).map_err(to_py_err)
-            }
+            Some(url) => py.detach(|| runtime::handle().block_on(url.delete_namespace())).map_err(to_py_err),
             None => Err(PyValueError::new_err("only a Redis or NATS context has a namespace to delete")),
         }
     }

@@ -6,6 +6,7 @@ mod body;
 mod engine;
 mod error;
 mod llm;
+mod options;
 mod runtime;
 mod server;
 mod value;
@@ -61,7 +62,7 @@ fn tool_call_key(n: usize, i: usize) -> String {
 /// namespace is empty). Raises `ferroflow.errors.StoreError` for anything else.
 #[pyfunction]
 fn parse_context(py: Python<'_>, spec: &str) -> PyResult<(&'static str, String, String)> {
-    use ferroflow_server::context::ContextUrl;
+    use ferroflow::store::ContextUrl;
     match ContextUrl::parse(spec) {
         Ok(ContextUrl::Sqlite(path)) => Ok(("sqlite", path, String::new())),
         Ok(ContextUrl::Redis { url, namespace }) => Ok(("redis", url, namespace)),

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use crate::error::Result;
 use crate::journal::{JournalEntry, RunStatus};
 
+mod context;
 mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -24,6 +25,7 @@ pub mod redis;
 pub mod sqlite;
 mod url;
 
+pub use context::{ContextError, ContextUrl, open};
 pub use memory::MemoryStore;
 pub use url::{redact_url, scrub};
 
