@@ -11,15 +11,22 @@ import json
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING, List, Optional, TypeVar, Union
+from typing import List, Optional, Protocol, TypeVar, Union
 
 from . import _native
 from ._options import EngineOptions, StoreOptions
 from .events import Event, _from_native
 from .types import ErrorInfo, GraphInfo, NodeInfo, RunInfo, RunStatus, _check_run_id
 
-if TYPE_CHECKING:
-    from .graph import Graph
+
+class _GraphLike(Protocol):
+    """What a context needs of a :class:`ferroflow.Graph` to serve or work on it. A protocol,
+    not an import of graph.py, which imports this module."""
+
+    _has_async: bool
+
+    def _workflow(self) -> _native.Workflow: ...
+
 
 __all__ = ["Context", "InMemory", "Nats", "Redis", "Sqlite", "default_context"]
 
@@ -73,7 +80,7 @@ class Context:
 
     def serve(
         self,
-        *graphs: Graph,
+        *graphs: _GraphLike,
         listen: str = "127.0.0.1:50051",
         token: Optional[str] = None,
         tls_cert: Optional[str] = None,
@@ -128,7 +135,7 @@ class Context:
             for d in self._engine.graphs()
         ]
 
-    def work(self, *graphs: Graph, concurrency: int = 16, grace: float = 30.0) -> None:
+    def work(self, *graphs: _GraphLike, concurrency: int = 16, grace: float = 30.0) -> None:
         """Work as a worker on this context's store until interrupted: run the tasks of
         ``graphs`` that nobody holds (runs submitted for any worker, and the tasks of
         processes that died, once their lease has run out), at most ``concurrency`` at

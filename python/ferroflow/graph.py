@@ -34,6 +34,8 @@ from typing import (
 
 from . import _native
 from ._loop import background_loop, on_background_loop, scheduler_for
+from ._nodes import _Node, _policies_spec, _resolve, _retry_problem
+from ._settle import _deliver_to, _notify_when_settled, _result, _settled
 from .context import Context, default_context
 from .errors import (
     DuplicateNodeError,
@@ -43,7 +45,7 @@ from .errors import (
     RunFailedError,
 )
 from .events import Event, _from_native
-from .types import ErrorInfo, Retry, RunResult, RunStatus, _check_run_id, _wire_number
+from .types import Retry, RunResult, RunStatus, _check_run_id
 
 __all__ = ["Graph"]
 
@@ -58,7 +60,6 @@ class _NoAnswer:
 
 
 NO_ANSWER: Any = _NoAnswer()
-_INPUT, _CONTEXT, _ITEM = -1, -2, -3
 
 Labels = Union[str, Sequence[str]]
 
@@ -73,20 +74,6 @@ class _BodySpec:
     retry_on: Tuple[type, ...]
     strict: bool
     kind: str
-
-
-@dataclass
-class _Node:
-    name: str
-    kind: str
-    func: Callable[..., Any]
-    deps: Dict[str, Union[str, Sequence[str]]]
-    after: Tuple[str, ...]
-    when: Dict[str, List[str]]
-    over: Optional[str]
-    labels: Optional[List[str]]
-    retry: Optional[Retry]
-    timeout: Optional[float]
 
 
 def _strict_default() -> bool:
@@ -270,7 +257,7 @@ class Graph:
         nodes = []
         bodies = []
         for node in self._nodes.values():
-            deps, plan = self._resolve(node)
+            deps, plan = _resolve(self.name, node, self._nodes)
             retry = node.retry or Retry(attempts=1)
             spec = _policies_spec(node.name, node.kind, retry, node.timeout)
             spec["deps"] = deps
@@ -286,81 +273,6 @@ class Graph:
         if self.output is not None:
             graph["output"] = self.output
         return graph, bodies
-
-    def _resolve(self, node: _Node) -> Tuple[List[dict], List[Union[int, List[int]]]]:
-        """Maps the body's parameters to argument sources and lists the node's edges."""
-        deps: List[dict] = []
-        index: Dict[str, int] = {}
-
-        def edge(source: str, param: Optional[str] = None) -> int:
-            if source in index:
-                return index[source]
-            dep: Dict[str, Any] = {"node": source}
-            if param is not None:
-                dep["param"] = param
-            if source in node.when:
-                dep["when"] = node.when[source]
-            index[source] = len(deps)
-            deps.append(dep)
-            return index[source]
-
-        plan: List[Union[int, List[int]]] = []
-        try:
-            params = list(inspect.signature(node.func).parameters.values())
-        except (TypeError, ValueError) as e:
-            raise GraphError(
-                f"graph '{self.name}': node '{node.name}': cannot read its signature: {e}",
-                graph=self.name,
-                node=node.name,
-            ) from None
-        unresolved_default: Optional[str] = None
-        for p in params:
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                star = "*" if p.kind is p.VAR_POSITIONAL else "**"
-                raise GraphError(
-                    f"graph '{self.name}': node '{node.name}': parameter '{star}{p.name}' cannot be filled by name; "
-                    f"to take several nodes' outputs as one list, use a plain parameter with "
-                    f"deps={{'{p.name}': ['node_a', 'node_b']}}",
-                    graph=self.name,
-                    node=node.name,
-                )
-            if p.kind is p.KEYWORD_ONLY:
-                if p.default is p.empty:
-                    raise GraphError(
-                        f"graph '{self.name}': node '{node.name}': keyword-only parameter '{p.name}' has no default; "
-                        "make it a positional parameter",
-                        graph=self.name,
-                        node=node.name,
-                    )
-                continue
-            source = node.deps.get(p.name, p.name)
-            code: Union[int, List[int]]
-            if not isinstance(source, str):
-                code = [edge(s) for s in source]
-            elif source == "input":
-                code = _INPUT
-            elif source == "ctx":
-                code = _CONTEXT
-            elif source == "item" and node.kind == "map":
-                code = _ITEM
-            elif source in self._nodes or p.default is p.empty:
-                # An inferred dependency that matches no node is an unresolved parameter; an
-                # explicit one (deps=) names the node it wants.
-                code = edge(source, p.name if p.name not in node.deps else None)
-            else:
-                unresolved_default = p.name
-                continue
-            if unresolved_default is not None:
-                raise GraphError(
-                    f"graph '{self.name}': node '{node.name}': parameter '{unresolved_default}' keeps its default, "
-                    f"so the parameters after it ('{p.name}') cannot be passed; move it last",
-                    graph=self.name,
-                    node=node.name,
-                )
-            plan.append(code)
-        for source in (*node.after, *node.when, *((node.over,) if node.over else ())):
-            edge(source)
-        return deps, plan
 
     # -- introspection ---------------------------------------------------------------
 
@@ -622,106 +534,3 @@ class Graph:
     def get_run(self, run_id: str, *, context: Optional[Context] = None) -> RunResult:
         """The run's current state, without waiting (failed runs are returned, not raised)."""
         return _result(self._following(run_id, context).snapshot(run_id), raise_errors=False)
-
-
-def _notify_when_settled(
-    engine: _native.Engine, run_id: str, notify: Callable[..., None], timeout: Optional[float]
-) -> str:
-    engine.on_settled(run_id, notify, timeout)
-    return run_id
-
-
-def _retry_problem(retry: Retry) -> Optional[str]:
-    """What the core cannot check of a retry policy: that it is one, and its exception types
-    (which never leave Python). Its numbers are the core's to check."""
-    if not isinstance(retry, Retry):
-        return f"retry must be a ferroflow.Retry, not {type(retry).__name__}"
-    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry.on):
-        return "retry.on must be a tuple of exception types"
-    return None
-
-
-def _policies_spec(name: str, kind: str, retry: Optional[Retry], timeout: Any) -> Dict[str, Any]:
-    """A node's name, kind and policies as the core's node spec holds them."""
-    spec: Dict[str, Any] = {"name": name, "kind": kind}
-    if retry is not None:
-        spec["retry"] = retry._spec()
-    if timeout is not None:
-        spec["timeout"] = _wire_number(timeout, 1000)
-    return spec
-
-
-def _deliver_to(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> Callable[[Any], None]:
-    def deliver(event: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
-        except RuntimeError:
-            pass  # the consumer's loop is closed: nobody is listening any more
-
-    return deliver
-
-
-async def _settled(
-    engine: _native.Engine,
-    loop: asyncio.AbstractEventLoop,
-    begin: Callable[[Callable[[Any, Optional[BaseException]], None]], str],
-) -> RunResult:
-    """Starts (or resumes) a run with ``begin(notify)`` and awaits the run settling."""
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(snapshot: Any, error: Optional[BaseException]) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(snapshot)
-
-    def notify(snapshot: Any, error: Optional[BaseException]) -> None:
-        try:
-            loop.call_soon_threadsafe(settle, snapshot, error)
-        except RuntimeError:
-            pass  # the caller's loop is gone
-
-    run_id = begin(notify)
-    try:
-        snapshot = await future
-    except asyncio.CancelledError:
-        try:
-            engine.cancel(run_id)
-        except Exception:  # noqa: BLE001 - it may have finished meanwhile; the cancellation stands
-            pass
-        raise
-    return _result(snapshot)
-
-
-def _result(snapshot: Mapping[str, Any], raise_errors: bool = True) -> RunResult:
-    status = RunStatus(snapshot["status"])
-    failure = snapshot["failure"]
-    error = ErrorInfo._from_native(failure["error"]) if failure else None
-    result = RunResult(
-        run_id=snapshot["run_id"],
-        graph=snapshot["graph"],
-        status=status,
-        output=snapshot["output"],
-        waiting=snapshot["waiting"],
-        failed_node=failure["node"] if failure else None,
-        error=error,
-    )
-    if raise_errors and status is RunStatus.FAILED and failure and error:
-        item = f" (element {failure['item']})" if failure.get("item") is not None else ""
-        raise RunFailedError(
-            f"run '{result.run_id}' failed at node '{failure['node']}'{item}: {error.type}: {error.message}",
-            run_id=result.run_id,
-            node=failure["node"],
-            graph=result.graph,
-            status=status.value,
-            error_type=error.type,
-            error_message=error.message,
-            traceback=error.traceback,
-        )
-    if raise_errors and status is RunStatus.CANCELLED:
-        raise RunCancelledError(
-            f"run '{result.run_id}' was cancelled", run_id=result.run_id, graph=result.graph, status=status.value
-        )
-    return result

@@ -1,0 +1,95 @@
+"""How a run settles for its caller: the engine's snapshot as a :class:`RunResult` (or the
+error of a failed or cancelled run), and the bridges that carry the engine's callbacks to the
+caller's asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Mapping, Optional
+
+from . import _native
+from .errors import RunCancelledError, RunFailedError
+from .types import ErrorInfo, RunResult, RunStatus
+
+
+def _notify_when_settled(
+    engine: _native.Engine, run_id: str, notify: Callable[..., None], timeout: Optional[float]
+) -> str:
+    engine.on_settled(run_id, notify, timeout)
+    return run_id
+
+
+def _deliver_to(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> Callable[[Any], None]:
+    def deliver(event: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+        except RuntimeError:
+            pass  # the consumer's loop is closed: nobody is listening any more
+
+    return deliver
+
+
+async def _settled(
+    engine: _native.Engine,
+    loop: asyncio.AbstractEventLoop,
+    begin: Callable[[Callable[[Any, Optional[BaseException]], None]], str],
+) -> RunResult:
+    """Starts (or resumes) a run with ``begin(notify)`` and awaits the run settling."""
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(snapshot: Any, error: Optional[BaseException]) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(snapshot)
+
+    def notify(snapshot: Any, error: Optional[BaseException]) -> None:
+        try:
+            loop.call_soon_threadsafe(settle, snapshot, error)
+        except RuntimeError:
+            pass  # the caller's loop is gone
+
+    run_id = begin(notify)
+    try:
+        snapshot = await future
+    except asyncio.CancelledError:
+        try:
+            engine.cancel(run_id)
+        except Exception:  # noqa: BLE001 - it may have finished meanwhile; the cancellation stands
+            pass
+        raise
+    return _result(snapshot)
+
+
+def _result(snapshot: Mapping[str, Any], raise_errors: bool = True) -> RunResult:
+    status = RunStatus(snapshot["status"])
+    failure = snapshot["failure"]
+    error = ErrorInfo._from_native(failure["error"]) if failure else None
+    result = RunResult(
+        run_id=snapshot["run_id"],
+        graph=snapshot["graph"],
+        status=status,
+        output=snapshot["output"],
+        waiting=snapshot["waiting"],
+        failed_node=failure["node"] if failure else None,
+        error=error,
+    )
+    if raise_errors and status is RunStatus.FAILED and failure and error:
+        item = f" (element {failure['item']})" if failure.get("item") is not None else ""
+        raise RunFailedError(
+            f"run '{result.run_id}' failed at node '{failure['node']}'{item}: {error.type}: {error.message}",
+            run_id=result.run_id,
+            node=failure["node"],
+            graph=result.graph,
+            status=status.value,
+            error_type=error.type,
+            error_message=error.message,
+            traceback=error.traceback,
+        )
+    if raise_errors and status is RunStatus.CANCELLED:
+        raise RunCancelledError(
+            f"run '{result.run_id}' was cancelled", run_id=result.run_id, graph=result.graph, status=status.value
+        )
+    return result

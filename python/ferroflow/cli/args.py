@@ -1,0 +1,226 @@
+"""The command line's grammar: the parser of every command and option, and the types that
+refuse an option's value out of range as a one-line usage error."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import math
+import re
+from typing import NoReturn
+
+from .common import _one_line
+from .map import map_batch
+from .runs import graph_draw, graphs_list, runs_cancel, runs_list, runs_resume, runs_show
+from .work import serve, worker
+
+CONTEXT_HELP = "a SQLite file (or sqlite:///path), redis://HOST:PORT?namespace=NAME or nats://HOST:PORT?namespace=NAME"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (and a pointer to ``--help``),
+    exit status 2, as every other error of bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {_one_line(message)}\n(see {self.prog} --help)\n")
+
+
+# Counts and sizes go to the engine as machine integers, durations as Rust durations:
+# what is beyond these is a typo, not a setting.
+_MAX_COUNT = 2**31 - 1
+_MAX_SECONDS = 1e9
+
+
+def _shown(text: str) -> str:
+    return text if text and text == text.strip() else repr(text)
+
+
+def _positive_int(text: str) -> int:
+    """A whole number >= 1 (``--limit``, ``--concurrency``, ``--max-input-bytes``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {_shown(text)}")
+    if value > _MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {_MAX_COUNT}, not {_shown(text)}")
+    return value
+
+
+def _seconds(text: str, *, zero: bool) -> float:
+    bound = ">= 0" if zero else "> 0"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds {bound}, not {_shown(text)}")
+    if value > _MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {_MAX_SECONDS:.0f} seconds, not {_shown(text)}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """A finite number of seconds > 0 (``--lease``)."""
+    return _seconds(text, zero=False)
+
+
+def _non_negative_seconds(text: str) -> float:
+    """A finite number of seconds >= 0 (``--grace``, ``--timeout``)."""
+    return _seconds(text, zero=True)
+
+
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _listen_address(text: str) -> str:
+    """``IP:PORT`` (``[IPv6]:PORT`` for IPv6), the port from 0 (any free one) to 65535."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"must be IP:PORT (127.0.0.1:50051, or [::1]:50051), not {_shown(text)}")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        address = None
+    if address is None or bracketed != (address.version == 6):
+        raise argparse.ArgumentTypeError(
+            f"must be IP:PORT, with an IP address (127.0.0.1:50051, or [::1]:50051 for IPv6), not {_shown(text)}"
+        )
+    if not _PORT.fullmatch(port) or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"the port must be a whole number from 0 to 65535, not {_shown(port)}")
+    return text
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="ferroflow", description="Inspect and steer ferroflow runs.")
+    commands = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    runs = commands.add_parser("runs", help="list, show, continue or cancel runs").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    listing = runs.add_parser("list", help="list runs, newest first")
+    listing.add_argument("--graph")
+    listing.add_argument("--status", choices=["pending", "running", "waiting", "completed", "failed", "cancelled"])
+    listing.add_argument("--limit", type=_positive_int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=runs_list)
+
+    show = runs.add_parser("show", help="a run's status, and each node's status, attempts, output and error")
+    show.add_argument("run")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=runs_show)
+
+    resume = runs.add_parser("resume", help="continue a stopped run, or answer a waiting one (--value)")
+    resume.add_argument("run")
+    resume.add_argument("--graph", required=True, help="the graph, as MODULE:GRAPH")
+    resume.add_argument("--value", help="the answer for the waiting human node, as JSON")
+    resume.add_argument("--node", help="which waiting node the value answers, if several")
+    resume.add_argument(
+        "--timeout", type=_non_negative_seconds, default=None, help="give up waiting after this many seconds"
+    )
+    resume.set_defaults(handler=runs_resume)
+
+    cancel = runs.add_parser("cancel", help="cancel a run")
+    cancel.add_argument("run")
+    cancel.set_defaults(handler=runs_cancel)
+
+    registered = commands.add_parser("graphs", help="list the graphs workers registered in a context")
+    registered.add_argument("--json", action="store_true")
+    registered.set_defaults(handler=graphs_list)
+
+    for sub in (listing, show, resume, cancel, registered):
+        sub.add_argument(
+            "--context",
+            required=True,
+            help=CONTEXT_HELP,
+        )
+
+    work = commands.add_parser(
+        "worker",
+        help="run the tasks of these graphs that nobody holds (new runs, runs of processes that died)",
+    )
+    work.add_argument("graphs", nargs="+", metavar="MODULE:GRAPH")
+    work.add_argument(
+        "--context",
+        required=True,
+        help=CONTEXT_HELP,
+    )
+    work.add_argument("--concurrency", type=_positive_int, default=16, help="tasks claimed at once (default 16)")
+    work.add_argument(
+        "--grace",
+        type=_non_negative_seconds,
+        default=30.0,
+        help="on SIGTERM, seconds to let running tasks finish (default 30)",
+    )
+    work.add_argument(
+        "--lease",
+        type=_positive_seconds,
+        default=10.0,
+        help="seconds after which the tasks of this worker go to others if it stops renewing them (default 10)",
+    )
+    work.set_defaults(handler=worker)
+
+    served = commands.add_parser(
+        "serve",
+        help="serve the gRPC service from this process, which executes the graphs (and works on them as a worker)",
+    )
+    served.add_argument("graphs", nargs="+", metavar="MODULE:GRAPH")
+    served.add_argument("--context", required=True, help="memory (real-time), or " + CONTEXT_HELP)
+    served.add_argument(
+        "--listen",
+        type=_listen_address,
+        default="127.0.0.1:50051",
+        help="IP:PORT to listen on (default 127.0.0.1:50051)",
+    )
+    served.add_argument(
+        "--token-file", help="a file holding the bearer token calls must carry (else $FERROFLOW_SERVER_TOKEN)"
+    )
+    served.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain")
+    served.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    served.add_argument(
+        "--max-input-bytes",
+        type=_positive_int,
+        default=1 << 20,
+        help="longest run input or resume value, as JSON (1 MiB)",
+    )
+    served.add_argument(
+        "--allow-unauthenticated", action="store_true", help="listen beyond loopback without a bearer token"
+    )
+    served.add_argument(
+        "--concurrency", type=_positive_int, default=16, help="tasks claimed at once as a worker (default 16)"
+    )
+    served.add_argument(
+        "--grace", type=_non_negative_seconds, default=30.0, help="on SIGTERM, seconds to let running tasks finish"
+    )
+    served.add_argument(
+        "--lease", type=_positive_seconds, default=10.0, help="lease of this process's tasks, in seconds"
+    )
+    served.set_defaults(handler=serve)
+
+    batch = commands.add_parser(
+        "map", help="run a graph once per line of a JSONL file; results in input order; resumable"
+    )
+    batch.add_argument("graph", metavar="MODULE:GRAPH")
+    batch.add_argument("--input", required=True, help="one JSON input per line")
+    batch.add_argument("--output", required=True, help="one JSON result per line, in input order")
+    batch.add_argument(
+        "--context",
+        required=True,
+        help=CONTEXT_HELP + ", or memory",
+    )
+    batch.add_argument("--batch", help="the batch's name (default: from the graph and the input file)")
+    batch.add_argument("--concurrency", type=_positive_int, default=100, help="runs in flight at once (default 100)")
+    batch.add_argument(
+        "--no-execute",
+        dest="execute",
+        action="store_false",
+        help="only submit and collect: `ferroflow worker` processes run the nodes",
+    )
+    batch.set_defaults(handler=map_batch)
+
+    draw = commands.add_parser("graph", help="print a graph as a Mermaid flowchart")
+    draw.add_argument("graph", help="the graph, as MODULE:GRAPH")
+    draw.set_defaults(handler=graph_draw)
+    return top
