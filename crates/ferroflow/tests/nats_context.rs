@@ -71,10 +71,12 @@ mod server {
     use std::time::Duration;
 
     use ferroflow::nats::NatsStore;
-    use ferroflow::{Error, JournalEntry, JournalStore, QueuedTask, StoredEntry, TaskQueue};
+    use ferroflow::{
+        DurableStore, Error, JournalEntry, JournalStore, QueuedTask, RunStatus, Step, StoredEntry, TaskQueue,
+    };
 
-    use super::contract::journal_store::{new_run, started};
-    use super::contract::task_queue::leases;
+    use super::contract::journal_store::{completed, new_run, started, write};
+    use super::contract::task_queue::{leases, submit};
 
     #[tokio::test]
     async fn an_unreachable_server_gives_a_clear_error() {
@@ -106,10 +108,6 @@ mod server {
     async fn run_ids_and_node_names_of_any_characters_are_stored() {
         let (store, _guard) = super::fresh().await;
         let run_id = "run with spaces/and.dots=é";
-        new_run(&store, run_id, "g", 100).await;
-        let (record, journal) = store.load(run_id).await.unwrap().unwrap();
-        assert_eq!(record.run_id, run_id);
-        assert_eq!(format!("{:?}", journal[0].entry), format!("{:?}", started(100).entry));
         let task = QueuedTask {
             run_id: run_id.into(),
             node: "nœud.1 > *".into(),
@@ -117,13 +115,24 @@ mod server {
             attempt: 1,
             not_before_ms: 0,
         };
-        store.enqueue(std::slice::from_ref(&task)).await.unwrap();
+        submit(&store, run_id, std::slice::from_ref(&task)).await;
+        let (record, journal) = store.load(run_id).await.unwrap().unwrap();
+        assert_eq!(record.run_id, run_id);
+        assert_eq!(format!("{:?}", journal[0].entry), format!("{:?}", started(100).entry));
         let held = leases(store.claim("w", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap());
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].task, task);
         store.ack("w", &task).await.unwrap();
-        // The acknowledged task is gone, and can be queued again.
-        store.enqueue(std::slice::from_ref(&task)).await.unwrap();
+        // The acknowledged task is gone, and can be queued again (by a step making it ready).
+        let step = Step {
+            run_id,
+            expected_seq: 1,
+            entries: &[completed(1, 110, "a")],
+            status: RunStatus::Running,
+            ready: std::slice::from_ref(&task),
+            done: &[],
+        };
+        store.commit(&step, None).await.unwrap();
         assert_eq!(leases(store.claim("w", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap()).len(), 1);
     }
 
@@ -133,7 +142,8 @@ mod server {
         new_run(&store, "r1", "g", 100).await;
         let big = ferroflow::Value::from(serde_json::json!("x".repeat(2 << 20)));
         let entry = JournalEntry::NodeCompleted { node: "a".into(), item: None, attempt: 1, output: big };
-        let err = store.append("r1", 1, &[StoredEntry { seq: 1, at_ms: 110, entry }]).await.unwrap_err();
+        let err =
+            write(&store, "r1", 1, &[StoredEntry { seq: 1, at_ms: 110, entry }], RunStatus::Running).await.unwrap_err();
         let message = err.to_string();
         assert!(message.contains("nats://127.0.0.1:4222") || message.contains("NATS server"), "{message}");
         assert!(message.contains("payload"), "{message}");

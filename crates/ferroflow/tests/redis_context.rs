@@ -65,8 +65,8 @@ mod server {
     use ferroflow::{DurableStore, Error, JournalStore, QueuedTask, RunPage, RunQuery, RunStatus, Step, TaskQueue};
     use redis::AsyncCommands;
 
-    use super::contract::journal_store::{completed, new_run, record, started};
-    use super::contract::task_queue::leases;
+    use super::contract::journal_store::{completed, new_run, record, started, write};
+    use super::contract::task_queue::{leases, submit};
 
     fn message<T>(result: Result<T, Error>) -> String {
         match result {
@@ -99,9 +99,8 @@ mod server {
     async fn namespaces_do_not_see_each_other() {
         let (first, _a) = super::fresh().await;
         let (second, _b) = super::fresh().await;
-        new_run(&first, "r1", "g", 100).await;
         let task = QueuedTask { run_id: "r1".into(), node: "a".into(), item: None, attempt: 1, not_before_ms: 0 };
-        first.enqueue(&[task]).await.unwrap();
+        submit(&first, "r1", &[task]).await;
         assert!(second.load("r1").await.unwrap().is_none());
         let all = RunQuery { limit: 10, ..RunQuery::default() };
         assert_eq!(second.list_runs(&all).await.unwrap(), RunPage::default());
@@ -168,7 +167,7 @@ mod server {
     async fn a_run_is_stored_as_json_under_keys_sharing_its_hash_slot() {
         let (store, _guard) = super::fresh().await;
         new_run(&store, "r1", "g", 100).await;
-        store.append("r1", 1, &[completed(1, 110, "a")]).await.unwrap();
+        write(&store, "r1", 1, &[completed(1, 110, "a")], RunStatus::Running).await.unwrap();
         let mut conn = redis::Client::open(super::url()).unwrap().get_multiplexed_async_connection().await.unwrap();
         let prefix = store.prefix();
         let status: String = conn.hget(format!("{prefix}:{{r1}}:run"), "status").await.unwrap();
@@ -234,9 +233,9 @@ mod connection_loss {
     use std::time::{Duration, Instant};
 
     use ferroflow::redis::RedisStore;
-    use ferroflow::{Error, JournalStore};
+    use ferroflow::{Error, JournalStore, RunStatus};
 
-    use super::contract::journal_store::{completed, new_run};
+    use super::contract::journal_store::{completed, new_run, write};
 
     /// A TCP proxy in front of the server. `cut` drops every connection, as a server
     /// restart does; while `down`, new connections are dropped at once.
@@ -323,7 +322,7 @@ mod connection_loss {
         proxy.cut();
         for _ in 0..3 {
             let started = Instant::now();
-            match store.append("r1", 1, &[completed(1, 110, "a")]).await {
+            match write(&store, "r1", 1, &[completed(1, 110, "a")], RunStatus::Running).await {
                 Err(Error::Unavailable(message)) => {
                     assert!(message.contains(&format!("127.0.0.1:{}", proxy.port)), "{message}");
                     assert!(message.contains("run 'r1'"), "{message}");
@@ -335,7 +334,7 @@ mod connection_loss {
         // It comes back: the store works again, and nothing written before was lost.
         proxy.down.store(false, Ordering::SeqCst);
         assert_eq!(loads_again(&store, Duration::from_secs(15)).await, 1);
-        store.append("r1", 1, &[completed(1, 110, "a")]).await.unwrap();
+        write(&store, "r1", 1, &[completed(1, 110, "a")], RunStatus::Running).await.unwrap();
         assert_eq!(direct.load("r1").await.unwrap().unwrap().1.len(), 2);
     }
 }

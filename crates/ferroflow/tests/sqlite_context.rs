@@ -38,7 +38,8 @@ mod file {
 
     use ferroflow::{Error, JournalStore, QueuedTask, SqliteStore, TaskQueue};
 
-    use super::contract::journal_store::{new_run, started};
+    use super::contract::journal_store::started;
+    use super::contract::task_queue::submit;
 
     fn message(result: Result<SqliteStore, Error>) -> String {
         match result {
@@ -54,10 +55,9 @@ mod file {
         let path = dir.path().join("ferroflow.db");
         {
             let store = SqliteStore::open(&path).unwrap();
-            new_run(&store, "r1", "g", 100).await;
             let task =
                 QueuedTask { run_id: "r1".into(), node: "a".into(), item: Some(3), attempt: 1, not_before_ms: 0 };
-            store.enqueue(&[task]).await.unwrap();
+            submit(&store, "r1", &[task]).await;
         }
         let store = SqliteStore::open(&path).unwrap();
         let (record, journal) = store.load("r1").await.unwrap().unwrap();

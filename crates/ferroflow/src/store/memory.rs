@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
-use crate::journal::{JournalEntry, RunStatus, now_ms};
+use crate::journal::now_ms;
 
 use super::{
     Claim, Created, DurableStore, GraphRecord, Holdings, JournalStore, Lease, QueuedTask, RELEASED, RunCursor, RunPage,
@@ -63,46 +63,8 @@ impl MemoryStore {
 
 #[async_trait]
 impl JournalStore for MemoryStore {
-    async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
-        let runs = &mut self.runs.lock().expect("store lock").runs;
-        if let Some(existing) = runs.get(&record.run_id) {
-            return Ok(Created::Existing { record: existing.record.clone(), journal: existing.journal.clone() });
-        }
-        let order = runs.len() as u64;
-        runs.insert(record.run_id.clone(), MemoryRun { record: record.clone(), journal: first.to_vec(), order });
-        Ok(Created::New)
-    }
-
-    async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
-        let runs = &mut self.runs.lock().expect("store lock").runs;
-        let MemoryRun { record, journal, .. } =
-            runs.get_mut(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
-        if journal.len() as u64 != expected_seq {
-            return Err(Error::Conflict {
-                run_id: run_id.to_owned(),
-                expected: expected_seq,
-                found: journal.len() as u64,
-            });
-        }
-        for stored in entries {
-            if let JournalEntry::RunFinished { status, .. } = &stored.entry {
-                record.status = *status;
-            }
-            record.updated_ms = stored.at_ms;
-        }
-        journal.extend_from_slice(entries);
-        Ok(())
-    }
-
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
         Ok(self.runs.lock().expect("store lock").runs.get(run_id).map(|run| (run.record.clone(), run.journal.clone())))
-    }
-
-    async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
-        let runs = &mut self.runs.lock().expect("store lock").runs;
-        let run = runs.get_mut(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
-        run.record.status = status;
-        Ok(())
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
@@ -122,16 +84,10 @@ impl JournalStore for MemoryStore {
 
 #[async_trait]
 impl TaskQueue for MemoryStore {
-    async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
-        self.runs.lock().expect("store lock").tasks.insert(tasks);
-        self.ready.notify_waiters();
-        Ok(())
-    }
-
     async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Claim>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            // Register interest before looking, so an enqueue in between is not missed.
+            // Register interest before looking, so tasks queued in between are not missed.
             let notified = self.ready.notified();
             let (claims, next_due) = {
                 let mut state = self.runs.lock().expect("store lock");
@@ -260,19 +216,21 @@ impl DurableStore for MemoryStore {
         ready: &[QueuedTask],
         owner: Option<(&str, Duration)>,
     ) -> Result<Created> {
-        let created = self.create_run(record, first).await?;
-        if let Created::New = created {
-            let mut state = self.runs.lock().expect("store lock");
-            match owner {
-                Some((owner, lease_for)) => {
-                    state.hold(&record.run_id, owner, lease_for, now_ms());
-                }
-                None => state.tasks.insert(ready),
-            }
-            drop(state);
-            self.ready.notify_waiters();
+        let mut state = self.runs.lock().expect("store lock");
+        if let Some(existing) = state.runs.get(&record.run_id) {
+            return Ok(Created::Existing { record: existing.record.clone(), journal: existing.journal.clone() });
         }
-        Ok(created)
+        let order = state.runs.len() as u64;
+        state.runs.insert(record.run_id.clone(), MemoryRun { record: record.clone(), journal: first.to_vec(), order });
+        match owner {
+            Some((owner, lease_for)) => {
+                state.hold(&record.run_id, owner, lease_for, now_ms());
+            }
+            None => state.tasks.insert(ready),
+        }
+        drop(state);
+        self.ready.notify_waiters();
+        Ok(Created::New)
     }
 
     async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool> {

@@ -1,12 +1,18 @@
-//! The context abstraction: where journals live ([`JournalStore`]) and where ready tasks
-//! wait for a worker ([`TaskQueue`]).
+//! The context abstraction: where journals live ([`JournalStore`]), where ready tasks
+//! wait for a worker and who holds what ([`TaskQueue`]), and the writes that change both
+//! ([`DurableStore`]).
 //!
-//! The scheduler is written once against these traits, and against [`DurableStore`], which
-//! joins them with one atomic write per step. [`MemoryStore`] implements all three in
-//! memory: the reference that durable implementations (SQLite, Redis, NATS) are tested
-//! against. Real-time runs do not go through a queue at all: the
-//! in-memory engine spawns a ready task on the tokio runtime at once, so they have no
-//! queue hop.
+//! The scheduler is written once against these traits, and the traits carry what the
+//! engine, the server and the bindings call, nothing more. Every write goes through
+//! [`DurableStore`], one atomic write per step: [`DurableStore::create`] makes a run (its
+//! first entries, and its ready tasks held or queued) and [`DurableStore::commit`] appends a
+//! step's entries at an expected position, records the run's status and applies the step's
+//! tasks and hold. [`JournalStore`] is the reading side of journals (a run, a page of runs)
+//! and [`TaskQueue`] the worker's side of the queue (claim, renew, acknowledge, hand back);
+//! neither writes entries, statuses or new tasks by itself. [`MemoryStore`] implements all
+//! three in memory: the reference that durable implementations (SQLite, Redis, NATS) are
+//! tested against. Real-time runs do not go through a queue at all: the in-memory engine
+//! spawns a ready task on the tokio runtime at once, so they have no queue hop.
 
 use std::time::Duration;
 
@@ -50,8 +56,8 @@ pub struct RunRecord {
     /// The graph's version ([`Graph::version`](crate::Graph::version)) the run was
     /// started with.
     pub version: String,
-    /// The run's status as last recorded: by a step, a `RunFinished` entry, or
-    /// [`JournalStore::set_status`].
+    /// The run's status as last recorded: the record's at creation, then
+    /// [`Step::status`] of each step written.
     pub status: RunStatus,
     /// When the run was created, in milliseconds since the Unix epoch; it never changes.
     pub created_ms: u64,
@@ -59,7 +65,7 @@ pub struct RunRecord {
     pub updated_ms: u64,
 }
 
-/// The outcome of [`JournalStore::create_run`].
+/// The outcome of [`DurableStore::create`].
 #[derive(Debug)]
 pub enum Created {
     /// The run is new; its journal holds the given first entries.
@@ -73,38 +79,17 @@ pub enum Created {
     },
 }
 
-/// Durable home of run journals.
+/// Durable home of run journals: the reading side. Runs are created and their journals
+/// written by [`DurableStore::create`] and [`DurableStore::commit`].
 ///
 /// Contract, for every implementation:
-/// - `create_run` is idempotent on `run_id`: starting a run twice yields one run; the
-///   second caller learns of the first.
-/// - `append` is all-or-nothing for the entries of one call, and only succeeds if the
-///   journal holds exactly `expected_seq` entries before it (optimistic concurrency, so
-///   two writers cannot interleave one run's journal). A conflict is [`Error::Conflict`].
-/// - Entries are returned by `load` in the order appended, with the `seq` and `at_ms`
-///   given at append time; nothing is ever rewritten.
-/// - `append` of a `RunFinished` entry also updates the run record's status.
+/// - `load` returns a run's entries in the order they were written, with the `seq` and
+///   `at_ms` they were written with; nothing is ever rewritten.
+/// - The record `load` and `list_runs` return holds the status the last step written
+///   left the run in ([`Step::status`]; before any step, the status it was created with),
+///   and when it last changed (`updated_ms`).
 #[async_trait]
 pub trait JournalStore: Send + Sync + 'static {
-    /// Creates the run `record` describes, its journal holding `first` (which begins with
-    /// `RunStarted`). If a run with `record.run_id` exists, nothing is written and
-    /// [`Created::Existing`] returns that run.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidInput`] if an entry has no JSON form (durable stores), and
-    /// [`Error::Store`] or [`Error::Unavailable`] if the store fails.
-    async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created>;
-    /// Appends `entries` to the run's journal, all or nothing, if it holds exactly
-    /// `expected_seq` entries.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Conflict`] if the journal holds another number of entries,
-    /// [`Error::RunNotFound`] if there is no such run, [`Error::InvalidInput`] if an entry
-    /// has no JSON form, and [`Error::Store`] or [`Error::Unavailable`] if the store fails.
-    /// Nothing is written then.
-    async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()>;
     /// The run's record and whole journal, in order; `None` if there is no such run.
     ///
     /// # Errors
@@ -112,10 +97,6 @@ pub trait JournalStore: Send + Sync + 'static {
     /// [`Error::CorruptJournal`] if a stored entry cannot be read, and [`Error::Store`]
     /// or [`Error::Unavailable`] if the store fails.
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>>;
-    /// Records a status the journal implies without an entry of its own (a run starting or
-    /// stopping to wait for a person), so that listing runs shows it. `RunFinished` entries
-    /// set the final status by themselves.
-    async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()>;
     /// One page of the records matching `query.graph` and `query.status` (all when `None`),
     /// newest first: by creation time, and runs created in the same millisecond in the
     /// reverse order of creation (the store's creation counter, [`RunCursor::order`]).
@@ -269,7 +250,9 @@ pub enum Claim {
     Run(String),
 }
 
-/// Where the work of durable runs waits for a worker, and who holds it.
+/// Where the work of durable runs waits for a worker, and who holds it: the worker's side.
+/// Tasks are queued by the writes that make them ready, [`DurableStore::create`] and
+/// [`DurableStore::commit`] without an owner (or with one that cannot hold the run).
 ///
 /// Work is held two ways. A run executing in an engine is **held** by it as a whole: the
 /// engine runs the tasks the run's steps make ready itself, without a row per task (see
@@ -279,9 +262,10 @@ pub enum Claim {
 /// one renewal keeps all of its holds and leases.
 ///
 /// Contract, for every implementation:
-/// - `enqueue` is idempotent on [`QueuedTask::key`] while the task is queued or leased.
+/// - Queueing a task is idempotent on [`QueuedTask::key`] while the task is queued or
+///   leased: a write that makes ready a task queued or leased already leaves it as it is.
 ///   (Once acknowledged, a task is gone: whether an attempt still needs to run is the
-///   journal's business, and durable writers only enqueue what the journal says is ready.)
+///   journal's business, and durable writers only queue what the journal says is ready.)
 /// - `claim` hands each queued task to one owner at a time, never before `not_before_ms`,
 ///   and each run whose hold expired to one owner; it waits at most `wait` for something
 ///   to claim (returning an empty list then).
@@ -294,13 +278,6 @@ pub enum Claim {
 ///   earlier than `not_before_ms`, without counting a delivery.
 #[async_trait]
 pub trait TaskQueue: Send + Sync + 'static {
-    /// Queues `tasks` for any worker, each unless a task with the same
-    /// [`QueuedTask::key`] is queued or leased already.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Store`] or [`Error::Unavailable`] if the store fails.
-    async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()>;
     /// Claims up to `max` things for `owner`, each held for `lease_for` unless renewed:
     /// runs whose hold expired ([`Claim::Run`]) and queued tasks that are due
     /// ([`Claim::Task`]). Waits up to `wait` for something to claim, and returns an empty
@@ -388,13 +365,33 @@ pub struct Step<'a> {
 }
 
 /// A journal store and task queue in one, with the completion step as one atomic write.
-/// This is what a durable context is to the engine.
+/// This is what a durable context is to the engine, and the only way runs, entries,
+/// statuses and queued tasks are written.
+///
+/// Contract, for every implementation:
+/// - `create` is idempotent on the run id: starting a run twice yields one run; the
+///   second caller learns of the first ([`Created::Existing`]), and nothing of its own is
+///   written (no entries, no tasks, no hold).
+/// - A step (`commit`, or one step of `commit_batch`) is all or nothing, and only applies
+///   if the journal holds exactly [`Step::expected_seq`] entries before it (optimistic
+///   concurrency, so two writers cannot interleave one run's journal): otherwise nothing is
+///   written and the error is [`Error::Conflict`]. A step of a run that does not exist is
+///   [`Error::RunNotFound`].
+/// - A step records [`Step::status`] in the run's record (with the time of its last entry,
+///   if it has entries, as `updated_ms`), and applies its tasks and hold as [`Step`]
+///   describes.
 #[async_trait]
 pub trait DurableStore: JournalStore + TaskQueue {
-    /// Creates a run with its first entries and ready tasks, atomically; idempotent on
-    /// the run id like [`JournalStore::create_run`] (an existing run is left untouched).
-    /// With an owner, the owner holds the new run and runs the tasks; otherwise they are
-    /// queued for any worker.
+    /// Creates the run `record` describes, atomically: its journal holding `first` (which
+    /// begins with `RunStarted`) and its ready tasks. With an owner, the owner holds the
+    /// new run and runs the tasks; otherwise they are queued for any worker. If a run with
+    /// `record.run_id` exists, nothing is written and [`Created::Existing`] returns that
+    /// run.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] if an entry has no JSON form (durable stores), and
+    /// [`Error::Store`] or [`Error::Unavailable`] if the store fails.
     async fn create(
         &self,
         record: &RunRecord,
@@ -403,9 +400,15 @@ pub trait DurableStore: JournalStore + TaskQueue {
         owner: Option<(&str, Duration)>,
     ) -> Result<Created>;
     /// Writes one step, atomically, and says whether `owner` holds the run (and so runs
-    /// the ready tasks itself) afterwards; `false` means they were queued. If the journal
-    /// does not hold exactly `step.expected_seq` entries, nothing is written and the error
-    /// is [`Error::Conflict`].
+    /// the ready tasks itself) afterwards; `false` means they were queued.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] if the journal does not hold exactly `step.expected_seq`
+    /// entries, [`Error::RunNotFound`] if there is no such run, [`Error::InvalidInput`] if
+    /// an entry has no JSON form and [`Error::ValueTooLarge`] if the write is larger than
+    /// the store takes (durable stores), and [`Error::Store`] or [`Error::Unavailable`] if
+    /// the store fails. Nothing is written then.
     async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool>;
     /// Writes several steps, in order, as one write where the store can (group commit):
     /// the outcome of each is that of [`DurableStore::commit`], and a step that fails
@@ -475,17 +478,8 @@ pub fn holds(status: RunStatus) -> bool {
 /// A shared store is a store.
 #[async_trait]
 impl<T: JournalStore + ?Sized> JournalStore for std::sync::Arc<T> {
-    async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
-        (**self).create_run(record, first).await
-    }
-    async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
-        (**self).append(run_id, expected_seq, entries).await
-    }
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
         (**self).load(run_id).await
-    }
-    async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
-        (**self).set_status(run_id, status).await
     }
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
         (**self).list_runs(query).await
@@ -495,9 +489,6 @@ impl<T: JournalStore + ?Sized> JournalStore for std::sync::Arc<T> {
 /// A shared queue is a queue.
 #[async_trait]
 impl<T: TaskQueue + ?Sized> TaskQueue for std::sync::Arc<T> {
-    async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
-        (**self).enqueue(tasks).await
-    }
     async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Claim>> {
         (**self).claim(owner, max, lease_for, wait).await
     }

@@ -1,10 +1,12 @@
 //! The JournalStore contract: `journal_store_contract!(make)` expands to the tests every
-//! implementation must pass, where `make` evaluates to `(store, guard)`.
+//! implementation must pass, where `make` evaluates to `(store, guard)`. Journals are
+//! written the only way they are, through a [`DurableStore`]: `create` and `commit`.
 
 pub use std::sync::Arc;
 
 pub use ferroflow::{
-    Created, Error, JournalEntry, JournalStore, RunPage, RunQuery, RunRecord, RunStatus, StoredEntry, Value,
+    Created, DurableStore, Error, JournalEntry, JournalStore, RunPage, RunQuery, RunRecord, RunStatus, Step,
+    StoredEntry, Value,
 };
 pub use serde_json::json;
 
@@ -63,9 +65,23 @@ pub fn summary(journal: &[StoredEntry]) -> Vec<(u64, u64, String)> {
         .collect()
 }
 
-pub async fn new_run(store: &impl JournalStore, run_id: &str, graph: &str, created_ms: u64) {
-    let created = store.create_run(&record(run_id, graph, created_ms), &[started(created_ms)]).await.unwrap();
+/// Creates run `run_id` (status running) with its `RunStarted` entry, and no tasks.
+pub async fn new_run(store: &impl DurableStore, run_id: &str, graph: &str, created_ms: u64) {
+    let created = store.create(&record(run_id, graph, created_ms), &[started(created_ms)], &[], None).await.unwrap();
     assert!(matches!(created, Created::New), "{run_id} existed already");
+}
+
+/// Commits `entries` as one step of `run_id` at `expected_seq` that leaves the run in
+/// `status`, with no tasks and no owner: a journal write and nothing else.
+pub async fn write(
+    store: &impl DurableStore,
+    run_id: &str,
+    expected_seq: u64,
+    entries: &[StoredEntry],
+    status: RunStatus,
+) -> ferroflow::Result<()> {
+    let step = Step { run_id, expected_seq, entries, status, ready: &[], done: &[] };
+    store.commit(&step, None).await.map(drop)
 }
 
 /// A query for `limit` runs of `graph` in `status`, from the start.
@@ -109,15 +125,15 @@ pub fn ids_of(pages: &[RunPage]) -> Vec<String> {
 macro_rules! journal_store_contract {
     ($make:expr) => {
         #[::tokio::test]
-        async fn create_run_is_idempotent_and_returns_the_existing_journal() {
+        async fn create_is_idempotent_and_returns_the_existing_journal() {
             let (store, _guard) = $make;
             new_run(&store, "r1", "g", 100).await;
-            store.append("r1", 1, &[completed(1, 110, "a")]).await.unwrap();
+            write(&store, "r1", 1, &[completed(1, 110, "a")], RunStatus::Running).await.unwrap();
 
             // A second start, even with another record, learns of the first and changes nothing.
             let mut other = record("r1", "other-graph", 999);
             other.status = RunStatus::Pending;
-            match store.create_run(&other, &[started(999)]).await.unwrap() {
+            match store.create(&other, &[started(999)], &[], None).await.unwrap() {
                 Created::Existing { record, journal } => {
                     assert_eq!(record.graph, "g");
                     assert_eq!(record.created_ms, 100);
@@ -132,16 +148,14 @@ macro_rules! journal_store_contract {
         }
 
         #[::tokio::test]
-        async fn append_with_the_wrong_expected_seq_fails_and_appends_nothing() {
+        async fn a_step_with_the_wrong_expected_seq_fails_and_writes_nothing() {
             let (store, _guard) = $make;
             new_run(&store, "r1", "g", 100).await;
-            store.append("r1", 1, &[completed(1, 110, "a"), completed(2, 111, "b")]).await.unwrap();
+            write(&store, "r1", 1, &[completed(1, 110, "a"), completed(2, 111, "b")], RunStatus::Running).await.unwrap();
 
             for expected in [0, 1, 2, 4, 100] {
-                let err = store
-                    .append("r1", expected, &[completed(expected, 120, "x"), completed(expected + 1, 121, "y")])
-                    .await
-                    .unwrap_err();
+                let entries = [completed(expected, 120, "x"), completed(expected + 1, 121, "y")];
+                let err = write(&store, "r1", expected, &entries, RunStatus::Running).await.unwrap_err();
                 assert!(matches!(err, Error::Conflict { .. }), "{expected}: {err:?}");
                 assert!(err.to_string().contains("r1"), "{err}");
             }
@@ -151,15 +165,17 @@ macro_rules! journal_store_contract {
                 [(0, 100, "RunStarted".to_owned()), (1, 110, "a".to_owned()), (2, 111, "b".to_owned())]
             );
             // The right sequence number still works afterwards.
-            store.append("r1", 3, &[completed(3, 130, "c")]).await.unwrap();
+            write(&store, "r1", 3, &[completed(3, 130, "c")], RunStatus::Running).await.unwrap();
             assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 4);
         }
 
         #[::tokio::test]
-        async fn append_to_an_unknown_run_is_not_found() {
+        async fn a_step_of_an_unknown_run_is_not_found() {
             let (store, _guard) = $make;
-            let err = store.append("ghost", 0, &[started(1)]).await.unwrap_err();
+            let err = write(&store, "ghost", 0, &[started(1)], RunStatus::Running).await.unwrap_err();
             assert!(matches!(err, Error::RunNotFound { run_id } if run_id == "ghost"));
+            let err = write(&store, "ghost", 0, &[], RunStatus::Waiting).await.unwrap_err();
+            assert!(matches!(err, Error::RunNotFound { run_id } if run_id == "ghost"), "a status alone too");
             assert!(store.load("ghost").await.unwrap().is_none());
         }
 
@@ -171,7 +187,10 @@ macro_rules! journal_store_contract {
             let writers: Vec<_> = (0..8)
                 .map(|i| {
                     let store = Arc::clone(&store);
-                    tokio::spawn(async move { store.append("r1", 1, &[completed(1, 200 + i, &format!("w{i}"))]).await })
+                    tokio::spawn(async move {
+                        let entries = [completed(1, 200 + i, &format!("w{i}"))];
+                        write(&store, "r1", 1, &entries, RunStatus::Running).await
+                    })
                 })
                 .collect();
             let mut wins = 0;
@@ -185,12 +204,12 @@ macro_rules! journal_store_contract {
         }
 
         #[::tokio::test]
-        async fn load_returns_entries_in_append_order_with_their_seq_and_time() {
+        async fn load_returns_entries_in_the_order_written_with_their_seq_and_time() {
             let (store, _guard) = $make;
             new_run(&store, "r1", "g", 100).await;
-            store.append("r1", 1, &[completed(1, 105, "b")]).await.unwrap();
-            store.append("r1", 2, &[completed(2, 107, "a"), completed(3, 107, "c")]).await.unwrap();
-            store.append("r1", 4, &[finished(4, 108, RunStatus::Completed)]).await.unwrap();
+            write(&store, "r1", 1, &[completed(1, 105, "b")], RunStatus::Running).await.unwrap();
+            write(&store, "r1", 2, &[completed(2, 107, "a"), completed(3, 107, "c")], RunStatus::Running).await.unwrap();
+            write(&store, "r1", 4, &[finished(4, 108, RunStatus::Completed)], RunStatus::Completed).await.unwrap();
             let (record, journal) = store.load("r1").await.unwrap().unwrap();
             assert_eq!(record.run_id, "r1");
             assert_eq!(
@@ -208,35 +227,37 @@ macro_rules! journal_store_contract {
                 JournalEntry::RunStarted { input, .. } => assert_eq!(input.to_json().unwrap(), json!({"in": 1})),
                 other => panic!("{other:?}"),
             }
-            // An empty append is fine and changes nothing.
-            store.append("r1", 5, &[]).await.unwrap();
+            // A step without entries is fine and adds nothing to the journal.
+            write(&store, "r1", 5, &[], RunStatus::Completed).await.unwrap();
             assert_eq!(store.load("r1").await.unwrap().unwrap().1.len(), 5);
         }
 
         #[::tokio::test]
-        async fn set_status_records_a_derived_status() {
+        async fn a_step_that_leaves_the_run_waiting_records_it_for_listing() {
             let (store, _guard) = $make;
             new_run(&store, "r1", "g", 100).await;
-            store.set_status("r1", RunStatus::Waiting).await.unwrap();
+            write(&store, "r1", 1, &[completed(1, 110, "a")], RunStatus::Waiting).await.unwrap();
             assert_eq!(store.load("r1").await.unwrap().unwrap().0.status, RunStatus::Waiting);
             assert_eq!(listed(&store, &query(None, Some(RunStatus::Waiting), 10)).await, ["r1"]);
-            assert!(matches!(store.set_status("ghost", RunStatus::Waiting).await, Err(Error::RunNotFound { .. })));
+            assert!(listed(&store, &query(None, Some(RunStatus::Running), 10)).await.is_empty());
         }
 
         #[::tokio::test]
-        async fn run_finished_updates_the_record_status() {
+        async fn a_step_records_the_status_it_leaves_the_run_in_and_when() {
             let (store, _guard) = $make;
             new_run(&store, "done", "g", 100).await;
             new_run(&store, "failed", "g", 101).await;
             new_run(&store, "cancelled", "g", 102).await;
-            store.append("done", 1, &[completed(1, 150, "a")]).await.unwrap();
+            write(&store, "done", 1, &[completed(1, 150, "a")], RunStatus::Running).await.unwrap();
             let (record, _) = store.load("done").await.unwrap().unwrap();
             assert_eq!(record.status, RunStatus::Running);
             assert_eq!(record.updated_ms, 150);
 
-            store.append("done", 2, &[finished(2, 160, RunStatus::Completed)]).await.unwrap();
-            store.append("failed", 1, &[finished(1, 170, RunStatus::Failed)]).await.unwrap();
-            store.append("cancelled", 1, &[finished(1, 180, RunStatus::Cancelled)]).await.unwrap();
+            write(&store, "done", 2, &[finished(2, 160, RunStatus::Completed)], RunStatus::Completed).await.unwrap();
+            write(&store, "failed", 1, &[finished(1, 170, RunStatus::Failed)], RunStatus::Failed).await.unwrap();
+            write(&store, "cancelled", 1, &[finished(1, 180, RunStatus::Cancelled)], RunStatus::Cancelled)
+                .await
+                .unwrap();
             for (run, status, created, updated) in [
                 ("done", RunStatus::Completed, 100, 160),
                 ("failed", RunStatus::Failed, 101, 170),
@@ -256,8 +277,8 @@ macro_rules! journal_store_contract {
             new_run(&store, "b1", "beta", 200).await;
             new_run(&store, "a2", "alpha", 300).await;
             new_run(&store, "a3", "alpha", 400).await;
-            store.append("a2", 1, &[finished(1, 310, RunStatus::Completed)]).await.unwrap();
-            store.append("b1", 1, &[finished(1, 210, RunStatus::Completed)]).await.unwrap();
+            write(&store, "a2", 1, &[finished(1, 310, RunStatus::Completed)], RunStatus::Completed).await.unwrap();
+            write(&store, "b1", 1, &[finished(1, 210, RunStatus::Completed)], RunStatus::Completed).await.unwrap();
 
             assert_eq!(listed(&store, &query(None, None, 100)).await, ["a3", "a2", "b1", "a1"]);
             assert_eq!(listed(&store, &query(Some("alpha"), None, 100)).await, ["a3", "a2", "a1"]);
@@ -285,13 +306,17 @@ macro_rules! journal_store_contract {
                 let created_ms = 1000 + (i % 7) as u64;
                 new_run(&store, &run_id, graph, created_ms).await;
                 let status = if i % 4 == 1 {
-                    store.append(&run_id, 1, &[finished(1, 1100, RunStatus::Completed)]).await.unwrap();
+                    write(&store, &run_id, 1, &[finished(1, 1100, RunStatus::Completed)], RunStatus::Completed)
+                        .await
+                        .unwrap();
                     RunStatus::Completed
                 } else if i % 5 == 2 {
-                    store.set_status(&run_id, RunStatus::Waiting).await.unwrap();
+                    write(&store, &run_id, 1, &[completed(1, 1100, "ask")], RunStatus::Waiting).await.unwrap();
                     RunStatus::Waiting
                 } else if i % 6 == 3 {
-                    store.append(&run_id, 1, &[finished(1, 1100, RunStatus::Failed)]).await.unwrap();
+                    write(&store, &run_id, 1, &[finished(1, 1100, RunStatus::Failed)], RunStatus::Failed)
+                        .await
+                        .unwrap();
                     RunStatus::Failed
                 } else {
                     RunStatus::Running

@@ -1,6 +1,8 @@
 //! The TaskQueue and DurableStore contracts: `task_queue_contract!(make)` expands to the
 //! tests every queue must pass and `durable_store_contract!(make)` to those of a journal
-//! store and queue in one, where `make` evaluates to `(store, guard)`.
+//! store and queue in one, where `make` evaluates to `(store, guard)`. Tasks are queued
+//! the only way they are, by the writes that make them ready: a [`DurableStore`]'s
+//! `create` and `commit` without an owner.
 
 pub use std::sync::Arc;
 pub use std::time::Duration;
@@ -9,6 +11,21 @@ pub use ferroflow::journal::now_ms;
 pub use ferroflow::{Created, DurableStore, Error, JournalStore, QueuedTask, RunStatus, Step, TaskQueue};
 
 pub use super::journal_store::{completed, finished, record, started};
+
+/// Creates run `run_id` with `ready` queued for any worker, as a run submitted without
+/// being executed is.
+pub async fn submit(store: &impl DurableStore, run_id: &str, ready: &[QueuedTask]) {
+    let created = store.create(&record(run_id, "g", 100), &[started(100)], ready, None).await.unwrap();
+    assert!(matches!(created, Created::New), "{run_id} existed already");
+}
+
+/// Commits a step of run r1 at `expected_seq` (one entry, the run still running) that makes
+/// `ready` ready, without an owner: they are queued for any worker.
+pub async fn make_ready(store: &impl DurableStore, expected_seq: u64, ready: &[QueuedTask]) {
+    let entries = [completed(expected_seq, 100 + expected_seq, "step")];
+    let step = Step { run_id: "r1", expected_seq, entries: &entries, status: RunStatus::Running, ready, done: &[] };
+    assert!(!store.commit(&step, None).await.unwrap(), "without an owner, nobody holds the run");
+}
 
 pub fn task(node: &str, attempt: u32, not_before_ms: u64) -> QueuedTask {
     QueuedTask { run_id: "r1".into(), node: node.into(), item: None, attempt, not_before_ms }
@@ -31,14 +48,14 @@ pub fn leases(claims: Vec<ferroflow::Claim>) -> Vec<ferroflow::Lease> {
         .collect()
 }
 
-/// Queues `n` tasks through `first`, then drains the queue from `first` and `second` at
-/// once (two handles on one store stand for two worker processes), and checks that every
-/// task was leased exactly once across both.
-pub async fn two_handles_never_lease_the_same_task<Q: TaskQueue + 'static>(first: Q, second: Q, n: usize) {
+/// Queues `n` tasks through `first` (a run submitted with them ready), then drains the
+/// queue from `first` and `second` at once (two handles on one store stand for two worker
+/// processes), and checks that every task was leased exactly once across both.
+pub async fn two_handles_never_lease_the_same_task<Q: DurableStore + 'static>(first: Q, second: Q, n: usize) {
     let tasks: Vec<QueuedTask> = (0..n)
         .map(|i| QueuedTask { run_id: "r".into(), node: format!("n{i}"), item: None, attempt: 1, not_before_ms: 0 })
         .collect();
-    first.enqueue(&tasks).await.unwrap();
+    submit(&first, "r", &tasks).await;
     let drain = |store: Q, owner: &'static str| {
         tokio::spawn(async move {
             let mut seen = Vec::new();
@@ -73,22 +90,22 @@ pub fn nodes(leases: &[ferroflow::Lease]) -> Vec<String> {
 macro_rules! task_queue_contract {
     ($make:expr) => {
         #[::tokio::test]
-        async fn enqueue_is_idempotent_while_a_task_is_queued_or_held() {
+        async fn queueing_is_idempotent_while_a_task_is_queued_or_held() {
             let (queue, _guard) = $make;
-            queue.enqueue(&[task("a", 1, 0), task("a", 1, 0)]).await.unwrap();
+            submit(&queue, "r1", &[task("a", 1, 0), task("a", 1, 0)]).await;
             let held = leases(queue.claim(A, 10, LEASE, NO_WAIT).await.unwrap());
             assert_eq!(held.len(), 1);
-            queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
+            make_ready(&queue, 1, &[task("a", 1, 0)]).await;
             assert!(leases(queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap()).is_empty(), "held, not queued twice");
             // Another attempt is another task.
-            queue.enqueue(&[task("a", 2, 0)]).await.unwrap();
+            make_ready(&queue, 2, &[task("a", 2, 0)]).await;
             assert_eq!(leases(queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap())[0].task.attempt, 2);
         }
 
         #[::tokio::test]
         async fn a_task_is_held_by_one_owner_at_a_time() {
             let (queue, _guard) = $make;
-            queue.enqueue(&[task("a", 1, 0), task("b", 1, 0)]).await.unwrap();
+            submit(&queue, "r1", &[task("a", 1, 0), task("b", 1, 0)]).await;
             let first = leases(queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap());
             let second = leases(queue.claim(B, 10, LEASE, NO_WAIT).await.unwrap());
             assert_eq!(first.len(), 1);
@@ -103,7 +120,7 @@ macro_rules! task_queue_contract {
         #[::tokio::test]
         async fn an_expired_lease_is_delivered_again_and_the_old_holder_cannot_ack() {
             let (queue, _guard) = $make;
-            queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
+            submit(&queue, "r1", &[task("a", 1, 0)]).await;
             let first = leases(queue.claim(A, 1, Duration::from_millis(30), NO_WAIT).await.unwrap()).remove(0);
             assert_eq!(first.deliveries, 1);
             let again = leases(queue.claim(B, 1, LEASE, Duration::from_secs(2)).await.unwrap()).remove(0);
@@ -122,7 +139,7 @@ macro_rules! task_queue_contract {
         #[::tokio::test]
         async fn renewing_keeps_every_task_of_the_owner() {
             let (queue, _guard) = $make;
-            queue.enqueue(&[task("a", 1, 0), task("b", 1, 0)]).await.unwrap();
+            submit(&queue, "r1", &[task("a", 1, 0), task("b", 1, 0)]).await;
             let held = leases(queue.claim(A, 2, Duration::from_millis(60), NO_WAIT).await.unwrap());
             assert_eq!(held.len(), 2);
             for _ in 0..4 {
@@ -139,7 +156,7 @@ macro_rules! task_queue_contract {
         async fn tasks_are_not_handed_out_before_not_before() {
             let (queue, _guard) = $make;
             let later = now_ms() + 80;
-            queue.enqueue(&[task("a", 2, later)]).await.unwrap();
+            submit(&queue, "r1", &[task("a", 2, later)]).await;
             assert!(leases(queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap()).is_empty());
             let due = leases(queue.claim(A, 1, LEASE, Duration::from_secs(2)).await.unwrap());
             assert_eq!(due.len(), 1);
@@ -149,7 +166,7 @@ macro_rules! task_queue_contract {
         #[::tokio::test]
         async fn a_released_task_is_queued_again_without_counting_a_delivery() {
             let (queue, _guard) = $make;
-            queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
+            submit(&queue, "r1", &[task("a", 1, 0)]).await;
             let lease = leases(queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap()).remove(0);
             queue.release(B, std::slice::from_ref(&lease.task), 0).await.unwrap();
             assert!(leases(queue.claim(B, 1, LEASE, NO_WAIT).await.unwrap()).is_empty(), "B cannot release A's task");
@@ -164,7 +181,8 @@ macro_rules! task_queue_contract {
         async fn claiming_a_run_takes_its_tasks_from_any_holder() {
             let (queue, _guard) = $make;
             let other = QueuedTask { run_id: "r2".into(), ..task("x", 1, 0) };
-            queue.enqueue(&[task("a", 1, 0), task("b", 1, now_ms() + 60_000), other]).await.unwrap();
+            submit(&queue, "r1", &[task("a", 1, 0), task("b", 1, now_ms() + 60_000)]).await;
+            submit(&queue, "r2", &[other]).await;
             let held_by_a = leases(queue.claim(A, 1, LEASE, NO_WAIT).await.unwrap());
             assert_eq!(nodes(&held_by_a), ["a"]);
             let taken = queue.claim_run(B, "r1", LEASE).await.unwrap();
@@ -176,7 +194,7 @@ macro_rules! task_queue_contract {
         }
 
         #[::tokio::test]
-        async fn a_waiting_claim_wakes_on_enqueue_and_times_out_otherwise() {
+        async fn a_waiting_claim_wakes_when_a_task_is_queued_and_times_out_otherwise() {
             let (queue, _guard) = $make;
             let queue = Arc::new(queue);
             let started = std::time::Instant::now();
@@ -188,7 +206,7 @@ macro_rules! task_queue_contract {
                 tokio::spawn(async move { queue.claim(A, 1, LEASE, Duration::from_secs(5)).await })
             };
             tokio::time::sleep(Duration::from_millis(20)).await;
-            queue.enqueue(&[task("a", 1, 0)]).await.unwrap();
+            submit(&*queue, "r1", &[task("a", 1, 0)]).await;
             let claims = tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap().unwrap();
             assert_eq!(leases(claims).len(), 1);
         }
@@ -403,7 +421,7 @@ macro_rules! durable_store_contract {
             let ready = [task("a", 1, 0), task("b", 1, now_ms() + 60_000)];
             store.create(&record("r1", "g", 100), &[started(100)], &ready, Some((A, LEASE))).await.unwrap();
             let other = QueuedTask { run_id: "r2".into(), ..task("x", 1, 0) };
-            store.enqueue(&[other]).await.unwrap();
+            submit(&store, "r2", &[other]).await;
             let entries = [finished(1, 120, RunStatus::Cancelled)];
             let step =
                 Step { run_id: "r1", expected_seq: 1, entries: &entries, status: RunStatus::Cancelled, ready: &ready, done: &[] };

@@ -209,7 +209,7 @@ async fn an_unfinished_node_runs_again_after_recovery() {
         created_ms: 1,
         updated_ms: 2,
     };
-    store.create_run(&record, &journal).await.unwrap();
+    store.create(&record, &journal, &[], None).await.unwrap();
     let run = durable(&store).recover(&wf, "d4", None).unwrap();
     let snapshot = run.wait(Some(Duration::from_secs(5))).await.unwrap();
     // b ran on a's recorded output, as attempt 2 (attempt 1 was outstanding when its process
@@ -270,7 +270,7 @@ async fn a_run_recovered_mid_backoff_waits_out_the_rest_of_it() {
         created_ms: now - 100,
         updated_ms: now - 100,
     };
-    store.create_run(&record, &journal).await.unwrap();
+    store.create(&record, &journal, &[], None).await.unwrap();
     let started = std::time::Instant::now();
     let run = durable(&store).recover(&wf, "backoff", None).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

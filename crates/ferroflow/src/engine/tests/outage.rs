@@ -36,21 +36,9 @@ impl Outage {
 
 #[async_trait::async_trait]
 impl JournalStore for Outage {
-    async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
-        self.check()?;
-        self.store.create_run(record, first).await
-    }
-    async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
-        self.check()?;
-        self.store.append(run_id, expected_seq, entries).await
-    }
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
         self.check()?;
         self.store.load(run_id).await
-    }
-    async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
-        self.check()?;
-        self.store.set_status(run_id, status).await
     }
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage> {
         self.check()?;
@@ -60,10 +48,6 @@ impl JournalStore for Outage {
 
 #[async_trait::async_trait]
 impl TaskQueue for Outage {
-    async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
-        self.check()?;
-        self.store.enqueue(tasks).await
-    }
     async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Claim>> {
         self.check()?;
         let claims = self.store.claim(owner, max, lease_for, wait).await?;

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use crate::error::{Error, Result};
 use crate::store::{Created, DurableStore, GraphRecord, QueuedTask, RunRecord, Step, StoredEntry};
 
-use super::{NatsStore, StepDoc, StepEffects, entries_of, token};
+use super::{NatsStore, StepDoc, entries_of, token};
 
 #[async_trait]
 impl DurableStore for NatsStore {
@@ -18,22 +18,11 @@ impl DurableStore for NatsStore {
         ready: &[QueuedTask],
         owner: Option<(&str, Duration)>,
     ) -> Result<Created> {
-        self.timed("cannot create a run", Duration::ZERO, self.create_run_with(record, first, ready, owner, true)).await
+        self.timed("cannot create a run", Duration::ZERO, self.write_creation(record, first, ready, owner)).await
     }
 
     async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool> {
-        self.timed(
-            "cannot write a step",
-            Duration::ZERO,
-            self.write_step(
-                step.run_id,
-                step.expected_seq,
-                step.entries,
-                Some(step.status),
-                Some(StepEffects { ready: step.ready, done: step.done, owner }),
-            ),
-        )
-        .await
+        self.timed("cannot write a step", Duration::ZERO, self.write_step(step, owner)).await
     }
 
     /// One bucket, `ff_{ns}_graphs`, key `{name}.{version}` (escaped), value the record.

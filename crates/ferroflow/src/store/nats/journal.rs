@@ -6,31 +6,12 @@ use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::error::Result;
-use crate::journal::{JournalEntry, RunStatus, now_ms};
-use crate::store::{Created, JournalStore, RunCursor, RunPage, RunQuery, RunRecord, StoredEntry};
+use crate::store::{JournalStore, RunCursor, RunPage, RunQuery, RunRecord, StoredEntry};
 
 use super::{NatsStore, RunDoc, StepDoc, Versioned, step_key};
 
 #[async_trait]
 impl JournalStore for NatsStore {
-    async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
-        self.timed("cannot create a run", Duration::ZERO, self.create_run_with(record, first, &[], None, false)).await
-    }
-
-    async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
-        let status = entries.iter().rev().find_map(|s| match &s.entry {
-            JournalEntry::RunFinished { status, .. } => Some(*status),
-            _ => None,
-        });
-        self.timed(
-            "cannot append to a journal",
-            Duration::ZERO,
-            self.write_step(run_id, expected_seq, entries, status, None),
-        )
-        .await
-        .map(|_| ())
-    }
-
     /// A run whose step 0 exists without its record is being created (its tasks may be
     /// queued already, and claimed): the record is waited for, up to half a second, rather
     /// than the run reported missing.
@@ -48,11 +29,6 @@ impl JournalStore for NatsStore {
             Ok(None)
         })
         .await
-    }
-
-    async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
-        self.timed("cannot set a run's status", Duration::ZERO, self.set_status_doc(run_id, status, Some(now_ms())))
-            .await
     }
 
     /// Scans the run records (there is no index to seek in: every page reads the bucket's

@@ -33,9 +33,9 @@
 //!
 //! # The journal: one KV value per step, written with `create`
 //!
-//! A step (the entries of one [`JournalStore::append`] or [`DurableStore::commit`]) is one
-//! value keyed by the run and the step's first `seq`, written with KV `create` (which fails
-//! if the key exists). A step is therefore all or nothing, and two writers racing on one
+//! A step (the entries of one [`DurableStore::commit`], or of [`DurableStore::create`] for
+//! step 0) is one value keyed by the run and the step's first `seq`, written with KV
+//! `create` (which fails if the key exists). A step is therefore all or nothing, and two writers racing on one
 //! position conflict: the second `create` fails and the writer gets [`Error::Conflict`].
 //!
 //! A step may only start where the journal ends. Steps are never rewritten or deleted, and
@@ -83,11 +83,11 @@
 //! where their view ends, a step boundary) and walks from there; only a `seq` in the
 //! middle of a step falls back to the scan.
 //!
-//! Creating a run writes step 0 first (with `create`: this is what makes `create_run`
-//! idempotent), then its hold or tasks, then the run record, whose `order` is step 0's
-//! revision (JetStream sequences grow across the bucket, so this orders runs by creation:
-//! `list_runs` sorts by `created_ms`, then `order`, both descending, and its page cursors
-//! are these two numbers). A run whose step 0 exists but whose record does not is being
+//! Creating a run writes step 0 first (with KV `create`: this is what makes
+//! [`DurableStore::create`] idempotent), then its hold or tasks, then the run record, whose
+//! `order` is step 0's revision (JetStream sequences grow across the bucket, so this orders
+//! runs by creation: `list_runs` sorts by `created_ms`, then `order`, both descending, and
+//! its page cursors are these two numbers). A run whose step 0 exists but whose record does not is being
 //! created, or its creator died: until the record exists the run is not found, and a
 //! second `create` waits briefly for the record, then writes it itself, behind step 0 so
 //! that loading the run queues step 0's tasks; if the creator meant to hold the run, the
@@ -95,8 +95,6 @@
 //! entries has no step 0: its record is its creation, with `order` 0, and it sorts before
 //! the runs created in the same millisecond.)
 //!
-//! A status recorded by `set_status` while a step is between its value and its record
-//! update is overwritten by the step's status: the record follows the last step applied.
 //! A step's value must fit in one NATS message (`max_payload`, 1 MB by default); a larger
 //! one fails with a store error that says so.
 //!
@@ -111,8 +109,8 @@
 //! (NATS 2.9 has no delayed delivery), and deduplication for as long as a task is queued
 //! (`Nats-Msg-Id` deduplicates within the stream's duplicate window only). So the
 //! authoritative task state is one KV record per task, changed by compare-and-set on its
-//! revision: `enqueue` is a KV `create` (idempotent while the task is queued or leased,
-//! exactly), a claim is an `update` from the revision the claimant read (two claimants of
+//! revision: queueing a task (a step's or a new run's ready tasks, when the writer does not
+//! hold the run) is a KV `create` (idempotent while the task is queued or leased, exactly), a claim is an `update` from the revision the claimant read (two claimants of
 //! one task: one update fails), `ack` writes a delete marker expecting the revision it
 //! read and then purges the key's messages up to that marker (so deleted tasks do not
 //! accumulate in the bucket), and leases expire by time, as holds do.
@@ -122,8 +120,8 @@
 //! held runs, since finished work is purged, so a claim reads what is outstanding, not
 //! the history. `renew` scans them for the owner's records too. A waiting claim sleeps
 //! until the next task, lease or hold it saw falls due, or until a wake-up arrives on the
-//! core NATS subject `ff.{ns}.wake`, which `enqueue`, `release`, `release_run`, a renewal
-//! to zero and steps that queue tasks publish to, and at most a second: wake-ups need no
+//! core NATS subject `ff.{ns}.wake`, which `release`, `release_run`, a renewal to zero and
+//! the steps and creations that queue tasks publish to, and at most a second: wake-ups need no
 //! durability (a claimant that misses one finds the work on its next scan), so they use
 //! plain publish/subscribe, not a stream. The cost of a claim grows with the number of
 //! outstanding tasks; the next step for large batches is an index that avoids the scan
@@ -314,8 +312,9 @@ struct StepDoc {
     /// Tasks to remove.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     done: Vec<TaskJson>,
-    /// Whether the step applies the effects of a durable step on holds and tasks (those of
-    /// [`JournalStore::append`] touch neither).
+    /// Whether the step's effects on holds and tasks are applied (again, by a repair). Every
+    /// step written now has them; steps an earlier version wrote through its journal-only
+    /// `append` (and step 0 of its `create_run`) touched neither, and are read as such.
     #[serde(default)]
     effects: bool,
     /// Whether the writer meant to hold the run and run the ready tasks itself (they are
@@ -335,14 +334,6 @@ impl StepDoc {
     fn older_than(&self, age: Duration) -> bool {
         self.entries.last().is_none_or(|e| e.at_ms + age.as_millis() as u64 <= now_ms())
     }
-}
-
-/// What a durable step does besides its entries.
-#[derive(Clone, Copy)]
-struct StepEffects<'a> {
-    ready: &'a [QueuedTask],
-    done: &'a [QueuedTask],
-    owner: Option<(&'a str, Duration)>,
 }
 
 /// A value read from a bucket, with its revision.

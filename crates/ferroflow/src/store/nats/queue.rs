@@ -8,25 +8,10 @@ use crate::error::{Error, Result};
 use crate::journal::now_ms;
 use crate::store::{Claim, Holdings, Lease, QueuedTask, RELEASED, TaskQueue, holds};
 
-use super::{HoldDoc, NatsStore, POLL, RETRIES, RunDoc, TaskDoc, TaskJson, task_key, token};
+use super::{HoldDoc, NatsStore, POLL, RETRIES, RunDoc, TaskDoc, task_key, token};
 
 #[async_trait]
 impl TaskQueue for NatsStore {
-    async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
-        self.timed("cannot queue tasks", Duration::ZERO, async {
-            let mut queued = false;
-            for task in tasks {
-                let doc = TaskDoc { task: TaskJson::from(task), owner: None, until_ms: 0, deliveries: 0 };
-                queued |= self.kv_create(&self.inner.tasks, &task_key(task), &doc).await?.is_some();
-            }
-            if queued {
-                self.wake().await;
-            }
-            Ok(())
-        })
-        .await
-    }
-
     async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Claim>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {

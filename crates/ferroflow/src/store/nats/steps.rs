@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::journal::{RunStatus, now_ms};
-use crate::store::{Created, QueuedTask, RELEASED, RunRecord, StoredEntry, holds};
+use crate::store::{Created, QueuedTask, RELEASED, RunRecord, Step, StoredEntry, holds};
 
 use super::{
-    EntryJson, HOLD_REPAIR_GRACE, HoldDoc, NatsStore, RETRIES, RunDoc, StepDoc, StepEffects, TaskDoc, TaskJson,
-    Versioned, entries_of, step_key, task_key, token,
+    EntryJson, HOLD_REPAIR_GRACE, HoldDoc, NatsStore, RETRIES, RunDoc, StepDoc, TaskDoc, TaskJson, Versioned,
+    entries_of, step_key, task_key, token,
 };
 
 impl NatsStore {
@@ -258,17 +258,10 @@ impl NatsStore {
         Err(self.fail(&format!("cannot update the hold of run '{run_id}'"), "too many concurrent writers"))
     }
 
-    /// Writes one step; see the module documentation for the protocol. `effects` carries a
-    /// durable step's ready and resolved tasks and owner; without it (an append), holds and
-    /// tasks are left alone.
-    pub(super) async fn write_step(
-        &self,
-        run_id: &str,
-        expected_seq: u64,
-        entries: &[StoredEntry],
-        status: Option<RunStatus>,
-        effects: Option<StepEffects<'_>>,
-    ) -> Result<bool> {
+    /// Writes one step, then its effects (its hold, its ready and resolved tasks, the run
+    /// record); see the module documentation for the protocol.
+    pub(super) async fn write_step(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool> {
+        let Step { run_id, expected_seq, entries, status, ready, done } = *step;
         let Some(record) = self.record(run_id).await? else {
             return Err(Error::RunNotFound { run_id: run_id.to_owned() });
         };
@@ -290,9 +283,8 @@ impl NatsStore {
             }
             stored.push(EntryJson { seq: e.seq, at_ms: e.at_ms, entry: e.entry.clone() });
         }
-        let StepEffects { ready, done, owner } = effects.unwrap_or(StepEffects { ready: &[], done: &[], owner: None });
-        let terminal = status.is_some_and(RunStatus::is_terminal);
-        let holdable = status.is_none_or(holds);
+        let terminal = status.is_terminal();
+        let holdable = holds(status);
         // Whether the writer means to hold the run: if so its ready tasks are not queued.
         let mut hold = None;
         let wants_hold = match owner {
@@ -306,10 +298,10 @@ impl NatsStore {
         };
         let doc = StepDoc {
             entries: stored,
-            status,
+            status: Some(status),
             queue: if wants_hold || terminal { Vec::new() } else { ready.iter().map(TaskJson::from).collect() },
             done: done.iter().map(TaskJson::from).collect(),
-            effects: effects.is_some(),
+            effects: true,
             hold: wants_hold,
         };
         if !entries.is_empty()
@@ -324,24 +316,22 @@ impl NatsStore {
         }
         // The step is written; now its effects.
         let mut held = false;
-        if effects.is_some() {
-            if !holdable || terminal {
-                self.remove(&self.inner.holds, &token(run_id)).await?;
-            } else if let (true, Some((me, lease_for))) = (wants_hold, owner) {
-                let end = expected_seq + entries.len() as u64;
-                held = self.take_hold(run_id, me, lease_for, hold, end).await?;
-            }
-            let queue: Vec<TaskJson> =
-                if held || terminal { Vec::new() } else { ready.iter().map(TaskJson::from).collect() };
-            if self.apply_tasks(run_id, status, &doc.done, &queue).await? {
-                self.wake().await;
-            }
+        if !holdable || terminal {
+            self.remove(&self.inner.holds, &token(run_id)).await?;
+        } else if let (true, Some((me, lease_for))) = (wants_hold, owner) {
+            let end = expected_seq + entries.len() as u64;
+            held = self.take_hold(run_id, me, lease_for, hold, end).await?;
+        }
+        let queue: Vec<TaskJson> =
+            if held || terminal { Vec::new() } else { ready.iter().map(TaskJson::from).collect() };
+        if self.apply_tasks(run_id, Some(status), &doc.done, &queue).await? {
+            self.wake().await;
         }
         if !entries.is_empty() {
             let end = expected_seq + entries.len() as u64;
-            self.advance(run_id, end, status, entries.last().map(|e| e.at_ms), known).await?;
-        } else if let Some(status) = status {
-            self.set_status_doc(run_id, status, None).await?;
+            self.advance(run_id, end, Some(status), entries.last().map(|e| e.at_ms), known).await?;
+        } else {
+            self.record_status(run_id, status).await?;
         }
         Ok(held)
     }
@@ -356,13 +346,11 @@ impl NatsStore {
         Ok(json(&stored.value).is_some() && json(&stored.value) == json(doc))
     }
 
-    /// Sets the record's status (and `updated_ms`, if given) by compare-and-set.
-    pub(super) async fn set_status_doc(&self, run_id: &str, status: RunStatus, updated_ms: Option<u64>) -> Result<()> {
+    /// Sets the record's status by compare-and-set (for a step without entries: the record's
+    /// `len` and `updated_ms` stay).
+    pub(super) async fn record_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
         self.change_record(run_id, None, |doc| {
             doc.status = status;
-            if let Some(at) = updated_ms {
-                doc.updated_ms = at;
-            }
             true
         })
         .await
@@ -388,13 +376,12 @@ impl NatsStore {
     }
 
     /// Creates a run: step 0, then its hold or tasks, then its record.
-    pub(super) async fn create_run_with(
+    pub(super) async fn write_creation(
         &self,
         record: &RunRecord,
         first: &[StoredEntry],
         ready: &[QueuedTask],
         owner: Option<(&str, Duration)>,
-        effects: bool,
     ) -> Result<Created> {
         let run_id = record.run_id.as_str();
         let run = |len: u64, order: u64| RunDoc {
@@ -408,9 +395,9 @@ impl NatsStore {
             order,
         };
         let queue: Vec<TaskJson> =
-            if effects && owner.is_none() { ready.iter().map(TaskJson::from).collect() } else { Vec::new() };
+            if owner.is_none() { ready.iter().map(TaskJson::from).collect() } else { Vec::new() };
         if first.is_empty() {
-            // No step 0 to create (an empty one would stand where the first append goes):
+            // No step 0 to create (an empty one would stand where the first step goes):
             // the record is the run's creation, and sorts before the runs created in the
             // same millisecond.
             if self.kv_create(&self.inner.runs, &token(run_id), &run(0, 0)).await?.is_none() {
@@ -418,7 +405,7 @@ impl NatsStore {
                     self.load_run(run_id).await?.ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
                 return Ok(Created::Existing { record, journal });
             }
-            self.create_effects(run_id, &queue, owner, effects).await?;
+            self.create_effects(run_id, &queue, owner).await?;
             return Ok(Created::New);
         }
         let doc = StepDoc {
@@ -426,7 +413,7 @@ impl NatsStore {
             status: None,
             queue,
             done: Vec::new(),
-            effects,
+            effects: true,
             // A creator that dies before holding the run is handled below, with the record.
             hold: false,
         };
@@ -454,7 +441,7 @@ impl NatsStore {
                 self.load_run(run_id).await?.ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
             return Ok(Created::Existing { record, journal });
         };
-        self.create_effects(run_id, &doc.queue, owner, effects).await?;
+        self.create_effects(run_id, &doc.queue, owner).await?;
         self.kv_create(&self.inner.runs, &token(run_id), &run(first.len() as u64, order)).await?;
         Ok(Created::New)
     }
@@ -465,11 +452,7 @@ impl NatsStore {
         run_id: &str,
         queue: &[TaskJson],
         owner: Option<(&str, Duration)>,
-        effects: bool,
     ) -> Result<()> {
-        if !effects {
-            return Ok(());
-        }
         match owner {
             Some((owner, lease_for)) => {
                 let hold = HoldDoc { owner: owner.to_owned(), until_ms: now_ms() + lease_for.as_millis() as u64 };

@@ -3,7 +3,7 @@
 //! `tests/nats_context.rs`.
 
 use super::*;
-use crate::store::{Claim, DurableStore, JournalStore, RunQuery, TaskQueue};
+use crate::store::{Claim, DurableStore, JournalStore, RunQuery, Step, TaskQueue};
 use crate::value::Value;
 
 fn url() -> String {
@@ -88,9 +88,17 @@ async fn a_step_whose_writer_died_before_its_effects_is_repaired_by_the_next_rea
         .collect();
     assert_eq!(nodes, ["b"]);
     // Writers see the step: the journal holds 2 entries.
-    let err = store.append("r1", 1, &[]).await.unwrap_err();
+    let step = |expected_seq| Step {
+        run_id: "r1",
+        expected_seq,
+        entries: &[],
+        status: RunStatus::Waiting,
+        ready: &[],
+        done: &[],
+    };
+    let err = store.commit(&step(1), None).await.unwrap_err();
     assert!(matches!(err, Error::Conflict { expected: 1, found: 2, .. }), "{err:?}");
-    store.append("r1", 2, &[]).await.unwrap();
+    store.commit(&step(2), None).await.unwrap();
 }
 
 #[tokio::test]

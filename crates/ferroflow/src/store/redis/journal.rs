@@ -4,58 +4,15 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
-use crate::error::{Error, Result};
-use crate::journal::{JournalEntry, RunStatus, now_ms};
-use crate::store::{Created, DurableStore, JournalStore, RunCursor, RunPage, RunQuery, RunRecord, StoredEntry};
+use crate::error::Result;
+use crate::store::{JournalStore, RunCursor, RunPage, RunQuery, RunRecord, StoredEntry};
 
-use super::{MAX_BATCH, RedisStore, encode_all, outcome};
+use super::{MAX_BATCH, RedisStore};
 
 #[async_trait]
 impl JournalStore for RedisStore {
-    async fn create_run(&self, record: &RunRecord, first: &[StoredEntry]) -> Result<Created> {
-        self.create(record, first, &[], None).await
-    }
-
-    async fn append(&self, run_id: &str, expected_seq: u64, entries: &[StoredEntry]) -> Result<()> {
-        let encoded = encode_all(run_id, entries)?;
-        let finished = entries.iter().rev().find_map(|s| match &s.entry {
-            JournalEntry::RunFinished { status, .. } => Some(status.as_str()),
-            _ => None,
-        });
-        let mut invocation = self.inner.scripts.append.prepare_invoke();
-        invocation
-            .arg(&self.inner.prefix)
-            .arg(run_id)
-            .arg(expected_seq)
-            .arg(finished.unwrap_or(""))
-            .arg(entries.last().map_or(String::new(), |e| e.at_ms.to_string()));
-        for entry in &encoded {
-            invocation.arg(entry);
-        }
-        let mut conn = self.conn.clone();
-        let reply: (i64, u64) = self
-            .call(&format!("cannot append to run '{run_id}'"), async move { invocation.invoke_async(&mut conn).await })
-            .await?;
-        outcome(run_id, expected_seq, reply).map(|_| ())
-    }
-
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
         self.load_run(run_id).await
-    }
-
-    async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
-        let mut invocation = self.inner.scripts.set_status.prepare_invoke();
-        invocation.arg(&self.inner.prefix).arg(run_id).arg(status.as_str()).arg(now_ms());
-        let mut conn = self.conn.clone();
-        let found: i64 = self
-            .call(&format!("cannot set the status of run '{run_id}'"), async move {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
-        if found == 0 {
-            return Err(Error::RunNotFound { run_id: run_id.to_owned() });
-        }
-        Ok(())
     }
 
     /// Walks the creation index newest first, a batch of members at a time, reading the

@@ -11,18 +11,6 @@ use super::{ClaimReply, MAX_CLAIMS, POLL, RedisStore};
 
 #[async_trait]
 impl TaskQueue for RedisStore {
-    async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
-        if tasks.is_empty() {
-            return Ok(());
-        }
-        let mut invocation = self.inner.scripts.enqueue.prepare_invoke();
-        invocation.arg(&self.inner.prefix);
-        self.task_args(&mut invocation, tasks)?;
-        let mut conn = self.conn.clone();
-        let _: i64 = self.call("cannot queue tasks", async move { invocation.invoke_async(&mut conn).await }).await?;
-        Ok(())
-    }
-
     /// Polls every [`POLL`] while it waits, or sooner when the server says a task, lease or
     /// hold falls due before.
     async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Claim>> {

@@ -17,23 +17,12 @@ macro_rules! script {
 /// (task key, run, task JSON, nbf)... Returns 1 when the run is new, 0 when it existed.
 pub(super) const CREATE: &str = script!("create.lua");
 
-/// `append`: ARGV = P, run, expected_seq, finished status ('' for none), updated_ms (''
-/// for none), entries... Returns {0, 0} when written, {2, 0} for an unknown run, {3,
-/// found} for a conflict.
-pub(super) const APPEND: &str = script!("append.lua");
-
 /// `commit` and `commit_batch`: ARGV = P, owner ('' for none), lease_ms, n steps, then per
 /// step: run, expected_seq, status, holds (1/0), terminal (1/0), updated_ms ('' for none),
 /// n entries, entries..., n done, done task keys..., n ready, (task key, run, task JSON,
 /// nbf)... Returns per step {1 or 0 (whether the owner holds the run), 0}, {2, 0} for an
 /// unknown run, or {3, found} for a conflict.
 pub(super) const COMMIT: &str = script!("commit.lua");
-
-/// `set_status`: ARGV = P, run, status, updated_ms. Returns 0 for an unknown run.
-pub(super) const SET_STATUS: &str = script!("set_status.lua");
-
-/// `enqueue`: ARGV = P, (task key, run, task JSON, nbf)...
-pub(super) const ENQUEUE: &str = script!("enqueue.lua");
 
 /// `claim`: ARGV = P, owner, max, lease_ms. Returns {server now, when the next hold, lease
 /// or task falls due (-1 if nothing is held or queued), runs claimed, {task, nbf,
@@ -63,10 +52,7 @@ pub(super) const HOLDINGS: &str = script!("holdings.lua");
 /// The scripts, hashed once per store.
 pub(super) struct Scripts {
     pub(super) create: Script,
-    pub(super) append: Script,
     pub(super) commit: Script,
-    pub(super) set_status: Script,
-    pub(super) enqueue: Script,
     pub(super) claim: Script,
     pub(super) claim_run: Script,
     pub(super) renew: Script,
@@ -80,10 +66,7 @@ impl Scripts {
     pub(super) fn new() -> Self {
         Scripts {
             create: Script::new(CREATE),
-            append: Script::new(APPEND),
             commit: Script::new(COMMIT),
-            set_status: Script::new(SET_STATUS),
-            enqueue: Script::new(ENQUEUE),
             claim: Script::new(CLAIM),
             claim_run: Script::new(CLAIM_RUN),
             renew: Script::new(RENEW),
@@ -94,13 +77,10 @@ impl Scripts {
         }
     }
 
-    pub(super) fn all(&self) -> [&Script; 12] {
+    pub(super) fn all(&self) -> [&Script; 9] {
         [
             &self.create,
-            &self.append,
             &self.commit,
-            &self.set_status,
-            &self.enqueue,
             &self.claim,
             &self.claim_run,
             &self.renew,

@@ -8,7 +8,7 @@ use rusqlite::params;
 use crate::error::{Error, Result};
 use crate::store::{Created, DurableStore, GraphRecord, QueuedTask, RunRecord, Step, StoredEntry};
 
-use super::rows::{commit_step, create_run, insert_tasks, read_journal, run_key};
+use super::rows::{commit_step, insert_run, insert_tasks, read_journal, run_key};
 use super::{SqliteStore, immediate, sql};
 
 #[async_trait]
@@ -22,7 +22,7 @@ impl DurableStore for SqliteStore {
     ) -> Result<Created> {
         self.with_conn(|conn| {
             immediate(conn, |conn| {
-                let created = create_run(conn, record, first, owner)?;
+                let created = insert_run(conn, record, first, owner)?;
                 if let (Created::New, None) = (&created, owner) {
                     insert_tasks(conn, ready)?;
                 }

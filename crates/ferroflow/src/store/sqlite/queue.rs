@@ -9,15 +9,11 @@ use crate::error::{Error, Result};
 use crate::journal::now_ms;
 use crate::store::{Claim, Holdings, Lease, QueuedTask, RELEASED, TaskQueue};
 
-use super::rows::{TASK_COLUMNS, claim_expired_holds, insert_tasks, item_column, lease_rows, read_task, run_row};
+use super::rows::{TASK_COLUMNS, claim_expired_holds, item_column, lease_rows, read_task, run_row};
 use super::{POLL, SqliteStore, immediate, sql};
 
 #[async_trait]
 impl TaskQueue for SqliteStore {
-    async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<()> {
-        self.with_conn(|conn| immediate(conn, |conn| insert_tasks(conn, tasks))).await
-    }
-
     async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Claim>> {
         let deadline = tokio::time::Instant::now() + wait;
         let select = format!(

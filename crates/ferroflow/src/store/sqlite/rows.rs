@@ -133,9 +133,9 @@ pub(super) fn read_journal(conn: &Connection, run: i64, run_id: &str, from: u64)
     Ok(journal)
 }
 
-/// Inserts a run and its first entries, unless a run with its id exists (whose record and
-/// journal are returned then).
-pub(super) fn create_run(
+/// Inserts a run and its first entries, held by `owner` if given, unless a run with its id
+/// exists (whose record and journal are returned then). The run's tasks are the caller's.
+pub(super) fn insert_run(
     conn: &Connection,
     record: &RunRecord,
     first: &[StoredEntry],

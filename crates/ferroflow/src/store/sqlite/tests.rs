@@ -122,7 +122,7 @@ async fn a_version_3_file_gains_the_graphs_table_keeping_its_runs() {
             input: crate::value::Value::from(serde_json::json!(1)),
         },
     };
-    store.create_run(&record, &[started]).await.unwrap();
+    store.create(&record, &[started], &[], None).await.unwrap();
     drop(store);
     // What version 3 had: no graphs table.
     let old = Connection::open(&path).unwrap();
