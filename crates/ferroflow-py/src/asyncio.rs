@@ -9,7 +9,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use ferroflow::{BodyResult, NodeCall, NodeError};
+use ferroflow::{AsyncBody, BodyResult, NodeCall, NodeError};
+use futures_util::future::BoxFuture;
 use pyo3::prelude::*;
 use tokio::sync::oneshot;
 
@@ -219,6 +220,43 @@ impl TaskSlot {
                     let _ = event_loop.call_method1(py, "call_soon_threadsafe", (cancel,));
                 }
             });
+        }
+    }
+}
+
+/// An async Python body: each call is queued on the run's [`EventLoop`].
+pub struct AsyncPyBody(pub Arc<PyBody>);
+
+impl AsyncBody for AsyncPyBody {
+    fn call(&self, call: NodeCall) -> BoxFuture<'static, BodyResult> {
+        let attachment = call.attachment.clone();
+        let Some(event_loop) = attachment.as_ref().and_then(|a| a.downcast_ref::<EventLoop>()) else {
+            let error = NodeError::permanent(
+                "NoEventLoop",
+                format!("node '{}' is async, and its run has no asyncio event loop attached", call.node),
+            );
+            return Box::pin(std::future::ready(Err(error)));
+        };
+        let node = Arc::clone(&call.node);
+        let (rx, slot) = event_loop.submit(Arc::clone(&self.0), call);
+        Box::pin(async move {
+            let mut guard = CancelOnDrop(Some(slot));
+            let result = rx.await.unwrap_or_else(|_| {
+                Err(NodeError::new("Cancelled", format!("the asyncio task of node '{node}' was dropped")))
+            });
+            guard.0 = None;
+            result
+        })
+    }
+}
+
+/// Cancels the asyncio call when the engine drops the attempt (timeout, cancellation).
+struct CancelOnDrop(Option<Arc<TaskSlot>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            slot.cancel();
         }
     }
 }

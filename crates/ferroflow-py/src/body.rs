@@ -1,19 +1,18 @@
 //! Python callables as node bodies.
 //!
 //! Sync callables run on the engine's blocking threads and hold the GIL only for the
-//! call. Async callables are scheduled on the asyncio loop attached to the run (the
-//! caller's loop for `arun`, a background loop for `run`) with
-//! `asyncio.run_coroutine_threadsafe`; dropping the engine's future cancels the task.
+//! call ([`SyncPyBody`]). Async callables are scheduled on the asyncio loop attached to the
+//! run (the caller's loop for `arun`, a background loop for `run`) by
+//! [`crate::asyncio::AsyncPyBody`], which builds their coroutines with [`PyBody`]; dropping
+//! the engine's future cancels the task.
 
 use std::sync::Arc;
 
-use ferroflow::{AsyncBody, BlockingBody, BodyResult, NodeCall, NodeError, NodeHandle, Value};
-use futures_util::future::BoxFuture;
+use ferroflow::{BlockingBody, BodyResult, NodeCall, NodeError, NodeHandle, Value};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
-use crate::asyncio::{EventLoop, TaskSlot};
 use crate::error::to_py_err;
 use crate::runtime;
 use crate::value::{article, py_to_json, to_py, type_name, wrap};
@@ -260,46 +259,11 @@ fn argument_error(py: Python<'_>, node: &str, err: PyErr) -> NodeError {
     NodeError::permanent("ArgumentError", format!("could not build the arguments of node '{node}': {}", err.value(py)))
 }
 
+/// A sync Python body, called on the engine's blocking threads.
 pub struct SyncPyBody(pub Arc<PyBody>);
 
 impl BlockingBody for SyncPyBody {
     fn call(&self, call: NodeCall) -> BodyResult {
         self.0.call_sync(&call)
-    }
-}
-
-pub struct AsyncPyBody(pub Arc<PyBody>);
-
-impl AsyncBody for AsyncPyBody {
-    fn call(&self, call: NodeCall) -> BoxFuture<'static, BodyResult> {
-        let attachment = call.attachment.clone();
-        let Some(event_loop) = attachment.as_ref().and_then(|a| a.downcast_ref::<EventLoop>()) else {
-            let error = NodeError::permanent(
-                "NoEventLoop",
-                format!("node '{}' is async, and its run has no asyncio event loop attached", call.node),
-            );
-            return Box::pin(std::future::ready(Err(error)));
-        };
-        let node = Arc::clone(&call.node);
-        let (rx, slot) = event_loop.submit(Arc::clone(&self.0), call);
-        Box::pin(async move {
-            let mut guard = CancelOnDrop(Some(slot));
-            let result = rx.await.unwrap_or_else(|_| {
-                Err(NodeError::new("Cancelled", format!("the asyncio task of node '{node}' was dropped")))
-            });
-            guard.0 = None;
-            result
-        })
-    }
-}
-
-/// Cancels the asyncio call when the engine drops the attempt (timeout, cancellation).
-struct CancelOnDrop(Option<Arc<TaskSlot>>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(slot) = self.0.take() {
-            slot.cancel();
-        }
     }
 }

@@ -3,13 +3,16 @@
 
 mod asyncio;
 mod body;
+mod delivery;
 mod engine;
 mod error;
 mod llm;
 mod options;
+mod records;
 mod runtime;
 mod server;
 mod value;
+mod workflow;
 
 use pyo3::prelude::*;
 
@@ -83,7 +86,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     init_logging();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<engine::PyEngine>()?;
-    m.add_class::<engine::PyWorkflow>()?;
+    m.add_class::<workflow::PyWorkflow>()?;
     m.add_class::<asyncio::PyEventLoop>()?;
     m.add_class::<body::PyNodeHandle>()?;
     m.add_class::<llm::PyOpenAIClient>()?;

@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use crate::engine::NodeHandle;
-use crate::error::{GraphError, NodeError};
+use crate::error::{GraphError, NodeError, Result};
 use crate::graph::{Graph, NodeId};
 use crate::value::Value;
 
@@ -16,6 +15,76 @@ use crate::value::Value;
 /// call of the run receives (the Python bindings attach the event loop that async bodies
 /// run on, for instance).
 pub type Attachment = Arc<dyn Any + Send + Sync>;
+
+/// What a running body can do to its run: record the results of its own steps durably,
+/// and report progress to the run's watchers. Handed to every body call
+/// ([`NodeCall::handle`]); it refers to the run weakly, so a body that outlives its run
+/// holds nothing up.
+#[derive(Clone)]
+pub struct NodeHandle(Arc<dyn AttemptAccess>);
+
+/// The engine's side of a [`NodeHandle`]: what the attempt it hands out can reach of its run.
+/// Implemented by the engine only (`engine/handle.rs`); the trait keeps this module, the
+/// contract between the engine and bodies, free of the engine's internals.
+pub(crate) trait AttemptAccess: Send + Sync {
+    fn run_id(&self) -> &str;
+    fn may_start(&self) -> bool;
+    fn may_start_now(&self) -> Option<bool>;
+    fn durable(&self) -> bool;
+    fn emit(&self, data: Value);
+    fn record(&self, key: &str, value: Value) -> Result<()>;
+}
+
+impl NodeHandle {
+    pub(crate) fn new(access: Arc<dyn AttemptAccess>) -> NodeHandle {
+        NodeHandle(access)
+    }
+
+    /// The id of the run the body runs for.
+    pub fn run_id(&self) -> &str {
+        self.0.run_id()
+    }
+
+    /// Whether the engine may still start this attempt's body: in a durable engine, that it
+    /// still holds the run, as far as its lease tells (see the engine's lease module); a run it lost
+    /// meanwhile is followed instead. The engine checks before it calls a body; a body that
+    /// does work of its own before running the user's code (a binding taking a lock and
+    /// building arguments, say) asks again right before, which narrows the moment a paused
+    /// process cannot see. Answers at once when [`NodeHandle::may_start_now`] does, and
+    /// otherwise asks the store, blocking: call it from a thread that may block.
+    pub fn may_start(&self) -> bool {
+        self.0.may_start()
+    }
+
+    /// [`NodeHandle::may_start`] without asking the store: `Some(true)` when the lease is
+    /// known to hold (or the engine has no store), `Some(false)` when the run was lost
+    /// already, `None` when only the store can tell.
+    pub fn may_start_now(&self) -> Option<bool> {
+        self.0.may_start_now()
+    }
+
+    /// Whether [`NodeHandle::record`] writes to a store (and may wait for it), rather than
+    /// to memory.
+    pub fn durable(&self) -> bool {
+        self.0.durable()
+    }
+
+    /// Reports `data` to whoever watches the run now, as a [`EventKind::NodeProgress`](crate::EventKind::NodeProgress)
+    /// event (an LLM node's token deltas, say). It is not journaled.
+    pub fn emit(&self, data: Value) {
+        self.0.emit(data)
+    }
+
+    /// Records `value` as the result of the body's step `key` (a model call, a tool call)
+    /// in the run's journal, durably in a durable context, before the body goes on: if the
+    /// attempt is interrupted (a crash, a failure that is retried), the next attempt gets
+    /// it in [`NodeCall::recorded`] and need not do the step again. Fails if the attempt is
+    /// no longer current (the run moved on: finished, cancelled, or the attempt timed out),
+    /// if the value cannot be stored, or if the store fails.
+    pub fn record(&self, key: &str, value: Value) -> Result<()> {
+        self.0.record(key, value)
+    }
+}
 
 /// Everything a body receives for one attempt.
 #[derive(Clone)]

@@ -1,8 +1,8 @@
-//! Errors: building a graph ([`GraphError`]), driving runs ([`Error`]), and a body's own
-//! failure ([`NodeError`], which is data recorded in the journal, not a Rust error).
+//! Errors: building a graph ([`GraphError`]) and driving runs ([`Error`]). A body's own
+//! failure, [`NodeError`], is data recorded in the journal, not a Rust error: it lives in
+//! [`crate::journal`] and is re-exported here.
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::journal::NodeError;
 use crate::journal::RunStatus;
 
 /// A graph definition that cannot be built ([`GraphSpec::build`](crate::GraphSpec::build),
@@ -125,73 +125,6 @@ pub enum GraphError {
         /// What is wrong, as a sentence for people.
         reason: String,
     },
-}
-
-/// Why a node attempt failed. Recorded in the journal and shown to users, so it carries
-/// what a person needs: the error's type, its message and, from Python, the traceback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeError {
-    /// The error's type, e.g. `ValueError` or `Timeout`.
-    pub kind: String,
-    /// What went wrong, for people.
-    pub message: String,
-    /// Where it went wrong, when the body's language has a traceback to give (Python).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traceback: Option<String>,
-    /// Whether the retry policy may try again. Invalid output, for instance, is not
-    /// retryable: running the same body again would produce it again.
-    #[serde(default = "yes")]
-    pub retryable: bool,
-    /// The attempt was given up by the body's process rather than failed by the body: a
-    /// Python body that raised `KeyboardInterrupt` (Ctrl-C) or `SystemExit`. Nothing is
-    /// recorded for such an attempt: the run stays as it was, resumable
-    /// ([`Engine::recover`](crate::Engine::recover)), and whoever waits for it here gets
-    /// [`Error::Interrupted`]. Never stored.
-    #[serde(skip)]
-    pub abandoned: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl NodeError {
-    /// A retryable failure of type `kind`.
-    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
-        NodeError { kind: kind.into(), message: message.into(), traceback: None, retryable: true, abandoned: false }
-    }
-
-    /// A failure that retrying cannot fix.
-    pub fn permanent(kind: impl Into<String>, message: impl Into<String>) -> Self {
-        NodeError { retryable: false, ..NodeError::new(kind, message) }
-    }
-
-    /// An attempt its process gave up (see [`NodeError::abandoned`]): `kind` says why
-    /// (`KeyboardInterrupt`, `SystemExit`).
-    pub fn abandoned(kind: impl Into<String>, message: impl Into<String>) -> Self {
-        NodeError { abandoned: true, ..NodeError::permanent(kind, message) }
-    }
-
-    /// The same error with `traceback` attached.
-    pub fn with_traceback(mut self, traceback: impl Into<String>) -> Self {
-        self.traceback = Some(traceback.into());
-        self
-    }
-}
-
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for NodeError {
-    /// Any error fails the node (retryably: the node's [`RetryPolicy`](crate::RetryPolicy) decides), its type
-    /// the error's type name and its message the error's.
-    fn from(error: E) -> NodeError {
-        let kind = std::any::type_name::<E>();
-        NodeError::new(kind, error.to_string())
-    }
-}
-
-impl std::fmt::Display for NodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)
-    }
 }
 
 /// What went wrong driving a run.

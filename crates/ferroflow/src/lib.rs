@@ -165,9 +165,13 @@ pub use journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus};
 pub use nats::NatsStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
-pub use state::{Effects, NodeState, Rejected, RunState, Task};
-pub use store::{
-    Claim, Created, DurableStore, GraphRecord, Holdings, JournalStore, Lease, MemoryStore, QueuedTask, RELEASED,
-    RunCursor, RunPage, RunQuery, RunRecord, Step, StoredEntry, TaskQueue,
-};
+pub use state::{NodeState, RunState};
+pub use store::{DurableStore, GraphRecord, MemoryStore, RunCursor, RunPage, RunQuery, RunRecord};
 pub use value::{NativeValue, Value};
+
+// What only a store's or a scheduler's implementer names lives under `store` and `state`;
+// these root paths are kept, out of the documentation, for code written against them.
+#[doc(hidden)]
+pub use state::{Effects, Rejected, Task};
+#[doc(hidden)]
+pub use store::{Claim, Created, Holdings, JournalStore, Lease, QueuedTask, RELEASED, Step, StoredEntry, TaskQueue};

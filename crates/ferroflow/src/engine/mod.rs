@@ -32,7 +32,7 @@ mod run;
 mod start;
 mod worker;
 
-pub use handle::NodeHandle;
+pub use crate::body::NodeHandle;
 pub use run::RunHandle;
 
 use std::collections::{HashMap, HashSet};
