@@ -13,6 +13,9 @@
 //!
 //! Python's `ferroflow.NativeOpenAIProvider` is this client: an LLM node's HTTP work and
 //! JSON parsing run on the engine's threads without the GIL.
+//!
+//! One file (~600 lines): the client, its wire types and its error mapping describe one HTTP API
+//! and change together.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,6 +11,9 @@
 //! of a branch, the branch returned one of the edge's labels. A node with labelled edges
 //! is gated by them: only those count, so a node that also takes a plain input still
 //! runs only on its branch's say. A node without dependencies runs when the run starts.
+//!
+//! One file (~600 lines, its tests in `state_tests/`): the state function is one transition
+//! over one `RunState`, and its rules read best side by side.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -604,5 +607,5 @@ impl RunState {
 }
 
 #[cfg(test)]
-#[path = "state_tests.rs"]
+#[path = "state_tests/mod.rs"]
 mod tests;

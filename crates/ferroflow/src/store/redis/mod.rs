@@ -116,6 +116,10 @@
 //! removed), as in the SQLite store. Redis must therefore be configured not to evict keys
 //! (`maxmemory-policy noeviction`, the default) and to persist them (AOF or RDB snapshots)
 //! for the runs to be durable at all.
+//!
+//! This file (~650 lines) is mostly this protocol's description and the store's connection and
+//! namespace handling; the trait implementations are in `journal.rs`, `queue.rs` and
+//! `durable.rs`, the Lua scripts in `scripts/`.
 
 use std::collections::HashMap;
 use std::future::Future;
