@@ -178,6 +178,8 @@ def w3_context(kind: str, quick: bool) -> Dict[str, Any]:
         routes[label] = routes.get(label, 0) + sum(1 for t in tickets if t["text"] == text)
     plain_ticket = _w3_plain(bot)
 
+    # The server starts first: if it cannot, there is nothing yet to clean up.
+    server = _MockServer(W3_LATENCY)
     root = tempfile.mkdtemp(prefix="ffbench-w3-")
     store = _store_server_pids(kind) if kind in SERVER_PROCESS else []
     files = [0]
@@ -198,7 +200,6 @@ def w3_context(kind: str, quick: bool) -> Dict[str, Any]:
         return ctx, lambda n: ctx.delete_namespace()
 
     loop = asyncio.new_event_loop()  # the caller's loop: `arun` and the baseline run on it
-    server = _MockServer(W3_LATENCY)
     provider: Any = None
     client: Any = None
     # `arun` and `map` with the `openai`-client provider, `narun` and `nmap` with the native one.
