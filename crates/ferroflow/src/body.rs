@@ -9,6 +9,7 @@ use futures_util::future::BoxFuture;
 
 use crate::error::{GraphError, NodeError, Result};
 use crate::graph::{Graph, NodeId};
+use crate::state::Task;
 use crate::value::Value;
 
 /// Per-run data a caller attaches when starting or resuming a run and that every body
@@ -21,28 +22,32 @@ pub type Attachment = Arc<dyn Any + Send + Sync>;
 /// ([`NodeCall::handle`]); it refers to the run weakly, so a body that outlives its run
 /// holds nothing up.
 #[derive(Clone)]
-pub struct NodeHandle(Arc<dyn AttemptAccess>);
+pub struct NodeHandle {
+    run: Arc<dyn RunAccess>,
+    task: Task,
+}
 
-/// The engine's side of a [`NodeHandle`]: what the attempt it hands out can reach of its run.
-/// Implemented by the engine only (`engine/handle.rs`); the trait keeps this module, the
-/// contract between the engine and bodies, free of the engine's internals.
-pub(crate) trait AttemptAccess: Send + Sync {
+/// The engine's side of a [`NodeHandle`]: what an attempt (`task`) can reach of its run, one
+/// per run, shared by its attempts' handles. Implemented by the engine only
+/// (`engine/handle.rs`); the trait keeps this module, the contract between the engine and
+/// bodies, free of the engine's internals.
+pub(crate) trait RunAccess: Send + Sync {
     fn run_id(&self) -> &str;
-    fn may_start(&self) -> bool;
+    fn may_start(&self, task: &Task) -> bool;
     fn may_start_now(&self) -> Option<bool>;
     fn durable(&self) -> bool;
-    fn emit(&self, data: Value);
-    fn record(&self, key: &str, value: Value) -> Result<()>;
+    fn emit(&self, task: &Task, data: Value);
+    fn record(&self, task: &Task, key: &str, value: Value) -> Result<()>;
 }
 
 impl NodeHandle {
-    pub(crate) fn new(access: Arc<dyn AttemptAccess>) -> NodeHandle {
-        NodeHandle(access)
+    pub(crate) fn new(run: Arc<dyn RunAccess>, task: Task) -> NodeHandle {
+        NodeHandle { run, task }
     }
 
     /// The id of the run the body runs for.
     pub fn run_id(&self) -> &str {
-        self.0.run_id()
+        self.run.run_id()
     }
 
     /// Whether the engine may still start this attempt's body: in a durable engine, that it
@@ -53,26 +58,26 @@ impl NodeHandle {
     /// process cannot see. Answers at once when [`NodeHandle::may_start_now`] does, and
     /// otherwise asks the store, blocking: call it from a thread that may block.
     pub fn may_start(&self) -> bool {
-        self.0.may_start()
+        self.run.may_start(&self.task)
     }
 
     /// [`NodeHandle::may_start`] without asking the store: `Some(true)` when the lease is
     /// known to hold (or the engine has no store), `Some(false)` when the run was lost
     /// already, `None` when only the store can tell.
     pub fn may_start_now(&self) -> Option<bool> {
-        self.0.may_start_now()
+        self.run.may_start_now()
     }
 
     /// Whether [`NodeHandle::record`] writes to a store (and may wait for it), rather than
     /// to memory.
     pub fn durable(&self) -> bool {
-        self.0.durable()
+        self.run.durable()
     }
 
     /// Reports `data` to whoever watches the run now, as a [`EventKind::NodeProgress`](crate::EventKind::NodeProgress)
     /// event (an LLM node's token deltas, say). It is not journaled.
     pub fn emit(&self, data: Value) {
-        self.0.emit(data)
+        self.run.emit(&self.task, data)
     }
 
     /// Records `value` as the result of the body's step `key` (a model call, a tool call)
@@ -82,7 +87,7 @@ impl NodeHandle {
     /// no longer current (the run moved on: finished, cancelled, or the attempt timed out),
     /// if the value cannot be stored, or if the store fails.
     pub fn record(&self, key: &str, value: Value) -> Result<()> {
-        self.0.record(key, value)
+        self.run.record(&self.task, key, value)
     }
 }
 

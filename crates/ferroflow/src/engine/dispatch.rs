@@ -17,7 +17,7 @@ use crate::state::{Rejected, Task};
 
 use super::Inner;
 use super::durable::StepError;
-use super::handle::Attempt;
+use super::handle::RunSide;
 use super::run::{Interruption, LiveRun, Ready};
 
 impl Inner {
@@ -79,7 +79,7 @@ impl Inner {
             let Body::Blocking(body) = run.workflow.body(ready.task.node) else {
                 unreachable!("only blocking bodies run inline")
             };
-            let call = NodeCall { handle: Some(Attempt::handle(&self, &run, &ready.task)), ..ready.call };
+            let call = NodeCall { handle: Some(RunSide::handle(&self, &run, &ready.task)), ..ready.call };
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| body.call(call)))
                 .unwrap_or_else(|panic| Err(panic_error(panic)));
             let mut next = self.complete(&run, &ready.task, result);
@@ -112,7 +112,7 @@ impl Inner {
         run.started(&ready.task);
         let body = run.workflow.body(ready.task.node).clone();
         let timeout = run.workflow.graph().node(ready.task.node).timeout;
-        let call = NodeCall { handle: Some(Attempt::handle(&self, &run, &ready.task)), ..ready.call };
+        let call = NodeCall { handle: Some(RunSide::handle(&self, &run, &ready.task)), ..ready.call };
         let attempt = async move {
             match body {
                 Body::Async(body) => AssertUnwindSafe(body.call(call))

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use crate::body::{AttemptAccess, NodeHandle};
+use crate::body::{NodeHandle, RunAccess};
 use crate::error::{Error, Result};
 use crate::journal::JournalEntry;
 use crate::limits;
@@ -14,35 +14,37 @@ use super::Inner;
 use super::durable::StepError;
 use super::run::LiveRun;
 
-/// One attempt of a body as the engine hands it out: the [`NodeHandle`]'s engine side. It
-/// refers to the run weakly, so a body that outlives its run holds nothing up.
-pub(super) struct Attempt {
+/// A run as its bodies' [`NodeHandle`]s reach it: the handles' engine side, made once per run
+/// and shared by its attempts. It refers to the run weakly, so a body that outlives its run
+/// holds nothing up.
+pub(super) struct RunSide {
     inner: Weak<Inner>,
     run: Weak<LiveRun>,
     run_id: Arc<str>,
-    task: Task,
 }
 
-impl Attempt {
+impl RunSide {
     /// The handle on `run` for `task`'s attempt.
     pub(super) fn handle(inner: &Arc<Inner>, run: &Arc<LiveRun>, task: &Task) -> NodeHandle {
-        NodeHandle::new(Arc::new(Attempt {
-            inner: Arc::downgrade(inner),
-            run: Arc::downgrade(run),
-            run_id: Arc::clone(&run.run_id),
-            task: Task { delay: None, ..task.clone() },
-        }))
+        let side = run.access.get_or_init(|| {
+            Arc::new(RunSide {
+                inner: Arc::downgrade(inner),
+                run: Arc::downgrade(run),
+                run_id: Arc::clone(&run.run_id),
+            })
+        });
+        NodeHandle::new(Arc::clone(side) as Arc<dyn RunAccess>, Task { delay: None, ..task.clone() })
     }
 }
 
-impl AttemptAccess for Attempt {
+impl RunAccess for RunSide {
     fn run_id(&self) -> &str {
         &self.run_id
     }
 
-    fn may_start(&self) -> bool {
+    fn may_start(&self, task: &Task) -> bool {
         let (Some(inner), Some(run)) = (self.inner.upgrade(), self.run.upgrade()) else { return false };
-        inner.may_start(&run, &self.task)
+        inner.may_start(&run, task)
     }
 
     fn may_start_now(&self) -> Option<bool> {
@@ -60,17 +62,17 @@ impl AttemptAccess for Attempt {
         self.inner.upgrade().is_some_and(|inner| inner.config.store.is_some())
     }
 
-    fn emit(&self, data: Value) {
+    fn emit(&self, task: &Task, data: Value) {
         if let Some(run) = self.run.upgrade() {
-            run.progress(&self.task, data);
+            run.progress(task, data);
         }
     }
 
-    fn record(&self, key: &str, value: Value) -> Result<()> {
+    fn record(&self, task: &Task, key: &str, value: Value) -> Result<()> {
         let (Some(inner), Some(run)) = (self.inner.upgrade(), self.run.upgrade()) else {
             return Err(Error::ShuttingDown);
         };
-        let node = Arc::clone(run.workflow.name(self.task.node));
+        let node = Arc::clone(run.workflow.name(task.node));
         let invalid = |reason: String| Error::InvalidInput { run_id: run.run_id.to_string(), reason };
         limits::check_name("step key", key).map_err(|reason| invalid(format!("node '{node}': {reason}")))?;
         let value = inner
@@ -79,8 +81,8 @@ impl AttemptAccess for Attempt {
             .map_err(|reason| invalid(format!("step '{key}' of node '{node}' cannot be stored: {reason}")))?;
         let entry = JournalEntry::StepRecorded {
             node: Arc::clone(&node),
-            item: self.task.item,
-            attempt: self.task.attempt,
+            item: task.item,
+            attempt: task.attempt,
             key: Arc::from(key),
             value,
         };

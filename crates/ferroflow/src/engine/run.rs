@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
@@ -112,6 +112,9 @@ pub(super) struct RunTable {
 
 pub(super) struct LiveRun {
     pub(super) run_id: Arc<str>,
+    /// What its bodies' handles reach it through, made at the first attempt
+    /// ([`RunSide::handle`](super::handle::RunSide::handle)).
+    pub(super) access: OnceLock<Arc<super::handle::RunSide>>,
     pub(super) workflow: Workflow,
     pub(super) core: Mutex<RunCore>,
     /// The run's status, mirrored from its state on every change (under the run lock).
@@ -268,6 +271,7 @@ impl LiveRun {
             polled: AtomicBool::new(false),
             interrupted: Mutex::new(None),
             is_interrupted: AtomicBool::new(false),
+            access: OnceLock::new(),
         })
     }
 

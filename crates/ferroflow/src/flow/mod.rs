@@ -33,7 +33,6 @@
 mod builder;
 mod cx;
 
-
 use serde::Serialize;
 use tokio::sync::mpsc;
 
