@@ -15,7 +15,7 @@ use pyo3::types::{PyDict, PyList};
 use crate::asyncio::PyEventLoop;
 use crate::delivery::{forward_events, notify_settled};
 use crate::error::to_py_err;
-use crate::options::EngineOptions;
+use crate::options::{self, EngineOptions};
 use crate::records::{error_to_py, event_to_py, record_to_py, snapshot_to_py};
 use crate::runtime;
 use crate::value::{to_py, wrap};
@@ -47,9 +47,7 @@ fn attachment(py: Python<'_>, event_loop: Option<Py<PyAny>>) -> PyResult<Option<
 }
 
 fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
-    timeout
-        .map(|t| Duration::try_from_secs_f64(t).map_err(|_| PyValueError::new_err(format!("invalid timeout {t}"))))
-        .transpose()
+    timeout.map(|t| options::seconds("timeout", t)).transpose()
 }
 
 /// What every way of starting a run needs: the workflow, the input as an engine value, and
@@ -148,7 +146,7 @@ impl PyEngine {
     ) -> PyResult<()> {
         let engine = self.engine()?;
         let workflows: Vec<Workflow> = workflows.iter().map(|w| w.get().cloned()).collect::<PyResult<_>>()?;
-        let grace = seconds(Some(grace_seconds))?.expect("given");
+        let grace = options::seconds("grace", grace_seconds)?;
         let attachment = attachment(py, event_loop)?;
         let stop = tokio_util::sync::CancellationToken::new();
         let engine = engine.clone();

@@ -50,8 +50,9 @@ pub struct EngineOptions {
     outage_timeout_seconds: f64,
 }
 
-/// A number of seconds as a duration, or a `ValueError` naming `what`.
-fn seconds(what: &str, value: f64) -> PyResult<Duration> {
+/// A number of seconds as a duration, or a `ValueError` naming `what`: the one reader of
+/// seconds handed in from Python.
+pub fn seconds(what: &str, value: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value)
         .map_err(|_| PyValueError::new_err(format!("{what} must be a number of seconds >= 0, not {value}")))
 }

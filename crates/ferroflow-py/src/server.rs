@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use ferroflow::{Engine, Workflow};
 use ferroflow_server::{FerroflowService, Server, ServerConfig, ServerError, Tls};
@@ -34,8 +33,7 @@ impl PyServer {
     #[pyo3(signature = (timeout = 10.0))]
     fn stop(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
         let Some(server) = self.server.lock().expect("server lock").take() else { return Ok(()) };
-        let limit = Duration::try_from_secs_f64(timeout)
-            .map_err(|_| PyValueError::new_err(format!("timeout must be a number of seconds, not {timeout}")))?;
+        let limit = crate::options::seconds("timeout", timeout)?;
         // The timer is made inside the runtime: it needs its time driver.
         let stopped =
             py.detach(|| runtime::handle().block_on(async { tokio::time::timeout(limit, server.stop()).await }));
