@@ -6,6 +6,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tup
 from typing_extensions import TypeAlias, final
 
 from ferroflow._options import EngineOptions
+from ferroflow.events import Event
 
 __all__ = [
     "Engine",
@@ -13,6 +14,7 @@ __all__ = [
     "NodeHandle",
     "OpenAIClient",
     "ReplyStream",
+    "Run",
     "Server",
     "Workflow",
     "__version__",
@@ -122,6 +124,27 @@ class Workflow:
 _Snapshot: TypeAlias = Dict[str, Any]
 
 @final
+class Run:
+    """A run wherever it lives, from ``Engine.start``, ``Engine.open_run`` or ``Engine.recover``."""
+
+    @property
+    def id(self) -> str: ...
+    def wait(self, timeout: Optional[float] = None) -> _Snapshot:
+        """Blocks until the run settles (waiting or finished)."""
+    def wait_async(self, timeout: Optional[float] = None) -> asyncio.Future[_Snapshot]:
+        """A future of the running loop, settled when the run settles."""
+    def snapshot(self) -> _Snapshot:
+        """The run's current state."""
+    def events(self, callback: Callable[[Optional[Event]], None], until_finished: bool = False) -> None:
+        """Sends the run's events, from its first, to ``callback`` (then ``None``) from a background thread."""
+    def resume(self, value: Any, node: Optional[str] = None, event_loop: Optional[EventLoop] = None) -> Run:
+        """Answers the human node the run waits at; returns the run to wait on."""
+    def recover(self, event_loop: Optional[EventLoop] = None) -> Run:
+        """Continues the run if it stopped; returns the run to wait on."""
+    def cancel(self) -> None:
+        """Cancels the run."""
+
+@final
 class Engine:
     """The in-memory engine; every call releases the GIL while the engine works."""
 
@@ -131,8 +154,6 @@ class Engine:
     def graphs(self) -> List[Dict[str, Any]]:
         """The graphs workers registered in the store, as dicts (name, version, spec (JSON text),
         registered_ms), by name, newest first."""
-    def follow(self, workflow: Workflow, run_id: str) -> None:
-        """Makes a run only the store knows available here, followed without being taken over."""
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
@@ -158,26 +179,20 @@ class Engine:
         event_loop: Optional[EventLoop] = None,
     ) -> None:
         """Works as a worker on the store until a signal handler raises; then drains and re-raises."""
-    def recover(self, workflow: Workflow, run_id: str, event_loop: Optional[EventLoop] = None) -> None:
+    def recover(self, workflow: Workflow, run_id: str, event_loop: Optional[EventLoop] = None) -> Run:
         """Continues a run from the store (or finds it in memory)."""
+    def open_run(self, workflow: Workflow, run_id: str) -> Run:
+        """The run wherever it lives: held here, or followed from the store."""
     def start(
         self,
         workflow: Workflow,
         input: Any,
         run_id: Optional[str] = None,
         event_loop: Optional[EventLoop] = None,
-    ) -> str:
-        """Starts a run and returns its id."""
-    def start_settled(
-        self,
-        workflow: Workflow,
-        input: Any,
-        callback: Callable[[Optional[_Snapshot], Optional[BaseException]], None],
-        run_id: Optional[str] = None,
-        event_loop: Optional[EventLoop] = None,
-        timeout: Optional[float] = None,
-    ) -> str:
-        """Starts a run; ``callback(snapshot, None)`` or ``callback(None, error)`` once it settles."""
+        events: Optional[Callable[[Optional[Event]], None]] = None,
+        until_finished: bool = False,
+    ) -> Run:
+        """Starts a run and returns it at once; with ``events``, its events from the first go there."""
     def run(
         self,
         workflow: Workflow,
@@ -187,29 +202,6 @@ class Engine:
         timeout: Optional[float] = None,
     ) -> _Snapshot:
         """Starts a run, executes a chain of its sync bodies on this thread, and blocks until it settles."""
-    def start_watched(
-        self,
-        workflow: Workflow,
-        input: Any,
-        callback: Callable[[Optional[Dict[str, Any]]], None],
-        run_id: Optional[str] = None,
-        event_loop: Optional[EventLoop] = None,
-        until_finished: bool = False,
-    ) -> str:
-        """Starts a run and sends its events to ``callback`` (then ``None``) from a background thread."""
-    def watch(
-        self, run_id: str, callback: Callable[[Optional[Dict[str, Any]]], None], until_finished: bool = False
-    ) -> None:
-        """Sends the events of an existing run, from its first, to ``callback``."""
-    def wait(self, run_id: str, timeout: Optional[float] = None) -> _Snapshot:
-        """Blocks until the run settles (waiting or finished)."""
-    def on_settled(
-        self,
-        run_id: str,
-        callback: Callable[[Optional[_Snapshot], Optional[BaseException]], None],
-        timeout: Optional[float] = None,
-    ) -> None:
-        """Calls ``callback(snapshot, None)`` or ``callback(None, error)`` once the run settles."""
     def run_many(
         self,
         workflow: Workflow,
@@ -221,29 +213,8 @@ class Engine:
         run_ids: Optional[List[str]] = None,
     ) -> List[_Snapshot]:
         """Runs one run per input, ``concurrency`` at a time; snapshots in input order."""
-    def resume(
-        self,
-        run_id: str,
-        value: Any,
-        node: Optional[str] = None,
-        event_loop: Optional[EventLoop] = None,
-        timeout: Optional[float] = None,
-    ) -> _Snapshot:
-        """Answers a waiting human node and blocks until the run settles again."""
-    def resume_settled(
-        self,
-        run_id: str,
-        value: Any,
-        callback: Callable[[Optional[_Snapshot], Optional[BaseException]], None],
-        node: Optional[str] = None,
-        event_loop: Optional[EventLoop] = None,
-        timeout: Optional[float] = None,
-    ) -> None:
-        """Answers a waiting human node; ``callback`` as for ``start_settled``."""
     def cancel(self, run_id: str) -> None:
         """Cancels a run."""
-    def snapshot(self, run_id: str) -> _Snapshot:
-        """The run's current state."""
     def nodes(self, run_id: str) -> List[Dict[str, Any]]:
         """Per-node state of a run."""
     def list_runs(
@@ -252,8 +223,8 @@ class Engine:
         """Runs newest first, from the store of a durable engine or from memory."""
     def record(self, run_id: str) -> Dict[str, Any]:
         """One run's record, as ``list_runs`` gives it."""
-    def journal(self, run_id: str) -> List[Dict[str, Any]]:
-        """The run's journal as event dicts."""
+    def journal(self, run_id: str) -> List[Event]:
+        """The run's journal, as events."""
     def run_ids(self) -> List[str]:
         """Ids of the runs in memory, oldest first."""
 

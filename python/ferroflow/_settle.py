@@ -1,6 +1,6 @@
 """How a run settles for its caller: the engine's snapshot as a :class:`RunResult` (or the
-error of a failed or cancelled run), and the bridges that carry the engine's callbacks to the
-caller's asyncio loop."""
+error of a failed or cancelled run), awaited on the caller's asyncio loop, and the bridge
+that carries a run's events there."""
 
 from __future__ import annotations
 
@@ -10,13 +10,6 @@ from typing import Any, Callable, Mapping, Optional
 from . import _native
 from .errors import RunCancelledError, RunFailedError
 from .types import ErrorInfo, RunResult, RunStatus
-
-
-def _notify_when_settled(
-    engine: _native.Engine, run_id: str, notify: Callable[..., None], timeout: Optional[float]
-) -> str:
-    engine.on_settled(run_id, notify, timeout)
-    return run_id
 
 
 def _deliver_to(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> Callable[[Any], None]:
@@ -29,34 +22,14 @@ def _deliver_to(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> C
     return deliver
 
 
-async def _settled(
-    engine: _native.Engine,
-    loop: asyncio.AbstractEventLoop,
-    begin: Callable[[Callable[[Any, Optional[BaseException]], None]], str],
-) -> RunResult:
-    """Starts (or resumes) a run with ``begin(notify)`` and awaits the run settling."""
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(snapshot: Any, error: Optional[BaseException]) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(snapshot)
-
-    def notify(snapshot: Any, error: Optional[BaseException]) -> None:
-        try:
-            loop.call_soon_threadsafe(settle, snapshot, error)
-        except RuntimeError:
-            pass  # the caller's loop is gone
-
-    run_id = begin(notify)
+async def _settled(run: _native.Run, timeout: Optional[float]) -> RunResult:
+    """Awaits ``run`` settling (the engine settles a future of the running loop). Cancelling
+    the awaiting task cancels the run."""
     try:
-        snapshot = await future
+        snapshot = await run.wait_async(timeout)
     except asyncio.CancelledError:
         try:
-            engine.cancel(run_id)
+            run.cancel()
         except Exception:  # noqa: BLE001 - it may have finished meanwhile; the cancellation stands
             pass
         raise
@@ -66,7 +39,7 @@ async def _settled(
 def _result(snapshot: Mapping[str, Any], raise_errors: bool = True) -> RunResult:
     status = RunStatus(snapshot["status"])
     failure = snapshot["failure"]
-    error = ErrorInfo._from_native(failure["error"]) if failure else None
+    error: Optional[ErrorInfo] = failure["error"] if failure else None
     result = RunResult(
         run_id=snapshot["run_id"],
         graph=snapshot["graph"],

@@ -15,8 +15,8 @@ from typing import List, Optional, Protocol, TypeVar, Union
 
 from . import _native
 from ._options import EngineOptions, StoreOptions
-from .events import Event, _from_native
-from .types import ErrorInfo, GraphInfo, NodeInfo, RunInfo, RunStatus, _check_run_id
+from .events import Event
+from .types import GraphInfo, NodeInfo, RunInfo, RunStatus, _check_run_id
 
 
 class _GraphLike(Protocol):
@@ -163,7 +163,7 @@ class Context:
     def journal(self, run_id: str) -> List[Event]:
         """The run's journal: its recorded events, in order."""
         _check_run_id(run_id)
-        return [_from_native(d) for d in self._engine.journal(run_id)]
+        return self._engine.journal(run_id)
 
     def nodes(self, run_id: str) -> List[NodeInfo]:
         """The state of every node of a run, in topological order: the same derivation for
@@ -179,7 +179,7 @@ class Context:
                 status=d["status"],
                 attempts=d["attempts"],
                 output=d["output"],
-                error=ErrorInfo._from_native(d["error"]),
+                error=d["error"],
                 finished_at=None if d["last_ms"] is None else d["last_ms"] / 1000,
             )
             for d in self._engine.nodes(run_id)

@@ -1,6 +1,8 @@
 """Typed events of a run, as ``graph.stream`` yields them.
 
-Every event has ``run_id``, ``seq`` and ``at`` (Unix time, seconds). Journal events are
+Every event has ``run_id``, ``seq`` and ``at`` (Unix time, seconds). The engine builds
+these objects itself (``ferroflow._native`` imports the classes below), so this module is the
+one definition of an event's shape in Python. Journal events are
 numbered by ``seq`` from 0 without gaps; :class:`NodeStarted`, which the journal does not
 record, carries the ``seq`` of the next journal event.
 """
@@ -8,7 +10,7 @@ record, carries the ``seq`` of the next journal event.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Type
+from typing import Any, Optional
 
 from .types import ErrorInfo, RunStatus
 
@@ -118,28 +120,3 @@ class RunFinished(Event):
     output: Any = None
     node: Optional[str] = None
     error: Optional[ErrorInfo] = None
-
-
-_KINDS: Dict[str, Type[Event]] = {
-    "run_started": RunStarted,
-    "node_started": NodeStarted,
-    "node_completed": NodeCompleted,
-    "node_failed": NodeFailed,
-    "node_skipped": NodeSkipped,
-    "node_progress": NodeProgress,
-    "step_recorded": StepRecorded,
-    "interrupted": Interrupted,
-    "resumed": Resumed,
-    "run_finished": RunFinished,
-}
-
-
-def _from_native(d: Mapping[str, Any]) -> Event:
-    fields = dict(d)
-    cls = _KINDS[fields.pop("type")]
-    fields["at"] = fields.pop("at_ms") / 1000.0
-    if "error" in fields:
-        fields["error"] = ErrorInfo._from_native(fields["error"])
-    if cls is RunFinished:
-        fields["status"] = RunStatus(fields["status"])
-    return cls(**fields)

@@ -35,7 +35,7 @@ from typing import (
 from . import _native
 from ._loop import background_loop, on_background_loop, scheduler_for
 from ._nodes import _Node, _policies_spec, _resolve, _retry_problem
-from ._settle import _deliver_to, _notify_when_settled, _result, _settled
+from ._settle import _deliver_to, _result, _settled
 from .context import Context, default_context
 from .errors import (
     DuplicateNodeError,
@@ -44,7 +44,7 @@ from .errors import (
     RunCancelledError,
     RunFailedError,
 )
-from .events import Event, _from_native
+from .events import Event
 from .types import Retry, RunResult, RunStatus, _check_run_id
 
 __all__ = ["Graph"]
@@ -359,23 +359,20 @@ class Graph:
         """Starts a run without waiting for it and returns its id; follow it with
         :meth:`wait`, :meth:`get_run` or :meth:`watch`."""
         workflow, engine = self._starting(input, run_id, context)
-        return engine.start(workflow, input, run_id, self._loop_for_sync())
+        return engine.start(workflow, input, run_id, self._loop_for_sync()).id
 
     def wait(self, run_id: str, *, context: Optional[Context] = None, timeout: Optional[float] = None) -> RunResult:
         """Blocks until the run completes or waits for a person, like :meth:`run`. In a
         durable context, the run may execute in another process."""
-        engine = self._following(run_id, context)
+        run = self._open(run_id, context)
         self._refuse_on_own_loop("wait")
-        return _result(engine.wait(run_id, timeout))
+        return _result(run.wait(timeout))
 
-    def _following(self, run_id: str, context: Optional[Context]) -> _native.Engine:
-        """The context's engine, holding the run: a durable run executing elsewhere is
-        followed from the store."""
+    def _open(self, run_id: str, context: Optional[Context]) -> _native.Run:
+        """The run wherever it lives: in this process, or (in a durable context) only in
+        the store, followed from there."""
         _check_run_id(run_id)
-        ctx = self._context(context)
-        if ctx.durable:
-            ctx._engine.follow(self._workflow(), run_id)
-        return ctx._engine
+        return self._context(context)._engine.open_run(self._workflow(), run_id)
 
     async def arun(
         self,
@@ -389,11 +386,7 @@ class Graph:
         Cancelling the awaiting task cancels the run."""
         workflow, engine = self._starting(input, run_id, context)
         loop = asyncio.get_running_loop()
-        return await _settled(
-            engine,
-            loop,
-            lambda notify: engine.start_settled(workflow, input, notify, run_id, scheduler_for(loop), timeout),
-        )
+        return await _settled(engine.start(workflow, input, run_id, scheduler_for(loop)), timeout)
 
     async def stream(
         self,
@@ -407,28 +400,28 @@ class Graph:
         finishes or waits for a person (or only when it finishes, with ``until_finished``)."""
         workflow, engine = self._starting(input, run_id, context)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Optional[Mapping[str, Any]]] = asyncio.Queue()
-        engine.start_watched(workflow, input, _deliver_to(loop, queue), run_id, scheduler_for(loop), until_finished)
+        queue: asyncio.Queue[Optional[Event]] = asyncio.Queue()
+        engine.start(workflow, input, run_id, scheduler_for(loop), _deliver_to(loop, queue), until_finished)
         while True:
             event = await queue.get()
             if event is None:
                 return
-            yield _from_native(event)
+            yield event
 
     async def watch(
         self, run_id: str, *, context: Optional[Context] = None, until_finished: bool = False
     ) -> AsyncIterator[Event]:
         """Yields the events of an existing run: those so far, then live ones. In a durable
         context, the run may execute in another process."""
-        engine = self._following(run_id, context)
+        run = self._open(run_id, context)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Optional[Mapping[str, Any]]] = asyncio.Queue()
-        engine.watch(run_id, _deliver_to(loop, queue), until_finished)
+        queue: asyncio.Queue[Optional[Event]] = asyncio.Queue()
+        run.events(_deliver_to(loop, queue), until_finished)
         while True:
             event = await queue.get()
             if event is None:
                 return
-            yield _from_native(event)
+            yield event
 
     def map(
         self,
@@ -492,13 +485,12 @@ class Graph:
         _check_run_id(run_id)
         workflow = self._workflow()
         self._refuse_on_own_loop("resume")
-        engine = self._context(context)._engine
         loop = self._loop_for_sync()
-        engine.recover(workflow, run_id, loop)
-        if value is NO_ANSWER:
-            return _result(engine.wait(run_id, timeout))
-        self._check_value(value, "the resume value", run_id)
-        return _result(engine.resume(run_id, value, node, loop, timeout))
+        run = self._context(context)._engine.recover(workflow, run_id, loop)
+        if value is not NO_ANSWER:
+            self._check_value(value, "the resume value", run_id)
+            run = run.resume(value, node, loop)
+        return _result(run.wait(timeout))
 
     async def aresume(
         self,
@@ -512,18 +504,12 @@ class Graph:
         """Like :meth:`resume`, awaitable; async bodies run on the caller's loop."""
         _check_run_id(run_id)
         workflow = self._workflow()
-        engine = self._context(context)._engine
-        loop = asyncio.get_running_loop()
-        engine.recover(workflow, run_id, scheduler_for(loop))
-        if value is NO_ANSWER:
-            return await _settled(engine, loop, lambda notify: _notify_when_settled(engine, run_id, notify, timeout))
-        self._check_value(value, "the resume value", run_id)
-
-        def resume(notify: Callable[..., None]) -> str:
-            engine.resume_settled(run_id, value, notify, node, scheduler_for(loop), timeout)
-            return run_id
-
-        return await _settled(engine, loop, resume)
+        loop = scheduler_for(asyncio.get_running_loop())
+        run = self._context(context)._engine.recover(workflow, run_id, loop)
+        if value is not NO_ANSWER:
+            self._check_value(value, "the resume value", run_id)
+            run = run.resume(value, node, loop)
+        return await _settled(run, timeout)
 
     def cancel(self, run_id: str, *, context: Optional[Context] = None) -> None:
         """Cancels a run. Cancelling a cancelled run does nothing; a finished run raises
@@ -533,4 +519,4 @@ class Graph:
 
     def get_run(self, run_id: str, *, context: Optional[Context] = None) -> RunResult:
         """The run's current state, without waiting (failed runs are returned, not raised)."""
-        return _result(self._following(run_id, context).snapshot(run_id), raise_errors=False)
+        return _result(self._open(run_id, context).snapshot(), raise_errors=False)

@@ -153,12 +153,6 @@ class ErrorInfo:
     traceback: Optional[str] = None
     retryable: bool = True
 
-    @classmethod
-    def _from_native(cls, d: Optional[Mapping[str, Any]]) -> Optional[ErrorInfo]:
-        if d is None:
-            return None
-        return cls(d["type"], d["message"], d.get("traceback"), bool(d.get("retryable", True)))
-
 
 @dataclass(frozen=True)
 class RunResult:

@@ -1,6 +1,6 @@
-//! Handing what the engine produces to Python callbacks: a run settling, and a run's events.
-//! Both wait on the runtime and deliver on a blocking thread that holds the GIL only for the
-//! delivery.
+//! Handing what the engine produces to Python: a run settling (to an asyncio future), and a
+//! run's events (to a callback). Both wait on the runtime and deliver on a blocking thread
+//! that holds the GIL only for the delivery.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,26 +12,54 @@ use crate::error::to_py_err;
 use crate::records::{event_to_py, snapshot_to_py};
 use crate::runtime;
 
-/// Calls `callback(snapshot, None)` or `callback(None, error)` from a blocking thread once
-/// the run settles.
-pub fn notify_settled(run: RunHandle, timeout: Option<Duration>, callback: Py<PyAny>) {
+/// Settles the asyncio `future` of `event_loop` with the run's snapshot (or its error) once
+/// the run settles: the one bridge from the engine's waits to Python's awaitables. The wait
+/// runs on the runtime; the result is handed to the loop's thread with
+/// `call_soon_threadsafe`, from a blocking thread that holds the GIL only for that. A future
+/// already done (its awaiting task was cancelled) is left alone, and so is a closed loop.
+pub fn settle(run: RunHandle, timeout: Option<Duration>, event_loop: Py<PyAny>, future: Py<PyAny>) {
     let handle = runtime::handle();
     handle.clone().spawn(async move {
         let result = run.wait(timeout).await;
         handle.spawn_blocking(move || {
-            // `move`: the callback is dropped with the GIL held, so the references it holds
-            // (the caller's future and loop) are released at once, not on a later GIL acquisition.
+            // `move`: the loop and the future are dropped with the GIL held, at once.
             runtime::attach(move |py| {
-                let args = match result.map_err(to_py_err).and_then(|s| snapshot_to_py(py, &s)) {
+                let (snapshot, error) = match result.map_err(to_py_err).and_then(|s| snapshot_to_py(py, &s)) {
                     Ok(snapshot) => (snapshot, py.None()),
                     Err(e) => (py.None(), e.into_value(py).into_any()),
                 };
-                if let Err(e) = callback.call1(py, args) {
-                    e.write_unraisable(py, None);
+                let settle = Settle { future };
+                if let Err(e) = event_loop.call_method1(py, "call_soon_threadsafe", (settle, snapshot, error)) {
+                    // A closed loop refuses with RuntimeError: nobody awaits the run any more.
+                    if !e.is_instance_of::<pyo3::exceptions::PyRuntimeError>(py) {
+                        e.write_unraisable(py, None);
+                    }
                 }
             })
         });
     });
+}
+
+/// Called on the loop's thread: sets the future's result or exception unless it is done.
+#[pyclass(module = "ferroflow._native", frozen)]
+struct Settle {
+    future: Py<PyAny>,
+}
+
+#[pymethods]
+impl Settle {
+    fn __call__(&self, py: Python<'_>, snapshot: Py<PyAny>, error: Py<PyAny>) -> PyResult<()> {
+        let future = self.future.bind(py);
+        if future.call_method0("done")?.is_truthy()? {
+            return Ok(());
+        }
+        if error.is_none(py) {
+            future.call_method1("set_result", (snapshot,))?;
+        } else {
+            future.call_method1("set_exception", (error,))?;
+        }
+        Ok(())
+    }
 }
 
 /// Sends a run's events to a Python callback, then `None`.

@@ -2,7 +2,6 @@
 //! objects. Every engine call is made with the GIL released, since the engine's threads
 //! need it to run bodies.
 
-use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -13,10 +12,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::asyncio::PyEventLoop;
-use crate::delivery::{forward_events, notify_settled};
+use crate::delivery::forward_events;
 use crate::error::to_py_err;
 use crate::options::{self, EngineOptions};
 use crate::records::{error_to_py, event_to_py, record_to_py, snapshot_to_py};
+use crate::run::PyRun;
 use crate::runtime;
 use crate::value::{to_py, wrap};
 use crate::workflow::PyWorkflow;
@@ -37,7 +37,7 @@ impl PyEngine {
     }
 }
 
-fn attachment(py: Python<'_>, event_loop: Option<Py<PyAny>>) -> PyResult<Option<ferroflow::Attachment>> {
+pub(crate) fn attachment(py: Python<'_>, event_loop: Option<Py<PyAny>>) -> PyResult<Option<ferroflow::Attachment>> {
     event_loop
         .map(|l| {
             let scheduler = l.bind(py).cast::<PyEventLoop>()?.get().scheduler.clone();
@@ -46,7 +46,7 @@ fn attachment(py: Python<'_>, event_loop: Option<Py<PyAny>>) -> PyResult<Option<
         .transpose()
 }
 
-fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+pub(crate) fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
     timeout.map(|t| options::seconds("timeout", t)).transpose()
 }
 
@@ -60,29 +60,6 @@ fn starting(
     event_loop: Option<Py<PyAny>>,
 ) -> PyResult<(Workflow, Value, StartOptions)> {
     Ok((workflow.get()?.clone(), wrap(input), StartOptions { run_id, attachment: attachment(py, event_loop)? }))
-}
-
-/// Blocks on `future` with the GIL released, checking for Ctrl-C (and calling `tick`)
-/// every 100 ms so that a blocked caller can always be interrupted.
-fn block_on<T: Send>(
-    py: Python<'_>,
-    future: impl Future<Output = T> + Send,
-    mut tick: impl FnMut(Python<'_>) -> PyResult<()> + Send,
-) -> PyResult<T> {
-    let handle = runtime::handle();
-    py.detach(|| {
-        handle.block_on(async {
-            let mut future = std::pin::pin!(future);
-            loop {
-                tokio::select! {
-                    out = &mut future => return Ok(out),
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {
-                        Python::attach(|py| py.check_signals().and_then(|()| tick(py)))?;
-                    }
-                }
-            }
-        })
-    })
 }
 
 #[pymethods]
@@ -212,12 +189,12 @@ impl PyEngine {
         )
     }
 
-    /// Makes a run only the store knows available here, followed from the store without
-    /// being taken over (a run this engine holds is left as it is).
-    fn follow(&self, py: Python<'_>, workflow: PyRef<'_, PyWorkflow>, run_id: &str) -> PyResult<()> {
+    /// The run wherever it lives: held here, or (in a durable context) followed from the
+    /// store without being taken over.
+    fn open_run(&self, py: Python<'_>, workflow: PyRef<'_, PyWorkflow>, run_id: &str) -> PyResult<PyRun> {
         let engine = self.engine()?;
         let workflow = workflow.get()?.clone();
-        py.detach(|| engine.follow(&workflow, run_id)).map(drop).map_err(to_py_err)
+        py.detach(|| engine.open_run(&workflow, run_id)).map(PyRun::from).map_err(to_py_err)
     }
 
     /// Continues a run from the store (or returns it, if this engine holds it already).
@@ -228,15 +205,19 @@ impl PyEngine {
         workflow: PyRef<'_, PyWorkflow>,
         run_id: &str,
         event_loop: Option<Py<PyAny>>,
-    ) -> PyResult<()> {
+    ) -> PyResult<PyRun> {
         let engine = self.engine()?;
         let workflow = workflow.get()?.clone();
         let attachment = attachment(py, event_loop)?;
-        py.detach(|| engine.recover(&workflow, run_id, attachment)).map(drop).map_err(to_py_err)
+        py.detach(|| engine.recover(&workflow, run_id, attachment)).map(PyRun::from).map_err(to_py_err)
     }
 
-    /// Starts a run and returns its id.
-    #[pyo3(signature = (workflow, input, run_id = None, event_loop = None))]
+    /// Starts a run and returns it at once. With `events`, the run's events are forwarded
+    /// to that callback (then `None`) from its first, live ones included, until the run
+    /// settles (or finishes, with `until_finished`): the watch begins with the run, so that
+    /// no event that is not journaled (a node starting) is missed.
+    #[pyo3(signature = (workflow, input, run_id = None, event_loop = None, events = None, until_finished = false))]
+    #[allow(clippy::too_many_arguments)] // the Python signature, keyword arguments with defaults
     fn start(
         &self,
         py: Python<'_>,
@@ -244,55 +225,18 @@ impl PyEngine {
         input: Py<PyAny>,
         run_id: Option<String>,
         event_loop: Option<Py<PyAny>>,
-    ) -> PyResult<String> {
-        let engine = self.engine()?;
-        let (workflow, input, options) = starting(py, &workflow, input, run_id, event_loop)?;
-        py.detach(|| engine.start(&workflow, input, options)).map(|run| run.id().to_string()).map_err(to_py_err)
-    }
-
-    /// Starts a run and calls `callback(snapshot, None)` or `callback(None, error)` from a
-    /// background thread once it settles: the awaitable `graph.arun`.
-    #[pyo3(signature = (workflow, input, callback, run_id = None, event_loop = None, timeout = None))]
-    #[allow(clippy::too_many_arguments)]
-    fn start_settled(
-        &self,
-        py: Python<'_>,
-        workflow: PyRef<'_, PyWorkflow>,
-        input: Py<PyAny>,
-        callback: Py<PyAny>,
-        run_id: Option<String>,
-        event_loop: Option<Py<PyAny>>,
-        timeout: Option<f64>,
-    ) -> PyResult<String> {
-        let engine = self.engine()?;
-        let timeout = seconds(timeout)?;
-        let (workflow, input, options) = starting(py, &workflow, input, run_id, event_loop)?;
-        let run = py.detach(|| engine.start(&workflow, input, options)).map_err(to_py_err)?;
-        let run_id = run.id().to_string();
-        notify_settled(run, timeout, callback);
-        Ok(run_id)
-    }
-
-    /// Starts a run and forwards its events to `callback` (then `None`) from a
-    /// background thread, until the run settles (or finishes, with `until_finished`).
-    #[pyo3(signature = (workflow, input, callback, run_id = None, event_loop = None, until_finished = false))]
-    #[allow(clippy::too_many_arguments)]
-    fn start_watched(
-        &self,
-        py: Python<'_>,
-        workflow: PyRef<'_, PyWorkflow>,
-        input: Py<PyAny>,
-        callback: Py<PyAny>,
-        run_id: Option<String>,
-        event_loop: Option<Py<PyAny>>,
+        events: Option<Py<PyAny>>,
         until_finished: bool,
-    ) -> PyResult<String> {
+    ) -> PyResult<PyRun> {
         let engine = self.engine()?;
         let (workflow, input, options) = starting(py, &workflow, input, run_id, event_loop)?;
+        let Some(callback) = events else {
+            return py.detach(|| engine.start(&workflow, input, options)).map(PyRun::from).map_err(to_py_err);
+        };
         let until = if until_finished { WatchUntil::Finished } else { WatchUntil::Settled };
         let (run, rx) = py.detach(|| engine.start_watched(&workflow, input, options, until)).map_err(to_py_err)?;
         forward_events(rx, callback);
-        Ok(run.id().to_string())
+        Ok(PyRun::from(run))
     }
 
     /// Starts a run, executes its blocking bodies on this thread while they form a chain
@@ -318,38 +262,8 @@ impl PyEngine {
             Some(_) => py.detach(|| engine.start(&workflow, input, options)),
         }
         .map_err(to_py_err)?;
-        let snapshot = block_on(py, run.wait(timeout), |_| Ok(()))?.map_err(to_py_err)?;
+        let snapshot = runtime::block_on(py, run.wait(timeout), |_| Ok(()))?.map_err(to_py_err)?;
         snapshot_to_py(py, &snapshot)
-    }
-
-    /// Forwards the events of an existing run (from its first) to `callback`.
-    #[pyo3(signature = (run_id, callback, until_finished = false))]
-    fn watch(&self, py: Python<'_>, run_id: &str, callback: Py<PyAny>, until_finished: bool) -> PyResult<()> {
-        let engine = self.engine()?;
-        let until = if until_finished { WatchUntil::Finished } else { WatchUntil::Settled };
-        let rx = py.detach(|| engine.watch(run_id, until)).map_err(to_py_err)?;
-        forward_events(rx, callback);
-        Ok(())
-    }
-
-    /// Blocks until the run is settled and returns its snapshot.
-    #[pyo3(signature = (run_id, timeout = None))]
-    fn wait(&self, py: Python<'_>, run_id: &str, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
-        let engine = self.engine()?;
-        let timeout = seconds(timeout)?;
-        let snapshot = block_on(py, engine.wait(run_id, timeout), |_| Ok(()))?.map_err(to_py_err)?;
-        snapshot_to_py(py, &snapshot)
-    }
-
-    /// Calls `callback(snapshot, None)` or `callback(None, error)` from a background
-    /// thread once the run is settled.
-    #[pyo3(signature = (run_id, callback, timeout = None))]
-    fn on_settled(&self, py: Python<'_>, run_id: &str, callback: Py<PyAny>, timeout: Option<f64>) -> PyResult<()> {
-        let engine = self.engine()?;
-        let timeout = seconds(timeout)?;
-        let run = py.detach(|| engine.handle(run_id)).map_err(to_py_err)?;
-        notify_settled(run, timeout, callback);
-        Ok(())
     }
 
     /// Runs one input per run, at most `concurrency` at a time, and returns their
@@ -423,7 +337,7 @@ impl PyEngine {
                 }),
             }
         };
-        let snapshots = block_on(py, batch, |py| match &progress {
+        let snapshots = runtime::block_on(py, batch, |py| match &progress {
             Some(cb) => cb.call1(py, (done.load(std::sync::atomic::Ordering::Relaxed), total)).map(drop),
             None => Ok(()),
         })?
@@ -435,57 +349,9 @@ impl PyEngine {
         Ok(PyList::new(py, items)?.unbind())
     }
 
-    /// Answers a waiting human node and blocks until the run settles again.
-    #[pyo3(signature = (run_id, value, node = None, event_loop = None, timeout = None))]
-    fn resume(
-        &self,
-        py: Python<'_>,
-        run_id: &str,
-        value: Py<PyAny>,
-        node: Option<&str>,
-        event_loop: Option<Py<PyAny>>,
-        timeout: Option<f64>,
-    ) -> PyResult<Py<PyAny>> {
-        let engine = self.engine()?;
-        let timeout = seconds(timeout)?;
-        let value = wrap(value);
-        let attachment = attachment(py, event_loop)?;
-        let run = py.detach(|| engine.resume(run_id, node, value, attachment)).map_err(to_py_err)?;
-        let snapshot = block_on(py, run.wait(timeout), |_| Ok(()))?.map_err(to_py_err)?;
-        snapshot_to_py(py, &snapshot)
-    }
-
-    /// Answers a waiting human node; `callback` is called as with `start_settled`.
-    #[pyo3(signature = (run_id, value, callback, node = None, event_loop = None, timeout = None))]
-    #[allow(clippy::too_many_arguments)]
-    fn resume_settled(
-        &self,
-        py: Python<'_>,
-        run_id: &str,
-        value: Py<PyAny>,
-        callback: Py<PyAny>,
-        node: Option<&str>,
-        event_loop: Option<Py<PyAny>>,
-        timeout: Option<f64>,
-    ) -> PyResult<()> {
-        let engine = self.engine()?;
-        let timeout = seconds(timeout)?;
-        let value = wrap(value);
-        let attachment = attachment(py, event_loop)?;
-        let run = py.detach(|| engine.resume(run_id, node, value, attachment)).map_err(to_py_err)?;
-        notify_settled(run, timeout, callback);
-        Ok(())
-    }
-
     fn cancel(&self, py: Python<'_>, run_id: &str) -> PyResult<()> {
         let engine = self.engine()?;
         py.detach(|| engine.cancel(run_id)).map_err(to_py_err)
-    }
-
-    fn snapshot(&self, py: Python<'_>, run_id: &str) -> PyResult<Py<PyAny>> {
-        let engine = self.engine()?;
-        let snapshot = py.detach(|| engine.snapshot(run_id)).map_err(to_py_err)?;
-        snapshot_to_py(py, &snapshot)
     }
 
     /// Per-node state of a run, as dicts.

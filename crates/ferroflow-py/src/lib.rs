@@ -9,6 +9,7 @@ mod error;
 mod llm;
 mod options;
 mod records;
+mod run;
 mod runtime;
 mod server;
 mod value;
@@ -87,6 +88,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<workflow::PyWorkflow>()?;
+    m.add_class::<run::PyRun>()?;
     m.add_class::<asyncio::PyEventLoop>()?;
     m.add_class::<body::PyNodeHandle>()?;
     m.add_class::<llm::PyOpenAIClient>()?;

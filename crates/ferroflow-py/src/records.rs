@@ -1,9 +1,10 @@
-//! What crosses into Python from the engine: run records, node errors, snapshots and events,
-//! each built in this one place as the plain objects `ferroflow.types` and `ferroflow.events`
-//! read.
+//! What crosses into Python from the engine, each built in this one place: events as the
+//! typed classes of `ferroflow.events`, node errors as `ferroflow.types.ErrorInfo`, and run
+//! records and snapshots as the plain dicts `ferroflow.types` and `ferroflow.context` read.
 
 use ferroflow::{Event, EventKind, JournalEntry, NodeError, RunSnapshot};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
 use crate::value::to_py;
@@ -19,13 +20,50 @@ pub fn record_to_py(py: Python<'_>, r: &ferroflow::RunRecord) -> PyResult<Py<PyA
     Ok(d.into_any().unbind())
 }
 
+/// The Python classes events and errors are built as, imported once.
+struct Classes {
+    error_info: Py<PyAny>,
+    run_status: Py<PyAny>,
+    run_started: Py<PyAny>,
+    node_started: Py<PyAny>,
+    node_progress: Py<PyAny>,
+    node_completed: Py<PyAny>,
+    node_failed: Py<PyAny>,
+    node_skipped: Py<PyAny>,
+    step_recorded: Py<PyAny>,
+    interrupted: Py<PyAny>,
+    resumed: Py<PyAny>,
+    run_finished: Py<PyAny>,
+}
+
+static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
+
+fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
+    CLASSES.get_or_try_init(py, || {
+        let types = py.import("ferroflow.types")?;
+        let events = py.import("ferroflow.events")?;
+        let event = |name: &str| events.getattr(name).map(Bound::unbind);
+        Ok(Classes {
+            error_info: types.getattr("ErrorInfo")?.unbind(),
+            run_status: types.getattr("RunStatus")?.unbind(),
+            run_started: event("RunStarted")?,
+            node_started: event("NodeStarted")?,
+            node_progress: event("NodeProgress")?,
+            node_completed: event("NodeCompleted")?,
+            node_failed: event("NodeFailed")?,
+            node_skipped: event("NodeSkipped")?,
+            step_recorded: event("StepRecorded")?,
+            interrupted: event("Interrupted")?,
+            resumed: event("Resumed")?,
+            run_finished: event("RunFinished")?,
+        })
+    })
+}
+
+/// A node attempt's error as a `ferroflow.types.ErrorInfo`.
 pub fn error_to_py(py: Python<'_>, error: &NodeError) -> PyResult<Py<PyAny>> {
-    let d = PyDict::new(py);
-    d.set_item("type", &error.kind)?;
-    d.set_item("message", &error.message)?;
-    d.set_item("traceback", error.traceback.as_deref())?;
-    d.set_item("retryable", error.retryable)?;
-    Ok(d.into_any().unbind())
+    let args = (&error.kind, &error.message, error.traceback.as_deref(), error.retryable);
+    classes(py)?.error_info.call1(py, args)
 }
 
 pub fn snapshot_to_py(py: Python<'_>, s: &RunSnapshot) -> PyResult<Py<PyAny>> {
@@ -52,84 +90,77 @@ pub fn snapshot_to_py(py: Python<'_>, s: &RunSnapshot) -> PyResult<Py<PyAny>> {
     Ok(d.into_any().unbind())
 }
 
+/// A run's event as the `ferroflow.events` class of its kind, built here and nowhere else.
 pub fn event_to_py(py: Python<'_>, event: &Event) -> PyResult<Py<PyAny>> {
+    let classes = classes(py)?;
     let d = PyDict::new(py);
     d.set_item("run_id", event.run_id.as_ref())?;
     d.set_item("seq", event.seq)?;
-    d.set_item("at_ms", event.at_ms)?;
-    let set_node = |node: &str| d.set_item("node", node);
-    match &event.kind {
+    d.set_item("at", event.at_ms as f64 / 1000.0)?;
+    let attempt_of = |node: &str, item: Option<u32>, attempt: u32| -> PyResult<()> {
+        d.set_item("node", node)?;
+        d.set_item("item", item)?;
+        d.set_item("attempt", attempt)
+    };
+    let class = match &event.kind {
         EventKind::NodeStarted { node, item, attempt } => {
-            d.set_item("type", "node_started")?;
-            set_node(node)?;
-            d.set_item("item", *item)?;
-            d.set_item("attempt", *attempt)?;
+            attempt_of(node, *item, *attempt)?;
+            &classes.node_started
         }
         EventKind::NodeProgress { node, item, attempt, data } => {
-            d.set_item("type", "node_progress")?;
-            set_node(node)?;
-            d.set_item("item", *item)?;
-            d.set_item("attempt", *attempt)?;
+            attempt_of(node, *item, *attempt)?;
             d.set_item("data", to_py(py, data)?)?;
+            &classes.node_progress
         }
         EventKind::Journal(entry) => match entry {
             JournalEntry::RunStarted { graph, version, input } => {
-                d.set_item("type", "run_started")?;
                 d.set_item("graph", graph.as_ref())?;
                 d.set_item("version", version.as_ref())?;
                 d.set_item("input", to_py(py, input)?)?;
+                &classes.run_started
             }
             JournalEntry::NodeCompleted { node, item, attempt, output } => {
-                d.set_item("type", "node_completed")?;
-                set_node(node)?;
-                d.set_item("item", *item)?;
-                d.set_item("attempt", *attempt)?;
+                attempt_of(node, *item, *attempt)?;
                 d.set_item("output", to_py(py, output)?)?;
+                &classes.node_completed
             }
             JournalEntry::NodeFailed { node, item, attempt, error, retry_in_ms } => {
-                d.set_item("type", "node_failed")?;
-                set_node(node)?;
-                d.set_item("item", *item)?;
-                d.set_item("attempt", *attempt)?;
+                attempt_of(node, *item, *attempt)?;
                 d.set_item("error", error_to_py(py, error)?)?;
                 d.set_item("retry_in", retry_in_ms.map(|ms| ms as f64 / 1000.0))?;
+                &classes.node_failed
             }
             JournalEntry::NodeSkipped { node } => {
-                d.set_item("type", "node_skipped")?;
-                set_node(node)?;
+                d.set_item("node", node.as_ref())?;
+                &classes.node_skipped
             }
             JournalEntry::StepRecorded { node, item, attempt, key, value } => {
-                d.set_item("type", "step_recorded")?;
-                set_node(node)?;
-                d.set_item("item", *item)?;
-                d.set_item("attempt", *attempt)?;
+                attempt_of(node, *item, *attempt)?;
                 d.set_item("key", key.as_ref())?;
                 d.set_item("value", to_py(py, value)?)?;
+                &classes.step_recorded
             }
             JournalEntry::Interrupted { node, attempt, payload } => {
-                d.set_item("type", "interrupted")?;
-                set_node(node)?;
+                d.set_item("node", node.as_ref())?;
                 d.set_item("attempt", *attempt)?;
                 d.set_item("payload", to_py(py, payload)?)?;
+                &classes.interrupted
             }
             JournalEntry::Resumed { node, value } => {
-                d.set_item("type", "resumed")?;
-                set_node(node)?;
+                d.set_item("node", node.as_ref())?;
                 d.set_item("value", to_py(py, value)?)?;
+                &classes.resumed
             }
             JournalEntry::RunFinished { status, output, failure } => {
-                d.set_item("type", "run_finished")?;
-                d.set_item("status", status.as_str())?;
+                d.set_item("status", classes.run_status.call1(py, (status.as_str(),))?)?;
                 d.set_item("output", output.as_ref().map(|v| to_py(py, v)).transpose()?)?;
-                match failure {
-                    Some(f) => {
-                        d.set_item("node", f.node.as_ref())?;
-                        d.set_item("error", error_to_py(py, &f.error)?)?;
-                    }
-                    None => d.set_item("error", py.None())?,
+                if let Some(f) = failure {
+                    d.set_item("node", f.node.as_ref())?;
+                    d.set_item("error", error_to_py(py, &f.error)?)?;
                 }
+                &classes.run_finished
             }
         },
-    }
-    Ok(d.into_any().unbind())
+    };
+    class.call(py, (), Some(&d))
 }

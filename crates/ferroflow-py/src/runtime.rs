@@ -4,8 +4,8 @@
 //! `fork()` gets a fresh one (the parent's threads do not exist in the child, so its
 //! runtime must never be touched there).
 
+use std::future::Future;
 use std::sync::Mutex;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,29 @@ pub fn handle() -> Handle {
         std::mem::forget(stale);
     }
     handle
+}
+
+/// Blocks on `future` with the GIL released, checking for Ctrl-C (and calling `tick`)
+/// every 100 ms so that a blocked caller can always be interrupted.
+pub fn block_on<T: Send>(
+    py: Python<'_>,
+    future: impl Future<Output = T> + Send,
+    mut tick: impl FnMut(Python<'_>) -> PyResult<()> + Send,
+) -> PyResult<T> {
+    let handle = handle();
+    py.detach(|| {
+        handle.block_on(async {
+            let mut future = std::pin::pin!(future);
+            loop {
+                tokio::select! {
+                    out = &mut future => return Ok(out),
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {
+                        Python::attach(|py| py.check_signals().and_then(|()| tick(py)))?;
+                    }
+                }
+            }
+        })
+    })
 }
 
 /// Gives each runtime thread a Python thread state for its whole life, with the GIL

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferroflow::{
-    Attachment, Body, Engine, Error, Event, EventKind, GraphRecord, GraphSpec, NodeError, RunQuery, RunRecord,
-    StartOptions, Value, WatchUntil, Workflow,
+    Attachment, Body, Engine, Error, Event, EventKind, GraphRecord, GraphSpec, NodeError, RunHandle, RunQuery,
+    RunRecord, StartOptions, Value, WatchUntil, Workflow,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -174,21 +174,27 @@ impl Shared {
         run_message(&record, &journal)
     }
 
-    /// Makes sure the engine holds the run: a run only the store knows is loaded and
-    /// followed from it. Returns whether this process executes the run's graph.
-    fn hold(&self, run_id: &str) -> Result<bool, Status> {
-        let (record, _) = self.engine.load(run_id).map_err(status_of)?;
-        if self.engine.handle(run_id).is_err() {
-            let (workflow, _) = self.resolve(&record.graph, Some(&record.version), false).map_err(|_| {
-                status::failed_precondition(format!(
-                    "run '{run_id}' is of graph '{}' version {}, which no worker registered in this context",
-                    record.graph, record.version
-                ))
-            })?;
-            self.engine.follow(&workflow, run_id).map_err(status_of)?;
-        }
-        let graph = |w: &Workflow| w.graph().name() == record.graph && w.graph().version() == record.version;
-        Ok(self.served.iter().any(graph))
+    /// The run wherever it lives ([`Engine::open_run_of`]: held here, or followed from the
+    /// store with the workflow of its graph version), and whether this process executes
+    /// that graph.
+    fn open(&self, run_id: &str) -> Result<(RunHandle, bool), Status> {
+        let mut refused = None;
+        let opened =
+            self.engine.open_run_of(run_id, |record| match self.resolve(&record.graph, Some(&record.version), false) {
+                Ok((workflow, _)) => Some(workflow),
+                Err(_) => {
+                    refused = Some(status::failed_precondition(format!(
+                        "run '{run_id}' is of graph '{}' version {}, which no worker registered in this context",
+                        record.graph, record.version
+                    )));
+                    None
+                }
+            });
+        let run = opened.map_err(|error| refused.unwrap_or_else(|| status_of(error)))?;
+        let graph = run.workflow().graph();
+        let served =
+            self.served.iter().any(|w| w.graph().name() == graph.name() && w.graph().version() == graph.version());
+        Ok((run, served))
     }
 
     fn start(
@@ -232,14 +238,14 @@ impl Shared {
     }
 
     fn resume(&self, run_id: &str, node: Option<&str>, value: Value) -> Result<proto::Run, Status> {
-        let executable = self.hold(run_id)?;
+        let (run, executable) = self.open(run_id)?;
         if self.executes() && !executable {
             return Err(status::failed_precondition(format!(
                 "run '{run_id}' is of a graph this process does not serve; it would execute what follows \
                  the answer, so resume it through a server of that graph"
             )));
         }
-        self.engine.resume(run_id, node, value, self.attachment.clone()).map_err(status_of)?;
+        run.resume(node, value, self.attachment.clone()).map_err(status_of)?;
         self.run(run_id)
     }
 
@@ -249,10 +255,8 @@ impl Shared {
     }
 
     fn watch(&self, run_id: &str, until: WatchUntil) -> Result<mpsc::UnboundedReceiver<Event>, Status> {
-        if self.engine.handle(run_id).is_err() {
-            self.hold(run_id)?;
-        }
-        self.engine.watch(run_id, until).map_err(status_of)
+        let (run, _) = self.open(run_id)?;
+        run.events(until).map_err(status_of)
     }
 
     fn graphs(&self) -> Result<Vec<proto::Graph>, Status> {

@@ -7,32 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::body::Workflow;
-use crate::error::Result;
 use crate::journal::RunStatus;
 
-use super::run::{LiveRun, RunHandle};
-use super::{Engine, Inner};
-
-impl Engine {
-    /// A handle on a run, without taking it over: a run this engine holds as it is; a run
-    /// only the store knows (executed by a worker, or by another process) is loaded and
-    /// followed from the store, so that waiting for it and watching it work from here.
-    ///
-    /// # Errors
-    ///
-    /// As for [`Engine::recover`].
-    pub fn follow(&self, workflow: &Workflow, run_id: &str) -> Result<RunHandle> {
-        self.inner.check_open()?;
-        let (run, loaded) = self.inner.load_run(run_id, |_| Some(workflow.clone()), None)?;
-        if loaded && !run.status().is_terminal() {
-            self.inner.follow(&run);
-        } else if !loaded {
-            self.inner.refresh(&run);
-        }
-        Ok(self.handle_of(run))
-    }
-}
+use super::Inner;
+use super::run::LiveRun;
 
 impl Inner {
     /// Follows a run executed elsewhere: its new journal entries are read from the store

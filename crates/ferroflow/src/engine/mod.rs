@@ -12,7 +12,8 @@
 //!
 //! The engine's parts, one concern per module:
 //! - this module: the configuration, the public types, and [`Engine`] itself;
-//! - [`run`]: a run held in memory, its watchers and handle;
+//! - [`run`]: a run held in memory and its watchers;
+//! - [`run_handle`]: a run wherever it lives ([`Engine::open_run`]) and the handle on it;
 //! - [`start`] and [`recovery`]: starting runs, and taking on runs the store has;
 //! - [`dispatch`]: running bodies and completing their tasks;
 //! - [`durable`] and [`outage`]: writing steps to the store, and riding out its outages;
@@ -29,11 +30,12 @@ mod ops;
 mod outage;
 mod recovery;
 mod run;
+mod run_handle;
 mod start;
 mod worker;
 
 pub use crate::body::NodeHandle;
-pub use run::RunHandle;
+pub use run_handle::RunHandle;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicUsize;
@@ -395,10 +397,6 @@ impl Engine {
         let _ = self.inner.flush(None);
     }
 
-    fn handle_of(&self, run: Arc<LiveRun>) -> RunHandle {
-        RunHandle { run, engine: Arc::downgrade(&self.inner) }
-    }
-
     /// The settings the engine was made with.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
@@ -411,6 +409,11 @@ impl Engine {
 }
 
 impl Inner {
+    /// A handle on `run` for callers.
+    fn handle_of(self: &Arc<Self>, run: Arc<LiveRun>) -> RunHandle {
+        RunHandle { run, engine: Arc::downgrade(self) }
+    }
+
     /// A value entering a run (its input, a node's output, a person's answer, a recorded
     /// step) as the run keeps it: in a durable engine its JSON form (what the store keeps,
     /// and what a recovered run would see), otherwise the value as it is. Plain data is held

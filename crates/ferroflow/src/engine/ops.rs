@@ -16,8 +16,9 @@ use crate::store::{GraphRecord, RunCursor, RunPage, RunQuery, RunRecord, Step, S
 use crate::value::Value;
 
 use super::durable::StepError;
-use super::run::{LiveRun, RunHandle, node_reports};
-use super::{Engine, NodeReport, RunSnapshot, WatchUntil, already_cancelled, check_run_id};
+use super::run::{LiveRun, node_reports};
+use super::run_handle::RunHandle;
+use super::{Engine, Inner, NodeReport, RunSnapshot, WatchUntil, already_cancelled, check_run_id};
 
 impl Engine {
     /// Waits until the run is settled (waiting for a person, or finished) or `timeout`
@@ -39,7 +40,7 @@ impl Engine {
     /// [`Engine::follow`] or [`Engine::recover`].
     pub fn handle(&self, run_id: &str) -> Result<RunHandle> {
         self.inner.check_open()?;
-        self.inner.live(run_id).map(|run| self.handle_of(run))
+        self.inner.live(run_id).map(|run| self.inner.handle_of(run))
     }
 
     /// The run's current state.
@@ -77,7 +78,7 @@ impl Engine {
         if let Ok(run) = self.current(run_id) {
             return Ok(run.node_reports());
         }
-        let (record, journal) = self.stored(run_id)?;
+        let (record, journal) = self.inner.stored(run_id)?;
         let graph = self.registered_graph(&record.graph, &record.version)?;
         let entries: Vec<JournalEntry> = journal.iter().map(|stored| stored.entry.clone()).collect();
         let state = RunState::replay(Arc::clone(&graph), &entries).map_err(|reason| Error::CorruptJournal {
@@ -111,7 +112,7 @@ impl Engine {
         if let Ok(run) = self.current(run_id) {
             return Ok(run.lock().journal.clone());
         }
-        self.stored(run_id).map(|(_, journal)| journal)
+        self.inner.stored(run_id).map(|(_, journal)| journal)
     }
 
     /// The run's record and journal, without taking the run over: from the store in a
@@ -123,20 +124,12 @@ impl Engine {
     pub fn load(&self, run_id: &str) -> Result<(RunRecord, Vec<StoredEntry>)> {
         self.inner.check_open()?;
         if self.inner.config.store.is_some() {
-            return self.stored(run_id);
+            return self.inner.stored(run_id);
         }
         let run = self.inner.live(run_id)?;
         let core = run.lock();
         let record = run.run_record(&core).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
         Ok((record, core.journal.clone()))
-    }
-
-    /// The run's record and journal from the store, without taking the run over.
-    pub(super) fn stored(&self, run_id: &str) -> Result<(RunRecord, Vec<StoredEntry>)> {
-        check_run_id(run_id)?;
-        let not_found = || Error::RunNotFound { run_id: run_id.to_owned() };
-        let store = self.inner.config.store.as_ref().ok_or_else(not_found)?;
-        self.inner.block_on(store.load(run_id))?.ok_or_else(not_found)
     }
 
     /// The graphs workers registered in the engine's store ([`Engine::work`] registers its
@@ -222,11 +215,61 @@ impl Engine {
         attachment: Option<Attachment>,
     ) -> Result<RunHandle> {
         self.inner.check_open()?;
+        self.inner.resume(run_id, node, value, attachment).map(|run| self.inner.handle_of(run))
+    }
+
+    /// Cancels a run: it is marked cancelled at once, async bodies in flight are
+    /// cancelled, and results still arriving are dropped. Cancelling a cancelled run does
+    /// nothing. In a durable engine, a run only the store holds is cancelled in the store;
+    /// a process executing it stops when it next writes to it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRunState`] if the run completed or failed, [`Error::RunNotFound`] if
+    /// there is no such run, and the store's errors.
+    pub fn cancel(&self, run_id: &str) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner.cancel(run_id)
+    }
+
+    /// The run's events so far, then live ones until `until`; the channel closes then.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RunNotFound`] if this engine does not hold the run in memory.
+    ///
+    /// A watch until the end of a run this engine does not execute (one that waits for a
+    /// person, in a durable engine) follows the run from the store while it lasts, so that
+    /// the watcher sees what other processes record.
+    pub fn watch(&self, run_id: &str, until: WatchUntil) -> Result<mpsc::UnboundedReceiver<Event>> {
+        self.inner.check_open()?;
         let run = self.inner.live(run_id)?;
+        Ok(self.inner.watch(&run, until))
+    }
+}
+
+impl Inner {
+    /// The run's record and journal from the store, without taking the run over.
+    pub(super) fn stored(&self, run_id: &str) -> Result<(RunRecord, Vec<StoredEntry>)> {
+        check_run_id(run_id)?;
+        let not_found = || Error::RunNotFound { run_id: run_id.to_owned() };
+        let store = self.config.store.as_ref().ok_or_else(not_found)?;
+        self.block_on(store.load(run_id))?.ok_or_else(not_found)
+    }
+
+    /// [`Engine::resume`].
+    pub(super) fn resume(
+        self: &Arc<Self>,
+        run_id: &str,
+        node: Option<&str>,
+        value: Value,
+        attachment: Option<Attachment>,
+    ) -> Result<Arc<LiveRun>> {
+        let run = self.live(run_id)?;
         let ready = {
             let mut core = run.lock();
             // The person may have answered through another process already.
-            self.inner.catch_up(&run, &mut core, false)?;
+            self.catch_up(&run, &mut core, false)?;
             let waiting: Vec<String> =
                 core.state.waiting().map(|(id, _)| run.workflow.graph().node(id).name.clone()).collect();
             if waiting.is_empty() {
@@ -250,13 +293,13 @@ impl Engine {
             if attachment.is_some() {
                 core.attachment = attachment;
             }
-            let value = self.inner.accept(value).and_then(|value| self.inner.fits_in_a_write(&value).map(|()| value));
+            let value = self.accept(value).and_then(|value| self.fits_in_a_write(&value).map(|()| value));
             let value = value.map_err(|reason| Error::InvalidInput {
                 run_id: run_id.to_owned(),
                 reason: format!("the answer for node '{node}' cannot be stored: {reason}"),
             })?;
             let entry = JournalEntry::Resumed { node: node.as_str().into(), value };
-            match self.inner.step(&run, &mut core, entry, &[]) {
+            match self.step(&run, &mut core, entry, &[]) {
                 Ok(ready) => run.prepare(&core, ready),
                 Err(StepError::Rejected(rejected)) => {
                     return Err(Error::InvalidRunState {
@@ -275,41 +318,32 @@ impl Engine {
                 Err(StepError::Failed) => Vec::new(),
             }
         };
-        self.inner.after_change(&run);
-        self.inner.dispatch(&run, ready);
-        Ok(self.handle_of(run))
+        self.after_change(&run);
+        self.dispatch(&run, ready);
+        Ok(run)
     }
 
-    /// Cancels a run: it is marked cancelled at once, async bodies in flight are
-    /// cancelled, and results still arriving are dropped. Cancelling a cancelled run does
-    /// nothing. In a durable engine, a run only the store holds is cancelled in the store;
-    /// a process executing it stops when it next writes to it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidRunState`] if the run completed or failed, [`Error::RunNotFound`] if
-    /// there is no such run, and the store's errors.
-    pub fn cancel(&self, run_id: &str) -> Result<()> {
-        self.inner.check_open()?;
-        let run = match self.inner.live(run_id) {
+    /// [`Engine::cancel`].
+    pub(super) fn cancel(&self, run_id: &str) -> Result<()> {
+        let run = match self.live(run_id) {
             Ok(run) => run,
-            Err(not_here) if self.inner.config.store.is_none() => return Err(not_here),
+            Err(not_here) if self.config.store.is_none() => return Err(not_here),
             Err(_) => return self.cancel_stored(run_id),
         };
         {
             let mut core = run.lock();
-            self.inner.catch_up(&run, &mut core, false)?;
+            self.catch_up(&run, &mut core, false)?;
             if already_cancelled(run_id, core.state.status())? {
                 return Ok(());
             }
             let entry = JournalEntry::RunFinished { status: RunStatus::Cancelled, output: None, failure: None };
-            if let Err(StepError::Rejected(_)) = self.inner.step(&run, &mut core, entry, &[]) {
+            if let Err(StepError::Rejected(_)) = self.step(&run, &mut core, entry, &[]) {
                 // Another process finished the run meanwhile.
                 already_cancelled(run_id, core.state.status())?;
             }
         }
         run.cancel.cancel();
-        self.inner.after_change(&run);
+        self.after_change(&run);
         Ok(())
     }
 
@@ -332,29 +366,20 @@ impl Engine {
                 ready: &[],
                 done: &[],
             };
-            match self.inner.block_on(self.inner.store().commit(&step, None)) {
+            match self.block_on(self.store().commit(&step, None)) {
                 Err(Error::Conflict { .. }) => continue,
                 written => return written.map(drop),
             }
         }
     }
 
-    /// The run's events so far, then live ones until `until`; the channel closes then.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::RunNotFound`] if this engine does not hold the run in memory.
-    ///
-    /// A watch until the end of a run this engine does not execute (one that waits for a
-    /// person, in a durable engine) follows the run from the store while it lasts, so that
-    /// the watcher sees what other processes record.
-    pub fn watch(&self, run_id: &str, until: WatchUntil) -> Result<mpsc::UnboundedReceiver<Event>> {
-        self.inner.check_open()?;
-        let run = self.current(run_id)?;
+    /// What [`Engine::watch`] does, for a run this engine holds.
+    pub(super) fn watch(&self, run: &Arc<LiveRun>, until: WatchUntil) -> mpsc::UnboundedReceiver<Event> {
+        self.refresh(run);
         let rx = run.watch(until);
-        if until == WatchUntil::Finished && self.inner.may_be_stale(&run) && !run.status().is_terminal() {
-            self.inner.follow(&run);
+        if until == WatchUntil::Finished && self.may_be_stale(run) && !run.status().is_terminal() {
+            self.follow(run);
         }
-        Ok(rx)
+        rx
     }
 }

@@ -10,10 +10,11 @@ use crate::error::{Error, NodeError, Result};
 use crate::graph::Graph;
 use crate::journal::{JournalEntry, now_ms};
 use crate::state::{RunState, Task};
-use crate::store::{Lease, QueuedTask, StoredEntry};
+use crate::store::{Lease, QueuedTask, RunRecord, StoredEntry};
 
 use super::durable::{MAX_CONFLICTS, Written};
-use super::run::{LiveRun, Ready, RunCore, RunHandle};
+use super::run::{LiveRun, Ready, RunCore};
+use super::run_handle::RunHandle;
 use super::{Engine, Inner, check_run_id};
 
 impl Engine {
@@ -36,39 +37,51 @@ impl Engine {
     /// - The store's errors, once an outage has lasted [`EngineConfig::outage_timeout`].
     pub fn recover(&self, workflow: &Workflow, run_id: &str, attachment: Option<Attachment>) -> Result<RunHandle> {
         self.inner.check_open()?;
+        self.inner.recover(workflow, run_id, attachment).map(|run| self.inner.handle_of(run))
+    }
+}
+
+impl Inner {
+    /// [`Engine::recover`].
+    pub(super) fn recover(
+        self: &Arc<Self>,
+        workflow: &Workflow,
+        run_id: &str,
+        attachment: Option<Attachment>,
+    ) -> Result<Arc<LiveRun>> {
         // A hand-back of this run still trying would give away the hold taken again below.
-        self.inner.cancel_release(run_id);
-        if let Ok(run) = self.inner.live(run_id)
+        self.cancel_release(run_id);
+        if let Ok(run) = self.live(run_id)
             && run.store_failed.load(Ordering::Acquire)
         {
-            let mut table = self.inner.runs.lock().expect("run table lock");
+            let mut table = self.runs.lock().expect("run table lock");
             if table.runs.get(run_id).is_some_and(|held| Arc::ptr_eq(held, &run)) {
                 table.runs.remove(run_id);
             }
         }
-        if let Ok(run) = self.inner.live(run_id) {
+        if let Ok(run) = self.live(run_id) {
             let mut core = run.lock();
             if attachment.is_some() {
                 core.attachment = attachment;
             }
             drop(core);
-            if self.inner.config.execute && !run.status().is_terminal() {
-                if self.inner.config.store.is_some() && run.followed.load(Ordering::Acquire) {
+            if self.config.execute && !run.status().is_terminal() {
+                if self.config.store.is_some() && run.followed.load(Ordering::Acquire) {
                     // Executed elsewhere, handed back, or lost to another engine: take it over.
                     return self.take_over(run, false);
                 }
-                if self.inner.config.store.is_none() && run.is_interrupted.load(Ordering::Acquire) {
+                if self.config.store.is_none() && run.is_interrupted.load(Ordering::Acquire) {
                     return Ok(self.run_abandoned(run));
                 }
             }
-            return Ok(self.handle_of(run));
+            return Ok(run);
         }
         self.recover_inner(workflow, run_id, attachment, false)
     }
 
     /// Runs again, as their next attempts, the attempts this process gave up of a run it
     /// keeps in memory ([`NodeError::abandoned`]); the journal records each as interrupted.
-    pub(super) fn run_abandoned(&self, run: Arc<LiveRun>) -> RunHandle {
+    pub(super) fn run_abandoned(self: &Arc<Self>, run: Arc<LiveRun>) -> Arc<LiveRun> {
         let ready = {
             let mut core = run.lock();
             run.resumed();
@@ -81,56 +94,56 @@ impl Engine {
                     error: NodeError::new("Interrupted", "this process gave the attempt up; it runs again"),
                     retry_in_ms: Some(0),
                 };
-                if let Ok(next) = self.inner.step(&run, &mut core, entry, &[]) {
+                if let Ok(next) = self.step(&run, &mut core, entry, &[]) {
                     ready.extend(next.into_iter().map(|t| Task { delay: None, ..t }));
                 }
             }
             run.prepare(&core, ready)
         };
-        self.inner.after_change(&run);
-        self.inner.dispatch(&run, ready);
-        self.handle_of(run)
+        self.after_change(&run);
+        self.dispatch(&run, ready);
+        run
     }
 
     /// Takes over a run this engine holds in memory but does not execute (see
     /// [`Engine::recover`]): claims it in the store, catches up with its journal, and runs
     /// what is outstanding, the attempts that may have been running elsewhere as their
     /// next ones.
-    pub(super) fn take_over(&self, run: Arc<LiveRun>, drive: bool) -> Result<RunHandle> {
-        self.inner.cancel_release(&run.run_id);
-        let store = self.inner.store();
-        let (owner, lease) = (&self.inner.owner, self.inner.config.lease);
-        let epoch = self.inner.epoch();
+    pub(super) fn take_over(self: &Arc<Self>, run: Arc<LiveRun>, drive: bool) -> Result<Arc<LiveRun>> {
+        self.cancel_release(&run.run_id);
+        let store = self.store();
+        let (owner, lease) = (&self.owner, self.config.lease);
+        let epoch = self.epoch();
         let leases =
-            self.inner.patiently(&run.run_id, "taking the run over", || store.claim_run(owner, &run.run_id, lease))?;
-        self.inner.executes(&run, epoch);
+            self.patiently(&run.run_id, "taking the run over", || store.claim_run(owner, &run.run_id, lease))?;
+        self.executes(&run, epoch);
         run.resumed();
         let ready = {
             let mut core = run.lock();
-            self.inner.catch_up(&run, &mut core, false)?;
-            self.inner.adopt(&run, &mut core, leases, true)
+            self.catch_up(&run, &mut core, false)?;
+            self.adopt(&run, &mut core, leases, true)
         };
-        self.inner.after_change(&run);
-        self.inner.dispatch_or_drive(&run, ready, drive);
-        Ok(self.handle_of(run))
+        self.after_change(&run);
+        self.dispatch_or_drive(&run, ready, drive);
+        Ok(run)
     }
 
     pub(super) fn recover_inner(
-        &self,
+        self: &Arc<Self>,
         workflow: &Workflow,
         run_id: &str,
         attachment: Option<Attachment>,
         drive: bool,
-    ) -> Result<RunHandle> {
-        self.inner.cancel_release(run_id);
-        let (run, loaded) = self.inner.load_run(run_id, |_| Some(workflow.clone()), attachment)?;
+    ) -> Result<Arc<LiveRun>> {
+        self.cancel_release(run_id);
+        let (run, loaded) = self.load_run(run_id, |_| Some(workflow.clone()), attachment)?;
         if !loaded {
-            return Ok(self.handle_of(run));
+            return Ok(run);
         }
-        if !self.inner.config.execute {
+        if !self.config.execute {
             // The workers execute it (taking it over when its holder stops); follow it.
-            self.inner.follow(&run);
-            return Ok(self.handle_of(run));
+            self.follow(&run);
+            return Ok(run);
         }
         self.take_over(run, drive)
     }
@@ -177,12 +190,13 @@ impl Inner {
     }
 
     /// A run this engine holds, or else the run loaded from the store with the workflow
-    /// `pick` gives for its graph's name; `true` when it was loaded. A loaded run is held
+    /// `pick` gives for its record (by its graph's name and version); `true` when it was
+    /// loaded. A loaded run is held
     /// from then on; nothing of it is dispatched yet.
     pub(super) fn load_run(
         &self,
         run_id: &str,
-        pick: impl FnOnce(&str) -> Option<Workflow>,
+        pick: impl FnOnce(&RunRecord) -> Option<Workflow>,
         attachment: Option<Attachment>,
     ) -> Result<(Arc<LiveRun>, bool)> {
         check_run_id(run_id)?;
@@ -201,7 +215,7 @@ impl Inner {
         let (record, journal) =
             self.patiently(run_id, "loading the run", || store.load(run_id))?.ok_or_else(not_found)?;
         let workflow =
-            pick(&record.graph).ok_or_else(|| Error::UnknownGraph { name: record.graph.clone(), version: None })?;
+            pick(&record).ok_or_else(|| Error::UnknownGraph { name: record.graph.clone(), version: None })?;
         let graph = workflow.graph();
         if record.graph != graph.name() {
             return Err(Error::RunIdConflict {

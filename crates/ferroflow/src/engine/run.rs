@@ -1,16 +1,15 @@
 //! A run this engine holds in memory ([`LiveRun`]: its state, journal and watchers, under
-//! one lock), the [`RunHandle`] callers wait on, and the retention of finished runs.
+//! one lock), and the retention of finished runs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{Attachment, Body, NodeCall, Workflow};
-use crate::error::{Error, NodeError, Result};
+use crate::error::{Error, NodeError};
 use crate::graph::{Graph, NodeId};
 use crate::journal::{Event, EventKind, JournalEntry, RunFailure, RunStatus, now_ms};
 use crate::state::{RunState, Task};
@@ -18,90 +17,6 @@ use crate::store::{QueuedTask, RunRecord, StoredEntry};
 use crate::value::Value;
 
 use super::{Inner, NodeReport, RunSnapshot, WatchUntil};
-
-/// A started run. Waiting through the handle cannot miss the run's end, even when the
-/// engine has already forgotten the run (finished runs are retained only up to a limit).
-#[derive(Clone)]
-pub struct RunHandle {
-    pub(super) run: Arc<LiveRun>,
-    /// The engine, to read the run from its store when another process may have moved it.
-    pub(super) engine: Weak<Inner>,
-}
-
-impl RunHandle {
-    /// The run's id.
-    pub fn id(&self) -> &Arc<str> {
-        &self.run.run_id
-    }
-
-    /// Waits until the run is settled (waiting for a person, or finished) or `timeout`
-    /// passes, and returns its state then. A run that is settled already returns at once.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::WaitTimeout`] if `timeout` passes first; the run goes on.
-    pub async fn wait(&self, timeout: Option<Duration>) -> Result<RunSnapshot> {
-        // A run this engine does not execute (waiting for a person, or executed elsewhere)
-        // may have moved on in another process: read what is new first.
-        if let Some(engine) = self.engine.upgrade()
-            && engine.may_be_stale(&self.run)
-        {
-            let run = Arc::clone(&self.run);
-            engine.off_workers(move |engine| engine.refresh(&run)).await;
-        }
-        let settled = self.run.settled();
-        match timeout {
-            Some(limit) => {
-                if tokio::time::timeout(limit, settled).await.is_err() {
-                    return Err(self.timed_out(limit).await);
-                }
-            }
-            None => {
-                let _ = settled.await;
-            }
-        }
-        match self.run.interruption() {
-            Some(interrupted) => Err(interrupted),
-            None => Ok(self.run.snapshot()),
-        }
-    }
-
-    /// The run's state now.
-    pub fn snapshot(&self) -> RunSnapshot {
-        self.run.snapshot()
-    }
-
-    /// The error of a wait that timed out: it says why nothing happened when a run
-    /// submitted for workers was never taken up because no worker registered its graph's
-    /// version (the store knows the registrations).
-    pub(super) async fn timed_out(&self, limit: Duration) -> Error {
-        let mut detail = String::new();
-        if let Some(engine) = self.engine.upgrade()
-            && self.run.followed.load(Ordering::Acquire)
-        {
-            let graph = self.run.workflow.graph();
-            let (name, version) = (graph.name().to_owned(), graph.version().to_owned());
-            let graphs =
-                engine.off_workers(|engine| engine.config.store.as_ref().map(|s| engine.block_on(s.graphs()))).await;
-            if let Some(Ok(graphs)) = graphs
-                && !graphs.iter().any(|g| g.worker && g.name == name && g.version == version)
-            {
-                let others: Vec<&str> =
-                    graphs.iter().filter(|g| g.worker && g.name == name).map(|g| g.version.as_str()).collect();
-                detail = format!(
-                    "; no worker registered graph '{name}' version {version} in this context, so no worker runs it{}. \
-                     Start one with this version of the graph (`ferroflow worker MODULE:GRAPH --context ...`)",
-                    if others.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (workers registered versions {})", others.join(", "))
-                    }
-                );
-            }
-        }
-        Error::WaitTimeout { run_id: self.run.run_id.to_string(), seconds: limit.as_secs_f64(), detail }
-    }
-}
 
 #[derive(Default)]
 pub(super) struct RunTable {

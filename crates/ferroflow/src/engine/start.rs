@@ -13,7 +13,8 @@ use crate::state::RunState;
 use crate::store::{Created, QueuedTask, RunRecord};
 use crate::value::Value;
 
-use super::run::{LiveRun, RunHandle};
+use super::run::LiveRun;
+use super::run_handle::RunHandle;
 use super::{Engine, StartOptions, WatchUntil, check_run_id};
 
 impl Engine {
@@ -104,7 +105,7 @@ impl Engine {
                 });
             }
             let rx = until.map(|u| existing.watch(u));
-            return Ok((self.handle_of(Arc::clone(existing)), rx, false));
+            return Ok((self.inner.handle_of(Arc::clone(existing)), rx, false));
         }
 
         drop(table);
@@ -149,15 +150,15 @@ impl Engine {
             run.durable.store(journal.len() as u64, Ordering::Release);
             if let Created::Existing { .. } = created {
                 // Started before, by this process or another: carry on with that run.
-                let run = self.recover(workflow, &run_id, options.attachment)?;
-                let rx = until.map(|u| run.run.watch(u));
-                return Ok((run, rx, false));
+                let run = self.inner.recover(workflow, &run_id, options.attachment)?;
+                let rx = until.map(|u| run.watch(u));
+                return Ok((self.inner.handle_of(run), rx, false));
             }
             if !self.inner.config.execute {
                 // Queued for the workers; this engine follows the run from the store.
                 let run = self.inner.adopt_followed(run);
                 let rx = until.map(|u| run.watch(u));
-                return Ok((self.handle_of(run), rx, true));
+                return Ok((self.inner.handle_of(run), rx, true));
             }
             self.inner.confirm(&run, epoch);
         }
@@ -167,7 +168,7 @@ impl Engine {
                 // Another thread recovered this very run meanwhile; it dispatches its tasks.
                 Some(existing) => {
                     let rx = until.map(|u| existing.watch(u));
-                    return Ok((self.handle_of(Arc::clone(existing)), rx, true));
+                    return Ok((self.inner.handle_of(Arc::clone(existing)), rx, true));
                 }
                 None => {
                     table.runs.insert(Arc::clone(&run_id), Arc::clone(&run));
@@ -178,6 +179,6 @@ impl Engine {
         let rx = until.map(|u| run.watch(u));
         self.inner.after_change(&run);
         self.inner.dispatch_or_drive(&run, ready, drive);
-        Ok((self.handle_of(run), rx, true))
+        Ok((self.inner.handle_of(run), rx, true))
     }
 }

@@ -211,7 +211,8 @@ impl Engine {
             Claim::Task(lease) => (lease.task.run_id.clone(), Some(lease)),
             Claim::Run(run_id) => (run_id, None),
         };
-        let (run, loaded) = match self.inner.load_run(&run_id, |graph| graphs.get(graph).cloned(), attachment) {
+        let (run, loaded) = match self.inner.load_run(&run_id, |record| graphs.get(&record.graph).cloned(), attachment)
+        {
             Ok(found) => found,
             Err(error @ (Error::UnknownGraph { .. } | Error::VersionMismatch { .. })) => {
                 return self.hand_back(&run_id, lease.as_ref(), error.to_string());

@@ -120,22 +120,13 @@ impl Flow {
         value: impl Serialize,
     ) -> Result<RunSnapshot> {
         let value = input_value(&value, Some(run_id))?;
-        self.hold(engine, run_id)?;
-        engine.resume(run_id, node, value, None)?.wait(None).await
+        engine.open_run(&self.workflow, run_id)?.resume(node, value, None)?.wait(None).await
     }
 
     /// Continues a run that stopped with its process (or any run of the store this engine
     /// does not hold), and waits until it settles. Completed nodes do not run again.
     pub async fn recover(&self, engine: &Engine, run_id: &str) -> Result<RunSnapshot> {
         engine.recover(&self.workflow, run_id, None)?.wait(None).await
-    }
-
-    /// Makes sure `engine` holds the run (loading it from the store if need be).
-    fn hold(&self, engine: &Engine, run_id: &str) -> Result<()> {
-        if engine.handle(run_id).is_err() {
-            engine.recover(&self.workflow, run_id, None)?;
-        }
-        Ok(())
     }
 }
 

@@ -31,6 +31,7 @@ mod events;
 mod failures;
 mod human;
 mod lease;
+mod open_run;
 mod outage;
 mod run_ids;
 
