@@ -49,3 +49,16 @@ def test_a_native_error_is_raised_as_its_class_with_its_attributes():
         assert "closed" in str(e)
     else:
         raise AssertionError("no ContextClosedError")
+
+
+def test_a_model_call_failure_is_recorded_under_the_name_of_the_class_raised_for_it():
+    # A Rust LLM node records the core's name for the kind; a Python one, the qualified name
+    # of the exception it raised. The two must be the same for a journal to read the same.
+    from ferroflow import _native
+
+    kinds = _native.llm_error_kinds()
+    assert len(kinds) == 9
+    for recorded, cls in kinds:
+        assert issubclass(cls, errors.LLMError), cls
+        assert f"{cls.__module__}.{cls.__qualname__}" == recorded
+    assert len({cls for _, cls in kinds}) == len(kinds), "two kinds map to one class"

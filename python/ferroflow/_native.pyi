@@ -20,6 +20,7 @@ __all__ = [
     "__version__",
     "check_json",
     "check_node",
+    "llm_error_kinds",
     "model_call_keys",
     "parse_context",
     "redact_url",
@@ -34,6 +35,9 @@ def shutdown() -> None:
 
 def model_call_keys(n: int) -> Tuple[str, str]:
     """The step key of an LLM node's model call ``n`` and its legacy (read-only) key."""
+
+def llm_error_kinds() -> List[Tuple[str, type]]:
+    """Each kind of model call failure: the error type its LLM node records, and the class raised for it."""
 
 def tool_call_key(n: int, i: int) -> str:
     """The step key of tool call ``i`` asked for by model call ``n``."""

@@ -7,7 +7,7 @@
 //! each bound name is a class of `ferroflow.errors`). This module picks the class and fills
 //! in the attributes.
 
-use ferroflow::llm::LlmError;
+use ferroflow::llm::{LlmError, LlmErrorKind};
 use ferroflow::{Error, GraphError};
 use pyo3::PyTypeInfo;
 use pyo3::prelude::*;
@@ -59,19 +59,24 @@ fn instance(cls: &Bound<'_, PyType>, message: String, attrs: &[(&str, Option<Str
     build().unwrap_or_else(|e| e)
 }
 
+/// The `ferroflow.errors` class of a kind of model call failure.
+pub fn llm_error_class(py: Python<'_>, kind: LlmErrorKind) -> Bound<'_, PyType> {
+    match kind {
+        LlmErrorKind::Authentication => LLMAuthenticationError::type_object(py),
+        LlmErrorKind::NotFound => LLMNotFoundError::type_object(py),
+        LlmErrorKind::RateLimited => LLMRateLimitError::type_object(py),
+        LlmErrorKind::Server => LLMServerError::type_object(py),
+        LlmErrorKind::Rejected => LLMRejectedError::type_object(py),
+        LlmErrorKind::Timeout => LLMTimeoutError::type_object(py),
+        LlmErrorKind::Connection => LLMConnectionError::type_object(py),
+        LlmErrorKind::Malformed => MalformedReplyError::type_object(py),
+        LlmErrorKind::Config => LLMError::type_object(py),
+    }
+}
+
 /// A model client's error as its `ferroflow.errors` class, with the model and HTTP status.
 pub fn llm_error(py: Python<'_>, err: &LlmError) -> PyErr {
-    let cls = match err {
-        LlmError::Authentication { .. } => LLMAuthenticationError::type_object(py),
-        LlmError::NotFound { .. } => LLMNotFoundError::type_object(py),
-        LlmError::RateLimited { .. } => LLMRateLimitError::type_object(py),
-        LlmError::Server { .. } => LLMServerError::type_object(py),
-        LlmError::Rejected { .. } => LLMRejectedError::type_object(py),
-        LlmError::Timeout { .. } => LLMTimeoutError::type_object(py),
-        LlmError::Connection { .. } => LLMConnectionError::type_object(py),
-        LlmError::Malformed { .. } => MalformedReplyError::type_object(py),
-        _ => LLMError::type_object(py),
-    };
+    let cls = llm_error_class(py, err.kind());
     let model = err.model().map(str::to_owned);
     let status = err.status().map(|s| s.to_string());
     instance(&cls, err.to_string(), &[("model", model), ("http_status", status)])

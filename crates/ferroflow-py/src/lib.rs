@@ -61,6 +61,17 @@ fn tool_call_key(n: usize, i: usize) -> String {
     ferroflow::llm::steps::tool_call(n, i)
 }
 
+/// Every kind of model call failure as `(the error type its LLM node records, the class the
+/// bindings raise for it)`: the two must name the same class, so that a journal reads the
+/// same whichever language's LLM node wrote it (`tests/test_llm.py` checks).
+#[pyfunction]
+fn llm_error_kinds(py: Python<'_>) -> Vec<(&'static str, Bound<'_, pyo3::types::PyType>)> {
+    ferroflow::llm::LlmErrorKind::ALL
+        .iter()
+        .map(|&kind| (kind.recorded_as(), error::llm_error_class(py, kind)))
+        .collect()
+}
+
 /// Reads a durable context's URL (the syntax `ferroflow-server --context` takes):
 /// `(kind, location, namespace)`, kind being `sqlite`, `redis` or `nats` (a SQLite file's
 /// namespace is empty). Raises `ferroflow.errors.StoreError` for anything else.
@@ -99,6 +110,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_context, m)?)?;
     m.add_function(wrap_pyfunction!(model_call_keys, m)?)?;
     m.add_function(wrap_pyfunction!(tool_call_key, m)?)?;
+    m.add_function(wrap_pyfunction!(llm_error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::shutdown, m)?)?;
     Ok(())

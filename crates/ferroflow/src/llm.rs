@@ -297,19 +297,26 @@ impl LlmError {
         }
     }
 
-    /// The error's class in `ferroflow.errors` (`LLMRateLimitError`, ...): what the Python
-    /// API raises for it, and the error type a failed LLM node records, from either language.
+    /// The last part of [`LlmErrorKind::recorded_as`] (`LLMRateLimitError`, ...), the name
+    /// this method gave before error kinds were typed; use [`LlmError::kind`].
+    #[deprecated(note = "use `kind()`, and `recorded_as()` for the journal's error type")]
     pub fn class_name(&self) -> &'static str {
+        let recorded = self.kind().recorded_as();
+        recorded.rsplit('.').next().unwrap_or(recorded)
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> LlmErrorKind {
         match self {
-            LlmError::Authentication { .. } => "LLMAuthenticationError",
-            LlmError::NotFound { .. } => "LLMNotFoundError",
-            LlmError::RateLimited { .. } => "LLMRateLimitError",
-            LlmError::Server { .. } => "LLMServerError",
-            LlmError::Rejected { .. } => "LLMRejectedError",
-            LlmError::Timeout { .. } => "LLMTimeoutError",
-            LlmError::Connection { .. } => "LLMConnectionError",
-            LlmError::Malformed { .. } => "MalformedReplyError",
-            LlmError::Config(_) => "LLMError",
+            LlmError::Authentication { .. } => LlmErrorKind::Authentication,
+            LlmError::NotFound { .. } => LlmErrorKind::NotFound,
+            LlmError::RateLimited { .. } => LlmErrorKind::RateLimited,
+            LlmError::Server { .. } => LlmErrorKind::Server,
+            LlmError::Rejected { .. } => LlmErrorKind::Rejected,
+            LlmError::Timeout { .. } => LlmErrorKind::Timeout,
+            LlmError::Connection { .. } => LlmErrorKind::Connection,
+            LlmError::Malformed { .. } => LlmErrorKind::Malformed,
+            LlmError::Config(_) => LlmErrorKind::Config,
         }
     }
 
@@ -323,6 +330,67 @@ impl LlmError {
                 | LlmError::Timeout { .. }
                 | LlmError::Connection { .. }
         )
+    }
+}
+
+/// The kind of a model call's failure ([`LlmError::kind`]): what an interface maps to its
+/// own error types (the Python bindings to the classes of `ferroflow.errors`), and what a
+/// failed LLM node records as its error type ([`LlmErrorKind::recorded_as`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LlmErrorKind {
+    /// [`LlmError::Authentication`].
+    Authentication,
+    /// [`LlmError::NotFound`].
+    NotFound,
+    /// [`LlmError::RateLimited`].
+    RateLimited,
+    /// [`LlmError::Server`].
+    Server,
+    /// [`LlmError::Rejected`].
+    Rejected,
+    /// [`LlmError::Timeout`].
+    Timeout,
+    /// [`LlmError::Connection`].
+    Connection,
+    /// [`LlmError::Malformed`].
+    Malformed,
+    /// [`LlmError::Config`].
+    Config,
+}
+
+impl LlmErrorKind {
+    /// Every kind.
+    pub const ALL: [LlmErrorKind; 9] = [
+        LlmErrorKind::Authentication,
+        LlmErrorKind::NotFound,
+        LlmErrorKind::RateLimited,
+        LlmErrorKind::Server,
+        LlmErrorKind::Rejected,
+        LlmErrorKind::Timeout,
+        LlmErrorKind::Connection,
+        LlmErrorKind::Malformed,
+        LlmErrorKind::Config,
+    ];
+
+    /// The error type a failed LLM node records in its journal for this kind
+    /// ([`NodeError::kind`](crate::NodeError::kind)), from either language. It is journal
+    /// data, read back by every process on a store, so it never changes: it is the
+    /// qualified name under which a Python LLM node's failure of the same kind is
+    /// recorded (the Python package's class for it), so that a run's journal reads the
+    /// same whichever language's LLM node wrote it. The bindings check the two agree
+    /// (`tests/test_llm.py`).
+    pub fn recorded_as(self) -> &'static str {
+        match self {
+            LlmErrorKind::Authentication => "ferroflow.errors.LLMAuthenticationError",
+            LlmErrorKind::NotFound => "ferroflow.errors.LLMNotFoundError",
+            LlmErrorKind::RateLimited => "ferroflow.errors.LLMRateLimitError",
+            LlmErrorKind::Server => "ferroflow.errors.LLMServerError",
+            LlmErrorKind::Rejected => "ferroflow.errors.LLMRejectedError",
+            LlmErrorKind::Timeout => "ferroflow.errors.LLMTimeoutError",
+            LlmErrorKind::Connection => "ferroflow.errors.LLMConnectionError",
+            LlmErrorKind::Malformed => "ferroflow.errors.MalformedReplyError",
+            LlmErrorKind::Config => "ferroflow.errors.LLMError",
+        }
     }
 }
 

@@ -194,9 +194,9 @@ fn decode<T: DeserializeOwned>(value: &Value, what: impl Fn() -> String) -> Resu
     })
 }
 
-/// A model call's failure as the node's: retryable when the failure is transient. The
-/// types are those the Python API raises, so that a journal reads the same.
+/// A model call's failure as the node's: retryable when the failure is transient, recorded
+/// as its kind's journal type ([`LlmErrorKind::recorded_as`](crate::llm::LlmErrorKind::recorded_as)).
 fn llm_error(error: LlmError) -> NodeError {
-    let node_error = NodeError::new(format!("ferroflow.errors.{}", error.class_name()), error.to_string());
+    let node_error = NodeError::new(error.kind().recorded_as(), error.to_string());
     if error.is_transient() { node_error } else { NodeError { retryable: false, ..node_error } }
 }
