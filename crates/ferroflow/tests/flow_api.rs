@@ -336,3 +336,52 @@ async fn the_same_flow_runs_on_every_durable_store() {
         }
     }
 }
+
+/// The async API on tokio's current-thread runtime (what `#[tokio::test]` and
+/// `#[tokio::main(flavor = "current_thread")]` give): a durable engine's calls are made from
+/// a blocking thread, so nothing panics or stalls the store's own I/O on the one thread.
+#[tokio::test]
+async fn the_async_api_runs_durably_on_a_current_thread_runtime() {
+    use ferroflow::{DurableStore, NatsStore, RedisStore, SqliteStore};
+
+    assert_eq!(Handle::current().runtime_flavor(), tokio::runtime::RuntimeFlavor::CurrentThread);
+    let flow = quote_then_approve();
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = format!("flowct{}", std::process::id());
+    let redis_url = std::env::var("FERROFLOW_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let nats_url = std::env::var("FERROFLOW_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    for kind in ["memory", "sqlite", "redis", "nats"] {
+        let open = || async {
+            let store: Option<Arc<dyn DurableStore>> = match kind {
+                "memory" => None,
+                "sqlite" => Some(Arc::new(SqliteStore::open(dir.path().join("runs.db")).unwrap())),
+                "redis" => Some(Arc::new(RedisStore::connect(&redis_url, &namespace).await.unwrap())),
+                _ => Some(Arc::new(NatsStore::connect(&nats_url, &namespace).await.unwrap())),
+            };
+            Engine::new(Handle::current(), EngineConfig { store, ..EngineConfig::default() })
+        };
+        let first = open().await;
+        let waiting = flow.run_with_id(&first, 120, "order-ct").await.unwrap();
+        assert_eq!(waiting.status, RunStatus::Waiting, "{kind}");
+        let engine = if kind == "memory" {
+            first
+        } else {
+            first.close();
+            open().await
+        };
+        let done = flow.resume(&engine, "order-ct", Some("approve"), true).await.unwrap();
+        assert_eq!(done.output_as::<String>().unwrap(), "paid 120 EUR", "{kind}");
+        let recovered = flow.recover(&engine, "order-ct").await.unwrap();
+        assert_eq!(recovered.status, RunStatus::Completed, "{kind}");
+        let other = flow.run(&engine, 7).await.unwrap();
+        assert_eq!(other.waiting_at::<String>("approve").as_deref(), Some("pay 7 EUR?"), "{kind}");
+        engine.close();
+        match kind {
+            "redis" => {
+                RedisStore::connect(&redis_url, &namespace).await.unwrap().delete_namespace().await.unwrap();
+            }
+            "nats" => NatsStore::delete_namespace(&nats_url, &namespace).await.unwrap(),
+            _ => {}
+        }
+    }
+}

@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -231,7 +231,8 @@ pub enum WatchUntil {
 /// A durable engine's methods that reach the store block the calling thread until the
 /// store answers. Call them from a thread that may block, or from a task on tokio's
 /// multi-thread runtime (they use [`tokio::task::block_in_place`] there, which panics on
-/// the current-thread runtime).
+/// the current-thread runtime). [`Flow`](crate::Flow)'s async methods do this for you: they
+/// call a durable engine from a blocking thread, so they work on either runtime.
 ///
 /// ```
 /// use std::collections::HashMap;
@@ -376,12 +377,17 @@ impl Engine {
         let _ = self.inner.flush(None);
         self.inner.closed.cancel();
         let background = std::mem::take(&mut *self.inner.background.lock().unwrap_or_else(|p| p.into_inner()));
-        self.inner.block_on(async {
-            for task in background {
-                // A task stops at its next await; one stuck in a store call is left behind.
-                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-            }
-        });
+        // On a current-thread runtime the caller may be the one thread that would run the
+        // tasks, which cannot wait for them here; they stop at their next await all the same.
+        let current_thread = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread);
+        if !background.is_empty() && !current_thread {
+            self.inner.block_on(async {
+                for task in background {
+                    // A task stops at its next await; one stuck in a store call is left behind.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+                }
+            });
+        }
         // Steps recorded while the background tasks stopped.
         let _ = self.inner.flush(None);
     }

@@ -76,8 +76,8 @@ impl Flow {
 
     /// Starts a run on `input` and returns at once. With `run_id`, the start is
     /// idempotent: a run with that id is returned as it is (continued, if it stopped with
-    /// its process). A durable engine blocks here while it writes the run: call it from
-    /// a multi-thread runtime.
+    /// its process). A durable engine blocks here while it writes the run: call it from a
+    /// thread that may block or a multi-thread runtime, or use the async [`Flow::run`].
     pub fn start(&self, engine: &Engine, input: impl Serialize, run_id: Option<&str>) -> Result<RunHandle> {
         let input = input_value(&input, run_id)?;
         let options = StartOptions { run_id: run_id.map(str::to_owned), attachment: None };
@@ -86,14 +86,21 @@ impl Flow {
 
     /// Runs on `input` until the run completes, fails, or waits for a person; returns its
     /// state then. A failed run is returned as such (its `failure` says which node failed
-    /// and why), not as an error.
+    /// and why), not as an error. Works on either tokio runtime.
     pub async fn run(&self, engine: &Engine, input: impl Serialize) -> Result<RunSnapshot> {
-        self.start(engine, input, None)?.wait(None).await
+        self.run_as(engine, input, None).await
     }
 
     /// [`Flow::run`] with a run id of your own (see [`Flow::start`]).
     pub async fn run_with_id(&self, engine: &Engine, input: impl Serialize, run_id: &str) -> Result<RunSnapshot> {
-        self.start(engine, input, Some(run_id))?.wait(None).await
+        self.run_as(engine, input, Some(run_id)).await
+    }
+
+    async fn run_as(&self, engine: &Engine, input: impl Serialize, run_id: Option<&str>) -> Result<RunSnapshot> {
+        let input = input_value(&input, run_id)?;
+        let options = StartOptions { run_id: run_id.map(str::to_owned), attachment: None };
+        let workflow = self.workflow.clone();
+        off_runtime(engine, move |engine| engine.start(&workflow, input, options)).await?.wait(None).await
     }
 
     /// Starts a run and returns its events as they happen, until it completes, fails or
@@ -120,13 +127,38 @@ impl Flow {
         value: impl Serialize,
     ) -> Result<RunSnapshot> {
         let value = input_value(&value, Some(run_id))?;
-        engine.open_run(&self.workflow, run_id)?.resume(node, value, None)?.wait(None).await
+        let (workflow, run_id, node) = (self.workflow.clone(), run_id.to_owned(), node.map(str::to_owned));
+        let answered = off_runtime(engine, move |engine| {
+            engine.open_run(&workflow, &run_id)?.resume(node.as_deref(), value, None)
+        });
+        answered.await?.wait(None).await
     }
 
     /// Continues a run that stopped with its process (or any run of the store this engine
     /// does not hold), and waits until it settles. Completed nodes do not run again.
     pub async fn recover(&self, engine: &Engine, run_id: &str) -> Result<RunSnapshot> {
-        engine.recover(&self.workflow, run_id, None)?.wait(None).await
+        let (workflow, run_id) = (self.workflow.clone(), run_id.to_owned());
+        off_runtime(engine, move |engine| engine.recover(&workflow, &run_id, None)).await?.wait(None).await
+    }
+}
+
+/// Calls `call` where a durable engine may block on its store: on a blocking thread, so
+/// that the async methods work on either tokio runtime (a current-thread runtime has no
+/// worker to spare, and blocking its one thread would also stall the store's own I/O) and
+/// never hold a multi-thread runtime's workers up. In memory nothing blocks: it runs here.
+async fn off_runtime<T: Send + 'static>(
+    engine: &Engine,
+    call: impl FnOnce(&Engine) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    if engine.config().store.is_none() {
+        return call(engine);
+    }
+    let engine = engine.clone();
+    match tokio::task::spawn_blocking(move || call(&engine)).await {
+        Ok(outcome) => outcome,
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        // The runtime is shutting down.
+        Err(_) => Err(Error::Closed),
     }
 }
 
