@@ -318,6 +318,7 @@ class Graph:
         """Refuses a blocking call made on ferroflow's background event loop (from an async
         body of a run started with ``run``) for a graph whose async bodies need that very
         loop: the call would wait for ever for bodies that can never start."""
+        self._workflow()  # built first: it tells whether the graph has async bodies
         if self._has_async and on_background_loop():
             raise RuntimeError(
                 f"graph '{self.name}': {call}() blocks until the run settles, and it was called from an async body "
@@ -326,6 +327,7 @@ class Graph:
             )
 
     def _loop_for_sync(self) -> Optional[_native.EventLoop]:
+        self._workflow()
         return scheduler_for(background_loop()) if self._has_async else None
 
     def run(
@@ -483,14 +485,8 @@ class Graph:
         stands: in a durable context that is how a run whose process stopped is picked up,
         from its journal, without running completed nodes again."""
         _check_run_id(run_id)
-        workflow = self._workflow()
         self._refuse_on_own_loop("resume")
-        loop = self._loop_for_sync()
-        run = self._context(context)._engine.recover(workflow, run_id, loop)
-        if value is not NO_ANSWER:
-            self._check_value(value, "the resume value", run_id)
-            run = run.resume(value, node, loop)
-        return _result(run.wait(timeout))
+        return _result(self._resumed(run_id, value, node, context, self._loop_for_sync()).wait(timeout))
 
     async def aresume(
         self,
@@ -503,13 +499,24 @@ class Graph:
     ) -> RunResult:
         """Like :meth:`resume`, awaitable; async bodies run on the caller's loop."""
         _check_run_id(run_id)
-        workflow = self._workflow()
         loop = scheduler_for(asyncio.get_running_loop())
-        run = self._context(context)._engine.recover(workflow, run_id, loop)
+        return await _settled(self._resumed(run_id, value, node, context, loop), timeout)
+
+    def _resumed(
+        self,
+        run_id: str,
+        value: Any,
+        node: Optional[str],
+        context: Optional[Context],
+        loop: Optional[_native.EventLoop],
+    ) -> _native.Run:
+        """The run continued (taken over from the store if its process stopped) and, with a
+        value, answered: what :meth:`resume` and :meth:`aresume` wait for."""
+        run = self._context(context)._engine.recover(self._workflow(), run_id, loop)
         if value is not NO_ANSWER:
             self._check_value(value, "the resume value", run_id)
             run = run.resume(value, node, loop)
-        return await _settled(run, timeout)
+        return run
 
     def cancel(self, run_id: str, *, context: Optional[Context] = None) -> None:
         """Cancels a run. Cancelling a cancelled run does nothing; a finished run raises
