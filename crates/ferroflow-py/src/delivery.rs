@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferroflow::{Event, RunHandle};
+use ferroflow::{Event, RunHandle, WatchUntil};
 use pyo3::prelude::*;
 
 use crate::error::to_py_err;
@@ -60,6 +60,12 @@ impl Settle {
         }
         Ok(())
     }
+}
+
+/// When a watch from Python ends: `until_finished` only at the end of the run, else at its
+/// first pause too.
+pub fn watch_until(until_finished: bool) -> WatchUntil {
+    if until_finished { WatchUntil::Finished } else { WatchUntil::Settled }
 }
 
 /// Sends a run's events to a Python callback, then `None`.

@@ -6,13 +6,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ferroflow::store::ContextUrl;
-use ferroflow::{Engine, Event, EventKind, RunQuery, RunStatus, StartOptions, Value, WatchUntil, Workflow};
+use ferroflow::{Engine, Event, EventKind, RunQuery, RunStatus, StartOptions, Value, Workflow};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::asyncio::PyEventLoop;
-use crate::delivery::forward_events;
+use crate::delivery::{forward_events, watch_until};
 use crate::error::to_py_err;
 use crate::options::{self, EngineOptions};
 use crate::records::{error_to_py, event_to_py, record_to_py, snapshot_to_py};
@@ -233,7 +233,7 @@ impl PyEngine {
         let Some(callback) = events else {
             return py.detach(|| engine.start(&workflow, input, options)).map(PyRun::from).map_err(to_py_err);
         };
-        let until = if until_finished { WatchUntil::Finished } else { WatchUntil::Settled };
+        let until = watch_until(until_finished);
         let (run, rx) = py.detach(|| engine.start_watched(&workflow, input, options, until)).map_err(to_py_err)?;
         forward_events(rx, callback);
         Ok(PyRun::from(run))

@@ -3,15 +3,19 @@
 //! for the run (`wait` blocks with the GIL released; `wait_async` returns an asyncio
 //! future on the caller's loop), streams its events, answers it and cancels it.
 
-use ferroflow::{RunHandle, WatchUntil};
+use ferroflow::RunHandle;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 
-use crate::delivery::{forward_events, settle};
+use crate::delivery::{forward_events, settle, watch_until};
 use crate::engine::{attachment, seconds};
 use crate::error::to_py_err;
 use crate::records::snapshot_to_py;
 use crate::runtime;
 use crate::value::wrap;
+
+/// `asyncio.get_running_loop`, looked up once: `wait_async` is on every `arun`'s path.
+static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// A run, held by the engine that opened it.
 #[pyclass(module = "ferroflow._native", name = "Run", frozen)]
@@ -46,7 +50,7 @@ impl PyRun {
     #[pyo3(signature = (timeout = None))]
     fn wait_async(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let timeout = seconds(timeout)?;
-        let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
+        let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
         let future = event_loop.call_method0("create_future")?.unbind();
         settle(self.handle.clone(), timeout, event_loop.unbind(), future.clone_ref(py));
         Ok(future)
@@ -61,7 +65,7 @@ impl PyRun {
     /// settles (or finishes, with `until_finished`).
     #[pyo3(signature = (callback, until_finished = false))]
     fn events(&self, py: Python<'_>, callback: Py<PyAny>, until_finished: bool) -> PyResult<()> {
-        let until = if until_finished { WatchUntil::Finished } else { WatchUntil::Settled };
+        let until = watch_until(until_finished);
         let rx = py.detach(|| self.handle.events(until)).map_err(to_py_err)?;
         forward_events(rx, callback);
         Ok(())

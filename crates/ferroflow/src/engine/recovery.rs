@@ -217,21 +217,7 @@ impl Inner {
         let workflow =
             pick(&record).ok_or_else(|| Error::UnknownGraph { name: record.graph.clone(), version: None })?;
         let graph = workflow.graph();
-        if record.graph != graph.name() {
-            return Err(Error::RunIdConflict {
-                run_id: run_id.to_owned(),
-                existing: format!("{}@{}", record.graph, record.version),
-                requested: format!("{}@{}", graph.name(), graph.version()),
-            });
-        }
-        if record.version != graph.version() {
-            return Err(Error::VersionMismatch {
-                run_id: run_id.to_owned(),
-                graph: record.graph,
-                expected: record.version,
-                found: graph.version().to_owned(),
-            });
-        }
+        check_graph(run_id, &record.graph, &record.version, graph)?;
         let entries: Vec<JournalEntry> = journal.iter().map(|stored| stored.entry.clone()).collect();
         let state = RunState::replay(Arc::clone(graph), &entries).map_err(|reason| Error::CorruptJournal {
             run_id: run_id.to_owned(),
@@ -381,4 +367,26 @@ pub(super) fn with_remaining_backoff(tasks: Vec<Task>, graph: &Graph, journal: &
             }
         })
         .collect()
+}
+
+/// Refuses to take the run `run_id`, of graph `name` at `version`, as a run of `wanted`:
+/// [`Error::RunIdConflict`] for another graph, [`Error::VersionMismatch`] for another version
+/// of it.
+pub(super) fn check_graph(run_id: &str, name: &str, version: &str, wanted: &Graph) -> Result<()> {
+    if name != wanted.name() {
+        return Err(Error::RunIdConflict {
+            run_id: run_id.to_owned(),
+            existing: format!("{name}@{version}"),
+            requested: format!("{}@{}", wanted.name(), wanted.version()),
+        });
+    }
+    if version != wanted.version() {
+        return Err(Error::VersionMismatch {
+            run_id: run_id.to_owned(),
+            graph: name.to_owned(),
+            expected: version.to_owned(),
+            found: wanted.version().to_owned(),
+        });
+    }
+    Ok(())
 }

@@ -21,6 +21,7 @@ use crate::journal::Event;
 use crate::store::RunRecord;
 use crate::value::Value;
 
+use super::recovery::check_graph;
 use super::run::LiveRun;
 use super::{Engine, Inner, RunSnapshot, WatchUntil};
 
@@ -42,23 +43,9 @@ impl Engine {
     pub fn open_run(&self, workflow: &Workflow, run_id: &str) -> Result<RunHandle> {
         let run = self.open_run_of(run_id, |_| Some(workflow.clone()))?;
         // A run loaded from the store was checked against `workflow` as it was read; one
-        // held already is checked here.
-        let (held, wanted) = (run.workflow().graph(), workflow.graph());
-        if held.name() != wanted.name() {
-            return Err(Error::RunIdConflict {
-                run_id: run_id.to_owned(),
-                existing: format!("{}@{}", held.name(), held.version()),
-                requested: format!("{}@{}", wanted.name(), wanted.version()),
-            });
-        }
-        if held.version() != wanted.version() {
-            return Err(Error::VersionMismatch {
-                run_id: run_id.to_owned(),
-                graph: held.name().to_owned(),
-                expected: held.version().to_owned(),
-                found: wanted.version().to_owned(),
-            });
-        }
+        // held already is checked here, by the same rule.
+        let held = run.workflow().graph();
+        check_graph(run_id, held.name(), held.version(), workflow.graph())?;
         Ok(run)
     }
 
@@ -158,8 +145,9 @@ impl RunHandle {
     /// As for [`Engine::resume`] and [`Engine::recover`].
     pub fn resume(&self, node: Option<&str>, value: Value, attachment: Option<Attachment>) -> Result<RunHandle> {
         let engine = self.engine()?;
-        engine.recover(&self.run.workflow, &self.run.run_id, attachment.clone())?;
-        engine.resume(&self.run.run_id, node, value, attachment).map(|run| engine.handle_of(run))
+        // Recovering sets the attachment already.
+        engine.recover(&self.run.workflow, &self.run.run_id, attachment)?;
+        engine.resume(&self.run.run_id, node, value, None).map(|run| engine.handle_of(run))
     }
 
     /// Continues the run if it stopped (its process died, or this engine gave an attempt
