@@ -50,3 +50,11 @@ def context(request, tmp_path) -> Iterator[ff.Context]:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "memory_only: behaviour specific to the in-memory context")
+
+
+@pytest.fixture(scope="session")
+def pb(tmp_path_factory):
+    """The gRPC client modules, generated from the .proto once per session (grpc_harness)."""
+    from grpc_harness import generate_stubs
+
+    return generate_stubs(tmp_path_factory.mktemp("stubs"))

@@ -138,7 +138,7 @@ mod lease;
 pub mod limits;
 pub mod llm;
 #[cfg(feature = "openai")]
-pub mod openai;
+pub use llm::openai;
 pub mod state;
 pub mod store;
 pub mod value;
