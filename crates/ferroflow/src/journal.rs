@@ -30,7 +30,7 @@ pub struct NodeError {
     /// Python body that raised `KeyboardInterrupt` (Ctrl-C) or `SystemExit`. Nothing is
     /// recorded for such an attempt: the run stays as it was, resumable
     /// ([`Engine::recover`](crate::Engine::recover)), and whoever waits for it here gets
-    /// [`Error::Interrupted`]. Never stored.
+    /// [`Error::Interrupted`](crate::Error::Interrupted). Never stored.
     #[serde(skip)]
     pub abandoned: bool,
 }

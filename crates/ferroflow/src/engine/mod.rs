@@ -2,7 +2,7 @@
 //! whoever waits on a run.
 //!
 //! Completing a task is one step: build the journal entry from the body's result, apply
-//! it to the run's [`RunState`], record it with the entries it implies, then dispatch
+//! it to the run's [`RunState`](crate::state::RunState), record it with the entries it implies, then dispatch
 //! what became ready. The step runs under the run's lock, so two dependencies finishing
 //! at once on two threads cannot lose a join's wake-up.
 //!
@@ -12,15 +12,15 @@
 //!
 //! The engine's parts, one concern per module:
 //! - this module: the configuration, the public types, and [`Engine`] itself;
-//! - [`run`]: a run held in memory and its watchers;
-//! - [`run_handle`]: a run wherever it lives ([`Engine::open_run`]) and the handle on it;
-//! - [`start`] and [`recovery`]: starting runs, and taking on runs the store has;
-//! - [`dispatch`]: running bodies and completing their tasks;
-//! - [`durable`] and [`outage`]: writing steps to the store, and riding out its outages;
-//! - [`worker`]: the worker loop and the lease that keeps its work its own;
-//! - [`follow`]: runs executed elsewhere, followed from the store;
-//! - [`ops`]: inspection, resume, cancel and watch;
-//! - [`handle`]: what a running body can do to its run.
+//! - `run.rs`: a run held in memory and its watchers;
+//! - `run_handle.rs`: a run wherever it lives ([`Engine::open_run`]) and the handle on it;
+//! - `start.rs` and `recovery.rs`: starting runs, and taking on runs the store has;
+//! - `dispatch.rs`: running bodies and completing their tasks;
+//! - `durable.rs` and `outage.rs`: writing steps to the store, and riding out its outages;
+//! - `worker.rs`: the worker loop and the lease that keeps its work its own;
+//! - `follow.rs`: runs executed elsewhere, followed from the store;
+//! - `ops.rs`: inspection, resume, cancel and watch;
+//! - `handle.rs`: what a running body can do to its run.
 
 mod dispatch;
 mod durable;
@@ -150,7 +150,7 @@ pub struct StartOptions {
     /// Caller-chosen id; starting the same id twice returns the first run. Generated
     /// (time-ordered) when absent.
     pub run_id: Option<String>,
-    /// Per-run data every body call of the run receives ([`NodeCall::attachment`]).
+    /// Per-run data every body call of the run receives ([`NodeCall::attachment`](crate::NodeCall::attachment)).
     /// It is not stored: a run recovered elsewhere gets what its recoverer attaches.
     pub attachment: Option<Attachment>,
 }

@@ -34,7 +34,7 @@ impl Engine {
     /// - [`Error::RunIdConflict`] if the stored run belongs to another graph, and
     ///   [`Error::VersionMismatch`] if it was started with another version of it.
     /// - [`Error::CorruptJournal`] if its journal does not replay over the graph.
-    /// - The store's errors, once an outage has lasted [`EngineConfig::outage_timeout`].
+    /// - The store's errors, once an outage has lasted [`EngineConfig::outage_timeout`](crate::EngineConfig::outage_timeout).
     pub fn recover(&self, workflow: &Workflow, run_id: &str, attachment: Option<Attachment>) -> Result<RunHandle> {
         self.inner.check_open()?;
         self.inner.recover(workflow, run_id, attachment).map(|run| self.inner.handle_of(run))

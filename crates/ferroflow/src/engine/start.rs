@@ -29,7 +29,7 @@ impl Engine {
     ///   cannot convert `input` to JSON.
     /// - [`Error::RunIdConflict`] if the id belongs to a run of another graph or version.
     /// - In a durable engine, the store's errors (an outage is waited out for up to
-    ///   [`EngineConfig::outage_timeout`] first), and those of [`Engine::recover`] for a
+    ///   [`EngineConfig::outage_timeout`](crate::EngineConfig::outage_timeout) first), and those of [`Engine::recover`] for a
     ///   run the store has already.
     pub fn start(&self, workflow: &Workflow, input: Value, options: StartOptions) -> Result<RunHandle> {
         self.start_inner(workflow, input, options, None, false).map(|(run, _, _)| run)

@@ -38,7 +38,7 @@ impl Engine {
     ///
     /// [`Error::Store`] if the engine has no store, and the store's errors when registering
     /// the graphs ([`DurableStore::register_graph`]) fail past
-    /// [`EngineConfig::outage_timeout`]. Failures while working are logged and retried,
+    /// [`EngineConfig::outage_timeout`](crate::EngineConfig::outage_timeout). Failures while working are logged and retried,
     /// not returned; so is the final release of what is still held.
     pub async fn work(
         &self,

@@ -159,8 +159,8 @@ impl FlowBuilder {
         self.add(name, NodeKind::Tool, async_body(body))
     }
 
-    /// A model call: the body usually builds a [`ChatRequest`] and returns
-    /// [`Cx::chat`]'s reply as JSON ([`Reply::to_json`]).
+    /// A model call: the body usually builds a [`ChatRequest`](crate::llm::ChatRequest) and returns
+    /// [`Cx::chat`]'s reply as JSON ([`Reply::to_json`](crate::llm::Reply::to_json)).
     pub fn llm<F, Fut, O>(&mut self, name: &str, body: F) -> NodeOptions<'_>
     where
         F: Fn(Cx) -> Fut + Send + Sync + 'static,

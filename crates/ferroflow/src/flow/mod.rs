@@ -8,7 +8,7 @@
 //! type implementing [`NodeBody`] ([`FlowBuilder::node`]). Dependencies are declared by name with
 //! [`NodeOptions::after`] (Rust closures have no parameter names to infer them from), and
 //! their outputs read by name with [`Cx::dep`]. Any `std::error::Error` converts into a
-//! [`NodeError`] with `?`.
+//! [`NodeError`](crate::NodeError) with `?`.
 //!
 //! ```
 //! use ferroflow::flow::{Cx, FlowBuilder};

@@ -94,8 +94,8 @@ pub trait JournalStore: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`Error::CorruptJournal`] if a stored entry cannot be read, and [`Error::Store`]
-    /// or [`Error::Unavailable`] if the store fails.
+    /// [`Error::CorruptJournal`](crate::Error::CorruptJournal) if a stored entry cannot be read, and [`Error::Store`](crate::Error::Store)
+    /// or [`Error::Unavailable`](crate::Error::Unavailable) if the store fails.
     async fn load(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>>;
     /// One page of the records matching `query.graph` and `query.status` (all when `None`),
     /// newest first: by creation time, and runs created in the same millisecond in the
@@ -285,7 +285,7 @@ pub trait TaskQueue: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`Error::Store`] or [`Error::Unavailable`] if the store fails. A claim that failed
+    /// [`Error::Store`](crate::Error::Store) or [`Error::Unavailable`](crate::Error::Unavailable) if the store fails. A claim that failed
     /// may have been granted all the same (see [`TaskQueue::holdings`]).
     async fn claim(&self, owner: &str, max: usize, lease_for: Duration, wait: Duration) -> Result<Vec<Claim>>;
     /// Takes a run over at once, whoever holds it: `owner` holds the run from now on, and
@@ -299,9 +299,9 @@ pub trait TaskQueue: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`Error::Store`] if `owner` does not hold the task (its lease expired, or it was
-    /// acknowledged already): another worker may hold it now. Also [`Error::Store`] or
-    /// [`Error::Unavailable`] if the store fails.
+    /// [`Error::Store`](crate::Error::Store) if `owner` does not hold the task (its lease expired, or it was
+    /// acknowledged already): another worker may hold it now. Also [`Error::Store`](crate::Error::Store) or
+    /// [`Error::Unavailable`](crate::Error::Unavailable) if the store fails.
     async fn ack(&self, owner: &str, task: &QueuedTask) -> Result<()>;
     /// Hands `tasks` that `owner` leases back to the queue, to be claimed no earlier than
     /// `not_before_ms`, without counting a delivery. Tasks `owner` does not hold are left
@@ -309,7 +309,7 @@ pub trait TaskQueue: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`Error::Store`] or [`Error::Unavailable`] if the store fails.
+    /// [`Error::Store`](crate::Error::Store) or [`Error::Unavailable`](crate::Error::Unavailable) if the store fails.
     async fn release(&self, owner: &str, tasks: &[QueuedTask], not_before_ms: u64) -> Result<()>;
     /// Ends `owner`'s hold on a run so that another worker claims it, no earlier than
     /// `not_before_ms`.
@@ -375,8 +375,8 @@ pub struct Step<'a> {
 /// - A step (`commit`, or one step of `commit_batch`) is all or nothing, and only applies
 ///   if the journal holds exactly [`Step::expected_seq`] entries before it (optimistic
 ///   concurrency, so two writers cannot interleave one run's journal): otherwise nothing is
-///   written and the error is [`Error::Conflict`]. A step of a run that does not exist is
-///   [`Error::RunNotFound`].
+///   written and the error is [`Error::Conflict`](crate::Error::Conflict). A step of a run that does not exist is
+///   [`Error::RunNotFound`](crate::Error::RunNotFound).
 /// - A step records [`Step::status`] in the run's record (with the time of its last entry,
 ///   if it has entries, as `updated_ms`), and applies its tasks and hold as [`Step`]
 ///   describes.
@@ -390,8 +390,8 @@ pub trait DurableStore: JournalStore + TaskQueue {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] if an entry has no JSON form (durable stores), and
-    /// [`Error::Store`] or [`Error::Unavailable`] if the store fails.
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) if an entry has no JSON form (durable stores), and
+    /// [`Error::Store`](crate::Error::Store) or [`Error::Unavailable`](crate::Error::Unavailable) if the store fails.
     async fn create(
         &self,
         record: &RunRecord,
@@ -404,10 +404,10 @@ pub trait DurableStore: JournalStore + TaskQueue {
     ///
     /// # Errors
     ///
-    /// [`Error::Conflict`] if the journal does not hold exactly `step.expected_seq`
-    /// entries, [`Error::RunNotFound`] if there is no such run, [`Error::InvalidInput`] if
-    /// an entry has no JSON form and [`Error::ValueTooLarge`] if the write is larger than
-    /// the store takes (durable stores), and [`Error::Store`] or [`Error::Unavailable`] if
+    /// [`Error::Conflict`](crate::Error::Conflict) if the journal does not hold exactly `step.expected_seq`
+    /// entries, [`Error::RunNotFound`](crate::Error::RunNotFound) if there is no such run, [`Error::InvalidInput`](crate::Error::InvalidInput) if
+    /// an entry has no JSON form and [`Error::ValueTooLarge`](crate::Error::ValueTooLarge) if the write is larger than
+    /// the store takes (durable stores), and [`Error::Store`](crate::Error::Store) or [`Error::Unavailable`](crate::Error::Unavailable) if
     /// the store fails. Nothing is written then.
     async fn commit(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool>;
     /// Writes several steps, in order, as one write where the store can (group commit):
@@ -425,7 +425,7 @@ pub trait DurableStore: JournalStore + TaskQueue {
     /// The most bytes one step's write may hold, when the store's limit is small enough
     /// that values meet it (a NATS message: 1 MB by default); `None` for stores whose limit
     /// is far beyond what a value holds (they still refuse a larger write, with
-    /// [`Error::ValueTooLarge`]). An engine that dispatches before it writes
+    /// [`Error::ValueTooLarge`](crate::Error::ValueTooLarge)). An engine that dispatches before it writes
     /// ([`Durability::Batch`](crate::Durability::Batch)) checks outputs against it first.
     fn max_write_bytes(&self) -> Option<usize> {
         None

@@ -33,7 +33,7 @@
 //!
 //! # The journal: one KV value per step, written with `create`
 //!
-//! A step (the entries of one [`DurableStore::commit`], or of [`DurableStore::create`] for
+//! A step (the entries of one [`DurableStore::commit`](crate::store::DurableStore::commit), or of [`DurableStore::create`](crate::store::DurableStore::create) for
 //! step 0) is one value keyed by the run and the step's first `seq`, written with KV
 //! `create` (which fails if the key exists). A step is therefore all or nothing, and two writers racing on one
 //! position conflict: the second `create` fails and the writer gets [`Error::Conflict`].
@@ -61,15 +61,15 @@
 //! a task queued, leased and acknowledged in between may be queued once more; the
 //! scheduler drops such duplicates against the journal, as it does every redelivery.
 //! A writer that dies holding the run leaves a hold that expires and is claimed as
-//! [`Claim::Run`], so the hold needs no repair. One that dies after its step but before
+//! [`Claim::Run`](crate::store::Claim::Run), so the hold needs no repair. One that dies after its step but before
 //! taking its first hold on the run (a worker's first step on a queued task) leaves
 //! neither a hold nor its ready tasks in the queue: the step says it meant to hold the run
-//! (`hold`), and the repair creates a [`RELEASED`] hold if there is none, so that the run
+//! (`hold`), and the repair creates a [`RELEASED`](crate::store::RELEASED) hold if there is none, so that the run
 //! is claimed whole and those tasks run. Only for a step older than a grace period (10 s):
 //! a younger one's writer is most likely alive and applying its effects, and a worker that
 //! claimed the run in between would record the attempts the writer is starting as
 //! interrupted and run them again. A writer that finds such a hand-out of its own step
-//! (a [`RELEASED`] hold without a time) takes it while the journal still ends with its
+//! (a [`RELEASED`](crate::store::RELEASED) hold without a time) takes it while the journal still ends with its
 //! step; one that finds the run moved on, or held by another, queues its ready tasks
 //! instead, and whichever of the two runs a task first, the other is dropped against the
 //! journal. A writer paused between its step and its hold (past its lease) never creates a
@@ -84,7 +84,7 @@
 //! middle of a step falls back to the scan.
 //!
 //! Creating a run writes step 0 first (with KV `create`: this is what makes
-//! [`DurableStore::create`] idempotent), then its hold or tasks, then the run record, whose
+//! [`DurableStore::create`](crate::store::DurableStore::create) idempotent), then its hold or tasks, then the run record, whose
 //! `order` is step 0's revision (JetStream sequences grow across the bucket, so this orders
 //! runs by creation: `list_runs` sorts by `created_ms`, then `order`, both descending, and
 //! its page cursors are these two numbers). A run whose step 0 exists but whose record does not is being
@@ -319,7 +319,7 @@ struct StepDoc {
     effects: bool,
     /// Whether the writer meant to hold the run and run the ready tasks itself (they are
     /// not in `queue`). If it died before taking the hold, the repair hands the run to
-    /// whoever claims it, as [`RELEASED`], so that those tasks are not lost.
+    /// whoever claims it, as [`RELEASED`](crate::store::RELEASED), so that those tasks are not lost.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     hold: bool,
 }

@@ -30,27 +30,27 @@
 //!   cannot hold both numbers), and a page of them starts below the exclusive bound
 //!   `(<created_ms>:<order>:` of its cursor. `ff:<ns>:created` is the counter behind `order`.
 //! - `ff:<ns>:holds`, a sorted set of held runs (members run ids) scored by when their
-//!   hold expires. A run handed back is held by [`RELEASED`] until it may be claimed.
+//!   hold expires. A run handed back is held by [`RELEASED`](crate::store::RELEASED) until it may be claimed.
 //! - `ff:<ns>:free`, a sorted set of the tasks nobody leases (members their key names),
 //!   scored by `not_before_ms`; `ff:<ns>:leased`, the leased tasks, scored by when their
 //!   lease expires.
 //! - `ff:<ns>:owner:<owner>:leases` and `ff:<ns>:owner:<owner>:holds`, sets: what each
-//!   owner leases and holds, so that [`TaskQueue::renew`] touches only those.
+//!   owner leases and holds, so that [`TaskQueue::renew`](crate::store::TaskQueue::renew) touches only those.
 //! - `ff:<ns>:graphs`, a hash: the graphs workers registered (`name@version`, the
-//!   [`GraphRecord`] as JSON).
+//!   [`GraphRecord`](crate::store::GraphRecord) as JSON).
 //! - `ff:<ns>:layout`, a string: `2`, the namespace's keys are escaped (see above).
 //!
 //! # Scripts
 //!
 //! Every write is one Lua script run with EVALSHA through [`redis::Script`] (which loads
 //! it again after a server restart), so each operation is atomic: no other client sees
-//! half of it. [`DurableStore::commit`] checks the journal's length against
+//! half of it. [`DurableStore::commit`](crate::store::DurableStore::commit) checks the journal's length against
 //! `expected_seq` (else [`Error::Conflict`], and nothing is written), appends the
 //! entries, records the status and `updated_ms`, applies the hold logic of
 //! [`MemoryStore`](crate::MemoryStore) (a step leaving the run waiting or finished ends its
 //! hold; a finished run loses all its tasks; a live hold of another owner keeps the run and
 //! the ready tasks are queued instead), removes the `done` tasks and queues the ready ones
-//! when the owner does not hold the run. [`DurableStore::commit_batch`] sends all its steps
+//! when the owner does not hold the run. [`DurableStore::commit_batch`](crate::store::DurableStore::commit_batch) sends all its steps
 //! to the same script in one round trip; each step is checked before any of its writes, so
 //! a step that fails writes nothing and the others are written. `create` and the queue's
 //! operations are scripts too. The scripts start with a `#!lua` shebang (Redis 7 or newer):
@@ -65,7 +65,7 @@
 //! # Why the task queue is not a stream
 //!
 //! The issue asked for a Redis Stream read through a consumer group (XREADGROUP, XACK,
-//! XAUTOCLAIM). The [`TaskQueue`] contract does not fit that model, and the queue is built
+//! XAUTOCLAIM). The [`TaskQueue`](crate::store::TaskQueue) contract does not fit that model, and the queue is built
 //! from sorted sets and hashes instead, all of it inside the scripts:
 //! - a lease lasts as long as its **holder** says (`lease_for` of `claim` and `renew`), but
 //!   XAUTOCLAIM decides expiry by a minimum idle time the **claimant** gives; a renewal to
@@ -108,7 +108,7 @@
 //! [`Error::RunNotFound`] as in every store. A script is atomic, so a step either happened
 //! or not; a call whose reply was lost may still have happened, which the engine finds
 //! out: a retried step conflicts and finds itself in the journal, and a worker whose claim
-//! failed compares [`TaskQueue::holdings`] with what it runs and releases the rest. A
+//! failed compares [`TaskQueue::holdings`](crate::store::TaskQueue::holdings) with what it runs and releases the rest. A
 //! claim abandoned mid-call (its future dropped) may have leased tasks nobody runs: they
 //! are delivered again once that lease expires.
 //!
@@ -135,7 +135,7 @@ use crate::store::{Lease, QueuedTask, RunCursor, RunRecord, Step, StoredEntry, h
 
 use self::scripts::Scripts;
 
-/// How often a waiting [`TaskQueue::claim`] looks for work (sooner when something falls
+/// How often a waiting [`TaskQueue::claim`](crate::store::TaskQueue::claim) looks for work (sooner when something falls
 /// due before).
 pub const POLL: Duration = Duration::from_millis(20);
 /// How long a call may take by default before it fails.
@@ -324,7 +324,7 @@ impl RedisStore {
 
     /// Deletes every key of this store's namespace (runs, journals, holds, tasks, graphs)
     /// and returns how many there were: exactly those keys, whatever the namespace's name
-    /// holds (another namespace never shares a key with this one, see [`prefix_of`], and
+    /// holds (another namespace never shares a key with this one, see `prefix_of`, and
     /// the name is escaped out of the scan's glob pattern). For tests and for retiring a
     /// deployment: workers still using the namespace lose their work.
     pub async fn delete_namespace(&self) -> Result<u64> {
@@ -535,8 +535,6 @@ impl RedisStore {
     }
 }
 
-/// Whether `e` says the server is out of reach for now (down, restarting, loading its data,
-/// failing over), rather than that the request was wrong.
 /// What `<prefix>:layout` holds: the namespace's keys are escaped ([`prefix_of`]).
 const KEY_LAYOUT: &str = "2";
 
@@ -571,6 +569,8 @@ fn glob_escape(text: &str) -> String {
     pattern
 }
 
+/// Whether `e` says the server is out of reach for now (down, restarting, loading its data,
+/// failing over), rather than that the request was wrong.
 fn is_outage(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_refusal()
