@@ -239,3 +239,43 @@ def test_an_async_body_on_a_closed_loop_leaks_no_coroutine(context):
     assert run.failed_node == "second"
     leaked = [str(w.message) for w in caught if "never awaited" in str(w.message)]
     assert leaked == []
+
+
+def test_arun_without_a_timeout_settles_every_run_on_each_loop_that_awaits_it(context):
+    """Without a timeout, the thread that settles a run wakes the caller's loop itself (through
+    a socket the loop watches): many runs at once, finished, failed and waiting, each get their
+    own result, on one loop and then on another (a second `asyncio.run`)."""
+    g = ff.Graph("settled_on_the_loop")
+
+    @g.task
+    def double(input):
+        if input == -1:
+            raise ValueError("no negatives")
+        return input * 2
+
+    @g.task
+    async def plus_one(double):
+        await asyncio.sleep(0)
+        return double + 1
+
+    h = ff.Graph("settled_waiting")
+
+    @h.human
+    def ask(input):
+        return {"question": input}
+
+    async def many() -> None:
+        results = await asyncio.gather(*(g.arun(i, context=context) for i in range(200)))
+        assert [r.output for r in results] == [2 * i + 1 for i in range(200)]
+        assert all(r.status is ff.RunStatus.COMPLETED for r in results)
+        with pytest.raises(ff.RunFailedError) as failed:
+            await g.arun(-1, context=context)
+        assert failed.value.node == "double" and "no negatives" in str(failed.value)
+        waiting = await h.arun("ship it?", context=context)
+        assert waiting.status is ff.RunStatus.WAITING
+        assert waiting.waiting == {"ask": {"question": "ship it?"}}
+        answered = await h.aresume(waiting.run_id, "yes", context=context)
+        assert answered.status is ff.RunStatus.COMPLETED and answered.output == "yes"
+
+    asyncio.run(many())
+    asyncio.run(many())

@@ -1,7 +1,9 @@
-"""W1b: the W1 chain, 2,000 runs with 100 in flight through `graph.map` (memory)."""
+"""W1b: the W1 chain, 2,000 runs with 100 in flight through `graph.map`, and through `await graph.arun`
+under a semaphore of 100 (memory)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Sequence
@@ -69,6 +71,31 @@ def w1b(quick: bool) -> Dict[str, Any]:
         serial.append(serial_once())
 
     engine_cpu = _median(cpu)
+
+    async def arun_all(ctx: Any) -> List[Any]:
+        slots = asyncio.Semaphore(W1B_IN_FLIGHT)
+
+        async def one(x: int) -> Any:
+            async with slots:
+                return (await g.arun(x, context=ctx)).output
+
+        return await asyncio.gather(*(one(x) for x in inputs))
+
+    def arun_once(loop: asyncio.AbstractEventLoop) -> float:
+        _settle()
+        t0 = perf()
+        out = loop.run_until_complete(arun_all(ff.InMemory()))
+        dt = perf() - t0
+        if out != inputs:
+            raise AssertionError("W1b: graph.arun returned wrong outputs")
+        return dt
+
+    loop = asyncio.new_event_loop()
+    try:
+        arun_once(loop)  # warm-up
+        arun = [arun_once(loop) for _ in range(reps)]
+    finally:
+        loop.close()
     pool: List[float] = []
     with ThreadPoolExecutor(max_workers=W1B_IN_FLIGHT) as ex:
         list(ex.map(plain, inputs))  # starts the 100 threads
@@ -90,6 +117,7 @@ def w1b(quick: bool) -> Dict[str, Any]:
         return completions / _median(ts)
 
     r_engine, r_serial, r_pool, r_steady = rate(engine), rate(serial), rate(pool), rate(steady)
+    r_arun = rate(arun)
     rows = [
         _row(
             f"node completions/s, `graph.map`, {W1B_IN_FLIGHT} in flight",
@@ -114,6 +142,14 @@ def w1b(quick: bool) -> Dict[str, Any]:
             r_steady >= 100_000,
         ),
         _row(
+            f"node completions/s, `await graph.arun`, {W1B_IN_FLIGHT} in flight",
+            f"{r_arun:,.0f}",
+            f"{r_serial:,.0f} (plain loop)",
+            _ratio(r_arun, r_serial),
+            "≥ 100,000",
+            r_arun >= 100_000,
+        ),
+        _row(
             f"wall time for {W1B_RUNS:,} runs, ms",
             f"{_median(engine) * 1e3:.1f}",
             f"{_median(serial) * 1e3:.2f}",
@@ -127,8 +163,12 @@ def w1b(quick: bool) -> Dict[str, Any]:
         f"(repetitions ranged {_spread([completions / t for t in engine], fmt='{:,.0f}')} completions/s).",
         "Baselines: the ten functions called directly for every input in a loop; and the same chain "
         f"submitted per input to a `ThreadPoolExecutor({W1B_IN_FLIGHT})` (threads started before timing).",
+        f"`await graph.arun(x)` for every input on one asyncio loop under `asyncio.Semaphore({W1B_IN_FLIGHT})`, "
+        f"gathered, on a fresh `InMemory()` per repetition; ranged "
+        f"{_spread([completions / t for t in arun], fmt='{:,.0f}')} completions/s.",
         "Steady state: one context pre-filled with 10,000 finished runs (its `retain_finished` default) "
         f"before timing, so every run also evicts one; ranged "
         f"{_spread([completions / t for t in steady], fmt='{:,.0f}')} completions/s.",
     ]
-    return {"rows": rows, "notes": notes, "raw": {"engine_s": engine, "serial_s": serial, "pool_s": pool}}
+    raw = {"engine_s": engine, "arun_s": arun, "serial_s": serial, "pool_s": pool}
+    return {"rows": rows, "notes": notes, "raw": raw}

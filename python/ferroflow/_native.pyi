@@ -135,8 +135,11 @@ class Run:
     def id(self) -> str: ...
     def wait(self, timeout: Optional[float] = None) -> _Snapshot:
         """Blocks until the run settles (waiting or finished)."""
-    def wait_async(self, timeout: Optional[float] = None) -> asyncio.Future[_Snapshot]:
-        """A future of the running loop, settled when the run settles."""
+    def wait_async(
+        self, timeout: Optional[float] = None, scheduler: Optional[EventLoop] = None
+    ) -> asyncio.Future[_Snapshot]:
+        """A future of the running loop, settled when the run settles (through the loop's
+        ``scheduler`` when given)."""
     def snapshot(self) -> _Snapshot:
         """The run's current state."""
     def events(self, callback: Callable[[Optional[Event]], None], until_finished: bool = False) -> None:

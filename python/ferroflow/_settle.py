@@ -22,11 +22,12 @@ def _deliver_to(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> C
     return deliver
 
 
-async def _settled(run: _native.Run, timeout: Optional[float]) -> RunResult:
-    """Awaits ``run`` settling (the engine settles a future of the running loop). Cancelling
-    the awaiting task cancels the run."""
+async def _settled(run: _native.Run, timeout: Optional[float], scheduler: _native.EventLoop) -> RunResult:
+    """Awaits ``run`` settling: the engine settles a future of the running loop, whose
+    ``scheduler`` (``scheduler_for``) lets the thread that settles the run wake the loop
+    itself. Cancelling the awaiting task cancels the run."""
     try:
-        snapshot = await run.wait_async(timeout)
+        snapshot = await run.wait_async(timeout, scheduler)
     except asyncio.CancelledError:
         try:
             run.cancel()

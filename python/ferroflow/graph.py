@@ -387,8 +387,8 @@ class Graph:
         """Like :meth:`run`, awaitable. Async bodies run on the caller's event loop.
         Cancelling the awaiting task cancels the run."""
         workflow, engine = self._starting(input, run_id, context)
-        loop = asyncio.get_running_loop()
-        return await _settled(engine.start(workflow, input, run_id, scheduler_for(loop)), timeout)
+        scheduler = scheduler_for(asyncio.get_running_loop())
+        return await _settled(engine.start(workflow, input, run_id, scheduler), timeout, scheduler)
 
     async def stream(
         self,
@@ -500,7 +500,7 @@ class Graph:
         """Like :meth:`resume`, awaitable; async bodies run on the caller's loop."""
         _check_run_id(run_id)
         loop = scheduler_for(asyncio.get_running_loop())
-        return await _settled(self._resumed(run_id, value, node, context, loop), timeout)
+        return await _settled(self._resumed(run_id, value, node, context, loop), timeout, loop)
 
     def _resumed(
         self,

@@ -12,9 +12,11 @@ use std::sync::{Arc, Mutex};
 use ferroflow::{AsyncBody, BodyResult, NodeCall, NodeError};
 use futures_util::future::BoxFuture;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use tokio::sync::oneshot;
 
 use crate::body::PyBody;
+use crate::delivery::Settler;
 use crate::runtime;
 
 /// The scheduler of one asyncio loop, shared by every run whose async bodies execute on
@@ -22,6 +24,9 @@ use crate::runtime;
 pub struct EventLoop {
     state: Arc<LoopState>,
     drain: Py<Drain>,
+    /// What settles `arun`'s futures on this loop, made by the first that waits
+    /// ([`EventLoop::settler`]); `None` where the loop cannot watch a socket.
+    settler: PyOnceLock<Option<Arc<Settler>>>,
 }
 
 /// `ferroflow._native.EventLoop`: the Python handle on a loop's scheduler.
@@ -39,7 +44,7 @@ impl PyEventLoop {
         let weak = py.import("weakref")?.getattr("ref")?.call1((event_loop,))?.unbind();
         let state = Arc::new(LoopState { event_loop: weak, queue: Mutex::new(Queue::default()) });
         let drain = Py::new(py, Drain { state: Arc::clone(&state) })?;
-        Ok(PyEventLoop { scheduler: Arc::new(EventLoop { state, drain }) })
+        Ok(PyEventLoop { scheduler: Arc::new(EventLoop { state, drain, settler: PyOnceLock::new() }) })
     }
 }
 
@@ -74,6 +79,15 @@ struct QueuedCall {
 }
 
 impl EventLoop {
+    /// What settles runs' futures on this loop, if `running` (the caller's running loop) is
+    /// it and it can watch a socket; made on first use, on the loop's thread.
+    pub fn settler(&self, py: Python<'_>, running: &Bound<'_, PyAny>) -> Option<Arc<Settler>> {
+        if !self.state.event_loop(py).is_ok_and(|own| own.is(running)) {
+            return None;
+        }
+        self.settler.get_or_init(py, || Settler::on_loop(py, running)).clone()
+    }
+
     /// Queues a call; the receiver gets its result, and the slot cancels it.
     pub fn submit(&self, body: Arc<PyBody>, call: NodeCall) -> (oneshot::Receiver<BodyResult>, Arc<TaskSlot>) {
         let (tx, rx) = oneshot::channel();

@@ -7,6 +7,7 @@ use ferroflow::RunHandle;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
+use crate::asyncio::PyEventLoop;
 use crate::delivery::{forward_events, settle, watch_until};
 use crate::engine::{attachment, seconds};
 use crate::error::to_py_err;
@@ -46,13 +47,20 @@ impl PyRun {
     }
 
     /// An asyncio future of the running loop, settled with the run's snapshot (or its error)
-    /// when the run settles.
-    #[pyo3(signature = (timeout = None))]
-    fn wait_async(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+    /// when the run settles; through the loop's `scheduler` (its `EventLoop`), when given, by
+    /// the thread that settles the run.
+    #[pyo3(signature = (timeout = None, scheduler = None))]
+    fn wait_async(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+        scheduler: Option<PyRef<'_, PyEventLoop>>,
+    ) -> PyResult<Py<PyAny>> {
         let timeout = seconds(timeout)?;
         let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
         let future = event_loop.call_method0("create_future")?.unbind();
-        settle(self.handle.clone(), timeout, event_loop.unbind(), future.clone_ref(py));
+        let settler = scheduler.and_then(|s| s.scheduler.settler(py, &event_loop));
+        settle(self.handle.clone(), timeout, event_loop.unbind(), future.clone_ref(py), settler);
         Ok(future)
     }
 

@@ -185,7 +185,7 @@ impl Inner {
         *run.interrupted.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(Interruption { node, kind: error.kind.clone(), message: error.message.clone() });
         run.is_interrupted.store(true, Ordering::Release);
-        run.settle.notify_waiters();
+        run.wake_settled(None);
     }
 
     /// The completion step: record the attempt's outcome and what it implies, and return

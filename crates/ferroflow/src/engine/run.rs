@@ -36,6 +36,8 @@ pub(super) struct LiveRun {
     pub(super) status: AtomicU8,
     /// Woken whenever the run settles (waits for a person, or finishes).
     pub(super) settle: Notify,
+    /// Called (and dropped) when the run next settles ([`RunHandle::on_settled`](super::RunHandle::on_settled)).
+    pub(super) settle_hooks: Mutex<Vec<SettleHook>>,
     pub(super) cancel: CancellationToken,
     pub(super) has_watchers: AtomicBool,
     pub(super) retired: AtomicBool,
@@ -91,6 +93,10 @@ pub(super) struct RunCore {
     /// the store instead, where taking it over finds them.)
     pub(super) abandoned: Vec<Task>,
 }
+
+/// What [`LiveRun::on_settled`] calls: with the run's snapshot, or the error waiting for it
+/// ends with (an attempt given up here).
+pub(super) type SettleHook = Box<dyn FnOnce(Result<RunSnapshot, Error>) + Send>;
 
 /// Why a run's attempt was given up here ([`NodeError::abandoned`]).
 pub(super) struct Interruption {
@@ -174,6 +180,7 @@ impl LiveRun {
             }),
             status: AtomicU8::new(status as u8),
             settle: Notify::new(),
+            settle_hooks: Mutex::new(Vec::new()),
             cancel: CancellationToken::new(),
             has_watchers: AtomicBool::new(false),
             retired: AtomicBool::new(false),
@@ -245,7 +252,49 @@ impl LiveRun {
         }
         let previous = self.status.swap(status as u8, Ordering::AcqRel);
         if previous != status as u8 && (status.is_terminal() || status == RunStatus::Waiting) {
-            self.settle.notify_waiters();
+            self.wake_settled(Some(core));
+        }
+    }
+
+    /// Whether waiting for the run would end now: it waits for a person, has finished, or
+    /// an attempt of it was given up here.
+    pub(super) fn is_settled(&self) -> bool {
+        let status = self.status();
+        status.is_terminal() || status == RunStatus::Waiting || self.is_interrupted.load(Ordering::Acquire)
+    }
+
+    /// Tells everything waiting for the run that it settled: the waiters of
+    /// [`LiveRun::settled`], and the hooks, with the snapshot of `core` (the run's state,
+    /// when the caller holds its lock) or of the run.
+    pub(super) fn wake_settled(&self, core: Option<&RunCore>) {
+        self.settle.notify_waiters();
+        let hooks = std::mem::take(&mut *self.settle_hooks.lock().unwrap_or_else(|p| p.into_inner()));
+        for hook in hooks {
+            hook(self.settled_outcome(core));
+        }
+    }
+
+    /// Calls `hook` when the run next settles, or at once (on this thread) if it is settled.
+    pub(super) fn on_settled(&self, hook: SettleHook) {
+        {
+            // Checked under the hooks' lock: a run settling meanwhile takes the hooks after
+            // its status changed, so it finds this one, or this check sees the change.
+            let mut hooks = self.settle_hooks.lock().unwrap_or_else(|p| p.into_inner());
+            if !self.is_settled() {
+                hooks.push(hook);
+                return;
+            }
+        }
+        hook(self.settled_outcome(None));
+    }
+
+    /// What waiting for the settled run gives: its snapshot, or the error of an attempt
+    /// given up here.
+    fn settled_outcome(&self, core: Option<&RunCore>) -> Result<RunSnapshot, Error> {
+        match (self.interruption(), core) {
+            (Some(interrupted), _) => Err(interrupted),
+            (None, Some(core)) => Ok(self.snapshot_of(core)),
+            (None, None) => Ok(self.snapshot()),
         }
     }
 
@@ -297,8 +346,7 @@ impl LiveRun {
             let notified = self.settle.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            let status = self.status();
-            if status.is_terminal() || status == RunStatus::Waiting || self.is_interrupted.load(Ordering::Acquire) {
+            if self.is_settled() {
                 return;
             }
             notified.await;
@@ -398,7 +446,11 @@ impl LiveRun {
     }
 
     pub(super) fn snapshot(&self) -> RunSnapshot {
-        let core = self.lock();
+        self.snapshot_of(&self.lock())
+    }
+
+    /// [`LiveRun::snapshot`] of the run's state `core`, for a caller that holds its lock.
+    pub(super) fn snapshot_of(&self, core: &RunCore) -> RunSnapshot {
         let graph = self.workflow.graph();
         RunSnapshot {
             run_id: Arc::clone(&self.run_id),

@@ -202,6 +202,25 @@ impl RunHandle {
         }
     }
 
+    /// Calls `hook` once with what [`RunHandle::wait`] (without a timeout) returns: at once,
+    /// on this thread, if the run is settled; otherwise on the thread that settles it, within
+    /// the step that did, which may be a runtime worker and may hold the run's lock. So a hook
+    /// only passes the news on (a send on a channel, a byte to wake an event loop), quickly,
+    /// and never blocks or calls the engine. This spares a waiter the wake-ups of a task that
+    /// waits: the Python binding settles `arun`'s futures so. A run another process may move
+    /// on (one this engine follows, or waits for a person in a durable engine) is waited for
+    /// as [`RunHandle::wait`] does, by a task on the runtime that then calls `hook`.
+    pub fn on_settled(&self, hook: impl FnOnce(Result<RunSnapshot>) + Send + 'static) {
+        if let Some(engine) = self.engine.upgrade()
+            && engine.may_be_stale(&self.run)
+        {
+            let handle = self.clone();
+            engine.runtime.spawn(async move { hook(handle.wait(None).await) });
+            return;
+        }
+        self.run.on_settled(Box::new(hook));
+    }
+
     /// The run's state now.
     pub fn snapshot(&self) -> RunSnapshot {
         self.run.snapshot()

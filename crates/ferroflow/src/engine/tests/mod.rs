@@ -34,6 +34,7 @@ mod lease;
 mod open_run;
 mod outage;
 mod run_ids;
+mod settle_hooks;
 
 const LIMIT: Duration = Duration::from_secs(5);
 
