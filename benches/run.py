@@ -80,7 +80,7 @@ WORKLOADS: Dict[str, Tuple[str, Callable[[bool], Dict[str, Any]]]] = {
     ),
     "W4": ("W4: the chain of W1a, every node durably checkpointed, 1,000 runs one after another (sqlite)", w4),
     "W4c": ("W4c: the same, 2,000 runs with 100 in flight (sqlite, redis, nats)", w4c),
-    "W6": ("W6: 10,000 runs parked in an async node (memory)", w6),
+    "W6": ("W6: 10,000 runs parked in an async node; 1,000 runs of a 3-node async chain parked at node 2 (memory)", w6),
     "B1": ("B1: W1's chain through `graph.map` with 1 and 2 `ferroflow worker` processes (redis, nats, sqlite)", b1),
 }
 
