@@ -108,6 +108,27 @@ def _rss_kb() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def _malloc_kb() -> Optional[float]:
+    """KB the C allocator (glibc's malloc) has handed out and not had back: the Rust engine's
+    heap, and Python's objects over 512 bytes (smaller ones live in pymalloc's own arenas).
+    None where glibc's `mallinfo2` is not available."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+        ] + [("keepcost", ctypes.c_size_t)]
+
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = MallInfo2
+    info = mallinfo2()
+    return (info.uordblks + info.hblkhd) / 1024
+
+
 def _settle() -> None:
     gc.collect()
     gc.collect()

@@ -25,8 +25,9 @@ pub struct EventLoop {
     state: Arc<LoopState>,
     drain: Py<Drain>,
     /// What settles `arun`'s futures on this loop, made by the first that waits
-    /// ([`EventLoop::settler`]); `None` where the loop cannot watch a socket.
-    settler: PyOnceLock<Option<Arc<Settler>>>,
+    /// ([`EventLoop::settler`]), with the id of the process that made it; `None` where the
+    /// loop cannot watch a socket.
+    settler: PyOnceLock<(u32, Option<Arc<Settler>>)>,
 }
 
 /// `ferroflow._native.EventLoop`: the Python handle on a loop's scheduler.
@@ -80,12 +81,14 @@ struct QueuedCall {
 
 impl EventLoop {
     /// What settles runs' futures on this loop, if `running` (the caller's running loop) is
-    /// it and it can watch a socket; made on first use, on the loop's thread.
+    /// it and it can watch a socket; made on first use, on the loop's thread. A forked child
+    /// (whose copy of the loop would share the socket with its parent) does without.
     pub fn settler(&self, py: Python<'_>, running: &Bound<'_, PyAny>) -> Option<Arc<Settler>> {
         if !self.state.event_loop(py).is_ok_and(|own| own.is(running)) {
             return None;
         }
-        self.settler.get_or_init(py, || Settler::on_loop(py, running)).clone()
+        let (pid, settler) = self.settler.get_or_init(py, || (std::process::id(), Settler::on_loop(py, running)));
+        settler.clone().filter(|_| *pid == std::process::id())
     }
 
     /// Queues a call; the receiver gets its result, and the slot cancels it.
