@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ffbench import common
 from ffbench.b1 import b1, b1_baseline, b1_store
+from ffbench.b2 import b2, b2_store
 from ffbench.common import _LOADED, CHILD_TIMEOUT, RESULT_TAG, ROOT, SUB_TIMEOUT, _child, _import_ferroflow
 from ffbench.w1a import w1a
 from ffbench.w1b import w1b
@@ -57,10 +58,11 @@ def _sum_timeouts(*keys: str, extra: Tuple[float, float] = (30.0, 30.0)) -> Tupl
 WORKLOAD_TIMEOUT = {
     "W4c": _sum_timeouts("W4c:redis", "W4c:nats", extra=CHILD_TIMEOUT),
     "B1": _sum_timeouts("B1:baseline", "B1:baseline", "B1:redis", "B1:sqlite", "B1:nats"),
+    "B2": _sum_timeouts("B2:redis"),
     "W3": _sum_timeouts(*(f"W3:{kind}" for kind in W3_CONTEXTS)),
 }
 
-IMPLEMENTED = ("W1a", "W1b", "W2", "W3", "W4", "W4c", "W6", "B1")
+IMPLEMENTED = ("W1a", "W1b", "W2", "W3", "W4", "W4c", "W6", "B1", "B2")
 NOT_IMPLEMENTED = {
     "W4 on redis and nats": "W4 (runs one after another) is measured on sqlite only; W4c covers redis and nats",
 }
@@ -82,6 +84,10 @@ WORKLOADS: Dict[str, Tuple[str, Callable[[bool], Dict[str, Any]]]] = {
     "W4c": ("W4c: the same, 2,000 runs with 100 in flight (sqlite, redis, nats)", w4c),
     "W6": ("W6: 10,000 runs parked in an async node; 1,000 runs of a 3-node async chain parked at node 2 (memory)", w6),
     "B1": ("B1: W1's chain through `graph.map` with 1 and 2 `ferroflow worker` processes (redis, nats, sqlite)", b1),
+    "B2": (
+        "B2: 100,000 runs of W1's chain in one `graph.map` batch through 2 `ferroflow worker` processes (redis)",
+        b2,
+    ),
 }
 
 
@@ -95,6 +101,7 @@ PROFILES: Dict[str, Callable[[bool], Dict[str, Any]]] = {
     "B1:redis": lambda quick: b1_store("redis", quick),
     "B1:nats": lambda quick: b1_store("nats", quick),
     "B1:sqlite": lambda quick: b1_store("sqlite", quick),
+    "B2:redis": lambda quick: b2_store("redis", quick),
     "W3:memory": lambda quick: w3_context("memory", quick),
     "W3:sqlite": lambda quick: w3_context("sqlite", quick),
     "W3:redis": lambda quick: w3_context("redis", quick),

@@ -1,0 +1,176 @@
+"""B2: scale. 100,000 runs of the W1 chain in one `graph.map` batch through 2 `ferroflow worker`
+processes (redis), in a process of its own (b2_store): throughput per block of 10,000 runs, from
+the first block to the last, and the memory of every process (each worker, the submitter) sampled
+through the batch.
+
+NATS is not measured here yet: at the ~500 node completions/s its store reaches today (B1), one
+batch would take over half an hour; its redesign is the issue this benchmark was written for.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Dict, List, Tuple
+
+from .b1 import B1_IN_FLIGHT, B1_WARM, B1_WORKER_CONCURRENCY, _Worker
+from .common import (
+    CHAIN_LEN,
+    _chain_functions,
+    _chain_graph,
+    _import_ferroflow,
+    _median,
+    _row,
+    _sub_child,
+)
+from .servers import REDIS_URL, SERVER_PROCESS, _namespace, _pids_named, _server_context
+
+# Runs in the batch (full, quick), and how many make one block of the throughput figures.
+B2_RUNS = (100_000, 20_000)
+B2_BLOCK = (10_000, 2_000)
+B2_WORKERS = 2
+B2_MAP_TIMEOUT = 900.0
+B2_SAMPLE_EVERY = 1.0  # seconds between memory samples
+
+
+def _rss_kb_of(pid: int) -> int:
+    """VmRSS of process ``pid`` in KB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def b2_store(kind: str, quick: bool) -> Dict[str, Any]:
+    """B2 on ``kind`` (redis): one batch of B2_RUNS through B2_WORKERS fresh workers (after a
+    warm-up batch), submitted from a context that does not execute, ``concurrency`` as B1's.
+    Returns the wall time, the time each block of runs completed at, and the memory samples."""
+    assert kind == "redis", kind
+    ff = _import_ferroflow()
+    g = _chain_graph(ff, _chain_functions())
+    runs, block = B2_RUNS[1 if quick else 0], B2_BLOCK[1 if quick else 0]
+    namespace = _namespace("b2")
+    spec = f"{REDIS_URL}?namespace={namespace}"
+    sub = _server_context(ff, kind, namespace, execute=False)
+    root = tempfile.mkdtemp(prefix="ffbench-b2-")
+    server = _pids_named(SERVER_PROCESS[kind])
+    procs: List[_Worker] = []
+    perf = time.perf_counter
+    try:
+        for k in range(B2_WORKERS):
+            procs.append(_Worker(root, spec, os.path.join(root, f"worker{k}.log")))
+        for w in procs:
+            w.wait_ready(g.version, 60.0)
+        warm = list(range(-B1_WARM, 0))
+        if g.map(warm, context=sub, concurrency=B1_IN_FLIGHT, batch="b2-warm", timeout=120.0) != warm:
+            raise AssertionError("B2: the warm-up batch returned wrong outputs")
+        pids = {"submitter": os.getpid(), **{f"worker {k}": w.proc.pid for k, w in enumerate(procs)}}
+        pids.update({f"{SERVER_PROCESS[kind]} {p}": p for p in server})
+        samples: List[Tuple[float, Dict[str, int]]] = []
+        marks: List[Tuple[float, int]] = []
+        t0 = perf()
+
+        def sample(now: float) -> None:
+            samples.append((now - t0, {name: _rss_kb_of(pid) for name, pid in pids.items()}))
+
+        def progress(done: int, total: int) -> None:
+            now = perf()
+            marks.append((now - t0, done))
+            if not samples or now - t0 - samples[-1][0] >= B2_SAMPLE_EVERY:
+                sample(now)
+
+        sample(t0)
+        inputs = range(runs)
+        try:
+            result = g.map(
+                inputs, context=sub, concurrency=B1_IN_FLIGHT, batch="b2", timeout=B2_MAP_TIMEOUT, progress=progress
+            )
+        except Exception as e:
+            logs = "\n".join(f"worker {k}: {w.output()[-1000:]}" for k, w in enumerate(procs))
+            raise RuntimeError(f"B2 {kind}: graph.map failed: {e}\n{logs}") from e
+        wall = perf() - t0
+        sample(perf())
+        if result != list(inputs):
+            raise AssertionError(f"B2 {kind}: graph.map returned wrong outputs")
+        del result
+        # The time each block of `block` runs was settled by (progress comes about every 100 ms).
+        blocks: List[float] = []
+        for edge in range(block, runs + 1, block):
+            hit = next((t for t, done in marks if done >= edge), wall)
+            blocks.append(hit)
+        alive = all(w.proc.poll() is None for w in procs)
+    finally:
+        for w in procs:
+            w.stop()
+        sub.delete_namespace()
+        shutil.rmtree(root, ignore_errors=True)
+    return {
+        "kind": kind,
+        "runs": runs,
+        "block": block,
+        "wall": wall,
+        "blocks": blocks,
+        "samples": samples,
+        "workers_alive": alive,
+    }
+
+
+def b2(quick: bool) -> Dict[str, Any]:
+    res, err = _sub_child("B2:redis")
+    if res is None:
+        raise RuntimeError(f"B2 redis could not be measured: {err}")
+    runs, block, wall = res["runs"], res["block"], res["wall"]
+    ends = res["blocks"]
+    rates = [block * CHAIN_LEN / (end - start) for start, end in zip([0.0, *ends[:-1]], ends) if end > start]
+    samples = res["samples"]
+    names = list(samples[0][1])
+
+    def memory(name: str) -> str:
+        values = [s[name] / 1024 for _, s in samples if s.get(name)]
+        if not values:
+            return "-"
+        return f"{values[0]:.0f} / {max(values):.0f} / {values[-1]:.0f}"
+
+    rows = [
+        _row(
+            f"node completions/s, {runs:,} runs in one `graph.map`, {B2_WORKERS} workers (redis)",
+            f"{runs * CHAIN_LEN / wall:,.0f}",
+            "-",
+            "-",
+            "≥ 10,000",
+            runs * CHAIN_LEN / wall >= 10_000,
+        ),
+        _row(
+            f"node completions/s per block of {block:,} runs: first / median / last",
+            f"{rates[0]:,.0f} / {_median(rates):,.0f} / {rates[-1]:,.0f}",
+            "-",
+            "-",
+            "steady",
+            rates[-1] >= 0.8 * rates[0],
+        ),
+    ]
+    rows += [
+        _row(f"RSS of the {name}, MB: at the start / highest / at the end", memory(name), "-", "-") for name in names
+    ]
+    notes = [
+        f"`graph.map(range({runs:,}), concurrency={B1_IN_FLIGHT}, batch='b2')` from a `Redis(..., execute=False)` "
+        f"context, executed by {B2_WORKERS} `ferroflow worker` processes (`--concurrency "
+        f"{B1_WORKER_CONCURRENCY}`) on a fresh namespace, after a {B1_WARM}-run warm-up batch; {wall:.1f} s from "
+        "submission to the last result, every output checked.",
+        "Blocks: the time by which each block of runs had settled, from `map`'s progress callback (about every "
+        f'100 ms); every block\'s rate: {", ".join(f"{r:,.0f}" for r in rates)} node completions/s. "Steady" '
+        "here means the last block is at least 0.8x the first.",
+        f"Memory: VmRSS of each process every {B2_SAMPLE_EVERY:.0f} s through the batch ({len(samples)} samples). "
+        "The submitter holds the batch's inputs and outputs and follows every run it started; a worker keeps at "
+        "most `retain_finished` (10,000) of the runs it finished in memory, so its RSS levels off once it has "
+        "executed that many.",
+        "NATS is not measured yet: at the ~500 node completions/s of its current store (B1), one batch would take "
+        "over half an hour.",
+    ]
+    return {"rows": rows, "notes": notes, "raw": res}
