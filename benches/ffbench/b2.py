@@ -25,7 +25,16 @@ from .common import (
     _row,
     _sub_child,
 )
-from .servers import REDIS_URL, SERVER_PROCESS, _namespace, _pids_named, _server_context
+from .servers import (
+    REDIS_URL,
+    SERVER_PROCESS,
+    _machine_cpu_s,
+    _namespace,
+    _pids_named,
+    _proc_cpu_s,
+    _server_context,
+    _steal_s,
+)
 
 # Runs in the batch (full, quick), and how many make one block of the throughput figures.
 B2_RUNS = (100_000, 20_000)
@@ -74,17 +83,26 @@ def b2_store(kind: str, quick: bool) -> Dict[str, Any]:
         pids.update({f"{SERVER_PROCESS[kind]} {p}": p for p in server})
         samples: List[Tuple[float, Dict[str, int]]] = []
         marks: List[Tuple[float, int]] = []
+        # At the start and at each block's end: the CPU seconds of each process and of the machine.
+        cpu_marks: List[Tuple[Dict[str, float], float, float]] = []
         t0 = perf()
 
         def sample(now: float) -> None:
             samples.append((now - t0, {name: _rss_kb_of(pid) for name, pid in pids.items()}))
 
+        def cpu_mark() -> None:
+            procs_cpu = {name: _proc_cpu_s([pid]) for name, pid in pids.items()}
+            cpu_marks.append((procs_cpu, _machine_cpu_s(), _steal_s()))
+
         def progress(done: int, total: int) -> None:
             now = perf()
             marks.append((now - t0, done))
+            while len(cpu_marks) <= runs // block and done >= (len(cpu_marks)) * block:
+                cpu_mark()
             if not samples or now - t0 - samples[-1][0] >= B2_SAMPLE_EVERY:
                 sample(now)
 
+        cpu_mark()
         sample(t0)
         inputs = range(runs)
         try:
@@ -117,6 +135,7 @@ def b2_store(kind: str, quick: bool) -> Dict[str, Any]:
         "wall": wall,
         "blocks": blocks,
         "samples": samples,
+        "cpu_marks": cpu_marks,
         "workers_alive": alive,
     }
 
@@ -158,6 +177,33 @@ def b2(quick: bool) -> Dict[str, Any]:
     rows += [
         _row(f"RSS of the {name}, MB: at the start / highest / at the end", memory(name), "-", "-") for name in names
     ]
+    # CPU µs per node completion of each process, block by block (a block's end is marked when
+    # `map`'s progress first reaches it, so a mark can lag its block by up to one callback).
+    marks = res.get("cpu_marks", [])
+    per_block: Dict[str, List[float]] = {name: [] for name in names}
+    busy: List[float] = []
+    stolen: List[float] = []
+    for (before, m0, s0), (after, m1, s1), start, end in zip(marks, marks[1:], [0.0, *ends], ends):
+        for name in names:
+            per_block[name].append((after[name] - before[name]) * 1e6 / (block * CHAIN_LEN))
+        busy.append((m1 - m0) / (end - start) if end > start else 0.0)
+        stolen.append((s1 - s0) / (end - start) if end > start else 0.0)
+    for name in names:
+        values = per_block[name]
+        if values:
+            rows.append(
+                _row(
+                    f"CPU µs per node of the {name}, per block: first / highest / last",
+                    f"{values[0]:.1f} / {max(values):.1f} / {values[-1]:.1f}",
+                    "-",
+                    "-",
+                )
+            )
+    cpu_text = "; ".join(
+        f"{name} {', '.join(f'{v:.0f}' for v in per_block[name])}" for name in names if per_block[name]
+    )
+    busy_text = ", ".join(f"{b:.2f}" for b in busy)
+    steal_text = ", ".join(f"{v:.2f}" for v in stolen)
     notes = [
         f"`graph.map(range({runs:,}), concurrency={B1_IN_FLIGHT}, batch='b2')` from a `Redis(..., execute=False)` "
         f"context, executed by {B2_WORKERS} `ferroflow worker` processes (`--concurrency "
@@ -166,6 +212,8 @@ def b2(quick: bool) -> Dict[str, Any]:
         "Blocks: the time by which each block of runs had settled, from `map`'s progress callback (about every "
         f'100 ms); every block\'s rate: {", ".join(f"{r:,.0f}" for r in rates)} node completions/s. "Steady" '
         "here means the last block is at least 0.8x the first.",
+        f"CPU µs per node per block, in order: {cpu_text}; the machine's CPUs busy per block: {busy_text} "
+        f"of {os.cpu_count()}, of which stolen by the hypervisor (`steal` in /proc/stat): {steal_text}.",
         f"Memory: VmRSS of each process every {B2_SAMPLE_EVERY:.0f} s through the batch ({len(samples)} samples). "
         "The submitter holds the batch's inputs and outputs and follows every run it started; a worker keeps at "
         "most `retain_finished` (10,000) of the runs it finished in memory, so its RSS levels off once it has "

@@ -76,6 +76,14 @@ def _machine_cpu_s() -> float:
     return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
 
 
+def _steal_s() -> float:
+    """CPU time the hypervisor gave other guests while this machine's CPUs wanted to run
+    (the `steal` column of /proc/stat), all CPUs, so far."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return (fields + [0] * 8)[7] / _CLOCK_TICKS
+
+
 def _store_server_pids(kind: str) -> List[int]:
     """The Redis or NATS server process W3's contexts use: among the processes of that name,
     those whose command line names the URL's port, else all of them."""
