@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::asyncio::PyEventLoop;
+use crate::batch::Batch;
 use crate::delivery::{forward_events, watch_until};
 use crate::error::to_py_err;
 use crate::options::{self, EngineOptions};
@@ -295,36 +296,17 @@ impl PyEngine {
         {
             return Err(PyValueError::new_err(format!("{} run ids for {} inputs", ids.len(), inputs.len())));
         }
-        let mut run_ids = run_ids.map(Vec::into_iter);
-        let workflow = workflow.get()?.clone();
         let total = inputs.len();
-        let inputs: Vec<Value> = inputs.into_iter().map(wrap).collect();
-        let engine = engine.clone();
-        let attachment = attachment(py, event_loop)?;
         let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = Arc::clone(&done);
-        let batch = async move {
-            let gate = Arc::new(tokio::sync::Semaphore::new(concurrency));
-            let mut waits = Vec::with_capacity(inputs.len());
-            for input in inputs {
-                let permit = Arc::clone(&gate).acquire_owned().await.expect("the semaphore is never closed");
-                let run_id = run_ids.as_mut().and_then(Iterator::next);
-                let options = StartOptions { run_id, attachment: attachment.clone() };
-                let run = engine.start(&workflow, input, options)?;
-                let counter = Arc::clone(&counter);
-                waits.push(tokio::spawn(async move {
-                    let snapshot = run.wait(None).await;
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    drop(permit);
-                    snapshot
-                }));
-            }
-            let mut snapshots = Vec::with_capacity(waits.len());
-            for wait in waits {
-                snapshots.push(wait.await.map_err(|e| ferroflow::Error::Store(e.to_string()))??);
-            }
-            Ok::<_, ferroflow::Error>(snapshots)
-        };
+        let batch = Batch {
+            engine: engine.clone(),
+            workflow: workflow.get()?.clone(),
+            inputs: inputs.into_iter().map(wrap).collect(),
+            run_ids,
+            concurrency,
+            attachment: attachment(py, event_loop)?,
+        }
+        .run(Arc::clone(&done));
         let batch = async move {
             match timeout {
                 None => batch.await,

@@ -2,6 +2,7 @@
 //! API is the `ferroflow` Python package.
 
 mod asyncio;
+mod batch;
 mod body;
 mod delivery;
 mod engine;
