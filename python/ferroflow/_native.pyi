@@ -218,8 +218,10 @@ class Engine:
         progress: Optional[Callable[[int, int], None]] = None,
         timeout: Optional[float] = None,
         run_ids: Optional[List[str]] = None,
-    ) -> List[_Snapshot]:
-        """Runs one run per input, ``concurrency`` at a time; snapshots in input order."""
+    ) -> Tuple[List[Any], Dict[int, _Snapshot]]:
+        """Runs one run per input, ``concurrency`` at a time: the outputs in input order
+        (``None`` for a run that did not complete), and the snapshots of the runs that did
+        not complete, by position."""
     def cancel(self, run_id: str) -> None:
         """Cancels a run."""
     def nodes(self, run_id: str) -> List[Dict[str, Any]]:

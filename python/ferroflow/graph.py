@@ -456,17 +456,18 @@ class Graph:
             self._check_value(value, f"input #{i}", None)
         engine = self._context(context)._engine
         run_ids = None if batch is None else [f"{batch}-{i}" for i in range(len(inputs))]
-        snapshots = engine.run_many(workflow, inputs, concurrency, self._loop_for_sync(), progress, timeout, run_ids)
-        outputs: List[Any] = []
-        for snapshot in snapshots:
+        outputs, unfinished = engine.run_many(
+            workflow, inputs, concurrency, self._loop_for_sync(), progress, timeout, run_ids
+        )
+        for i in sorted(unfinished):  # in input order: the first failure is the one raised
             try:
-                result = _result(snapshot)
+                result = _result(unfinished[i])
             except (RunFailedError, RunCancelledError) as e:
                 if not return_exceptions:
                     raise
-                outputs.append(e)
+                outputs[i] = e
                 continue
-            outputs.append(result.output if result.status is RunStatus.COMPLETED else result)
+            outputs[i] = result.output if result.status is RunStatus.COMPLETED else result
         return outputs
 
     def resume(

@@ -267,8 +267,9 @@ impl PyEngine {
         snapshot_to_py(py, &snapshot)
     }
 
-    /// Runs one input per run, at most `concurrency` at a time, and returns their
-    /// snapshots in input order. `progress(done, total)` is called about every 100 ms.
+    /// Runs one input per run, at most `concurrency` at a time, and returns the outputs in
+    /// input order (`None` for a run that did not complete) and the snapshots of the runs
+    /// that did not, by position. `progress(done, total)` is called about every 100 ms.
     /// `run_ids`, one per input, make the batch resumable: a run id that exists already
     /// is continued (or, finished, just reported), not started again.
     #[pyo3(signature = (
@@ -285,7 +286,7 @@ impl PyEngine {
         progress: Option<Py<PyAny>>,
         timeout: Option<f64>,
         run_ids: Option<Vec<String>>,
-    ) -> PyResult<Py<PyList>> {
+    ) -> PyResult<(Py<PyList>, Py<PyDict>)> {
         let engine = self.engine()?;
         let timeout = seconds(timeout)?;
         if concurrency == 0 {
@@ -327,8 +328,21 @@ impl PyEngine {
         if let Some(cb) = &progress {
             cb.call1(py, (total, total))?;
         }
-        let items = snapshots.iter().map(|s| snapshot_to_py(py, s)).collect::<PyResult<Vec<_>>>()?;
-        Ok(PyList::new(py, items)?.unbind())
+        // A completed run gives only its output; the others (failed, cancelled, waiting for a
+        // person) their snapshot, by position: a batch of many completed runs builds no
+        // snapshot object per run.
+        let outputs = PyList::empty(py);
+        let others = PyDict::new(py);
+        for (i, snapshot) in snapshots.iter().enumerate() {
+            match (&snapshot.status, &snapshot.output) {
+                (RunStatus::Completed, Some(output)) => outputs.append(to_py(py, output)?)?,
+                _ => {
+                    outputs.append(py.None())?;
+                    others.set_item(i, snapshot_to_py(py, snapshot)?)?;
+                }
+            }
+        }
+        Ok((outputs.unbind(), others.unbind()))
     }
 
     fn cancel(&self, py: Python<'_>, run_id: &str) -> PyResult<()> {
