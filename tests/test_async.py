@@ -145,7 +145,13 @@ def test_fifty_parallel_sleeps_overlap_under_sync_run(context):
     assert sorted(result.output.values()) == list(range(50))
 
 
-async def test_cancelling_the_awaiting_task_cancels_the_run(context):
+# With a timeout, a task on the engine's runtime waits for the run; without one, the thread
+# that settles the run wakes the caller's loop itself: both are cancelled the same way.
+WAITS = pytest.mark.parametrize("timeout", [10, None], ids=["with a timeout", "without"])
+
+
+@WAITS
+async def test_cancelling_the_awaiting_task_cancels_the_run(context, timeout):
     g = ff.Graph("cancel_by_task")
     entered = asyncio.Event()
     saw = []
@@ -160,7 +166,7 @@ async def test_cancelling_the_awaiting_task_cancels_the_run(context):
             raise
         return "never"
 
-    task = asyncio.ensure_future(g.arun(None, context=context, run_id="task-cancel", timeout=10))
+    task = asyncio.ensure_future(g.arun(None, context=context, run_id="task-cancel", timeout=timeout))
     await asyncio.wait_for(entered.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -169,7 +175,8 @@ async def test_cancelling_the_awaiting_task_cancels_the_run(context):
     await async_wait_until(lambda: saw == ["cancelled"], what="the body to see CancelledError")
 
 
-async def test_wait_for_timeout_on_arun_cancels_the_run(context):
+@WAITS
+async def test_wait_for_timeout_on_arun_cancels_the_run(context, timeout):
     g = ff.Graph("cancel_by_wait_for")
 
     @g.task
@@ -177,7 +184,7 @@ async def test_wait_for_timeout_on_arun_cancels_the_run(context):
         await asyncio.sleep(30)
 
     with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(g.arun(None, context=context, run_id="wait-for", timeout=10), 0.1)
+        await asyncio.wait_for(g.arun(None, context=context, run_id="wait-for", timeout=timeout), 0.1)
     assert g.get_run("wait-for", context=context).status is ff.RunStatus.CANCELLED
 
 
