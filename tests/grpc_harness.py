@@ -23,10 +23,9 @@ import pytest
 
 import cargo_artifacts
 from ferroflow.cli import open_context
+from helpers import context_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("FERROFLOW_TEST_REDIS", "redis://127.0.0.1:6379")
-NATS_URL = os.environ.get("FERROFLOW_TEST_NATS", "nats://127.0.0.1:4222")
 WORKER = ["--concurrency", "16", "--lease", "1", "--grace", "5"]
 # A throwaway certificate for 127.0.0.1.
 SELF_SIGNED = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
@@ -153,22 +152,13 @@ def stop_worker(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, worker_log(proc)
 
 
-def context_url(kind: str, tmp_path: Path) -> str:
-    name = f"g{uuid.uuid4().hex[:16]}"
-    return {
-        "sqlite": str(tmp_path / "runs.db"),
-        "redis": f"{REDIS_URL}?namespace={name}",
-        "nats": f"{NATS_URL}?namespace={name}",
-    }[kind]
-
-
 class Deployment:
     """A context with one server and one worker on it, and a client of the server."""
 
     def __init__(self, pb, tmp_path: Path, kind: str, *server_args: str) -> None:
         (tmp_path / "app.py").write_text(APP)
         self.pb, self.tmp_path, self.kind = pb, tmp_path, kind
-        self.context = context_url(kind, tmp_path)
+        self.context = context_spec(kind, tmp_path)
         self.port = free_port()
         self.worker = start_worker(tmp_path, self.context)
         self.server_args = server_args

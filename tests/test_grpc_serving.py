@@ -26,12 +26,12 @@ from grpc_harness import (
     SELF_SIGNED,
     ServerProcess,
     code_of,
-    context_url,
     free_port,
     start_worker,
     stop_worker,
     watch_through_restart,
 )
+from helpers import context_spec
 
 
 def test_token_tls_health_and_reflection(pb, tmp_path):
@@ -47,7 +47,7 @@ def test_token_tls_health_and_reflection(pb, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
     (tmp_path / "app.py").write_text(APP)
-    context = context_url("sqlite", tmp_path)
+    context = context_spec("sqlite", tmp_path)
     worker = start_worker(tmp_path, context)
     server = ServerProcess(
         context, free_port(), "--token-file", str(token_file), "--tls-cert", str(cert), "--tls-key", str(key)

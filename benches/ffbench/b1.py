@@ -131,6 +131,19 @@ class _Worker:
             self.proc.wait(10.0)
 
 
+def _start_workers(procs: List[_Worker], g: Any, sub: Any, root: str, spec: str, count: int, label: str) -> None:
+    """Starts ``count`` workers on context ``spec`` (appended to ``procs`` as they start, so
+    that the caller stops every one that did), waits until each runs ``g``'s version, and
+    maps a warm-up batch of B1_WARM runs through them from ``sub``."""
+    for k in range(count):
+        procs.append(_Worker(root, spec, os.path.join(root, f"{label}-worker{k}.log")))
+    for w in procs:
+        w.wait_ready(g.version, 60.0)
+    warm = list(range(-B1_WARM, 0))
+    if g.map(warm, context=sub, concurrency=B1_IN_FLIGHT, batch=f"{label}-warm", timeout=120.0) != warm:
+        raise AssertionError(f"{label}: the warm-up batch returned wrong outputs")
+
+
 def _b1_once(
     ff: Any,
     g: Any,
@@ -161,13 +174,7 @@ def _b1_once(
     tmp = tempfile.mkdtemp(prefix="ffbench-b1-perf-")
     recorder = counter = None
     try:
-        for k in range(workers):
-            procs.append(_Worker(root, spec, os.path.join(root, f"{label}-worker{k}.log")))
-        for w in procs:
-            w.wait_ready(g.version, 60.0)
-        warm = list(range(-B1_WARM, 0))
-        if g.map(warm, context=sub, concurrency=B1_IN_FLIGHT, batch=f"{label}-warm", timeout=120.0) != warm:
-            raise AssertionError("B1: the warm-up batch returned wrong outputs")
+        _start_workers(procs, g, sub, root, spec, workers, label)
         if kind == "nats" and diagnose:
             out["scan_before"] = _nats_scan_ms(namespace, [f"{label}-warm-{i}" for i in range(0, B1_WARM, 5)])
         pids = [w.proc.pid for w in procs]

@@ -15,7 +15,7 @@ import tempfile
 import time
 from typing import Any, Dict, List, Tuple
 
-from .b1 import B1_IN_FLIGHT, B1_WARM, B1_WORKER_CONCURRENCY, _Worker
+from .b1 import B1_IN_FLIGHT, B1_WARM, B1_WORKER_CONCURRENCY, _start_workers, _Worker
 from .common import (
     CHAIN_LEN,
     _chain_functions,
@@ -72,13 +72,7 @@ def b2_store(kind: str, quick: bool) -> Dict[str, Any]:
     procs: List[_Worker] = []
     perf = time.perf_counter
     try:
-        for k in range(B2_WORKERS):
-            procs.append(_Worker(root, spec, os.path.join(root, f"worker{k}.log")))
-        for w in procs:
-            w.wait_ready(g.version, 60.0)
-        warm = list(range(-B1_WARM, 0))
-        if g.map(warm, context=sub, concurrency=B1_IN_FLIGHT, batch="b2-warm", timeout=120.0) != warm:
-            raise AssertionError("B2: the warm-up batch returned wrong outputs")
+        _start_workers(procs, g, sub, root, spec, B2_WORKERS, "b2")
         pids = {"submitter": os.getpid(), **{f"worker {k}": w.proc.pid for k, w in enumerate(procs)}}
         pids.update({f"{SERVER_PROCESS[kind]} {p}": p for p in server})
         samples: List[Tuple[float, Dict[str, int]]] = []

@@ -67,21 +67,25 @@ def _proc_cpu_s(pids: Sequence[int]) -> float:
     return total
 
 
+def _cpu_times() -> List[int]:
+    """The machine's CPU times so far, all CPUs, in clock ticks (the `cpu` line of
+    /proc/stat): user, nice, system, idle, iowait, irq, softirq, steal."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return (fields + [0] * 8)[:8]
+
+
 def _machine_cpu_s() -> float:
     """CPU time every process on the machine has used so far (all CPUs, /proc/stat): the
     difference over a measurement, divided by its wall time, is how many CPUs were busy."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = _cpu_times()
     return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
 
 
 def _steal_s() -> float:
     """CPU time the hypervisor gave other guests while this machine's CPUs wanted to run
     (the `steal` column of /proc/stat), all CPUs, so far."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    return (fields + [0] * 8)[7] / _CLOCK_TICKS
+    return _cpu_times()[7] / _CLOCK_TICKS
 
 
 def _store_server_pids(kind: str) -> List[int]:
