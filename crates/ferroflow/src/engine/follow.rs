@@ -2,12 +2,13 @@
 //! execute is polled from the store until it finishes, and brought up to date before it is
 //! read if another process may have moved it on.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::journal::RunStatus;
+use crate::store::{Changed, Changes, DurableStore};
 
 use super::Inner;
 use super::run::LiveRun;
@@ -26,17 +27,43 @@ impl Inner {
         self.follow_added.notify_one();
     }
 
-    /// Reads what is new of every followed run; forgets those that finished. Returns
-    /// whether anything was new.
-    pub(super) fn poll_followed(&self) -> bool {
-        let followed: Vec<Arc<LiveRun>> = self
+    /// The followed runs to read: every one, or, given `only` (notices of changed runs,
+    /// `true` for those that left `Running`), the watched ones and those named there that
+    /// left `Running`: a run nobody watches is only waited for, and its steps before it
+    /// settles concern nobody yet.
+    pub(super) fn to_read(&self, only: Option<&HashMap<String, bool>>) -> Vec<Arc<LiveRun>> {
+        let watched = |run: &Arc<LiveRun>| only.is_none() || run.has_watchers.load(Ordering::Relaxed);
+        let mut runs: Vec<Arc<LiveRun>> = self
             .followed
             .lock()
             .expect("followed lock")
             .iter()
             .filter_map(Weak::upgrade)
-            .filter(|run| run.followed.load(Ordering::Acquire))
+            .filter(|run| run.followed.load(Ordering::Acquire) && watched(run))
             .collect();
+        let Some(only) = only else { return runs };
+        let table = self.runs.lock().expect("run table lock");
+        runs.extend(only.iter().filter_map(|(run_id, settled)| {
+            let run = table.runs.get(run_id.as_str())?;
+            let read = run.followed.load(Ordering::Acquire) && *settled && !run.has_watchers.load(Ordering::Relaxed);
+            read.then(|| Arc::clone(run))
+        }));
+        runs
+    }
+
+    /// Whether someone watches a followed run (its steps are then read as they come).
+    fn watches_followed(&self) -> bool {
+        self.followed
+            .lock()
+            .expect("followed lock")
+            .iter()
+            .filter_map(Weak::upgrade)
+            .any(|run| run.followed.load(Ordering::Acquire) && run.has_watchers.load(Ordering::Relaxed))
+    }
+
+    /// Reads what is new of `followed` (see [`Inner::to_read`]); forgets the followed runs
+    /// that finished. Returns whether anything was new.
+    pub(super) fn poll_followed(&self, followed: Vec<Arc<LiveRun>>) -> bool {
         let mut news = false;
         for run in &followed {
             let mut core = run.lock();
@@ -95,13 +122,24 @@ impl Inner {
     }
 }
 
-/// Follows the runs an engine does not execute, polling the store: every 5 ms while they
-/// change, backing off to every 200 ms while they do not, asleep while there are none.
+/// Follows the runs an engine does not execute. With a store that gives notices of the
+/// runs that changed ([`DurableStore::changes`]), it reads a run when a notice says it
+/// settled (or waits, or failed), the runs someone watches every 5 ms, and every followed
+/// run at least every 200 ms (a notice may be lost); otherwise it polls every followed run,
+/// every 5 ms while they change, backing off to every 200 ms while they do not. Asleep
+/// while there are none.
 pub(super) async fn follow_runs(inner: Weak<Inner>) {
     const FAST: Duration = Duration::from_millis(5);
     const SLOW: Duration = Duration::from_millis(200);
-    let Some(closed) = inner.upgrade().map(|inner| inner.closed.clone()) else { return };
+    let Some((closed, store)) = inner.upgrade().map(|inner| (inner.closed.clone(), inner.config.store.clone())) else {
+        return;
+    };
+    // Asked for when the first run is followed: a worker that never follows one never
+    // hears of every step the others write.
+    let mut changes: Option<Option<Changes>> = None;
     let mut pause = FAST;
+    // When every followed run was last read; `None`: read them all next.
+    let mut looked_at_all: Option<tokio::time::Instant> = None;
     while !closed.is_cancelled() {
         let Some(strong) = inner.upgrade() else { return };
         let idle = strong.followed.lock().expect("followed lock").is_empty();
@@ -109,17 +147,58 @@ pub(super) async fn follow_runs(inner: Weak<Inner>) {
             pause = FAST;
             // Wakes at the next follow, when the engine closes, or now and then.
             let added = strong.follow_added.notified();
+            if let Some(Some(changes)) = &changes {
+                // What changed meanwhile concerns no run followed now; the first look after
+                // this one is at every run.
+                changes.clear();
+                looked_at_all = None;
+            }
             tokio::select! {
                 () = closed.cancelled() => return,
                 _ = tokio::time::timeout(Duration::from_secs(1), added) => continue,
             }
         }
-        let news = strong.off_workers(|inner| inner.poll_followed()).await;
+        if changes.is_none() {
+            changes = Some(match &store {
+                Some(store) => store.changes().await,
+                None => None,
+            });
+        }
+        let Some(Some(changes)) = &changes else {
+            let news = strong.off_workers(|inner| inner.poll_followed(inner.to_read(None))).await;
+            drop(strong);
+            pause = if news { FAST } else { (pause * 2).min(SLOW) };
+            tokio::select! {
+                () = closed.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+            continue;
+        };
+        let watched = strong.watches_followed();
         drop(strong);
-        pause = if news { FAST } else { (pause * 2).min(SLOW) };
-        tokio::select! {
-            () = closed.cancelled() => return,
-            () = tokio::time::sleep(pause) => {}
+        let since_all = looked_at_all.map_or(SLOW, |at| at.elapsed());
+        let changed = if since_all < SLOW {
+            let wait = if watched { FAST.min(SLOW - since_all) } else { SLOW - since_all };
+            tokio::select! {
+                () = closed.cancelled() => return,
+                changed = changes.next(wait) => changed,
+            }
+        } else {
+            Changed::All
+        };
+        let only = match changed {
+            Changed::Runs(runs) if looked_at_all.is_some_and(|at| at.elapsed() < SLOW) => Some(runs),
+            Changed::Nothing if looked_at_all.is_some_and(|at| at.elapsed() < SLOW) => Some(HashMap::new()),
+            _ => {
+                looked_at_all = Some(tokio::time::Instant::now());
+                None
+            }
+        };
+        let Some(strong) = inner.upgrade() else { return };
+        // Picked here, so that notices of runs nobody needs to read cost no thread hop.
+        let runs = strong.to_read(only.as_ref());
+        if !runs.is_empty() {
+            strong.off_workers(move |inner| inner.poll_followed(runs)).await;
         }
     }
 }

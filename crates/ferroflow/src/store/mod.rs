@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use crate::error::Result;
 use crate::journal::{JournalEntry, RunStatus};
 
+mod changes;
 mod context;
 mod memory;
 #[cfg(feature = "nats")]
@@ -31,6 +32,8 @@ pub mod redis;
 pub mod sqlite;
 mod url;
 
+pub(crate) use changes::Followers;
+pub use changes::{Changed, Changes};
 pub use context::{ContextError, ContextUrl, open};
 pub use memory::MemoryStore;
 pub use url::{redact_url, scrub};
@@ -438,6 +441,13 @@ pub trait DurableStore: JournalStore + TaskQueue {
     async fn register_graph(&self, graph: &GraphRecord) -> Result<()>;
     /// Every graph registered, by name, then newest first.
     async fn graphs(&self) -> Result<Vec<GraphRecord>>;
+    /// Notices of runs whose journals grew, for an engine that follows runs it does not
+    /// execute: it reads the runs named as they change instead of polling each. `None` (the
+    /// default) when the store gives none; followers then poll. Notices are hints (see
+    /// [`Changes`]): they may be lost, and a follower still polls now and then.
+    async fn changes(&self) -> Option<Changes> {
+        None
+    }
 }
 
 /// A graph some worker can execute, as the store keeps it ([`DurableStore::register_graph`]):
@@ -544,5 +554,8 @@ impl<T: DurableStore + ?Sized> DurableStore for std::sync::Arc<T> {
     }
     async fn graphs(&self) -> Result<Vec<GraphRecord>> {
         (**self).graphs().await
+    }
+    async fn changes(&self) -> Option<Changes> {
+        (**self).changes().await
     }
 }

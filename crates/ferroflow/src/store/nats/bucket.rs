@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::journal::RunStatus;
 use crate::store::{redact_url, scrub};
 
 use super::{NatsStore, SCAN_IDLE, Versioned, is_marker};
@@ -253,6 +254,15 @@ impl NatsStore {
             .collect();
         found.sort_by_key(|(_, v)| v.revision);
         Ok(found)
+    }
+
+    /// Tells followers, here and elsewhere, that `run_id`'s journal grew, and whether the
+    /// run is now `status` other than running. A notice is a hint
+    /// ([`crate::store::Changes`]): one lost only delays a follower.
+    pub(super) async fn announce(&self, run_id: &str, status: RunStatus) {
+        let kind = if status == RunStatus::Running { "stepped" } else { "settled" };
+        let subject = format!("{}.{kind}", self.inner.change_subject);
+        let _ = self.inner.client.publish(subject, run_id.to_owned().into()).await;
     }
 
     /// Tells waiting claimants, here and elsewhere, that tasks were queued.

