@@ -58,7 +58,7 @@ def _sum_timeouts(*keys: str, extra: Tuple[float, float] = (30.0, 30.0)) -> Tupl
 WORKLOAD_TIMEOUT = {
     "W4c": _sum_timeouts("W4c:redis", "W4c:nats", extra=CHILD_TIMEOUT),
     "B1": _sum_timeouts("B1:baseline", "B1:baseline", "B1:redis", "B1:sqlite", "B1:nats"),
-    "B2": _sum_timeouts("B2:redis"),
+    "B2": _sum_timeouts("B2:redis", "B2:nats"),
     "W3": _sum_timeouts(*(f"W3:{kind}" for kind in W3_CONTEXTS)),
 }
 
@@ -85,7 +85,7 @@ WORKLOADS: Dict[str, Tuple[str, Callable[[bool], Dict[str, Any]]]] = {
     "W6": ("W6: 10,000 runs parked in an async node; 1,000 runs of a 3-node async chain parked at node 2 (memory)", w6),
     "B1": ("B1: W1's chain through `graph.map` with 1 and 2 `ferroflow worker` processes (redis, nats, sqlite)", b1),
     "B2": (
-        "B2: 100,000 runs of W1's chain in one `graph.map` batch through 2 `ferroflow worker` processes (redis)",
+        "B2: 100,000 runs of W1's chain in one `graph.map` batch through 2 `ferroflow worker` processes (redis, nats)",
         b2,
     ),
 }
@@ -102,6 +102,7 @@ PROFILES: Dict[str, Callable[[bool], Dict[str, Any]]] = {
     "B1:nats": lambda quick: b1_store("nats", quick),
     "B1:sqlite": lambda quick: b1_store("sqlite", quick),
     "B2:redis": lambda quick: b2_store("redis", quick),
+    "B2:nats": lambda quick: b2_store("nats", quick),
     "W3:memory": lambda quick: w3_context("memory", quick),
     "W3:sqlite": lambda quick: w3_context("sqlite", quick),
     "W3:redis": lambda quick: w3_context("redis", quick),

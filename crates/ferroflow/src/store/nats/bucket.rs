@@ -256,6 +256,59 @@ impl NatsStore {
         Ok(found)
     }
 
+    /// The latest value of every key of `bucket` under `prefix` (non-empty), in the order
+    /// written, with one batched direct get (nats-server 2.11 and later: one request, a
+    /// reply per message, then an end-of-batch status). `None` when the server is older.
+    pub(super) async fn batch_get<T: for<'de> Deserialize<'de>>(
+        &self,
+        bucket: &kv::Store,
+        prefix: &str,
+    ) -> Result<Option<Vec<(String, T)>>> {
+        if !self.inner.batch_get {
+            return Ok(None);
+        }
+        let failed = |e: &dyn Display| self.fail(&format!("cannot read the keys of bucket {}", bucket.name), e);
+        let client = &self.inner.client;
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await.map_err(|e| failed(&e))?;
+        let request =
+            serde_json::json!({"seq": 0, "next_by_subj": format!("{}{prefix}>", bucket.prefix), "batch": 10_000});
+        client
+            .publish_with_reply(format!("$JS.API.DIRECT.GET.{}", bucket.stream_name), inbox, request.to_string().into())
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut found: Vec<(String, T)> = Vec::new();
+        loop {
+            let reply = match tokio::time::timeout(self.timeout, replies.next()).await {
+                Ok(Some(reply)) => reply,
+                Ok(None) => return Err(failed(&"the connection closed")),
+                Err(_) => return Err(failed(&format!("timed out after {:.3}s", self.timeout.as_secs_f64()))),
+            };
+            match reply.status.map(|s| s.as_u16()) {
+                // The end of the batch (204), or nothing matched (404).
+                Some(204) | Some(404) => break,
+                Some(code) if code >= 300 => {
+                    return Err(failed(&format!("status {code}: {}", reply.description.unwrap_or_default())));
+                }
+                _ => {}
+            }
+            let headers = reply.headers.as_ref();
+            let subject = headers.and_then(|h| h.get("Nats-Subject")).map(|s| s.as_str().to_owned());
+            let Some(subject) = subject else { return Err(failed(&"a reply without Nats-Subject")) };
+            let deleted = headers
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+            let key = subject.strip_prefix(bucket.prefix.as_str()).unwrap_or(&subject).to_owned();
+            if !deleted {
+                let value = self.decode(bucket, &key, &reply.payload)?;
+                found.push((key, value));
+            }
+            // The last message of the batch says none is pending; the end-of-batch status follows.
+        }
+        let _ = replies.unsubscribe().await;
+        Ok(Some(found))
+    }
+
     /// Tells followers, here and elsewhere, that `run_id`'s journal grew, and whether the
     /// run is now `status` other than running. A notice is a hint
     /// ([`crate::store::Changes`]): one lost only delays a follower.

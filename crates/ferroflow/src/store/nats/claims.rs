@@ -27,17 +27,23 @@ impl NatsStore {
             .map(|_| Lease { task: QueuedTask::from(&doc.task), deliveries: doc.deliveries }))
     }
 
-    /// One pass of a claim: expired holds, then due tasks; also when the next thing falls due.
+    /// One pass of a claim: what the hints name ([`super::hints`]), then, when the hints gave
+    /// nothing or the last scan is a while ago, a scan: expired holds, then due tasks; also
+    /// when the next thing falls due.
     pub(super) async fn claim_once(
         &self,
         owner: &str,
         max: usize,
         lease_for: Duration,
     ) -> Result<(Vec<Claim>, Option<u64>)> {
+        let until = now_ms() + lease_for.as_millis() as u64;
+        let (mut claims, hinted, mut next_due) =
+            if max == 0 { (Vec::new(), 0, None) } else { self.claim_hinted(owner, max, until).await? };
+        if claims.len() >= max || !self.sweep_due(hinted == 0) {
+            return Ok((claims, next_due));
+        }
+        let swept = std::time::Instant::now();
         let now = now_ms();
-        let until = now + lease_for.as_millis() as u64;
-        let mut claims = Vec::new();
-        let mut next_due: Option<u64> = None;
         for (key, hold) in self.scan::<HoldDoc>(&self.inner.holds, "").await? {
             if hold.value.until_ms > now {
                 next_due = Some(next_due.map_or(hold.value.until_ms, |d| d.min(hold.value.until_ms)));
@@ -53,10 +59,13 @@ impl NatsStore {
             }
         }
         if claims.len() >= max {
+            self.swept(swept);
             return Ok((claims, next_due));
         }
         let mut free = Vec::new();
-        for (key, task) in self.scan::<TaskDoc>(&self.inner.tasks, "").await? {
+        let tasks = self.scan::<TaskDoc>(&self.inner.tasks, "").await?;
+        self.swept(swept);
+        for (key, task) in tasks {
             let doc = &task.value;
             let due = if doc.until_ms > now { doc.until_ms } else { doc.task.not_before_ms };
             if due > now {

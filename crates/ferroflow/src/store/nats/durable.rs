@@ -99,7 +99,7 @@ impl DurableStore for NatsStore {
             };
             // From the step starting at `seq`, or the record's boundary if it is not past it.
             let from = if record.value.len <= seq { record.value.len } else { seq };
-            let steps = self.walk(run_id, from).await?;
+            let steps = self.steps_from(run_id, from).await?;
             if from < record.value.len && steps.is_empty() {
                 // `seq` is inside a step: read the whole chain.
                 return Ok(entries_of(self.all_steps(run_id).await?, seq));

@@ -18,6 +18,9 @@
 //! | `ff_{ns}_tasks` | `{run}.{task key}` | a queued or leased task: the task, its owner and lease end, its deliveries |
 //! | `ff_{ns}_graphs` | `{name}.{version}` | a graph a worker registered: its structure and when |
 //!
+//! and one stream, `ff_{ns}_hints` (work-queue retention, subject `ff.{ns}.hint`): the claim
+//! hints (below), `t{task key}` or `r{run key}`.
+//!
 //! Run ids and task keys are escaped into key tokens: letters, digits, `_` and `-` stay,
 //! every other byte becomes `=XX` (hexadecimal). Every bucket keeps one revision per key.
 //! Values are JSON, never pickled: the buckets are shared with other processes.
@@ -138,17 +141,21 @@
 //! read and then purges the key's messages up to that marker (so deleted tasks do not
 //! accumulate in the bucket), and leases expire by time, as holds do.
 //!
-//! Claiming scans the tasks and holds buckets (one ordered consumer each, latest value per
-//! key, deleted when the scan ends): the buckets hold only queued and leased tasks and
-//! held runs, since finished work is purged, so a claim reads what is outstanding, not
-//! the history. `renew` scans them for the owner's records too. A waiting claim sleeps
-//! until the next task, lease or hold it saw falls due, or until a wake-up arrives on the
-//! core NATS subject `ff.{ns}.wake`, which `release`, `release_run`, a renewal to zero and
-//! the steps and creations that queue tasks publish to, and at most a second: wake-ups need no
-//! durability (a claimant that misses one finds the work on its next scan), so they use
-//! plain publish/subscribe, not a stream. The cost of a claim grows with the number of
-//! outstanding tasks; the next step for large batches is an index that avoids the scan
-//! (a work-queue stream of task keys as hints, the KV record staying the truth).
+//! A claim first takes what the **claim hints** name: a work-queue stream of the keys of
+//! tasks and runs that became claimable, shared by every claimant through one durable pull
+//! consumer, so that a claim costs the same whatever the backlog (see the `hints` module).
+//! The hints are an index, the KV records stay the truth. What no hint names (an expired
+//! lease or hold, a hint lost) is found by **scanning** the tasks and holds buckets (one
+//! ordered consumer each, latest value per key, deleted when the scan ends): when the hints
+//! gave nothing, and otherwise at most every second (or every twenty times what the last
+//! scan took). The buckets hold only queued and leased tasks and held runs, since finished
+//! work is purged, so a scan reads what is outstanding, not the history. `renew` scans
+//! them for the owner's records too. A waiting claim sleeps until the next task, lease or
+//! hold it saw falls due, or until a wake-up arrives on the core NATS subject
+//! `ff.{ns}.wake`, which `release`, `release_run`, a renewal to zero and the steps and
+//! creations that queue tasks publish to, and at most a second: wake-ups need no
+//! durability (a claimant that misses one finds the work on its next pass), so they use
+//! plain publish/subscribe, not a stream.
 //!
 //! # Failure modes
 //!
@@ -227,6 +234,13 @@ struct Inner {
     change_subject: String,
     /// This handle's followers ([`DurableStore::changes`](crate::store::DurableStore::changes)).
     followers: Arc<Followers>,
+    /// The subject of claim hints, and the consumer claimants fetch them from ([`hints`]).
+    hint_subject: String,
+    hints: jetstream::consumer::PullConsumer,
+    /// Whether the server answers batched direct gets (2.11 and later).
+    batch_get: bool,
+    /// When this handle's claims last scanned the buckets, and how long that took.
+    last_sweep: std::sync::Mutex<Option<(std::time::Instant, Duration)>>,
     /// What this handle knows of the runs whose last step it wrote.
     written: std::sync::Mutex<std::collections::HashMap<String, Written>>,
     /// The task passing notices from `change_subject` to `followers`, started when the
@@ -413,6 +427,12 @@ fn token(text: &str) -> String {
     out
 }
 
+/// Whether the server version `version` ("2.15.1") is `least` (major, minor) or newer.
+fn at_least(version: &str, least: (u64, u64)) -> bool {
+    let mut parts = version.split('.').map(|part| part.parse::<u64>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= least
+}
+
 /// Refuses a namespace that is not letters, digits, `_` and `-` (at most 64 of them): the
 /// namespace names buckets and subjects, where `.`, `*` and `>` would be read as
 /// separators and wildcards.
@@ -507,6 +527,11 @@ impl NatsStore {
         let holds = open(format!("ff_{namespace}_holds")).await?;
         let tasks = open(format!("ff_{namespace}_tasks")).await?;
         let graphs = open(format!("ff_{namespace}_graphs")).await?;
+        let batch_get = at_least(&client.server_info().version, (2, 11));
+        let hint_subject = format!("ff.{namespace}.hint");
+        let hints = hints::open(&js, namespace, &hint_subject)
+            .await
+            .map_err(|e| fail("cannot create the stream of claim hints (is JetStream enabled?)", &e))?;
         let wake_subject = format!("ff.{namespace}.wake");
         let mut wakes =
             client.subscribe(wake_subject.clone()).await.map_err(|e| fail("cannot subscribe to wake-ups", &e))?;
@@ -537,6 +562,10 @@ impl NatsStore {
                 change_subject: format!("ff.{namespace}.changed"),
                 followers: Arc::default(),
                 written: std::sync::Mutex::default(),
+                hint_subject,
+                hints,
+                last_sweep: std::sync::Mutex::default(),
+                batch_get,
                 change_listener: tokio::sync::OnceCell::new(),
             }),
             timeout: TIMEOUT,
@@ -560,7 +589,7 @@ impl NatsStore {
     }
 
     /// Deletes the buckets of `namespace` (all its runs, holds and tasks) on the server at
-    /// `url`: exactly its five buckets, named from the namespace (whose name holds no
+    /// `url`: exactly its five buckets and its stream of claim hints, named from the namespace (whose name holds no
     /// character a bucket name or a subject could read as a pattern or a separator, so
     /// no other namespace's bucket has one of these names). Buckets that do not exist are fine.
     pub async fn delete_namespace(url: &str, namespace: &str) -> Result<()> {
@@ -573,6 +602,12 @@ impl NatsStore {
             .map_err(|_| fail("cannot connect", &"timed out"))?
             .map_err(|e| fail("cannot connect", &e))?;
         let js = jetstream::new(client);
+        let hints = hints::stream_name(namespace);
+        if js.get_stream(hints.clone()).await.is_ok() {
+            js.delete_stream(hints.clone())
+                .await
+                .map_err(|e| fail(&format!("cannot delete the stream {hints}"), &e))?;
+        }
         for part in ["journal", "runs", "holds", "tasks", "graphs"] {
             let bucket = format!("ff_{namespace}_{part}");
             if js.get_key_value(bucket.clone()).await.is_ok() {
@@ -619,6 +654,7 @@ fn entries_of(steps: Vec<(u64, StepDoc)>, from: u64) -> Vec<StoredEntry> {
 mod bucket;
 mod claims;
 mod durable;
+mod hints;
 mod journal;
 mod queue;
 mod steps;

@@ -73,16 +73,23 @@ impl TaskQueue for NatsStore {
             for (key, hold) in self.scan::<HoldDoc>(&self.inner.holds, "").await? {
                 if hold.value.owner == owner {
                     let renewed = HoldDoc { owner: owner.to_owned(), until_ms: until };
-                    freed |= self.update(&self.inner.holds, &key, &renewed, hold.revision).await?.is_some()
-                        && lease_for.is_zero();
+                    if self.update(&self.inner.holds, &key, &renewed, hold.revision).await?.is_some()
+                        && lease_for.is_zero()
+                    {
+                        self.hint_run(&key).await;
+                        freed = true;
+                    }
                 }
             }
             for (key, task) in self.scan::<TaskDoc>(&self.inner.tasks, "").await? {
                 if task.value.owner.as_deref() == Some(owner) {
                     let mut doc = task.value;
                     doc.until_ms = until;
-                    freed |= self.update(&self.inner.tasks, &key, &doc, task.revision).await?.is_some()
-                        && lease_for.is_zero();
+                    if self.update(&self.inner.tasks, &key, &doc, task.revision).await?.is_some() && lease_for.is_zero()
+                    {
+                        self.hint_tasks([&QueuedTask::from(&doc.task)]).await;
+                        freed = true;
+                    }
                 }
             }
             if freed {
@@ -128,6 +135,7 @@ impl TaskQueue for NatsStore {
                     doc.task.not_before_ms = not_before_ms;
                     doc.deliveries = doc.deliveries.saturating_sub(1);
                     if self.update(&self.inner.tasks, &key, &doc, held.revision).await?.is_some() {
+                        self.hint_tasks([task]).await;
                         released = true;
                         break;
                     }
@@ -151,6 +159,7 @@ impl TaskQueue for NatsStore {
                 }
                 let released = HoldDoc { owner: RELEASED.to_owned(), until_ms: not_before_ms };
                 if self.update(&self.inner.holds, &key, &released, hold.revision).await?.is_some() {
+                    self.hint_run(&key).await;
                     self.wake().await;
                     return Ok(());
                 }

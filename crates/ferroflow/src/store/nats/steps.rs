@@ -33,26 +33,21 @@ impl NatsStore {
         Ok(steps)
     }
 
+    /// The steps of `run_id` from the boundary `from` on: all of the run's steps in one
+    /// batched read where the server has it (2.11 and later), else looked up one by one.
+    pub(super) async fn steps_from(&self, run_id: &str, from: u64) -> Result<Vec<(u64, StepDoc)>> {
+        let prefix = format!("{}.", token(run_id));
+        match self.batch_get::<StepDoc>(&self.inner.journal, &prefix).await? {
+            Some(all) => Ok(chain(&prefix, all, from)),
+            None => self.walk(run_id, from).await,
+        }
+    }
+
     /// Every step of `run_id`, by one scan of its keys, in chain order.
     pub(super) async fn all_steps(&self, run_id: &str) -> Result<Vec<(u64, StepDoc)>> {
         let prefix = format!("{}.", token(run_id));
-        let mut by_first: HashMap<u64, StepDoc> = HashMap::new();
-        for (key, step) in self.scan::<StepDoc>(&self.inner.journal, &prefix).await? {
-            if let Some(first) = key.strip_prefix(&prefix).and_then(|seq| seq.parse::<u64>().ok()) {
-                by_first.insert(first, step.value);
-            }
-        }
-        let mut steps = Vec::new();
-        let mut at = 0;
-        while let Some(step) = by_first.remove(&at) {
-            let next = step.end(at);
-            steps.push((at, step));
-            if next == at {
-                break;
-            }
-            at = next;
-        }
-        Ok(steps)
+        let found = self.scan::<StepDoc>(&self.inner.journal, &prefix).await?;
+        Ok(chain(&prefix, found.into_iter().map(|(key, step)| (key, step.value)), 0))
     }
 
     /// The end of `run_id`'s journal, applying the effects of steps beyond the record's
@@ -105,6 +100,7 @@ impl NatsStore {
                     } else {
                         let released = HoldDoc { owner: RELEASED.to_owned(), until_ms: 0 };
                         if self.kv_create(&self.inner.holds, &key, &released).await?.is_some() {
+                            self.hint_run(&key).await;
                             self.wake().await;
                         }
                     }
@@ -194,12 +190,16 @@ impl NatsStore {
         for task in done {
             self.remove(&self.inner.tasks, &task_key(&QueuedTask::from(task))).await?;
         }
-        let mut queued = false;
+        let mut queued = Vec::new();
         for task in queue {
             let doc = TaskDoc { task: task.clone(), owner: None, until_ms: 0, deliveries: 0 };
-            queued |= self.kv_create(&self.inner.tasks, &task_key(&QueuedTask::from(task)), &doc).await?.is_some();
+            let task = QueuedTask::from(task);
+            if self.kv_create(&self.inner.tasks, &task_key(&task), &doc).await?.is_some() {
+                queued.push(task);
+            }
         }
-        Ok(queued)
+        self.hint_tasks(&queued).await;
+        Ok(!queued.is_empty())
     }
 
     /// Makes `owner` hold the run unless another owner holds it, even with an expired hold
@@ -391,7 +391,7 @@ impl NatsStore {
     /// nats-server 2.9, which made loading runs slower as a batch grew.
     pub(super) async fn load_run(&self, run_id: &str) -> Result<Option<(RunRecord, Vec<StoredEntry>)>> {
         let Some(record) = self.record(run_id).await? else { return Ok(None) };
-        let steps = self.walk(run_id, 0).await?;
+        let steps = self.steps_from(run_id, 0).await?;
         let end = steps.last().map_or(0, |(first, step)| step.end(*first));
         let mut doc = record.value;
         if end > doc.len {
@@ -463,7 +463,9 @@ impl NatsStore {
                 && step0.value.queue.is_empty()
             {
                 let released = HoldDoc { owner: RELEASED.to_owned(), until_ms: 0 };
-                self.kv_create(&self.inner.holds, &token(run_id), &released).await?;
+                if self.kv_create(&self.inner.holds, &token(run_id), &released).await?.is_some() {
+                    self.hint_run(&token(run_id)).await;
+                }
             }
             self.kv_create(&self.inner.runs, &token(run_id), &run(0, step0.map_or(0, |s| s.revision))).await?;
             let (record, journal) =
@@ -495,4 +497,23 @@ impl NatsStore {
             }
         }
     }
+}
+
+/// The chain of steps from the boundary `from` among `found` (keyed `{prefix}{first seq}`).
+fn chain(prefix: &str, found: impl IntoIterator<Item = (String, StepDoc)>, from: u64) -> Vec<(u64, StepDoc)> {
+    let mut by_first: HashMap<u64, StepDoc> = found
+        .into_iter()
+        .filter_map(|(key, step)| Some((key.strip_prefix(prefix)?.parse::<u64>().ok()?, step)))
+        .collect();
+    let mut steps = Vec::new();
+    let mut at = from;
+    while let Some(step) = by_first.remove(&at) {
+        let next = step.end(at);
+        steps.push((at, step));
+        if next == at {
+            break;
+        }
+        at = next;
+    }
+    steps
 }

@@ -238,3 +238,47 @@ async fn a_follower_hears_of_a_run_that_settled_elsewhere_and_not_of_each_step()
     let heard = changes.next(Duration::from_secs(10)).await;
     assert_eq!(heard, Changed::Runs(std::collections::HashMap::from([("r1".to_owned(), true)])));
 }
+
+#[tokio::test]
+async fn a_batched_read_of_a_journal_gives_the_steps_a_walk_gives() {
+    let (store, _guard) = a_run_with_a_leased().await;
+    let lease = Duration::from_secs(30);
+    let (b, c) = ([task("b")], [task("c")]);
+    let one = [completed(1, "a")];
+    let two = [completed(2, "b"), completed(3, "c")];
+    store
+        .commit(
+            &Step {
+                run_id: "r1",
+                expected_seq: 1,
+                entries: &one,
+                status: RunStatus::Running,
+                ready: &b,
+                done: &[task("a")],
+            },
+            Some(("w", lease)),
+        )
+        .await
+        .unwrap();
+    store
+        .commit(
+            &Step { run_id: "r1", expected_seq: 2, entries: &two, status: RunStatus::Running, ready: &c, done: &b },
+            Some(("w", lease)),
+        )
+        .await
+        .unwrap();
+    let firsts =
+        |steps: Vec<(u64, StepDoc)>| steps.iter().map(|(first, step)| (*first, step.entries.len())).collect::<Vec<_>>();
+    assert_eq!(firsts(store.walk("r1", 0).await.unwrap()), [(0, 1), (1, 1), (2, 2)]);
+    assert_eq!(firsts(store.steps_from("r1", 0).await.unwrap()), [(0, 1), (1, 1), (2, 2)]);
+    assert_eq!(firsts(store.steps_from("r1", 1).await.unwrap()), [(1, 1), (2, 2)]);
+    assert!(store.steps_from("r1", 4).await.unwrap().is_empty());
+    // The batched read is what a current server answers.
+    let version = store.inner.client.server_info().version;
+    let batched = store.batch_get::<StepDoc>(&store.inner.journal, &format!("{}.", token("r1"))).await.unwrap();
+    assert_eq!(batched.is_some(), at_least(&version, (2, 11)), "server {version}");
+    if let Some(batched) = batched {
+        assert_eq!(batched.len(), 3);
+    }
+    assert!(store.batch_get::<StepDoc>(&store.inner.journal, "nothing.").await.unwrap().is_none_or(|b| b.is_empty()));
+}
