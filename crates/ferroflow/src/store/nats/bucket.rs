@@ -309,13 +309,15 @@ impl NatsStore {
         Ok(Some(found))
     }
 
-    /// Tells followers, here and elsewhere, that `run_id`'s journal grew, and whether the
-    /// run is now `status` other than running. A notice is a hint
+    /// Tells followers, here and elsewhere, that `run_id`'s journal grew to leave it in
+    /// `status`, when that is not running (a step of a running run is not announced:
+    /// followers read the runs someone watches on their own). A notice is a hint
     /// ([`crate::store::Changes`]): one lost only delays a follower.
     pub(super) async fn announce(&self, run_id: &str, status: RunStatus) {
-        let kind = if status == RunStatus::Running { "stepped" } else { "settled" };
-        let subject = format!("{}.{kind}", self.inner.change_subject);
-        let _ = self.inner.client.publish(subject, run_id.to_owned().into()).await;
+        if status != RunStatus::Running {
+            let subject = format!("{}.settled", self.inner.change_subject);
+            let _ = self.inner.client.publish(subject, run_id.to_owned().into()).await;
+        }
     }
 
     /// Tells waiting claimants, here and elsewhere, that tasks were queued.

@@ -59,13 +59,13 @@ impl DurableStore for NatsStore {
         Some(NatsStore::max_write_bytes(self))
     }
 
-    /// Each step's writer publishes its run's id on a core NATS subject: `ff.{ns}.settled`
+    /// A step's writer publishes its run's id on the core NATS subject `ff.{ns}.settled`
     /// when the step leaves the run in a status other than running (settled, waiting,
-    /// failed), `ff.{ns}.stepped` otherwise (no stream: a lost notice only delays a
-    /// follower until its next look). The first follower of this handle subscribes to the
-    /// first: engines read the runs someone watches on their own, and a follower that only
-    /// waits is not woken by every step. `None` if the subscription fails (followers then
-    /// poll).
+    /// failed); no stream: a lost notice only delays a follower until its next look. The
+    /// first follower of this handle subscribes to it. Steps of running runs are not
+    /// announced: engines read the runs someone watches on their own, and a follower that
+    /// only waits is not woken by every step. `None` if the subscription fails (followers
+    /// then poll).
     async fn changes(&self) -> Option<Changes> {
         let listening = self
             .inner

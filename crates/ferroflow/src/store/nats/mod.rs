@@ -86,16 +86,17 @@
 //! step straight away: no read of the record, the end of the chain or the hold first. This
 //! is safe because every check the reads served is made by a write anyway: the step is
 //! created at the end this writer left, which fails if another writer moved the journal on
-//! (its step starts there); the hold and the record are updated from the revisions it
-//! wrote, which fails if anyone changed them, and they are then read afresh. Tasks it never
+//! (its step starts there); the record is updated from the revision it wrote, which fails
+//! if anyone changed it (it is then read afresh); only the hold is read, since a takeover
+//! (`claim_run`) changes the hold without moving the journal. Tasks it never
 //! queued are not removed from the tasks bucket (nobody else queued them: only steps do,
 //! and no other step was written). A step that finishes a run removes all the run's task
 //! records with one purge filtered on `{run}.>`, not a scan. So a held run's step costs
-//! three requests (the step, the hold, the record) and one notice.
+//! three requests: the step and the record written, the hold read (it is written back only
+//! when less than half its lease is left, see `take_hold`).
 //!
-//! **Notices for followers.** After each step the writer publishes the run's id on a core
-//! NATS subject (`ff.{ns}.settled` when the run is no longer running, else
-//! `ff.{ns}.stepped`). An engine that follows runs executed elsewhere (a submitter waiting
+//! **Notices for followers.** After a step that leaves the run other than running, the
+//! writer publishes the run's id on the core NATS subject `ff.{ns}.settled`. An engine that follows runs executed elsewhere (a submitter waiting
 //! for `map`'s runs) subscribes to the first ([`DurableStore::changes`](crate::store::DurableStore::changes))
 //! and reads a run when it settles, instead of polling each run every few milliseconds;
 //! it still reads the runs someone watches every 5 ms and every run every 200 ms, since a
@@ -229,8 +230,8 @@ struct Inner {
     ready: Arc<Notify>,
     /// The task forwarding wake-ups to `ready`.
     listener: tokio::task::JoinHandle<()>,
-    /// The prefix of the core NATS subjects a writer names each run it appended steps to,
-    /// for followers (`.settled` and `.stepped`, see `changes`).
+    /// The prefix of the core NATS subject a writer names each run its step settled on,
+    /// for followers (`.settled`, see `changes`).
     change_subject: String,
     /// This handle's followers ([`DurableStore::changes`](crate::store::DurableStore::changes)).
     followers: Arc<Followers>,
@@ -397,8 +398,8 @@ struct Versioned<T> {
 /// ended the journal, the record and the hold as it wrote them (with their revisions), and
 /// the ready tasks it ran itself instead of queueing (never in the tasks bucket). Its next
 /// step goes straight to the write: one at `end` fails if another writer moved the journal
-/// on (that writer's step starts at `end`), a stale record or hold fails its
-/// compare-and-set and is read afresh, so none of it needs reading first.
+/// on (that writer's step starts at `end`), and a stale record fails its compare-and-set
+/// and is read afresh. (The hold is still read: a takeover changes it alone.)
 struct Written {
     end: u64,
     owner: Option<String>,

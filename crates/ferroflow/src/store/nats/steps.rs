@@ -250,7 +250,14 @@ impl NatsStore {
                 }
                 Some(Versioned { value, .. }) if value.owner != owner => return Ok(None),
                 Some(Versioned { value, revision }) => {
-                    // Confirm it by writing it back: a claim in between wins.
+                    // Far from expiring, nobody can claim it as expired (a claimant's clock
+                    // would have to be half a lease ahead): the read is the check, and a
+                    // takeover later is as late as one after a write-back would be.
+                    if value.until_ms >= now_ms() + lease_for.as_millis() as u64 / 2 {
+                        return Ok(Some(Versioned { value, revision }));
+                    }
+                    // Close to expiring, confirm it by writing it back: a claim that read it
+                    // before then fails its compare-and-set.
                     if let Some(revision) = self.update(&self.inner.holds, &key, &value, revision).await? {
                         return Ok(Some(Versioned { value, revision }));
                     }
@@ -271,6 +278,7 @@ impl NatsStore {
         let written = self
             .forget_written(run_id)
             .filter(|w| w.end == expected_seq && !entries.is_empty() && w.owner.as_deref() == me);
+        let from_cache = written.is_some();
         let (known, known_hold, mut unqueued) = match written {
             Some(w) => (Some(w.record), Some(w.hold), w.unqueued),
             None => {
@@ -307,7 +315,11 @@ impl NatsStore {
                     None => self.get::<HoldDoc>(&self.inner.holds, &token(run_id)).await?,
                 };
                 let wants = current.as_ref().is_none_or(|h| h.value.owner == me);
-                hold = Some(current);
+                // The hold as this handle last wrote it may have been taken over since (a
+                // takeover moves no journal): `take_hold` reads it afresh.
+                if !from_cache {
+                    hold = Some(current);
+                }
                 wants
             }
             _ => false,
