@@ -268,10 +268,12 @@ def _w4c_server_limits(kind: str, res: Dict[str, Any]) -> List[str]:
         )
     else:
         text = (
-            "What limits NATS: each node's step is several JetStream round trips, one after another (look up "
-            "the next journal key, `create` the step, compare-and-set the hold, the tasks and the run record: "
-            "see crates/ferroflow/src/store/nats/), each acknowledged by the server after it is written to its "
-            "file store, where the baseline publishes one message and waits for one acknowledgement. "
+            "What limits NATS: each node's step is three JetStream round trips, one after another (`create` "
+            "the step, read the hold, compare-and-set the run record; the first step of a run also reads the "
+            "record and the journal's end, and a finished run's tasks and hold are purged: see "
+            "crates/ferroflow/src/store/nats/), the two writes each acknowledged by the server after it is "
+            "written to its file store, where the baseline publishes one message and waits for one "
+            "acknowledgement. "
         )
     if res["server_found"]:
         text += (

@@ -50,6 +50,10 @@ impl Batch {
                 drop(permit);
                 (i, snapshot)
             });
+            // Starting a run of a durable context waits on its store right here: yield after
+            // each, so that whoever polls the batch (the caller's progress and Ctrl-C checks)
+            // gets a turn even while slots free up as fast as runs start.
+            tokio::task::yield_now().await;
         }
         while let Some(joined) = waits.join_next().await {
             results.take(joined)?;
