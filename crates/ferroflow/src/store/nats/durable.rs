@@ -27,6 +27,28 @@ impl DurableStore for NatsStore {
         self.timed("cannot write a step", Duration::ZERO, self.write_step(step, owner)).await
     }
 
+    /// The steps of each run in order, the runs at the same time: a step is several round
+    /// trips, and steps of different runs do not wait for each other (a group commit of
+    /// many runs' steps written one after another took longer than writing each at once).
+    async fn commit_batch(&self, steps: &[Step<'_>], owner: Option<(&str, Duration)>) -> Result<Vec<Result<bool>>> {
+        let mut by_run: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
+        for (i, step) in steps.iter().enumerate() {
+            by_run.entry(step.run_id).or_default().push(i);
+        }
+        let runs = by_run.into_values().map(|positions| async move {
+            let mut outcomes = Vec::with_capacity(positions.len());
+            for i in positions {
+                outcomes.push((i, self.commit(&steps[i], owner).await));
+            }
+            outcomes
+        });
+        let mut outcomes: Vec<Option<Result<bool>>> = steps.iter().map(|_| None).collect();
+        for (i, outcome) in futures_util::future::join_all(runs).await.into_iter().flatten() {
+            outcomes[i] = Some(outcome);
+        }
+        Ok(outcomes.into_iter().map(|outcome| outcome.expect("every step was written")).collect())
+    }
+
     /// One bucket, `ff_{ns}_graphs`, key `{name}.{version}` (escaped), value the record.
     async fn register_graph(&self, graph: &GraphRecord) -> Result<()> {
         self.timed("cannot register a graph", Duration::ZERO, async {

@@ -282,3 +282,41 @@ async fn a_batched_read_of_a_journal_gives_the_steps_a_walk_gives() {
     }
     assert!(store.batch_get::<StepDoc>(&store.inner.journal, "nothing.").await.unwrap().is_none_or(|b| b.is_empty()));
 }
+
+#[tokio::test]
+async fn a_batch_writes_each_run_s_steps_in_order_and_gives_each_its_own_outcome() {
+    let (store, _guard) = a_run_with_a_leased().await;
+    let record = RunRecord {
+        run_id: "r2".into(),
+        graph: "g".into(),
+        version: "v1".into(),
+        status: RunStatus::Running,
+        created_ms: 100,
+        updated_ms: 100,
+    };
+    let input = Value::from(serde_json::json!(2));
+    let started = StoredEntry {
+        seq: 0,
+        at_ms: 100,
+        entry: JournalEntry::RunStarted { graph: "g".into(), version: "v1".into(), input },
+    };
+    store.create(&record, &[started], &[], None).await.unwrap();
+    let (one, two) = ([completed(1, "a")], [completed(2, "b")]);
+    let step = |run_id, expected_seq, entries| Step {
+        run_id,
+        expected_seq,
+        entries,
+        status: RunStatus::Running,
+        ready: &[],
+        done: &[],
+    };
+    // r1's two steps in order, r2's with a wrong position, and a run that does not exist.
+    let steps = [step("r1", 1, &one[..]), step("r2", 5, &one[..]), step("r1", 2, &two[..]), step("ghost", 1, &one[..])];
+    let outcomes = store.commit_batch(&steps, Some(("w", Duration::from_secs(30)))).await.unwrap();
+    assert!(matches!(outcomes[0], Ok(true)), "{outcomes:?}");
+    assert!(matches!(outcomes[1], Err(Error::Conflict { expected: 5, found: 1, .. })), "{outcomes:?}");
+    assert!(matches!(outcomes[2], Ok(true)), "{outcomes:?}");
+    assert!(matches!(&outcomes[3], Err(Error::RunNotFound { run_id }) if run_id == "ghost"), "{outcomes:?}");
+    assert_eq!(store.load_since("r1", 0).await.unwrap().len(), 3);
+    assert_eq!(store.load_since("r2", 0).await.unwrap().len(), 1);
+}
