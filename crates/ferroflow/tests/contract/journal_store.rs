@@ -170,6 +170,32 @@ macro_rules! journal_store_contract {
         }
 
         #[::tokio::test]
+        async fn a_batch_of_steps_keeps_each_run_s_order_and_gives_each_step_its_own_outcome() {
+            let (store, _guard) = $make;
+            new_run(&store, "r1", "g", 100).await;
+            new_run(&store, "r2", "g", 100).await;
+            let (one, two) = ([completed(1, 110, "a")], [completed(2, 120, "b")]);
+            let step = |run_id, expected_seq, entries| Step {
+                run_id,
+                expected_seq,
+                entries,
+                status: RunStatus::Running,
+                ready: &[],
+                done: &[],
+            };
+            // r1's two steps in order, r2's at a wrong position, and a run that does not exist.
+            let steps = [step("r1", 1, &one[..]), step("r2", 5, &one[..]), step("r1", 2, &two[..]), step("ghost", 1, &one[..])];
+            let outcomes = store.commit_batch(&steps, None).await.unwrap();
+            assert_eq!(outcomes.len(), 4);
+            assert!(outcomes[0].is_ok(), "{outcomes:?}");
+            assert!(matches!(outcomes[1], Err(Error::Conflict { expected: 5, found: 1, .. })), "{outcomes:?}");
+            assert!(outcomes[2].is_ok(), "{outcomes:?}");
+            assert!(matches!(&outcomes[3], Err(Error::RunNotFound { run_id }) if run_id == "ghost"), "{outcomes:?}");
+            assert_eq!(summary(&store.load("r1").await.unwrap().unwrap().1).len(), 3);
+            assert_eq!(store.load("r2").await.unwrap().unwrap().1.len(), 1);
+        }
+
+        #[::tokio::test]
         async fn a_step_of_an_unknown_run_is_not_found() {
             let (store, _guard) = $make;
             let err = write(&store, "ghost", 0, &[started(1)], RunStatus::Running).await.unwrap_err();
