@@ -2,12 +2,14 @@
 //! execute is polled from the store until it finishes, and brought up to date before it is
 //! read if another process may have moved it on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::journal::RunStatus;
+use tokio_util::sync::CancellationToken;
+
 use crate::store::{Changed, Changes, DurableStore};
 
 use super::Inner;
@@ -27,12 +29,9 @@ impl Inner {
         self.follow_added.notify_one();
     }
 
-    /// The followed runs to read: every one, or, given `only` (notices of changed runs,
-    /// `true` for those that left `Running`), the watched ones and those named there that
-    /// left `Running`: a run nobody watches is only waited for, and its steps before it
-    /// settles concern nobody yet.
-    pub(super) fn to_read(&self, only: Option<&HashMap<String, bool>>) -> Vec<Arc<LiveRun>> {
-        let watched = |run: &Arc<LiveRun>| only.is_none() || run.has_watchers.load(Ordering::Relaxed);
+    /// The followed runs `look` reads.
+    fn to_read(&self, look: &Look) -> Vec<Arc<LiveRun>> {
+        let watched = |run: &Arc<LiveRun>| matches!(look, Look::All) || run.has_watchers.load(Ordering::Relaxed);
         let mut runs: Vec<Arc<LiveRun>> = self
             .followed
             .lock()
@@ -41,11 +40,11 @@ impl Inner {
             .filter_map(Weak::upgrade)
             .filter(|run| run.followed.load(Ordering::Acquire) && watched(run))
             .collect();
-        let Some(only) = only else { return runs };
+        let Look::Settled(settled) = look else { return runs };
         let table = self.runs.lock().expect("run table lock");
-        runs.extend(only.iter().filter_map(|(run_id, settled)| {
+        runs.extend(settled.iter().filter_map(|run_id| {
             let run = table.runs.get(run_id.as_str())?;
-            let read = run.followed.load(Ordering::Acquire) && *settled && !run.has_watchers.load(Ordering::Relaxed);
+            let read = run.followed.load(Ordering::Acquire) && !run.has_watchers.load(Ordering::Relaxed);
             read.then(|| Arc::clone(run))
         }));
         runs
@@ -63,7 +62,7 @@ impl Inner {
 
     /// Reads what is new of `followed` (see [`Inner::to_read`]); forgets the followed runs
     /// that finished. Returns whether anything was new.
-    pub(super) fn poll_followed(&self, followed: Vec<Arc<LiveRun>>) -> bool {
+    fn poll_followed(&self, followed: Vec<Arc<LiveRun>>) -> bool {
         let mut news = false;
         for run in &followed {
             let mut core = run.lock();
@@ -122,81 +121,120 @@ impl Inner {
     }
 }
 
-/// Follows the runs an engine does not execute. With a store that gives notices of the
-/// runs that changed ([`DurableStore::changes`]), it reads a run when a notice says it
-/// settled (or waits, or failed), the runs someone watches every 5 ms, and every followed
-/// run at least every 200 ms (a notice may be lost); otherwise it polls every followed run,
-/// every 5 ms while they change, backing off to every 200 ms while they do not. Asleep
-/// while there are none.
+/// Which followed runs one look reads.
+enum Look {
+    /// Every one.
+    All,
+    /// Those someone watches (their steps are shown as they come), and those named, which
+    /// settled: a run nobody watches is only waited for, and its steps before it settles
+    /// concern nobody yet.
+    Settled(HashSet<String>),
+}
+
+const FAST: Duration = Duration::from_millis(5);
+const SLOW: Duration = Duration::from_millis(200);
+
+/// Follows the runs an engine does not execute, asleep while there are none. With a store
+/// that gives notices of the runs that settled ([`DurableStore::changes`]), by notices
+/// ([`follow_by_notices`]); otherwise by polling ([`follow_by_polling`]). The store is
+/// asked for notices when the first run is followed: a worker that never follows one never
+/// hears of every run the others settle.
 pub(super) async fn follow_runs(inner: Weak<Inner>) {
-    const FAST: Duration = Duration::from_millis(5);
-    const SLOW: Duration = Duration::from_millis(200);
     let Some((closed, store)) = inner.upgrade().map(|inner| (inner.closed.clone(), inner.config.store.clone())) else {
         return;
     };
-    // Asked for when the first run is followed: a worker that never follows one never
-    // hears of every step the others write.
-    let mut changes: Option<Option<Changes>> = None;
+    if until_followed(&inner, &closed).await.is_none() {
+        return;
+    }
+    let changes = match store {
+        Some(store) => store.changes().await,
+        None => None,
+    };
+    match changes {
+        Some(changes) => follow_by_notices(inner, closed, changes).await,
+        None => follow_by_polling(inner, closed).await,
+    }
+}
+
+/// Waits until the engine follows a run. `None` when it closes (or is gone); otherwise
+/// whether it had to wait.
+async fn until_followed(inner: &Weak<Inner>, closed: &CancellationToken) -> Option<bool> {
+    let mut waited = false;
+    loop {
+        let strong = inner.upgrade()?;
+        if !strong.followed.lock().expect("followed lock").is_empty() {
+            return Some(waited);
+        }
+        waited = true;
+        // Wakes at the next follow, when the engine closes, or now and then.
+        let added = strong.follow_added.notified();
+        tokio::select! {
+            () = closed.cancelled() => return None,
+            _ = tokio::time::timeout(Duration::from_secs(1), added) => {}
+        }
+    }
+}
+
+/// Polls every followed run: every 5 ms while they change, backing off to every 200 ms
+/// while they do not.
+async fn follow_by_polling(inner: Weak<Inner>, closed: CancellationToken) {
     let mut pause = FAST;
+    loop {
+        match until_followed(&inner, &closed).await {
+            None => return,
+            Some(true) => pause = FAST,
+            Some(false) => {}
+        }
+        let Some(strong) = inner.upgrade() else { return };
+        let news = strong.off_workers(|inner| inner.poll_followed(inner.to_read(&Look::All))).await;
+        drop(strong);
+        pause = if news { FAST } else { (pause * 2).min(SLOW) };
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Reads a run when a notice says it settled, the runs someone watches every 5 ms, and
+/// every followed run at least every 200 ms (a notice may be lost).
+async fn follow_by_notices(inner: Weak<Inner>, closed: CancellationToken, changes: Changes) {
     // When every followed run was last read; `None`: read them all next.
     let mut looked_at_all: Option<tokio::time::Instant> = None;
-    while !closed.is_cancelled() {
-        let Some(strong) = inner.upgrade() else { return };
-        let idle = strong.followed.lock().expect("followed lock").is_empty();
-        if idle {
-            pause = FAST;
-            // Wakes at the next follow, when the engine closes, or now and then.
-            let added = strong.follow_added.notified();
-            if let Some(Some(changes)) = &changes {
-                // What changed meanwhile concerns no run followed now; the first look after
-                // this one is at every run.
+    loop {
+        match until_followed(&inner, &closed).await {
+            None => return,
+            // What settled meanwhile concerns no run followed now; look at every run first.
+            Some(true) => {
                 changes.clear();
                 looked_at_all = None;
             }
-            tokio::select! {
-                () = closed.cancelled() => return,
-                _ = tokio::time::timeout(Duration::from_secs(1), added) => continue,
-            }
+            Some(false) => {}
         }
-        if changes.is_none() {
-            changes = Some(match &store {
-                Some(store) => store.changes().await,
-                None => None,
-            });
-        }
-        let Some(Some(changes)) = &changes else {
-            let news = strong.off_workers(|inner| inner.poll_followed(inner.to_read(None))).await;
-            drop(strong);
-            pause = if news { FAST } else { (pause * 2).min(SLOW) };
-            tokio::select! {
-                () = closed.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
-            }
-            continue;
-        };
+        let Some(strong) = inner.upgrade() else { return };
         let watched = strong.watches_followed();
         drop(strong);
-        let since_all = looked_at_all.map_or(SLOW, |at| at.elapsed());
-        let changed = if since_all < SLOW {
-            let wait = if watched { FAST.min(SLOW - since_all) } else { SLOW - since_all };
-            tokio::select! {
+        let until_all = looked_at_all.map_or(Duration::ZERO, |at| SLOW.saturating_sub(at.elapsed()));
+        let look = if until_all.is_zero() {
+            Look::All
+        } else {
+            let wait = if watched { FAST.min(until_all) } else { until_all };
+            let changed = tokio::select! {
                 () = closed.cancelled() => return,
                 changed = changes.next(wait) => changed,
-            }
-        } else {
-            Changed::All
-        };
-        let only = match changed {
-            Changed::Runs(runs) if looked_at_all.is_some_and(|at| at.elapsed() < SLOW) => Some(runs),
-            Changed::Nothing if looked_at_all.is_some_and(|at| at.elapsed() < SLOW) => Some(HashMap::new()),
-            _ => {
-                looked_at_all = Some(tokio::time::Instant::now());
-                None
+            };
+            match changed {
+                Changed::Runs(runs) => Look::Settled(runs),
+                Changed::Nothing => Look::Settled(HashSet::new()),
+                Changed::All => Look::All,
             }
         };
+        if matches!(look, Look::All) {
+            looked_at_all = Some(tokio::time::Instant::now());
+        }
         let Some(strong) = inner.upgrade() else { return };
         // Picked here, so that notices of runs nobody needs to read cost no thread hop.
-        let runs = strong.to_read(only.as_ref());
+        let runs = strong.to_read(&look);
         if !runs.is_empty() {
             strong.off_workers(move |inner| inner.poll_followed(runs)).await;
         }

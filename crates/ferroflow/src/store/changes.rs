@@ -1,13 +1,14 @@
-//! Notices of runs whose journals grew, for engines that follow runs executed elsewhere.
+//! Notices of runs that settled, for engines that follow runs executed elsewhere.
 //!
-//! A store that can tell other processes about its writes (NATS, by a core publish after
-//! each step) gives each follower a [`Changes`] ([`DurableStore::changes`](super::DurableStore::changes)):
-//! the follower then reads only the runs named, as they change, instead of polling every
-//! run it follows. A notice is a hint, never the truth: the follower still reads the
-//! journal, and still looks at every run now and then, because notices may be lost (a
-//! reconnect, a writer of an older version, a full set).
+//! A store that can tell other processes about its writes (NATS, by a core publish after a
+//! step that leaves its run other than running: completed, failed, cancelled or waiting for
+//! a person) gives each follower a [`Changes`]
+//! ([`DurableStore::changes`](super::DurableStore::changes)): the follower then reads a run
+//! when it settles instead of polling every run it follows. A notice is a hint, never the
+//! truth: the follower still reads the journal, and still looks at every run now and then,
+//! because notices may be lost (a reconnect, a writer of an older version, a full set).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -26,10 +27,8 @@ pub struct Changes {
 
 #[derive(Default)]
 struct Pending {
-    /// The runs named, each with whether a notice said it left `Running` (it settled,
-    /// waits for a person, or failed): what an engine that only waits for runs to settle
-    /// needs to read.
-    runs: Mutex<HashMap<String, bool>>,
+    /// The runs named.
+    runs: Mutex<HashSet<String>>,
     /// Set when more runs changed than [`MOST_RUNS`]: the follower should look at all.
     overflow: AtomicBool,
     notify: Notify,
@@ -38,8 +37,8 @@ struct Pending {
 /// What a follower learns from [`Changes::next`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Changed {
-    /// These runs changed; `true` for those a notice said left `Running`.
-    Runs(HashMap<String, bool>),
+    /// These runs settled.
+    Runs(HashSet<String>),
     /// Too many to name: every run may have changed.
     All,
     /// Nothing within the wait.
@@ -75,14 +74,12 @@ impl Changes {
         (!runs.is_empty()).then_some(Changed::Runs(runs))
     }
 
-    fn note(&self, run_id: &str, settled: bool) {
+    fn note(&self, run_id: &str) {
         let mut runs = self.inner.runs.lock().expect("changes lock");
-        if let Some(known) = runs.get_mut(run_id) {
-            *known |= settled;
-        } else if runs.len() >= MOST_RUNS {
+        if runs.len() >= MOST_RUNS && !runs.contains(run_id) {
             self.inner.overflow.store(true, Ordering::Release);
         } else {
-            runs.insert(run_id.to_owned(), settled);
+            runs.insert(run_id.to_owned());
         }
         drop(runs);
         self.inner.notify.notify_one();
@@ -106,12 +103,11 @@ impl Followers {
         changes
     }
 
-    /// Tells every follower still there that `run_id` changed (and, with `settled`, that
-    /// it left `Running`).
-    pub(crate) fn note(&self, run_id: &str, settled: bool) {
+    /// Tells every follower still there that `run_id` settled.
+    pub(crate) fn note(&self, run_id: &str) {
         let list = self.list.lock().expect("followers lock");
         for pending in list.iter().filter_map(Weak::upgrade) {
-            Changes { inner: pending }.note(run_id, settled);
+            Changes { inner: pending }.note(run_id);
         }
     }
 }
@@ -120,8 +116,8 @@ impl Followers {
 mod tests {
     use super::*;
 
-    fn runs(named: &[(&str, bool)]) -> Changed {
-        Changed::Runs(named.iter().map(|(run, settled)| ((*run).to_owned(), *settled)).collect())
+    fn runs(named: &[&str]) -> Changed {
+        Changed::Runs(named.iter().map(|run| (*run).to_owned()).collect())
     }
 
     #[tokio::test]
@@ -129,17 +125,16 @@ mod tests {
         let followers = Followers::default();
         let (a, b) = (followers.subscribe(), followers.subscribe());
         assert_eq!(a.next(Duration::from_millis(5)).await, Changed::Nothing);
-        followers.note("r1", false);
-        followers.note("r2", true);
-        followers.note("r1", true);
-        followers.note("r2", false);
-        let expected = runs(&[("r1", true), ("r2", true)]);
+        followers.note("r1");
+        followers.note("r2");
+        followers.note("r1");
+        let expected = runs(&["r1", "r2"]);
         assert_eq!(a.next(Duration::from_secs(5)).await, expected);
         assert_eq!(b.next(Duration::from_secs(5)).await, expected);
         assert_eq!(a.next(Duration::from_millis(5)).await, Changed::Nothing);
         drop(b);
-        followers.note("r3", false);
-        assert_eq!(a.next(Duration::from_secs(5)).await, runs(&[("r3", false)]));
+        followers.note("r3");
+        assert_eq!(a.next(Duration::from_secs(5)).await, runs(&["r3"]));
         drop(a);
         let c = followers.subscribe();
         assert_eq!(followers.list.lock().unwrap().len(), 1, "the followers that went are forgotten");
@@ -153,9 +148,9 @@ mod tests {
         let noter = Arc::clone(&followers);
         let waiter = tokio::spawn(async move { changes.next(Duration::from_secs(30)).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        noter.note("r", false);
+        noter.note("r");
         let got = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").expect("joined");
-        assert_eq!(got, runs(&[("r", false)]));
+        assert_eq!(got, runs(&["r"]));
     }
 
     #[tokio::test]
@@ -163,10 +158,10 @@ mod tests {
         let followers = Followers::default();
         let changes = followers.subscribe();
         for i in 0..=MOST_RUNS {
-            followers.note(&i.to_string(), false);
+            followers.note(&i.to_string());
         }
         assert_eq!(changes.next(Duration::from_secs(5)).await, Changed::All);
-        followers.note("r", true);
-        assert_eq!(changes.next(Duration::from_secs(5)).await, runs(&[("r", true)]));
+        followers.note("r");
+        assert_eq!(changes.next(Duration::from_secs(5)).await, runs(&["r"]));
     }
 }

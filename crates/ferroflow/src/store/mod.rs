@@ -441,8 +441,9 @@ pub trait DurableStore: JournalStore + TaskQueue {
     async fn register_graph(&self, graph: &GraphRecord) -> Result<()>;
     /// Every graph registered, by name, then newest first.
     async fn graphs(&self) -> Result<Vec<GraphRecord>>;
-    /// Notices of runs whose journals grew, for an engine that follows runs it does not
-    /// execute: it reads the runs named as they change instead of polling each. `None` (the
+    /// Notices of runs that settled (left running: completed, failed, cancelled, waiting),
+    /// for an engine that follows runs it does not execute: it reads a run when it settles
+    /// instead of polling each. `None` (the
     /// default) when the store gives none; followers then poll. Notices are hints (see
     /// [`Changes`]): they may be lost, and a follower still polls now and then.
     async fn changes(&self) -> Option<Changes> {

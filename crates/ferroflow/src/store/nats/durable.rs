@@ -99,7 +99,7 @@ impl DurableStore for NatsStore {
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(tokio::spawn(async move {
                     while let Some(notice) = notices.next().await {
                         if let Ok(run_id) = std::str::from_utf8(&notice.payload) {
-                            followers.note(run_id, true);
+                            followers.note(run_id);
                         }
                     }
                 }))

@@ -388,15 +388,14 @@ impl StepDoc {
 }
 
 /// A value read from a bucket, with its revision.
-#[derive(Clone)]
 struct Versioned<T> {
     value: T,
     revision: u64,
 }
 
 /// What a handle knows of a run whose last step it wrote, holding the run: where that step
-/// ended the journal, the record and the hold as it wrote them (with their revisions), and
-/// the ready tasks it ran itself instead of queueing (never in the tasks bucket). Its next
+/// ended the journal, the record as it wrote it (with its revision), and the ready tasks it
+/// ran itself instead of queueing (never in the tasks bucket). Its next
 /// step goes straight to the write: one at `end` fails if another writer moved the journal
 /// on (that writer's step starts at `end`), and a stale record fails its compare-and-set
 /// and is read afresh. (The hold is still read: a takeover changes it alone.)
@@ -404,7 +403,6 @@ struct Written {
     end: u64,
     owner: Option<String>,
     record: Versioned<RunDoc>,
-    hold: Option<Versioned<HoldDoc>>,
     unqueued: std::collections::HashSet<String>,
 }
 

@@ -203,8 +203,8 @@ impl NatsStore {
     }
 
     /// Makes `owner` hold the run unless another owner holds it, even with an expired hold
-    /// (see [`Step::ready`]); returns the hold as written if it does. The decision is a
-    /// compare-and-set on the hold, so it is the hold's state when written.
+    /// (see [`Step::ready`]); says whether it does. The decision is a compare-and-set on
+    /// the hold, so it is the hold's state when written.
     /// `known` is the hold as the caller last read it (`Some(None)`: there was none), tried
     /// first. `end` is where the caller's step ends the journal.
     ///
@@ -218,7 +218,7 @@ impl NatsStore {
         lease_for: Duration,
         mut known: Option<Option<Versioned<HoldDoc>>>,
         end: u64,
-    ) -> Result<Option<Versioned<HoldDoc>>> {
+    ) -> Result<bool> {
         let key = token(run_id);
         for _ in 0..RETRIES {
             let current = match known.take() {
@@ -229,11 +229,11 @@ impl NatsStore {
                 None => {
                     // Steps form one chain: one that starts at `end` means the run moved on.
                     if self.get::<StepDoc>(&self.inner.journal, &step_key(run_id, end)).await?.is_some() {
-                        return Ok(None);
+                        return Ok(false);
                     }
                     let mine = HoldDoc { owner: owner.to_owned(), until_ms: now_ms() + lease_for.as_millis() as u64 };
-                    if let Some(revision) = self.kv_create(&self.inner.holds, &key, &mine).await? {
-                        return Ok(Some(Versioned { value: mine, revision }));
+                    if self.kv_create(&self.inner.holds, &key, &mine).await?.is_some() {
+                        return Ok(true);
                     }
                 }
                 // Handed out by a reader's repair of this very step while this writer applied its
@@ -241,25 +241,25 @@ impl NatsStore {
                 // still nobody's, so the writer takes it, if the run has not moved on.
                 Some(Versioned { value, revision }) if value.owner == RELEASED && value.until_ms == 0 => {
                     if self.get::<StepDoc>(&self.inner.journal, &step_key(run_id, end)).await?.is_some() {
-                        return Ok(None);
+                        return Ok(false);
                     }
                     let mine = HoldDoc { owner: owner.to_owned(), until_ms: now_ms() + lease_for.as_millis() as u64 };
-                    if let Some(revision) = self.update(&self.inner.holds, &key, &mine, revision).await? {
-                        return Ok(Some(Versioned { value: mine, revision }));
+                    if self.update(&self.inner.holds, &key, &mine, revision).await?.is_some() {
+                        return Ok(true);
                     }
                 }
-                Some(Versioned { value, .. }) if value.owner != owner => return Ok(None),
+                Some(Versioned { value, .. }) if value.owner != owner => return Ok(false),
                 Some(Versioned { value, revision }) => {
                     // Far from expiring, nobody can claim it as expired (a claimant's clock
                     // would have to be half a lease ahead): the read is the check, and a
                     // takeover later is as late as one after a write-back would be.
                     if value.until_ms >= now_ms() + lease_for.as_millis() as u64 / 2 {
-                        return Ok(Some(Versioned { value, revision }));
+                        return Ok(true);
                     }
                     // Close to expiring, confirm it by writing it back: a claim that read it
                     // before then fails its compare-and-set.
-                    if let Some(revision) = self.update(&self.inner.holds, &key, &value, revision).await? {
-                        return Ok(Some(Versioned { value, revision }));
+                    if self.update(&self.inner.holds, &key, &value, revision).await?.is_some() {
+                        return Ok(true);
                     }
                 }
             }
@@ -278,9 +278,8 @@ impl NatsStore {
         let written = self
             .forget_written(run_id)
             .filter(|w| w.end == expected_seq && !entries.is_empty() && w.owner.as_deref() == me);
-        let from_cache = written.is_some();
-        let (known, known_hold, mut unqueued) = match written {
-            Some(w) => (Some(w.record), Some(w.hold), w.unqueued),
+        let (known, mut unqueued) = match written {
+            Some(w) => (Some(w.record), w.unqueued),
             None => {
                 let Some(record) = self.record(run_id).await? else {
                     return Err(Error::RunNotFound { run_id: run_id.to_owned() });
@@ -291,7 +290,7 @@ impl NatsStore {
                 }
                 // Unless the walk found steps beyond it, the record is likely unchanged when
                 // the step is written: its update is tried from this read first.
-                ((end == record.value.len).then_some(record), None, HashSet::new())
+                ((end == record.value.len).then_some(record), HashSet::new())
             }
         };
         let mut stored = Vec::with_capacity(entries.len());
@@ -310,16 +309,10 @@ impl NatsStore {
         let mut hold = None;
         let wants_hold = match owner {
             Some((me, _)) if holdable && !terminal => {
-                let current = match known_hold {
-                    Some(known) => known,
-                    None => self.get::<HoldDoc>(&self.inner.holds, &token(run_id)).await?,
-                };
+                // Read even by a writer that knows the run (a takeover moves no journal).
+                let current = self.get::<HoldDoc>(&self.inner.holds, &token(run_id)).await?;
                 let wants = current.as_ref().is_none_or(|h| h.value.owner == me);
-                // The hold as this handle last wrote it may have been taken over since (a
-                // takeover moves no journal): `take_hold` reads it afresh.
-                if !from_cache {
-                    hold = Some(current);
-                }
+                hold = Some(current);
                 wants
             }
             _ => false,
@@ -344,14 +337,14 @@ impl NatsStore {
         }
         // The step is written; now its effects.
         let end = expected_seq + entries.len() as u64;
-        let mut held = None;
+        let mut held = false;
         if !holdable || terminal {
             self.remove(&self.inner.holds, &token(run_id)).await?;
         } else if let (true, Some((me, lease_for))) = (wants_hold, owner) {
             held = self.take_hold(run_id, me, lease_for, hold, end).await?;
         }
         let queue: Vec<TaskJson> =
-            if held.is_some() || terminal { Vec::new() } else { ready.iter().map(TaskJson::from).collect() };
+            if held || terminal { Vec::new() } else { ready.iter().map(TaskJson::from).collect() };
         // Tasks this handle ran itself, never queued, are not in the bucket: nobody else
         // wrote a step since (the step above would have failed), and only steps queue tasks.
         let queued_done: Vec<TaskJson> =
@@ -361,19 +354,18 @@ impl NatsStore {
         }
         if entries.is_empty() {
             self.record_status(run_id, status).await?;
-            return Ok(held.is_some());
+            return Ok(held);
         }
         let record = self.advance(run_id, end, Some(status), entries.last().map(|e| e.at_ms), known).await?;
         self.announce(run_id, status).await;
-        let is_held = held.is_some();
-        if let (Some(record), Some(hold), false) = (record, held, terminal) {
+        if let Some(record) = record
+            && held
+            && !terminal
+        {
             unqueued.extend(ready.iter().map(task_key));
-            self.remember_written(
-                run_id,
-                Written { end, owner: me.map(str::to_owned), record, hold: Some(hold), unqueued },
-            );
+            self.remember_written(run_id, Written { end, owner: me.map(str::to_owned), record, unqueued });
         }
-        Ok(is_held)
+        Ok(held)
     }
 
     /// Whether the step stored at `first` is `doc`: an earlier try of this very write that

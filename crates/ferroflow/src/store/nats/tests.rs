@@ -172,6 +172,17 @@ fn completed(seq: u64, node: &str) -> StoredEntry {
     }
 }
 
+/// A step of run r1.
+fn step<'a>(
+    expected_seq: u64,
+    entries: &'a [StoredEntry],
+    status: RunStatus,
+    ready: &'a [QueuedTask],
+    done: &'a [QueuedTask],
+) -> Step<'a> {
+    Step { run_id: "r1", expected_seq, entries, status, ready, done }
+}
+
 #[tokio::test]
 async fn a_writer_that_skips_its_reads_still_loses_to_a_step_another_writer_wrote() {
     let (store, guard) = a_run_with_a_leased().await;
@@ -180,25 +191,17 @@ async fn a_writer_that_skips_its_reads_still_loses_to_a_step_another_writer_wrot
     let (b, c) = ([task("b")], [task("c")]);
     // w completes a and holds the run, knowing where its step ended the journal.
     let step1 = [completed(1, "a")];
-    let first = Step {
-        run_id: "r1",
-        expected_seq: 1,
-        entries: &step1,
-        status: RunStatus::Running,
-        ready: &b,
-        done: &[task("a")],
-    };
+    let a = [task("a")];
+    let first = step(1, &step1, RunStatus::Running, &b, &a);
     assert!(store.commit(&first, Some(("w", lease))).await.unwrap());
     // Another process takes the run over and writes the next step itself.
     other.claim_run("x", "r1", lease).await.unwrap();
     let theirs = [completed(2, "b")];
-    let step =
-        Step { run_id: "r1", expected_seq: 2, entries: &theirs, status: RunStatus::Running, ready: &c, done: &b };
-    other.commit(&step, Some(("x", lease))).await.unwrap();
+    let theirs_step = step(2, &theirs, RunStatus::Running, &c, &b);
+    other.commit(&theirs_step, Some(("x", lease))).await.unwrap();
     // w's next step, where its own ended, conflicts: nothing of it is written.
     let mine = [completed(2, "b"), completed(3, "c")];
-    let late =
-        Step { run_id: "r1", expected_seq: 2, entries: &mine, status: RunStatus::Completed, ready: &[], done: &b };
+    let late = step(2, &mine, RunStatus::Completed, &[], &b);
     let err = store.commit(&late, Some(("w", lease))).await.unwrap_err();
     assert!(matches!(err, Error::Conflict { expected: 2, found: 3, .. }), "{err:?}");
     let (record, journal) = store.load("r1").await.unwrap().unwrap();
@@ -207,8 +210,7 @@ async fn a_writer_that_skips_its_reads_still_loses_to_a_step_another_writer_wrot
     assert_eq!(store.holder("r1").await.unwrap().as_deref(), Some("x"));
     // And it learns where the journal ends now: a step there is written.
     let after = [completed(3, "c")];
-    let next =
-        Step { run_id: "r1", expected_seq: 3, entries: &after, status: RunStatus::Completed, ready: &[], done: &c };
+    let next = step(3, &after, RunStatus::Completed, &[], &c);
     store.commit(&next, Some(("w", lease))).await.unwrap();
     assert_eq!(store.load("r1").await.unwrap().unwrap().0.status, RunStatus::Completed);
 }
@@ -221,22 +223,15 @@ async fn a_follower_hears_of_a_run_that_settled_elsewhere_and_not_of_each_step()
     let lease = Duration::from_secs(30);
     let b = [task("b")];
     let step1 = [completed(1, "a")];
-    let first = Step {
-        run_id: "r1",
-        expected_seq: 1,
-        entries: &step1,
-        status: RunStatus::Running,
-        ready: &b,
-        done: &[task("a")],
-    };
+    let a = [task("a")];
+    let first = step(1, &step1, RunStatus::Running, &b, &a);
     store.commit(&first, Some(("w", lease))).await.unwrap();
     assert_eq!(changes.next(Duration::from_millis(300)).await, Changed::Nothing, "a running step is not announced");
     let step2 = [completed(2, "b")];
-    let last =
-        Step { run_id: "r1", expected_seq: 2, entries: &step2, status: RunStatus::Completed, ready: &[], done: &b };
+    let last = step(2, &step2, RunStatus::Completed, &[], &b);
     store.commit(&last, Some(("w", lease))).await.unwrap();
     let heard = changes.next(Duration::from_secs(10)).await;
-    assert_eq!(heard, Changed::Runs(std::collections::HashMap::from([("r1".to_owned(), true)])));
+    assert_eq!(heard, Changed::Runs(std::collections::HashSet::from(["r1".to_owned()])));
 }
 
 #[tokio::test]
@@ -246,27 +241,9 @@ async fn a_batched_read_of_a_journal_gives_the_steps_a_walk_gives() {
     let (b, c) = ([task("b")], [task("c")]);
     let one = [completed(1, "a")];
     let two = [completed(2, "b"), completed(3, "c")];
-    store
-        .commit(
-            &Step {
-                run_id: "r1",
-                expected_seq: 1,
-                entries: &one,
-                status: RunStatus::Running,
-                ready: &b,
-                done: &[task("a")],
-            },
-            Some(("w", lease)),
-        )
-        .await
-        .unwrap();
-    store
-        .commit(
-            &Step { run_id: "r1", expected_seq: 2, entries: &two, status: RunStatus::Running, ready: &c, done: &b },
-            Some(("w", lease)),
-        )
-        .await
-        .unwrap();
+    let a = [task("a")];
+    store.commit(&step(1, &one, RunStatus::Running, &b, &a), Some(("w", lease))).await.unwrap();
+    store.commit(&step(2, &two, RunStatus::Running, &c, &b), Some(("w", lease))).await.unwrap();
     let firsts =
         |steps: Vec<(u64, StepDoc)>| steps.iter().map(|(first, step)| (*first, step.entries.len())).collect::<Vec<_>>();
     assert_eq!(firsts(store.walk("r1", 0).await.unwrap()), [(0, 1), (1, 1), (2, 2)]);
