@@ -81,9 +81,9 @@
 //! hold for a run that moved on meanwhile (it may have finished, and its hold gone).
 //!
 //! **A writer that wrote a run's last step** (a worker running a run it holds) keeps what it
-//! learnt ([`Written`]: where its step ended the journal, the record and the hold with their
-//! revisions, and the ready tasks it ran itself rather than queued), and writes the next
-//! step straight away: no read of the record, the end of the chain or the hold first. This
+//! learnt (`Written`: where its step ended the journal, the record with its revision, and
+//! the ready tasks it ran itself rather than queued), and writes the next step straight
+//! away: no read of the record or of the end of the chain first. This
 //! is safe because every check the reads served is made by a write anyway: the step is
 //! created at the end this writer left, which fails if another writer moved the journal on
 //! (its step starts there); the record is updated from the revision it wrote, which fails
