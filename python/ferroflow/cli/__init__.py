@@ -6,7 +6,7 @@
     ferroflow runs cancel RUN --context runs.db
     ferroflow worker MODULE:GRAPH [MODULE:GRAPH ...] --context runs.db [--concurrency N] [--grace SECONDS]
     ferroflow map MODULE:GRAPH --input IN.jsonl --output OUT.jsonl --context runs.db [--batch NAME]
-                  [--concurrency N] [--no-execute]
+                  [--concurrency N] [--no-execute] [--quiet]
     ferroflow graph MODULE:GRAPH
     ferroflow serve MODULE:GRAPH [MODULE:GRAPH ...] --context CONTEXT [--listen 127.0.0.1:50051]
                     [--token-file PATH] [--tls-cert PEM --tls-key PEM] [--max-input-bytes N]
@@ -22,12 +22,16 @@ module that fails to import) is one line on stderr, ``ferroflow: ...``, and exit
 an error of ferroflow's while doing the work (a run not found, a store error) is one line
 and exit status 1.
 
+``map`` shows its progress on stderr (a bar on a terminal, else a line every 5 seconds; not
+with ``--quiet``) and ends with a summary line there; stdout stays empty.
+
 The package's parts, none of them API (the command line is): :mod:`.common`, the usage error
 and the text of lines and tables; :mod:`.load`, which opens the context and imports the graph
 the command line names; :mod:`.runs` (``runs ...``, ``graphs``, ``graph``), :mod:`.map`
-(``map``) and :mod:`.work` (``worker``, ``serve``), the commands; :mod:`.args`, the parser and
-the types of its options; this module, :func:`main`, run by ``__main__.py``. The dependencies
-go one way, from this module through :mod:`.args` down to :mod:`.common`.
+(``map``) and :mod:`.work` (``worker``, ``serve``), the commands; :mod:`.progress`, the
+progress ``map`` shows and its rate and ETA; :mod:`.args`, the parser and the types of its
+options; this module, :func:`main`, run by ``__main__.py``. The dependencies go one way, from
+this module through :mod:`.args` down to :mod:`.common` and :mod:`.progress`.
 """
 
 from __future__ import annotations

@@ -218,6 +218,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_false",
         help="only submit and collect: `ferroflow worker` processes run the nodes",
     )
+    batch.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress on stderr (by default a bar on a terminal, else a line every 5 s); the summary stays",
+    )
     batch.set_defaults(handler=map_batch)
 
     draw = commands.add_parser("graph", help="print a graph as a Mermaid flowchart")

@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import sys
+import time
+from collections import Counter
 from typing import IO, Any, List, Tuple
 
 from ..context import InMemory
@@ -15,6 +17,7 @@ from ..errors import FerroflowError
 from ..types import RunResult
 from .common import UsageError, _one_line, _os_problem
 from .load import _open, load_graph
+from .progress import format_elapsed, reporter
 
 
 def _read_inputs(path: str) -> Tuple[bytes, List[Any]]:
@@ -62,50 +65,39 @@ def map_batch(args: argparse.Namespace) -> int:
     context = _open(args, execute=args.execute) if args.context != "memory" else InMemory()
     # Opened before any run starts: an output that cannot be written fails nothing but this.
     with _open_output(args.output) as out:
-        bar = _ProgressBar(len(inputs)) if sys.stderr.isatty() else None
-        results = graph.map(
-            inputs,
-            context=context,
-            concurrency=args.concurrency,
-            return_exceptions=True,
-            progress=bar.update if bar else None,
-            batch=batch,
-        )
-        if bar:
-            bar.close()
-        failed = 0
+        started = time.monotonic()
+        # Progress goes to stderr, never stdout: a bar on a terminal, else a line every few seconds.
+        shown = None if args.quiet else reporter(sys.stderr, len(inputs))
+        try:
+            results = graph.map(
+                inputs,
+                context=context,
+                concurrency=args.concurrency,
+                return_exceptions=True,
+                progress=shown.update if shown else None,
+                batch=batch,
+            )
+        finally:
+            if shown:
+                shown.close()
+        elapsed = time.monotonic() - started
+        statuses: Counter = Counter()
         for i, result in enumerate(results):
             record: dict = {"run_id": f"{batch}-{i}"}
             if isinstance(result, FerroflowError):
-                failed += 1
                 record.update(status="failed", error=str(result))
             elif isinstance(result, RunResult):
                 record.update(status=result.status.value, waiting=result.waiting)
             else:
                 record.update(status="completed", output=result)
+            statuses[record["status"]] += 1
             out.write(json.dumps(record) + "\n")
-    print(
-        f"ferroflow map: {len(inputs)} runs in batch {batch}: {len(inputs) - failed} settled, {failed} failed",
-        file=sys.stderr,
-    )
-    return 1 if failed else 0
+    print(f"ferroflow map: {_summary(len(inputs), batch, elapsed, statuses)}", file=sys.stderr)
+    return 1 if statuses["failed"] else 0
 
 
-class _ProgressBar:
-    """`done/total` on one line of the terminal, redrawn as runs finish."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.shown = -1
-
-    def update(self, done: int, total: int) -> None:
-        if done == self.shown:
-            return
-        self.shown = done
-        width = 30
-        filled = width * done // max(total, 1)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        sys.stderr.write("\n")
+def _summary(total: int, batch: str, elapsed: float, statuses: Counter) -> str:
+    """``10,000 runs in batch NAME settled in 32.1s: 9,990 completed, 8 waiting, 2 failed``."""
+    counts = [f"{statuses[s]:,} {s}" for s in ("completed", "waiting", "failed")]
+    counts += [f"{n:,} {s}" for s, n in sorted(statuses.items()) if s not in ("completed", "waiting", "failed")]
+    return f"{total:,} runs in batch {batch} settled in {format_elapsed(elapsed)}: {', '.join(counts)}"
