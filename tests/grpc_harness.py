@@ -79,6 +79,21 @@ def s4(s3):
 def s5(s4):
     time.sleep(s4["pause"])
     return {"done": s4["n"]}
+
+flaky = ff.Graph("grpc_flaky")
+
+@flaky.task
+def fetch(input):
+    with open(input["log"], "a") as f:
+        f.write("fetch\\n")
+    return input
+
+@flaky.task
+def call(fetch):
+    import os
+    if os.path.exists(fetch["down"]):
+        raise ConnectionError("the model server is down")
+    return {"answer": fetch["n"] + 1}
 """
 
 
@@ -97,7 +112,7 @@ class ServerProcess:
             command = [str(cargo_artifacts.server())]
             env = None
         else:
-            command = [sys.executable, "-m", "ferroflow.cli", "serve", "app:flow", "app:slow"]
+            command = [sys.executable, "-m", "ferroflow.cli", "serve", "app:flow", "app:slow", "app:flaky"]
             env = dict(os.environ, PYTHONPATH=str(python_serve))
         self.proc = subprocess.Popen(
             [*command, "--context", context, "--listen", f"127.0.0.1:{port}", *args],
@@ -130,7 +145,18 @@ def start_worker(tmp_path: Path, context: str) -> subprocess.Popen:
     could fill up and stall it), which `stop_worker` and `worker_log` read."""
     log = open(tmp_path / f"worker-{uuid.uuid4().hex[:8]}.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ferroflow.cli", "worker", "app:flow", "app:slow", "--context", context, *WORKER],
+        [
+            sys.executable,
+            "-m",
+            "ferroflow.cli",
+            "worker",
+            "app:flow",
+            "app:slow",
+            "app:flaky",
+            "--context",
+            context,
+            *WORKER,
+        ],
         cwd=tmp_path,
         env=dict(os.environ, PYTHONPATH=str(tmp_path)),
         stdout=subprocess.DEVNULL,

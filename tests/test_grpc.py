@@ -122,6 +122,35 @@ def test_start_watch_resume_cancel_list_over_grpc(deployment: Deployment):
     assert graphs["grpc_flow"].version == d.get("small").version
 
 
+def test_a_failed_run_is_retried_over_grpc_and_its_workers_finish_it(deployment: Deployment):
+    d, pb = deployment, deployment.pb
+    down, log = d.tmp_path / "down", d.tmp_path / "fetch.log"
+    down.write_text("")
+    d.start("grpc_flaky", {"n": 41, "down": str(down), "log": str(log)}, run_id="flaky")
+    first = d.watch("flaky")
+    assert first[-1].kind == "run_failed", [e.kind for e in first]
+    assert status_name(pb, d.get("flaky")) == "RUN_STATUS_FAILED"
+
+    down.unlink()
+    retried = d.client.RetryRun(pb.m.RetryRunRequest(run_id="flaky", by="grpc-test"), timeout=10)
+    assert retried.run_id == "flaky"
+    assert status_name(pb, retried) in ("RUN_STATUS_RUNNING", "RUN_STATUS_COMPLETED")
+    rest = d.watch("flaky", from_offset=first[-1].offset + 1)
+    assert rest[0].kind == "run_retried" and json.loads(rest[0].event_json)["by"] == "grpc-test"
+    assert [e.kind for e in rest[1:]] == ["node_completed", "run_completed"]
+    assert rest[1].node == "call" and json.loads(rest[1].event_json)["attempt"] == 2
+    done = d.get("flaky")
+    assert status_name(pb, done) == "RUN_STATUS_COMPLETED" and json.loads(done.output_json) == {"answer": 42}
+    assert log.read_text().splitlines() == ["fetch"], "the completed node ran again"
+
+    code, details = code_of(d.client.RetryRun, pb.m.RetryRunRequest(run_id="flaky"))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "completed" in details, details
+    code, _ = code_of(d.client.RetryRun, pb.m.RetryRunRequest(run_id="nobody"))
+    assert code == grpc.StatusCode.NOT_FOUND
+    code, details = code_of(d.client.RetryRun, pb.m.RetryRunRequest(run_id="flaky", by="a\x00b"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "by" in details, details
+
+
 def test_errors_have_the_documented_codes_and_disturb_nothing(pb, tmp_path):
     d = Deployment(pb, tmp_path, "sqlite", "--max-input-bytes", "4096")
     try:

@@ -190,6 +190,8 @@ class Engine:
         """Continues a run from the store (or finds it in memory)."""
     def open_run(self, workflow: Workflow, run_id: str) -> Run:
         """The run wherever it lives: held here, or followed from the store."""
+    def retry(self, workflow: Workflow, run_id: str, by: str, event_loop: Optional[EventLoop] = None) -> Run:
+        """Retries a failed run from the node that failed; returns the run to wait on."""
     def start(
         self,
         workflow: Workflow,

@@ -25,6 +25,7 @@ __all__ = [
     "StepRecorded",
     "Resumed",
     "RunFinished",
+    "RunRetried",
     "RunStarted",
 ]
 
@@ -120,3 +121,12 @@ class RunFinished(Event):
     output: Any = None
     node: Optional[str] = None
     error: Optional[ErrorInfo] = None
+
+
+@dataclass(frozen=True)
+class RunRetried(Event):
+    """A failed run was retried: it runs again from the node that failed, which (with any
+    attempt the failure cut short) runs as its next attempt. ``by`` is who retried it, as
+    they named themselves (empty if they did not)."""
+
+    by: str = ""

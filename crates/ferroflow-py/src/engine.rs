@@ -213,6 +213,23 @@ impl PyEngine {
         py.detach(|| engine.recover(&workflow, run_id, attachment)).map(PyRun::from).map_err(to_py_err)
     }
 
+    /// Retries a failed run from the node that failed (wherever it failed, in a durable
+    /// context); `by` is recorded in the journal as who retried it.
+    #[pyo3(signature = (workflow, run_id, by, event_loop = None))]
+    fn retry(
+        &self,
+        py: Python<'_>,
+        workflow: PyRef<'_, PyWorkflow>,
+        run_id: &str,
+        by: &str,
+        event_loop: Option<Py<PyAny>>,
+    ) -> PyResult<PyRun> {
+        let engine = self.engine()?;
+        let workflow = workflow.get()?.clone();
+        let attachment = attachment(py, event_loop)?;
+        py.detach(|| engine.retry(&workflow, run_id, by, attachment)).map(PyRun::from).map_err(to_py_err)
+    }
+
     /// Starts a run and returns it at once. With `events`, the run's events are forwarded
     /// to that callback (then `None`) from its first, live ones included, until the run
     /// settles (or finishes, with `until_finished`): the watch begins with the run, so that

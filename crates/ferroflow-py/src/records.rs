@@ -34,6 +34,7 @@ struct Classes {
     interrupted: Py<PyAny>,
     resumed: Py<PyAny>,
     run_finished: Py<PyAny>,
+    run_retried: Py<PyAny>,
 }
 
 static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
@@ -56,6 +57,7 @@ fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
             interrupted: event("Interrupted")?,
             resumed: event("Resumed")?,
             run_finished: event("RunFinished")?,
+            run_retried: event("RunRetried")?,
         })
     })
 }
@@ -159,6 +161,10 @@ pub fn event_to_py(py: Python<'_>, event: &Event) -> PyResult<Py<PyAny>> {
                     d.set_item("error", error_to_py(py, &f.error)?)?;
                 }
                 &classes.run_finished
+            }
+            JournalEntry::RunRetried { by } => {
+                d.set_item("by", by.as_ref())?;
+                &classes.run_retried
             }
         },
     };

@@ -124,6 +124,12 @@ pub(crate) fn run_message(record: &RunRecord, journal: &[StoredEntry]) -> Result
                 waiting.push((node, payload));
             }
             JournalEntry::Resumed { node, .. } => waiting.retain(|(asked, _)| *asked != &**node),
+            JournalEntry::RunRetried { .. } => {
+                // Running again, unless a later entry says otherwise.
+                status = if record.status.is_terminal() { RunStatus::Running } else { record.status };
+                output_json.clear();
+                error = None;
+            }
             JournalEntry::RunFinished { status: finished, output, failure } => {
                 // The journal is the truth; a record may lag behind it in some stores.
                 status = *finished;
@@ -171,6 +177,7 @@ pub(crate) fn event_kind(entry: &JournalEntry) -> &'static str {
         JournalEntry::StepRecorded { .. } => "step_recorded",
         JournalEntry::Interrupted { .. } => "node_waiting",
         JournalEntry::Resumed { .. } => "node_resumed",
+        JournalEntry::RunRetried { .. } => "run_retried",
         JournalEntry::RunFinished { status: RunStatus::Completed, .. } => "run_completed",
         JournalEntry::RunFinished { status: RunStatus::Cancelled, .. } => "run_cancelled",
         JournalEntry::RunFinished { .. } => "run_failed",

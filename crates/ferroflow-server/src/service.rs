@@ -249,6 +249,18 @@ impl Shared {
         self.run(run_id)
     }
 
+    fn retry(&self, run_id: &str, by: &str) -> Result<proto::Run, Status> {
+        let (run, executable) = self.open(run_id)?;
+        if self.executes() && !executable {
+            return Err(status::failed_precondition(format!(
+                "run '{run_id}' is of a graph this process does not serve; it would execute the retried \
+                 nodes, so retry it through a server of that graph"
+            )));
+        }
+        run.retry(by, self.attachment.clone()).map_err(status_of)?;
+        self.run(run_id)
+    }
+
     fn cancel(&self, run_id: &str) -> Result<proto::Run, Status> {
         self.engine.cancel(run_id).map_err(status_of)?;
         self.run(run_id)
@@ -430,6 +442,13 @@ impl Ferroflow for FerroflowService {
         let value = parse_json("value_json", &request.value_json, self.max_input_bytes)?;
         let node = optional_name("node", request.node)?;
         Ok(Response::new(self.blocking(move |s| s.resume(&run_id, node.as_deref(), value)).await?))
+    }
+
+    async fn retry_run(&self, request: Request<proto::RetryRunRequest>) -> Result<Response<proto::Run>, Status> {
+        let request = request.into_inner();
+        let run_id = run_id_field(&request.run_id)?.to_owned();
+        let by = optional_name("by", request.by)?.unwrap_or_default();
+        Ok(Response::new(self.blocking(move |s| s.retry(&run_id, &by)).await?))
     }
 
     async fn cancel_run(&self, request: Request<proto::CancelRunRequest>) -> Result<Response<proto::Run>, Status> {

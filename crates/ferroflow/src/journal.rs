@@ -231,6 +231,17 @@ pub enum JournalEntry {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         failure: Option<RunFailure>,
     },
+    /// A failed run was retried: it runs again from where it failed. The node that failed,
+    /// and any attempt its failure cut short, run as their next attempts (with the same
+    /// idempotency base, and their retry policies counted afresh); completed nodes keep
+    /// their outputs and do not run again. Only after `RunFinished` with
+    /// [`RunStatus::Failed`]; the stored entry's time says when.
+    RunRetried {
+        /// Who retried the run, as the caller named themselves (a user, a tool, a host);
+        /// empty when they did not.
+        #[serde(default)]
+        by: Arc<str>,
+    },
 }
 
 impl JournalEntry {
@@ -243,7 +254,9 @@ impl JournalEntry {
             | JournalEntry::StepRecorded { node, .. }
             | JournalEntry::Interrupted { node, .. }
             | JournalEntry::Resumed { node, .. } => Some(node),
-            JournalEntry::RunStarted { .. } | JournalEntry::RunFinished { .. } => None,
+            JournalEntry::RunStarted { .. } | JournalEntry::RunFinished { .. } | JournalEntry::RunRetried { .. } => {
+                None
+            }
         }
     }
 }

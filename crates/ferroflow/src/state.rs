@@ -121,8 +121,22 @@ pub struct RunState {
     in_flight: usize,
     output: Option<Value>,
     failure: Option<RunFailure>,
-    /// The steps bodies recorded, by node and map element, until the node resolves.
+    /// The steps bodies recorded, by node and map element, until the node completes.
     recorded: HashMap<(NodeId, Option<u32>), Vec<RecordedStep>>,
+    /// Where the run failed, with the failed node's state just before, so that a retry
+    /// ([`JournalEntry::RunRetried`]) can put it back.
+    failed_at: Option<Box<FailedAt>>,
+    /// For the attempts a retry started: the attempt before it, by node and map element, so
+    /// that a node's retry policy counts the attempts since the retry
+    /// ([`RunState::attempts_since_retry`]). Empty unless the run was retried.
+    retried_from: HashMap<(NodeId, Option<u32>), u32>,
+}
+
+/// The node whose failure failed the run, and its state before.
+#[derive(Clone, Debug)]
+struct FailedAt {
+    node: NodeId,
+    before: NodeState,
 }
 
 impl RunState {
@@ -142,6 +156,8 @@ impl RunState {
             output: None,
             failure: None,
             recorded: HashMap::new(),
+            failed_at: None,
+            retried_from: HashMap::new(),
         };
         let mut effects = Effects::default();
         for id in 0..n {
@@ -337,6 +353,12 @@ impl RunState {
                 }
                 return Ok(effects);
             }
+            JournalEntry::RunRetried { .. } => {
+                if self.status != RunStatus::Failed {
+                    return Err(Rejected::Stale);
+                }
+                self.retry(&mut effects);
+            }
             _ if self.status.is_terminal() => return Err(Rejected::Stale),
             JournalEntry::StepRecorded { node, item, attempt, key, value } => {
                 let id = self.id(node)?;
@@ -380,9 +402,10 @@ impl RunState {
                         });
                     }
                     None => {
+                        // The steps it recorded stay: a retry of the run hands them on.
                         self.in_flight -= 1;
-                        self.forget_steps(id, *item);
-                        self.nodes[id] = NodeState::Failed { error: error.clone() };
+                        let before = std::mem::replace(&mut self.nodes[id], NodeState::Failed { error: error.clone() });
+                        self.failed_at = Some(Box::new(FailedAt { node: id, before }));
                         self.fail(RunFailure { node: node.clone(), item: *item, error: error.clone() }, &mut effects);
                     }
                 }
@@ -413,6 +436,51 @@ impl RunState {
         }
         self.settle(&mut effects);
         Ok(effects)
+    }
+
+    /// A failed run runs again ([`JournalEntry::RunRetried`]): the node that failed gets its
+    /// state back, and every outstanding attempt (the failed one, and those the failure cut
+    /// short) runs as its next one, with its node's retry policy counted afresh. Completed
+    /// nodes keep their outputs, and the failed node keeps the steps it recorded.
+    fn retry(&mut self, effects: &mut Effects) {
+        self.status = RunStatus::Running;
+        self.failure = None;
+        let Some(failed) = self.failed_at.take() else { return };
+        let FailedAt { node, before } = *failed;
+        match before {
+            // The map's input was not a list: deriving the node again fails it again.
+            NodeState::Pending => {
+                self.nodes[node] = NodeState::Pending;
+                self.make_ready(node, effects);
+            }
+            before => {
+                self.nodes[node] = before;
+                self.in_flight += 1;
+            }
+        }
+        if self.status.is_terminal() {
+            return;
+        }
+        for task in self.outstanding() {
+            let next = task.attempt + 1;
+            match &mut self.nodes[task.node] {
+                NodeState::Mapping(map) => map.attempts[task.item.expect("a map element") as usize] = next,
+                other => *other = NodeState::Active { attempt: next },
+            }
+            self.retried_from.insert((task.node, task.item), task.attempt);
+            effects.ready.push(Task { attempt: next, ..task });
+        }
+    }
+
+    /// How many attempts of `task`'s node (or map element) ran since the run was last
+    /// retried, this one included: what its retry policy counts. Without a retry, its
+    /// attempt.
+    pub fn attempts_since_retry(&self, task: &Task) -> u32 {
+        if self.retried_from.is_empty() {
+            return task.attempt;
+        }
+        let before = self.retried_from.get(&(task.node, task.item)).copied().unwrap_or(0);
+        task.attempt.saturating_sub(before)
     }
 
     fn id(&self, node: &str) -> Result<NodeId, Rejected> {
@@ -548,7 +616,8 @@ impl RunState {
                     error: error.clone(),
                     retry_in_ms: None,
                 });
-                self.nodes[id] = NodeState::Failed { error: error.clone() };
+                let before = std::mem::replace(&mut self.nodes[id], NodeState::Failed { error: error.clone() });
+                self.failed_at = Some(Box::new(FailedAt { node: id, before }));
                 self.fail(RunFailure { node: node.as_str().into(), item: None, error }, effects);
             }
         }

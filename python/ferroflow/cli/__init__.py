@@ -3,6 +3,7 @@
     ferroflow runs list --context runs.db [--graph NAME] [--status STATUS] [--limit N] [--json]
     ferroflow runs show RUN --context runs.db [--json]
     ferroflow runs resume RUN --context runs.db --graph MODULE:GRAPH [--value JSON] [--node NODE]
+    ferroflow runs retry [RUN] --context runs.db --graph MODULE:GRAPH [--batch NAME] [--since 2h] [--dry-run]
     ferroflow runs cancel RUN --context runs.db
     ferroflow worker MODULE:GRAPH [MODULE:GRAPH ...] --context runs.db [--concurrency N] [--grace SECONDS]
     ferroflow map MODULE:GRAPH --input IN.jsonl --output OUT.jsonl --context runs.db [--batch NAME]
@@ -53,6 +54,7 @@ from .runs import graphs_list as graphs_list
 from .runs import runs_cancel as runs_cancel
 from .runs import runs_list as runs_list
 from .runs import runs_resume as runs_resume
+from .runs import runs_retry as runs_retry
 from .runs import runs_show as runs_show
 from .work import serve as serve
 from .work import worker as worker

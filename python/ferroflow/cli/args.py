@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from .common import _one_line
 from .map import map_batch
-from .runs import graph_draw, graphs_list, runs_cancel, runs_list, runs_resume, runs_show
+from .runs import graph_draw, graphs_list, runs_cancel, runs_list, runs_resume, runs_retry, runs_show
 from .work import serve, worker
 
 CONTEXT_HELP = "a SQLite file (or sqlite:///path), redis://HOST:PORT?namespace=NAME or nats://HOST:PORT?namespace=NAME"
@@ -122,6 +122,25 @@ def parser() -> argparse.ArgumentParser:
     )
     resume.set_defaults(handler=runs_resume)
 
+    retry = runs.add_parser(
+        "retry",
+        help="retry a failed run from the node that failed, or every failed run of a graph (--batch, --since)",
+    )
+    retry.add_argument("run", nargs="?", help="the failed run; without it, every failed run of --graph")
+    retry.add_argument("--graph", required=True, help="the graph, as MODULE:GRAPH")
+    retry.add_argument("--batch", help="only the runs of this batch (`ferroflow map --batch NAME`)")
+    retry.add_argument("--since", help="only runs that failed in the last DURATION (30s, 15m, 2h, 7d)")
+    retry.add_argument("--dry-run", action="store_true", help="only count (and list) the runs it would retry")
+    retry.add_argument("--by", help="who retries, for the journal (default: USER@HOST)")
+    retry.add_argument(
+        "--concurrency", type=_positive_int, default=100, help="at most this many retried runs at once (100)"
+    )
+    retry.add_argument("--limit", type=_positive_int, default=100_000, help="look at most at this many failed runs")
+    retry.add_argument(
+        "--timeout", type=_non_negative_seconds, default=None, help="give up waiting for a run after this many seconds"
+    )
+    retry.set_defaults(handler=runs_retry)
+
     cancel = runs.add_parser("cancel", help="cancel a run")
     cancel.add_argument("run")
     cancel.set_defaults(handler=runs_cancel)
@@ -130,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
     registered.add_argument("--json", action="store_true")
     registered.set_defaults(handler=graphs_list)
 
-    for sub in (listing, show, resume, cancel, registered):
+    for sub in (listing, show, resume, retry, cancel, registered):
         sub.add_argument(
             "--context",
             required=True,

@@ -1,16 +1,21 @@
 """The commands that read and steer what a context holds: ``runs list``, ``runs show``,
-``runs resume``, ``runs cancel`` and ``graphs``; and ``graph``, which draws a graph."""
+``runs resume``, ``runs retry``, ``runs cancel`` and ``graphs``; and ``graph``, which draws a
+graph."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-from typing import Any, List, Optional
+import re
+import sys
+import time
+from typing import Any, Dict, List, Optional
 
-from ..errors import UnknownGraphError
+from ..errors import RunFailedError, UnknownGraphError
 from ..events import RunFinished
 from ..graph import NO_ANSWER
-from .common import _json_option, _short, _table, _when
+from .common import UsageError, _json_option, _short, _table, _when
 from .load import load_graph, open_context
 
 
@@ -114,6 +119,97 @@ def runs_resume(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def runs_retry(args: argparse.Namespace) -> int:
+    """One failed run (``RUN``), or every failed run of the graph that ``--batch`` and
+    ``--since`` select; ``--dry-run`` only counts them."""
+    graph = load_graph(args.graph)
+    context = open_context(args.context)
+    if args.run is not None:
+        if args.batch is not None or args.since is not None:
+            raise UsageError("give a RUN or --batch/--since, not both")
+        if args.dry_run:
+            info = context.run_info(args.run)
+            print(f"would retry 1 run: {args.run} ({info.status.value})" if info.status.value == "failed" else "0 runs")
+            return 0
+        print(
+            json.dumps(
+                _outcome(args.run, lambda: graph.retry(args.run, context=context, by=args.by, timeout=args.timeout)),
+                default=repr,
+            )
+        )
+        return 0
+    since = None if args.since is None else time.time() - _duration("--since", args.since)
+    failed = [
+        r.run_id
+        for r in context.runs(graph=graph.name, status="failed", limit=args.limit)
+        if (args.batch is None or _in_batch(r.run_id, args.batch)) and (since is None or (r.updated or 0) >= since)
+    ]
+    if args.dry_run:
+        print(f"would retry {len(failed)} failed run(s) of graph '{graph.name}'")
+        for run_id in failed:
+            print(run_id)
+        return 0
+    outcomes = asyncio.run(_retry_all(graph, context, failed, args))
+    counts: Dict[str, int] = {}
+    for outcome in outcomes:
+        print(json.dumps(outcome, default=repr))
+        counts[outcome["status"]] = counts.get(outcome["status"], 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to retry"
+    print(f"ferroflow runs retry: {len(failed)} run(s) of graph '{graph.name}' retried: {summary}", file=sys.stderr)
+    return 0 if counts.get("failed", 0) == 0 else 1
+
+
+async def _retry_all(graph: Any, context: Any, run_ids: List[str], args: argparse.Namespace) -> List[Dict[str, Any]]:
+    gate = asyncio.Semaphore(args.concurrency)
+
+    async def one(run_id: str) -> Dict[str, Any]:
+        async with gate:
+            try:
+                result = await graph.aretry(run_id, context=context, by=args.by, timeout=args.timeout)
+            except RunFailedError as e:
+                return {
+                    "run_id": run_id,
+                    "status": "failed",
+                    "node": e.node,
+                    "error": f"{e.error_type}: {e.error_message}",
+                }
+            return _result_json(result)
+
+    return list(await asyncio.gather(*(one(run_id) for run_id in run_ids)))
+
+
+def _outcome(run_id: str, retry: Any) -> Dict[str, Any]:
+    try:
+        return _result_json(retry())
+    except RunFailedError as e:
+        return {"run_id": run_id, "status": "failed", "node": e.node, "error": f"{e.error_type}: {e.error_message}"}
+
+
+def _result_json(result: Any) -> Dict[str, Any]:
+    return {
+        "run_id": result.run_id,
+        "status": result.status.value,
+        "output": result.output,
+        "waiting": dict(result.waiting),
+    }
+
+
+def _in_batch(run_id: str, batch: str) -> bool:
+    """Whether ``run_id`` is one of batch ``batch``'s runs (``{batch}-{i}``, as ``map`` names them)."""
+    return run_id.startswith(f"{batch}-") and run_id[len(batch) + 1 :].isdigit()
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(option: str, text: str) -> float:
+    """Seconds in ``30s``, ``15m``, ``2h`` or ``7d``."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if not match:
+        raise UsageError(f"{option} must be a duration such as 30s, 15m, 2h or 7d, not {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def runs_cancel(args: argparse.Namespace) -> int:

@@ -46,9 +46,9 @@ impl Inner {
             self.runtime.spawn(async move {
                 let _counted = counted;
                 tokio::select! {
-                    _ = run.cancel.cancelled() => {}
+                    _ = ready.cancel.cancelled() => {}
                     _ = tokio::time::sleep(delay) => {
-                        let ready = Ready { task: Task { delay: None, ..ready.task }, call: ready.call };
+                        let ready = Ready { task: Task { delay: None, ..ready.task }, ..ready };
                         inner.spawn(run, ready);
                     }
                 }
@@ -72,7 +72,7 @@ impl Inner {
     /// blocking task after each, until none is left for it.
     pub(super) fn run_blocking_chain(self: Arc<Self>, run: Arc<LiveRun>, mut ready: Ready) {
         loop {
-            if run.cancel.is_cancelled() || !self.may_start(&run, &ready.task) {
+            if ready.cancel.is_cancelled() || !self.may_start(&run, &ready.task) {
                 return;
             }
             run.started(&ready.task);
@@ -110,6 +110,7 @@ impl Inner {
             }
         }
         run.started(&ready.task);
+        let cancel = ready.cancel.clone();
         let body = run.workflow.body(ready.task.node).clone();
         let timeout = run.workflow.graph().node(ready.task.node).timeout;
         let call = NodeCall { handle: Some(RunSide::handle(&self, &run, &ready.task)), ..ready.call };
@@ -127,7 +128,7 @@ impl Inner {
             }
         };
         let result = tokio::select! {
-            _ = run.cancel.cancelled() => return,
+            _ = cancel.cancelled() => return,
             result = with_timeout(timeout, attempt) => result,
         };
         let task = ready.task;
@@ -226,7 +227,7 @@ impl Inner {
                 Ok(output) => JournalEntry::NodeCompleted { node, item: task.item, attempt: task.attempt, output },
                 Err(error) => {
                     let retry_in_ms = if error.retryable {
-                        spec.retry.delay_after(task.attempt).map(|d| d.as_millis() as u64)
+                        spec.retry.delay_after(core.state.attempts_since_retry(task)).map(|d| d.as_millis() as u64)
                     } else {
                         None
                     };

@@ -160,7 +160,10 @@ impl Inner {
         let status = core.state.status();
         let expected_seq = core.journal.len() as u64;
         let written = expected_seq + stored.len() as u64;
-        if let Durability::Batch { .. } = self.config.durability {
+        // A retry is written at once in either durability: it takes the hold of a run that
+        // had none (it failed), which the steps that follow need.
+        let retry = matches!(stored.first(), Some(StoredEntry { entry: JournalEntry::RunRetried { .. }, .. }));
+        if let (Durability::Batch { .. }, false) = (self.config.durability, retry) {
             let pending = Pending {
                 run: Arc::clone(run),
                 expected_seq,

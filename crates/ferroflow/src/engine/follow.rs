@@ -92,22 +92,24 @@ impl Inner {
     }
 
     /// Whether this engine's view of `run` may be behind its store: the engine is durable
-    /// and does not execute the run (it waits for a person, or another process executes it,
-    /// or nobody does yet), so another process may have moved it on.
+    /// and does not execute the run (it waits for a person, or failed and may have been
+    /// retried elsewhere, or another process executes it, or nobody does yet), so another
+    /// process may have moved it on.
     pub(super) fn may_be_stale(&self, run: &LiveRun) -> bool {
-        self.config.store.is_some() && (run.followed.load(Ordering::Acquire) || run.status() == RunStatus::Waiting)
+        self.config.store.is_some()
+            && (run.followed.load(Ordering::Acquire) || matches!(run.status(), RunStatus::Waiting | RunStatus::Failed))
     }
 
     /// Brings the view of a run this engine does not execute up to date with its store
     /// (see [`Inner::may_be_stale`]); watchers get what is new. A waiting run another
-    /// process answered is followed from then on, so that waiting for it here sees it
-    /// settle again.
+    /// process answered, or a failed run another process retried, is followed from then on,
+    /// so that waiting for it here sees it settle again.
     pub(super) fn refresh(&self, run: &Arc<LiveRun>) {
         if !self.may_be_stale(run) {
             return;
         }
         let mut core = run.lock();
-        let was_waiting = core.state.status() == RunStatus::Waiting;
+        let was_settled = matches!(core.state.status(), RunStatus::Waiting | RunStatus::Failed);
         if let Err(error) = self.catch_up(run, &mut core, false) {
             tracing::warn!(run_id = %run.run_id, %error, "cannot read the run from the store; showing what is known");
             return;
@@ -115,7 +117,7 @@ impl Inner {
         let status = core.state.status();
         drop(core);
         self.after_change(run);
-        if was_waiting && !status.is_terminal() && status != RunStatus::Waiting {
+        if was_settled && !status.is_terminal() && status != RunStatus::Waiting {
             self.follow(run);
         }
     }

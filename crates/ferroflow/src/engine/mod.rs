@@ -20,6 +20,7 @@
 //! - `worker.rs`: the worker loop and the lease that keeps its work its own;
 //! - `follow.rs`: runs executed elsewhere, followed from the store;
 //! - `ops.rs`: inspection, resume, cancel and watch;
+//! - `retry.rs`: retrying a failed run from where it failed;
 //! - `handle.rs`: what a running body can do to its run.
 
 mod dispatch;
@@ -29,6 +30,7 @@ mod handle;
 mod ops;
 mod outage;
 mod recovery;
+mod retry;
 mod run;
 mod run_handle;
 mod start;

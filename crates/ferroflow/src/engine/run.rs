@@ -38,6 +38,7 @@ pub(super) struct LiveRun {
     pub(super) settle: Notify,
     /// Called (and dropped) when the run next settles ([`RunHandle::on_settled`](super::RunHandle::on_settled)).
     pub(super) settle_hooks: Mutex<Vec<SettleHook>>,
+    /// Cancelled when the run is: every attempt's token below is a child of it.
     pub(super) cancel: CancellationToken,
     pub(super) has_watchers: AtomicBool,
     pub(super) retired: AtomicBool,
@@ -92,6 +93,10 @@ pub(super) struct RunCore {
     /// store: [`Engine::recover`] runs them again. (A durable engine hands the run back to
     /// the store instead, where taking it over finds them.)
     pub(super) abandoned: Vec<Task>,
+    /// What the attempts dispatched since the run last started running hold ([`Ready`]):
+    /// cancelled when the run fails (nothing it still has in flight can matter any more),
+    /// and made anew when a retry runs it again; a child of [`LiveRun::cancel`].
+    pub(super) attempts: CancellationToken,
 }
 
 /// What [`LiveRun::on_settled`] calls: with the run's snapshot, or the error waiting for it
@@ -114,6 +119,8 @@ pub(super) struct Watcher {
 pub(super) struct Ready {
     pub(super) task: Task,
     pub(super) call: NodeCall,
+    /// Cancelled when the attempt cannot matter any more ([`RunCore::attempts`]).
+    pub(super) cancel: CancellationToken,
 }
 
 impl Inner {
@@ -129,6 +136,13 @@ impl Inner {
             && !run.polled.load(Ordering::Acquire)
         {
             self.follow(run);
+        }
+        if !status.is_terminal() && run.retired.load(Ordering::Acquire) && run.retired.swap(false, Ordering::AcqRel) {
+            // Retried: off the list of finished runs kept for inspection, so that it is not
+            // dropped from memory while it runs, and listed again when it finishes.
+            run.finished_at.store(0, Ordering::Release);
+            let mut table = self.runs.lock().expect("run table lock");
+            table.finished.retain(|_, id| **id != *run.run_id);
         }
         if status.is_terminal() && !run.retired.swap(true, Ordering::AcqRel) {
             let finished_at = run.finished_at.load(Ordering::Acquire);
@@ -167,6 +181,8 @@ impl LiveRun {
     ) -> Arc<LiveRun> {
         let status = state.status();
         let durable = journal.len() as u64;
+        let cancel = CancellationToken::new();
+        let attempts = cancel.child_token();
         Arc::new(LiveRun {
             run_id,
             workflow,
@@ -177,11 +193,12 @@ impl LiveRun {
                 watchers: Vec::new(),
                 from_queue: HashSet::new(),
                 abandoned: Vec::new(),
+                attempts,
             }),
             status: AtomicU8::new(status as u8),
             settle: Notify::new(),
             settle_hooks: Mutex::new(Vec::new()),
-            cancel: CancellationToken::new(),
+            cancel,
             has_watchers: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             store_failed: AtomicBool::new(false),
@@ -243,14 +260,17 @@ impl LiveRun {
             core.watchers.retain(|w| !(status.is_terminal() || w.until == WatchUntil::Settled));
             self.has_watchers.store(!core.watchers.is_empty(), Ordering::Relaxed);
         }
-        if status == RunStatus::Failed {
-            // Nothing a failed run still has in flight can matter any more.
-            self.cancel.cancel();
-        }
         if status.is_terminal() && self.finished_at.load(Ordering::Relaxed) == 0 {
             self.finished_at.store(FINISH_ORDER.fetch_add(1, Ordering::Relaxed), Ordering::Release);
         }
         let previous = self.status.swap(status as u8, Ordering::AcqRel);
+        if status == RunStatus::Failed {
+            // Nothing a failed run still has in flight can matter any more.
+            core.attempts.cancel();
+        } else if previous == RunStatus::Failed as u8 && !status.is_terminal() {
+            // Retried: what it dispatches from now on runs.
+            core.attempts = self.cancel.child_token();
+        }
         if previous != status as u8 && (status.is_terminal() || status == RunStatus::Waiting) {
             self.wake_settled(Some(core));
         }
@@ -440,7 +460,7 @@ impl LiveRun {
                     recorded: core.state.recorded(task.node, task.item).to_vec(),
                     handle: None,
                 };
-                Ready { task, call }
+                Ready { task, call, cancel: core.attempts.clone() }
             })
             .collect()
     }

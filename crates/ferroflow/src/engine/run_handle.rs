@@ -109,7 +109,7 @@ impl RunHandle {
     }
 
     /// The engine, unless it was closed or dropped.
-    fn engine(&self) -> Result<Arc<Inner>> {
+    pub(super) fn engine(&self) -> Result<Arc<Inner>> {
         self.engine.upgrade().filter(|engine| !engine.is_closed()).ok_or(Error::Closed)
     }
 

@@ -134,6 +134,13 @@ impl Flow {
         answered.await?.wait(None).await
     }
 
+    /// Retries a failed run from the node that failed ([`Engine::retry`]), and waits until it
+    /// settles again. `by` names who retries, for the journal.
+    pub async fn retry(&self, engine: &Engine, run_id: &str, by: &str) -> Result<RunSnapshot> {
+        let (workflow, run_id, by) = (self.workflow.clone(), run_id.to_owned(), by.to_owned());
+        off_runtime(engine, move |engine| engine.retry(&workflow, &run_id, &by, None)).await?.wait(None).await
+    }
+
     /// Continues a run that stopped with its process (or any run of the store this engine
     /// does not hold), and waits until it settles. Completed nodes do not run again.
     pub async fn recover(&self, engine: &Engine, run_id: &str) -> Result<RunSnapshot> {

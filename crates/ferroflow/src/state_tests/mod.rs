@@ -150,4 +150,5 @@ mod joins;
 mod maps;
 mod output;
 mod replay;
+mod retry;
 mod stale;

@@ -248,6 +248,53 @@ macro_rules! durable_store_contract {
         }
 
         #[::tokio::test]
+        async fn a_failed_run_written_to_again_runs_again_its_tasks_queued_or_held() {
+            let (store, _guard) = $make;
+            let retried = |seq: u64, at_ms: u64| ferroflow::StoredEntry {
+                seq,
+                at_ms,
+                entry: ferroflow::JournalEntry::RunRetried { by: "ops".into() },
+            };
+            for (run_id, owner) in [("r1", None), ("r2", Some((A, LEASE)))] {
+                store.create(&record(run_id, "g", 100), &[started(100)], &[], Some((B, LEASE))).await.unwrap();
+                // B fails the run: its hold ends with it.
+                let entries = [finished(1, 110, RunStatus::Failed)];
+                let step = Step { run_id, expected_seq: 1, entries: &entries, status: RunStatus::Failed, ready: &[], done: &[] };
+                assert!(!store.commit(&step, Some((B, LEASE))).await.unwrap());
+                let (listed, _) = store.load(run_id).await.unwrap().expect("the run exists");
+                assert_eq!(listed.status, RunStatus::Failed);
+                // Retried: running again, with the failed node ready as its next attempt.
+                let entries = [retried(2, 120)];
+                let ready = [QueuedTask { run_id: run_id.into(), node: "a".into(), item: None, attempt: 2, not_before_ms: 0 }];
+                let step = Step { run_id, expected_seq: 2, entries: &entries, status: RunStatus::Running, ready: &ready, done: &[] };
+                let held = store.commit(&step, owner).await.unwrap();
+                assert_eq!(held, owner.is_some(), "{run_id}: an owner holds the run it retries");
+                let (listed, journal) = store.load(run_id).await.unwrap().expect("the run exists");
+                assert_eq!(listed.status, RunStatus::Running, "{run_id}");
+                assert_eq!(journal.len(), 3, "{run_id}");
+                assert!(matches!(journal[2].entry, ferroflow::JournalEntry::RunRetried { ref by } if &**by == "ops"));
+                match owner {
+                    None => {
+                        let leased = leases(store.claim(C, 10, LEASE, NO_WAIT).await.unwrap());
+                        assert_eq!(leased.iter().map(|l| (l.task.node.as_str(), l.task.attempt)).collect::<Vec<_>>(), [("a", 2)]);
+                    }
+                    Some((owner, _)) => {
+                        assert_eq!(store.holder(run_id).await.unwrap().as_deref(), Some(owner));
+                        assert!(store.claim(C, 10, LEASE, NO_WAIT).await.unwrap().is_empty(), "{run_id} is held");
+                    }
+                }
+                // And it finishes again, for good this time.
+                let entries = [completed(3, 130, "a"), finished(4, 130, RunStatus::Completed)];
+                let step = Step { run_id, expected_seq: 3, entries: &entries, status: RunStatus::Completed, ready: &[], done: &[] };
+                store.commit(&step, owner).await.unwrap();
+                let (listed, journal) = store.load(run_id).await.unwrap().expect("the run exists");
+                assert_eq!(listed.status, RunStatus::Completed, "{run_id}");
+                assert_eq!(journal.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+                assert_eq!(store.load_since(run_id, 2).await.unwrap().len(), 3);
+            }
+        }
+
+        #[::tokio::test]
         async fn registered_graphs_are_listed_by_name_then_newest_first() {
             let (store, _guard) = $make;
             assert!(store.graphs().await.unwrap().is_empty());

@@ -33,6 +33,7 @@ mod human;
 mod lease;
 mod open_run;
 mod outage;
+mod retry;
 mod run_ids;
 mod settle_hooks;
 
