@@ -5,6 +5,9 @@
     ferroflow runs resume RUN --context runs.db --graph MODULE:GRAPH [--value JSON] [--node NODE]
     ferroflow runs retry [RUN] --context runs.db --graph MODULE:GRAPH [--batch NAME] [--since 2h] [--dry-run]
     ferroflow runs cancel RUN --context runs.db
+    ferroflow runs events RUN --context runs.db [--follow] [--json]
+    ferroflow batches list --context runs.db [--graph NAME] [--json]
+    ferroflow batches show NAME --context runs.db [--graph NAME] [--no-tokens] [--json]
     ferroflow worker MODULE:GRAPH [MODULE:GRAPH ...] --context runs.db [--concurrency N] [--grace SECONDS]
     ferroflow map MODULE:GRAPH --input IN.jsonl --output OUT.jsonl --context runs.db [--batch NAME]
                   [--concurrency N] [--no-execute] [--quiet]
@@ -23,14 +26,20 @@ module that fails to import) is one line on stderr, ``ferroflow: ...``, and exit
 an error of ferroflow's while doing the work (a run not found, a store error) is one line
 and exit status 1.
 
+``runs events`` prints a run's journal, one line per entry, then per node its times, attempts
+and tokens; ``--follow`` goes on printing entries (the journal read every 0.2 s) until the run
+finishes. ``batches`` finds the batches of ``map`` among the runs (those named ``NAME-<i>``);
+``batches show`` reads every run's journal to total its tokens (not with ``--no-tokens``).
+
 ``map`` shows its progress on stderr (a bar on a terminal, else a line every 5 seconds; not
 with ``--quiet``) and ends with a summary line there; stdout stays empty.
 
 The package's parts, none of them API (the command line is): :mod:`.common`, the usage error
 and the text of lines and tables; :mod:`.load`, which opens the context and imports the graph
-the command line names; :mod:`.runs` (``runs ...``, ``graphs``, ``graph``), :mod:`.map`
-(``map``) and :mod:`.work` (``worker``, ``serve``), the commands; :mod:`.progress`, the
-progress ``map`` shows and its rate and ETA; :mod:`.args`, the parser and the types of its
+the command line names; :mod:`.runs` (``runs ...``, ``graphs``, ``graph``), :mod:`.events`
+(``runs events``), :mod:`.batches` (``batches ...``), :mod:`.map` (``map``) and :mod:`.work`
+(``worker``, ``serve``), the commands; :mod:`.progress`, the progress ``map`` shows and its
+rate and ETA; :mod:`.args`, the parser and the types of its
 options; this module, :func:`main`, run by ``__main__.py``. The dependencies go one way, from
 this module through :mod:`.args` down to :mod:`.common` and :mod:`.progress`.
 """
@@ -45,7 +54,10 @@ from ..errors import FerroflowError
 from .args import CONTEXT_HELP as CONTEXT_HELP
 from .args import _listen_address as _listen_address
 from .args import parser
+from .batches import batches_list as batches_list
+from .batches import batches_show as batches_show
 from .common import UsageError
+from .events import runs_events as runs_events
 from .load import load_graph as load_graph
 from .load import open_context as open_context
 from .map import map_batch as map_batch

@@ -9,7 +9,9 @@ import math
 import re
 from typing import NoReturn
 
+from .batches import FAILED_SHOWN, batches_list, batches_show
 from .common import _one_line
+from .events import runs_events
 from .map import map_batch
 from .runs import graph_draw, graphs_list, runs_cancel, runs_list, runs_resume, runs_retry, runs_show
 from .work import serve, worker
@@ -97,9 +99,9 @@ def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="ferroflow", description="Inspect and steer ferroflow runs.")
     commands = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    runs = commands.add_parser("runs", help="list, show, continue or cancel runs").add_subparsers(
-        dest="action", required=True, parser_class=_Parser
-    )
+    runs = commands.add_parser(
+        "runs", help="list, show, continue, retry or cancel runs; print their events"
+    ).add_subparsers(dest="action", required=True, parser_class=_Parser)
     listing = runs.add_parser("list", help="list runs, newest first")
     listing.add_argument("--graph")
     listing.add_argument("--status", choices=["pending", "running", "waiting", "completed", "failed", "cancelled"])
@@ -145,11 +147,71 @@ def parser() -> argparse.ArgumentParser:
     cancel.add_argument("run")
     cancel.set_defaults(handler=runs_cancel)
 
+    events = runs.add_parser(
+        "events",
+        help="a run's journal, one line per entry, then per node its times, attempts and tokens, and the run's totals",
+        description=(
+            "Prints a run's journal, one line per entry (time, seq, kind, node [item] #attempt, what it says: "
+            "an output, an error, a model call's model and tokens, a tool call), then per node its kind, status, "
+            "attempts, start, finish, duration, models and tokens, and the run's duration and tokens. "
+            "The journal records when each entry was written, not when an attempt began (NodeStarted events "
+            "exist only live): a node's STARTED is when it became ready, the time of the entry that resolved "
+            "its last dependency (RunStarted for a node without any), or, for a run whose graph structure the "
+            "store lacks, the last entry before the node's first that resolved a node."
+        ),
+    )
+    events.add_argument("run")
+    events.add_argument(
+        "--follow",
+        action="store_true",
+        help="then print the entries written later (the journal is read every 0.2 s) until the run finishes "
+        "(one waiting for a person has not); Ctrl-C stops it (exit status 130)",
+    )
+    events.add_argument("--json", action="store_true", help="one JSON object per entry, then one of kind 'summary'")
+    events.set_defaults(handler=runs_events)
+
     registered = commands.add_parser("graphs", help="list the graphs workers registered in a context")
     registered.add_argument("--json", action="store_true")
     registered.set_defaults(handler=graphs_list)
 
-    for sub in (listing, show, resume, retry, cancel, registered):
+    batches = commands.add_parser(
+        "batches", help="the batches of `ferroflow map` (runs named NAME-<i>): counts, progress, tokens, failures"
+    ).add_subparsers(dest="action", required=True, parser_class=_Parser)
+    batch_list = batches.add_parser("list", help="every batch, by name and graph, with its runs' counts by status")
+    batch_list.add_argument("--graph", help="only the batches of this graph (its name)")
+    batch_list.add_argument("--json", action="store_true")
+    batch_show = batches.add_parser(
+        "show",
+        help="one batch: counts, throughput, ETA, the tokens of its model calls and its failed runs",
+        description=(
+            "Shows one batch: its runs' counts by status (as `ferroflow runs list` shows them), when it started "
+            "(the first run created) and was last updated, its throughput (runs settled per second from the "
+            "first creation to the last settled run's update; a run waiting for a person has settled), its ETA "
+            "while runs are running or pending, the tokens of its runs' model calls, in all and per model, and "
+            f"its first {FAILED_SHOWN} failed runs with the failing node and error. Totalling tokens reads every "
+            "run's journal, one read of the store per run: --no-tokens skips it."
+        ),
+    )
+    batch_show.add_argument("name", help="the batch's name (its runs are NAME-0, NAME-1, ...)")
+    batch_show.add_argument("--graph", help="only the batch's runs of this graph (its name)")
+    batch_show.add_argument("--json", action="store_true")
+    batch_show.add_argument(
+        "--no-tokens",
+        dest="tokens",
+        action="store_false",
+        help="do not read every run's journal to total the tokens of its model calls",
+    )
+    batch_list.set_defaults(handler=batches_list)
+    batch_show.set_defaults(handler=batches_show)
+    for sub in (batch_list, batch_show):
+        sub.add_argument(
+            "--limit",
+            type=_positive_int,
+            default=1_000_000,
+            help="look at most at this many runs, the newest (default 1,000,000)",
+        )
+
+    for sub in (listing, show, resume, retry, cancel, events, registered, batch_list, batch_show):
         sub.add_argument(
             "--context",
             required=True,

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from ..errors import RunFailedError, UnknownGraphError
+from ..errors import RunFailedError, RunNotFoundError, UnknownGraphError
 from ..events import RunFinished
 from ..graph import NO_ANSWER
 from .common import UsageError, _json_option, _short, _table, _when
@@ -20,13 +20,27 @@ from .load import load_graph, open_context
 
 
 def runs_list(args: argparse.Namespace) -> int:
-    runs = open_context(args.context).runs(graph=args.graph, status=args.status, limit=args.limit)
+    context = open_context(args.context)
+    runs = context.runs(graph=args.graph, status=args.status, limit=args.limit)
     if args.json:
-        print(json.dumps([dict(r.__dict__, status=r.status.value) for r in runs], indent=2))
+        print(
+            json.dumps(
+                [dict(r.__dict__, status=r.status.value, nodes=_node_states(context, r.run_id)) for r in runs], indent=2
+            )
+        )
         return 0
     rows = [[r.run_id, r.graph, r.status.value, _when(r.created), _when(r.updated)] for r in runs]
     print(_table(rows, ["RUN", "GRAPH", "STATUS", "CREATED", "UPDATED"]) if rows else "no runs")
     return 0
+
+
+def _node_states(context: Any, run_id: str) -> Optional[List[Dict[str, str]]]:
+    """Each node of the run, with its kind and status (``None`` for a run whose graph's
+    structure the store lacks)."""
+    try:
+        return [{"name": n.name, "kind": n.kind, "status": n.status} for n in context.nodes(run_id)]
+    except (UnknownGraphError, RunNotFoundError):  # no structure, or gone since it was listed
+        return None
 
 
 def graphs_list(args: argparse.Namespace) -> int:
