@@ -192,6 +192,10 @@ class Engine:
         """The run wherever it lives: held here, or followed from the store."""
     def retry(self, workflow: Workflow, run_id: str, by: str, event_loop: Optional[EventLoop] = None) -> Run:
         """Retries a failed run from the node that failed; returns the run to wait on."""
+    def export_run(self, run_id: str) -> str:
+        """The run with its whole journal, as one line of JSON."""
+    def import_run(self, workflow: Workflow, exported: str, event_loop: Optional[EventLoop] = None) -> Run:
+        """Stores a run exported from another context and continues it; returns the run."""
     def start(
         self,
         workflow: Workflow,

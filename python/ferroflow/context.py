@@ -72,6 +72,13 @@ class Context:
         """Runs of this context, newest first, optionally of one graph or in one status."""
         return [_run_info(d) for d in self._engine.list_runs(graph, status, limit)]
 
+    def export_run(self, run_id: str) -> str:
+        """The run with its whole journal, finished or in flight, as one line of JSON (format
+        ``ferroflow.run/1``): what :meth:`Graph.import_run` takes in another context. It reads
+        what the store holds and takes nothing over."""
+        _check_run_id(run_id)
+        return self._engine.export_run(run_id)
+
     def run_info(self, run_id: str) -> RunInfo:
         """One run as :meth:`runs` lists it (its status as the store records it). Raises
         :class:`RunNotFoundError` if the context knows no such run."""

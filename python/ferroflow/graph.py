@@ -560,6 +560,22 @@ class Graph:
         who = _whoami() if by is None else by
         return self._context(context)._engine.retry(self._workflow(), run_id, who, loop)
 
+    def import_run(self, exported: str, *, context: Optional[Context] = None) -> RunResult:
+        """Stores a run exported from another context (one line of
+        :meth:`Context.export_run`) in ``context`` under its own id, and continues it there as
+        a run of this graph (of the same version): here, or on the workers of a context that
+        only submits. Completed nodes never run again; attempts that were in flight where it
+        came from run again as their next attempts; a waiting run waits; a finished run is only
+        stored. Returns the run as it is right after the import (wait for it with
+        :meth:`wait`). Raises :class:`InvalidInputError` naming why a run cannot be imported
+        (another format, another graph or version, a journal that does not replay, a run of
+        that id that exists there already), having written nothing."""
+        if not isinstance(exported, str):
+            raise TypeError(f"an exported run is a string of JSON, not {type(exported).__name__}")
+        engine = self._context(context)._engine
+        run = engine.import_run(self._workflow(), exported, self._loop_for_sync())
+        return _result(run.snapshot(), raise_errors=False)
+
     def cancel(self, run_id: str, *, context: Optional[Context] = None) -> None:
         """Cancels a run. Cancelling a cancelled run does nothing; a finished run raises
         :class:`InvalidRunStateError`."""

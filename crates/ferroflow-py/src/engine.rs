@@ -439,6 +439,37 @@ impl PyEngine {
         record_to_py(py, &record)
     }
 
+    /// The run with its whole journal, as one line of JSON (`ferroflow.run/1`), for
+    /// `import_run` in another context.
+    fn export_run(&self, py: Python<'_>, run_id: &str) -> PyResult<String> {
+        let engine = self.engine()?;
+        let exported = py.detach(|| engine.export_run(run_id)).map_err(to_py_err)?;
+        serde_json::to_string(&exported)
+            .map_err(|e| PyValueError::new_err(format!("run '{run_id}' cannot be written as JSON: {e}")))
+    }
+
+    /// Stores a run exported from another context (one line of `export_run`) and continues
+    /// it here, or on the workers; returns the run.
+    #[pyo3(signature = (workflow, exported, event_loop = None))]
+    fn import_run(
+        &self,
+        py: Python<'_>,
+        workflow: PyRef<'_, PyWorkflow>,
+        exported: &str,
+        event_loop: Option<Py<PyAny>>,
+    ) -> PyResult<PyRun> {
+        let engine = self.engine()?;
+        let workflow = workflow.get()?.clone();
+        let attachment = attachment(py, event_loop)?;
+        let run: ferroflow::ExportedRun = serde_json::from_str(exported).map_err(|e| {
+            to_py_err(ferroflow::Error::InvalidInput {
+                run_id: String::new(),
+                reason: format!("this is not a run exported by ferroflow ({}): {e}", ferroflow::EXPORT_FORMAT),
+            })
+        })?;
+        py.detach(|| engine.import_run(&workflow, run, attachment)).map(PyRun::from).map_err(to_py_err)
+    }
+
     /// The run's journal as event dicts, from memory or the store.
     fn journal(&self, py: Python<'_>, run_id: &str) -> PyResult<Py<PyList>> {
         let engine = self.engine()?;

@@ -14,6 +14,7 @@ from .common import _one_line
 from .events import runs_events
 from .map import map_batch
 from .runs import graph_draw, graphs_list, runs_cancel, runs_list, runs_resume, runs_retry, runs_show
+from .transfer import runs_export, runs_import
 from .work import serve, worker
 
 CONTEXT_HELP = "a SQLite file (or sqlite:///path), redis://HOST:PORT?namespace=NAME or nats://HOST:PORT?namespace=NAME"
@@ -143,6 +144,28 @@ def parser() -> argparse.ArgumentParser:
     )
     retry.set_defaults(handler=runs_retry)
 
+    export = runs.add_parser(
+        "export", help="write runs with their journals, finished or in flight, one JSON object per line, to stdout"
+    )
+    export.add_argument("run", nargs="*", help="the runs; without any, every run (of --graph, in --status)")
+    export.add_argument("--graph", help="only runs of this graph (by name)")
+    export.add_argument("--status", choices=["pending", "running", "waiting", "completed", "failed", "cancelled"])
+    export.add_argument("--limit", type=_positive_int, default=1_000_000, help="at most this many runs, newest first")
+    export.set_defaults(handler=runs_export)
+
+    importing = runs.add_parser(
+        "import", help="store exported runs (one JSON object per line) in a context, where they continue"
+    )
+    importing.add_argument("input", nargs="?", default="-", help="the file of exported runs (default: stdin)")
+    importing.add_argument("--graph", required=True, help="the runs' graph, as MODULE:GRAPH (of the same version)")
+    importing.add_argument(
+        "--execute",
+        action="store_true",
+        help="run what the imported runs have left in this process and wait for them (default: leave it to the "
+        "context's workers)",
+    )
+    importing.set_defaults(handler=runs_import)
+
     cancel = runs.add_parser("cancel", help="cancel a run")
     cancel.add_argument("run")
     cancel.set_defaults(handler=runs_cancel)
@@ -211,7 +234,7 @@ def parser() -> argparse.ArgumentParser:
             help="look at most at this many runs, the newest (default 1,000,000)",
         )
 
-    for sub in (listing, show, resume, retry, cancel, events, registered, batch_list, batch_show):
+    for sub in (listing, show, resume, retry, export, importing, cancel, events, registered, batch_list, batch_show):
         sub.add_argument(
             "--context",
             required=True,

@@ -21,6 +21,7 @@
 //! - `follow.rs`: runs executed elsewhere, followed from the store;
 //! - `ops.rs`: inspection, resume, cancel and watch;
 //! - `retry.rs`: retrying a failed run from where it failed;
+//! - `transfer.rs`: moving runs between contexts (export and import);
 //! - `handle.rs`: what a running body can do to its run.
 
 mod dispatch;
@@ -34,10 +35,12 @@ mod retry;
 mod run;
 mod run_handle;
 mod start;
+mod transfer;
 mod worker;
 
 pub use crate::body::NodeHandle;
 pub use run_handle::RunHandle;
+pub use transfer::{EXPORT_FORMAT, ExportedEntry, ExportedRun};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicUsize;

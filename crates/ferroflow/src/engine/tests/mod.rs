@@ -36,6 +36,7 @@ mod outage;
 mod retry;
 mod run_ids;
 mod settle_hooks;
+mod transfer;
 
 const LIMIT: Duration = Duration::from_secs(5);
 
