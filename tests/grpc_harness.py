@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import grpc
 import pytest
@@ -79,21 +79,6 @@ def s4(s3):
 def s5(s4):
     time.sleep(s4["pause"])
     return {"done": s4["n"]}
-
-flaky = ff.Graph("grpc_flaky")
-
-@flaky.task
-def fetch(input):
-    with open(input["log"], "a") as f:
-        f.write("fetch\\n")
-    return input
-
-@flaky.task
-def call(fetch):
-    import os
-    if os.path.exists(fetch["down"]):
-        raise ConnectionError("the model server is down")
-    return {"answer": fetch["n"] + 1}
 """
 
 
@@ -112,7 +97,7 @@ class ServerProcess:
             command = [str(cargo_artifacts.server())]
             env = None
         else:
-            command = [sys.executable, "-m", "ferroflow.cli", "serve", "app:flow", "app:slow", "app:flaky"]
+            command = [sys.executable, "-m", "ferroflow.cli", "serve", "app:flow", "app:slow"]
             env = dict(os.environ, PYTHONPATH=str(python_serve))
         self.proc = subprocess.Popen(
             [*command, "--context", context, "--listen", f"127.0.0.1:{port}", *args],
@@ -140,23 +125,12 @@ class ServerProcess:
         return err
 
 
-def start_worker(tmp_path: Path, context: str) -> subprocess.Popen:
-    """A `ferroflow worker` on `context`; its stderr goes to a file (a pipe nobody reads
-    could fill up and stall it), which `stop_worker` and `worker_log` read."""
+def start_worker(tmp_path: Path, context: str, graphs: Sequence[str] = ("app:flow", "app:slow")) -> subprocess.Popen:
+    """A `ferroflow worker` of `graphs` on `context`; its stderr goes to a file (a pipe nobody
+    reads could fill up and stall it), which `stop_worker` and `worker_log` read."""
     log = open(tmp_path / f"worker-{uuid.uuid4().hex[:8]}.log", "w")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ferroflow.cli",
-            "worker",
-            "app:flow",
-            "app:slow",
-            "app:flaky",
-            "--context",
-            context,
-            *WORKER,
-        ],
+        [sys.executable, "-m", "ferroflow.cli", "worker", *graphs, "--context", context, *WORKER],
         cwd=tmp_path,
         env=dict(os.environ, PYTHONPATH=str(tmp_path)),
         stdout=subprocess.DEVNULL,

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 import grpc
 import pytest
 
-from grpc_harness import Deployment, code_of, status_name, watch_through_restart
+from grpc_harness import Deployment, code_of, start_worker, status_name, stop_worker, watch_through_restart
 
 
 @pytest.fixture(params=["sqlite", "redis", "nats"])
@@ -122,10 +122,43 @@ def test_start_watch_resume_cancel_list_over_grpc(deployment: Deployment):
     assert graphs["grpc_flow"].version == d.get("small").version
 
 
+FLAKY_APP = """
+import os
+import ferroflow as ff
+
+flaky = ff.Graph("grpc_flaky")
+
+@flaky.task
+def fetch(input):
+    with open(input["log"], "a") as f:
+        f.write("fetch\\n")
+    return input
+
+@flaky.task
+def call(fetch):
+    if os.path.exists(fetch["down"]):
+        raise ConnectionError("the model server is down")
+    return {"answer": fetch["n"] + 1}
+"""
+
+
 def test_a_failed_run_is_retried_over_grpc_and_its_workers_finish_it(deployment: Deployment):
     d, pb = deployment, deployment.pb
+    (d.tmp_path / "flaky_app.py").write_text(FLAKY_APP)
+    worker = start_worker(d.tmp_path, d.context, graphs=["flaky_app:flaky"])
+    try:
+        retried_over_grpc(d, pb)
+    finally:
+        stop_worker(worker)
+
+
+def retried_over_grpc(d: Deployment, pb: Any) -> None:
     down, log = d.tmp_path / "down", d.tmp_path / "fetch.log"
     down.write_text("")
+    deadline = time.monotonic() + 30
+    while not any(g.name == "grpc_flaky" for g in d.client.ListGraphs(pb.m.ListGraphsRequest(), timeout=10).graphs):
+        assert time.monotonic() < deadline, "the flaky worker never registered its graph"
+        time.sleep(0.05)
     d.start("grpc_flaky", {"n": 41, "down": str(down), "log": str(log)}, run_id="flaky")
     first = d.watch("flaky")
     assert first[-1].kind == "run_failed", [e.kind for e in first]

@@ -97,6 +97,7 @@ def test_token_tls_health_and_reflection(pb, tmp_path):
                 "GetRun",
                 "WatchRun",
                 "ResumeRun",
+                "RetryRun",
                 "CancelRun",
                 "ListRuns",
                 "ListGraphs",

@@ -102,6 +102,7 @@ def test_runs_failed_by_a_model_outage_are_retried_in_bulk(tmp_path, monkeypatch
         assert all(isinstance(r, dict) for r in results if not isinstance(r, Exception)), results
         before = Counter(log.read_text().split("\n"))
         context.close()
+        app.provider.close()
 
         def retry(*options: str) -> subprocess.CompletedProcess:
             """`ferroflow runs retry` of the batch's failed runs, in another process."""

@@ -8,6 +8,7 @@ import atexit
 
 from . import _native, events, llm
 from ._native import __version__
+from ._operations import Divergence, ReplayResult
 from .context import Context, InMemory, Nats, Redis, Sqlite, default_context
 from .errors import (
     ContextClosedError,
@@ -23,6 +24,7 @@ from .errors import (
     RunFailedError,
     RunIdConflictError,
     RunNotFoundError,
+    StepNotRecordedError,
     StoreError,
     StoreUnavailableError,
     UnknownDependencyError,
@@ -39,6 +41,7 @@ __all__ = [
     "Context",
     "ContextClosedError",
     "CycleError",
+    "Divergence",
     "DuplicateNodeError",
     "ErrorInfo",
     "FerroflowError",
@@ -56,6 +59,7 @@ __all__ = [
     "OfflineProvider",
     "OpenAIProvider",
     "Redis",
+    "ReplayResult",
     "Retry",
     "RunCancelledError",
     "RunError",
@@ -66,6 +70,7 @@ __all__ = [
     "RunResult",
     "RunStatus",
     "Sqlite",
+    "StepNotRecordedError",
     "StoreError",
     "StoreUnavailableError",
     "Tool",

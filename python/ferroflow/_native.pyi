@@ -192,6 +192,22 @@ class Engine:
         """The run wherever it lives: held here, or followed from the store."""
     def retry(self, workflow: Workflow, run_id: str, by: str, event_loop: Optional[EventLoop] = None) -> Run:
         """Retries a failed run from the node that failed; returns the run to wait on."""
+    def fork(
+        self,
+        workflow: Workflow,
+        parent: str,
+        at: str,
+        run_id: Optional[str] = None,
+        output: Optional[Tuple[Any]] = None,
+        input: Optional[Tuple[Any]] = None,
+        by: str = "",
+        event_loop: Optional[EventLoop] = None,
+    ) -> Run:
+        """Forks run `parent` at node `at`; returns the new run."""
+    def replay(
+        self, workflow: Workflow, exported: str, run_id: Optional[str] = None, event_loop: Optional[EventLoop] = None
+    ) -> Run:
+        """Runs the graph again over a recorded run, serving its steps and answers."""
     def export_run(self, run_id: str) -> str:
         """The run with its whole journal, as one line of JSON."""
     def import_run(self, workflow: Workflow, exported: str, event_loop: Optional[EventLoop] = None) -> Run:

@@ -30,6 +30,7 @@ __all__ = [
     "RunFailedError",
     "RunIdConflictError",
     "RunNotFoundError",
+    "StepNotRecordedError",
     "StoreError",
     "StoreUnavailableError",
     "UnknownDependencyError",
@@ -172,6 +173,12 @@ class InvalidInputError(RunError, ValueError):
 
 class WaitTimeoutError(RunError, TimeoutError):
     """A wait for a run timed out. The run itself goes on."""
+
+
+class StepNotRecordedError(FerroflowError):
+    """Raised in a body that replays a recorded run (``graph.replay``) when it asks for a step
+    (a model call, a tool call, a ``ctx.step``) that the recorded run did not take: the code
+    diverges there, and a replay calls nothing outside. The node fails with it."""
 
 
 class RunCancelledError(RunError):

@@ -25,6 +25,7 @@ __all__ = [
     "StepRecorded",
     "Resumed",
     "RunFinished",
+    "RunForked",
     "RunRetried",
     "RunStarted",
 ]
@@ -129,4 +130,14 @@ class RunRetried(Event):
     attempt the failure cut short) runs as its next attempt. ``by`` is who retried it, as
     they named themselves (empty if they did not)."""
 
+    by: str = ""
+
+
+@dataclass(frozen=True)
+class RunForked(Event):
+    """The run is a fork of ``parent``: it began with the parent's outputs for every node
+    that does not depend on ``node``, and runs from ``node``. ``by`` is who forked it."""
+
+    parent: str
+    node: str
     by: str = ""

@@ -35,7 +35,8 @@ from typing import (
 from . import _native
 from ._loop import background_loop, on_background_loop, scheduler_for
 from ._nodes import _Node, _policies_spec, _resolve, _retry_problem
-from ._settle import _deliver_to, _result, _settled, _whoami
+from ._operations import RunOperations
+from ._settle import _deliver_to, _result, _settled
 from .context import Context, default_context
 from .errors import (
     DuplicateNodeError,
@@ -80,7 +81,7 @@ def _strict_default() -> bool:
     return os.environ.get("FERROFLOW_STRICT", "").lower() in ("1", "true", "yes")
 
 
-class Graph:
+class Graph(RunOperations):
     """A named workflow graph.
 
     ``output`` names the node whose output is the run's output; by default it is the only
@@ -518,63 +519,6 @@ class Graph:
             self._check_value(value, "the resume value", run_id)
             run = run.resume(value, node, loop)
         return run
-
-    def retry(
-        self,
-        run_id: str,
-        *,
-        context: Optional[Context] = None,
-        by: Optional[str] = None,
-        timeout: Optional[float] = None,
-    ) -> RunResult:
-        """Retries a failed run from the node that failed, and blocks until it settles again.
-
-        The failed node runs again as its next attempt (the same idempotency key base; its
-        retry policy counts afresh), and so does any attempt its failure cut short; every
-        completed node keeps its output and does not run again, and the model and tool calls
-        the failed attempt recorded are reused. The journal records the retry, with ``by``
-        (who retries; the user name of this process if not given). In a durable context the
-        run may have failed in any process. A run that did not fail raises
-        :class:`InvalidRunStateError`; a run that fails again raises
-        :class:`RunFailedError` and can be retried again."""
-        _check_run_id(run_id)
-        self._refuse_on_own_loop("retry")
-        return _result(self._retried(run_id, context, by, self._loop_for_sync()).wait(timeout))
-
-    async def aretry(
-        self,
-        run_id: str,
-        *,
-        context: Optional[Context] = None,
-        by: Optional[str] = None,
-        timeout: Optional[float] = None,
-    ) -> RunResult:
-        """Like :meth:`retry`, awaitable; async bodies run on the caller's loop."""
-        _check_run_id(run_id)
-        loop = scheduler_for(asyncio.get_running_loop())
-        return await _settled(self._retried(run_id, context, by, loop), timeout, loop)
-
-    def _retried(
-        self, run_id: str, context: Optional[Context], by: Optional[str], loop: Optional[_native.EventLoop]
-    ) -> _native.Run:
-        who = _whoami() if by is None else by
-        return self._context(context)._engine.retry(self._workflow(), run_id, who, loop)
-
-    def import_run(self, exported: str, *, context: Optional[Context] = None) -> RunResult:
-        """Stores a run exported from another context (one line of
-        :meth:`Context.export_run`) in ``context`` under its own id, and continues it there as
-        a run of this graph (of the same version): here, or on the workers of a context that
-        only submits. Completed nodes never run again; attempts that were in flight where it
-        came from run again as their next attempts; a waiting run waits; a finished run is only
-        stored. Returns the run as it is right after the import (wait for it with
-        :meth:`wait`). Raises :class:`InvalidInputError` naming why a run cannot be imported
-        (another format, another graph or version, a journal that does not replay, a run of
-        that id that exists there already), having written nothing."""
-        if not isinstance(exported, str):
-            raise TypeError(f"an exported run is a string of JSON, not {type(exported).__name__}")
-        engine = self._context(context)._engine
-        run = engine.import_run(self._workflow(), exported, self._loop_for_sync())
-        return _result(run.snapshot(), raise_errors=False)
 
     def cancel(self, run_id: str, *, context: Optional[Context] = None) -> None:
         """Cancels a run. Cancelling a cancelled run does nothing; a finished run raises

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Optional, Tuple, Type, TypeVar
 
+from .errors import StepNotRecordedError
+
 T = TypeVar("T")
 
 __all__ = ["ErrorInfo", "GraphInfo", "NodeContext", "NodeInfo", "Retry", "RunInfo", "RunResult", "RunStatus"]
@@ -59,6 +61,9 @@ class NodeContext:
     item: Optional[int] = None
     recorded: Mapping[str, Any] = field(default_factory=dict)
     _handle: Any = field(default=None, repr=False, compare=False)
+    replaying: bool = False
+    """The attempt replays a recorded run (``graph.replay``): its steps are all in
+    ``recorded``, and asking for another raises :class:`~ferroflow.errors.StepNotRecordedError`."""
 
     def step(self, key: str, fn: Callable[[], T]) -> T:
         """The result of the body's step ``key``: recorded by an earlier attempt of this node,
@@ -69,6 +74,7 @@ class NodeContext:
         step a distinct one (``"llm/0"``, ``"tool/search/1"``)."""
         if key in self.recorded:
             return self.recorded[key]
+        self._refuse_unrecorded(key)
         value = fn()
         self._record(key, value)
         return value
@@ -79,6 +85,7 @@ class NodeContext:
         in memory, at once."""
         if key in self.recorded:
             return self.recorded[key]
+        self._refuse_unrecorded(key)
         value = await fn()
         if self._handle is not None:
             if self._handle.durable:
@@ -88,6 +95,13 @@ class NodeContext:
             else:
                 self._handle.record(key, value)
         return value
+
+    def _refuse_unrecorded(self, key: str) -> None:
+        if self.replaying:
+            raise StepNotRecordedError(
+                f"node '{self.node}' asked for step '{key}', which the recorded run did not take: the code "
+                "diverges here, and a replay calls no model or tool"
+            )
 
     def emit(self, data: Any) -> None:
         """Reports ``data`` to whoever watches the run now (``graph.stream``), as a

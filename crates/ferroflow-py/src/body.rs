@@ -129,6 +129,7 @@ impl PyBody {
                             call.item.as_ref().map(|(i, _)| *i),
                             recorded,
                             handle,
+                            call.replaying,
                         ),
                     )?
                 }

@@ -63,6 +63,16 @@ fn starting(
     Ok((workflow.get()?.clone(), wrap(input), StartOptions { run_id, attachment: attachment(py, event_loop)? }))
 }
 
+/// One line of `export_run`, read.
+fn exported_run(text: &str) -> PyResult<ferroflow::ExportedRun> {
+    serde_json::from_str(text).map_err(|e| {
+        to_py_err(ferroflow::Error::InvalidInput {
+            run_id: String::new(),
+            reason: format!("this is not a run exported by ferroflow ({}): {e}", ferroflow::EXPORT_FORMAT),
+        })
+    })
+}
+
 #[pymethods]
 impl PyEngine {
     /// An engine as `options` (`ferroflow._options.EngineOptions`) say: keeping its runs in
@@ -439,6 +449,58 @@ impl PyEngine {
         record_to_py(py, &record)
     }
 
+    /// Forks run `parent` at node `at` (`ferroflow::Engine::fork`). `output` and `input`,
+    /// when given, are 1-tuples holding the value (so that `None`, JSON's null, can be given).
+    #[pyo3(signature = (workflow, parent, at, run_id = None, output = None, input = None, by = "", event_loop = None))]
+    #[allow(clippy::too_many_arguments)] // the Python signature, keyword arguments with defaults
+    fn fork(
+        &self,
+        py: Python<'_>,
+        workflow: PyRef<'_, PyWorkflow>,
+        parent: &str,
+        at: &str,
+        run_id: Option<String>,
+        output: Option<(Py<PyAny>,)>,
+        input: Option<(Py<PyAny>,)>,
+        by: &str,
+        event_loop: Option<Py<PyAny>>,
+    ) -> PyResult<PyRun> {
+        let engine = self.engine()?;
+        let workflow = workflow.get()?.clone();
+        let options = ferroflow::ForkOptions {
+            run_id,
+            output: output.map(|(value,)| wrap(value)),
+            input: input.map(|(value,)| wrap(value)),
+            by: by.to_owned(),
+            attachment: attachment(py, event_loop)?,
+        };
+        py.detach(|| engine.fork(&workflow, parent, at, options)).map(PyRun::from).map_err(to_py_err)
+    }
+
+    /// Runs `workflow` again over a recorded run (one line of `export_run`, from any
+    /// context), its recorded steps and answers served from the recording, as a run of this
+    /// engine; returns the replay.
+    #[pyo3(signature = (workflow, exported, run_id = None, event_loop = None))]
+    fn replay(
+        &self,
+        py: Python<'_>,
+        workflow: PyRef<'_, PyWorkflow>,
+        exported: &str,
+        run_id: Option<String>,
+        event_loop: Option<Py<PyAny>>,
+    ) -> PyResult<PyRun> {
+        let engine = self.engine()?;
+        let workflow = workflow.get()?.clone();
+        let attachment = attachment(py, event_loop)?;
+        let recorded = exported_run(exported)?;
+        let journal: Vec<ferroflow::StoredEntry> = recorded
+            .journal
+            .into_iter()
+            .map(|e| ferroflow::StoredEntry { seq: e.seq, at_ms: e.at_ms, entry: e.entry })
+            .collect();
+        py.detach(|| engine.replay(&workflow, &journal, run_id, attachment)).map(PyRun::from).map_err(to_py_err)
+    }
+
     /// The run with its whole journal, as one line of JSON (`ferroflow.run/1`), for
     /// `import_run` in another context.
     fn export_run(&self, py: Python<'_>, run_id: &str) -> PyResult<String> {
@@ -461,12 +523,7 @@ impl PyEngine {
         let engine = self.engine()?;
         let workflow = workflow.get()?.clone();
         let attachment = attachment(py, event_loop)?;
-        let run: ferroflow::ExportedRun = serde_json::from_str(exported).map_err(|e| {
-            to_py_err(ferroflow::Error::InvalidInput {
-                run_id: String::new(),
-                reason: format!("this is not a run exported by ferroflow ({}): {e}", ferroflow::EXPORT_FORMAT),
-            })
-        })?;
+        let run = exported_run(exported)?;
         py.detach(|| engine.import_run(&workflow, run, attachment)).map(PyRun::from).map_err(to_py_err)
     }
 

@@ -35,6 +35,7 @@ struct Classes {
     resumed: Py<PyAny>,
     run_finished: Py<PyAny>,
     run_retried: Py<PyAny>,
+    run_forked: Py<PyAny>,
 }
 
 static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
@@ -58,6 +59,7 @@ fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
             resumed: event("Resumed")?,
             run_finished: event("RunFinished")?,
             run_retried: event("RunRetried")?,
+            run_forked: event("RunForked")?,
         })
     })
 }
@@ -165,6 +167,12 @@ pub fn event_to_py(py: Python<'_>, event: &Event) -> PyResult<Py<PyAny>> {
             JournalEntry::RunRetried { by } => {
                 d.set_item("by", by.as_ref())?;
                 &classes.run_retried
+            }
+            JournalEntry::RunForked { parent, at, by } => {
+                d.set_item("parent", parent.as_ref())?;
+                d.set_item("node", at.as_ref())?;
+                d.set_item("by", by.as_ref())?;
+                &classes.run_forked
             }
         },
     };

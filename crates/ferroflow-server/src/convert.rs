@@ -178,6 +178,7 @@ pub(crate) fn event_kind(entry: &JournalEntry) -> &'static str {
         JournalEntry::Interrupted { .. } => "node_waiting",
         JournalEntry::Resumed { .. } => "node_resumed",
         JournalEntry::RunRetried { .. } => "run_retried",
+        JournalEntry::RunForked { .. } => "run_forked",
         JournalEntry::RunFinished { status: RunStatus::Completed, .. } => "run_completed",
         JournalEntry::RunFinished { status: RunStatus::Cancelled, .. } => "run_cancelled",
         JournalEntry::RunFinished { .. } => "run_failed",

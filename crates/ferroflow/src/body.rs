@@ -116,6 +116,11 @@ pub struct NodeCall {
     /// [`NodeHandle::record`], by key, in the order recorded: a body reuses them rather
     /// than doing them again.
     pub recorded: Vec<(Arc<str>, Value)>,
+    /// The attempt replays a recorded run ([`Engine::replay`](crate::Engine::replay)): every
+    /// step it may take is in `recorded`, and a body refuses a step that is not (it does
+    /// not call a model or a tool a replay was not given), failing with kind
+    /// `StepNotRecorded`.
+    pub replaying: bool,
     /// What the body can do to its run while it runs: record its steps, report progress.
     /// Set by the engine when it calls the body.
     pub handle: Option<NodeHandle>,

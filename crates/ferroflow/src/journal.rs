@@ -50,6 +50,20 @@ impl NodeError {
         NodeError { retryable: false, ..NodeError::new(kind, message) }
     }
 
+    /// What a body replaying a recorded run ([`Engine::replay`](crate::Engine::replay)) fails
+    /// with when it asks for step `key`, which the recording does not hold: the code
+    /// diverges there, and a replay calls nothing outside. Permanent, of kind
+    /// `StepNotRecorded`.
+    pub fn not_recorded(node: &str, key: &str) -> Self {
+        NodeError::permanent(
+            "StepNotRecorded",
+            format!(
+                "node '{node}' asked for step '{key}', which the recorded run did not take: the code diverges here, \
+                 and a replay calls no model or tool"
+            ),
+        )
+    }
+
     /// An attempt its process gave up (see [`NodeError::abandoned`]): `kind` says why
     /// (`KeyboardInterrupt`, `SystemExit`).
     pub fn abandoned(kind: impl Into<String>, message: impl Into<String>) -> Self {
@@ -242,6 +256,19 @@ pub enum JournalEntry {
         #[serde(default)]
         by: Arc<str>,
     },
+    /// The run is a fork of another ([`Engine::fork`](crate::Engine::fork)): it began with
+    /// the outputs its parent's journal holds for every node that does not depend on `at`,
+    /// and runs from `at`. Recorded once, right after `RunStarted`; it changes nothing in
+    /// the run's state.
+    RunForked {
+        /// The run it was forked from, which is left as it was.
+        parent: Arc<str>,
+        /// The node it runs from.
+        at: Arc<str>,
+        /// Who forked it, as they named themselves; empty when they did not.
+        #[serde(default)]
+        by: Arc<str>,
+    },
 }
 
 impl JournalEntry {
@@ -254,9 +281,10 @@ impl JournalEntry {
             | JournalEntry::StepRecorded { node, .. }
             | JournalEntry::Interrupted { node, .. }
             | JournalEntry::Resumed { node, .. } => Some(node),
-            JournalEntry::RunStarted { .. } | JournalEntry::RunFinished { .. } | JournalEntry::RunRetried { .. } => {
-                None
-            }
+            JournalEntry::RunStarted { .. }
+            | JournalEntry::RunFinished { .. }
+            | JournalEntry::RunRetried { .. }
+            | JournalEntry::RunForked { .. } => None,
         }
     }
 }

@@ -155,8 +155,8 @@ pub use store::sqlite;
 pub use crate::redis::RedisStore;
 pub use body::{AsyncBody, Attachment, BlockingBody, Body, BodyResult, NodeCall, Workflow};
 pub use engine::{
-    Durability, EXPORT_FORMAT, Engine, EngineConfig, ExportedEntry, ExportedRun, NodeHandle, NodeReport, RunHandle,
-    RunSnapshot, StartOptions, WatchUntil,
+    Durability, EXPORT_FORMAT, Engine, EngineConfig, ExportedEntry, ExportedRun, ForkOptions, NodeHandle, NodeReport,
+    RunHandle, RunSnapshot, StartOptions, WatchUntil,
 };
 pub use error::{Error, GraphError, NodeError, Result};
 pub use flow::{Cx, Flow, FlowBuilder, NodeBody, NodeOptions};

@@ -353,6 +353,7 @@ impl RunState {
                 }
                 return Ok(effects);
             }
+            JournalEntry::RunForked { .. } => return Ok(effects),
             JournalEntry::RunRetried { .. } => {
                 if self.status != RunStatus::Failed {
                     return Err(Rejected::Stale);

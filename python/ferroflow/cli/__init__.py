@@ -4,6 +4,8 @@
     ferroflow runs show RUN --context runs.db [--json]
     ferroflow runs resume RUN --context runs.db --graph MODULE:GRAPH [--value JSON] [--node NODE]
     ferroflow runs retry [RUN] --context runs.db --graph MODULE:GRAPH [--batch NAME] [--since 2h] [--dry-run]
+    ferroflow runs fork RUN --at NODE --context runs.db --graph MODULE:GRAPH [--output JSON] [--input JSON]
+    ferroflow runs replay RUN --context runs.db --graph MODULE:GRAPH [--json]
     ferroflow runs export [RUN ...] --context runs.db [--graph NAME] [--status STATUS] > runs.jsonl
     ferroflow runs import [runs.jsonl] --context redis://... --graph MODULE:GRAPH [--execute]
     ferroflow runs cancel RUN --context runs.db

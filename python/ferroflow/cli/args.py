@@ -13,7 +13,17 @@ from .batches import FAILED_SHOWN, batches_list, batches_show
 from .common import _one_line
 from .events import runs_events
 from .map import map_batch
-from .runs import graph_draw, graphs_list, runs_cancel, runs_list, runs_resume, runs_retry, runs_show
+from .runs import (
+    graph_draw,
+    graphs_list,
+    runs_cancel,
+    runs_fork,
+    runs_list,
+    runs_replay,
+    runs_resume,
+    runs_retry,
+    runs_show,
+)
 from .transfer import runs_export, runs_import
 from .work import serve, worker
 
@@ -144,6 +154,34 @@ def parser() -> argparse.ArgumentParser:
     )
     retry.set_defaults(handler=runs_retry)
 
+    fork = runs.add_parser(
+        "fork", help="a new run from RUN at a node: the parent's outputs before it, then it and what depends on it"
+    )
+    fork.add_argument("run", help="the parent run, which is left as it is")
+    fork.add_argument("--at", required=True, help="the node to run from")
+    fork.add_argument("--graph", required=True, help="the graph, as MODULE:GRAPH")
+    fork.add_argument("--output", help="the node's output instead of running it, as JSON: only what depends on it runs")
+    fork.add_argument("--input", help="the fork's input, as JSON (the kept outputs stay the parent's)")
+    fork.add_argument("--run-id", help="the fork's run id (default: a new one)")
+    fork.add_argument("--by", help="who forks, for the journal (default: USER@HOST)")
+    fork.add_argument(
+        "--timeout", type=_non_negative_seconds, default=None, help="give up waiting after this many seconds"
+    )
+    fork.set_defaults(handler=runs_fork)
+
+    replay = runs.add_parser(
+        "replay",
+        help="run the graph's code again over RUN in memory, with its recorded model and tool calls and answers "
+        "(nothing is called), and say where it first diverges (exit status 1 if it does)",
+    )
+    replay.add_argument("run", help="the recorded run, which is left as it is")
+    replay.add_argument("--graph", required=True, help="the graph (its current code), as MODULE:GRAPH")
+    replay.add_argument("--json", action="store_true")
+    replay.add_argument(
+        "--timeout", type=_non_negative_seconds, default=None, help="give up waiting after this many seconds"
+    )
+    replay.set_defaults(handler=runs_replay)
+
     export = runs.add_parser(
         "export", help="write runs with their journals, finished or in flight, one JSON object per line, to stdout"
     )
@@ -234,7 +272,21 @@ def parser() -> argparse.ArgumentParser:
             help="look at most at this many runs, the newest (default 1,000,000)",
         )
 
-    for sub in (listing, show, resume, retry, export, importing, cancel, events, registered, batch_list, batch_show):
+    for sub in (
+        listing,
+        show,
+        resume,
+        retry,
+        fork,
+        replay,
+        export,
+        importing,
+        cancel,
+        events,
+        registered,
+        batch_list,
+        batch_show,
+    ):
         sub.add_argument(
             "--context",
             required=True,

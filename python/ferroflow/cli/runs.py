@@ -1,6 +1,6 @@
 """The commands that read and steer what a context holds: ``runs list``, ``runs show``,
-``runs resume``, ``runs retry``, ``runs cancel`` and ``graphs``; and ``graph``, which draws a
-graph."""
+``runs resume``, ``runs retry``, ``runs fork``, ``runs replay``, ``runs cancel`` and
+``graphs``; and ``graph``, which draws a graph."""
 
 from __future__ import annotations
 
@@ -173,6 +173,63 @@ def runs_retry(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to retry"
     print(f"ferroflow runs retry: {len(failed)} run(s) of graph '{graph.name}' retried: {summary}", file=sys.stderr)
     return 0 if counts.get("failed", 0) == 0 else 1
+
+
+def runs_fork(args: argparse.Namespace) -> int:
+    """A new run from ``RUN`` at ``--at``, with the parent's outputs before it (and, with
+    ``--output``, that output for the node itself); prints the fork's result."""
+    graph = load_graph(args.graph)
+    given = {"output": args.output, "input": args.input}
+    values = {what: _json_option(f"--{what}", text) for what, text in given.items() if text is not None}
+    try:
+        result = graph.fork(
+            args.run,
+            at=args.at,
+            context=open_context(args.context),
+            new_run_id=args.run_id,
+            by=args.by,
+            timeout=args.timeout,
+            **values,
+        )
+    except RunFailedError as e:
+        print(
+            json.dumps(
+                {
+                    "run_id": e.run_id,
+                    "parent": args.run,
+                    "status": "failed",
+                    "node": e.node,
+                    "error": f"{e.error_type}: {e.error_message}",
+                }
+            )
+        )
+        return 1
+    print(json.dumps(dict(_result_json(result), parent=args.run), default=repr))
+    return 0
+
+
+def runs_replay(args: argparse.Namespace) -> int:
+    """Runs the graph's code again over ``RUN`` in memory, with its recorded model calls, tool
+    calls and answers; prints where it first diverges. Exit status 1 if it does."""
+    graph = load_graph(args.graph)
+    replay = graph.replay(args.run, source=open_context(args.context), timeout=args.timeout)
+    divergence = replay.divergence
+    if args.json:
+        found = None if divergence is None else dict(divergence.__dict__)
+        print(
+            json.dumps({"run_id": args.run, "replay": _result_json(replay.result), "divergence": found}, default=repr)
+        )
+    elif divergence is None:
+        print(
+            f"run {args.run}: the replay gives every recorded output ({replay.result.status.value}); nothing was called"
+        )
+    else:
+        item = "" if divergence.item is None else f" (element {divergence.item})"
+        print(f"run {args.run}: the replay diverges at node '{divergence.node}'{item}: {divergence.why}")
+        if divergence.recorded is not None or divergence.replayed is not None:
+            print(f"  recorded: {_short(divergence.recorded, 200)}")
+            print(f"  replayed: {_short(divergence.replayed, 200)}")
+    return 0 if divergence is None else 1
 
 
 async def _retry_all(graph: Any, context: Any, run_ids: List[str], args: argparse.Namespace) -> List[Dict[str, Any]]:

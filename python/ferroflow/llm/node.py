@@ -74,6 +74,7 @@ async def _model_step(ctx: NodeContext, provider: Provider, n: int, request: Req
     for recorded in (key, legacy):
         if recorded in ctx.recorded:
             return typing.cast(Dict[str, Any], ctx.recorded[recorded])
+    ctx._refuse_unrecorded(key)
     native = getattr(provider, "_model_step", None)
     if native is not None:
         return typing.cast(Dict[str, Any], await native(ctx, key, request, stream))

@@ -216,11 +216,22 @@ impl Inner {
             let graph = run.workflow.graph();
             let spec = graph.node(task.node);
             let node = Arc::clone(run.workflow.name(task.node));
+            let answer = match (&core.replay, spec.kind) {
+                (Some(replay), NodeKind::Human) => replay.answers.get(&node).cloned(),
+                _ => None,
+            };
             let checked = match (spec.kind, result) {
                 (NodeKind::Branch, Ok(output)) => core.state.check_branch_output(task.node, &output).map(|()| output),
                 (_, result) => result,
             };
             let entry = match checked {
+                // A replay answers a human node as the person answered in the recorded run.
+                Ok(_) if answer.is_some() => JournalEntry::NodeCompleted {
+                    node,
+                    item: None,
+                    attempt: task.attempt,
+                    output: answer.expect("checked"),
+                },
                 Ok(payload) if spec.kind == NodeKind::Human => {
                     JournalEntry::Interrupted { node, attempt: task.attempt, payload }
                 }

@@ -20,17 +20,20 @@
 //! - `worker.rs`: the worker loop and the lease that keeps its work its own;
 //! - `follow.rs`: runs executed elsewhere, followed from the store;
 //! - `ops.rs`: inspection, resume, cancel and watch;
-//! - `retry.rs`: retrying a failed run from where it failed;
+//! - `retry.rs`: retrying a failed run from where it failed; `fork.rs`: forking a run at a node;
+//!   `replay.rs`: running a recorded run again with its recorded steps and answers;
 //! - `transfer.rs`: moving runs between contexts (export and import);
 //! - `handle.rs`: what a running body can do to its run.
 
 mod dispatch;
 mod durable;
 mod follow;
+mod fork;
 mod handle;
 mod ops;
 mod outage;
 mod recovery;
+mod replay;
 mod retry;
 mod run;
 mod run_handle;
@@ -39,6 +42,7 @@ mod transfer;
 mod worker;
 
 pub use crate::body::NodeHandle;
+pub use fork::ForkOptions;
 pub use run_handle::RunHandle;
 pub use transfer::{EXPORT_FORMAT, ExportedEntry, ExportedRun};
 

@@ -97,6 +97,17 @@ pub(super) struct RunCore {
     /// cancelled when the run fails (nothing it still has in flight can matter any more),
     /// and made anew when a retry runs it again; a child of [`LiveRun::cancel`].
     pub(super) attempts: CancellationToken,
+    /// The recorded run this one replays ([`Engine::replay`](super::Engine::replay)), if any.
+    pub(super) replay: Option<Box<Replay>>,
+}
+
+/// What a replay serves from the recorded run instead of doing it again.
+#[derive(Default)]
+pub(super) struct Replay {
+    /// The steps the recorded run's attempts recorded, by node name and map element.
+    pub(super) steps: HashMap<(Arc<str>, Option<u32>), Vec<crate::state::RecordedStep>>,
+    /// What people answered its human nodes, by node name.
+    pub(super) answers: HashMap<Arc<str>, Value>,
 }
 
 /// What [`LiveRun::on_settled`] calls: with the run's snapshot, or the error waiting for it
@@ -194,6 +205,7 @@ impl LiveRun {
                 from_queue: HashSet::new(),
                 abandoned: Vec::new(),
                 attempts,
+                replay: None,
             }),
             status: AtomicU8::new(status as u8),
             settle: Notify::new(),
@@ -457,7 +469,15 @@ impl LiveRun {
                     input: core.state.input().clone(),
                     deps: core.state.dependency_values(task.node),
                     attachment: core.attachment.clone(),
-                    recorded: core.state.recorded(task.node, task.item).to_vec(),
+                    recorded: match &core.replay {
+                        None => core.state.recorded(task.node, task.item).to_vec(),
+                        Some(replay) => {
+                            let name = self.workflow.name(task.node);
+                            let served = replay.steps.get(&(Arc::clone(name), task.item)).into_iter().flatten();
+                            served.chain(core.state.recorded(task.node, task.item)).cloned().collect()
+                        }
+                    },
+                    replaying: core.replay.is_some(),
                     handle: None,
                 };
                 Ready { task, call, cancel: core.attempts.clone() }

@@ -28,7 +28,7 @@ use crate::state::RunState;
 use crate::store::{Created, QueuedTask, RunRecord, StoredEntry, holds};
 
 use super::run::LiveRun;
-use super::{Engine, RunHandle, check_run_id};
+use super::{Engine, Inner, RunHandle, check_run_id};
 
 /// The `format` of every [`ExportedRun`] this version writes and reads.
 pub const EXPORT_FORMAT: &str = "ferroflow.run/1";
@@ -161,60 +161,104 @@ impl Engine {
             journal.push(StoredEntry { seq: journal.len() as u64, at_ms: now, entry: interrupted });
             ready.extend(effects.ready.into_iter().map(|t| crate::state::Task { delay: None, ..t }));
         }
-        let status = state.status();
-        let exists = || refused("a run with this id exists in this context already; it is left as it is".to_owned());
-        if self.inner.live(&run_id).is_ok() {
+        let created = NewRun { run_id: &run_id, state, journal, ready, created_ms: run.created_ms, replay: None };
+        self.inner.create_whole(workflow, created, attachment, "importing the run").map_err(|error| match error {
+            Error::InvalidInput { reason, .. } => refused(reason),
+            error => error,
+        })
+    }
+}
+
+/// A run to create with a journal of its own ([`Inner::create_whole`]): its state, as that
+/// journal gives it, and the tasks to run first.
+pub(super) struct NewRun<'a> {
+    pub(super) run_id: &'a str,
+    pub(super) state: RunState,
+    pub(super) journal: Vec<StoredEntry>,
+    pub(super) ready: Vec<crate::state::Task>,
+    pub(super) created_ms: u64,
+    /// What the run serves from a recorded run it replays ([`Engine::replay`]).
+    pub(super) replay: Option<Box<super::run::Replay>>,
+}
+
+impl Inner {
+    /// Creates a run with its whole journal at once, in the store (one `create`) and in
+    /// memory, and runs (or, in an engine that only submits, queues) its ready tasks: what
+    /// an import and a fork do. A run of that id that exists already is refused
+    /// ([`Error::InvalidInput`]), never overwritten.
+    pub(super) fn create_whole(
+        self: &Arc<Self>,
+        workflow: &Workflow,
+        run: NewRun<'_>,
+        attachment: Option<Attachment>,
+        what: &str,
+    ) -> Result<RunHandle> {
+        let NewRun { run_id, state, journal, ready, created_ms, replay } = run;
+        let exists = || Error::InvalidInput {
+            run_id: run_id.to_owned(),
+            reason: "a run with this id exists in this context already; it is left as it is".to_owned(),
+        };
+        if self.live(run_id).is_ok() {
             return Err(exists());
         }
-        let live = LiveRun::new(Arc::from(run_id.as_str()), workflow.clone(), state, journal, attachment);
-        let ready = live.prepare(&live.lock(), ready);
-        if let Some(store) = &self.inner.config.store {
-            self.inner.register(workflow, false)?;
+        let graph = workflow.graph();
+        let status = state.status();
+        let live = LiveRun::new(Arc::from(run_id), workflow.clone(), state, journal, attachment);
+        let ready = {
+            let mut core = live.lock();
+            core.replay = replay;
+            live.prepare(&core, ready)
+        };
+        if let Some(store) = &self.config.store {
+            self.register(workflow, false)?;
             let journal = live.lock().journal.clone();
             let record = RunRecord {
-                run_id: run_id.clone(),
+                run_id: run_id.to_owned(),
                 graph: graph.name().to_owned(),
                 version: graph.version().to_owned(),
                 status,
-                created_ms: run.created_ms,
-                updated_ms: journal.last().map_or(run.created_ms, |e| e.at_ms),
+                created_ms,
+                updated_ms: journal.last().map_or(created_ms, |e| e.at_ms),
             };
             let queued: Vec<QueuedTask> = ready.iter().map(|r| live.queued(&r.task)).collect();
-            let holder = if self.inner.config.execute && holds(status) { self.inner.holder() } else { None };
-            let epoch = self.inner.epoch();
-            let created = self
-                .inner
-                .patiently(&run_id, "importing the run", || store.create(&record, &journal, &queued, holder))
-                .map_err(|error| match error {
-                    Error::ValueTooLarge { .. } => refused(format!("it does not fit in this store: {error}")),
-                    error => error,
+            let holder = if self.config.execute && holds(status) { self.holder() } else { None };
+            let epoch = self.epoch();
+            let created =
+                self.patiently(run_id, what, || store.create(&record, &journal, &queued, holder)).map_err(|error| {
+                    match error {
+                        Error::ValueTooLarge { .. } => Error::InvalidInput {
+                            run_id: run_id.to_owned(),
+                            reason: format!("it does not fit in this store: {error}"),
+                        },
+                        error => error,
+                    }
                 })?;
             if let Created::Existing { .. } = created {
                 return Err(exists());
             }
             live.durable.store(journal.len() as u64, Ordering::Release);
             if holder.is_some() {
-                self.inner.confirm(&live, epoch);
+                self.confirm(&live, epoch);
             }
         }
         let live = {
-            let mut table = self.inner.runs.lock().expect("run table lock");
-            if table.runs.contains_key(run_id.as_str()) {
+            let mut table = self.runs.lock().expect("run table lock");
+            if table.runs.contains_key(run_id) {
                 return Err(exists());
             }
             table.runs.insert(Arc::clone(&live.run_id), Arc::clone(&live));
             live
         };
-        if self.inner.config.store.is_some() && !self.inner.config.execute && holds(status) {
+        if self.config.store.is_some() && !self.config.execute && holds(status) {
             // Queued for the workers; this engine follows the run from the store.
-            self.inner.follow(&live);
-            return Ok(self.inner.handle_of(live));
+            self.follow(&live);
+            return Ok(self.handle_of(live));
         }
-        self.inner.after_change(&live);
+        self.after_change(&live);
         if holds(status) {
-            self.inner.dispatch(&live, ready);
+            self.dispatch(&live, ready);
         }
-        Ok(self.inner.handle_of(live))
+        Ok(self.handle_of(live))
     }
 }
 
@@ -226,8 +270,9 @@ fn values_of(entry: &JournalEntry) -> Vec<&crate::value::Value> {
         JournalEntry::StepRecorded { value, .. } | JournalEntry::Resumed { value, .. } => vec![value],
         JournalEntry::Interrupted { payload, .. } => vec![payload],
         JournalEntry::RunFinished { output, .. } => output.iter().collect(),
-        JournalEntry::NodeFailed { .. } | JournalEntry::NodeSkipped { .. } | JournalEntry::RunRetried { .. } => {
-            Vec::new()
-        }
+        JournalEntry::NodeFailed { .. }
+        | JournalEntry::NodeSkipped { .. }
+        | JournalEntry::RunRetried { .. }
+        | JournalEntry::RunForked { .. } => Vec::new(),
     }
 }

@@ -116,6 +116,9 @@ impl Cx {
         if let Some((_, value)) = self.call.recorded.iter().find(|(k, _)| &**k == key) {
             return decode(value, || format!("the recorded step '{key}'"));
         }
+        if self.call.replaying {
+            return Err(NodeError::not_recorded(&self.call.node, key));
+        }
         let result = step().await?;
         let value = to_value(&result)?;
         self.record(key, value).await?;
@@ -165,6 +168,9 @@ impl Cx {
             return Reply::from_json(&json).ok_or_else(|| {
                 NodeError::permanent("ferroflow.InvalidStep", format!("the recorded reply '{key}' is not a reply"))
             });
+        }
+        if self.call.replaying {
+            return Err(NodeError::not_recorded(&self.call.node, &key));
         }
         let reply = if stream {
             let handle = self.call.handle.clone();
