@@ -208,6 +208,10 @@ class Engine:
         self, workflow: Workflow, exported: str, run_id: Optional[str] = None, event_loop: Optional[EventLoop] = None
     ) -> Run:
         """Runs the graph again over a recorded run, serving its steps and answers."""
+    def prune(
+        self, older_than: float, status: Optional[str] = None, graph: Optional[str] = None, dry_run: bool = False
+    ) -> List[str]:
+        """Deletes old finished runs; returns their ids."""
     def export_run(self, run_id: str) -> str:
         """The run with its whole journal, as one line of JSON."""
     def import_run(self, workflow: Workflow, exported: str, event_loop: Optional[EventLoop] = None) -> Run:

@@ -28,3 +28,4 @@ class EngineOptions:
     batch_window_seconds: float = 0.005
     execute: bool = True
     outage_timeout_seconds: float = 300.0
+    retention_seconds: Optional[float] = None

@@ -79,6 +79,20 @@ class Context:
         _check_run_id(run_id)
         return self._engine.export_run(run_id)
 
+    def prune(
+        self,
+        *,
+        older_than: float,
+        status: Optional[str] = None,
+        graph: Optional[str] = None,
+        dry_run: bool = False,
+    ) -> List[str]:
+        """Deletes the finished runs (completed, failed or cancelled; only those of ``status``
+        or ``graph`` if given) that finished at least ``older_than`` seconds ago, with their
+        journals, and returns their ids (with ``dry_run``, deletes nothing and returns those it
+        would). Running, waiting and pending runs are never deleted."""
+        return list(self._engine.prune(float(older_than), status, graph, dry_run))
+
     def run_info(self, run_id: str) -> RunInfo:
         """One run as :meth:`runs` lists it (its status as the store records it). Raises
         :class:`RunNotFoundError` if the context knows no such run."""
@@ -248,6 +262,12 @@ class Sqlite(_Durable):
     interrupted nodes, and the journal keeps the first result (execution is at-least-once;
     use the idempotency key for effects).
 
+    ``retention`` (seconds), when given, is how long finished runs (completed, failed,
+    cancelled) are kept after they finished: older ones are deleted in the background, about
+    every tenth of it, as :meth:`Context.prune` does. Running and waiting runs are never
+    deleted. By default runs are kept until pruned. The same option exists on every durable
+    context.
+
     Do not open the file with another SQLite library (Python's ``sqlite3`` module, say) in
     the same process while a context has it open: SQLite's locks are per process, so when
     that other connection closes it deletes the write-ahead log under this one, and commits
@@ -263,6 +283,7 @@ class Sqlite(_Durable):
         lease: float = 10.0,
         execute: bool = True,
         retain_finished: int = 10_000,
+        retention: Optional[float] = None,
     ) -> None:
         self.path = os.fspath(path)
         options = EngineOptions(
@@ -272,6 +293,7 @@ class Sqlite(_Durable):
             durability=durability,
             batch_window_seconds=batch_window,
             execute=execute,
+            retention_seconds=retention,
         )
         self._open(durability, execute, _native.Engine(options))
 
@@ -299,6 +321,7 @@ class _Networked(_Durable):
         execute: bool,
         retain_finished: int,
         outage_timeout: float,
+        retention: Optional[float],
     ) -> None:
         """Opens the engine on the ``server`` (``"redis"`` or ``"nats"``) at ``url``."""
         self.url = url
@@ -311,6 +334,7 @@ class _Networked(_Durable):
             batch_window_seconds=batch_window,
             execute=execute,
             outage_timeout_seconds=outage_timeout,
+            retention_seconds=retention,
         )
         self._open(durability, execute, _native.Engine(options))
 
@@ -358,6 +382,7 @@ class Redis(_Networked):
         execute: bool = True,
         retain_finished: int = 10_000,
         outage_timeout: float = 300.0,
+        retention: Optional[float] = None,
     ) -> None:
         self._connect(
             "redis",
@@ -369,6 +394,7 @@ class Redis(_Networked):
             execute=execute,
             retain_finished=retain_finished,
             outage_timeout=outage_timeout,
+            retention=retention,
         )
 
 
@@ -400,6 +426,7 @@ class Nats(_Networked):
         execute: bool = True,
         retain_finished: int = 10_000,
         outage_timeout: float = 300.0,
+        retention: Optional[float] = None,
     ) -> None:
         self._connect(
             "nats",
@@ -411,6 +438,7 @@ class Nats(_Networked):
             execute=execute,
             retain_finished=retain_finished,
             outage_timeout=outage_timeout,
+            retention=retention,
         )
 
 

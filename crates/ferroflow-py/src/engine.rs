@@ -63,6 +63,12 @@ fn starting(
     Ok((workflow.get()?.clone(), wrap(input), StartOptions { run_id, attachment: attachment(py, event_loop)? }))
 }
 
+/// A run status by its name (`"failed"`).
+fn parse_status(name: &str) -> PyResult<RunStatus> {
+    serde_json::from_value::<RunStatus>(serde_json::Value::String(name.to_owned()))
+        .map_err(|_| PyValueError::new_err(format!("unknown run status '{name}'")))
+}
+
 /// One line of `export_run`, read.
 fn exported_run(text: &str) -> PyResult<ferroflow::ExportedRun> {
     serde_json::from_str(text).map_err(|e| {
@@ -429,12 +435,7 @@ impl PyEngine {
         limit: usize,
     ) -> PyResult<Py<PyList>> {
         let engine = self.engine()?;
-        let status = status
-            .map(|s| {
-                serde_json::from_value::<RunStatus>(serde_json::Value::String(s.to_owned()))
-                    .map_err(|_| PyValueError::new_err(format!("unknown run status '{s}'")))
-            })
-            .transpose()?;
+        let status = status.map(parse_status).transpose()?;
         let query = RunQuery { graph: graph.map(str::to_owned), status, limit, after: None };
         let page = py.detach(|| engine.list_runs(&query)).map_err(to_py_err)?;
         let items = page.runs.iter().map(|r| record_to_py(py, r)).collect::<PyResult<Vec<_>>>()?;
@@ -499,6 +500,24 @@ impl PyEngine {
             .map(|e| ferroflow::StoredEntry { seq: e.seq, at_ms: e.at_ms, entry: e.entry })
             .collect();
         py.detach(|| engine.replay(&workflow, &journal, run_id, attachment)).map(PyRun::from).map_err(to_py_err)
+    }
+
+    /// Deletes the finished runs that finished `older_than` seconds ago or earlier (of
+    /// `status` and `graph`, if given); returns their ids (with `dry_run`, deletes nothing).
+    #[pyo3(signature = (older_than, status = None, graph = None, dry_run = false))]
+    fn prune(
+        &self,
+        py: Python<'_>,
+        older_than: f64,
+        status: Option<&str>,
+        graph: Option<String>,
+        dry_run: bool,
+    ) -> PyResult<Vec<String>> {
+        let engine = self.engine()?;
+        let status = status.map(parse_status).transpose()?;
+        let query =
+            ferroflow::PruneQuery { older_than: options::seconds("older_than", older_than)?, status, graph, dry_run };
+        py.detach(|| engine.prune(&query)).map(|pruned| pruned.runs).map_err(to_py_err)
     }
 
     /// The run with its whole journal, as one line of JSON (`ferroflow.run/1`), for

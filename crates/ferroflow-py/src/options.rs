@@ -48,6 +48,7 @@ pub struct EngineOptions {
     batch_window_seconds: f64,
     execute: bool,
     outage_timeout_seconds: f64,
+    retention_seconds: Option<f64>,
 }
 
 /// A number of seconds as a duration, or a `ValueError` naming `what`: the one reader of
@@ -99,6 +100,7 @@ impl EngineOptions {
             durability,
             execute: self.execute,
             outage_timeout,
+            retention: self.retention_seconds.map(|s| seconds("retention", s)).transpose()?,
         };
         Ok((config, networked))
     }

@@ -156,7 +156,7 @@ pub use crate::redis::RedisStore;
 pub use body::{AsyncBody, Attachment, BlockingBody, Body, BodyResult, NodeCall, Workflow};
 pub use engine::{
     Durability, EXPORT_FORMAT, Engine, EngineConfig, ExportedEntry, ExportedRun, ForkOptions, NodeHandle, NodeReport,
-    RunHandle, RunSnapshot, StartOptions, WatchUntil,
+    PruneQuery, Pruned, RunHandle, RunSnapshot, StartOptions, WatchUntil,
 };
 pub use error::{Error, GraphError, NodeError, Result};
 pub use flow::{Cx, Flow, FlowBuilder, NodeBody, NodeOptions};

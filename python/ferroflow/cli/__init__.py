@@ -6,6 +6,7 @@
     ferroflow runs retry [RUN] --context runs.db --graph MODULE:GRAPH [--batch NAME] [--since 2h] [--dry-run]
     ferroflow runs fork RUN --at NODE --context runs.db --graph MODULE:GRAPH [--output JSON] [--input JSON]
     ferroflow runs replay RUN --context runs.db --graph MODULE:GRAPH [--json]
+    ferroflow runs prune --older-than 30d --context runs.db [--status failed] [--graph NAME] [--dry-run]
     ferroflow runs export [RUN ...] --context runs.db [--graph NAME] [--status STATUS] > runs.jsonl
     ferroflow runs import [runs.jsonl] --context redis://... --graph MODULE:GRAPH [--execute]
     ferroflow runs cancel RUN --context runs.db

@@ -19,6 +19,7 @@ from .runs import (
     runs_cancel,
     runs_fork,
     runs_list,
+    runs_prune,
     runs_replay,
     runs_resume,
     runs_retry,
@@ -182,6 +183,15 @@ def parser() -> argparse.ArgumentParser:
     )
     replay.set_defaults(handler=runs_replay)
 
+    prune = runs.add_parser(
+        "prune", help="delete finished runs older than a duration, with their journals (never running or waiting ones)"
+    )
+    prune.add_argument("--older-than", required=True, help="finished at least this long ago: 30s, 15m, 2h, 30d")
+    prune.add_argument("--status", choices=["completed", "failed", "cancelled"], help="only runs in this status")
+    prune.add_argument("--graph", help="only runs of this graph (by name)")
+    prune.add_argument("--dry-run", action="store_true", help="only list the runs it would delete")
+    prune.set_defaults(handler=runs_prune)
+
     export = runs.add_parser(
         "export", help="write runs with their journals, finished or in flight, one JSON object per line, to stdout"
     )
@@ -279,6 +289,7 @@ def parser() -> argparse.ArgumentParser:
         retry,
         fork,
         replay,
+        prune,
         export,
         importing,
         cancel,

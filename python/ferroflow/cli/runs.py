@@ -1,6 +1,6 @@
 """The commands that read and steer what a context holds: ``runs list``, ``runs show``,
-``runs resume``, ``runs retry``, ``runs fork``, ``runs replay``, ``runs cancel`` and
-``graphs``; and ``graph``, which draws a graph."""
+``runs resume``, ``runs retry``, ``runs fork``, ``runs replay``, ``runs prune``, ``runs
+cancel`` and ``graphs``; and ``graph``, which draws a graph."""
 
 from __future__ import annotations
 
@@ -205,6 +205,20 @@ def runs_fork(args: argparse.Namespace) -> int:
         )
         return 1
     print(json.dumps(dict(_result_json(result), parent=args.run), default=repr))
+    return 0
+
+
+def runs_prune(args: argparse.Namespace) -> int:
+    """Deletes the finished runs older than ``--older-than`` (or, with ``--dry-run``, lists
+    them); never a running or waiting one."""
+    older_than = _duration("--older-than", args.older_than)
+    pruned = open_context(args.context).prune(
+        older_than=older_than, status=args.status, graph=args.graph, dry_run=args.dry_run
+    )
+    for run_id in pruned:
+        print(run_id)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"ferroflow runs prune: {verb} {len(pruned)} finished run(s) older than {args.older_than}", file=sys.stderr)
     return 0
 
 

@@ -22,6 +22,7 @@
 //! - `ops.rs`: inspection, resume, cancel and watch;
 //! - `retry.rs`: retrying a failed run from where it failed; `fork.rs`: forking a run at a node;
 //!   `replay.rs`: running a recorded run again with its recorded steps and answers;
+//!   `prune.rs`: deleting old finished runs;
 //! - `transfer.rs`: moving runs between contexts (export and import);
 //! - `handle.rs`: what a running body can do to its run.
 
@@ -32,6 +33,7 @@ mod fork;
 mod handle;
 mod ops;
 mod outage;
+mod prune;
 mod recovery;
 mod replay;
 mod retry;
@@ -43,6 +45,7 @@ mod worker;
 
 pub use crate::body::NodeHandle;
 pub use fork::ForkOptions;
+pub use prune::{PruneQuery, Pruned};
 pub use run_handle::RunHandle;
 pub use transfer::{EXPORT_FORMAT, ExportedEntry, ExportedRun};
 
@@ -108,6 +111,12 @@ pub struct EngineConfig {
     /// run fails in memory as with any store error (the store keeps the run, for a worker
     /// or [`Engine::recover`] to continue), and a start returns the error.
     pub outage_timeout: Duration,
+    /// How long the store keeps a finished run (completed, failed or cancelled) after it
+    /// finished: a durable engine deletes older ones in the background, about every tenth
+    /// of this (at least every second, at most every hour), as [`Engine::prune`] does.
+    /// `None` (the default) keeps them until pruned. Running and waiting runs are never
+    /// deleted.
+    pub retention: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -119,6 +128,7 @@ impl Default for EngineConfig {
             durability: Durability::Commit,
             execute: true,
             outage_timeout: Duration::from_secs(300),
+            retention: None,
         }
     }
 }
@@ -368,6 +378,9 @@ impl Engine {
                 background.push(inner.runtime.spawn(group_commit(Arc::downgrade(&inner), window)));
             }
             background.push(inner.runtime.spawn(follow_runs(Arc::downgrade(&inner))));
+            if let Some(retention) = inner.config.retention {
+                background.push(inner.runtime.spawn(prune::keep_for(Arc::downgrade(&inner), retention)));
+            }
             *inner.background.lock().expect("background lock") = background;
         }
         let handles = Arc::new(Handles(inner.closed.clone()));

@@ -269,6 +269,18 @@ impl DurableStore for MemoryStore {
         Ok(held)
     }
 
+    async fn delete_finished(&self, run_id: &str) -> Result<bool> {
+        let mut state = self.runs.lock().expect("store lock");
+        let run = state.runs.get(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;
+        if !run.record.status.is_terminal() {
+            return Ok(false);
+        }
+        state.runs.remove(run_id);
+        state.holds.remove(run_id);
+        state.tasks.rows.retain(|_, held| held.task.run_id != run_id);
+        Ok(true)
+    }
+
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {
         let state = self.runs.lock().expect("store lock");
         let run = state.runs.get(run_id).ok_or_else(|| Error::RunNotFound { run_id: run_id.to_owned() })?;

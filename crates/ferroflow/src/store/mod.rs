@@ -425,6 +425,14 @@ pub trait DurableStore: JournalStore + TaskQueue {
     }
     /// The journal entries from `seq` on (to catch up with other writers).
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>>;
+    /// Deletes a finished run (completed, failed or cancelled) with its journal, at once:
+    /// what pruning old runs does. `Ok(false)`, deleting nothing, for a run that is not
+    /// finished (running, waiting or pending runs are never deleted).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RunNotFound`](crate::Error::RunNotFound) if there is no such run, and the store's errors.
+    async fn delete_finished(&self, run_id: &str) -> Result<bool>;
     /// The most bytes one step's write may hold, when the store's limit is small enough
     /// that values meet it (a NATS message: 1 MB by default); `None` for stores whose limit
     /// is far beyond what a value holds (they still refuse a larger write, with
@@ -546,6 +554,9 @@ impl<T: DurableStore + ?Sized> DurableStore for std::sync::Arc<T> {
     }
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {
         (**self).load_since(run_id, seq).await
+    }
+    async fn delete_finished(&self, run_id: &str) -> Result<bool> {
+        (**self).delete_finished(run_id).await
     }
     fn max_write_bytes(&self) -> Option<usize> {
         (**self).max_write_bytes()

@@ -295,6 +295,44 @@ macro_rules! durable_store_contract {
         }
 
         #[::tokio::test]
+        async fn only_a_finished_run_is_deleted_with_its_journal_and_nothing_else() {
+            let (store, _guard) = $make;
+            for run_id in ["r1", "r2"] {
+                let ready = [QueuedTask { run_id: run_id.into(), node: "a".into(), item: None, attempt: 1, not_before_ms: 0 }];
+                store.create(&record(run_id, "g", 100), &[started(100)], &ready, None).await.unwrap();
+            }
+            // Running (with a queued task), it stays.
+            assert!(!store.delete_finished("r1").await.unwrap());
+            assert!(store.load("r1").await.unwrap().is_some());
+            let entries = [completed(1, 110, "a"), finished(2, 110, RunStatus::Completed)];
+            let done = [QueuedTask { run_id: "r1".into(), node: "a".into(), item: None, attempt: 1, not_before_ms: 0 }];
+            let step = Step { run_id: "r1", expected_seq: 1, entries: &entries, status: RunStatus::Completed, ready: &[], done: &done };
+            store.commit(&step, None).await.unwrap();
+            assert!(store.delete_finished("r1").await.unwrap());
+            assert!(store.load("r1").await.unwrap().is_none());
+            assert!(matches!(store.load_since("r1", 0).await, Err(Error::RunNotFound { .. })));
+            assert!(matches!(store.delete_finished("r1").await, Err(Error::RunNotFound { .. })));
+            assert!(matches!(store.delete_finished("nobody").await, Err(Error::RunNotFound { .. })));
+            let listed: Vec<String> = store
+                .list_runs(&ferroflow::RunQuery { limit: 10, ..ferroflow::RunQuery::default() })
+                .await
+                .unwrap()
+                .runs
+                .into_iter()
+                .map(|r| r.run_id)
+                .collect();
+            assert_eq!(listed, ["r2"]);
+            // The other run, and its task, are untouched.
+            assert_eq!(store.load("r2").await.unwrap().expect("r2").1.len(), 1);
+            let leased = leases(store.claim(A, 10, LEASE, NO_WAIT).await.unwrap());
+            assert_eq!(leased.iter().map(|l| l.task.run_id.as_str()).collect::<Vec<_>>(), ["r2"]);
+            // A run created again under a deleted id starts afresh.
+            let again = store.create(&record("r1", "g", 200), &[started(200)], &[], None).await.unwrap();
+            assert!(matches!(again, Created::New));
+            assert_eq!(store.load("r1").await.unwrap().expect("r1").1.len(), 1);
+        }
+
+        #[::tokio::test]
         async fn registered_graphs_are_listed_by_name_then_newest_first() {
             let (store, _guard) = $make;
             assert!(store.graphs().await.unwrap().is_empty());

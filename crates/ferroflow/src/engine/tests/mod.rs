@@ -34,6 +34,7 @@ mod human;
 mod lease;
 mod open_run;
 mod outage;
+mod prune;
 mod replay;
 mod retry;
 mod run_ids;

@@ -115,6 +115,10 @@ impl DurableStore for Outage {
         self.check()?;
         self.store.load_since(run_id, seq).await
     }
+    async fn delete_finished(&self, run_id: &str) -> Result<bool> {
+        self.check()?;
+        self.store.delete_finished(run_id).await
+    }
     async fn register_graph(&self, graph: &crate::store::GraphRecord) -> Result<()> {
         self.check()?;
         self.store.register_graph(graph).await

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 
 use crate::store::{Changes, Created, DurableStore, GraphRecord, QueuedTask, RunRecord, Step, StoredEntry};
 
-use super::{NatsStore, StepDoc, entries_of, token};
+use super::{NatsStore, StepDoc, entries_of, step_key, token};
 
 #[async_trait]
 impl DurableStore for NatsStore {
@@ -112,6 +112,38 @@ impl DurableStore for NatsStore {
                 None
             }
         }
+    }
+
+    /// The record goes first, and only at the revision that says the run finished (a retry
+    /// that moved it on meanwhile keeps it); then its steps, tasks and hold, each with one
+    /// filtered purge. A run retried at the very moment its record goes may leave its new
+    /// steps behind without a record: they read as no run, and the next prune of the
+    /// namespace does not see them (deleting the namespace does).
+    async fn delete_finished(&self, run_id: &str) -> Result<bool> {
+        self.timed("cannot delete a run", Duration::ZERO, async {
+            // Brought up to date first: a finished record may have a retry's step beyond it.
+            if self.load_run(run_id).await?.is_none() {
+                return Err(Error::RunNotFound { run_id: run_id.to_owned() });
+            }
+            let Some(record) = self.record(run_id).await? else {
+                return Err(Error::RunNotFound { run_id: run_id.to_owned() });
+            };
+            if !record.value.status.is_terminal()
+                || self.get::<StepDoc>(&self.inner.journal, &step_key(run_id, record.value.len)).await?.is_some()
+            {
+                return Ok(false);
+            }
+            let key = token(run_id);
+            if !self.remove_if(&self.inner.runs, &key, record.revision).await? {
+                return Ok(false);
+            }
+            self.forget_written(run_id);
+            self.remove(&self.inner.journal, &format!("{key}.>")).await?;
+            self.remove(&self.inner.tasks, &format!("{key}.>")).await?;
+            self.remove(&self.inner.holds, &key).await?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {

@@ -97,6 +97,19 @@ impl DurableStore for RedisStore {
             .collect())
     }
 
+    async fn delete_finished(&self, run_id: &str) -> Result<bool> {
+        let mut invocation = self.inner.scripts.delete.prepare_invoke();
+        invocation.arg(&self.inner.prefix).arg(run_id);
+        let mut conn = self.conn.clone();
+        let deleted: i64 = self
+            .call(&format!("cannot delete run '{run_id}'"), async move { invocation.invoke_async(&mut conn).await })
+            .await?;
+        match deleted {
+            -1 => Err(Error::RunNotFound { run_id: run_id.to_owned() }),
+            deleted => Ok(deleted == 1),
+        }
+    }
+
     async fn load_since(&self, run_id: &str, seq: u64) -> Result<Vec<StoredEntry>> {
         let mut conn = self.conn.clone();
         let start = isize::try_from(seq).unwrap_or(isize::MAX);

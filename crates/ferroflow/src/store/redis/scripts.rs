@@ -49,6 +49,11 @@ pub(super) const RELEASE_RUN: &str = script!("release_run.lua");
 /// `holdings`: ARGV = P, owner. Returns {runs held, {task JSON, nbf, deliveries} leased}.
 pub(super) const HOLDINGS: &str = script!("holdings.lua");
 
+/// `delete`: ARGV = P, run. Deletes a finished run: its record, journal, listing entry and
+/// whatever is left of its tasks and hold. Returns 1 when deleted, 0 when the run is not
+/// finished (nothing is deleted), -1 when there is no such run.
+pub(super) const DELETE: &str = script!("delete.lua");
+
 /// The scripts, hashed once per store.
 pub(super) struct Scripts {
     pub(super) create: Script,
@@ -60,6 +65,7 @@ pub(super) struct Scripts {
     pub(super) release: Script,
     pub(super) release_run: Script,
     pub(super) holdings: Script,
+    pub(super) delete: Script,
 }
 
 impl Scripts {
@@ -74,10 +80,11 @@ impl Scripts {
             release: Script::new(RELEASE),
             release_run: Script::new(RELEASE_RUN),
             holdings: Script::new(HOLDINGS),
+            delete: Script::new(DELETE),
         }
     }
 
-    pub(super) fn all(&self) -> [&Script; 9] {
+    pub(super) fn all(&self) -> [&Script; 10] {
         [
             &self.create,
             &self.commit,
@@ -88,6 +95,7 @@ impl Scripts {
             &self.release,
             &self.release_run,
             &self.holdings,
+            &self.delete,
         ]
     }
 }

@@ -6,10 +6,11 @@ use async_trait::async_trait;
 use rusqlite::params;
 
 use crate::error::{Error, Result};
+use crate::journal::RunStatus;
 use crate::store::{Created, DurableStore, GraphRecord, QueuedTask, RunRecord, Step, StoredEntry};
 
-use super::rows::{commit_step, insert_run, insert_tasks, read_journal, run_key};
-use super::{SqliteStore, immediate, sql};
+use super::rows::{commit_step, insert_run, insert_tasks, read_journal, run_key, run_row};
+use super::{SEQ_BITS, SqliteStore, immediate, sql};
 
 #[async_trait]
 impl DurableStore for SqliteStore {
@@ -62,6 +63,33 @@ impl DurableStore for SqliteStore {
                 return Err(Error::RunNotFound { run_id: run_id.to_owned() });
             };
             read_journal(conn, run, run_id, seq)
+        })
+        .await
+    }
+
+    async fn delete_finished(&self, run_id: &str) -> Result<bool> {
+        self.with_conn(|conn| {
+            immediate(conn, |conn| {
+                let Some(run) = run_row(conn, run_id)? else {
+                    return Err(Error::RunNotFound { run_id: run_id.to_owned() });
+                };
+                let finished = [RunStatus::Completed, RunStatus::Failed, RunStatus::Cancelled];
+                if !finished.iter().any(|s| s.as_str() == run.status) {
+                    return Ok(false);
+                }
+                // The run's journal rows are the keys `run << SEQ_BITS | seq`.
+                let (from, to) = (run.id << SEQ_BITS, (run.id + 1) << SEQ_BITS);
+                conn.prepare_cached("DELETE FROM journal WHERE id >= ?1 AND id < ?2")
+                    .and_then(|mut delete| delete.execute(params![from, to]))
+                    .map_err(sql)?;
+                conn.prepare_cached("DELETE FROM tasks WHERE run_id = ?1")
+                    .and_then(|mut delete| delete.execute([run_id]))
+                    .map_err(sql)?;
+                conn.prepare_cached("DELETE FROM runs WHERE id = ?1")
+                    .and_then(|mut delete| delete.execute([run.id]))
+                    .map_err(sql)?;
+                Ok(true)
+            })
         })
         .await
     }
