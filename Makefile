@@ -34,6 +34,11 @@ dev: $(VENV)/.deps ## Build the native module (release) into the virtualenv
 server: ## Build the ferroflow-server binary (release) into the cargo target dir (release)
 	cargo build --release --quiet -p ferroflow-server
 
+.PHONY: wheels
+wheels: $(VENV)/.deps ## Build the two wheels into dist/: ferroflow (the package, .proto inside) and ferroflow-server (the binary)
+	$(BIN)/maturin build --release --quiet --out dist
+	$(BIN)/maturin build --release --quiet --out dist -m crates/ferroflow-server/Cargo.toml
+
 .PHONY: services
 services: $(VENV)/.deps ## Make sure Redis and a current NATS (JetStream) run on 127.0.0.1; prints the NATS URL
 	scripts/services.sh

@@ -26,7 +26,7 @@ from .runs import (
     runs_show,
 )
 from .transfer import runs_export, runs_import
-from .work import serve, worker
+from .work import proto_path, serve, worker
 
 CONTEXT_HELP = "a SQLite file (or sqlite:///path), redis://HOST:PORT?namespace=NAME or nats://HOST:PORT?namespace=NAME"
 
@@ -240,6 +240,12 @@ def parser() -> argparse.ArgumentParser:
     )
     events.add_argument("--json", action="store_true", help="one JSON object per entry, then one of kind 'summary'")
     events.set_defaults(handler=runs_events)
+
+    proto = commands.add_parser(
+        "proto-path",
+        help="print the directory of the gRPC service's ferroflow.proto, for protoc -I",
+    )
+    proto.set_defaults(handler=proto_path)
 
     registered = commands.add_parser("graphs", help="list the graphs workers registered in a context")
     registered.add_argument("--json", action="store_true")

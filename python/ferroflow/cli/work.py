@@ -1,5 +1,6 @@
 """The commands that keep running: ``worker``, which works on a durable context's runs, and
-``serve``, which serves the gRPC service from the process executing the graphs."""
+``serve``, which serves the gRPC service from the process executing the graphs; and
+``proto-path``, which says where the service's .proto is."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ..errors import FerroflowError
@@ -119,4 +121,11 @@ def serve(args: argparse.Namespace) -> int:
         print(f"ferroflow serve: stopped ({e or 'SIGINT'})", file=sys.stderr, flush=True)
     finally:
         server.stop()
+    return 0
+
+
+def proto_path(args: argparse.Namespace) -> int:
+    """The directory of the installed package's ``ferroflow.proto`` (the service
+    ``ferroflow.v1.Ferroflow``): ``protoc -I"$(ferroflow proto-path)" ferroflow.proto``."""
+    print(Path(__file__).resolve().parent.parent / "proto" / "ferroflow" / "v1")
     return 0
