@@ -184,6 +184,32 @@ def retried_over_grpc(d: Deployment, pb: Any) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "by" in details, details
 
 
+def test_a_run_is_forked_over_grpc_and_its_workers_run_the_fork(deployment: Deployment):
+    d, pb = deployment, deployment.pb
+    d.start("grpc_flow", {"n": 3}, run_id="parent")
+    assert d.watch("parent")[-1].kind == "run_completed"
+    forked = d.client.ForkRun(
+        pb.m.ForkRunRequest(run_id="parent", at="double", output_json='{"n": 4}', new_run_id="child", by="grpc-test"),
+        timeout=10,
+    )
+    assert forked.run_id == "child"
+    events = d.watch("child")
+    assert [e.kind for e in events[:2]] == ["run_started", "run_forked"], [e.kind for e in events]
+    assert json.loads(events[1].event_json) == {
+        "type": "RunForked",
+        "parent": "parent",
+        "at": "double",
+        "by": "grpc-test",
+    }
+    assert events[-1].kind == "run_completed"
+    assert json.loads(d.get("child").output_json) == {"n": 4, "approved": None}
+    assert json.loads(d.get("parent").output_json) == {"n": 6, "approved": None}, "the parent changed"
+    code, details = code_of(d.client.ForkRun, pb.m.ForkRunRequest(run_id="parent", at="nosuch"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "nosuch" in details, details
+    code, _ = code_of(d.client.ForkRun, pb.m.ForkRunRequest(run_id="nobody", at="double"))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
 def test_errors_have_the_documented_codes_and_disturb_nothing(pb, tmp_path):
     d = Deployment(pb, tmp_path, "sqlite", "--max-input-bytes", "4096")
     try:

@@ -98,6 +98,7 @@ def test_token_tls_health_and_reflection(pb, tmp_path):
                 "WatchRun",
                 "ResumeRun",
                 "RetryRun",
+                "ForkRun",
                 "CancelRun",
                 "ListRuns",
                 "ListGraphs",

@@ -261,6 +261,19 @@ impl Shared {
         self.run(run_id)
     }
 
+    fn fork(&self, parent: &str, at: &str, options: ferroflow::ForkOptions) -> Result<proto::Run, Status> {
+        let (run, executable) = self.open(parent)?;
+        if self.executes() && !executable {
+            return Err(status::failed_precondition(format!(
+                "run '{parent}' is of a graph this process does not serve; it would execute the fork, so fork it \
+                 through a server of that graph"
+            )));
+        }
+        let options = ferroflow::ForkOptions { attachment: self.attachment.clone(), ..options };
+        let fork = self.engine.fork(run.workflow(), parent, at, options).map_err(status_of)?;
+        self.run(fork.id())
+    }
+
     fn cancel(&self, run_id: &str) -> Result<proto::Run, Status> {
         self.engine.cancel(run_id).map_err(status_of)?;
         self.run(run_id)
@@ -449,6 +462,23 @@ impl Ferroflow for FerroflowService {
         let run_id = run_id_field(&request.run_id)?.to_owned();
         let by = optional_name("by", request.by)?.unwrap_or_default();
         Ok(Response::new(self.blocking(move |s| s.retry(&run_id, &by)).await?))
+    }
+
+    async fn fork_run(&self, request: Request<proto::ForkRunRequest>) -> Result<Response<proto::Run>, Status> {
+        let request = request.into_inner();
+        let parent = run_id_field(&request.run_id)?.to_owned();
+        let at = name_field("at", &request.at)?.to_owned();
+        let given = |field: &str, text: &str| -> Result<Option<Value>, Status> {
+            if text.is_empty() { Ok(None) } else { parse_json(field, text, self.max_input_bytes).map(Some) }
+        };
+        let options = ferroflow::ForkOptions {
+            run_id: optional_name("new_run_id", request.new_run_id)?,
+            output: given("output_json", &request.output_json)?,
+            input: given("input_json", &request.input_json)?,
+            by: optional_name("by", request.by)?.unwrap_or_default(),
+            attachment: None,
+        };
+        Ok(Response::new(self.blocking(move |s| s.fork(&parent, &at, options)).await?))
     }
 
     async fn cancel_run(&self, request: Request<proto::CancelRunRequest>) -> Result<Response<proto::Run>, Status> {
