@@ -58,3 +58,18 @@ def pb(tmp_path_factory):
     from grpc_harness import generate_stubs
 
     return generate_stubs(tmp_path_factory.mktemp("stubs"))
+
+
+@pytest.fixture
+def spec(request, tmp_path) -> Iterator[str]:
+    """A ``--context`` of a fresh store for the command-line tests: a SQLite file, or (with
+    ``parametrize("spec", ["redis"], indirect=True)``) a Redis namespace of its own, deleted
+    afterwards."""
+    from helpers import context_spec
+
+    store = getattr(request, "param", "sqlite")
+    spec = context_spec(store, tmp_path)
+    yield spec
+    if store == "redis":
+        url, _, namespace = spec.partition("?namespace=")
+        ff.Redis(url, namespace=namespace).delete_namespace()

@@ -17,7 +17,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List
+from typing import Any, Dict, Iterable, List
 
 import pytest
 
@@ -26,7 +26,6 @@ from ferroflow.cli.batches import batch_of
 from ferroflow.cli.common import _when
 from ferroflow.cli.load import open_context
 from ferroflow.events import StepRecorded
-from helpers import context_spec
 
 TESTS = Path(__file__).parent
 
@@ -82,17 +81,6 @@ def recorded_usage(context: ff.Context, run_ids: Iterable[str]) -> Dict[str, Dic
                     model[k] += e.value["usage"][k]
                 model["calls"] += 1
     return usage
-
-
-@pytest.fixture
-def spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A ``--context`` of a fresh store: a SQLite file, or a Redis namespace of its own."""
-    store = getattr(request, "param", "sqlite")
-    spec = context_spec(store, tmp_path)
-    yield spec
-    if store == "redis":
-        url, _, namespace = spec.partition("?namespace=")
-        ff.Redis(url, namespace=namespace).delete_namespace()
 
 
 @pytest.mark.parametrize("spec", ["sqlite", "redis"], indirect=True)

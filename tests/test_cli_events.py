@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
@@ -28,7 +28,6 @@ from ferroflow import events as ev
 from ferroflow.cli.common import _when
 from ferroflow.cli.events import node_summaries
 from ferroflow.cli.load import open_context
-from helpers import context_spec
 
 TESTS = Path(__file__).parent
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
@@ -44,16 +43,6 @@ def ok(done: subprocess.CompletedProcess) -> str:
     assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     assert "Traceback" not in done.stderr, done.stderr
     return done.stdout
-
-
-@pytest.fixture
-def spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    store = getattr(request, "param", "sqlite")
-    spec = context_spec(store, tmp_path)
-    yield spec
-    if store == "redis":
-        url, _, namespace = spec.partition("?namespace=")
-        ff.Redis(url, namespace=namespace).delete_namespace()
 
 
 def entry(journal: Sequence[ev.Event], kind: type, **attrs: Any) -> Any:

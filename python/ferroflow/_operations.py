@@ -6,15 +6,28 @@ live here, apart from building and starting runs."""
 from __future__ import annotations
 
 import asyncio
+import getpass
+import socket
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from . import _native
 from . import events as ev
 from ._loop import scheduler_for
-from ._settle import _result, _settled, _whoami
+from ._settle import _result, _settled
 from .context import Context
 from .types import RunResult, _check_run_id
+
+
+def _whoami() -> str:
+    """Who acts on a run when the caller does not say, for its journal: this process's user
+    at its host (``user@host``)."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name (no passwd entry, no environment variable)
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
 
 _KEEP: Any = object()
 """For :meth:`RunOperations.fork`: the parent's output (or input) is kept."""

@@ -5,8 +5,6 @@ that carries a run's events there."""
 from __future__ import annotations
 
 import asyncio
-import getpass
-import socket
 from typing import Any, Callable, Mapping, Optional
 
 from . import _native
@@ -69,13 +67,3 @@ def _result(snapshot: Mapping[str, Any], raise_errors: bool = True) -> RunResult
             f"run '{result.run_id}' was cancelled", run_id=result.run_id, graph=result.graph, status=status.value
         )
     return result
-
-
-def _whoami() -> str:
-    """Who acts on a run when the caller does not say, for its journal: this process's user
-    at its host (``user@host``)."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name (no passwd entry, no environment variable)
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"

@@ -10,7 +10,7 @@ import json
 import re
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import RunFailedError, RunNotFoundError, UnknownGraphError
 from ..events import RunFinished
@@ -149,7 +149,7 @@ def runs_retry(args: argparse.Namespace) -> int:
             return 0
         print(
             json.dumps(
-                _outcome(args.run, lambda: graph.retry(args.run, context=context, by=args.by, timeout=args.timeout)),
+                _outcome(lambda: graph.retry(args.run, context=context, by=args.by, timeout=args.timeout)),
                 default=repr,
             )
         )
@@ -181,8 +181,8 @@ def runs_fork(args: argparse.Namespace) -> int:
     graph = load_graph(args.graph)
     given = {"output": args.output, "input": args.input}
     values = {what: _json_option(f"--{what}", text) for what, text in given.items() if text is not None}
-    try:
-        result = graph.fork(
+    outcome = _outcome(
+        lambda: graph.fork(
             args.run,
             at=args.at,
             context=open_context(args.context),
@@ -191,21 +191,9 @@ def runs_fork(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             **values,
         )
-    except RunFailedError as e:
-        print(
-            json.dumps(
-                {
-                    "run_id": e.run_id,
-                    "parent": args.run,
-                    "status": "failed",
-                    "node": e.node,
-                    "error": f"{e.error_type}: {e.error_message}",
-                }
-            )
-        )
-        return 1
-    print(json.dumps(dict(_result_json(result), parent=args.run), default=repr))
-    return 0
+    )
+    print(json.dumps(dict(outcome, parent=args.run), default=repr))
+    return 1 if outcome["status"] == "failed" else 0
 
 
 def runs_prune(args: argparse.Namespace) -> int:
@@ -254,22 +242,28 @@ async def _retry_all(graph: Any, context: Any, run_ids: List[str], args: argpars
             try:
                 result = await graph.aretry(run_id, context=context, by=args.by, timeout=args.timeout)
             except RunFailedError as e:
-                return {
-                    "run_id": run_id,
-                    "status": "failed",
-                    "node": e.node,
-                    "error": f"{e.error_type}: {e.error_message}",
-                }
+                return _failed_json(e)
             return _result_json(result)
 
     return list(await asyncio.gather(*(one(run_id) for run_id in run_ids)))
 
 
-def _outcome(run_id: str, retry: Any) -> Dict[str, Any]:
+def _outcome(call: Callable[[], Any]) -> Dict[str, Any]:
+    """What ``call`` (a retry or a fork, waiting for the run) gave, as a line of JSON: the
+    run's result, or where it failed again."""
     try:
-        return _result_json(retry())
+        return _result_json(call())
     except RunFailedError as e:
-        return {"run_id": run_id, "status": "failed", "node": e.node, "error": f"{e.error_type}: {e.error_message}"}
+        return _failed_json(e)
+
+
+def _failed_json(error: RunFailedError) -> Dict[str, Any]:
+    return {
+        "run_id": error.run_id,
+        "status": "failed",
+        "node": error.node,
+        "error": f"{error.error_type}: {error.error_message}",
+    }
 
 
 def _result_json(result: Any) -> Dict[str, Any]:

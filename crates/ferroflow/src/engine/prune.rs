@@ -95,10 +95,7 @@ impl Engine {
             return Ok(deleted && finished);
         }
         if let Some(run) = table.runs.remove(run_id) {
-            let order = run.finished_at.load(std::sync::atomic::Ordering::Acquire);
-            if table.finished.get(&order).is_some_and(|id| Arc::ptr_eq(id, &run.run_id) || **id == *run.run_id) {
-                table.finished.remove(&order);
-            }
+            table.finished.remove(&run.finished_at.load(std::sync::atomic::Ordering::Acquire));
         }
         Ok(true)
     }
